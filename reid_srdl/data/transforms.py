@@ -1,0 +1,59 @@
+"""Train / test transforms per task, as in the papers the methods come from."""
+from typing import Callable, Tuple
+
+import torchvision.transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Per-channel statistics of each training set (the usual published values).
+_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "tiny_imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
+
+
+def reid_train_transform(height: int, width: int) -> Callable:
+    """SRDL re-id training: resize, horizontal flip, random crop with padding, ImageNet norm."""
+    pad = max(1, round(height / 25.6))  # 10 pixels at 256x128, scaled for other sizes
+    return T.Compose(
+        [
+            T.Resize((height, width)),
+            T.RandomHorizontalFlip(),
+            T.Pad(pad),
+            T.RandomCrop((height, width)),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def reid_test_transform(height: int, width: int) -> Callable:
+    return T.Compose(
+        [T.Resize((height, width)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
+def classification_transforms(name: str) -> Tuple[Callable, Callable]:
+    """(train, test) transforms for a classification data set, on PIL images."""
+    if name not in _STATS:
+        raise ValueError(f"no transforms for data set '{name}'; known: {', '.join(_STATS)}")
+    mean, std = _STATS[name]
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    if name in ("cifar10", "cifar100"):
+        # CIFAR: random 32x32 crop of the 4-pixel reflection-padded image + horizontal flip.
+        train = [T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()]
+        test = []
+    elif name == "fashion_mnist":
+        train = [T.RandomCrop(28, padding=2, padding_mode="reflect"), T.RandomHorizontalFlip()]
+        test = []
+    elif name == "tiny_imagenet":
+        train = [T.RandomCrop(64, padding=8, padding_mode="reflect"), T.RandomHorizontalFlip()]
+        test = []
+    else:  # imagenet
+        train = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
+        test = [T.Resize(256), T.CenterCrop(224)]
+    return T.Compose(train + norm), T.Compose(test + norm)

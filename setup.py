@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+# torchreid 0.2.5 imports tensorboard, gdown and cv2 at import time without
+# declaring them, so they are declared here.
+INSTALL_REQUIRES = [
+    "torch",
+    "torchvision",
+    "torchreid==0.2.5",
+    "tensorboard",
+    "gdown",
+    "opencv-python-headless",
+    "faiss-cpu",
+    "numpy",
+    "scipy",
+    "tqdm",
+    "matplotlib",
+    "pyyaml",
+    "pillow",
+]
+
+setup(
+    name="reid_srdl",
+    version="0.1.0",
+    description="Person re-identification and image classification with self-distillation (SRDL, KD, ONE, BYOT, FRSKD)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["reid_srdl", "reid_srdl.*"]),
+    python_requires=">=3.9",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist"],
+        # faiss-gpu replaces faiss-cpu on CUDA machines: pip uninstall faiss-cpu first.
+        "gpu": ["faiss-gpu"],
+    },
+)
