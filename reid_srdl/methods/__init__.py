@@ -1,0 +1,17 @@
+"""Training strategies, one file each, found by name through ``METHODS``."""
+from reid_srdl.methods import kd, srdl, vanilla  # noqa: F401  (registration)
+from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
+
+
+def build_method(section, model_factory, *, total_epochs: int, num_classes: int, seed: int = 0) -> Method:
+    """Turn the ``method`` config section into a Method.
+
+    ``section.name`` picks the class; its own sub-section (``section.<name>``, absent for
+    vanilla) holds its options.
+    """
+    cls = METHODS.get(section.name)
+    options = getattr(section, section.name, None)
+    return cls.from_config(options, model_factory, total_epochs=total_epochs, num_classes=num_classes, seed=seed)
+
+
+__all__ = ["METHODS", "Method", "StageContext", "StageSpec", "build_method"]

@@ -1,0 +1,67 @@
+"""Per-epoch metrics: one JSON line each in metrics.jsonl, TensorBoard scalars, a console line."""
+import json
+import os
+from typing import Dict, List, Optional
+
+METRICS_LINES = "metrics.jsonl"
+
+
+class RunLogger:
+    def __init__(self, run_dir: str, tensorboard: bool = True, start_epoch: int = 0):
+        self.path = os.path.join(run_dir, METRICS_LINES)
+        # A run killed after logging an epoch but before its checkpoint landed re-runs that
+        # epoch on resume: drop the lines of epochs that will be trained again.
+        self._truncate_from(start_epoch)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"), purge_step=start_epoch + 1)
+
+    def _truncate_from(self, start_epoch: int) -> None:
+        if not os.path.isfile(self.path):
+            return
+        keep: List[str] = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    if json.loads(line)["epoch"] <= start_epoch:
+                        keep.append(line if line.endswith("\n") else line + "\n")
+                except (ValueError, KeyError):
+                    continue  # a line cut by a kill mid-write
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def log_epoch(self, record: Dict[str, float]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.writer is not None:
+            step = int(record["epoch"])
+            for k, v in record.items():
+                if k not in ("epoch", "stage") and isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.flush()
+
+    def log_results(self, flat: Dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for k, v in flat.items():
+                self.writer.add_scalar(f"eval/{k}", v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def format_epoch(record: Dict[str, float], terms: Optional[List[str]] = None) -> str:
+    parts = [f"stage {record['stage']} epoch {record['epoch']}", f"lr {record['lr']:.4g}", f"loss {record['loss']:.4f}"]
+    for t in terms or []:
+        parts.append(f"{t} {record[t]:.4f}")
+    parts.append(f"train acc {100 * record['train_acc']:.2f}%")
+    parts.append(f"{record['seconds']:.1f}s")
+    return " | ".join(parts)
