@@ -1,0 +1,298 @@
+"""One generic training loop: ``out = method(images, labels, indices)``; backward; step.
+
+The loop never knows which method it runs.  It owns: stages (a fresh SGD optimizer at the
+start of each), the learning rate of every epoch, mixed precision, the non-finite-loss
+guard, checkpoints after every epoch, resume, logging and the end-of-run evaluation.
+"""
+import contextlib
+import functools
+import json
+import os
+import random
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from reid_srdl.config import Config, save_config, to_dict
+from reid_srdl.engine import checkpoint as ckpt
+from reid_srdl.engine.flops import training_forward_flops
+from reid_srdl.engine.logger import RunLogger, format_epoch
+from reid_srdl.engine.schedule import epoch_learning_rates
+from reid_srdl.methods import Method, StageContext, build_method
+
+_NOT_TERMS = ("loss", "logits", "acc")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device='{name}' but no CUDA device is available; use train.device=cpu or auto")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Every epoch draws its shuffle order, augmentations and worker seeds from its own seed,
+    so a resumed run replays exactly the epochs an uninterrupted run would have."""
+    return (seed * 1_000_003 + 7919 * (epoch + 1)) % (2**31)
+
+
+def build_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params,
+        lr=optim_cfg.lr,
+        momentum=optim_cfg.momentum,
+        nesterov=optim_cfg.nesterov and optim_cfg.momentum > 0,
+        weight_decay=optim_cfg.weight_decay,
+    )
+
+
+def make_run_dir(cfg: Config) -> str:
+    name = cfg.train.run_name or "{}_{}_{}_{}".format(
+        cfg.data.name, cfg.model.name, cfg.method.name, time.strftime("%Y%m%d-%H%M%S")
+    )
+    run_dir = os.path.join(cfg.train.output_dir, name)
+    if os.path.isfile(os.path.join(run_dir, ckpt.LAST_FILE)):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another train.run_name"
+        )
+    os.makedirs(run_dir, exist_ok=True)
+    return run_dir
+
+
+class Trainer:
+    """Build everything from a Config, train all stages, evaluate, write the run directory."""
+
+    def __init__(self, cfg: Config, run_dir: str, resume: bool = False):
+        from reid_srdl.data import build_data
+        from reid_srdl.models import build_model
+
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.data = build_data(cfg.data, seed=cfg.train.seed)
+        self.model_factory = functools.partial(
+            build_model,
+            cfg.model.name,
+            self.data.num_classes,
+            feature_dim=cfg.model.feature_dim,
+            weights=cfg.model.weights,
+            in_channels=self.data.in_channels,
+        )
+        seed_everything(cfg.train.seed)
+        self.method: Method = build_method(
+            cfg.method,
+            self.model_factory,
+            total_epochs=cfg.train.epochs,
+            num_classes=self.data.num_classes,
+            seed=cfg.train.seed,
+        )
+        self.stages = self.method.stages()
+        self.stage_starts = np.cumsum([0] + [s.epochs for s in self.stages]).tolist()
+        self.lrs = epoch_learning_rates(
+            [s.epochs for s in self.stages],
+            cfg.optim.lr,
+            cfg.optim.milestones,
+            cfg.optim.gamma,
+            per_stage=self.method.per_stage_schedule,
+        )
+        self.start_epoch = 0
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.history: Dict[str, float] = {"train_seconds": 0.0}
+        self.stage_flops: List[int] = []
+        if resume:
+            self._restore(ckpt.load_train_state(run_dir))
+        else:
+            save_config(cfg, os.path.join(run_dir, ckpt.CONFIG_FILE))
+        self._place()
+        self.amp_enabled = cfg.train.amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled and self.device.type == "cuda")
+        self.context = StageContext(run_dir, self.device, self.data, cfg.train.progress, cfg.train.channels_last)
+
+    # ------------------------------------------------------------------ state
+    def _place(self) -> None:
+        self.method.to(self.device)
+        if self.cfg.train.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+
+    def _restore(self, state: dict) -> None:
+        saved = state.get("config")
+        if saved is not None and saved != to_dict(self.cfg):
+            raise ckpt.CheckpointError(f"{self.run_dir}: the saved training state was written with another config")
+        self.method.load_extra_state(state["method"], self.run_dir)
+        ckpt.load_state_dict_checked(self.method.trainable, state["trainable"], os.path.join(self.run_dir, ckpt.LAST_FILE))
+        self.start_epoch = int(state["epoch"])
+        self.history = dict(state.get("history", self.history))
+        self.stage_flops = list(state.get("stage_flops", []))
+        if state.get("optimizer") is not None:
+            self._place()
+            self.optimizer = build_optimizer(self.method.trainable, self.cfg.optim)
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def _save(self, epochs_done: int) -> None:
+        at_stage_start = epochs_done in self.stage_starts
+        state = {
+            "format": ckpt.TRAIN_STATE_FORMAT,
+            "epoch": epochs_done,
+            "trainable": self.method.trainable.state_dict(),
+            # A new stage builds a fresh optimizer: nothing to carry over at a boundary.
+            "optimizer": None if at_stage_start or self.optimizer is None else self.optimizer.state_dict(),
+            "method": self.method.extra_state(),
+            "history": self.history,
+            "stage_flops": self.stage_flops,
+            "config": to_dict(self.cfg),
+        }
+        ckpt.atomic_save(state, os.path.join(self.run_dir, ckpt.LAST_FILE))
+
+    def stage_of(self, epoch: int) -> int:
+        return int(np.searchsorted(self.stage_starts, epoch, side="right") - 1)
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self):
+        if not self.amp_enabled:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def train_epoch(self, epoch: int, logger: RunLogger) -> Dict[str, float]:
+        cfg = self.cfg
+        stage = self.stage_of(epoch)
+        lr = self.lrs[epoch]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.method.set_epoch(epoch)
+        self.method.train()
+        seed_everything(epoch_seed(cfg.train.seed, epoch))
+        sums: Dict[str, float] = {}
+        count = 0
+        start = time.time()
+        loader = self.data.train_loader
+        total = len(loader) if cfg.train.max_batches <= 0 else min(len(loader), cfg.train.max_batches)
+        bar = tqdm(loader, total=total, desc=f"stage {stage + 1} epoch {epoch + 1}/{cfg.train.epochs}", disable=not cfg.train.progress, leave=False)
+        for batch_idx, (images, labels, indices) in enumerate(bar):
+            if batch_idx >= total:
+                break
+            images = images.to(self.device, non_blocking=True)
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(self.device, non_blocking=True)
+            with self._autocast():
+                out = self.method(images, labels, indices)
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()):
+                raise TrainingDivergedError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1} (stage {stage + 1}); "
+                    f"stopped, keeping the last good checkpoint "
+                    f"{os.path.join(self.run_dir, ckpt.LAST_FILE)} (after epoch {epoch})"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = images.shape[0]
+            count += n
+            for k, v in out.items():
+                if k == "logits" or not torch.is_tensor(v) or v.dim() != 0:
+                    continue
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
+        bar.close()
+        if count == 0:
+            raise RuntimeError("the training loader gave no batch; check data.batch_size against the training set size")
+        record = {"stage": stage + 1, "epoch": epoch + 1, "lr": lr}
+        record.update({("train_acc" if k == "acc" else k): v / count for k, v in sums.items()})
+        record["seconds"] = time.time() - start
+        return record
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        logger = RunLogger(self.run_dir, cfg.train.tensorboard, start_epoch=self.start_epoch)
+        try:
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                stage = self.stage_of(epoch)
+                if self.optimizer is None or epoch == self.stage_starts[stage]:
+                    self.optimizer = build_optimizer(self.method.trainable, cfg.optim)
+                if len(self.stage_flops) <= stage:
+                    self.stage_flops.append(training_forward_flops(self.method, self.data.train_eval_loader.dataset, self.device))
+                record = self.train_epoch(epoch, logger)
+                self.history["train_seconds"] += record["seconds"]
+                terms = [k for k in record if k not in ("stage", "epoch", "lr", "loss", "train_acc", "seconds")]
+                if epoch + 1 == self.stage_starts[stage + 1]:
+                    self.method.on_stage_end(stage, self.context)
+                    self._place()
+                    self.optimizer = None
+                self._save(epoch + 1)
+                logger.log_epoch(record)
+                tqdm.write(format_epoch(record, terms)) if cfg.train.progress else print(format_epoch(record, terms))
+            return self.finish(logger)
+        finally:
+            logger.close()
+
+    # ------------------------------------------------------------------ end of run
+    def training_flops(self) -> int:
+        """Forward FLOPs x epochs x training-set size, summed over stages (as in the paper)."""
+        return int(sum(f * s.epochs * self.data.num_train for f, s in zip(self.stage_flops, self.stages)))
+
+    def finish(self, logger: RunLogger) -> dict:
+        from reid_srdl.engine.evaluate import evaluate_model, print_results_table
+
+        cfg = self.cfg
+        deployed = self.method.deploy()
+        ckpt.save_model_file(
+            deployed,
+            os.path.join(self.run_dir, ckpt.FINAL_FILE),
+            task=self.data.task,
+            data=cfg.data.name,
+            method=cfg.method.name,
+            height=cfg.data.height,
+            width=cfg.data.width,
+        )
+        models = {"deployed": deployed}
+        models.update(self.method.extra_eval_models(self.context))
+        results = {}
+        for name, model in models.items():
+            results[name] = evaluate_model(
+                model, self.data, self.device, cfg.eval, out_dir=self.run_dir, tag=name, progress=cfg.train.progress
+            )
+        summary = {
+            "task": self.data.task,
+            "data": cfg.data.name,
+            "model": cfg.model.name,
+            "method": cfg.method.name,
+            "epochs": cfg.train.epochs,
+            "num_train": self.data.num_train,
+            "num_classes": self.data.num_classes,
+            "forward_flops_per_sample": self.stage_flops,
+            "train_flops": self.training_flops(),
+            "train_seconds": self.history["train_seconds"],
+            "results": results,
+        }
+        tmp = os.path.join(self.run_dir, "metrics.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, os.path.join(self.run_dir, "metrics.json"))
+        flat = {}
+        for name, res in results.items():
+            for proto, vals in res.items():
+                for k, v in vals.items():
+                    if isinstance(v, float):
+                        flat[f"{name}/{proto}/{k}"] = v
+        logger.log_results(flat, cfg.train.epochs)
+        print_results_table(summary)
+        return summary

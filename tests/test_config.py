@@ -1,0 +1,95 @@
+"""Config: YAML + one level of _base_, dotted overrides, strict keys and types, round trip."""
+import os
+
+import pytest
+import yaml
+
+from reid_srdl.config import Config, ConfigError, load_config, save_config, to_dict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(path, data):
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    return str(path)
+
+
+def test_overrides_are_typed_by_the_schema():
+    cfg = load_config(None, ["optim.lr=0.05", "method.srdl.temperature=4", "train.run_name=0001", "optim.milestones=[0.3, 0.6]"])
+    assert cfg.optim.lr == 0.05
+    assert cfg.method.srdl.temperature == 4.0 and isinstance(cfg.method.srdl.temperature, float)
+    assert cfg.train.run_name == "0001"  # a string field keeps the text, not int 1
+    assert cfg.optim.milestones == (0.3, 0.6)
+    assert cfg.optim.momentum == 0.9  # untouched default
+
+
+def test_base_is_merged_and_file_then_overrides_win(tmp_path):
+    write(tmp_path / "base.yaml", {"optim": {"lr": 0.2, "weight_decay": 0.001}, "train": {"epochs": 50}})
+    child = write(tmp_path / "child.yaml", {"_base_": "base.yaml", "optim": {"lr": 0.3}})
+    cfg = load_config(child, ["train.epochs=7"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.epochs) == (0.3, 0.001, 7)
+
+
+def test_two_levels_of_base_are_refused(tmp_path):
+    write(tmp_path / "a.yaml", {"train": {"epochs": 3}})
+    write(tmp_path / "b.yaml", {"_base_": "a.yaml"})
+    c = write(tmp_path / "c.yaml", {"_base_": "b.yaml"})
+    with pytest.raises(ConfigError, match="only one level of _base_"):
+        load_config(c)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown key 'optim.lrr'; valid keys in 'optim': lr, momentum"),
+        ("optimizer.lr=1", "unknown key 'optimizer'; valid keys at the top level: data, model, method"),
+        ("method.srdl.temp=2", "unknown key 'method.srdl.temp'; valid keys in 'method.srdl': temperature"),
+        ("optim.lr=fast", "key 'optim.lr' expects float, got str 'fast'"),
+        ("train.epochs=2.5", "key 'train.epochs' expects int, got float 2.5"),
+        ("optim.nesterov=1", "key 'optim.nesterov' expects bool, got int 1"),
+        ("optim.lr.x=1", "key 'optim.lr' is a value, not a section"),
+        ("method.name=magic", "method.name='magic' is not one of: vanilla, kd, srdl, one, byot, frskd"),
+        ("optim.milestones=[0.5, 1.5]", "fractions in \\(0, 1\\), got 1.5"),
+        ("lr", "must look like section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_valid_ones(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", {"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'.*epochs"):
+        load_config(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.01", "method.name=kd", "method.kd.teacher=runs/t"])
+    path = str(tmp_path / "config.yaml")
+    save_config(cfg, path)
+    again = load_config(path)
+    assert again == cfg
+    assert to_dict(again)["optim"]["milestones"] == [0.5, 0.75]
+
+
+def test_demo_yaml_is_the_builtin_default():
+    assert load_config(os.path.join(REPO, "configs", "demo.yaml")) == Config()
+
+
+@pytest.mark.parametrize(
+    "name", sorted(os.path.relpath(os.path.join(d, f), REPO) for d, _, fs in os.walk(os.path.join(REPO, "configs")) for f in fs)
+)
+def test_every_shipped_config_loads(name):
+    cfg = load_config(os.path.join(REPO, name))
+    if name.startswith(os.path.join("configs", "market1501")) and "base" not in name:
+        assert (cfg.data.height, cfg.data.width, cfg.data.batch_size, cfg.train.epochs) == (256, 128, 32, 120)
+        assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.1, 0.9, True, 2e-4)
+    if name.startswith(os.path.join("configs", "cifar100")):
+        assert cfg.data.batch_size == 128

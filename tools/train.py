@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Train (and evaluate) a re-id or classification network with one of the methods.
+
+    python tools/train.py                                   # SRDL on the synthetic Market-1501 demo
+    python tools/train.py method.name=vanilla train.epochs=4
+    python tools/train.py --config configs/market1501/srdl_resnet50.yaml data.root=/data
+    python tools/train.py --resume runs/market1501_small_reid_srdl_20261121-220000
+
+Overrides are ``section.key=value`` (see reid_srdl/config.py for every key).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from reid_srdl.config import ConfigError, load_config  # noqa: E402
+from reid_srdl.engine.checkpoint import CONFIG_FILE, CheckpointError, is_run_dir  # noqa: E402
+from reid_srdl.registry import UnknownNameError  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (default: the built-in CPU demo)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete epoch")
+    p.add_argument("--list-models", action="store_true", help="print the model names and exit")
+    p.add_argument("--list-methods", action="store_true", help="print the method names and exit")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list_models or args.list_methods:
+        from reid_srdl.methods import METHODS
+        from reid_srdl.models import list_models
+
+        print("\n".join(list_models() if args.list_models else METHODS.list()))
+        return 0
+    from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, make_run_dir
+
+    try:
+        if args.resume:
+            if args.config or args.overrides:
+                raise ConfigError("--resume takes the run's own config.yaml; give no --config or overrides with it")
+            if not is_run_dir(args.resume):
+                raise CheckpointError(
+                    f"cannot resume: {args.resume} is not a run directory (no {CONFIG_FILE}; "
+                    f"expected a folder written by tools/train.py)"
+                )
+            cfg = load_config(os.path.join(args.resume, CONFIG_FILE))
+            run_dir = args.resume
+        else:
+            cfg = load_config(args.config, args.overrides)
+            run_dir = make_run_dir(cfg)
+        print(f"run directory: {run_dir}")
+        Trainer(cfg, run_dir, resume=bool(args.resume)).fit()
+    except (ConfigError, CheckpointError, UnknownNameError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
