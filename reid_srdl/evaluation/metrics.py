@@ -1,0 +1,406 @@
+"""Re-id ranking metrics: CMC, mAP and mINP under the Market-1501 protocol.
+
+Numpy arrays in, numbers out.  The protocol (as the official Market-1501 code and
+torchreid's ``eval_market1501``):
+
+* the gallery is ranked by Euclidean distance to each query, ties broken by the smaller
+  gallery index (torchreid sorts with ``np.argsort``'s default, unstable quicksort, so its
+  order of tied items is unspecified; compare against it on tie-free features);
+* from each query's ranking we remove the gallery items with the query's pid AND camera, and
+  junk (pid -1);  distractors (pid 0) stay as negatives;
+* a query left without any true match is skipped, and counted in ``num_queries`` only.
+
+Exact and memory-bounded: queries are processed in blocks of full distance rows and no
+query x gallery index matrix is ever built.  A true match's rank is one plus the number of
+valid items closer to the query, counted among the items no farther than the query's farthest
+true match -- no sort of the whole gallery -- so CMC, mAP and mINP are exact.
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from reid_srdl.evaluation.search import pairwise_squared_l2, squared_norms
+
+JUNK_PID = -1
+DISTRACTOR_PID = 0
+REPORTED_RANKS = (1, 5, 10, 20)
+AP_METHODS = ("torchreid", "official")
+POOLS = ("mean", "max")
+# Distance rows per block: ~256 MB of float32 whatever the gallery size.
+_BLOCK_ELEMENTS = 1 << 26
+
+
+class EvaluationInputError(ValueError):
+    """Features, identities or options handed to the evaluation are not what it expects."""
+
+
+# ------------------------------------------------------------------------- input checks
+def check_features(x, what: str) -> np.ndarray:
+    """``x`` as a non-empty, finite float32 ``(N, D)`` array; ``what`` names it in errors."""
+    try:
+        arr = np.asarray(x)
+    except Exception as e:  # ragged lists and the like
+        raise EvaluationInputError(f"{what}: cannot be read as an N x D array ({e})") from None
+    if arr.ndim != 2:
+        raise EvaluationInputError(f"{what}: expected a 2-D array (N x D), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise EvaluationInputError(f"{what}: is empty (0 rows); expected at least one feature")
+    if arr.shape[1] == 0:
+        raise EvaluationInputError(f"{what}: features have 0 dimensions")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise EvaluationInputError(f"{what}: expected numbers, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise EvaluationInputError(
+            f"{what}: contains NaN or inf ({int((~finite).sum())} values; first in row {row})"
+        )
+    return arr
+
+
+def check_ids(x, n: int, what: str) -> np.ndarray:
+    """``x`` as an int64 vector of length ``n`` (person ids or camera ids)."""
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise EvaluationInputError(f"{what}: expected a 1-D array of {n} integers, got shape {arr.shape}")
+    if len(arr) != n:
+        raise EvaluationInputError(f"{what}: has {len(arr)} entries but there are {n} features")
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+        return arr.astype(np.int64)
+    if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        return arr.astype(np.int64)
+    raise EvaluationInputError(f"{what}: expected integers, got dtype {arr.dtype}")
+
+
+def _check_choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise EvaluationInputError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class ReIDResult:
+    """``cmc[r-1]``: fraction of valid queries whose first true match is at rank <= r."""
+
+    cmc: np.ndarray
+    mAP: float
+    mINP: float
+    num_queries: int
+    num_valid_queries: int
+
+    def rank(self, r: int) -> float:
+        if not 1 <= r <= len(self.cmc):
+            raise EvaluationInputError(f"rank {r} is outside the computed CMC curve (1..{len(self.cmc)})")
+        return float(self.cmc[r - 1])
+
+    def to_dict(self) -> Dict[str, float]:
+        """rank1/5/10/20, mAP, mINP as fractions in [0, 1], and the query counts.
+
+        A rank beyond ``len(cmc)`` (``max_rank`` < 20) is left out rather than invented.
+        """
+        out: Dict[str, float] = {f"rank{r}": self.rank(r) for r in REPORTED_RANKS if r <= len(self.cmc)}
+        out.update(
+            mAP=float(self.mAP),
+            mINP=float(self.mINP),
+            num_queries=int(self.num_queries),
+            num_valid_queries=int(self.num_valid_queries),
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class MultiQuery:
+    """The gt_bbox images of the multi-query protocol: features ``(M, D)``, pids, camids."""
+
+    features: np.ndarray
+    pids: np.ndarray
+    camids: np.ndarray
+
+
+# ------------------------------------------------------------------------- multi-query
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def pool_multi_query(
+    q_feats,
+    q_pids,
+    q_camids,
+    multi_query: MultiQuery,
+    pool: str = "mean",
+    normalize: bool = False,
+) -> np.ndarray:
+    """Multi-query features: each query is replaced by the pooled gt_bbox features of its
+    (pid, camera), as in the official Market-1501 multi-query evaluation.
+
+    ``pool``: ``"mean"`` (element-wise average) or ``"max"`` (element-wise maximum).
+    A query whose (pid, camera) has no gt_bbox image keeps its own feature.
+    ``normalize=True`` L2-normalises every resulting query feature (pooled or kept), so
+    that all queries live on the same scale.
+    """
+    _check_choice(pool, POOLS, "pool")
+    q = check_features(q_feats, "query features")
+    q_pids = check_ids(q_pids, len(q), "query pids")
+    q_camids = check_ids(q_camids, len(q), "query camids")
+    m = check_features(multi_query.features, "multi-query features")
+    if m.shape[1] != q.shape[1]:
+        raise EvaluationInputError(
+            f"multi-query features have {m.shape[1]} dimensions but query features have {q.shape[1]}"
+        )
+    m_pids = check_ids(multi_query.pids, len(m), "multi-query pids")
+    m_camids = check_ids(multi_query.camids, len(m), "multi-query camids")
+
+    # One group per distinct (pid, camera) of the gt_bbox set, pooled once.
+    keys, group_of = np.unique(np.stack([m_pids, m_camids], axis=1), axis=0, return_inverse=True)
+    group_of = group_of.reshape(-1)
+    order = np.argsort(group_of, kind="stable")
+    starts = np.searchsorted(group_of[order], np.arange(len(keys)))
+    if pool == "mean":
+        pooled = np.add.reduceat(m[order].astype(np.float64), starts, axis=0)
+        pooled /= np.bincount(group_of, minlength=len(keys))[:, None]
+        pooled = pooled.astype(np.float32)
+    else:
+        pooled = np.maximum.reduceat(m[order], starts, axis=0)
+
+    # Find each query's group (if any) by a search in the sorted (pid, camera) keys.
+    q_keys = np.stack([q_pids, q_camids], axis=1)
+    pos = _find_rows(keys, q_keys)
+    out = q.copy()
+    has_group = pos >= 0
+    out[has_group] = pooled[pos[has_group]]
+    return l2_normalize(out) if normalize else out
+
+
+def _find_rows(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Index of each query row in the lexicographically sorted 2-column ``sorted_keys``, or -1."""
+    # Pack (pid, camera) into one structured scalar so that numpy can searchsorted the pairs.
+    dtype = np.dtype([("pid", np.int64), ("cam", np.int64)])
+    table = np.ascontiguousarray(sorted_keys).view(dtype).reshape(-1)
+    wanted = np.ascontiguousarray(queries).view(dtype).reshape(-1)
+    pos = np.searchsorted(table, wanted)
+    found = pos < len(table)
+    found[found] = table[pos[found]] == wanted[found]
+    return np.where(found, pos, -1)
+
+
+# ------------------------------------------------------------------------- ranking core
+class _GalleryIds:
+    """Gallery columns grouped by pid, so a query finds its same-pid items without a scan."""
+
+    def __init__(self, g_pids: np.ndarray, g_camids: np.ndarray):
+        self.camids = g_camids
+        self.order = np.argsort(g_pids, kind="stable")  # stable: columns ascending within a pid
+        self.pids, starts = np.unique(g_pids[self.order], return_index=True)
+        self.bounds = np.append(starts, len(g_pids))
+        self.junk = np.flatnonzero(g_pids == JUNK_PID)
+
+    def split(self, pid: int, camid: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(true matches, same-camera duplicates) of a query: same pid, other/same camera."""
+        if pid == JUNK_PID:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        i = int(np.searchsorted(self.pids, pid))
+        if i == len(self.pids) or self.pids[i] != pid:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        same_pid = self.order[self.bounds[i] : self.bounds[i + 1]]
+        same_cam = self.camids[same_pid] == camid
+        return same_pid[~same_cam], same_pid[same_cam]
+
+
+def positive_ranks(sq_dist_row: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """1-based ranks, ascending, of the true matches in one query's ranking.
+
+    ``sq_dist_row``: squared distances to every gallery item, with removed items (same
+    camera, junk) set to +inf so that they rank after every true match.  ``positives``:
+    the gallery columns of the true matches.
+
+    Only the items no farther than the farthest true match can precede one, so only those
+    are sorted (usually a small part of the gallery); a true match's rank is one plus the
+    number of them strictly closer, plus -- for exact ties -- the tied items with a smaller
+    gallery index.
+    """
+    pos_dist = sq_dist_row[positives]
+    if not np.all(np.isfinite(pos_dist)):
+        raise EvaluationInputError(
+            "squared distances overflow float32; the features are too large (scale them down)"
+        )
+    closer = np.sort(sq_dist_row[sq_dist_row <= pos_dist.max()])
+    strictly_closer = np.searchsorted(closer, pos_dist, side="left")
+    equal = np.searchsorted(closer, pos_dist, side="right") - strictly_closer
+    ranks = strictly_closer + 1
+    for j in np.flatnonzero(equal > 1):  # a tie besides the match itself (rare)
+        ranks[j] += np.count_nonzero(sq_dist_row[: positives[j]] == pos_dist[j])
+    return np.sort(ranks)
+
+
+def average_precision(ranks: np.ndarray, method: str = "torchreid") -> float:
+    """AP of one query from the ascending 1-based ranks of its true matches.
+
+    ``torchreid``: mean over the hits of the precision at the hit, ``k / r_k``.
+    ``official``: the Market-1501 code's trapezoid rule, mean over the hits of
+    ``(precision just before the hit + precision at the hit) / 2``, where the precision
+    just before the k-th hit is ``(k-1)/(r_k-1)`` (1 when the hit is at rank 1).
+    """
+    k = np.arange(1, len(ranks) + 1, dtype=np.float64)
+    r = ranks.astype(np.float64)
+    at_hit = k / r
+    if method == "torchreid":
+        return float(at_hit.mean())
+    before = np.ones_like(at_hit)
+    np.divide(k - 1, r - 1, out=before, where=r > 1)
+    return float(((before + at_hit) / 2).mean())
+
+
+def _block_rows(num_gallery: int, chunk_size: Optional[int]) -> int:
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise EvaluationInputError(f"chunk_size must be >= 1; got {chunk_size}")
+        return int(chunk_size)
+    return max(1, _BLOCK_ELEMENTS // num_gallery)
+
+
+def _distance_blocks(q: np.ndarray, g: np.ndarray, chunk_size: Optional[int]):
+    """Yield (first query row, squared distances of a block of queries to the gallery)."""
+    g_sq = squared_norms(g)
+    step = _block_rows(len(g), chunk_size)
+    for start in range(0, len(q), step):
+        yield start, pairwise_squared_l2(q[start : start + step], g, g_sq)
+
+
+# ------------------------------------------------------------------------- evaluation
+def evaluate_reid(
+    q_feats,
+    g_feats,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    ap: str = "torchreid",
+    multi_query: Optional[MultiQuery] = None,
+    pool: str = "mean",
+    normalize: bool = False,
+    chunk_size: Optional[int] = None,
+) -> ReIDResult:
+    """CMC, mAP and mINP of a query set against a gallery (Market-1501 protocol).
+
+    Args:
+        q_feats, g_feats: ``(Nq, D)`` and ``(Ng, D)`` features, finite.
+        q_pids, g_pids, q_camids, g_camids: integer vectors of matching lengths;
+            gallery pid -1 is junk (removed), pid 0 a distractor (kept as a negative).
+        max_rank: length of the returned CMC curve.  Ranks past the number of valid
+            gallery items keep the last value (1.0), unlike torchreid which shortens it.
+        ap: ``"torchreid"`` (mean precision at each hit, torchreid's ``evaluate_rank``) or
+            ``"official"`` (the Market-1501 code's trapezoid AP); see :func:`average_precision`.
+        multi_query: gt_bbox features, pids and camids for the multi-query protocol; each
+            query is replaced by :func:`pool_multi_query` (``pool``, ``normalize``) first.
+        chunk_size: queries per block of distance rows; default keeps a block near 256 MB.
+
+    mINP (Ye et al., 2021): mean over valid queries of ``#true matches / rank of the last``.
+
+    Raises:
+        EvaluationInputError: bad shapes, NaN/inf, empty sets, unknown options, or no query
+            with a true match in the gallery.
+    """
+    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise EvaluationInputError(f"max_rank must be a positive integer; got {max_rank!r}")
+    _check_choice(ap, AP_METHODS, "ap")
+    q = check_features(q_feats, "query features")
+    g = check_features(g_feats, "gallery features")
+    if q.shape[1] != g.shape[1]:
+        raise EvaluationInputError(
+            f"query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}"
+        )
+    q_pids = check_ids(q_pids, len(q), "query pids")
+    q_camids = check_ids(q_camids, len(q), "query camids")
+    g_pids = check_ids(g_pids, len(g), "gallery pids")
+    g_camids = check_ids(g_camids, len(g), "gallery camids")
+    if multi_query is not None:
+        q = pool_multi_query(q, q_pids, q_camids, multi_query, pool=pool, normalize=normalize)
+
+    gallery = _GalleryIds(g_pids, g_camids)
+    first_hit_counts = np.zeros(max_rank, dtype=np.int64)
+    ap_sum = inp_sum = 0.0
+    num_valid = 0
+    for start, block in _distance_blocks(q, g, chunk_size):
+        if gallery.junk.size:
+            block[:, gallery.junk] = np.inf
+        for i, row in enumerate(block):
+            positives, removed = gallery.split(q_pids[start + i], q_camids[start + i])
+            if positives.size == 0:
+                continue  # no true match: skipped, as torchreid and the official code do
+            row[removed] = np.inf
+            ranks = positive_ranks(row, positives)
+            num_valid += 1
+            if ranks[0] <= max_rank:
+                first_hit_counts[ranks[0] - 1] += 1
+            ap_sum += average_precision(ranks, ap)
+            inp_sum += len(ranks) / ranks[-1]
+    if num_valid == 0:
+        raise EvaluationInputError(
+            f"no valid query: none of the {len(q)} queries has a true match in the gallery "
+            f"(same pid, other camera, pid not -1); check that the pids/camids of the two sets agree"
+        )
+    return ReIDResult(
+        cmc=np.cumsum(first_hit_counts) / num_valid,
+        mAP=ap_sum / num_valid,
+        mINP=inp_sum / num_valid,
+        num_queries=len(q),
+        num_valid_queries=num_valid,
+    )
+
+
+def ranked_gallery(
+    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, k: int = 10
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The top-``k`` of each query's protocol ranking (removed items left out).
+
+    Returns ``(indices, distances)``, each ``(Nq, k)``: gallery indices ordered by
+    (L2 distance, index), padded with -1 / inf when fewer than ``k`` items remain.
+    Meant for a few queries (ranked-list pictures); it builds one key per gallery item.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise EvaluationInputError(f"k must be a positive integer; got {k!r}")
+    q = check_features(q_feats, "query features")
+    g = check_features(g_feats, "gallery features")
+    if q.shape[1] != g.shape[1]:
+        raise EvaluationInputError(
+            f"query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}"
+        )
+    q_pids = check_ids(q_pids, len(q), "query pids")
+    q_camids = check_ids(q_camids, len(q), "query camids")
+    gallery = _GalleryIds(check_ids(g_pids, len(g), "gallery pids"), check_ids(g_camids, len(g), "gallery camids"))
+    indices = np.full((len(q), k), -1, dtype=np.int64)
+    distances = np.full((len(q), k), np.inf, dtype=np.float64)
+    for start, block in _distance_blocks(q, g, None):
+        for i, row in enumerate(block):
+            _, removed = gallery.split(q_pids[start + i], q_camids[start + i])
+            kept = np.ones(len(g), dtype=bool)
+            kept[removed] = False
+            kept[gallery.junk] = False
+            cols = np.flatnonzero(kept)
+            top = cols[np.lexsort((cols, row[cols]))[:k]]  # by distance, then index
+            indices[start + i, : len(top)] = top
+            distances[start + i, : len(top)] = np.sqrt(row[top].astype(np.float64))
+    return indices, distances
+
+
+def format_results_table(result: ReIDResult, title: str = "") -> str:
+    """A small fixed-width table of Rank-1/5/10/20, mAP and mINP in percent."""
+    values = result.to_dict()
+    names = [f"Rank-{r}" for r in REPORTED_RANKS if f"rank{r}" in values] + ["mAP", "mINP"]
+    keys = [f"rank{r}" for r in REPORTED_RANKS if f"rank{r}" in values] + ["mAP", "mINP"]
+    width = max(8, max(len(n) for n in names) + 2)
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append("".join(n.rjust(width) for n in names))
+    lines.append("".join(f"{100 * values[k]:.2f}".rjust(width) for k in keys))
+    lines.append(f"({result.num_valid_queries} of {result.num_queries} queries have a true match in the gallery)")
+    return "\n".join(lines)
+

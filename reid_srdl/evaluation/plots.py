@@ -1,0 +1,122 @@
+"""Pictures of an evaluation: the CMC curve and ranked lists (query + top-k gallery images).
+
+Both are written atomically (PNG bytes rendered in memory, then one temp-file rename).  The
+CMC curve uses matplotlib's Agg canvas directly, so no pyplot state or GUI backend is touched;
+ranked lists are composed with OpenCV.
+"""
+import io
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from reid_srdl.evaluation.io import write_bytes_atomic
+from reid_srdl.evaluation.metrics import EvaluationInputError
+
+# BGR colours for OpenCV.
+MATCH_COLOUR = (40, 170, 40)  # green: same identity as the query
+WRONG_COLOUR = (40, 40, 220)  # red: another identity (or a distractor)
+QUERY_COLOUR = (160, 160, 160)
+BACKGROUND = (255, 255, 255)
+
+
+def plot_cmc(
+    curves: Union[np.ndarray, Mapping[str, np.ndarray]],
+    path: str,
+    title: str = "CMC",
+    max_rank: Optional[int] = None,
+) -> None:
+    """Write a CMC curve PNG: one curve (an array) or several (label -> array).
+
+    Values are fractions in [0, 1] and are shown in percent, rank on the x axis from 1.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not isinstance(curves, Mapping):
+        curves = {"": curves}
+    if not curves:
+        raise EvaluationInputError("plot_cmc: no curve given")
+    fig = Figure(figsize=(5, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, cmc in curves.items():
+        cmc = np.asarray(cmc, dtype=np.float64).reshape(-1)
+        if max_rank is not None:
+            cmc = cmc[:max_rank]
+        ranks = np.arange(1, len(cmc) + 1)
+        ax.plot(ranks, 100 * cmc, marker="." if len(cmc) <= 50 else None, label=label or None)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("matching rate (%)")
+    ax.set_title(title)
+    ax.set_ylim(0, 100.5)
+    ax.set_xlim(left=1)
+    ax.grid(True, alpha=0.3)
+    if any(curves):
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _read_image(path: str, size: Tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise EvaluationInputError(f"cannot read image {path} (missing or not an image) for the ranked list")
+    height, width = size
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _tile(img: np.ndarray, colour, border: int, caption: str) -> np.ndarray:
+    import cv2
+
+    framed = cv2.copyMakeBorder(img, border, border, border, border, cv2.BORDER_CONSTANT, value=colour)
+    pad = np.full((18, framed.shape[1], 3), BACKGROUND, dtype=np.uint8)
+    cv2.putText(pad, caption, (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([framed, pad])
+
+
+def render_ranked_list(
+    query_path: str,
+    gallery_paths: Sequence[str],
+    is_match: Sequence[bool],
+    distances: Optional[Sequence[float]] = None,
+    size: Tuple[int, int] = (128, 64),
+    border: int = 4,
+) -> np.ndarray:
+    """The picture (BGR uint8) of a query followed by its ranked gallery images.
+
+    Gallery tiles get a green border when ``is_match`` (same identity), red otherwise; the
+    caption is the rank and, when given, the distance.
+    """
+    if len(gallery_paths) != len(is_match):
+        raise EvaluationInputError(
+            f"ranked list: {len(gallery_paths)} gallery images but {len(is_match)} match flags"
+        )
+    gap = np.full((size[0] + 2 * border + 18, 6, 3), BACKGROUND, dtype=np.uint8)
+    tiles = [_tile(_read_image(query_path, size), QUERY_COLOUR, border, "query"), gap, gap]
+    for rank, (path, match) in enumerate(zip(gallery_paths, is_match), start=1):
+        caption = f"{rank}" if distances is None else f"{rank}: {distances[rank - 1]:.2f}"
+        tiles.append(_tile(_read_image(path, size), MATCH_COLOUR if match else WRONG_COLOUR, border, caption))
+        tiles.append(gap)
+    return np.hstack(tiles[:-1] if len(tiles) > 3 else tiles)
+
+
+def save_ranked_list(
+    path: str,
+    query_path: str,
+    gallery_paths: Sequence[str],
+    is_match: Sequence[bool],
+    distances: Optional[Sequence[float]] = None,
+    size: Tuple[int, int] = (128, 64),
+) -> None:
+    """Write :func:`render_ranked_list` as a PNG file, atomically."""
+    import cv2
+
+    picture = render_ranked_list(query_path, gallery_paths, is_match, distances, size)
+    ok, png = cv2.imencode(".png", picture)
+    if not ok:  # OpenCV reports failure by a flag, not an exception
+        raise EvaluationInputError(f"could not encode the ranked list for {query_path} as PNG")
+    write_bytes_atomic(path, png.tobytes())
