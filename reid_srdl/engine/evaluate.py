@@ -1,0 +1,61 @@
+"""End-of-run evaluation of a trained network on a DataBundle, and the result table.
+
+Re-id: features of query, gallery and (multi-query) gt_bbox images -> CMC / mAP / mINP
+under the single- and multi-query protocols, CMC curve PNG.  Classification: top-1/top-5.
+"""
+import os
+from typing import Dict
+
+from reid_srdl.evaluation.classification import evaluate_classifier
+from reid_srdl.evaluation.features import extract_features
+from reid_srdl.evaluation.metrics import MultiQuery, evaluate_reid
+from reid_srdl.evaluation.plots import plot_cmc
+
+_REID_COLUMNS = (("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mAP", "mAP"), ("mINP", "mINP"))
+_CLS_COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"))
+
+
+def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True) -> Dict[str, dict]:
+    """{"single_query": {...}, "multi_query": {...}} for re-id, {"test": {...}} for classification."""
+    if data.task == "classification":
+        return {"test": evaluate_classifier(model, data.test_loader, device, progress=progress)}
+
+    def features(split):
+        return extract_features(model, split.loader, device, flip=eval_cfg.flip, normalize=eval_cfg.normalize, progress=progress)
+
+    q, g = features(data.query), features(data.gallery)
+    ids = (data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids)
+    results, curves = {}, {}
+    single = evaluate_reid(q, g, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap)
+    results["single_query"], curves["single query"] = single.to_dict(), single.cmc
+    if eval_cfg.multi_query and data.multi_query is not None:
+        mq = MultiQuery(features(data.multi_query), data.multi_query.pids, data.multi_query.camids)
+        multi = evaluate_reid(
+            q, g, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap, multi_query=mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize
+        )
+        results["multi_query"], curves[f"multi query ({eval_cfg.pool})"] = multi.to_dict(), multi.cmc
+    if eval_cfg.plot:
+        plot_cmc(curves, os.path.join(out_dir, f"cmc_{tag}.png"), title=f"CMC: {tag} model")
+    return results
+
+
+def results_table(summary: dict) -> str:
+    """A fixed-width table: one row per (network, protocol), metrics in percent."""
+    columns = _CLS_COLUMNS if summary["task"] == "classification" else _REID_COLUMNS
+    rows = []
+    for model_name, protocols in summary["results"].items():
+        for protocol, values in protocols.items():
+            rows.append([model_name, protocol.replace("_", " ")] + [f"{100 * values[k]:.2f}" for k, _ in columns if k in values])
+    header = ["network", "protocol"] + [name for _, name in columns]
+    widths = [max(len(str(r[i])) for r in rows + [header]) + 2 for i in range(len(header))]
+    line = lambda cells: "".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    title = (
+        f"{summary['method']} | {summary['model']} on {summary['data']} | {summary['epochs']} epochs | "
+        f"train {summary['train_seconds']:.0f}s, {summary['train_flops'] / 1e12:.3f} TFLOPs"
+    )
+    rule = "-" * max(len(title), sum(widths))
+    return "\n".join([rule, title, rule, line(header)] + [line(r) for r in rows] + [rule])
+
+
+def print_results_table(summary: dict) -> None:
+    print(results_table(summary))
