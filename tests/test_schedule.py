@@ -28,5 +28,8 @@ def test_stage_incomplete_spreads_one_decay_over_both_stages():
 def test_small_and_odd_spans():
     assert milestone_epochs(6, (0.5, 0.75)) == [3, 4]
     assert milestone_epochs(5, (0.5, 0.75)) == [2, 3]
+    assert milestone_epochs(1, (0.5, 0.75)) == [1, 1]  # a 1-epoch span trains at the base rate
+    assert epoch_learning_rates([1, 1], 0.1, (0.5, 0.75), 0.1) == pytest.approx([0.1, 0.1])
+    assert step_decay(2, 1.0, (0.5, 0.75), 0.1) == pytest.approx([1, 0.01])
     assert step_decay(6, 1.0, (0.5, 0.75), 0.1) == pytest.approx([1, 1, 1, 0.1, 0.01, 0.01])
     assert epoch_learning_rates([3, 4], 1.0, (0.5, 0.75), 0.5) == pytest.approx([1, 0.5, 0.25, 1, 1, 0.5, 0.25])

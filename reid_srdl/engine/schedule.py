@@ -11,9 +11,10 @@ def milestone_epochs(span_epochs: int, milestones: Sequence[float]) -> List[int]
     """Epoch offsets (0-based, inside a span) at which the step decay applies.
 
     ``floor(fraction * span)``: 60 epochs with (0.5, 0.75) decay at 30 and 45, so epochs
-    0-29 use the base rate, 30-44 one tenth of it, 45-59 one hundredth.
+    0-29 use the base rate, 30-44 one tenth of it, 45-59 one hundredth.  Never before epoch
+    1: the first epoch of a span always runs at the base rate, even in a 1-epoch span.
     """
-    return [int(math.floor(f * span_epochs + 1e-9)) for f in milestones]
+    return [max(1, int(math.floor(f * span_epochs + 1e-9))) for f in milestones]
 
 
 def step_decay(span_epochs: int, base_lr: float, milestones: Sequence[float], gamma: float) -> List[float]:
