@@ -525,6 +525,13 @@ def plan_synthetic_market(num_ids: int, seed: int, images_per_id_camera: int,
     camera_counts = rng.choice([2, 3, 4, 5, 6], size=num_ids, p=[0.25, 0.3, 0.25, 0.12, 0.08])
     cameras_of = {int(p): sorted(int(c) for c in rng.choice(NUM_CAMERAS, size=k, replace=False))
                   for p, k in zip(pids, camera_counts)}
+    # Every camera must appear in both the training and the test identities (as in
+    # Market-1501), even in a tiny set: give a missing camera to the least-seen identity.
+    for group in (train_pids, test_pids):
+        for cam in range(NUM_CAMERAS):
+            if not any(cam in cameras_of[p] for p in group):
+                fewest = min(group, key=lambda p: (len(cameras_of[p]), p))
+                cameras_of[fewest] = sorted(cameras_of[fewest] + [cam])
 
     specs: List[_ImageSpec] = []
     used_names = set()

@@ -1,0 +1,25 @@
+"""Shared fixtures.
+
+``tiny_market_root``: a small synthetic Market-1501 set (8 identities, ~0.2 s to write),
+written once per test session.  Pass the returned folder as ``data.root`` (with
+``data.synthetic=false``, or true: a complete set is used as it is) or as torchreid's
+``ImageDataManager(root=...)``.
+"""
+import os
+import sys
+
+import pytest
+
+# Lets tests import the helper module tests/fixtures_data.py.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+TINY_MARKET = dict(num_ids=8, seed=0, images_per_id_camera=3, gt_bbox_per_id_camera=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_market_root(tmp_path_factory) -> str:
+    from reid_srdl.data.synthetic import make_synthetic_market
+
+    root = str(tmp_path_factory.mktemp("tiny_market"))
+    make_synthetic_market(root, **TINY_MARKET)
+    return root
