@@ -1,0 +1,93 @@
+"""tools/train.py end to end on the tiny fixtures: re-id (SRDL), classification (SRDL, then
+KD from the first run as teacher), and the errors a user sees."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fixtures_data import write_fashion_mnist
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import train as train_cli  # noqa: E402
+
+QUIET = ["train.progress=false", "train.tensorboard=false", "data.workers=0"]
+
+
+def reid_args(root, out, name):
+    return [
+        f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8", "model.feature_dim=32",
+        "train.epochs=2", "train.max_batches=2", f"train.output_dir={out}", f"train.run_name={name}", *QUIET,
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("fmnist"))
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    # Class-dependent brightness so that the task is learnable, plus noise.
+    images = (labels[:, None, None] * 20 + rng.integers(0, 40, size=(60, 28, 28))).astype(np.uint8)
+    write_fashion_mnist(root, images[:40], labels[:40], images[40:], labels[40:])
+    return root
+
+
+def test_reid_srdl_run_as_a_user_would(tiny_market_root, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train.py"), *reid_args(tiny_market_root, tmp_path, "cli")],
+        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Rank-1" in proc.stdout and "multi query" in proc.stdout and "ensemble" in proc.stdout
+    with open(tmp_path / "cli" / "metrics.json") as f:
+        metrics = json.load(f)
+    sq = metrics["results"]["deployed"]["single_query"]
+    assert 0.0 <= sq["rank1"] <= sq["rank5"] <= sq["rank10"] <= 1.0
+    assert f"{100 * sq['rank1']:.2f}" in proc.stdout  # the table shows what the JSON holds
+
+
+def test_classification_srdl_then_kd_from_it(tiny_fashion_root, tmp_path, capsys):
+    common = [
+        "data.name=fashion_mnist", f"data.root={tiny_fashion_root}", "data.batch_size=16", "model.name=resnet8",
+        "train.epochs=2", f"train.output_dir={tmp_path}", "eval.multi_query=false", *QUIET,
+    ]
+    assert train_cli.main([*common, "train.run_name=teacher", "method.name=srdl"]) == 0
+    out = capsys.readouterr().out
+    assert "Top-1" in out and "Top-5" in out
+    with open(tmp_path / "teacher" / "metrics.json") as f:
+        teacher = json.load(f)
+    assert teacher["task"] == "classification" and teacher["num_train"] == 40 and teacher["num_classes"] == 10
+    assert 0.0 <= teacher["results"]["deployed"]["test"]["top1"] <= teacher["results"]["deployed"]["test"]["top5"] <= 1.0
+
+    kd = [*common, "train.run_name=student", "method.name=kd", f"method.kd.teacher={tmp_path / 'teacher'}"]
+    assert train_cli.main(kd) == 0
+    with open(tmp_path / "student" / "metrics.jsonl") as f:
+        lines = [json.loads(x) for x in f]
+    assert all("kd" in line and line["loss"] == pytest.approx(line["ce"] + line["kd"], rel=1e-5) for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.name=resnet5"], "unknown model 'resnet5'; valid models: densenet121"),
+        (["method.name=magic"], "method.name='magic' is not one of: vanilla, kd, srdl, one, byot, frskd"),
+        (["optim.lr=fast"], "key 'optim.lr' expects float"),
+        (["train.epoch=3"], "unknown key 'train.epoch'; valid keys in 'train': epochs"),
+        (["--resume", "."], "is not a run directory"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(tiny_market_root, tmp_path, capsys, args, message):
+    base = [] if args[0] == "--resume" else reid_args(tiny_market_root, tmp_path, "bad")
+    assert train_cli.main([*base, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_data_root_names_the_folder(tmp_path, capsys):
+    args = reid_args(tmp_path / "nowhere", tmp_path, "missing") + ["data.synthetic=false"]
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "bounding_box_train" in err
