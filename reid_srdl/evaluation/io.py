@@ -60,6 +60,59 @@ def atomic_output(path: str, suffix: str = "") -> Iterator[str]:
         raise
 
 
+class OutputBatch:
+    """Several output files that appear together or not at all.
+
+    :meth:`path` hands out a temporary name beside each final file; leaving the ``with``
+    block normally renames them all into place, an exception removes them (and the folders
+    this batch created).  Renames are per file, each atomic; they only start once every
+    file has been written, so a failed run leaves none behind.
+    """
+
+    def __init__(self):
+        self._pending = []  # (temporary, final)
+        self._created_dirs = []
+
+    def path(self, final: str) -> str:
+        final = os.path.abspath(os.fspath(final))
+        folder = os.path.dirname(final)
+        missing = []
+        probe = folder
+        while not os.path.exists(probe):
+            missing.append(probe)
+            probe = os.path.dirname(probe)
+        os.makedirs(folder, exist_ok=True)
+        self._created_dirs.extend(reversed(missing))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        self._pending.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        self._pending = []
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        self._pending = []
+        for folder in reversed(self._created_dirs):  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only succeeds when empty
+        self._created_dirs = []
+
+    def __enter__(self) -> "OutputBatch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:

@@ -1,0 +1,219 @@
+"""tools/eval_reid.py on small feature files, the .npz format, atomic outputs and pictures."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from reid_srdl.evaluation.io import OutputBatch, atomic_output, load_features, save_features
+from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery, evaluate_reid
+from reid_srdl.evaluation.plots import MATCH_COLOUR, WRONG_COLOUR, plot_cmc, render_ranked_list
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tools", "eval_reid.py")
+JSON_KEYS = ["rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "num_queries", "num_valid_queries"]
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("eval_reid_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli = load_cli()
+
+
+@pytest.fixture
+def sets(tmp_path):
+    """Query, gallery and gt_bbox feature files with images on disk (paths)."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(40):
+        p = tmp_path / "img" / f"{i:02d}.png"
+        p.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(p), np.full((32, 16, 3), 6 * i, dtype=np.uint8))
+        paths.append(str(p))
+    data = {
+        "q": (rng.standard_normal((6, 4)), rng.integers(1, 5, 6), rng.integers(0, 2, 6), paths[:6]),
+        "g": (rng.standard_normal((30, 4)), rng.integers(0, 5, 30), rng.integers(0, 3, 30), paths[6:36]),
+        "m": (rng.standard_normal((12, 4)), rng.integers(1, 5, 12), rng.integers(0, 2, 12), None),
+    }
+    files = {}
+    for name, (f, p, c, im) in data.items():
+        files[name] = str(tmp_path / f"{name}.npz")
+        save_features(files[name], f, p, c, im)
+    return files, data, tmp_path
+
+
+def run_subprocess(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_json_plot_and_ranked_lists(sets, capsys):
+    files, data, tmp = sets
+    out = tmp / "out"
+    code = cli.main(
+        ["--query", files["q"], "--gallery", files["g"], "--json", str(out / "m.json"),
+         "--plot", str(out / "cmc.png"), "--visualize", "3", "--out", str(out / "ranked"), "--ap", "official"]
+    )
+    assert code == 0
+    (qf, qp, qc, _), (gf, gp, gc, _) = data["q"], data["g"]
+    expected = evaluate_reid(qf, gf, qp, gp, qc, gc, ap="official").to_dict()
+    written = json.loads((out / "m.json").read_text())
+    assert list(written) == JSON_KEYS
+    assert written == pytest.approx(expected, abs=1e-12)
+    assert all(0 <= written[k] <= 1 for k in JSON_KEYS[:6])
+    assert f"{100 * expected['mAP']:.2f}" in capsys.readouterr().out  # the printed table, in %
+    cmc = cv2.imread(str(out / "cmc.png"))
+    assert cmc is not None and cmc.shape[0] > 100 and cmc.shape[1] > 100
+    pictures = sorted(os.listdir(out / "ranked"))
+    assert len(pictures) == 3 and pictures[0] == f"query_00000_pid{qp[0]}_cam{qc[0]}.png"
+    for name in pictures:
+        assert cv2.imread(str(out / "ranked" / name)) is not None
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_cli_multi_query_matches_library(sets):
+    files, data, tmp = sets
+    code = cli.main(["--query", files["q"], "--gallery", files["g"], "--multi-query", files["m"],
+                     "--pool", "max", "--json", str(tmp / "mq.json")])
+    assert code == 0
+    (qf, qp, qc, _), (gf, gp, gc, _), (mf, mp, mc, _) = data["q"], data["g"], data["m"]
+    expected = evaluate_reid(qf, gf, qp, gp, qc, gc, multi_query=MultiQuery(mf, mp, mc), pool="max")
+    assert json.loads((tmp / "mq.json").read_text()) == pytest.approx(expected.to_dict(), abs=1e-12)
+
+
+def test_cli_bad_input_exits_2_with_one_line_and_no_outputs(sets):
+    files, _, tmp = sets
+    broken = tmp / "broken.npz"
+    np.savez(broken, features=np.zeros((3, 4), np.float32), pids=np.arange(3))  # no camids
+    out = tmp / "never"
+    proc = run_subprocess("--query", files["q"], "--gallery", str(broken), "--json", str(out / "m.json"),
+                          "--plot", str(out / "c.png"))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "broken.npz" in proc.stderr and "missing key(s) camids" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: dict(features=np.zeros((3, 5), np.float32), pids=np.arange(3), camids=np.zeros(3)),
+         "has 5-dimensional features but"),
+        (lambda d: dict(features=np.full((3, 4), np.nan, np.float32), pids=np.arange(3), camids=np.zeros(3)),
+         "contains NaN or inf"),
+        (lambda d: dict(features=np.zeros((3, 4), np.float32), pids=np.arange(2), camids=np.zeros(3)),
+         "key 'pids': has 2 entries but there are 3 features"),
+        (lambda d: dict(features=np.zeros((0, 4), np.float32), pids=np.arange(0), camids=np.zeros(0)),
+         "is empty"),
+        (lambda d: dict(features=d[0], pids=d[1] + 100, camids=d[2]), "no valid query"),
+    ],
+)
+def test_cli_errors_in_process(sets, capsys, make, message):
+    files, data, tmp = sets
+    bad = tmp / "bad.npz"
+    np.savez(bad, **make(data["g"]))
+    out = tmp / "out"
+    code = cli.main(["--query", files["q"], "--gallery", str(bad), "--json", str(out / "m.json")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ")
+    assert not out.exists()
+
+
+def test_cli_visualize_without_paths_is_refused_before_anything_is_written(sets, capsys):
+    files, _, tmp = sets
+    code = cli.main(["--query", files["m"], "--gallery", files["g"], "--json", str(tmp / "x.json"),
+                     "--visualize", "2", "--out", str(tmp / "vis")])
+    assert code == 2
+    assert "--visualize needs image paths" in capsys.readouterr().err
+    assert not (tmp / "x.json").exists() and not (tmp / "vis").exists()
+
+
+def test_cli_unreadable_image_leaves_no_partial_outputs(sets, capsys):
+    files, data, tmp = sets
+    for path in data["g"][3]:  # the gallery images disappear after feature extraction
+        os.remove(path)
+    out = tmp / "out"
+    code = cli.main(["--query", files["q"], "--gallery", files["g"], "--json", str(out / "m.json"),
+                     "--plot", str(out / "c.png"), "--visualize", "6", "--out", str(out / "vis")])
+    assert code == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- npz files
+def test_save_load_round_trip(tmp_path):
+    path = tmp_path / "f.npz"
+    save_features(str(path), np.eye(3, 2), [4, 5, 6], np.array([1.0, 2.0, 3.0]), ["a.jpg", "b.jpg", "c.jpg"])
+    fs = load_features(str(path))
+    assert fs.features.dtype == np.float32 and fs.features.tolist() == np.eye(3, 2).tolist()
+    assert fs.pids.tolist() == [4, 5, 6] and fs.camids.tolist() == [1, 2, 3]
+    assert list(fs.paths) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert load_features(str(path)) and os.listdir(tmp_path) == ["f.npz"]
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(EvaluationInputError, match="feature file not found: .*nope.npz"):
+        load_features(str(tmp_path / "nope.npz"))
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(EvaluationInputError, match="junk.npz: not a readable .npz"):
+        load_features(str(junk))
+    obj = tmp_path / "obj.npz"
+    np.savez(obj, features=np.zeros((1, 2)), pids=[1], camids=[1], paths=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(EvaluationInputError, match="obj.npz"):
+        load_features(str(obj))
+
+
+def test_failed_save_leaves_old_file_and_no_temp(tmp_path):
+    path = tmp_path / "f.npz"
+    save_features(str(path), np.ones((2, 2)), [1, 2], [0, 0])
+    with pytest.raises(EvaluationInputError, match="contains NaN"):
+        save_features(str(path), np.full((2, 2), np.nan), [1, 2], [0, 0])
+    with pytest.raises(RuntimeError):
+        with atomic_output(str(path)) as tmp:
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("crash while writing")
+    assert os.listdir(tmp_path) == ["f.npz"] and load_features(str(path)).features.tolist() == [[1, 1], [1, 1]]
+
+
+def test_output_batch_is_all_or_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with OutputBatch() as batch:
+            open(batch.path(str(tmp_path / "a.txt")), "w").write("a")
+            open(batch.path(str(tmp_path / "new" / "deep" / "b.txt")), "w").write("b")
+            raise RuntimeError("second output failed")
+    assert os.listdir(tmp_path) == []
+    with OutputBatch() as batch:
+        open(batch.path(str(tmp_path / "a.txt")), "w").write("a")
+    assert os.listdir(tmp_path) == ["a.txt"] and (tmp_path / "a.txt").read_text() == "a"
+
+
+# ----------------------------------------------------------------------------- pictures
+def test_plot_cmc_writes_a_png(tmp_path):
+    plot_cmc({"ours": np.linspace(0.5, 1, 20), "baseline": np.linspace(0.3, 0.9, 20)}, str(tmp_path / "c.png"))
+    img = cv2.imread(str(tmp_path / "c.png"))
+    assert img.shape == (360, 500, 3) and img.std() > 0
+
+
+def test_ranked_list_borders_are_green_for_right_and_red_for_wrong(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(paths[-1], np.full((20, 10, 3), 128, dtype=np.uint8))
+    pic = render_ranked_list(paths[0], paths[1:], [True, False], size=(40, 20), border=3)
+    tile_w, gap = 20 + 2 * 3, 6  # layout: query, 2 gaps, rank 1, gap, rank 2
+    rank1_mid = tile_w + 2 * gap + tile_w // 2
+    rank2_mid = 2 * tile_w + 3 * gap + tile_w // 2
+    assert pic.shape == (40 + 2 * 3 + 18, 3 * tile_w + 3 * gap, 3)
+    assert tuple(pic[1, rank1_mid]) == MATCH_COLOUR  # top border row of each gallery tile
+    assert tuple(pic[1, rank2_mid]) == WRONG_COLOUR
+    assert tuple(pic[10, rank1_mid]) == (128, 128, 128)  # the image itself inside the border

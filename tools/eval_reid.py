@@ -1,0 +1,179 @@
+#!/usr/bin/env python
+"""Evaluate re-id features (Market-1501 protocol): CMC Rank-1/5/10/20, mAP, mINP.
+
+    python tools/eval_reid.py --query q.npz --gallery g.npz
+    python tools/eval_reid.py --query q.npz --gallery g.npz --multi-query gt_bbox.npz --pool max
+    python tools/eval_reid.py --query q.npz --gallery g.npz --json out/metrics.json \\
+        --plot out/cmc.png --visualize 8 --out out/ranked
+
+A feature file (.npz) holds ``features`` (N x D float32), ``pids`` (N ints), ``camids``
+(N ints) and optionally ``paths`` (N strings; needed by --visualize).  Write them with
+``reid_srdl.evaluation.io.save_features``.  JSON values are fractions in [0, 1]; the printed
+table is in percent.  Output files appear only when everything succeeded.  Bad input: a
+one-line message on stderr and exit code 2.
+"""
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from reid_srdl.evaluation.io import FeatureSet, OutputBatch, load_features, write_json_atomic  # noqa: E402
+from reid_srdl.evaluation.metrics import (  # noqa: E402
+    AP_METHODS,
+    POOLS,
+    REPORTED_RANKS,
+    EvaluationInputError,
+    MultiQuery,
+    ReIDResult,
+    evaluate_reid,
+    format_results_table,
+    pool_multi_query,
+    ranked_gallery,
+)
+
+EXIT_BAD_INPUT = 2
+RANKED_LIST_LENGTH = 10
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--query", required=True, metavar="Q.npz", help="query feature file")
+    p.add_argument("--gallery", required=True, metavar="G.npz", help="gallery feature file")
+    p.add_argument("--multi-query", metavar="M.npz", help="gt_bbox feature file: multi-query protocol")
+    p.add_argument("--pool", choices=POOLS, default="mean", help="multi-query pooling (default: mean)")
+    p.add_argument("--renormalize", action="store_true", help="L2-normalise the pooled multi-query features")
+    p.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve (>= 20; default: 50)")
+    p.add_argument("--ap", choices=AP_METHODS, default="torchreid",
+                   help="AP: torchreid (mean precision at hits, default) or official (Market-1501 trapezoid)")
+    p.add_argument("--json", metavar="OUT.json", help="write the results as JSON (fractions in [0, 1])")
+    p.add_argument("--plot", metavar="CMC.png", help="write the CMC curve as a PNG")
+    p.add_argument("--visualize", type=int, default=0, metavar="N",
+                   help="write ranked lists (query + top-10) of N queries; needs paths and --out")
+    p.add_argument("--out", metavar="DIR", help="folder for the --visualize pictures")
+    args = p.parse_args(argv)
+    if args.max_rank < max(REPORTED_RANKS):
+        p.error(f"--max-rank must be at least {max(REPORTED_RANKS)} (Rank-20 is reported); got {args.max_rank}")
+    if args.visualize < 0:
+        p.error(f"--visualize takes a number of queries >= 0; got {args.visualize}")
+    if args.visualize and not args.out:
+        p.error("--visualize needs --out DIR for the pictures")
+    if args.multi_query is None and (args.pool != "mean" or args.renormalize):
+        p.error("--pool and --renormalize apply to --multi-query only")
+    return args
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """Everything the evaluation reads, with the names used in messages."""
+
+    query: FeatureSet
+    gallery: FeatureSet
+    multi_query: Optional[FeatureSet] = None
+    query_name: str = "query"
+    gallery_name: str = "gallery"
+    multi_query_name: str = "multi-query"
+
+
+def load_inputs(args: argparse.Namespace) -> EvalInputs:
+    """Read and cross-check the feature files named on the command line."""
+    query, gallery = load_features(args.query), load_features(args.gallery)
+    multi = load_features(args.multi_query) if args.multi_query else None
+    inputs = EvalInputs(query, gallery, multi, args.query, args.gallery, args.multi_query or "multi-query")
+    check_inputs(inputs, needs_paths=args.visualize > 0)
+    return inputs
+
+
+def check_inputs(inputs: EvalInputs, needs_paths: bool = False) -> None:
+    dim = inputs.query.features.shape[1]
+    others = [(inputs.gallery, inputs.gallery_name)]
+    if inputs.multi_query is not None:
+        others.append((inputs.multi_query, inputs.multi_query_name))
+    for fs, name in others:
+        if fs.features.shape[1] != dim:
+            raise EvaluationInputError(
+                f"{name} has {fs.features.shape[1]}-dimensional features but {inputs.query_name} has {dim}"
+            )
+    if needs_paths:
+        for fs, name in ((inputs.query, inputs.query_name), (inputs.gallery, inputs.gallery_name)):
+            if fs.paths is None:
+                raise EvaluationInputError(
+                    f"--visualize needs image paths but {name} has no 'paths' key (save_features(..., paths=...))"
+                )
+
+
+def query_features(inputs: EvalInputs, pool: str = "mean", renormalize: bool = False) -> np.ndarray:
+    """The query features to rank with: pooled over gt_bbox in multi-query mode."""
+    q = inputs.query
+    if inputs.multi_query is None:
+        return q.features
+    m = inputs.multi_query
+    return pool_multi_query(q.features, q.pids, q.camids, MultiQuery(m.features, m.pids, m.camids), pool, renormalize)
+
+
+def evaluate(inputs: EvalInputs, q_feats: np.ndarray, max_rank: int = 50, ap: str = "torchreid") -> ReIDResult:
+    q, g = inputs.query, inputs.gallery
+    return evaluate_reid(q_feats, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=max_rank, ap=ap)
+
+
+def pick_queries(num_queries: int, n: int) -> List[int]:
+    """``n`` query indices spread evenly over the query set (deterministic)."""
+    n = min(n, num_queries)
+    return sorted(set(np.linspace(0, num_queries - 1, n).round().astype(int).tolist()))
+
+
+def write_outputs(
+    args: argparse.Namespace, inputs: EvalInputs, q_feats: np.ndarray, result: ReIDResult, title: str
+) -> List[str]:
+    """JSON, CMC plot and ranked lists, all staged and then renamed together."""
+    from reid_srdl.evaluation.plots import plot_cmc, save_ranked_list
+
+    written = []
+    with OutputBatch() as batch:
+        if args.json:
+            write_json_atomic(batch.path(args.json), result.to_dict())
+            written.append(args.json)
+        if args.plot:
+            plot_cmc({title: result.cmc}, batch.path(args.plot), title=f"CMC ({title})")
+            written.append(args.plot)
+        if args.visualize:
+            q, g = inputs.query, inputs.gallery
+            chosen = pick_queries(len(q), args.visualize)
+            top, dist = ranked_gallery(
+                q_feats[chosen], g.features, q.pids[chosen], g.pids, q.camids[chosen], g.camids, RANKED_LIST_LENGTH
+            )
+            for row, qi in enumerate(chosen):
+                found = top[row] >= 0
+                cols = top[row][found]
+                picture = os.path.join(args.out, f"query_{qi:05d}_pid{q.pids[qi]}_cam{q.camids[qi]}.png")
+                save_ranked_list(
+                    batch.path(picture), q.paths[qi], [g.paths[c] for c in cols],
+                    g.pids[cols] == q.pids[qi], dist[row][found],
+                )
+                written.append(picture)
+    return written
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        inputs = load_inputs(args)
+        q_feats = query_features(inputs, args.pool, args.renormalize)
+        result = evaluate(inputs, q_feats, args.max_rank, args.ap)
+        title = f"multi-query, {args.pool}" if inputs.multi_query is not None else "single-query"
+        written = write_outputs(args, inputs, q_feats, result, title)
+    except (EvaluationInputError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(format_results_table(result, title=f"{title} ({args.ap} AP)"))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
