@@ -1,0 +1,213 @@
+"""build_data: the DataBundle contract the trainer relies on, on tiny fixtures."""
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import RandomSampler, SequentialSampler
+
+from conftest import TINY_MARKET
+from fixtures_data import write_cifar10, write_fashion_mnist
+from reid_srdl.config import DataConfig
+from reid_srdl.data import DataBundle, ImageReadError, ReIDSplit, build_data, default_root
+
+H, W = 32, 16
+_NAME = re.compile(r"^(-1|\d{4})_c(\d)")
+
+
+def _listing(root, folder):
+    """(path, pid, camid) of a Market folder, parsed here independently of the library."""
+    data_dir = os.path.join(root, "market1501", "Market-1501-v15.09.15", folder)
+    out = []
+    for name in sorted(os.listdir(data_dir)):
+        pid, cam = map(int, _NAME.match(name).groups())
+        out.append((os.path.join(data_dir, name), pid, cam - 1))
+    return out
+
+
+def _reid_cfg(root, **kw):
+    base = dict(name="market1501", root=root, synthetic=False, height=H, width=W, batch_size=8,
+                test_batch_size=16, workers=0)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def _all_batches(loader):
+    batches = list(loader)
+    return [torch.cat([b[i] for b in batches]) for i in range(len(batches[0]))]
+
+
+def test_reid_bundle_contract(tiny_market_root):
+    bundle = build_data(_reid_cfg(tiny_market_root))
+    assert isinstance(bundle, DataBundle)
+    train = [s for s in _listing(tiny_market_root, "bounding_box_train") if s[1] > 0]
+    label_of = {pid: i for i, pid in enumerate(sorted({s[1] for s in train}))}
+    assert (bundle.task, bundle.name, bundle.in_channels) == ("reid", "market1501", 3)
+    assert bundle.num_classes == TINY_MARKET["num_ids"] // 2 == len(label_of)
+    assert bundle.num_train == len(train)
+    assert bundle.test_loader is None
+
+    images, labels, indices = next(iter(bundle.train_loader))
+    assert images.shape == (8, 3, H, W) and images.dtype == torch.float32
+    assert labels.dtype == torch.int64 and indices.dtype == torch.int64
+    assert 0 <= labels.min() and labels.max() < bundle.num_classes
+    assert isinstance(bundle.train_loader.sampler, RandomSampler)
+    assert bundle.train_loader.drop_last == (bundle.num_train >= 16)
+
+    images, labels, indices = _all_batches(bundle.train_eval_loader)
+    assert isinstance(bundle.train_eval_loader.sampler, SequentialSampler)
+    assert indices.tolist() == list(range(bundle.num_train))
+    assert labels.tolist() == [label_of[pid] for _p, pid, _c in train]
+    assert images.shape == (bundle.num_train, 3, H, W)
+
+
+def test_reid_query_gallery_multi_query_splits(tiny_market_root):
+    bundle = build_data(_reid_cfg(tiny_market_root))
+    query = _listing(tiny_market_root, "query")
+    gallery = [s for s in _listing(tiny_market_root, "bounding_box_test") if s[1] != -1]
+    gt_bbox = _listing(tiny_market_root, "gt_bbox")  # all of a query identity and camera here
+    for split, expected in ((bundle.query, query), (bundle.gallery, gallery), (bundle.multi_query, gt_bbox)):
+        assert isinstance(split, ReIDSplit)
+        assert split.paths == [s[0] for s in expected]
+        assert split.pids.dtype == np.int64 and split.camids.dtype == np.int64
+        assert split.pids.tolist() == [s[1] for s in expected]
+        assert split.camids.tolist() == [s[2] for s in expected]
+        images, pids, camids, indices = _all_batches(split.loader)
+        assert images.shape == (len(expected), 3, H, W)
+        assert pids.tolist() == split.pids.tolist() and camids.tolist() == split.camids.tolist()
+        assert indices.tolist() == list(range(len(expected)))
+    assert 0 in bundle.gallery.pids and -1 not in bundle.gallery.pids
+    assert bundle.multi_query.paths and all(p.endswith("_00.jpg") for p in bundle.multi_query.paths)
+
+
+def test_multi_query_keeps_only_query_identity_cameras(tmp_path):
+    from fixtures_data import write_market_tree
+
+    write_market_tree(str(tmp_path))
+    bundle = build_data(_reid_cfg(str(tmp_path), batch_size=2))
+    # gt_bbox holds 6 boxes; 0044 has no query, so 5 remain (20/c1 x2, 20/c4, 31/c2 x2).
+    assert [os.path.basename(p) for p in bundle.multi_query.paths] == [
+        "0020_c1s1_001001_00.jpg", "0020_c1s1_001011_00.jpg", "0020_c4s1_001101_00.jpg",
+        "0031_c2s1_001201_00.jpg", "0031_c2s1_001221_00.jpg"]
+    assert (bundle.num_train, bundle.num_classes) == (5, 3)
+    assert bundle.train_loader.drop_last is True  # 5 >= 2 * 2
+    assert len(bundle.train_loader) == 2
+
+
+def test_tiny_set_still_gives_a_batch(tiny_market_root):
+    bundle = build_data(_reid_cfg(tiny_market_root, batch_size=1000))
+    assert bundle.train_loader.drop_last is False
+    (images, labels, indices), = list(bundle.train_loader)
+    assert len(images) == bundle.num_train
+    assert sorted(indices.tolist()) == list(range(bundle.num_train))
+
+
+def test_synthetic_is_written_when_absent(tmp_path):
+    root = str(tmp_path / "data")
+    bundle = build_data(_reid_cfg(root, synthetic=True, synthetic_ids=4, synthetic_seed=1))
+    assert os.path.isfile(os.path.join(root, "market1501", "Market-1501-v15.09.15", "synthetic.json"))
+    assert bundle.num_classes == 2
+
+
+def test_reid_without_data_and_without_synthetic_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Market-1501 data under"):
+        build_data(_reid_cfg(str(tmp_path)))
+
+
+def test_train_subset_is_refused_for_reid(tiny_market_root):
+    with pytest.raises(ValueError, match="data.train_subset is for classification only"):
+        build_data(_reid_cfg(tiny_market_root, train_subset=5))
+
+
+def test_corrupt_image_is_named_when_loading(tiny_market_root, tmp_path):
+    root = str(tmp_path)
+    shutil.copytree(os.path.join(tiny_market_root, "market1501"), os.path.join(root, "market1501"))
+    victim = _listing(root, "bounding_box_train")[2][0]
+    with open(victim, "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 not really a jpeg")
+    bundle = build_data(_reid_cfg(root))
+    with pytest.raises(ImageReadError, match=re.escape(victim)):
+        list(bundle.train_eval_loader)
+
+
+# --------------------------------------------------------------------------- classification
+CIFAR_LABELS = [[3, 1], [4], [1, 5, 9], [0], [2, 2]]
+FLAT = [3, 1, 4, 1, 5, 9, 0, 2, 2]
+
+
+def _cifar_cfg(root, **kw):
+    base = dict(name="cifar10", root=root, batch_size=4, test_batch_size=5, workers=0)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_cifar10_bundle(tmp_path):
+    write_cifar10(str(tmp_path), CIFAR_LABELS, [7, 8, 6])
+    bundle = build_data(_cifar_cfg(str(tmp_path)))
+    assert (bundle.task, bundle.name, bundle.num_classes, bundle.in_channels, bundle.num_train) == (
+        "classification", "cifar10", 10, 3, 9)
+    assert bundle.query is None and bundle.gallery is None and bundle.multi_query is None
+    images, labels, indices = next(iter(bundle.train_loader))
+    assert images.shape == (4, 3, 32, 32) and labels.dtype == torch.int64 and indices.dtype == torch.int64
+    assert bundle.train_loader.drop_last is True  # 9 >= 2 * 4
+    images, labels, indices = _all_batches(bundle.train_eval_loader)
+    assert indices.tolist() == list(range(9)) and labels.tolist() == FLAT
+    images, labels, indices = _all_batches(bundle.test_loader)
+    assert images.shape == (3, 3, 32, 32) and labels.tolist() == [7, 8, 6] and indices.tolist() == [0, 1, 2]
+
+
+def test_train_subset_is_a_fixed_seed_random_subset(tmp_path):
+    write_cifar10(str(tmp_path), CIFAR_LABELS, [7])
+
+    def subset_labels(seed):
+        bundle = build_data(_cifar_cfg(str(tmp_path), train_subset=4), seed=seed)
+        assert bundle.num_train == 4
+        _images, labels, indices = _all_batches(bundle.train_eval_loader)
+        assert indices.tolist() == [0, 1, 2, 3]
+        # Same samples in the shuffled loader as in the eval loader.
+        train_labels = sorted(torch.cat([b[1] for b in bundle.train_loader]).tolist())
+        assert train_labels == sorted(labels.tolist())
+        return labels.tolist()
+
+    for seed in (0, 1):
+        keep = np.sort(np.random.default_rng(seed).choice(9, size=4, replace=False))
+        assert subset_labels(seed) == [FLAT[i] for i in keep]
+    assert subset_labels(0) == subset_labels(0)
+    with pytest.raises(ValueError, match="train_subset=10 is larger than the 9 training samples"):
+        build_data(_cifar_cfg(str(tmp_path), train_subset=10))
+
+
+def test_fashion_mnist_bundle_with_a_worker(tmp_path):
+    train = np.zeros((5, 28, 28), np.uint8)
+    write_fashion_mnist(str(tmp_path), train, [1, 2, 3, 4, 5], np.zeros((2, 28, 28), np.uint8), [6, 7], gz=False)
+    bundle = build_data(DataConfig(name="fashion_mnist", root=str(tmp_path), batch_size=2, test_batch_size=4,
+                                   workers=1))
+    assert (bundle.in_channels, bundle.num_classes, bundle.num_train) == (1, 10, 5)
+    images, labels, indices = next(iter(bundle.test_loader))
+    assert images.shape == (2, 1, 28, 28) and labels.tolist() == [6, 7] and indices.tolist() == [0, 1]
+    assert len(list(bundle.train_loader)) == 2  # 5 >= 2 * 2: the last, short batch is dropped
+
+
+def test_default_roots():
+    assert default_root("fashion_mnist") == "/usr/share/datasets/fashion-mnist"
+    assert default_root("imagenet") == os.path.join("datasets", "imagenet")
+    assert default_root("cifar10") == default_root("market1501") == "datasets"
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="no system Fashion-MNIST")
+def test_empty_root_means_the_default_root():
+    bundle = build_data(DataConfig(name="fashion_mnist", root="", train_subset=10, workers=0), seed=3)
+    assert (bundle.num_train, len(bundle.test_loader.dataset)) == (10, 10000)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(name="mnist"), "data.name='mnist' is not one of"),
+    (dict(workers=-1), "data.workers must be >= 0"),
+    (dict(train_subset=-1), "data.train_subset must be >= 0"),
+    (dict(batch_size=0), "data.batch_size"),
+])
+def test_bad_config_values(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        build_data(_cifar_cfg(str(tmp_path), **kw))
