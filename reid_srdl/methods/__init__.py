@@ -1,5 +1,5 @@
 """Training strategies, one file each, found by name through ``METHODS``."""
-from reid_srdl.methods import kd, srdl, vanilla  # noqa: F401  (registration)
+from reid_srdl.methods import byot, frskd, kd, one, srdl, vanilla  # noqa: F401  (registration)
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
 
 
