@@ -154,6 +154,11 @@ def test_cifar10_bundle(tmp_path):
     assert bundle.train_loader.drop_last is True  # 9 >= 2 * 4
     images, labels, indices = _all_batches(bundle.train_eval_loader)
     assert indices.tolist() == list(range(9)) and labels.tolist() == FLAT
+    # The eval copy uses the test transform (no crop, no flip): pixel (0, 0) of sample 4 is
+    # (5, 101, 200) normalised with the CIFAR-10 statistics.
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    expected = [(v / 255 - m) / s for v, m, s in zip((5, 101, 200), mean, std)]
+    assert torch.allclose(images[4, :, 0, 0], torch.tensor(expected), atol=1e-5)
     images, labels, indices = _all_batches(bundle.test_loader)
     assert images.shape == (3, 3, 32, 32) and labels.tolist() == [7, 8, 6] and indices.tolist() == [0, 1, 2]
 

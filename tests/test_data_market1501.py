@@ -88,6 +88,21 @@ def test_torchreid_dataset_class_exposes_gt_bbox(tmp_path):
     assert len(ds.query) == 3 and len(ds.gallery) == 5
 
 
+def test_torchreid_dataset_class_names_an_unreadable_image(tmp_path):
+    from reid_srdl.data.indexed import ImageReadError
+
+    data_dir = write_market_tree(str(tmp_path))
+    ds = Market1501SRDL(root=str(tmp_path), verbose=False)
+    item = ds[0]
+    assert (os.path.basename(item["impath"]), item["pid"], item["camid"]) == MARKET_EXPECTED["train"][0]
+    assert item["img"].size == (8, 16)  # PIL (width, height); no transform given
+    victim = os.path.join(data_dir, "bounding_box_train", MARKET_EXPECTED["train"][0][0])
+    with open(victim, "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(ImageReadError, match=victim):
+        ds[0]
+
+
 def test_registration_is_idempotent():
     import torchreid.reid.data.datasets as tr
 

@@ -26,6 +26,8 @@ with warnings.catch_warnings():
     from torchreid.reid.data import ImageDataset, register_image_dataset
     import torchreid.reid.data.datasets as _torchreid_datasets
 
+from reid_srdl.data.indexed import read_rgb_image
+
 MARKET_FOLDER = "market1501"
 VERSION_FOLDER = "Market-1501-v15.09.15"
 TRAIN_FOLDER = "bounding_box_train"
@@ -188,7 +190,7 @@ class Market1501SRDL(ImageDataset):
 
     Registered as ``'market1501_srdl'``.  Same folders as torchreid's ``Market1501``;
     differences: pids are relabelled in sorted order, layout errors name the folder
-    expected, and ``self.gt_bbox`` holds the hand-drawn boxes as
+    expected, an unreadable image raises naming the file, and ``self.gt_bbox`` holds the hand-drawn boxes as
     ``(path, pid, camid, dsetid)`` tuples (an empty list when the folder is absent).
     """
 
@@ -204,6 +206,15 @@ class Market1501SRDL(ImageDataset):
         self.data_dir = lists.data_dir
         self.gt_bbox = [(*s, 0) for s in lists.gt_bbox or []]
         super().__init__(lists.train, lists.query, lists.gallery, **kwargs)
+
+    def __getitem__(self, index: int) -> dict:
+        # As torchreid's ImageDataset, but decoding with read_rgb_image: torchreid's own
+        # read_image retries forever on an unreadable file instead of naming it.
+        path, pid, camid, dsetid = self.data[index]
+        img = read_rgb_image(path)
+        if self.transform is not None:
+            img = self._transform_image(self.transform, self.k_tfm, img)
+        return {"img": img, "pid": pid, "camid": camid, "impath": path, "dsetid": dsetid}
 
 
 DATASET_NAME = "market1501_srdl"
