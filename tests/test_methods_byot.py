@@ -1,0 +1,284 @@
+"""BYOT: side exits (shapes, resolution factors), every loss term against a hand computation,
+the hint reduction, gradients, the deployed deepest exit, training, FLOPs, the trainer."""
+import functools
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from reid_srdl.config import BYOTConfig, load_config
+from reid_srdl.engine.checkpoint import load_model_file, save_model_file
+from reid_srdl.engine.flops import training_forward_flops
+from reid_srdl.methods import build_method
+from reid_srdl.methods.byot import BYOT, hint_loss, stage_downsampling
+from reid_srdl.methods.vanilla import Vanilla
+from reid_srdl.models import EmbeddingHead, Net, build_model
+
+NUM_CLASSES = 5
+
+# A CIFAR-style net (3 stages, no feature layer) and a re-id net (4 stages, BN feature layer).
+NETS = {
+    "resnet8": (functools.partial(build_model, "resnet8", NUM_CLASSES, in_channels=1), (1, 28, 28)),
+    "small_reid": (functools.partial(build_model, "small_reid", NUM_CLASSES, feature_dim=32), (3, 64, 32)),
+}
+
+
+def batch(name, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *NETS[name][1], generator=g)
+    y = torch.arange(n) % NUM_CLASSES
+    return x, y, torch.arange(n)
+
+
+def spread_classifiers(module, std=0.3):
+    """The init draws classifiers with std 0.001 (all logits ~0, every KL ~0): widen them so
+    that the hand computations compare non-trivial numbers."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, EmbeddingHead):
+                m.classifier.weight.normal_(0.0, std)
+                m.classifier.bias.normal_(0.0, std)
+
+
+def hand_ce(logits, labels):
+    z = logits.double()
+    log_norm = torch.log(torch.exp(z).sum(dim=1))
+    return (log_norm - z[torch.arange(len(labels)), labels]).mean().item()
+
+
+def hand_kl(student, teacher, T):
+    """T^2 * mean over the batch of sum_c p_t (log p_t - log p_s), softmaxes written out."""
+    ps = torch.exp(student.double() / T)
+    ps = ps / ps.sum(dim=1, keepdim=True)
+    pt = torch.exp(teacher.double() / T)
+    pt = pt / pt.sum(dim=1, keepdim=True)
+    return T * T * (pt * (pt.log() - ps.log())).sum(dim=1).mean().item()
+
+
+# ----------------------------------------------------------------------------- structure
+def test_downsampling_factors_follow_each_architecture():
+    # By hand: ResNet-8 halves twice (28 -> 14 -> 7); small_reid halves after stages 1-3;
+    # ResNet-50 with last stride 1 keeps layer3's resolution in layer4.
+    assert stage_downsampling(NETS["resnet8"][0]()) == [(4, 4), (2, 2), (1, 1)]
+    assert stage_downsampling(NETS["small_reid"][0]()) == [(8, 8), (4, 4), (2, 2), (1, 1)]
+    r50 = build_model("resnet50", NUM_CLASSES, feature_dim=16, last_stride=1)
+    assert stage_downsampling(r50) == [(4, 4), (2, 2), (1, 1), (1, 1)]
+    r50_s2 = build_model("resnet50", NUM_CLASSES, feature_dim=16, last_stride=2)
+    assert stage_downsampling(r50_s2) == [(8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_side_exits_reach_the_deepest_channels_and_resolution(name):
+    torch.manual_seed(0)
+    m = BYOT(NETS[name][0], total_epochs=2)
+    net = m.trainable.net
+    x, _, _ = batch(name, n=2)
+    with torch.no_grad():
+        maps = net.stage_maps(x)
+        assert len(m.trainable.exits) == len(maps) - 1
+        for side, stage_map in zip(m.trainable.exits, maps[:-1]):
+            assert side.bottleneck(stage_map).shape == maps[-1].shape
+            logits, feats = side(stage_map)
+            assert logits.shape == (2, NUM_CLASSES) and feats.shape == (2, net.stage_channels[-1])
+
+
+def test_side_exit_on_a_last_stride_one_resnet50():
+    # Stage 3 and 4 share a resolution: that exit's middle conv is a 3x3 without stride.
+    torch.manual_seed(0)
+    m = BYOT(functools.partial(build_model, "resnet50", NUM_CLASSES, feature_dim=16), total_epochs=2)
+    third = m.trainable.exits[2]
+    assert third.factor == (1, 1) and third.bottleneck[3].kernel_size == (3, 3) and third.bottleneck[3].stride == (1, 1)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        maps = m.trainable.net.eval().stage_maps(x)
+        for side, stage_map in zip(m.trainable.exits, maps[:-1]):
+            assert side.eval().bottleneck(stage_map).shape == maps[-1].shape == (2, 2048, 4, 2)
+
+
+def test_too_small_a_map_for_an_exit_is_a_clear_error():
+    m = BYOT(NETS["small_reid"][0], total_epochs=2)
+    with pytest.raises(ValueError, match="side exit needs a map of at least 8x8, got \\(4, 2\\): the input images are too small"):
+        m.trainable.exits[0](torch.randn(2, 16, 4, 2))
+
+
+# ----------------------------------------------------------------------------- loss
+def test_hint_is_summed_over_dimensions_and_averaged_over_the_batch():
+    f = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    t = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    # Sample 1: 1 + 4 + 9 = 14; sample 2: 3 * 1 = 3; mean (14 + 3) / 2.
+    assert hint_loss(f, t).item() == pytest.approx(17 / 2)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_every_loss_term_matches_a_hand_computation(name):
+    torch.manual_seed(0)
+    alpha, lam, T = 0.4, 0.05, 2.0
+    m = BYOT(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, hint_weight=lam)
+    spread_classifiers(m.trainable)
+    m.train()
+    x, y, idx = batch(name)
+    out = m(x, y, idx)
+    with torch.no_grad():
+        maps = m.trainable.net.stage_maps(x)
+        deep = m.trainable.net.head(maps[-1])[0]
+        deep_feats = maps[-1].double().mean(dim=(2, 3))
+        exits = [side(stage_map) for side, stage_map in zip(m.trainable.exits, maps[:-1])]
+    ce = hand_ce(deep, y)
+    exit_ce = sum(hand_ce(z, y) for z, _ in exits)
+    kd = sum(hand_kl(z, deep, T) for z, _ in exits)
+    hint = sum(((f.double() - deep_feats) ** 2).sum().item() / len(y) for _, f in exits)
+    assert kd > 1e-3 and hint > 1e-3
+    assert out["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert out["exit_ce"].item() == pytest.approx(exit_ce, rel=1e-5)
+    assert out["kd"].item() == pytest.approx(kd, rel=1e-4)
+    assert out["hint"].item() == pytest.approx(hint, rel=1e-4)
+    expected = ce + (1 - alpha) * exit_ce + alpha * kd + lam * hint
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    for i, (z, _) in enumerate(exits, start=1):
+        assert out[f"acc_exit{i}"].item() == pytest.approx((z.argmax(1) == y).float().mean().item())
+    assert torch.allclose(out["logits"], deep, atol=1e-6)
+
+
+def test_deepest_exit_is_a_target_only_in_the_distillation_terms():
+    """Neither the KL nor the hint may move the deepest classifier or the last stage."""
+    torch.manual_seed(0)
+    m = BYOT(NETS["resnet8"][0], total_epochs=2)
+    spread_classifiers(m.trainable)
+    x, y, idx = batch("resnet8")
+    out = m(x, y, idx)
+    (out["kd"] + out["hint"]).backward()
+    net = m.trainable.net
+    for p in list(net.head.parameters()) + list(net.stages[-1].parameters()):
+        assert p.grad is None or p.grad.abs().sum() == 0
+    assert m.trainable.exits[0].head.classifier.weight.grad.abs().sum() > 0
+    assert net.stages[0][0].conv1.weight.grad.abs().sum() > 0  # the shallow exits train the early stages
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("name", NETS)
+def test_gradients_reach_every_trainable_parameter(name):
+    torch.manual_seed(0)
+    m = BYOT(NETS[name][0], total_epochs=2)
+    spread_classifiers(m.trainable)
+    x, y, idx = batch(name)
+    m(x, y, idx)["loss"].backward()
+    missing = [n for n, p in m.trainable.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    assert {n.split(".")[0] for n, _ in m.trainable.named_parameters()} == {"net", "exits"}
+
+
+# ----------------------------------------------------------------------------- deploy
+@pytest.mark.parametrize("name", NETS)
+def test_deployed_net_is_the_plain_net(name, tmp_path):
+    torch.manual_seed(0)
+    factory, _ = NETS[name]
+    m = BYOT(factory, total_epochs=2)
+    plain = factory()
+    deployed = m.deploy().eval()
+    assert isinstance(deployed, Net)
+    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert sum(p.numel() for p in m.trainable.parameters()) > sum(p.numel() for p in plain.parameters())
+    x, _, _ = batch(name, n=3)
+    with torch.no_grad():
+        logits, feats = deployed(x)
+        plain_logits, plain_feats = plain.eval()(x)
+    assert logits.shape == plain_logits.shape and feats.shape == plain_feats.shape
+    rebuilt = build_model(**deployed.spec)
+    assert list(rebuilt.state_dict()) == list(deployed.state_dict())
+    save_model_file(deployed, str(tmp_path / "final.pt"))
+    loaded, _ = load_model_file(str(tmp_path / "final.pt"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], logits)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize("name", NETS)
+def test_a_few_sgd_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    m = BYOT(NETS[name][0], total_epochs=2).train()
+    # No momentum: the hint chases the deepest features, a target that moves as they train,
+    # and momentum makes the total loss oscillate on so few steps.
+    opt = torch.optim.SGD(m.trainable.parameters(), lr=0.1)
+    x, y, idx = batch(name)
+    losses = []
+    for _ in range(20):
+        out = m(x, y, idx)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.9 * losses[0]
+
+
+# ----------------------------------------------------------------------------- config, errors
+def test_built_from_its_config_section():
+    cfg = load_config(None, ["method.name=byot", "method.byot.alpha=0.5", "method.byot.hint_weight=0.1", "method.byot.temperature=4"])
+    m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
+    assert isinstance(m, BYOT)
+    assert (m.alpha, m.hint_weight, m.temperature) == (0.5, 0.1, 4.0)
+    assert BYOTConfig() == BYOTConfig(temperature=3.0, alpha=0.3, hint_weight=0.03)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(alpha=1.5), r"method.byot.alpha\) must be in \[0, 1\], got 1.5"),
+        (dict(temperature=-1.0), r"method.byot.temperature\) must be > 0"),
+        (dict(hint_weight=-0.1), r"method.byot.hint_weight\) must be >= 0"),
+    ],
+)
+def test_bad_options_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BYOT(NETS["resnet8"][0], total_epochs=2, **kwargs)
+
+
+# ----------------------------------------------------------------------------- FLOPs, trainer
+class OneSample(Dataset):
+    def __init__(self, shape):
+        self.x = torch.randn(1, *shape)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return self.x[i], 0, i
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_flop_counter_sees_the_side_exits(name):
+    torch.manual_seed(0)
+    factory, shape = NETS[name]
+    data = OneSample(shape)
+    byot = training_forward_flops(BYOT(factory, 2), data, torch.device("cpu"))
+    plain = training_forward_flops(Vanilla(factory, 2), data, torch.device("cpu"))
+    assert byot > plain > 0
+
+
+def test_trains_through_the_generic_trainer_and_saves_the_plain_net(tiny_market_root, tmp_path):
+    from reid_srdl.engine.trainer import Trainer
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tiny_market_root}", "data.synthetic=false", "data.height=64", "data.width=32",
+            "data.batch_size=8", "data.test_batch_size=32", "data.workers=0",
+            "model.name=small_reid", "model.feature_dim=32", "method.name=byot",
+            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
+            f"train.output_dir={tmp_path}", "train.run_name=run", "eval.plot=false", "eval.multi_query=false",
+        ],
+    )
+    run = os.path.join(str(tmp_path), "run")
+    os.makedirs(run)
+    summary = Trainer(cfg, run).fit()
+    assert set(summary["results"]) == {"deployed"}
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        record = json.loads(f.readline())
+    assert {"ce", "exit_ce", "kd", "hint", "acc_exit1", "acc_exit2", "acc_exit3"} <= set(record)
+    net, meta = load_model_file(run)
+    assert isinstance(net, Net)
+    plain = build_model(**meta["spec"])
+    assert [(k, v.shape) for k, v in net.state_dict().items()] == [(k, v.shape) for k, v in plain.state_dict().items()]

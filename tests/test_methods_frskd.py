@@ -1,0 +1,317 @@
+"""FRSKD: the BiFPN self-teacher (fusion weights, resizing, wiring), every loss term against a
+hand computation, gradients, the deployed classifier, training, FLOPs, the trainer."""
+import functools
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from reid_srdl.config import FRSKDConfig, load_config
+from reid_srdl.engine.checkpoint import load_model_file, save_model_file
+from reid_srdl.engine.flops import training_forward_flops
+from reid_srdl.methods import build_method
+from reid_srdl.methods.frskd import FRSKD, FusionNode, resize_to
+from reid_srdl.methods.vanilla import Vanilla
+from reid_srdl.models import EmbeddingHead, Net, build_model
+
+NUM_CLASSES = 5
+WIDTH = 16
+
+# A CIFAR-style net (3 stages, no feature layer) and a re-id net (4 stages, BN feature layer).
+NETS = {
+    "resnet8": (functools.partial(build_model, "resnet8", NUM_CLASSES, in_channels=1), (1, 28, 28)),
+    "small_reid": (functools.partial(build_model, "small_reid", NUM_CLASSES, feature_dim=32), (3, 64, 32)),
+}
+
+
+def batch(name, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *NETS[name][1], generator=g)
+    y = torch.arange(n) % NUM_CLASSES
+    return x, y, torch.arange(n)
+
+
+def spread_classifiers(module, std=0.3):
+    """The init draws classifiers with std 0.001 (all logits ~0, every KL ~0): widen them so
+    that the hand computations compare non-trivial numbers."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, EmbeddingHead):
+                m.classifier.weight.normal_(0.0, std)
+                m.classifier.bias.normal_(0.0, std)
+
+
+def hand_ce(logits, labels):
+    z = logits.double()
+    log_norm = torch.log(torch.exp(z).sum(dim=1))
+    return (log_norm - z[torch.arange(len(labels)), labels]).mean().item()
+
+
+def hand_kl(student, teacher, T):
+    """T^2 * mean over the batch of sum_c p_t (log p_t - log p_s), softmaxes written out."""
+    ps = torch.exp(student.double() / T)
+    ps = ps / ps.sum(dim=1, keepdim=True)
+    pt = torch.exp(teacher.double() / T)
+    pt = pt / pt.sum(dim=1, keepdim=True)
+    return T * T * (pt * (pt.log() - ps.log())).sum(dim=1).mean().item()
+
+
+def hand_attention(student, teacher):
+    """Zagoruyko & Komodakis: a = mean_c F^2, flattened, divided by its L2 norm; mean squared gap."""
+    def a(fmap):
+        m = (fmap.double() ** 2).mean(dim=1).reshape(fmap.shape[0], -1)
+        return m / torch.sqrt((m**2).sum(dim=1, keepdim=True))
+
+    return ((a(student) - a(teacher)) ** 2).mean().item()
+
+
+# ----------------------------------------------------------------------------- BiFPN parts
+def test_fusion_weights_are_relu_normalised_and_applied():
+    torch.manual_seed(0)
+    node = FusionNode(3, 4).eval()
+    with torch.no_grad():
+        node.weight.copy_(torch.tensor([2.0, -1.0, 1.0]))
+    # relu -> (2, 0, 1), divided by 3 + eps.
+    expected = torch.tensor([2.0, 0.0, 1.0]) / (3.0 + 1e-4)
+    assert torch.allclose(node.fusion_weights(), expected)
+    xs = [torch.randn(2, 4, 5, 5) for _ in range(3)]
+    with torch.no_grad():
+        out = node(xs)
+        hand = node.conv(expected[0] * xs[0] + expected[2] * xs[2])
+    assert torch.allclose(out, hand, atol=1e-6)
+    # Depthwise-separable: a depthwise 3x3 (one filter per channel), then a pointwise 1x1.
+    dw, pw = node.conv[0], node.conv[1]
+    assert dw.groups == 4 and dw.kernel_size == (3, 3) and pw.kernel_size == (1, 1)
+
+
+def test_resize_shrinks_by_max_pooling_grows_by_nearest_and_keeps_equal_sizes():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    assert resize_to(x, (4, 4)) is x
+    # 4x4 -> 2x2: max of each 2x2 block.
+    assert resize_to(x, (2, 2)).flatten().tolist() == [5.0, 7.0, 13.0, 15.0]
+    # 2x2 -> 4x4: each value repeated over a 2x2 block.
+    small = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    assert resize_to(small, (4, 4))[0, 0].tolist() == [[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]]
+    # Not halving: 7x7 -> 3x3 and 3x3 -> 7x7 (odd sizes, as in CIFAR nets on 28x28).
+    assert resize_to(torch.randn(1, 2, 7, 7), (3, 3)).shape == (1, 2, 3, 3)
+    assert resize_to(torch.randn(1, 2, 3, 3), (7, 7)).shape == (1, 2, 7, 7)
+
+
+def test_self_teacher_wiring_matches_a_hand_written_bifpn():
+    """Top-down then bottom-up over resnet8's 28/14/7 maps, written out level by level."""
+    torch.manual_seed(0)
+    m = FRSKD(NETS["resnet8"][0], total_epochs=2, width=WIDTH).eval()
+    spread_classifiers(m.trainable)
+    t = m.trainable.teacher
+    with torch.no_grad():  # distinct fusion weights, so that swapped inputs would show
+        for node in list(t.top_down) + list(t.bottom_up):
+            node.weight.uniform_(0.2, 2.0)
+    x, _, _ = batch("resnet8", n=3)
+    with torch.no_grad():
+        c0, c1, c2 = m.trainable.net.stage_maps(x)
+        logits, refined = t([c0, c1, c2])
+        up = lambda v: F.interpolate(v, scale_factor=2, mode="nearest")  # noqa: E731
+        down = lambda v: F.max_pool2d(v, 2)  # noqa: E731
+        l0, l1, l2 = (t.lateral[i](F.relu(c)) for i, c in enumerate((c0, c1, c2)))
+        td1 = t.top_down[1]([l1, up(l2)])
+        td0 = t.top_down[0]([l0, up(td1)])
+        out0 = td0
+        out1 = t.bottom_up[0]([l1, td1, down(out0)])
+        out2 = t.bottom_up[1]([l2, down(out1)])
+        hand_logits = t.head.classifier(out2.mean(dim=(2, 3)))
+    for got, want in zip(refined, (out0, out1, out2)):
+        assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(logits, hand_logits, atol=1e-5)
+    assert [r.shape[1:] for r in refined] == [(WIDTH, 28, 28), (WIDTH, 14, 14), (WIDTH, 7, 7)]
+
+
+@pytest.mark.parametrize("arch, options", [("resnet50", dict(last_stride=1)), ("densenet121", {})])
+def test_stages_of_equal_resolution_are_fused_without_assuming_halving(arch, options):
+    # ResNet-50 (last stride 1) and DenseNet-121: the last two stages share a resolution.
+    torch.manual_seed(0)
+    m = FRSKD(functools.partial(build_model, arch, NUM_CLASSES, feature_dim=16, **options), total_epochs=2, width=WIDTH).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        maps = m.trainable.net.stage_maps(x)
+        logits, refined = m.trainable.teacher(maps)
+    assert maps[-1].shape[-2:] == maps[-2].shape[-2:]
+    assert [r.shape[-2:] for r in refined] == [mp.shape[-2:] for mp in maps]
+    assert logits.shape == (2, NUM_CLASSES)
+
+
+# ----------------------------------------------------------------------------- loss
+@pytest.mark.parametrize("name", NETS)
+def test_every_loss_term_matches_a_hand_computation(name):
+    torch.manual_seed(0)
+    T, alpha, beta = 3.0, 1.5, 50.0
+    m = FRSKD(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, beta=beta, width=WIDTH)
+    spread_classifiers(m.trainable)
+    m.train()
+    x, y, idx = batch(name)
+    out = m(x, y, idx)
+    with torch.no_grad():
+        maps = m.trainable.net.stage_maps(x)
+        z = m.trainable.net.head(maps[-1])[0]
+        zt, refined = m.trainable.teacher(maps)
+    ce, ce_t = hand_ce(z, y), hand_ce(zt, y)
+    kd = hand_kl(z, zt, T)
+    att = sum(hand_attention(s, r) for s, r in zip(maps, refined))
+    assert len(refined) == len(maps) == len(m.trainable.net.stages)
+    assert kd > 1e-3 and att > 1e-6
+    assert out["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert out["ce_teacher"].item() == pytest.approx(ce_t, rel=1e-5)
+    assert out["kd"].item() == pytest.approx(kd, rel=1e-4)
+    assert out["attention"].item() == pytest.approx(att, rel=1e-4)
+    assert out["loss"].item() == pytest.approx(ce + ce_t + alpha * kd + beta * att, rel=1e-5)
+    assert torch.allclose(out["logits"], z, atol=1e-6)
+    assert out["acc_teacher"].item() == pytest.approx((zt.argmax(1) == y).float().mean().item())
+
+
+def test_teacher_side_is_a_target_only_in_the_distillation_terms():
+    torch.manual_seed(0)
+    m = FRSKD(NETS["resnet8"][0], total_epochs=2, width=WIDTH)
+    spread_classifiers(m.trainable)
+    x, y, idx = batch("resnet8")
+    out = m(x, y, idx)
+    (out["kd"] + out["attention"]).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.trainable.teacher.parameters())
+    assert m.trainable.net.stem.conv.weight.grad.abs().sum() > 0
+
+
+def test_teacher_cross_entropy_also_trains_the_backbone():
+    # The self-teacher reads the classifier's maps without detaching them ("teaching myself").
+    torch.manual_seed(0)
+    m = FRSKD(NETS["resnet8"][0], total_epochs=2, width=WIDTH)
+    x, y, idx = batch("resnet8")
+    m(x, y, idx)["ce_teacher"].backward()
+    assert m.trainable.net.stem.conv.weight.grad.abs().sum() > 0
+    assert m.trainable.net.head.classifier.weight.grad is None
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("name", NETS)
+def test_gradients_reach_every_trainable_parameter(name):
+    torch.manual_seed(0)
+    m = FRSKD(NETS[name][0], total_epochs=2, width=WIDTH)
+    spread_classifiers(m.trainable)
+    x, y, idx = batch(name)
+    m(x, y, idx)["loss"].backward()
+    missing = [n for n, p in m.trainable.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    assert {n.split(".")[0] for n, _ in m.trainable.named_parameters()} == {"net", "teacher"}
+
+
+# ----------------------------------------------------------------------------- deploy
+@pytest.mark.parametrize("name", NETS)
+def test_deployed_net_is_the_plain_classifier(name, tmp_path):
+    torch.manual_seed(0)
+    factory, _ = NETS[name]
+    m = FRSKD(factory, total_epochs=2, width=WIDTH)
+    plain = factory()
+    deployed = m.deploy().eval()
+    assert isinstance(deployed, Net)
+    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in plain.parameters())
+    x, _, _ = batch(name, n=3)
+    with torch.no_grad():
+        logits, feats = deployed(x)
+        plain_logits, plain_feats = plain.eval()(x)
+    assert logits.shape == plain_logits.shape and feats.shape == plain_feats.shape
+    rebuilt = build_model(**deployed.spec)
+    assert list(rebuilt.state_dict()) == list(deployed.state_dict())
+    save_model_file(deployed, str(tmp_path / "final.pt"))
+    loaded, _ = load_model_file(str(tmp_path / "final.pt"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], logits)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize("name", NETS)
+def test_a_few_sgd_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    m = FRSKD(NETS[name][0], total_epochs=2, width=WIDTH).train()
+    opt = torch.optim.SGD(m.trainable.parameters(), lr=0.1)
+    x, y, idx = batch(name)
+    losses = []
+    for _ in range(20):
+        out = m(x, y, idx)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.9 * losses[0]
+
+
+# ----------------------------------------------------------------------------- config, errors
+def test_built_from_its_config_section():
+    cfg = load_config(None, ["method.name=frskd", "method.frskd.width=8", "method.frskd.alpha=1", "method.frskd.beta=10"])
+    m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
+    assert isinstance(m, FRSKD)
+    assert (m.temperature, m.alpha, m.beta, m.width) == (4.0, 1.0, 10.0, 8)
+    assert m.trainable.teacher.head.in_channels == 8
+    assert FRSKDConfig() == FRSKDConfig(temperature=4.0, alpha=2.0, beta=100.0, width=64)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(width=0), r"method.frskd.width\) must be >= 1, got 0"),
+        (dict(temperature=0.0), r"method.frskd.temperature\) must be > 0"),
+        (dict(beta=-1.0), r"method.frskd.alpha, .beta\) must be >= 0"),
+    ],
+)
+def test_bad_options_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FRSKD(NETS["resnet8"][0], total_epochs=2, **kwargs)
+
+
+# ----------------------------------------------------------------------------- FLOPs, trainer
+class OneSample(Dataset):
+    def __init__(self, shape):
+        self.x = torch.randn(1, *shape)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return self.x[i], 0, i
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_flop_counter_sees_the_self_teacher(name):
+    torch.manual_seed(0)
+    factory, shape = NETS[name]
+    data = OneSample(shape)
+    frskd = training_forward_flops(FRSKD(factory, 2, width=WIDTH), data, torch.device("cpu"))
+    plain = training_forward_flops(Vanilla(factory, 2), data, torch.device("cpu"))
+    assert frskd > plain > 0
+
+
+def test_trains_through_the_generic_trainer_and_saves_the_plain_net(tiny_market_root, tmp_path):
+    from reid_srdl.engine.trainer import Trainer
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tiny_market_root}", "data.synthetic=false", "data.height=64", "data.width=32",
+            "data.batch_size=8", "data.test_batch_size=32", "data.workers=0",
+            "model.name=small_reid", "model.feature_dim=32", "method.name=frskd", f"method.frskd.width={WIDTH}",
+            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
+            f"train.output_dir={tmp_path}", "train.run_name=run", "eval.plot=false", "eval.multi_query=false",
+        ],
+    )
+    run = os.path.join(str(tmp_path), "run")
+    os.makedirs(run)
+    summary = Trainer(cfg, run).fit()
+    assert set(summary["results"]) == {"deployed"}
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        record = json.loads(f.readline())
+    assert {"ce", "ce_teacher", "kd", "attention", "acc_teacher"} <= set(record)
+    net, meta = load_model_file(run)
+    assert isinstance(net, Net)
+    plain = build_model(**meta["spec"])
+    assert [(k, v.shape) for k, v in net.state_dict().items()] == [(k, v.shape) for k, v in plain.state_dict().items()]

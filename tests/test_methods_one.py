@@ -1,0 +1,314 @@
+"""ONE: the ramp, every loss term against a hand computation, gradients, the deployed branch,
+the gated ensemble, training, FLOPs and one run through the trainer."""
+import functools
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from reid_srdl.config import ONEConfig, load_config
+from reid_srdl.engine.checkpoint import load_model_file, save_model_file
+from reid_srdl.engine.flops import training_forward_flops
+from reid_srdl.methods import build_method
+from reid_srdl.methods.one import ONE, sigmoid_rampup
+from reid_srdl.methods.vanilla import Vanilla
+from reid_srdl.models import EmbeddingHead, Net, build_model
+
+NUM_CLASSES = 5
+
+# A CIFAR-style net (3 stages, no feature layer) and a re-id net (4 stages, BN feature layer).
+NETS = {
+    "resnet8": (functools.partial(build_model, "resnet8", NUM_CLASSES, in_channels=1), (1, 28, 28)),
+    "small_reid": (functools.partial(build_model, "small_reid", NUM_CLASSES, feature_dim=32), (3, 64, 32)),
+}
+
+
+def batch(name, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *NETS[name][1], generator=g)
+    y = torch.arange(n) % NUM_CLASSES
+    return x, y, torch.arange(n)
+
+
+def spread_classifiers(module, std=0.3):
+    """The init draws classifiers with std 0.001 (all logits ~0, every KL ~0): widen them so
+    that the hand computations compare non-trivial numbers."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, EmbeddingHead):
+                m.classifier.weight.normal_(0.0, std)
+                m.classifier.bias.normal_(0.0, std)
+
+
+def hand_ce(logits, labels):
+    z = logits.double()
+    log_norm = torch.log(torch.exp(z).sum(dim=1))
+    return (log_norm - z[torch.arange(len(labels)), labels]).mean().item()
+
+
+def hand_kl(student, teacher, T):
+    """T^2 * mean over the batch of sum_c p_t (log p_t - log p_s), softmaxes written out."""
+    ps = torch.exp(student.double() / T)
+    ps = ps / ps.sum(dim=1, keepdim=True)
+    pt = torch.exp(teacher.double() / T)
+    pt = pt / pt.sum(dim=1, keepdim=True)
+    return T * T * (pt * (pt.log() - ps.log())).sum(dim=1).mean().item()
+
+
+def hand_gate(gate, shared_map):
+    """Pool -> FC -> BN (training mode: batch statistics, biased variance) -> ReLU -> softmax."""
+    pooled = shared_map.double().mean(dim=(2, 3))
+    a = pooled @ gate.fc.weight.double().t()
+    bn = gate.bn
+    a = (a - a.mean(0)) / torch.sqrt(a.var(0, unbiased=False) + bn.eps) * bn.weight.double() + bn.bias.double()
+    e = torch.exp(torch.clamp(a, min=0))
+    return e / e.sum(dim=1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------- ramp
+def test_sigmoid_rampup_values_at_chosen_epochs():
+    assert sigmoid_rampup(0, 80) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(20, 80) == pytest.approx(math.exp(-5 * 0.75**2))
+    assert sigmoid_rampup(40, 80) == pytest.approx(math.exp(-1.25))
+    assert sigmoid_rampup(80, 80) == 1.0
+    assert sigmoid_rampup(200, 80) == 1.0  # constant after the ramp
+    assert sigmoid_rampup(0, 0) == 1.0 and sigmoid_rampup(7, 0) == 1.0  # no ramp
+
+
+def test_kl_weight_follows_the_epoch_the_trainer_sets():
+    m = ONE(NETS["resnet8"][0], total_epochs=100, ramp_epochs=10)
+    weights = []
+    for epoch in (0, 5, 10, 50):
+        m.set_epoch(epoch)
+        weights.append(m.kl_weight())
+    assert weights == pytest.approx([math.exp(-5), math.exp(-5 * 0.25), 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- loss
+@pytest.mark.parametrize("name", NETS)
+def test_every_loss_term_matches_a_hand_computation(name):
+    torch.manual_seed(0)
+    m = ONE(NETS[name][0], total_epochs=100, branches=3, temperature=2.5, ramp_epochs=80)
+    spread_classifiers(m.trainable)
+    m.set_epoch(40)
+    m.train()
+    x, y, idx = batch(name)
+    out = m(x, y, idx)
+    with torch.no_grad():
+        net = m.trainable.net
+        maps = net.stage_maps(x)
+        shared = maps[-2]
+        branch_logits = [net.head(maps[-1])[0]]
+        branch_logits += [b.head(b.stage(shared))[0] for b in m.trainable.branches]
+        g = hand_gate(m.trainable.gate, shared)
+    assert len(branch_logits) == 3
+    ensemble = sum(g[:, i : i + 1] * z.double() for i, z in enumerate(branch_logits))
+    ce = sum(hand_ce(z, y) for z in branch_logits)
+    ce_e = hand_ce(ensemble, y)
+    kl = sum(hand_kl(z, ensemble, 2.5) for z in branch_logits)
+    w = math.exp(-1.25)
+    assert kl > 1e-3  # the terms compared are not trivially zero
+    assert out["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert out["ce_ensemble"].item() == pytest.approx(ce_e, rel=1e-5)
+    assert out["kl"].item() == pytest.approx(kl, rel=1e-4)
+    assert out["kl_weight"].item() == pytest.approx(w, rel=1e-6)
+    assert out["loss"].item() == pytest.approx(ce + ce_e + w * kl, rel=1e-5)
+    # The logged logits are branch 1's: the deployed network's.
+    assert torch.allclose(out["logits"], branch_logits[0], atol=1e-6)
+    assert out["acc"].item() == pytest.approx((branch_logits[0].argmax(1) == y).float().mean().item())
+
+
+def test_ensemble_is_a_target_only_in_the_kl():
+    """KL terms must not push the ensemble (hence the gate): with the CE terms removed by
+    zeroing their weight, the gate gets no gradient."""
+    torch.manual_seed(0)
+    m = ONE(NETS["resnet8"][0], total_epochs=2, ramp_epochs=0)
+    spread_classifiers(m.trainable)
+    x, y, idx = batch("resnet8")
+    out = m(x, y, idx)
+    out["kl"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in m.trainable.gate.parameters())
+    assert m.trainable.branches[0].head.classifier.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("name", NETS)
+def test_gradients_reach_every_trainable_parameter(name):
+    torch.manual_seed(0)
+    m = ONE(NETS[name][0], total_epochs=2, ramp_epochs=0)
+    spread_classifiers(m.trainable)
+    x, y, idx = batch(name)
+    m(x, y, idx)["loss"].backward()
+    missing = [n for n, p in m.trainable.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+    # Shared layers, every branch and the gate are all in the one trainable module.
+    names = {n.split(".")[0] for n, _ in m.trainable.named_parameters()}
+    assert names == {"net", "branches", "gate"}
+    assert len(m.trainable.branches) == 2
+
+
+def test_branches_are_independent_copies_with_their_own_initialisation():
+    torch.manual_seed(0)
+    m = ONE(NETS["small_reid"][0], total_epochs=2, branches=3)
+    net = m.trainable.net
+    own = {id(p) for p in net.parameters()}
+    for b in m.trainable.branches:
+        assert not any(id(p) in own for p in b.parameters())
+        # Same architecture as branch 1's last stage and head...
+        assert [p.shape for p in b.stage.parameters()] == [p.shape for p in net.stages[-1].parameters()]
+        # ...drawn from another initialisation (identical copies would learn alike).
+        assert not torch.equal(b.stage.conv1.weight, net.stages[-1].conv1.weight)
+
+
+# ----------------------------------------------------------------------------- deploy
+@pytest.mark.parametrize("name", NETS)
+def test_deployed_net_is_branch_one_and_a_rebuildable_plain_net(name, tmp_path):
+    torch.manual_seed(0)
+    factory, _ = NETS[name]
+    m = ONE(factory, total_epochs=2)
+    plain = factory()
+    deployed = m.deploy().eval()
+    assert isinstance(deployed, Net)
+    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in plain.parameters())
+    x, _, _ = batch(name, n=3)
+    with torch.no_grad():
+        logits, feats = deployed(x)
+        plain_logits, plain_feats = plain.eval()(x)
+        branch_logits, _, _ = m.trainable.eval()(x)
+    assert logits.shape == plain_logits.shape and feats.shape == plain_feats.shape
+    assert torch.equal(logits, branch_logits[0])
+    rebuilt = build_model(**deployed.spec)
+    assert list(rebuilt.state_dict()) == list(deployed.state_dict())
+    save_model_file(deployed, str(tmp_path / "final.pt"))
+    loaded, _ = load_model_file(str(tmp_path / "final.pt"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], logits)
+
+
+def test_gated_ensemble_is_evaluated_only_when_asked():
+    torch.manual_seed(0)
+    m = ONE(NETS["small_reid"][0], total_epochs=2, deploy_ensemble=True)
+    spread_classifiers(m.trainable)
+    assert ONE(NETS["small_reid"][0], total_epochs=2).extra_eval_models(None) == {}
+    ensemble = m.extra_eval_models(None)["ensemble"].eval()
+    x, _, _ = batch("small_reid", n=4)
+    with torch.no_grad():
+        logits, feats = ensemble(x)
+        maps = m.trainable.net.stage_maps(x)
+        outs = [m.trainable.net.head(maps[-1])] + [b(maps[-2]) for b in m.trainable.branches]
+        gate = m.trainable.gate(maps[-2])
+    expected = sum(gate[:, i : i + 1] * z for i, (z, _) in enumerate(outs))
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert torch.allclose(gate.sum(1), torch.ones(4), atol=1e-6)
+    # Embedding: the three L2-normalised 32-d branch features side by side.
+    assert feats.shape == (4, 3 * 32)
+    for i, (_, f) in enumerate(outs):
+        assert torch.allclose(feats[:, 32 * i : 32 * (i + 1)], f / f.norm(dim=1, keepdim=True), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- training
+@pytest.mark.parametrize("name", NETS)
+def test_a_few_sgd_steps_lower_the_loss(name):
+    torch.manual_seed(0)
+    m = ONE(NETS[name][0], total_epochs=2, ramp_epochs=0).train()
+    opt = torch.optim.SGD(m.trainable.parameters(), lr=0.05, momentum=0.9)
+    x, y, idx = batch(name)
+    losses = []
+    for _ in range(12):
+        out = m(x, y, idx)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_resume_state_is_the_trainable_state_dict():
+    torch.manual_seed(0)
+    a = ONE(NETS["resnet8"][0], total_epochs=2)
+    spread_classifiers(a.trainable)
+    torch.manual_seed(1)
+    b = ONE(NETS["resnet8"][0], total_epochs=2)
+    b.trainable.load_state_dict(a.trainable.state_dict())
+    x, y, idx = batch("resnet8")
+    a.eval(), b.eval()
+    assert a(x, y, idx)["loss"].item() == b(x, y, idx)["loss"].item()
+
+
+# ----------------------------------------------------------------------------- config, errors
+def test_built_from_its_config_section():
+    cfg = load_config(None, ["method.name=one", "method.one.branches=4", "method.one.temperature=2", "method.one.ramp_epochs=0"])
+    m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
+    assert isinstance(m, ONE)
+    assert (m.trainable.num_branches, m.temperature, m.ramp_epochs, m.deploy_ensemble) == (4, 2.0, 0, False)
+    assert ONEConfig() == ONEConfig(branches=3, temperature=3.0, ramp_epochs=80, deploy_ensemble=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(branches=1), r"at least 2 branches \(method.one.branches\), got 1"),
+        (dict(temperature=0.0), r"method.one.temperature\) must be > 0"),
+        (dict(ramp_epochs=-1), r"method.one.ramp_epochs\) must be >= 0"),
+    ],
+)
+def test_bad_options_name_the_key(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ONE(NETS["resnet8"][0], total_epochs=2, **kwargs)
+
+
+# ----------------------------------------------------------------------------- FLOPs, trainer
+class OneSample(Dataset):
+    def __init__(self, shape):
+        self.x = torch.randn(1, *shape)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return self.x[i], 0, i
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_flop_counter_sees_the_branches(name):
+    torch.manual_seed(0)
+    factory, shape = NETS[name]
+    data = OneSample(shape)
+    one = training_forward_flops(ONE(factory, 2), data, torch.device("cpu"))
+    plain = training_forward_flops(Vanilla(factory, 2), data, torch.device("cpu"))
+    # Two extra copies of the last stage and head, and the gate: more than the plain net,
+    # less than three whole nets.
+    assert plain < one < 3 * plain
+
+
+def test_trains_through_the_generic_trainer_and_saves_branch_one(tiny_market_root, tmp_path):
+    from reid_srdl.engine.trainer import Trainer
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tiny_market_root}", "data.synthetic=false", "data.height=64", "data.width=32",
+            "data.batch_size=8", "data.test_batch_size=32", "data.workers=0",
+            "model.name=small_reid", "model.feature_dim=32",
+            "method.name=one", "method.one.deploy_ensemble=true",
+            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
+            f"train.output_dir={tmp_path}", "train.run_name=run", "eval.plot=false", "eval.multi_query=false",
+        ],
+    )
+    run = os.path.join(str(tmp_path), "run")
+    os.makedirs(run)
+    summary = Trainer(cfg, run).fit()
+    assert set(summary["results"]) == {"deployed", "ensemble"}
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        record = json.loads(f.readline())
+    assert {"ce", "ce_ensemble", "kl", "kl_weight"} <= set(record)
+    assert record["kl_weight"] == pytest.approx(math.exp(-5))  # epoch 0 of the 80-epoch ramp
+    net, meta = load_model_file(run)
+    assert isinstance(net, Net) and meta["spec"]["name"] == "small_reid"
+    plain = build_model(**meta["spec"])
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in plain.parameters())
