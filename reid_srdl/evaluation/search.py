@@ -61,8 +61,7 @@ def pairwise_squared_l2(
     else:
         if xb_sqnorms is None:
             xb_sqnorms = squared_norms(xb)
-        dist = xq @ xb.T  # one sgemm; xb.T is a transposed view, not a copy
-        dist *= -2.0
+        dist = (xq * np.float32(-2.0)) @ xb.T  # one sgemm; xb.T is a view, not a copy
         dist += xb_sqnorms[None, :]
         dist += squared_norms(xq)[:, None]
     # Rounding can make the distance of near-identical vectors slightly negative.
