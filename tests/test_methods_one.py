@@ -27,6 +27,16 @@ NETS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """These tensors are tiny: a second intra-op thread gains nothing, and on 2 shared cores
+    OpenMP waiting for a busy core made these tests up to 50x slower.  Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def batch(name, n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *NETS[name][1], generator=g)
