@@ -77,14 +77,17 @@ class ONEConfig:
     temperature: float = 3.0
     # Consistency ramp-up of the KL weight over this many epochs (0 = constant weight 1).
     ramp_epochs: int = 80
-    # Deploy the gated ensemble instead of branch 1.
+    # Also evaluate the gated ensemble of all branches (reported as "ensemble"); final.pt
+    # stays branch 1, a plain network.
     deploy_ensemble: bool = False
 
 
 @dataclass(frozen=True)
 class BYOTConfig:
     temperature: float = 3.0
+    # Weight of the KL to the deepest exit in each shallow exit's loss; (1 - alpha) on its CE.
     alpha: float = 0.3
+    # Weight of the feature hint (squared L2, summed over dimensions, batch mean).
     hint_weight: float = 0.03
 
 
