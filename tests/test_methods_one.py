@@ -7,10 +7,9 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
 from torch.utils.data import Dataset
 
-from reid_srdl.config import ONEConfig, load_config
+from reid_srdl.config import ConfigError, ONEConfig, load_config
 from reid_srdl.engine.checkpoint import load_model_file, save_model_file
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
@@ -268,7 +267,7 @@ def test_built_from_its_config_section():
     ],
 )
 def test_bad_options_name_the_key(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         ONE(NETS["resnet8"][0], total_epochs=2, **kwargs)
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reid_srdl.config import ConfigError
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import EmbeddingHead, Net, init_weights
@@ -86,9 +87,9 @@ class SideExit(nn.Module):
     def forward(self, stage_map: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         fh, fw = self.factor
         if stage_map.shape[-2] < fh or stage_map.shape[-1] < fw:
-            raise ValueError(
+            raise ConfigError(
                 f"BYOT side exit needs a map of at least {fh}x{fw}, got {tuple(stage_map.shape[-2:])}: "
-                f"the input images are too small for this network"
+                f"the input images are too small for this network (raise data.height / data.width)"
             )
         return self.head(self.bottleneck(stage_map))
 
@@ -127,11 +128,11 @@ def hint_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class BYOT(Method):
     def __init__(self, model_factory, total_epochs, temperature=3.0, alpha=0.3, hint_weight=0.03):
         if float(temperature) <= 0:
-            raise ValueError(f"BYOT temperature (method.byot.temperature) must be > 0, got {temperature}")
+            raise ConfigError(f"BYOT temperature (method.byot.temperature) must be > 0, got {temperature}")
         if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"BYOT alpha (method.byot.alpha) must be in [0, 1], got {alpha}")
+            raise ConfigError(f"BYOT alpha (method.byot.alpha) must be in [0, 1], got {alpha}")
         if float(hint_weight) < 0:
-            raise ValueError(f"BYOT hint_weight (method.byot.hint_weight) must be >= 0, got {hint_weight}")
+            raise ConfigError(f"BYOT hint_weight (method.byot.hint_weight) must be >= 0, got {hint_weight}")
         super().__init__(model_factory, total_epochs)
         self.temperature = float(temperature)
         self.alpha = float(alpha)

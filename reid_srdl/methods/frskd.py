@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reid_srdl.config import ConfigError
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import EmbeddingHead, Net, init_weights
@@ -135,11 +136,11 @@ class FRSKDNetwork(nn.Module):
 class FRSKD(Method):
     def __init__(self, model_factory, total_epochs, temperature=4.0, alpha=2.0, beta=100.0, width=64):
         if float(temperature) <= 0:
-            raise ValueError(f"FRSKD temperature (method.frskd.temperature) must be > 0, got {temperature}")
+            raise ConfigError(f"FRSKD temperature (method.frskd.temperature) must be > 0, got {temperature}")
         if float(alpha) < 0 or float(beta) < 0:
-            raise ValueError(f"FRSKD alpha and beta (method.frskd.alpha, .beta) must be >= 0, got {alpha}, {beta}")
+            raise ConfigError(f"FRSKD alpha and beta (method.frskd.alpha, .beta) must be >= 0, got {alpha}, {beta}")
         if int(width) < 1:
-            raise ValueError(f"FRSKD width (method.frskd.width) must be >= 1, got {width}")
+            raise ConfigError(f"FRSKD width (method.frskd.width) must be >= 1, got {width}")
         # Set before Method.__init__, which calls build() and build() needs the width.
         self.width = int(width)
         super().__init__(model_factory, total_epochs)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from reid_srdl.config import ConfigError
 from reid_srdl.methods.base import METHODS, Method, StageContext
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import Net, init_weights
@@ -119,11 +120,11 @@ class GatedEnsemble(nn.Module):
 class ONE(Method):
     def __init__(self, model_factory, total_epochs, branches=3, temperature=3.0, ramp_epochs=80, deploy_ensemble=False):
         if int(branches) < 2:
-            raise ValueError(f"ONE needs at least 2 branches (method.one.branches), got {branches}")
+            raise ConfigError(f"ONE needs at least 2 branches (method.one.branches), got {branches}")
         if float(temperature) <= 0:
-            raise ValueError(f"ONE temperature (method.one.temperature) must be > 0, got {temperature}")
+            raise ConfigError(f"ONE temperature (method.one.temperature) must be > 0, got {temperature}")
         if int(ramp_epochs) < 0:
-            raise ValueError(f"ONE ramp_epochs (method.one.ramp_epochs) must be >= 0, got {ramp_epochs}")
+            raise ConfigError(f"ONE ramp_epochs (method.one.ramp_epochs) must be >= 0, got {ramp_epochs}")
         # Set before Method.__init__, which calls build() and build() needs the branch count.
         self.num_branches = int(branches)
         super().__init__(model_factory, total_epochs)
