@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from reid_srdl.errors import ReidSrdlError
 
-class ConfigError(ValueError):
+
+class ConfigError(ReidSrdlError, ValueError):
     """A configuration key or value is not what the schema expects."""
 
 
@@ -35,7 +37,7 @@ class DataConfig:
     batch_size: int = 32
     test_batch_size: int = 128
     workers: int = 2
-    # Use only the first N training samples (0 = all); for CPU experiments.
+    # Train on a fixed-seed random subset of N samples (0 = all); classification only.
     train_subset: int = 0
 
 

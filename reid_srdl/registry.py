@@ -4,10 +4,12 @@ A duplicate name raises; an unknown name lists the valid ones.
 """
 from typing import Callable, Dict, List, TypeVar
 
+from reid_srdl.errors import ReidSrdlError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(ReidSrdlError, ValueError):
     """Asked for a name nobody registered; the message lists the valid ones."""
 
 

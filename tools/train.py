@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid_srdl.config import ConfigError, load_config  # noqa: E402
 from reid_srdl.engine.checkpoint import CONFIG_FILE, CheckpointError, is_run_dir  # noqa: E402
-from reid_srdl.registry import UnknownNameError  # noqa: E402
+from reid_srdl.errors import ReidSrdlError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
             run_dir = make_run_dir(cfg)
         print(f"run directory: {run_dir}")
         Trainer(cfg, run_dir, resume=bool(args.resume)).fit()
-    except (ConfigError, CheckpointError, UnknownNameError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+    except (ReidSrdlError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingDivergedError as e:

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from reid_srdl.data.indexed import ImageFileDataset, read_rgb_image
+from reid_srdl.errors import ReidSrdlError
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -41,7 +42,7 @@ _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(ReidSrdlError, ValueError):
     """A data set's files are missing or not in the expected format."""
 
 

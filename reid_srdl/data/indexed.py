@@ -10,8 +10,10 @@ from typing import Callable, Optional, Sequence, Tuple
 from PIL import Image
 from torch.utils.data import Dataset
 
+from reid_srdl.errors import ReidSrdlError
 
-class ImageReadError(ValueError):
+
+class ImageReadError(ReidSrdlError, ValueError):
     """An image file could not be decoded."""
 
 

@@ -27,6 +27,7 @@ with warnings.catch_warnings():
     import torchreid.reid.data.datasets as _torchreid_datasets
 
 from reid_srdl.data.indexed import read_rgb_image
+from reid_srdl.errors import ReidSrdlError
 
 MARKET_FOLDER = "market1501"
 VERSION_FOLDER = "Market-1501-v15.09.15"
@@ -48,7 +49,7 @@ _NAME_RE = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
 Sample = Tuple[str, int, int]  # (path, pid, camid)
 
 
-class MarketLayoutError(FileNotFoundError):
+class MarketLayoutError(ReidSrdlError, FileNotFoundError):
     """The Market-1501 folders are missing, mis-laid or empty."""
 
 

@@ -15,6 +15,8 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn as nn
 
+from reid_srdl.errors import ReidSrdlError
+
 MODEL_FORMAT = "reid_srdl.model/1"
 TRAIN_STATE_FORMAT = "reid_srdl.train_state/1"
 CONFIG_FILE = "config.yaml"
@@ -22,7 +24,7 @@ LAST_FILE = "last.pt"
 FINAL_FILE = "final.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReidSrdlError, ValueError):
     """A checkpoint or run directory is missing, of another kind, or does not fit."""
 
 

@@ -12,6 +12,7 @@ from typing import Dict, List, Mapping
 import torch
 from torch import Tensor
 
+from reid_srdl.errors import ReidSrdlError
 from reid_srdl.models.base import Net
 from reid_srdl.models.reid import IMAGENET_LAYOUTS, ImageNetLayout
 
@@ -19,7 +20,7 @@ from reid_srdl.models.reid import IMAGENET_LAYOUTS, ImageNetLayout
 _SHOWN = 5
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(ReidSrdlError, ValueError):
     """A weights file does not fit the architecture it is loaded into."""
 
 
