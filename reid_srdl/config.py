@@ -30,7 +30,7 @@ class DataConfig:
     root: str = "datasets/synthetic"
     # Market-1501 only: write a synthetic data set under `root` when none is there.
     synthetic: bool = True
-    synthetic_ids: int = 40
+    synthetic_ids: int = 120
     synthetic_seed: int = 0
     height: int = 128
     width: int = 64
@@ -126,7 +126,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 30
     seed: int = 0
     output_dir: str = "runs"
     # Run folder name under output_dir; "" = <data>_<model>_<method>_<timestamp>.
