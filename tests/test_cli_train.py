@@ -84,6 +84,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tiny_market_root, tmp_path, c
     assert train_cli.main([*base, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "bad")  # nothing written for a run that never started
 
 
 def test_missing_data_root_names_the_folder(tmp_path, capsys):

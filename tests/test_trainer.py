@@ -37,9 +37,7 @@ def tiny_cfg(root, out, *extra):
 
 
 def run_dir_of(cfg):
-    path = os.path.join(cfg.train.output_dir, cfg.train.run_name)
-    os.makedirs(path, exist_ok=True)
-    return path
+    return os.path.join(cfg.train.output_dir, cfg.train.run_name)
 
 
 class Interrupt(Exception):
@@ -51,10 +49,10 @@ def interrupted_then_resumed(cfg, stop_after_epochs, monkeypatch):
     run_dir = run_dir_of(cfg)
     original = Trainer.train_epoch
 
-    def train_epoch(self, epoch, logger):
+    def train_epoch(self, epoch):
         if epoch == stop_after_epochs:
             raise Interrupt
-        return original(self, epoch, logger)
+        return original(self, epoch)
 
     monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
     with pytest.raises(Interrupt):

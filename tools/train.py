@@ -37,7 +37,7 @@ def main(argv=None) -> int:
 
         print("\n".join(list_models() if args.list_models else METHODS.list()))
         return 0
-    from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, make_run_dir
+    from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, run_dir_for
 
     try:
         if args.resume:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
             run_dir = args.resume
         else:
             cfg = load_config(args.config, args.overrides)
-            run_dir = make_run_dir(cfg)
+            run_dir = run_dir_for(cfg)
         print(f"run directory: {run_dir}")
         Trainer(cfg, run_dir, resume=bool(args.resume)).fit()
     except (ReidSrdlError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:

@@ -62,7 +62,9 @@ def build_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
     )
 
 
-def make_run_dir(cfg: Config) -> str:
+def run_dir_for(cfg: Config) -> str:
+    """The run folder a new run will write to (created by the Trainer once everything is
+    built, so a bad option leaves no empty folder behind)."""
     name = cfg.train.run_name or "{}_{}_{}_{}".format(
         cfg.data.name, cfg.model.name, cfg.method.name, time.strftime("%Y%m%d-%H%M%S")
     )
@@ -71,7 +73,6 @@ def make_run_dir(cfg: Config) -> str:
         raise FileExistsError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another train.run_name"
         )
-    os.makedirs(run_dir, exist_ok=True)
     return run_dir
 
 
@@ -119,6 +120,7 @@ class Trainer:
         if resume:
             self._restore(ckpt.load_train_state(run_dir))
         else:
+            os.makedirs(run_dir, exist_ok=True)
             save_config(cfg, os.path.join(run_dir, ckpt.CONFIG_FILE))
         self._place()
         self.amp_enabled = cfg.train.amp
@@ -170,7 +172,7 @@ class Trainer:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def train_epoch(self, epoch: int, logger: RunLogger) -> Dict[str, float]:
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
         cfg = self.cfg
         stage = self.stage_of(epoch)
         lr = self.lrs[epoch]
@@ -230,7 +232,7 @@ class Trainer:
                     self.optimizer = build_optimizer(self.method.trainable, cfg.optim)
                 if len(self.stage_flops) <= stage:
                     self.stage_flops.append(training_forward_flops(self.method, self.data.train_eval_loader.dataset, self.device))
-                record = self.train_epoch(epoch, logger)
+                record = self.train_epoch(epoch)
                 self.history["train_seconds"] += record["seconds"]
                 terms = [k for k in record if k not in ("stage", "epoch", "lr", "loss", "train_acc", "seconds")]
                 if epoch + 1 == self.stage_starts[stage + 1]:

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Training speed, side by side in one run.
+
+1. Images/s of one training epoch: reid_srdl's trainer vs torchreid's
+   ``ImageSoftmaxEngine`` on the SAME network (ours, wrapped to torchreid's train/eval
+   convention), the same data folder, batch size, image size and number of workers.
+   Both include data loading; the order of the two alternates over repeats and the median
+   is reported.
+2. SRDL vs vanilla wall time at equal epochs (SRDL's extra cost is the stage-1 logit
+   extraction; its second stage replaces, not adds to, epochs).
+
+    python benchmarks/bench_train.py                     # small_reid 128x64 and resnet50 256x128
+    python benchmarks/bench_train.py --models small_reid --repeats 3
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
+from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
+
+SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}
+
+
+class TorchreidView(nn.Module):
+    """Our Net under torchreid's convention: logits in train mode, features in eval mode."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logits, features = self.net(x)
+        return logits if self.training else features
+
+
+def our_trainer(root, model, height, width, batch, workers, epochs=1, method="vanilla", out=None):
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}", "data.synthetic=false", f"data.height={height}", f"data.width={width}",
+            f"data.batch_size={batch}", f"data.workers={workers}", f"model.name={model}",
+            f"method.name={method}", f"train.epochs={epochs}", "train.progress=false", "train.tensorboard=false",
+            f"train.output_dir={out or tempfile.mkdtemp()}", "train.run_name=bench", "eval.plot=false",
+            "eval.multi_query=false",
+        ],
+    )
+    return Trainer(cfg, os.path.join(cfg.train.output_dir, cfg.train.run_name))
+
+
+def time_ours(trainer):
+    trainer.optimizer = build_optimizer(trainer.method.trainable, trainer.cfg.optim)
+    start = time.perf_counter()
+    record = trainer.train_epoch(0)
+    seconds = time.perf_counter() - start
+    images = len(trainer.data.train_loader) * trainer.cfg.data.batch_size
+    return images / seconds, record
+
+
+def torchreid_engine(root, net, height, width, batch, workers):
+    import torchreid
+
+    dm = torchreid.reid.data.ImageDataManager(
+        root=root, sources="market1501", height=height, width=width, batch_size_train=batch,
+        batch_size_test=128, workers=workers, transforms=["random_flip", "random_crop"], use_gpu=False,
+    )
+    model = TorchreidView(net)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=2e-4)
+    engine = torchreid.reid.engine.ImageSoftmaxEngine(dm, model, optimizer, use_gpu=False, label_smooth=False)
+    engine.epoch, engine.max_epoch = 0, 1
+    return engine, dm
+
+
+def time_torchreid(engine, dm, batch):
+    start = time.perf_counter()
+    engine.train(print_freq=10**9)
+    seconds = time.perf_counter() - start
+    return len(dm.train_loader) * batch / seconds
+
+
+def throughput(args, root, model):
+    height, width = SIZES[model]
+    torch.manual_seed(0)
+    ours = our_trainer(root, model, height, width, args.batch_size, args.workers)
+    # torchreid trains a copy of the same initial network.
+    engine, dm = torchreid_engine(root, copy.deepcopy(ours.method.trainable), height, width, args.batch_size, args.workers)
+    assert len(dm.train_loader) == len(ours.data.train_loader), "both sides must see the same batches"
+    rates = {"reid_srdl": [], "torchreid": []}
+    for r in range(args.repeats):
+        order = [("reid_srdl", lambda: time_ours(ours)[0]), ("torchreid", lambda: time_torchreid(engine, dm, args.batch_size))]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            rates[name].append(fn())
+            print(f"  {model} repeat {r + 1}: {name} {rates[name][-1]:.1f} img/s", flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "model": model, "height": height, "width": width, "batch": args.batch_size, "workers": args.workers,
+        "batches_per_epoch": len(dm.train_loader), "reid_srdl_img_s": med["reid_srdl"], "torchreid_img_s": med["torchreid"],
+        "ratio": med["reid_srdl"] / med["torchreid"], "all": rates,
+    }
+
+
+def srdl_overhead(args, root):
+    """Training-phase wall time (epochs + stage-end work) of SRDL vs vanilla, equal epochs."""
+    out = {}
+    for method in ("vanilla", "srdl"):
+        times = []
+        for r in range(args.repeats):
+            torch.manual_seed(0)
+            t = our_trainer(root, "small_reid", 128, 64, args.batch_size, args.workers, epochs=args.overhead_epochs, method=method)
+            t.finish = lambda logger: None  # evaluation is not part of the training cost
+            start = time.perf_counter()
+            t.fit()
+            times.append(time.perf_counter() - start)
+            print(f"  {method} {args.overhead_epochs} epochs, repeat {r + 1}: {times[-1]:.1f}s", flush=True)
+        out[method] = statistics.median(times)
+    out["ratio"] = out["srdl"] / out["vanilla"]
+    out["epochs"] = args.overhead_epochs
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["small_reid", "resnet50"], choices=list(SIZES))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ids", type=int, default=40, help="synthetic identities (half are training ids)")
+    p.add_argument("--overhead-epochs", type=int, default=20)
+    p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_market"))
+    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "train_speed.json"))
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    ensure_synthetic_market(args.root, num_ids=args.ids, seed=0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {"throughput": [], "srdl_overhead": None}
+    for model in args.models:
+        results["throughput"].append(throughput(args, args.root, model))
+    results["srdl_overhead"] = srdl_overhead(args, args.root)
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print("\n| model | input | batch | reid_srdl img/s | torchreid img/s | ratio |\n|---|---|---|---|---|---|")
+    for r in results["throughput"]:
+        print(f"| {r['model']} | {r['height']}x{r['width']} | {r['batch']} | {r['reid_srdl_img_s']:.1f} | {r['torchreid_img_s']:.1f} | {r['ratio']:.2f}x |")
+    o = results["srdl_overhead"]
+    print(f"\nSRDL vs vanilla, {o['epochs']} epochs of small_reid: {o['srdl']:.1f}s vs {o['vanilla']:.1f}s = {o['ratio']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
