@@ -269,6 +269,8 @@ def test_bad_options():
         evaluate_reid(*args, multi_query=MQ, pool="median")
     with pytest.raises(EvaluationInputError, match="multi-query features have 2 dimensions"):
         evaluate_reid(*args, multi_query=MQ)
+    with pytest.raises(EvaluationInputError, match="give multi_query too"):
+        evaluate_reid(*args, normalize=True)
     assert issubclass(EvaluationInputError, ValueError)
 
 

@@ -67,7 +67,7 @@ def check_ids(x, n: int, what: str) -> np.ndarray:
         raise EvaluationInputError(f"{what}: expected a 1-D array of {n} integers, got shape {arr.shape}")
     if len(arr) != n:
         raise EvaluationInputError(f"{what}: has {len(arr)} entries but there are {n} features")
-    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+    if np.issubdtype(arr.dtype, np.integer):
         return arr.astype(np.int64)
     if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
         return arr.astype(np.int64)
@@ -225,17 +225,20 @@ def positive_ranks(sq_dist_row: np.ndarray, positives: np.ndarray) -> np.ndarray
     gallery index.
     """
     pos_dist = sq_dist_row[positives]
-    if not np.all(np.isfinite(pos_dist)):
+    farthest = pos_dist.max()
+    if not np.isfinite(farthest):
         raise EvaluationInputError(
             "squared distances overflow float32; the features are too large (scale them down)"
         )
-    closer = np.sort(sq_dist_row[sq_dist_row <= pos_dist.max()])
-    strictly_closer = np.searchsorted(closer, pos_dist, side="left")
-    equal = np.searchsorted(closer, pos_dist, side="right") - strictly_closer
-    ranks = strictly_closer + 1
-    for j in np.flatnonzero(equal > 1):  # a tie besides the match itself (rare)
-        ranks[j] += np.count_nonzero(sq_dist_row[: positives[j]] == pos_dist[j])
-    return np.sort(ranks)
+    closer = np.sort(sq_dist_row[sq_dist_row <= farthest])
+    ranks = np.searchsorted(closer, pos_dist, side="left") + 1
+    # Float32 distances do tie now and then (tens of millions of pairs, 24-bit mantissas).
+    others_tied = np.searchsorted(closer, pos_dist, side="right") - ranks  # besides the match
+    if others_tied.any():
+        for j in np.flatnonzero(others_tied):
+            ranks[j] += np.count_nonzero(sq_dist_row[: positives[j]] == pos_dist[j])
+    ranks.sort()
+    return ranks
 
 
 def average_precision(ranks: np.ndarray, method: str = "torchreid") -> float:
@@ -322,6 +325,8 @@ def evaluate_reid(
     g_camids = check_ids(g_camids, len(g), "gallery camids")
     if multi_query is not None:
         q = pool_multi_query(q, q_pids, q_camids, multi_query, pool=pool, normalize=normalize)
+    elif normalize:
+        raise EvaluationInputError("normalize=True re-normalises pooled multi-query features; give multi_query too")
 
     gallery = _GalleryIds(g_pids, g_camids)
     first_hit_counts = np.zeros(max_rank, dtype=np.int64)
