@@ -73,8 +73,9 @@ def make_case(shape: str, dim: int, structured: bool, seed: int = 0):
     g_pids = np.concatenate([rng.integers(1, num_ids + 1, num_g - num_distractors), np.zeros(num_distractors, int)])
     g_cams = rng.integers(0, num_cams, num_g)
     if not structured:
-        return (rng.standard_normal((num_q, dim), dtype=np.float32), rng.standard_normal((num_g, dim), dtype=np.float32),
-                q_pids, g_pids, q_cams, g_cams)
+        q_feats = rng.standard_normal((num_q, dim), dtype=np.float32)
+        g_feats = rng.standard_normal((num_g, dim), dtype=np.float32)
+        return q_feats, g_feats, q_pids, g_pids, q_cams, g_cams
 
     centres = _unit_rows(rng, num_ids + 1, dim)
     # Identities come in look-alike pairs (similar clothes): each one's images carry a random

@@ -331,7 +331,8 @@ class ReIDSearcher:
         can be searched again.
         """
         stored = load_features(os.fspath(path))
-        searcher = cls(stored.features, stored.pids, stored.camids, None if stored.paths is None else list(stored.paths))
+        paths = None if stored.paths is None else list(stored.paths)
+        searcher = cls(stored.features, stored.pids, stored.camids, paths)
         if model is not None:
             searcher._model = model
             searcher._embedding = _embedding_options(**embedding)

@@ -91,6 +91,12 @@ def test_cmc_padded_when_gallery_shorter_than_max_rank():
     assert len(r.cmc) == 5
 
 
+def test_top_level_exports():
+    import reid_srdl
+
+    assert reid_srdl.evaluate_reid is evaluate_reid and reid_srdl.ReIDResult is ReIDResult
+
+
 def test_to_dict_keys_and_values():
     r = ReIDResult(cmc=np.linspace(0.05, 1.0, 20), mAP=0.25, mINP=0.125, num_queries=7, num_valid_queries=6)
     d = r.to_dict()
@@ -170,6 +176,8 @@ def test_official_ap_and_minp_agree_with_official_loop_with_junk(seed):
     np.testing.assert_allclose(r.cmc, cmc, atol=1e-12)
     assert r.mAP == pytest.approx(mAP, abs=1e-9)
     assert r.mINP == pytest.approx(mINP, abs=1e-9)
+    # the precision just before a hit never exceeds the precision at it
+    assert r.mAP < evaluate_reid(*case, max_rank=10, ap="torchreid").mAP
 
 
 def test_chunking_does_not_change_results():

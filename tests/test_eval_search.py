@@ -79,6 +79,13 @@ def test_k_beyond_the_index_is_padded_with_minus_one():
     assert ids.tolist() == [[1, -1, -1, -1]]
 
 
+def test_docstring_example_runs():
+    import doctest
+
+    result = doctest.testmod(search)
+    assert result.attempted >= 3 and result.failed == 0
+
+
 def test_gpu_is_used_only_when_faiss_sees_one():
     import faiss
 
