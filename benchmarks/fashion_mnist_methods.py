@@ -116,10 +116,10 @@ def mean_std(values):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", nargs="+", default=["vanilla", "srdl", "srdl_incomplete", "srdl_no_restart"], choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--subset", type=int, default=10000, help="training images (fixed-seed subset of the 60,000)")
+    p.add_argument("--subset", type=int, default=6000, help="training images (fixed-seed subset of the 60,000)")
     p.add_argument("--model", default="resnet8")
     p.add_argument("--teacher-model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
@@ -159,7 +159,7 @@ def main():
             rows.setdefault(variant, []).append(rec)
             print(f"{name}: {json.dumps(rec)}", flush=True)
 
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
+    with open(os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"), "w") as f:
         json.dump(rows, f, indent=2)
     write_table(args, rows, time.time() - started)
 
