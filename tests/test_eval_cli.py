@@ -217,3 +217,60 @@ def test_ranked_list_borders_are_green_for_right_and_red_for_wrong(tmp_path):
     assert tuple(pic[1, rank1_mid]) == MATCH_COLOUR  # top border row of each gallery tile
     assert tuple(pic[1, rank2_mid]) == WRONG_COLOUR
     assert tuple(pic[10, rank1_mid]) == (128, 128, 128)  # the image itself inside the border
+
+
+# ----------------------------------------------------------------------------- checkpoint mode
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    import torch
+
+    from reid_srdl.engine.checkpoint import save_model_file
+    from reid_srdl.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_reid", 4, feature_dim=16)
+    path = str(tmp_path_factory.mktemp("model") / "final.pt")
+    save_model_file(model, path, task="reid", height=64, width=32)
+    return path, model
+
+
+def test_checkpoint_mode_extracts_evaluates_and_saves_features(tiny_market_root, tiny_model_file, tmp_path, capsys):
+    from reid_srdl.config import DataConfig
+    from reid_srdl.data import build_data
+    from reid_srdl.evaluation.features import extract_features
+
+    path, model = tiny_model_file
+    feats_dir, out = tmp_path / "feats", tmp_path / "mq.json"
+    args = ["--checkpoint", path, "--data-root", tiny_market_root, "--multi-query", "--workers", "0",
+            "--save-features", str(feats_dir), "--json", str(out)]
+    assert cli.main(args) == 0
+    # Independent path: the same network, the data layer's loaders at the trained size.
+    data = build_data(DataConfig(root=tiny_market_root, synthetic=False, height=64, width=32, workers=0))
+    model.eval()
+    q, g, m = (extract_features(model, s.loader, progress=False) for s in (data.query, data.gallery, data.multi_query))
+    expected = evaluate_reid(q, g, data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids,
+                             multi_query=MultiQuery(m, data.multi_query.pids, data.multi_query.camids)).to_dict()
+    with open(out) as f:
+        assert json.load(f) == pytest.approx(expected, abs=1e-6)
+    saved = load_features(str(feats_dir / "query.npz"))
+    assert np.allclose(saved.features, q, atol=1e-5) and list(saved.paths) == data.query.paths
+    assert sorted(os.listdir(feats_dir)) == ["gallery.npz", "gt_bbox.npz", "query.npz"]
+    # The saved files give the same numbers through the feature-file mode.
+    again = tmp_path / "again.json"
+    assert cli.main(["--query", str(feats_dir / "query.npz"), "--gallery", str(feats_dir / "gallery.npz"),
+                     "--multi-query", str(feats_dir / "gt_bbox.npz"), "--json", str(again)]) == 0
+    with open(again) as f:
+        assert json.load(f) == pytest.approx(expected, abs=1e-6)
+
+
+def test_checkpoint_mode_errors(tiny_market_root, tiny_model_file, tmp_path, capsys):
+    path, _ = tiny_model_file
+    assert cli.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--data-root", tiny_market_root]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert cli.main(["--checkpoint", path, "--data-root", str(tmp_path / "nowhere"), "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err and not os.path.exists(tmp_path / "x.json")
+    with pytest.raises(SystemExit):
+        cli.main(["--checkpoint", path])  # no --data-root
+    with pytest.raises(SystemExit):
+        cli.main(["--checkpoint", path, "--data-root", tiny_market_root, "--query", "q.npz"])

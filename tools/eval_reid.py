@@ -5,6 +5,13 @@
     python tools/eval_reid.py --query q.npz --gallery g.npz --multi-query gt_bbox.npz --pool max
     python tools/eval_reid.py --query q.npz --gallery g.npz --json out/metrics.json \\
         --plot out/cmc.png --visualize 8 --out out/ranked
+    python tools/eval_reid.py --checkpoint runs/RUN --data-root datasets/synthetic --multi-query \\
+        --save-features out/features
+
+Checkpoint mode (--checkpoint RUN_DIR or a model file such as final.pt, with --data-root of a
+Market-1501 folder) extracts the features itself: query, gallery and, with --multi-query
+and no file, the gt_bbox images; --save-features DIR also writes them as query.npz,
+gallery.npz (and gt_bbox.npz) for later runs of the feature-file mode.
 
 A feature file (.npz) holds ``features`` (N x D float32), ``pids`` (N ints), ``camids``
 (N ints) and optionally ``paths`` (N strings; needed by --visualize).  Write them with
@@ -22,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from reid_srdl.errors import ReidSrdlError  # noqa: E402
 from reid_srdl.evaluation.io import FeatureSet, OutputBatch, load_features, write_json_atomic  # noqa: E402
 from reid_srdl.evaluation.metrics import (  # noqa: E402
     AP_METHODS,
@@ -38,13 +46,26 @@ from reid_srdl.evaluation.metrics import (  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 RANKED_LIST_LENGTH = 10
+GT_BBOX = "<gt_bbox>"  # --multi-query given without a file (checkpoint mode)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--query", required=True, metavar="Q.npz", help="query feature file")
-    p.add_argument("--gallery", required=True, metavar="G.npz", help="gallery feature file")
-    p.add_argument("--multi-query", metavar="M.npz", help="gt_bbox feature file: multi-query protocol")
+    p.add_argument("--query", metavar="Q.npz", help="query feature file")
+    p.add_argument("--gallery", metavar="G.npz", help="gallery feature file")
+    p.add_argument("--multi-query", metavar="M.npz", nargs="?", const=GT_BBOX,
+                   help="gt_bbox feature file: multi-query protocol (checkpoint mode: no file, the data root's gt_bbox)")
+    ck = p.add_argument_group("checkpoint mode")
+    ck.add_argument("--checkpoint", metavar="RUN_DIR|MODEL.pt", help="trained re-id model (a run directory or final.pt)")
+    ck.add_argument("--data-root", metavar="ROOT", help="folder holding market1501/ (real or synthetic)")
+    ck.add_argument("--height", type=int, help="input height (default: the one the model was trained with)")
+    ck.add_argument("--width", type=int, help="input width (default: the one the model was trained with)")
+    ck.add_argument("--batch-size", type=int, default=128)
+    ck.add_argument("--workers", type=int, default=2)
+    ck.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    ck.add_argument("--flip", action="store_true", help="average with horizontally flipped images' features")
+    ck.add_argument("--normalize", action="store_true", help="L2-normalise the features")
+    ck.add_argument("--save-features", metavar="DIR", help="also write the extracted features as .npz files")
     p.add_argument("--pool", choices=POOLS, default="mean", help="multi-query pooling (default: mean)")
     p.add_argument("--renormalize", action="store_true", help="L2-normalise the pooled multi-query features")
     p.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve (>= 20; default: 50)")
@@ -56,6 +77,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write ranked lists (query + top-10) of N queries; needs paths and --out")
     p.add_argument("--out", metavar="DIR", help="folder for the --visualize pictures")
     args = p.parse_args(argv)
+    if args.checkpoint:
+        if args.query or args.gallery:
+            p.error("give either --checkpoint (with --data-root) or --query/--gallery feature files, not both")
+        if not args.data_root:
+            p.error("--checkpoint needs --data-root, the folder holding market1501/")
+        if args.multi_query not in (None, GT_BBOX):
+            p.error("in checkpoint mode --multi-query takes no file: the gt_bbox images of --data-root are used")
+    else:
+        if not (args.query and args.gallery):
+            p.error("give --query and --gallery feature files, or --checkpoint with --data-root")
+        if args.multi_query == GT_BBOX:
+            p.error("--multi-query needs a feature file (M.npz) unless --checkpoint is given")
+        if args.save_features:
+            p.error("--save-features applies to --checkpoint mode")
     if args.max_rank < max(REPORTED_RANKS):
         p.error(f"--max-rank must be at least {max(REPORTED_RANKS)} (Rank-20 is reported); got {args.max_rank}")
     if args.visualize < 0:
@@ -86,6 +121,43 @@ def load_inputs(args: argparse.Namespace) -> EvalInputs:
     inputs = EvalInputs(query, gallery, multi, args.query, args.gallery, args.multi_query or "multi-query")
     check_inputs(inputs, needs_paths=args.visualize > 0)
     return inputs
+
+
+def extract_inputs(args: argparse.Namespace) -> EvalInputs:
+    """Checkpoint mode: load the deployed network, embed the data root's query, gallery and
+    (with --multi-query) gt_bbox images; optionally save them as feature files."""
+    from reid_srdl.config import DataConfig
+    from reid_srdl.data import build_data
+    from reid_srdl.engine.checkpoint import load_model_file
+    from reid_srdl.engine.trainer import resolve_device
+    from reid_srdl.evaluation.features import extract_features
+    from reid_srdl.evaluation.io import save_features
+
+    model, meta = load_model_file(args.checkpoint)
+    if meta.get("task", "reid") != "reid":
+        raise EvaluationInputError(f"{args.checkpoint} is a {meta['task']} model; re-id evaluation needs a re-id model")
+    height = args.height or meta.get("height") or 256
+    width = args.width or meta.get("width") or 128
+    data = build_data(
+        DataConfig(name="market1501", root=args.data_root, synthetic=False, height=height, width=width,
+                   batch_size=args.batch_size, test_batch_size=args.batch_size, workers=args.workers)
+    )
+    device = resolve_device(args.device)
+    model.to(device)
+    splits = {"query": data.query, "gallery": data.gallery}
+    if args.multi_query:
+        if data.multi_query is None:
+            raise EvaluationInputError(f"--multi-query: {args.data_root} has no gt_bbox folder with the queries' boxes")
+        splits["gt_bbox"] = data.multi_query
+    sets = {}
+    for name, split in splits.items():
+        feats = extract_features(model, split.loader, device, flip=args.flip, normalize=args.normalize)
+        sets[name] = FeatureSet(feats, split.pids, split.camids, np.asarray(split.paths))
+    if args.save_features:
+        with OutputBatch() as batch:
+            for name, fs in sets.items():
+                save_features(batch.path(os.path.join(args.save_features, f"{name}.npz")), fs.features, fs.pids, fs.camids, fs.paths)
+    return EvalInputs(sets["query"], sets["gallery"], sets.get("gt_bbox"), "query", "gallery", "gt_bbox")
 
 
 def check_inputs(inputs: EvalInputs, needs_paths: bool = False) -> None:
@@ -161,12 +233,12 @@ def write_outputs(
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        inputs = load_inputs(args)
+        inputs = extract_inputs(args) if args.checkpoint else load_inputs(args)
         q_feats = query_features(inputs, args.pool, args.renormalize)
         result = evaluate(inputs, q_feats, args.max_rank, args.ap)
         title = f"multi-query, {args.pool}" if inputs.multi_query is not None else "single-query"
         written = write_outputs(args, inputs, q_feats, result, title)
-    except (EvaluationInputError, OSError) as e:
+    except (ReidSrdlError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(format_results_table(result, title=f"{title} ({args.ap} AP)"))

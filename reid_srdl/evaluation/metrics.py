@@ -20,6 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from reid_srdl.errors import ReidSrdlError
 from reid_srdl.evaluation.search import pairwise_squared_l2, squared_norms
 
 JUNK_PID = -1
@@ -31,7 +32,7 @@ POOLS = ("mean", "max")
 _BLOCK_ELEMENTS = 1 << 26
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(ReidSrdlError, ValueError):
     """Features, identities or options handed to the evaluation are not what it expects."""
 
 
