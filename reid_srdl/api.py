@@ -51,6 +51,20 @@ _EMBEDDING_DEFAULTS = dict(
 )
 
 
+def _resolve_model(model, options: dict):
+    """A network, or the path of a trained one (a run directory or final.pt): then it is
+    loaded, and the image size it was trained at is used unless height/width were given."""
+    if not isinstance(model, (str, os.PathLike)):
+        return model, options
+    from reid_srdl.engine.checkpoint import load_model_file
+
+    net, meta = load_model_file(os.fspath(model))
+    for key in ("height", "width"):
+        if options.get(key) is None and meta.get(key):
+            options[key] = int(meta[key])
+    return net, options
+
+
 def _embedding_options(**options) -> dict:
     unknown = sorted(set(options) - set(_EMBEDDING_DEFAULTS))
     if unknown:
@@ -128,8 +142,8 @@ class ReIDSearcher:
         transform: Optional[Callable] = None,
         batch_size: int = 64,
         device="cpu",
-        height: int = 256,
-        width: int = 128,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
         flip: bool = False,
         normalize: bool = False,
         workers: int = 0,
@@ -137,15 +151,19 @@ class ReIDSearcher:
     ) -> "ReIDSearcher":
         """Index images embedded by ``model`` (``model(x)`` returns ``(logits, features)``).
 
-        ``transform`` defaults to ``reid_test_transform(height, width)``; ``flip`` and
+        ``model`` may also be the path of a trained network (a run directory or its
+        ``final.pt``); then the image size it was trained at is the default
+        ``height``/``width`` (otherwise 256 x 128).  ``transform`` defaults to
+        ``reid_test_transform(height, width)``; ``flip`` and
         ``normalize`` are as in :func:`reid_srdl.evaluation.features.extract_features` and are
         applied the same way to image queries later.  Unknown pids/camids default to -1.
         """
+        model, sizes = _resolve_model(model, {"height": height, "width": width})
         searcher = cls.__new__(cls)
         searcher._model = model
         searcher._embedding = _embedding_options(
-            transform=transform, batch_size=batch_size, device=device, height=height, width=width,
-            flip=flip, normalize=normalize, workers=workers, progress=progress,
+            transform=transform, batch_size=batch_size, device=device, flip=flip, normalize=normalize,
+            workers=workers, progress=progress, **{k: v for k, v in sizes.items() if v is not None},
         )
         feats = searcher.embed_images(paths)
         n = len(feats)
@@ -327,14 +345,14 @@ class ReIDSearcher:
     def load(cls, path: PathLike, model=None, **embedding) -> "ReIDSearcher":
         """Read a file written by :meth:`save` (or any feature file).
 
-        With ``model`` (and the :meth:`from_images` settings in ``embedding``), image queries
-        can be searched again.
+        With ``model`` (a network or the path of a trained one, and the :meth:`from_images`
+        settings in ``embedding``), image queries can be searched again.
         """
         stored = load_features(os.fspath(path))
         paths = None if stored.paths is None else list(stored.paths)
         searcher = cls(stored.features, stored.pids, stored.camids, paths)
         if model is not None:
-            searcher._model = model
+            searcher._model, embedding = _resolve_model(model, dict(embedding))
             searcher._embedding = _embedding_options(**embedding)
         elif embedding:
             raise EvaluationInputError("embedding options need a model: ReIDSearcher.load(path, model=..., ...)")

@@ -161,3 +161,29 @@ def test_load_checks_its_options(searcher, tmp_path):
         ReIDSearcher.load(path, height=16)
     with pytest.raises(EvaluationInputError, match="feature file not found"):
         ReIDSearcher.load(tmp_path / "absent.npz")
+
+
+def test_from_a_checkpoint_path_uses_its_training_image_size(tiny_market_root, tmp_path):
+    import glob
+
+    from reid_srdl.data.transforms import reid_test_transform
+    from reid_srdl.engine.checkpoint import save_model_file
+    from reid_srdl.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("small_reid", 4, feature_dim=8).eval()
+    ckpt = str(tmp_path / "final.pt")
+    save_model_file(net, ckpt, task="reid", height=64, width=32)
+    paths = sorted(glob.glob(os.path.join(tiny_market_root, "market1501", "*", "bounding_box_test", "0*.jpg")))[:5]
+    s = ReIDSearcher.from_images(ckpt, paths)
+    # Independent: the same network on the same images resized to the trained 64 x 32.
+    tf = reid_test_transform(64, 32)
+    with torch.no_grad():
+        expected = net(torch.stack([tf(Image.open(p).convert("RGB")) for p in paths]))[1].numpy()
+    np.testing.assert_allclose(s.features, expected, atol=1e-5)
+    (hit,) = s.search(paths[2], k=1)
+    assert hit.indices.tolist() == [2] and hit.distances[0] == pytest.approx(0.0, abs=1e-3)
+    # The same from a saved index: the checkpoint path stands for the model there too.
+    s.save(tmp_path / "gallery.npz")
+    again = ReIDSearcher.load(tmp_path / "gallery.npz", model=ckpt)
+    assert again.search(paths[4], k=1)[0].indices.tolist() == [4]
