@@ -66,13 +66,19 @@ def interrupted_then_resumed(cfg, stop_after_epochs, monkeypatch):
     return trainer
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_srdl(tiny_market_root, tmp_path_factory):
+    cfg = tiny_cfg(tiny_market_root, tmp_path_factory.mktemp("uninterrupted"))
+    trainer = Trainer(cfg, run_dir_of(cfg))
+    trainer.fit()
+    return trainer
+
+
 @pytest.mark.parametrize("stop_after", [1, 2, 3])
-def test_resumed_srdl_run_ends_with_the_same_weights(tiny_market_root, tmp_path, monkeypatch, stop_after):
+def test_resumed_srdl_run_ends_with_the_same_weights(uninterrupted_srdl, tiny_market_root, tmp_path, monkeypatch, stop_after):
     # 1: inside stage 1; 2: right after the stage boundary (logit bank + restart); 3: inside stage 2.
-    reference = Trainer(tiny_cfg(tiny_market_root, tmp_path / "a"), run_dir_of(tiny_cfg(tiny_market_root, tmp_path / "a")))
-    reference.fit()
-    resumed = interrupted_then_resumed(tiny_cfg(tiny_market_root, tmp_path / "b"), stop_after, monkeypatch)
-    ref_state = reference.method.trainable.state_dict()
+    resumed = interrupted_then_resumed(tiny_cfg(tiny_market_root, tmp_path), stop_after, monkeypatch)
+    ref_state = uninterrupted_srdl.method.trainable.state_dict()
     for k, v in resumed.method.trainable.state_dict().items():
         assert torch.equal(v, ref_state[k]), k
     # The metrics log has exactly one line per epoch, in order, after the resume.
