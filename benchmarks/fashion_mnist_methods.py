@@ -119,7 +119,7 @@ def main():
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--subset", type=int, default=6000, help="training images (fixed-seed subset of the 60,000)")
+    p.add_argument("--subset", type=int, default=6000, help="training images (subset of the 60,000 drawn with each run's seed)")
     p.add_argument("--model", default="resnet8")
     p.add_argument("--teacher-model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
@@ -172,8 +172,9 @@ def write_table(args, rows, elapsed):
     lines = [
         "# Fashion-MNIST: self-distillation methods side by side",
         "",
-        f"{args.model} (CIFAR-style ResNet, 1 input channel), {args.subset} training images (fixed-seed subset of the",
-        f"60,000), full 10,000-image test set, {args.epochs} epochs for every variant (SRDL: two stages of",
+        f"{args.model} (CIFAR-style ResNet, 1 input channel), {args.subset} training images (a random subset of the",
+        "60,000 drawn with the run's seed, so every variant of a seed sees the same images), the full",
+        f"10,000-image test set, {args.epochs} epochs for every variant (SRDL: two stages of",
         f"{args.epochs // 2}), batch {args.batch_size}, SGD Nesterov 0.9, lr 0.1, wd 2e-4, x0.1 at 50% and 75% (of each",
         "stage for SRDL's complete schedule); CPU, 2 cores. Mean +- std over seeds "
         f"{', '.join(map(str, args.seeds))}.",

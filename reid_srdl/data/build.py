@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from reid_srdl.config import DataConfig
+from reid_srdl.config import ConfigError, DataConfig
 from reid_srdl.data.classification import (
     FASHION_MNIST_DEFAULT_ROOT,
     load_cifar10,
@@ -142,7 +142,7 @@ def build_classification_data(name: str, root: str, batch_size: int, test_batch_
     train_base = data.train
     if train_subset:
         if train_subset > len(train_base):
-            raise ValueError(
+            raise ConfigError(
                 f"data.train_subset={train_subset} is larger than the {len(train_base)} training "
                 f"samples of {name} in '{root}'"
             )
@@ -172,24 +172,24 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     """Translate the ``data`` config section into loaders; `seed` fixes ``train_subset``."""
     name = cfg.name
     if name not in REID_DATASETS and name not in _CLASSIFICATION_LOADERS:
-        raise ValueError(
+        raise ConfigError(
             f"data.name='{name}' is not one of: {', '.join(REID_DATASETS + tuple(_CLASSIFICATION_LOADERS))}"
         )
     if cfg.batch_size < 1 or cfg.test_batch_size < 1:
-        raise ValueError("data.batch_size and data.test_batch_size must be >= 1")
+        raise ConfigError("data.batch_size and data.test_batch_size must be >= 1")
     if cfg.workers < 0:
-        raise ValueError(f"data.workers must be >= 0, got {cfg.workers}")
+        raise ConfigError(f"data.workers must be >= 0, got {cfg.workers}")
     if cfg.train_subset < 0:
-        raise ValueError(f"data.train_subset must be >= 0 (0 = all), got {cfg.train_subset}")
+        raise ConfigError(f"data.train_subset must be >= 0 (0 = all), got {cfg.train_subset}")
     root = cfg.root or default_root(name)
     if name in REID_DATASETS:
         if cfg.train_subset:
-            raise ValueError(
+            raise ConfigError(
                 "data.train_subset is for classification only: a re-id training subset would "
                 "change the identities; use data.synthetic_ids for a smaller re-id set"
             )
         if cfg.height < 1 or cfg.width < 1:
-            raise ValueError(f"data.height and data.width must be >= 1, got {cfg.height}x{cfg.width}")
+            raise ConfigError(f"data.height and data.width must be >= 1, got {cfg.height}x{cfg.width}")
         return build_reid_data(root, cfg.synthetic, cfg.synthetic_ids, cfg.synthetic_seed, cfg.height,
                                cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers)
     return build_classification_data(name, root, cfg.batch_size, cfg.test_batch_size, cfg.workers,
