@@ -138,7 +138,7 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ids", type=int, default=40, help="synthetic identities (half are training ids)")
-    p.add_argument("--overhead-epochs", type=int, default=20)
+    p.add_argument("--overhead-epochs", type=int, default=30, help="epochs of each run (the demo's 30)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_market"))
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "train_speed.json"))
     args = p.parse_args()
