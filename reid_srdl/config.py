@@ -140,6 +140,12 @@ class TrainConfig:
     amp: bool = False
     progress: bool = True
     tensorboard: bool = True
+    # torchrun: seconds a rank waits at the rendezvous or any collective before the run
+    # stops with an error naming MASTER_ADDR/PORT, RANK, WORLD_SIZE ($REID_SRDL_DIST_TIMEOUT
+    # overrides it).  data.batch_size stays the global batch, split across the processes.
+    dist_timeout: float = 300.0
+    # torchrun on GPUs: SyncBatchNorm across processes (CPU/gloo has none: per-process BN).
+    sync_bn: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,11 @@ class EvalConfig:
     normalize: bool = False
     # Write the CMC curve PNG into the run directory.
     plot: bool = True
+    # k-reciprocal re-ranking (Zhong et al., CVPR 2017) reported beside the plain ranking.
+    rerank: bool = False
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -350,6 +361,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("SRDL needs train.epochs >= 2 (two stages of epochs/2)")
     if cfg.data.batch_size < 1 or cfg.data.test_batch_size < 1:
         raise ConfigError("data.batch_size and data.test_batch_size must be >= 1")
+    if cfg.train.dist_timeout <= 0:
+        raise ConfigError(f"train.dist_timeout must be > 0 seconds, got {cfg.train.dist_timeout}")
+    if cfg.eval.rerank_k1 < 1 or cfg.eval.rerank_k2 < 1:
+        raise ConfigError(f"eval.rerank_k1 and eval.rerank_k2 must be >= 1, got {cfg.eval.rerank_k1}, {cfg.eval.rerank_k2}")
+    if not 0.0 <= cfg.eval.rerank_lambda <= 1.0:
+        raise ConfigError(f"eval.rerank_lambda must be in [0, 1], got {cfg.eval.rerank_lambda}")
     for m in cfg.optim.milestones:
         if not 0.0 < m < 1.0:
             raise ConfigError(f"optim.milestones are fractions in (0, 1), got {m}")

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 from reid_srdl.config import ConfigError, DataConfig
 from reid_srdl.data.classification import (
@@ -78,6 +79,37 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False
         drop_last=drop_last,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, seed: int) -> DataLoader:
+    """The training loader of one of ``world_size`` processes (torchrun / DDP).
+
+    ``data.batch_size`` is the GLOBAL batch: each process loads ``batch_size / world_size``
+    samples per step (an error if it does not divide), so a run keeps its hyper-parameters
+    whatever the number of processes.  A :class:`DistributedSampler` (shuffled from
+    ``seed`` + the epoch set by ``sampler.set_epoch``) deals the samples out, so rank ``r``'s
+    i-th batch holds positions ``r, r + W, ...`` of the same global permutation: together the
+    ranks see exactly the global batches one process would with the same sampler.
+    """
+    if loader.batch_size % world_size:
+        raise ConfigError(
+            f"data.batch_size={loader.batch_size} is the global batch and must be divisible by the "
+            f"{world_size} processes (WORLD_SIZE)"
+        )
+    per_process = loader.batch_size // world_size
+    dataset = loader.dataset
+    # Same rule as _loader: drop the last partial batch only when that loses little data.
+    drop_last = len(dataset) >= 2 * loader.batch_size
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    return DataLoader(
+        dataset,
+        batch_size=per_process,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=loader.num_workers,
+        pin_memory=loader.pin_memory,
         persistent_workers=False,
     )
 

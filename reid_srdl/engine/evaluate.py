@@ -15,13 +15,18 @@ _REID_COLUMNS = (("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10")
 _CLS_COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"))
 
 
-def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True) -> Dict[str, dict]:
-    """{"single_query": {...}, "multi_query": {...}} for re-id, {"test": {...}} for classification."""
+def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True, extract=None) -> Dict[str, dict]:
+    """{"single_query": {...}, "multi_query": {...}} for re-id, {"test": {...}} for classification.
+
+    ``extract``: replaces ``extract_features`` (same signature), e.g. the sharded extractor of
+    reid_srdl.engine.distributed under torchrun.
+    """
     if data.task == "classification":
         return {"test": evaluate_classifier(model, data.test_loader, device, progress=progress)}
+    extract = extract or extract_features
 
     def features(split):
-        return extract_features(model, split.loader, device, flip=eval_cfg.flip, normalize=eval_cfg.normalize, progress=progress)
+        return extract(model, split.loader, device, flip=eval_cfg.flip, normalize=eval_cfg.normalize, progress=progress)
 
     q, g = features(data.query), features(data.gallery)
     ids = (data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids)

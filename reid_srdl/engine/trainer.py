@@ -5,6 +5,7 @@ start of each), the learning rate of every epoch, mixed precision, the non-finit
 guard, checkpoints after every epoch, resume, logging and the end-of-run evaluation.
 """
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from reid_srdl.config import Config, save_config, to_dict
 from reid_srdl.engine import checkpoint as ckpt
+from reid_srdl.engine import distributed as ddp
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.engine.logger import RunLogger, format_epoch
 from reid_srdl.engine.schedule import epoch_learning_rates
@@ -30,12 +32,15 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:
+    """``local_rank`` (under torchrun): each process takes its own GPU, ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device='{name}' but no CUDA device is available; use train.device=cpu or auto")
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -76,18 +81,47 @@ def run_dir_for(cfg: Config) -> str:
     return run_dir
 
 
+class _NoLogger:
+    """What ranks other than 0 log to: nothing (rank 0 writes the run directory)."""
+
+    def log_epoch(self, record):
+        pass
+
+    def log_results(self, flat, step):
+        pass
+
+    def close(self):
+        pass
+
+
 class Trainer:
-    """Build everything from a Config, train all stages, evaluate, write the run directory."""
+    """Build everything from a Config, train all stages, evaluate, write the run directory.
+
+    Under torchrun (a process group initialised by :func:`ddp.init_distributed`) every rank
+    builds the same Trainer: the training step runs in DistributedDataParallel on its share
+    of each global batch, rank 0 alone writes checkpoints, logs and results, and per-sample
+    inference (SRDL's logit bank, evaluation features) is sharded across ranks and gathered.
+    """
 
     def __init__(self, cfg: Config, run_dir: str, resume: bool = False):
         from reid_srdl.data import build_data
+        from reid_srdl.data.build import distributed_train_loader
         from reid_srdl.models import build_model
 
         self.cfg = cfg
         self.run_dir = run_dir
-        self.device = resolve_device(cfg.train.device)
+        self.dist = ddp.current_env()
+        self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None)
         seed_everything(cfg.train.seed)
         self.data = build_data(cfg.data, seed=cfg.train.seed)
+        if self.dist.enabled:
+            self.data.train_loader = distributed_train_loader(
+                self.data.train_loader, self.dist.rank, self.dist.world_size, cfg.train.seed
+            )
+        # The DDP wrapper of the current stage's trainable network (rebuilt when the method
+        # replaces it, e.g. SRDL's restart at the stage boundary).
+        self._ddp_module: Optional[torch.nn.Module] = None
+        self._ddp_wrapped: Optional[torch.nn.Module] = None
         self.model_factory = functools.partial(
             build_model,
             cfg.model.name,
@@ -119,9 +153,10 @@ class Trainer:
         self.stage_flops: List[int] = []
         if resume:
             self._restore(ckpt.load_train_state(run_dir))
-        else:
+        elif self.dist.is_main:
             os.makedirs(run_dir, exist_ok=True)
             save_config(cfg, os.path.join(run_dir, ckpt.CONFIG_FILE))
+        ddp.barrier()  # the run folder exists for every rank from here on
         self._place()
         self.amp_enabled = cfg.train.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_enabled and self.device.type == "cuda")
@@ -148,6 +183,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
 
     def _save(self, epochs_done: int) -> None:
+        if not self.dist.is_main:
+            return
         at_stage_start = epochs_done in self.stage_starts
         state = {
             "format": ckpt.TRAIN_STATE_FORMAT,
@@ -172,6 +209,34 @@ class Trainer:
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _training_forward(self) -> torch.nn.Module:
+        """The module the step calls in place of ``method.trainable``: itself in one process,
+        its DDP wrapper (built once per stage's network) under torchrun."""
+        if not self.dist.enabled:
+            return self.method.trainable
+        if self._ddp_module is not self.method.trainable:
+            if self.cfg.train.sync_bn and self.device.type == "cuda":
+                # SyncBatchNorm (same state_dict keys) needs a GPU; on CPU/gloo each rank
+                # normalises with the statistics of its own share of the batch.
+                self.method.trainable = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method.trainable)
+            self._ddp_module = self.method.trainable
+            self._ddp_wrapped = ddp.wrap_for_training(self.method.trainable, self.device)
+        return self._ddp_wrapped
+
+    @contextlib.contextmanager
+    def _forward_through(self, module: torch.nn.Module):
+        """Methods call ``self.trainable(images)``; for one epoch that call goes through the
+        DDP wrapper, while checkpoints and stage hooks keep seeing the plain network."""
+        plain = self.method.trainable
+        if module is plain:
+            yield
+            return
+        self.method.trainable = module
+        try:
+            yield
+        finally:
+            self.method.trainable = plain
+
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         cfg = self.cfg
         stage = self.stage_of(epoch)
@@ -182,11 +247,34 @@ class Trainer:
         self.method.train()
         seed_everything(epoch_seed(cfg.train.seed, epoch))
         sums: Dict[str, float] = {}
-        count = 0
         start = time.time()
         loader = self.data.train_loader
+        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new permutation per epoch
+            loader.sampler.set_epoch(epoch)
         total = len(loader) if cfg.train.max_batches <= 0 else min(len(loader), cfg.train.max_batches)
-        bar = tqdm(loader, total=total, desc=f"stage {stage + 1} epoch {epoch + 1}/{cfg.train.epochs}", disable=not cfg.train.progress, leave=False)
+        bar = tqdm(loader, total=total, desc=f"stage {stage + 1} epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not (cfg.train.progress and self.dist.is_main), leave=False)
+        with self._forward_through(self._training_forward()):
+            self._run_batches(bar, total, epoch, stage, sums)
+        bar.close()
+        if self.dist.enabled:
+            # Logged means are over the whole global batch, not rank 0's share.
+            keys = sorted(sums)
+            reduced = ddp.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+            sums = dict(zip(keys, reduced.tolist()))
+        count = int(sums.pop("_count", 0))
+        if count == 0:
+            raise RuntimeError("the training loader gave no batch; check data.batch_size against the training set size")
+        record = {"stage": stage + 1, "epoch": epoch + 1, "lr": lr}
+        record.update({("train_acc" if k == "acc" else k): v / count for k, v in sums.items()})
+        record["seconds"] = time.time() - start
+        return record
+
+    def _run_batches(self, bar, total: int, epoch: int, stage: int, sums: Dict[str, float]) -> None:
+        """One epoch's steps; per-sample sums of every logged term go into ``sums``."""
+        cfg = self.cfg
+        count = 0
+        sums["_count"] = 0.0
         for batch_idx, (images, labels, indices) in enumerate(bar):
             if batch_idx >= total:
                 break
@@ -209,22 +297,16 @@ class Trainer:
             self.scaler.update()
             n = images.shape[0]
             count += n
+            sums["_count"] = float(count)
             for k, v in out.items():
                 if k == "logits" or not torch.is_tensor(v) or v.dim() != 0:
                     continue
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
             bar.set_postfix(loss=f"{sums['loss'] / count:.4f}")
-        bar.close()
-        if count == 0:
-            raise RuntimeError("the training loader gave no batch; check data.batch_size against the training set size")
-        record = {"stage": stage + 1, "epoch": epoch + 1, "lr": lr}
-        record.update({("train_acc" if k == "acc" else k): v / count for k, v in sums.items()})
-        record["seconds"] = time.time() - start
-        return record
 
     def fit(self) -> dict:
         cfg = self.cfg
-        logger = RunLogger(self.run_dir, cfg.train.tensorboard, start_epoch=self.start_epoch)
+        logger = RunLogger(self.run_dir, cfg.train.tensorboard, start_epoch=self.start_epoch) if self.dist.is_main else _NoLogger()
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs):
                 stage = self.stage_of(epoch)
@@ -237,14 +319,18 @@ class Trainer:
                 terms = [k for k in record if k not in ("stage", "epoch", "lr", "loss", "train_acc", "seconds")]
                 if epoch + 1 == self.stage_starts[stage + 1]:
                     hook_start = time.time()
+                    # Sharded stage-end inference must run one model: rank 0's.
+                    ddp.broadcast_module_state(self.method.trainable)
                     self.method.on_stage_end(stage, self.context)
+                    ddp.barrier()  # rank 0's stage files are written before anyone goes on
                     self._place()
                     self.optimizer = None
                     # Part of the training cost (SRDL's logit extraction): counted, not hidden.
                     self.history["train_seconds"] += time.time() - hook_start
                 self._save(epoch + 1)
                 logger.log_epoch(record)
-                tqdm.write(format_epoch(record, terms)) if cfg.train.progress else print(format_epoch(record, terms))
+                if self.dist.is_main:
+                    tqdm.write(format_epoch(record, terms)) if cfg.train.progress else print(format_epoch(record, terms))
             return self.finish(logger)
         finally:
             logger.close()
@@ -258,23 +344,31 @@ class Trainer:
         from reid_srdl.engine.evaluate import evaluate_model, print_results_table
 
         cfg = self.cfg
+        main = self.dist.is_main
+        ddp.broadcast_module_state(self.method.trainable)  # every rank evaluates rank 0's network
         deployed = self.method.deploy()
-        ckpt.save_model_file(
-            deployed,
-            os.path.join(self.run_dir, ckpt.FINAL_FILE),
-            task=self.data.task,
-            data=cfg.data.name,
-            method=cfg.method.name,
-            height=cfg.data.height,
-            width=cfg.data.width,
-        )
+        if main:
+            ckpt.save_model_file(
+                deployed,
+                os.path.join(self.run_dir, ckpt.FINAL_FILE),
+                task=self.data.task,
+                data=cfg.data.name,
+                method=cfg.method.name,
+                height=cfg.data.height,
+                width=cfg.data.width,
+            )
         models = {"deployed": deployed}
         models.update(self.method.extra_eval_models(self.context))
+        eval_cfg = cfg.eval if main else dataclasses.replace(cfg.eval, plot=False)
+        extract = ddp.sharded_feature_extractor() if self.dist.enabled else None
         results = {}
         for name, model in models.items():
             results[name] = evaluate_model(
-                model, self.data, self.device, cfg.eval, out_dir=self.run_dir, tag=name, progress=cfg.train.progress
+                model, self.data, self.device, eval_cfg, out_dir=self.run_dir, tag=name,
+                progress=cfg.train.progress and main, extract=extract,
             )
+        if not main:
+            return {"results": results}
         summary = {
             "task": self.data.task,
             "data": cfg.data.name,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid_srdl.engine.checkpoint import atomic_save, load_model_file, save_model_file
+from reid_srdl.engine.distributed import is_main_process, sharded_map
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
 from reid_srdl.methods.losses import accuracy, soft_kl
 
@@ -30,8 +31,17 @@ STAGE1_LOGITS = "stage1_logits.pt"
 
 
 @torch.inference_mode()
-def extract_logits(model: nn.Module, loader, num_samples: int, device, progress: bool = True, channels_last: bool = False) -> torch.Tensor:
-    """Per-sample logits of `model` in eval mode, as a [num_samples, C] tensor by dataset index."""
+def extract_logits(model: nn.Module, loader, num_samples: int, device, progress: bool = True, channels_last: bool = False,
+                   sample_ids: Optional[List[int]] = None) -> torch.Tensor:
+    """Per-sample logits of `model` in eval mode, as a [num_samples, C] tensor by dataset index.
+
+    ``sample_ids``: the dataset indices a sharded loader covers (its ``Subset.indices``);
+    row ``i`` of the result is then sample ``sample_ids[i]``, and ``num_samples`` is their count.
+    """
+    row_of = None
+    if sample_ids is not None:
+        row_of = torch.full((max(sample_ids, default=-1) + 1,), -1, dtype=torch.long)
+        row_of[torch.as_tensor(sample_ids, dtype=torch.long)] = torch.arange(len(sample_ids))
     was_training = model.training
     model.eval()
     bank: Optional[torch.Tensor] = None
@@ -44,14 +54,28 @@ def extract_logits(model: nn.Module, loader, num_samples: int, device, progress:
             logits = model(images)[0].float().cpu()
             if bank is None:
                 bank = torch.zeros(num_samples, logits.shape[1], dtype=torch.float32)
-            bank[indices] = logits
-            seen[indices] = True
+            rows = indices if row_of is None else row_of[indices]
+            bank[rows] = logits
+            seen[rows] = True
     finally:
         model.train(was_training)
     if bank is None or not bool(seen.all()):
         missing = int((~seen).sum())
         raise RuntimeError(f"SRDL logit extraction covered {num_samples - missing} of {num_samples} training samples")
     return bank
+
+
+def sharded_logits(model: nn.Module, loader, device, progress: bool = True, channels_last: bool = False) -> torch.Tensor:
+    """:func:`extract_logits` over the whole loader; under torchrun each rank extracts 1/W of
+    the samples and the bank is gathered in dataset order on every rank (one process: the
+    plain extraction)."""
+
+    def run(part):
+        shard_ids = getattr(part.dataset, "indices", None) if part is not loader else None
+        return extract_logits(model, part, len(part.dataset), device, progress and is_main_process(), channels_last,
+                              sample_ids=shard_ids)
+
+    return sharded_map(run, loader)
 
 
 class EnsembleNet(nn.Module):
@@ -125,11 +149,10 @@ class SRDL(Method):
         if stage != 0:
             return
         data = ctx.data
-        bank = extract_logits(
-            self.trainable, data.train_eval_loader, data.num_train, ctx.device, ctx.progress, ctx.channels_last
-        )
-        atomic_save({"logits": bank, "temperature": self.temperature}, os.path.join(ctx.run_dir, STAGE1_LOGITS))
-        save_model_file(self.trainable, os.path.join(ctx.run_dir, STAGE1_MODEL), stage=1)
+        bank = sharded_logits(self.trainable, data.train_eval_loader, ctx.device, ctx.progress, ctx.channels_last)
+        if is_main_process():  # under torchrun every rank holds the gathered bank; one writes it
+            atomic_save({"logits": bank, "temperature": self.temperature}, os.path.join(ctx.run_dir, STAGE1_LOGITS))
+            save_model_file(self.trainable, os.path.join(ctx.run_dir, STAGE1_MODEL), stage=1)
         self.bank = bank.to(ctx.device)
         if self.restart:
             self.trainable = self.fresh_model()
