@@ -1,17 +1,32 @@
 """Embedding extraction: run a re-id network over a loader and keep its feature layer.
 
 The network's ``forward`` returns ``(logits, features)``; the features are the embedding.
-This is the simple, always-correct path (eval mode, ``torch.inference_mode``, float32).
+
+Two paths share one loop:
+
+* the exact path (the default): eval mode, ``torch.inference_mode``, float32;
+* the fast path (``fast=True``, or the options one by one): BatchNorm folded into the
+  convolutions (:func:`reid_srdl.models.fold.fold_batchnorm`, on a copy), channels-last
+  memory layout (what oneDNN's convolutions want), and bf16 autocast on CPUs with native
+  bf16 (AVX512_BF16 / AMX), fp16/bf16 autocast on CUDA.  Features always come back float32.
+
+Images are decoded where the loader decodes them: give it ``num_workers`` to decode in
+worker processes (see :func:`image_files_loader`).
 """
 import contextlib
-from typing import Iterator
+import sys
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from reid_srdl.evaluation.metrics import EvaluationInputError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @contextlib.contextmanager
@@ -63,6 +78,58 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return feats
 
 
+# ----------------------------------------------------------------------------- precision
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN runs bf16 natively on this CPU (AVX512_BF16 or AMX).
+
+    Elsewhere bf16 is emulated and slower than float32, so "auto" keeps float32 there.
+    """
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without the (private) probe
+        return False
+
+
+def resolve_precision(precision: str, device) -> str:
+    """The precision actually used: "fp32", "bf16" or "fp16" ("auto" picks the fastest
+    one that keeps the ranking: bf16 where the hardware has it, else fp32)."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise EvaluationInputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise EvaluationInputError(f"precision 'fp16' needs a CUDA device (got {device}); use 'bf16' or 'fp32' on a CPU")
+    return precision
+
+
+def autocast_for(precision: str, device: torch.device):
+    """The autocast context of a resolved precision (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def inference_copy(model: nn.Module, fold_bn: bool, channels_last: bool) -> nn.Module:
+    """The network the fast path runs: the caller's model when no option is on, otherwise a
+    copy (BN folded and/or channels-last weights): the caller's model is never changed."""
+    from reid_srdl.models.fold import fold_batchnorm
+
+    run = model
+    if fold_bn:
+        run = fold_batchnorm(model)
+    if channels_last and any(p.dim() == 4 for p in run.parameters()):
+        if run is model:
+            import copy
+
+            run = copy.deepcopy(model)
+        run = run.to(memory_format=torch.channels_last)
+    return run
+
+
+# ----------------------------------------------------------------------------- extraction
 def extract_features(
     model: nn.Module,
     loader,
@@ -70,6 +137,11 @@ def extract_features(
     flip: bool = False,
     normalize: bool = False,
     progress: bool = True,
+    *,
+    fast: bool = False,
+    precision: Optional[str] = None,
+    channels_last: Optional[bool] = None,
+    fold_bn: Optional[bool] = None,
 ) -> np.ndarray:
     """Features of every image the loader yields, in order: float32 ``(N, D)``.
 
@@ -81,22 +153,125 @@ def extract_features(
         flip: average each image's features with those of its horizontal mirror image.
         normalize: L2-normalise each final feature.
         progress: show a tqdm progress bar.
+        fast: the defaults of the three options below become "auto", True, True.
+        precision: "fp32" (default), "bf16", "fp16" (CUDA only) or "auto" (bf16 on CPUs
+            with native bf16 and on CUDA, else fp32): autocast for the forward passes.
+        channels_last: run a channels-last copy of the network on channels-last images.
+        fold_bn: fold BatchNorm into the preceding conv/linear layers (on a copy).
 
     The model is put in eval mode for the extraction; every submodule gets its previous
     training/eval mode back afterwards.
     """
     device = torch.device(device)
     check_model_device(model, device)
+    precision = resolve_precision(precision or ("auto" if fast else "fp32"), device)
+    channels_last = fast if channels_last is None else channels_last
+    fold_bn = fast if fold_bn is None else fold_bn
     chunks = []
     with evaluation_mode(model), torch.inference_mode():
-        for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
-            images = batch_images(batch).to(device, non_blocking=True)
-            feats = embed(model, images).float()
-            if flip:
-                feats = (feats + embed(model, torch.flip(images, dims=[3])).float()) / 2
-            if normalize:
-                feats = torch.nn.functional.normalize(feats, p=2, dim=1)
-            chunks.append(feats.cpu())
+        # After evaluation_mode: folding needs eval-mode BatchNorm.
+        run = inference_copy(model, fold_bn, channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        # One autocast region for the whole loop: weight casts are cached across batches.
+        with autocast_for(precision, device):
+            for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+                images = batch_images(batch).to(device, non_blocking=True)
+                if images.dim() == 4:
+                    images = images.contiguous(memory_format=layout)
+                feats = embed(run, images).float()
+                if flip:
+                    feats = (feats + embed(run, torch.flip(images, dims=[3])).float()) / 2
+                if normalize:
+                    feats = torch.nn.functional.normalize(feats, p=2, dim=1)
+                chunks.append(feats.cpu())
     if not chunks:
         raise EvaluationInputError("the loader yielded no batch; nothing to extract features from")
     return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- image files
+class UnreadableImageError(EvaluationInputError):
+    """An image file is missing or cannot be decoded (the message names the path)."""
+
+
+def read_image(path: str):
+    """The RGB PIL image at ``path``; :class:`UnreadableImageError` naming it otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError, OSError) as e:
+        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
+
+
+class ImageFiles(Dataset):
+    """Image files as ``(transformed image, index)``, decoded in whichever process asks
+    (DataLoader workers).  An unreadable file gives its error message instead of an image:
+    raising inside a worker would reach the user wrapped in the worker's stack trace, so the
+    main process decides (see :func:`embed_image_files`)."""
+
+    def __init__(self, paths: Sequence[str], transform):
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = read_image(self.paths[i])
+        except UnreadableImageError as e:
+            return str(e), i
+        return self.transform(image), i
+
+
+def collate_readable(items):
+    """``(images or None, indices, error messages)``: the readable items collated, the
+    unreadable ones reported."""
+    good = [item for item in items if not isinstance(item[0], str)]
+    errors = [item[0] for item in items if isinstance(item[0], str)]
+    images, indices = default_collate(good) if good else (None, torch.zeros(0, dtype=torch.long))
+    return images, indices, errors
+
+
+def image_files_loader(paths: Sequence[str], transform, batch_size: int = 64, workers: int = 0) -> DataLoader:
+    """A loader of ``(images, indices, errors)`` over image files, decoded in ``workers``
+    processes."""
+    return DataLoader(
+        ImageFiles(paths, transform), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=collate_readable,
+    )
+
+
+def embed_image_files(
+    model: nn.Module, paths: Sequence[str], transform, batch_size: int = 64, workers: int = 0,
+    skip_unreadable: bool = False, device="cpu", **options,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """``(features (N, D), kept)``: the features of the readable files and their indices in
+    ``paths``.  An unreadable file is an :class:`UnreadableImageError` naming it, unless
+    ``skip_unreadable``: then it is reported on stderr and left out.  ``options`` go to
+    :func:`extract_features` (flip, normalize, progress, fast, precision, ...)."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise EvaluationInputError("no image paths given")
+    loader = image_files_loader(paths, transform, batch_size, workers)
+    kept: List[torch.Tensor] = []
+
+    def readable_batches():
+        for images, indices, errors in loader:
+            for message in errors:
+                if not skip_unreadable:
+                    raise UnreadableImageError(message + " (pass skip_unreadable=True to leave such files out)")
+                print(f"skipped: {message}", file=sys.stderr)
+            if images is not None:
+                kept.append(indices)
+                yield images, indices
+
+    try:
+        feats = extract_features(model, readable_batches(), device, **options)
+    except EvaluationInputError as e:
+        if kept or isinstance(e, UnreadableImageError):
+            raise
+        raise UnreadableImageError(f"none of the {len(paths)} images could be read (first: {paths[0]})") from None
+    return feats, torch.cat(kept).numpy()
