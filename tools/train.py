@@ -5,6 +5,7 @@
     python tools/train.py method.name=vanilla train.epochs=4
     python tools/train.py --config configs/market1501/srdl_resnet50.yaml data.root=/data
     python tools/train.py --resume runs/market1501_small_reid_srdl_20261121-220000
+    torchrun --nproc_per_node=2 tools/train.py data.batch_size=64   # DDP; batch_size is global
 
 Overrides are ``section.key=value`` (see reid_srdl/config.py for every key).
 """
@@ -13,6 +14,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# torch's C++ side logs every failed rendezvous attempt with a native stack trace; our
+# DistributedSetupError already says what failed and where.  Export TORCH_CPP_LOG_LEVEL=INFO
+# to see them again.  (Read when torch is imported, so it is set first.)
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
 from reid_srdl.config import ConfigError, load_config  # noqa: E402
 from reid_srdl.engine.checkpoint import CONFIG_FILE, CheckpointError, is_run_dir  # noqa: E402
@@ -37,8 +42,10 @@ def main(argv=None) -> int:
 
         print("\n".join(list_models() if args.list_models else METHODS.list()))
         return 0
-    from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, run_dir_for
+    from reid_srdl.engine import distributed as ddp
+    from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, resolve_device, run_dir_for
 
+    env = ddp.SINGLE_PROCESS
     try:
         if args.resume:
             if args.config or args.overrides:
@@ -52,19 +59,40 @@ def main(argv=None) -> int:
             run_dir = args.resume
         else:
             cfg = load_config(args.config, args.overrides)
-            run_dir = run_dir_for(cfg)
-        print(f"run directory: {run_dir}")
+        # Under torchrun: join the process group (NCCL on GPUs, gloo on CPU) within
+        # train.dist_timeout; a single plain process skips this.
+        env = ddp.init_distributed(cfg.train.dist_timeout, resolve_device(cfg.train.device).type == "cuda")
+        if not args.resume:
+            # Rank 0 names the run (its timestamp) and checks it is new; every rank gets its answer.
+            outcome = None
+            if env.is_main:
+                try:
+                    outcome = ("ok", run_dir_for(cfg))
+                except FileExistsError as e:
+                    outcome = ("error", str(e))
+            status, value = ddp.broadcast_from_main(outcome)
+            if status == "error":
+                raise FileExistsError(value)
+            run_dir = value
+        if env.is_main:
+            print(f"run directory: {run_dir}" + (f" ({env.world_size} processes, {env.backend})" if env.enabled else ""))
         Trainer(cfg, run_dir, resume=bool(args.resume)).fit()
     except (ReidSrdlError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{_rank_tag(env)}: {e}", file=sys.stderr)
         return 2
     except TrainingDivergedError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error{_rank_tag(env)}: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("\ninterrupted; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        ddp.shutdown()
     return 0
+
+
+def _rank_tag(env) -> str:
+    return f" (rank {env.rank} of {env.world_size})" if env.enabled else ""
 
 
 if __name__ == "__main__":

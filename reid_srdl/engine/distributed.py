@@ -133,7 +133,7 @@ def init_distributed(timeout_seconds: float, use_cuda: bool, environ: Mapping[st
         raise
     except Exception as e:  # DistStoreError, DistNetworkError, timeouts: all mean "no rendezvous"
         _destroy_quietly()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise DistributedSetupError(
             f"distributed rendezvous failed within {timeout:g}s ({where}): {first}. Check that all "
             f"WORLD_SIZE processes were started with the same WORLD_SIZE, that every node can reach "
@@ -163,6 +163,11 @@ def current_env() -> DistEnv:
     if not (dist.is_available() and dist.is_initialized()):
         return SINGLE_PROCESS
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0") or 0), dist.get_backend())
+
+
+def process_group_active() -> bool:
+    """True under torchrun (after :func:`init_distributed`), even with WORLD_SIZE=1."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def is_main_process() -> bool:
@@ -212,13 +217,13 @@ def broadcast_module_state(module: nn.Module) -> None:
 def wrap_for_training(module: nn.Module, device: torch.device) -> nn.Module:
     """``module`` in DistributedDataParallel when the process group spans several ranks.
 
-    Buffers are not broadcast at every forward (rank 0's running statistics are what is
+    Buffers are synced from rank 0 when wrapping, not at every forward (rank 0's running statistics are what is
     saved; :func:`broadcast_module_state` aligns the others before sharded inference).
     """
     if not current_env().enabled:
         return module
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
 
 
 # --------------------------------------------------------------------------- sharded inference

@@ -114,7 +114,9 @@ class Trainer:
         self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None)
         seed_everything(cfg.train.seed)
         self.data = build_data(cfg.data, seed=cfg.train.seed)
-        if self.dist.enabled:
+        if ddp.process_group_active():
+            # Also with WORLD_SIZE=1, so that `torchrun --nproc_per_node=1` is the exact
+            # single-process reference of an N-process run (same global batches).
             self.data.train_loader = distributed_train_loader(
                 self.data.train_loader, self.dist.rank, self.dist.world_size, cfg.train.seed
             )
