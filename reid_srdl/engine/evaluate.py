@@ -33,6 +33,15 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
     results, curves = {}, {}
     single = evaluate_reid(q, g, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap)
     results["single_query"], curves["single query"] = single.to_dict(), single.cmc
+    if getattr(eval_cfg, "rerank", False):
+        from reid_srdl.evaluation.rerank import k_reciprocal_distances
+        from reid_srdl.evaluation.streaming import evaluate_distances
+
+        reranked = evaluate_distances(
+            k_reciprocal_distances(q, g, eval_cfg.rerank_k1, eval_cfg.rerank_k2, eval_cfg.rerank_lambda),
+            *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap,
+        )
+        results["single_query_rerank"], curves["single query, re-ranked"] = reranked.to_dict(), reranked.cmc
     if eval_cfg.multi_query and data.multi_query is not None:
         mq = MultiQuery(features(data.multi_query), data.multi_query.pids, data.multi_query.camids)
         multi = evaluate_reid(
