@@ -28,7 +28,10 @@ setup(
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist"],
+        # onnx/onnxruntime: the ONNX export parity test runs in CI.
+        "test": ["pytest>=7", "pytest-xdist", "onnx", "onnxruntime"],
+        # tools/export.py and loading exported models (ReIDSearcher.from_images("m.onnx", ...)).
+        "export": ["onnx", "onnxruntime"],
         # faiss-gpu replaces faiss-cpu on CUDA machines: pip uninstall faiss-cpu first.
         "gpu": ["faiss-gpu"],
     },

@@ -162,7 +162,8 @@ class ExportedEmbedding(nn.Module):
 
     def forward(self, images: torch.Tensor):
         if self.kind == "torchscript":
-            return None, self._runner(images.float())
+            with torch.no_grad():  # frozen exported weights: nothing to differentiate
+                return None, self._runner(images.float())
         array = images.detach().float().cpu().contiguous().numpy()
         (features,) = self._runner.run([OUTPUT_NAME], {INPUT_NAME: array})
         return None, torch.from_numpy(features).to(images.device)

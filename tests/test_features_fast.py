@@ -1,0 +1,205 @@
+"""The fast feature-extraction path: BN folding, channels-last, bf16 autocast, image files."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from reid_srdl.evaluation.features import (
+    UnreadableImageError,
+    cpu_supports_bf16,
+    embed_image_files,
+    extract_features,
+    resolve_precision,
+)
+from reid_srdl.evaluation.metrics import EvaluationInputError, evaluate_reid
+from reid_srdl.models import build_model
+from reid_srdl.models.fold import fold_batchnorm
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # 2 shared cores: one intra-op thread keeps these small nets fast and the suite parallel.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def with_random_bn_statistics(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN running statistics and affine terms, so folding has work to do."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+    return net.eval()
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return with_random_bn_statistics(build_model("small_reid", num_classes=4, feature_dim=16), seed)
+
+
+def batches(n_batches=2, size=5, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 3, 64, 32, generator=gen),) for _ in range(n_batches)]
+
+
+def count_bn(module):
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+# ----------------------------------------------------------------------------- folding
+def test_folding_one_conv_bn_gives_the_hand_computed_weight_and_bias():
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    conv.weight.data.fill_(2.0)
+    bn = nn.BatchNorm2d(1, eps=0.0)
+    bn.running_mean.fill_(1.0)
+    bn.running_var.fill_(4.0)
+    bn.weight.data.fill_(3.0)
+    bn.bias.data.fill_(0.5)
+    folded = fold_batchnorm(nn.Sequential(conv, bn).eval())
+    (only_conv,) = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    # scale = gamma / sqrt(var + eps) = 3 / 2;  w' = 2 * 3/2 = 3;  b' = beta - mean * scale = 0.5 - 1.5 = -1
+    assert only_conv.weight.item() == pytest.approx(3.0)
+    assert only_conv.bias.item() == pytest.approx(-1.0)
+    assert count_bn(folded) == 0
+    # x = 2: conv -> 4, bn -> (4 - 1) / 2 * 3 + 0.5 = 5
+    assert folded(torch.full((1, 1, 1, 1), 2.0)).item() == pytest.approx(5.0)
+
+
+def test_folded_net_is_exact_and_the_callers_net_is_untouched():
+    net = small_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = batches(1)[0][0]
+    with torch.inference_mode():
+        expected_logits, expected = net(x)
+        folded = fold_batchnorm(net)
+        logits, feats = folded(x)
+    # small_reid: every BN follows a conv or the feature layer: all 13 fold away.
+    assert count_bn(net) == 13 and count_bn(folded) == 0
+    assert torch.allclose(feats, expected, atol=1e-4, rtol=0)
+    assert torch.allclose(logits, expected_logits, atol=1e-4, rtol=0)
+    assert count_bn(net) == 13
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_densenet_folds_conv_fed_bns_only_and_the_result_is_unchanged():
+    torch.manual_seed(0)
+    net = with_random_bn_statistics(build_model("densenet121", num_classes=3, feature_dim=8))
+    folded = fold_batchnorm(net)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected, got = net(x)[1], folded(x)[1]
+    # Only BNs fed directly by a conv/linear fold: norm2 (after conv1) of each of the
+    # 6 + 12 + 24 + 16 = 58 dense layers, the stem's norm0 and the head's BN1d.  The
+    # pre-activation norm1 of each layer, the transitions' and norm5 stay.
+    assert count_bn(folded) == count_bn(net) - (58 + 2)
+    assert torch.allclose(got, expected, atol=1e-4 * max(1.0, expected.abs().max().item()), rtol=0)
+
+
+def test_a_net_without_batchnorm_is_returned_as_it_is():
+    net = nn.Sequential(nn.Conv2d(3, 2, 1))
+    assert fold_batchnorm(net) is net
+
+
+# ----------------------------------------------------------------------------- extraction
+def test_fold_and_channels_last_fp32_match_the_exact_path_and_keep_modes():
+    net = small_net()
+    net.train()
+    net.head.bn.eval()  # a submodule deliberately in eval mode must stay so
+    exact = extract_features(net, batches(), progress=False)
+    fast32 = extract_features(net, batches(), progress=False, fold_bn=True, channels_last=True)
+    assert np.abs(fast32 - exact).max() <= 1e-4
+    assert net.training and not net.head.bn.training and net.stem.bn.training
+    # The caller's weights keep their layout: channels-last ran on a copy.
+    assert net.stem.conv.weight.is_contiguous()
+
+
+def test_flip_and_normalize_on_the_fast_path_match_the_exact_path():
+    net = small_net()
+    exact = extract_features(net, batches(), flip=True, normalize=True, progress=False)
+    fast32 = extract_features(net, batches(), flip=True, normalize=True, progress=False,
+                              fold_bn=True, channels_last=True, precision="fp32")
+    assert np.abs(fast32 - exact).max() <= 1e-5
+    assert np.allclose(np.linalg.norm(fast32, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_bf16_features_keep_the_ranking_of_well_separated_identities():
+    net = small_net()
+    # 4 identities x 4 noisy copies: query = copy 0 of each, gallery = copies 1..3.
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 3, 64, 32, generator=gen)
+    images = torch.cat([base + 0.05 * torch.randn(4, 3, 64, 32, generator=gen) for _ in range(4)])
+    pids = np.tile(np.arange(4), 4)
+    exact = extract_features(net, [(images,)], progress=False)
+    bf16 = extract_features(net, [(images,)], progress=False, fast=True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert bf16.dtype == np.float32
+    # bf16 keeps 8 bits of mantissa: features agree to about 1% of their scale.
+    assert np.abs(bf16 - exact).max() <= 0.02 * np.abs(exact).max()
+    args = (pids[:4], pids[4:], np.zeros(4, int), np.ones(12, int))
+    r32, r16 = evaluate_reid(exact[:4], exact[4:], *args), evaluate_reid(bf16[:4], bf16[4:], *args)
+    assert r16.cmc[0] == r32.cmc[0] and abs(r16.mAP - r32.mAP) < 1e-3
+
+
+def test_precision_choices():
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_supports_bf16() else "fp32")
+    with pytest.raises(EvaluationInputError, match="fp16.*CUDA"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(EvaluationInputError, match="fp32, bf16, fp16, auto.*'int8'"):
+        extract_features(small_net(), batches(), precision="int8", progress=False)
+
+
+# ----------------------------------------------------------------------------- image files
+def write_images(folder, n=3):
+    from PIL import Image
+
+    paths = []
+    for i in range(n):
+        path = os.path.join(folder, f"{i}.jpg")
+        Image.fromarray(np.full((64, 32, 3), 40 * (i + 1), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_image_files_in_workers_match_the_decoded_tensors(tmp_path):
+    from reid_srdl.data.transforms import reid_test_transform
+    from PIL import Image
+
+    net = small_net()
+    paths = write_images(str(tmp_path))
+    transform = reid_test_transform(64, 32)
+    feats, kept = embed_image_files(net, paths, transform, batch_size=2, workers=1, progress=False)
+    decoded = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    expected = extract_features(net, [(decoded,)], progress=False)
+    assert kept.tolist() == [0, 1, 2]
+    assert np.abs(feats - expected).max() <= 1e-5
+
+
+def test_an_unreadable_image_is_named_and_skipped_only_on_request(tmp_path, capsys):
+    from reid_srdl.data.transforms import reid_test_transform
+
+    net = small_net()
+    paths = write_images(str(tmp_path))
+    broken = os.path.join(str(tmp_path), "broken.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"not a jpeg")
+    paths.insert(1, broken)
+    transform = reid_test_transform(64, 32)
+    with pytest.raises(UnreadableImageError, match="broken.jpg.*skip_unreadable"):
+        embed_image_files(net, paths, transform, progress=False)
+    feats, kept = embed_image_files(net, paths, transform, batch_size=2, skip_unreadable=True, progress=False)
+    assert kept.tolist() == [0, 2, 3]
+    assert "skipped: cannot read image" in capsys.readouterr().err
+    alone, _ = embed_image_files(net, [paths[i] for i in (0, 2, 3)], transform, progress=False)
+    assert np.abs(feats - alone).max() <= 1e-5
+    with pytest.raises(UnreadableImageError, match="none of the 1 images"):
+        embed_image_files(net, [broken], transform, skip_unreadable=True, progress=False)
