@@ -52,13 +52,19 @@ _EMBEDDING_DEFAULTS = dict(
 
 
 def _resolve_model(model, options: dict):
-    """A network, or the path of a trained one (a run directory or final.pt): then it is
-    loaded, and the image size it was trained at is used unless height/width were given."""
+    """A network, or the path of a trained one (a run directory or final.pt) or of an
+    exported embedding (.onnx, or TorchScript from tools/export.py): then it is loaded, and
+    the image size it was trained / exported at is used unless height/width were given."""
     if not isinstance(model, (str, os.PathLike)):
         return model, options
     from reid_srdl.engine.checkpoint import load_model_file
+    from reid_srdl.export import exported_format, load_exported
 
-    net, meta = load_model_file(os.fspath(model))
+    if exported_format(model) is not None:
+        net = load_exported(model)
+        meta = net.meta
+    else:
+        net, meta = load_model_file(os.fspath(model))
     for key in ("height", "width"):
         if options.get(key) is None and meta.get(key):
             options[key] = int(meta[key])
@@ -152,7 +158,8 @@ class ReIDSearcher:
         """Index images embedded by ``model`` (``model(x)`` returns ``(logits, features)``).
 
         ``model`` may also be the path of a trained network (a run directory or its
-        ``final.pt``); then the image size it was trained at is the default
+        ``final.pt``) or of an exported one (``model.onnx`` or TorchScript, written by
+        ``tools/export.py``); then the image size it was trained at is the default
         ``height``/``width`` (otherwise 256 x 128).  ``transform`` defaults to
         ``reid_test_transform(height, width)``; ``flip`` and
         ``normalize`` are as in :func:`reid_srdl.evaluation.features.extract_features` and are
