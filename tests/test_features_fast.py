@@ -203,3 +203,32 @@ def test_an_unreadable_image_is_named_and_skipped_only_on_request(tmp_path, caps
     assert np.abs(feats - alone).max() <= 1e-5
     with pytest.raises(UnreadableImageError, match="none of the 1 images"):
         embed_image_files(net, [broken], transform, skip_unreadable=True, progress=False)
+
+
+def test_end_of_run_evaluation_passes_the_eval_section_fast_options():
+    from types import SimpleNamespace
+
+    from reid_srdl.config import EvalConfig
+    from reid_srdl.engine.evaluate import evaluate_model
+
+    net = small_net()
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(3, 3, 64, 32, generator=gen)
+    q_images = base + 0.05 * torch.randn(3, 3, 64, 32, generator=gen)
+    g_images = torch.cat([base + 0.05 * torch.randn(3, 3, 64, 32, generator=gen) for _ in range(2)])
+    split = lambda images, pids, cam: SimpleNamespace(  # noqa: E731
+        loader=[(images,)], pids=np.array(pids), camids=np.full(len(pids), cam))
+    data = SimpleNamespace(task="reid", query=split(q_images, [0, 1, 2], 0),
+                           gallery=split(g_images, [0, 1, 2] * 2, 1), multi_query=None)
+    calls = []
+
+    def recording_extract(model, loader, device, **options):
+        calls.append(options)
+        return extract_features(model, loader, device, **options)
+
+    cfg = EvalConfig(plot=False, precision="fp32", channels_last=True, fold_bn=True)
+    fast = evaluate_model(net, data, "cpu", cfg, "", "test", progress=False, extract=recording_extract)
+    exact = evaluate_model(net, data, "cpu", EvalConfig(plot=False), "", "test", progress=False)
+    assert [c["fold_bn"] and c["channels_last"] for c in calls] == [True, True]
+    assert fast["single_query"]["mAP"] == pytest.approx(exact["single_query"]["mAP"], abs=1e-9)
+    assert fast["single_query"]["rank1"] == exact["single_query"]["rank1"]

@@ -26,7 +26,10 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
     extract = extract or extract_features
 
     def features(split):
-        return extract(model, split.loader, device, flip=eval_cfg.flip, normalize=eval_cfg.normalize, progress=progress)
+        return extract(
+            model, split.loader, device, flip=eval_cfg.flip, normalize=eval_cfg.normalize, progress=progress,
+            precision=eval_cfg.precision, channels_last=eval_cfg.channels_last, fold_bn=eval_cfg.fold_bn,
+        )
 
     q, g = features(data.query), features(data.gallery)
     ids = (data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids)
