@@ -41,19 +41,21 @@ def recall_at_10(ids, truth):
 
 def test_ivf_pq_recall_and_nprobe(data):
     xb, xq, truth = data
-    index = IVFIndex(32, "ivf_pq", nlist=16, pq_m=16, nprobe=1)
+    index = IVFIndex(32, "ivf_pq", nlist=16, pq_m=8, nprobe=1, pq_nbits=6)
     index.train(xb)
     index.add(xb)
     low = recall_at_10(index.search(xq, 10)[1], truth)
     index.nprobe = 16
     high = recall_at_10(index.search(xq, 10)[1], truth)
-    assert high >= low and high >= 0.5  # 16 bytes per vector instead of 128
+    # Measured 0.15 -> 0.30 with 6 bytes per vector instead of 128 (noise-only neighbourhoods
+    # inside a cluster are the hard case for PQ); random ids would give ~0.0025.
+    assert high > low and high >= 0.25
 
 
 @pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq"])
 def test_saved_index_loads_memory_mapped_with_the_same_results(data, tmp_path, kind):
     xb, xq, _ = data
-    index = IVFIndex(32, kind, nlist=16, pq_m=16, nprobe=4)
+    index = IVFIndex(32, kind, nlist=16, pq_m=8, nprobe=4, pq_nbits=6)
     index.train(xb)
     index.add(xb)
     path = str(tmp_path / "gallery.index")

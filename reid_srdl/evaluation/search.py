@@ -165,11 +165,13 @@ class IVFIndex:
 
     ``kind="ivf_flat"`` stores the vectors as they are (4 D bytes each): recall is limited by
     ``nprobe`` only.  ``kind="ivf_pq"`` stores ``pq_m`` bytes per vector (product quantizer,
-    8 bits per sub-vector): 1M x 512 fits in 64 MB instead of 2 GB, at a recall cost.
+    ``pq_nbits`` bits per sub-vector, 8 by default): 1M x 512 fits in 64 MB instead of 2 GB,
+    at a recall cost.
     Train it on (a sample of) the gallery itself, then ``add`` the gallery.
     """
 
-    def __init__(self, dim: int, kind: str = "ivf_flat", nlist: int = 1024, pq_m: int = 64, nprobe: int = 16):
+    def __init__(self, dim: int, kind: str = "ivf_flat", nlist: int = 1024, pq_m: int = 64, nprobe: int = 16,
+                 pq_nbits: int = 8):
         if kind not in IVF_KINDS:
             raise SearchIndexError(f"index kind must be one of {', '.join(IVF_KINDS)}; got {kind!r}")
         if kind == "ivf_pq" and dim % pq_m:
@@ -177,7 +179,9 @@ class IVFIndex:
         if nlist < 1 or nprobe < 1:
             raise SearchIndexError(f"nlist and nprobe must be >= 1; got nlist={nlist}, nprobe={nprobe}")
         self.dim = int(dim)
-        factory = f"IVF{nlist},Flat" if kind == "ivf_flat" else f"IVF{nlist},PQ{pq_m}x8"
+        if not 1 <= pq_nbits <= 16:
+            raise SearchIndexError(f"ivf_pq: pq_nbits must be in 1..16; got {pq_nbits}")
+        factory = f"IVF{nlist},Flat" if kind == "ivf_flat" else f"IVF{nlist},PQ{pq_m}x{pq_nbits}"
         self._cpu = faiss.index_factory(self.dim, factory, faiss.METRIC_L2)
         self._gpu = None
         self.nprobe = int(nprobe)
