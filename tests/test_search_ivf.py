@@ -55,7 +55,7 @@ def test_ivf_pq_recall_and_nprobe(data):
 @pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq"])
 def test_saved_index_loads_memory_mapped_with_the_same_results(data, tmp_path, kind):
     xb, xq, _ = data
-    index = IVFIndex(32, kind, nlist=16, pq_m=8, nprobe=4, pq_nbits=6)
+    index = IVFIndex(32, kind, nlist=16, pq_m=8, nprobe=4, pq_nbits=4)
     index.train(xb)
     index.add(xb)
     path = str(tmp_path / "gallery.index")
