@@ -179,6 +179,7 @@ def cpu_clock_ghz() -> float:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="a trained ResNet-50 run directory or final.pt to use instead of the probe net")
     p.add_argument("--probe-steps", type=int, default=300, help="Adam steps of the head's linear probe")
     p.add_argument("--ids", type=int, default=30, help="synthetic identities (query+gallery grow with it)")
     p.add_argument("--repeats", type=int, default=3)
@@ -190,7 +191,13 @@ def main(argv=None):
     make_synthetic_market(tmp, num_ids=args.ids, seed=0)
     data = build_data(DataConfig(name="market1501", root=tmp, synthetic=False, height=HEIGHT, width=WIDTH,
                                  batch_size=BATCH, test_batch_size=BATCH, workers=0))
-    net = trained_like_resnet50(data.train_loader, data.num_classes, calibration_batches=4, probe_steps=args.probe_steps)
+    if args.checkpoint:
+        from reid_srdl.engine.checkpoint import load_model_file
+
+        net, _ = load_model_file(args.checkpoint)
+    else:
+        net = trained_like_resnet50(data.train_loader, data.num_classes, calibration_batches=4,
+                                    probe_steps=args.probe_steps)
     paths = data.query.paths + data.gallery.paths
     nq = len(data.query.paths)
     print(f"{len(paths)} images ({nq} query), ResNet-50 {HEIGHT}x{WIDTH}, batch {BATCH}, "
