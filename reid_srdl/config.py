@@ -348,6 +348,7 @@ _CHOICES = {
     ("method", "name"): ("vanilla", "kd", "srdl", "one", "byot", "frskd"),
     ("eval", "pool"): ("mean", "max"),
     ("eval", "ap"): ("torchreid", "official"),
+    ("eval", "precision"): ("fp32", "bf16", "fp16", "auto"),
 }
 
 

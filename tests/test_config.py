@@ -52,6 +52,7 @@ def test_two_levels_of_base_are_refused(tmp_path):
         ("method.name=magic", "method.name='magic' is not one of: vanilla, kd, srdl, one, byot, frskd"),
         ("optim.milestones=[0.5, 1.5]", "fractions in \\(0, 1\\), got 1.5"),
         ("lr", "must look like section.key=value"),
+        ("eval.precision=fp8", "eval.precision='fp8' is not one of: fp32, bf16, fp16, auto"),
     ],
 )
 def test_bad_overrides_name_the_key_and_the_valid_ones(override, message):
