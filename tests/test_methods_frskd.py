@@ -16,58 +16,10 @@ from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
 from reid_srdl.methods.frskd import FRSKD, FusionNode, resize_to
 from reid_srdl.methods.vanilla import Vanilla
-from reid_srdl.models import EmbeddingHead, Net, build_model
+from reid_srdl.models import Net, build_model
 
-NUM_CLASSES = 5
 WIDTH = 16
-
-# A CIFAR-style net (3 stages, no feature layer) and a re-id net (4 stages, BN feature layer).
-NETS = {
-    "resnet8": (functools.partial(build_model, "resnet8", NUM_CLASSES, in_channels=1), (1, 28, 28)),
-    "small_reid": (functools.partial(build_model, "small_reid", NUM_CLASSES, feature_dim=32), (3, 64, 32)),
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: a second intra-op thread gains nothing, and on 2 shared cores
-    OpenMP waiting for a busy core made these tests up to 50x slower.  Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def batch(name, n=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, *NETS[name][1], generator=g)
-    y = torch.arange(n) % NUM_CLASSES
-    return x, y, torch.arange(n)
-
-
-def spread_classifiers(module, std=0.3):
-    """The init draws classifiers with std 0.001 (all logits ~0, every KL ~0): widen them so
-    that the hand computations compare non-trivial numbers."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, EmbeddingHead):
-                m.classifier.weight.normal_(0.0, std)
-                m.classifier.bias.normal_(0.0, std)
-
-
-def hand_ce(logits, labels):
-    z = logits.double()
-    log_norm = torch.log(torch.exp(z).sum(dim=1))
-    return (log_norm - z[torch.arange(len(labels)), labels]).mean().item()
-
-
-def hand_kl(student, teacher, T):
-    """T^2 * mean over the batch of sum_c p_t (log p_t - log p_s), softmaxes written out."""
-    ps = torch.exp(student.double() / T)
-    ps = ps / ps.sum(dim=1, keepdim=True)
-    pt = torch.exp(teacher.double() / T)
-    pt = pt / pt.sum(dim=1, keepdim=True)
-    return T * T * (pt * (pt.log() - ps.log())).sum(dim=1).mean().item()
+from method_helpers import NETS, NUM_CLASSES, batch, hand_ce, hand_kl, single_thread, spread_classifiers  # noqa: F401
 
 
 def hand_attention(student, teacher):
