@@ -277,6 +277,53 @@ def _distance_blocks(q: np.ndarray, g: np.ndarray, chunk_size: Optional[int]):
 
 
 # ------------------------------------------------------------------------- evaluation
+def check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids):
+    """Checked arrays ``(q, g, q_pids, g_pids, q_camids, g_camids)``: finite features of one
+    dimension, id vectors of matching lengths."""
+    q = check_features(q_feats, "query features")
+    g = check_features(g_feats, "gallery features")
+    if q.shape[1] != g.shape[1]:
+        raise EvaluationInputError(
+            f"query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}"
+        )
+    return (
+        q,
+        g,
+        check_ids(q_pids, len(q), "query pids"),
+        check_ids(g_pids, len(g), "gallery pids"),
+        check_ids(q_camids, len(q), "query camids"),
+        check_ids(g_camids, len(g), "gallery camids"),
+    )
+
+
+def summarise_ranks(rank_lists, num_queries: int, max_rank: int, ap: str) -> ReIDResult:
+    """CMC, mAP and mINP from each query's 1-based ranks of its true matches (ascending;
+    None for a query without a true match, which is skipped and counted)."""
+    first_hit_counts = np.zeros(max_rank, dtype=np.int64)
+    ap_sum = inp_sum = 0.0
+    num_valid = 0
+    for ranks in rank_lists:
+        if ranks is None:
+            continue
+        num_valid += 1
+        if ranks[0] <= max_rank:
+            first_hit_counts[ranks[0] - 1] += 1
+        ap_sum += average_precision(ranks, ap)
+        inp_sum += len(ranks) / ranks[-1]
+    if num_valid == 0:
+        raise EvaluationInputError(
+            f"no valid query: none of the {num_queries} queries has a true match in the gallery "
+            f"(same pid, other camera, pid not -1); check that the pids/camids of the two sets agree"
+        )
+    return ReIDResult(
+        cmc=np.cumsum(first_hit_counts) / num_valid,
+        mAP=ap_sum / num_valid,
+        mINP=inp_sum / num_valid,
+        num_queries=num_queries,
+        num_valid_queries=num_valid,
+    )
+
+
 def evaluate_reid(
     q_feats,
     g_feats,
@@ -314,51 +361,29 @@ def evaluate_reid(
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise EvaluationInputError(f"max_rank must be a positive integer; got {max_rank!r}")
     _check_choice(ap, AP_METHODS, "ap")
-    q = check_features(q_feats, "query features")
-    g = check_features(g_feats, "gallery features")
-    if q.shape[1] != g.shape[1]:
-        raise EvaluationInputError(
-            f"query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}"
-        )
-    q_pids = check_ids(q_pids, len(q), "query pids")
-    q_camids = check_ids(q_camids, len(q), "query camids")
-    g_pids = check_ids(g_pids, len(g), "gallery pids")
-    g_camids = check_ids(g_camids, len(g), "gallery camids")
+    q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(
+        q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
+    )
     if multi_query is not None:
         q = pool_multi_query(q, q_pids, q_camids, multi_query, pool=pool, normalize=normalize)
     elif normalize:
         raise EvaluationInputError("normalize=True re-normalises pooled multi-query features; give multi_query too")
 
     gallery = _GalleryIds(g_pids, g_camids)
-    first_hit_counts = np.zeros(max_rank, dtype=np.int64)
-    ap_sum = inp_sum = 0.0
-    num_valid = 0
-    for start, block in _distance_blocks(q, g, chunk_size):
-        if gallery.junk.size:
-            block[:, gallery.junk] = np.inf
-        for i, row in enumerate(block):
-            positives, removed = gallery.split(q_pids[start + i], q_camids[start + i])
-            if positives.size == 0:
-                continue  # no true match: skipped, as torchreid and the official code do
-            row[removed] = np.inf
-            ranks = positive_ranks(row, positives)
-            num_valid += 1
-            if ranks[0] <= max_rank:
-                first_hit_counts[ranks[0] - 1] += 1
-            ap_sum += average_precision(ranks, ap)
-            inp_sum += len(ranks) / ranks[-1]
-    if num_valid == 0:
-        raise EvaluationInputError(
-            f"no valid query: none of the {len(q)} queries has a true match in the gallery "
-            f"(same pid, other camera, pid not -1); check that the pids/camids of the two sets agree"
-        )
-    return ReIDResult(
-        cmc=np.cumsum(first_hit_counts) / num_valid,
-        mAP=ap_sum / num_valid,
-        mINP=inp_sum / num_valid,
-        num_queries=len(q),
-        num_valid_queries=num_valid,
-    )
+
+    def rank_lists():
+        for start, block in _distance_blocks(q, g, chunk_size):
+            if gallery.junk.size:
+                block[:, gallery.junk] = np.inf
+            for i, row in enumerate(block):
+                positives, removed = gallery.split(q_pids[start + i], q_camids[start + i])
+                if positives.size == 0:
+                    yield None  # no true match: skipped, as torchreid and the official code do
+                    continue
+                row[removed] = np.inf
+                yield positive_ranks(row, positives)
+
+    return summarise_ranks(rank_lists(), len(q), max_rank, ap)
 
 
 def ranked_gallery(
@@ -372,15 +397,10 @@ def ranked_gallery(
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise EvaluationInputError(f"k must be a positive integer; got {k!r}")
-    q = check_features(q_feats, "query features")
-    g = check_features(g_feats, "gallery features")
-    if q.shape[1] != g.shape[1]:
-        raise EvaluationInputError(
-            f"query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}"
-        )
-    q_pids = check_ids(q_pids, len(q), "query pids")
-    q_camids = check_ids(q_camids, len(q), "query camids")
-    gallery = _GalleryIds(check_ids(g_pids, len(g), "gallery pids"), check_ids(g_camids, len(g), "gallery camids"))
+    q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(
+        q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
+    )
+    gallery = _GalleryIds(g_pids, g_camids)
     indices = np.full((len(q), k), -1, dtype=np.int64)
     distances = np.full((len(q), k), np.inf, dtype=np.float64)
     for start, block in _distance_blocks(q, g, None):

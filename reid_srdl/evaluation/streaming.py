@@ -20,16 +20,16 @@ from typing import Optional
 import numpy as np
 
 from reid_srdl.evaluation.metrics import (
-    JUNK_PID,
     AP_METHODS,
-    EvaluationInputError,
-    ReIDResult,
     _check_choice,
-    _GalleryIds,
-    average_precision,
     check_features,
     check_ids,
+    EvaluationInputError,
+    _GalleryIds,
+    JUNK_PID,
     positive_ranks,
+    ReIDResult,
+    summarise_ranks,
 )
 from reid_srdl.evaluation.search import pairwise_squared_l2, squared_norms
 
@@ -40,26 +40,6 @@ _BLOCK_ELEMENTS = 1 << 25  # query rows x shard rows per distance block (128 MB)
 def _check_max_rank(max_rank) -> None:
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise EvaluationInputError(f"max_rank must be a positive integer; got {max_rank!r}")
-
-
-def _summarise(rank_lists, num_queries: int, max_rank: int, ap: str) -> ReIDResult:
-    first_hit_counts = np.zeros(max_rank, dtype=np.int64)
-    ap_sum = inp_sum = 0.0
-    num_valid = 0
-    for ranks in rank_lists:
-        if ranks is None:
-            continue
-        num_valid += 1
-        if ranks[0] <= max_rank:
-            first_hit_counts[ranks[0] - 1] += 1
-        ap_sum += average_precision(ranks, ap)
-        inp_sum += len(ranks) / ranks[-1]
-    if num_valid == 0:
-        raise EvaluationInputError(
-            f"no valid query: none of the {num_queries} queries has a true match in the gallery "
-            f"(same pid, other camera, pid not -1); check that the pids/camids of the two sets agree"
-        )
-    return ReIDResult(np.cumsum(first_hit_counts) / num_valid, ap_sum / num_valid, inp_sum / num_valid, num_queries, num_valid)
 
 
 # --------------------------------------------------------------------------- distances given
@@ -89,7 +69,7 @@ def evaluate_distances(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int =
             row[gallery.junk] = np.inf
             yield positive_ranks(row, positives)
 
-    return _summarise(ranks(), len(d), max_rank, ap)
+    return summarise_ranks(ranks(), len(d), max_rank, ap)
 
 
 # --------------------------------------------------------------------------- streamed gallery
@@ -198,4 +178,4 @@ def evaluate_reid_streaming(
             else:
                 yield np.sort(closer[i] + 1)
 
-    return _summarise(ranks(), len(q), max_rank, ap)
+    return summarise_ranks(ranks(), len(q), max_rank, ap)
