@@ -274,3 +274,29 @@ def test_checkpoint_mode_errors(tiny_market_root, tiny_model_file, tmp_path, cap
         cli.main(["--checkpoint", path])  # no --data-root
     with pytest.raises(SystemExit):
         cli.main(["--checkpoint", path, "--data-root", tiny_market_root, "--query", "q.npz"])
+
+
+def test_checkpoint_mode_passes_the_fast_extraction_options(tiny_market_root, tiny_model_file, tmp_path, monkeypatch):
+    import reid_srdl.evaluation.features as features
+
+    seen = []
+    original = features.extract_features
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("fast"), kwargs.get("precision")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(features, "extract_features", spy)
+    path, _ = tiny_model_file
+    out = tmp_path / "fast.json"
+    args = ["--checkpoint", path, "--data-root", tiny_market_root, "--workers", "0", "--fast", "--precision", "fp32",
+            "--json", str(out)]
+    assert cli.main(args) == 0
+    assert seen == [(True, "fp32"), (True, "fp32")]  # query and gallery
+    # fp32 with folding and channels-last: the same metrics as the exact path (to 1e-4 features).
+    exact = tmp_path / "exact.json"
+    assert cli.main(["--checkpoint", path, "--data-root", tiny_market_root, "--workers", "0", "--json", str(exact)]) == 0
+    with open(out) as f, open(exact) as g:
+        assert json.load(f) == pytest.approx(json.load(g), abs=1e-6)
+    with pytest.raises(SystemExit):
+        cli.main(["--query", "q.npz", "--gallery", "g.npz", "--fast"])

@@ -65,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ck.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ck.add_argument("--flip", action="store_true", help="average with horizontally flipped images' features")
     ck.add_argument("--normalize", action="store_true", help="L2-normalise the features")
+    ck.add_argument("--fast", action="store_true",
+                    help="fast extraction: BN folded (on a copy), channels-last, bf16 where native (see docs/deployment.md)")
+    ck.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"),
+                    help="extraction precision (default: fp32, or auto with --fast)")
     ck.add_argument("--save-features", metavar="DIR", help="also write the extracted features as .npz files")
     p.add_argument("--pool", choices=POOLS, default="mean", help="multi-query pooling (default: mean)")
     p.add_argument("--renormalize", action="store_true", help="L2-normalise the pooled multi-query features")
@@ -89,8 +93,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error("give --query and --gallery feature files, or --checkpoint with --data-root")
         if args.multi_query == GT_BBOX:
             p.error("--multi-query needs a feature file (M.npz) unless --checkpoint is given")
-        if args.save_features:
-            p.error("--save-features applies to --checkpoint mode")
+        if args.save_features or args.fast or args.precision:
+            p.error("--save-features, --fast and --precision apply to --checkpoint mode")
     if args.max_rank < max(REPORTED_RANKS):
         p.error(f"--max-rank must be at least {max(REPORTED_RANKS)} (Rank-20 is reported); got {args.max_rank}")
     if args.visualize < 0:
@@ -151,7 +155,8 @@ def extract_inputs(args: argparse.Namespace) -> EvalInputs:
         splits["gt_bbox"] = data.multi_query
     sets = {}
     for name, split in splits.items():
-        feats = extract_features(model, split.loader, device, flip=args.flip, normalize=args.normalize)
+        feats = extract_features(model, split.loader, device, flip=args.flip, normalize=args.normalize,
+                                 fast=args.fast, precision=args.precision)
         sets[name] = FeatureSet(feats, split.pids, split.camids, np.asarray(split.paths))
     if args.save_features:
         with OutputBatch() as batch:
