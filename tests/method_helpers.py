@@ -4,7 +4,9 @@ import functools
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 
+from reid_srdl.config import load_config
 from reid_srdl.models import EmbeddingHead, build_model
 
 NUM_CLASSES = 5
@@ -56,3 +58,30 @@ def hand_kl(student, teacher, T):
     pt = torch.exp(teacher.double() / T)
     pt = pt / pt.sum(dim=1, keepdim=True)
     return T * T * (pt * (pt.log() - ps.log())).sum(dim=1).mean().item()
+
+
+class OneSample(Dataset):
+    """One random image: what the FLOP counter needs (it reads dataset[0])."""
+
+    def __init__(self, shape):
+        self.x = torch.randn(1, *shape)
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        return self.x[i], 0, i
+
+
+def tiny_trainer_config(root, out, *method_overrides):
+    """One epoch of two batches of small_reid on the tiny synthetic set, run folder out/run."""
+    return load_config(
+        None,
+        [
+            f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32",
+            "data.batch_size=8", "data.test_batch_size=32", "data.workers=0",
+            "model.name=small_reid", "model.feature_dim=32", *method_overrides,
+            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
+            f"train.output_dir={out}", "train.run_name=run", "eval.plot=false", "eval.multi_query=false",
+        ],
+    )

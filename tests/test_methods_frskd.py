@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from reid_srdl.config import ConfigError, FRSKDConfig, load_config
 from reid_srdl.engine.checkpoint import load_model_file, save_model_file
@@ -19,7 +18,17 @@ from reid_srdl.methods.vanilla import Vanilla
 from reid_srdl.models import Net, build_model
 
 WIDTH = 16
-from method_helpers import NETS, NUM_CLASSES, batch, hand_ce, hand_kl, single_thread, spread_classifiers  # noqa: F401
+from method_helpers import (  # noqa: F401
+    NETS,
+    NUM_CLASSES,
+    OneSample,
+    batch,
+    hand_ce,
+    hand_kl,
+    single_thread,
+    spread_classifiers,
+    tiny_trainer_config,
+)
 
 
 def hand_attention(student, teacher):
@@ -232,17 +241,6 @@ def test_bad_options_name_the_key(kwargs, message):
 
 
 # ----------------------------------------------------------------------------- FLOPs, trainer
-class OneSample(Dataset):
-    def __init__(self, shape):
-        self.x = torch.randn(1, *shape)
-
-    def __len__(self):
-        return 1
-
-    def __getitem__(self, i):
-        return self.x[i], 0, i
-
-
 @pytest.mark.parametrize("name", NETS)
 def test_flop_counter_sees_the_self_teacher(name):
     torch.manual_seed(0)
@@ -256,16 +254,7 @@ def test_flop_counter_sees_the_self_teacher(name):
 def test_trains_through_the_generic_trainer_and_saves_the_plain_net(tiny_market_root, tmp_path):
     from reid_srdl.engine.trainer import Trainer
 
-    cfg = load_config(
-        None,
-        [
-            f"data.root={tiny_market_root}", "data.synthetic=false", "data.height=64", "data.width=32",
-            "data.batch_size=8", "data.test_batch_size=32", "data.workers=0",
-            "model.name=small_reid", "model.feature_dim=32", "method.name=frskd", f"method.frskd.width={WIDTH}",
-            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
-            f"train.output_dir={tmp_path}", "train.run_name=run", "eval.plot=false", "eval.multi_query=false",
-        ],
-    )
+    cfg = tiny_trainer_config(tiny_market_root, tmp_path, "method.name=frskd", f"method.frskd.width={WIDTH}")
     run = os.path.join(str(tmp_path), "run")
     os.makedirs(run)
     summary = Trainer(cfg, run).fit()
