@@ -23,3 +23,16 @@ def tiny_market_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("tiny_market"))
     make_synthetic_market(root, **TINY_MARKET)
     return root
+
+
+@pytest.fixture
+def single_thread():
+    """One torch intra-op thread for tests of tiny tensors: a second thread gains nothing, and
+    on 2 shared cores OpenMP waiting for a busy core made such tests up to 50x slower.
+    Restored afterwards.  Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

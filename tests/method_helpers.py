@@ -2,7 +2,6 @@
 cross-entropy / KL written out by hand (the independent side of every loss check)."""
 import functools
 
-import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -16,16 +15,6 @@ NETS = {
     "resnet8": (functools.partial(build_model, "resnet8", NUM_CLASSES, in_channels=1), (1, 28, 28)),
     "small_reid": (functools.partial(build_model, "small_reid", NUM_CLASSES, feature_dim=32), (3, 64, 32)),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These tensors are tiny: a second intra-op thread gains nothing, and on 2 shared cores
-    OpenMP waiting for a busy core made these tests up to 50x slower.  Restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def batch(name, n=8, seed=0):

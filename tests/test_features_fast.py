@@ -16,15 +16,7 @@ from reid_srdl.evaluation.features import (
 from reid_srdl.evaluation.metrics import EvaluationInputError, evaluate_reid
 from reid_srdl.models import build_model
 from reid_srdl.models.fold import fold_batchnorm
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 2 shared cores: one intra-op thread keeps these small nets fast and the suite parallel.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def with_random_bn_statistics(net: nn.Module, seed: int = 0) -> nn.Module:

@@ -22,10 +22,11 @@ from method_helpers import (  # noqa: F401
     batch,
     hand_ce,
     hand_kl,
-    single_thread,
     spread_classifiers,
     tiny_trainer_config,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def hand_gate(gate, shared_map):
