@@ -20,10 +20,13 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+_LOG_LOCK = threading.Lock()
 
 # name -> overrides on top of the common settings
 VARIANTS = {
@@ -41,7 +44,7 @@ DESCRIPTIONS = {
     "srdl": "SRDL (stage-complete schedule, restart)",
     "srdl_incomplete": "SRDL ablation: stage-incomplete schedule",
     "srdl_no_restart": "SRDL ablation: stage 2 continues from stage 1",
-    "kd": "Hinton KD from a vanilla ResNet-20 teacher",
+    "kd": "Hinton KD from the vanilla {teacher} (T=3)",
     "one": "ONE (3 branches, gate)",
     "byot": "BYOT (side exits)",
     "frskd": "FRSKD (BiFPN self-teacher)",
@@ -69,18 +72,22 @@ def common_overrides(args, seed, out_dir, name):
     ]
 
 
-def run(overrides, run_dir, log):
-    """Train one configuration in its own process (fresh memory, exact command logged)."""
+def run(overrides, run_dir, log, env=None):
+    """Train one configuration in its own process (fresh memory, exact command logged; the
+    run's own output goes to ``train.log`` inside its folder)."""
     if os.path.isfile(os.path.join(run_dir, "metrics.json")):
         return
     cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), *overrides]
     if os.path.isfile(os.path.join(run_dir, "last.pt")):
         cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "--resume", run_dir]
     print("$ " + " ".join(cmd), flush=True)
-    with open(log, "a") as f:
+    with _LOG_LOCK, open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "train.log"), "a") as f:
+        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"run failed (exit {result.returncode}): see {os.path.join(run_dir, 'train.log')}")
 
 
 def stage1_accuracy(run_dir, args):
@@ -114,16 +121,106 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def teacher_run(args, seed):
+    """``(run name, overrides)`` of KD's teacher for ``seed``.  A teacher of the student's own
+    architecture is the cross-entropy run of the same seed (nothing extra to train: KD then
+    costs one full budget more than vanilla, SRDL half of one); another architecture is a
+    vanilla run of its own."""
+    if args.teacher_model == args.model:
+        name = f"vanilla_seed{seed}"
+        return name, common_overrides(args, seed, args.out, name) + VARIANTS["vanilla"]
+    name = f"teacher_{args.teacher_model}_seed{seed}"
+    return name, common_overrides(args, seed, args.out, name) + ["method.name=vanilla", f"model.name={args.teacher_model}"]
+
+
+def planned_runs(args):
+    """``[(name, overrides, dependencies)]``, seed by seed (an interrupted experiment has
+    every variant of the first seeds); KD waits for its teacher."""
+    plan = {}
+    for seed in args.seeds:
+        for variant in args.variants:
+            name = f"{variant}_seed{seed}"
+            overrides = common_overrides(args, seed, args.out, name) + VARIANTS[variant]
+            deps = []
+            if variant == "kd":
+                teacher, t_over = teacher_run(args, seed)
+                plan.setdefault(teacher, (t_over, []))
+                overrides += [f"method.kd.teacher={os.path.join(args.out, teacher)}"]
+                deps = [teacher]
+            plan.setdefault(name, (overrides, deps))
+    return [(name, overrides, deps) for name, (overrides, deps) in plan.items()]
+
+
+def run_all(args, log):
+    """Train every planned run, ``--jobs`` at a time, each with ``--threads`` torch threads
+    (several single-threaded runs use 2 cores better than one run with 2 threads when the
+    network is this small).  A run starts once the runs it depends on have finished."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    pending = planned_runs(args)
+    done, failed = set(), []
+    cond = threading.Condition()
+
+    def worker():
+        while True:
+            with cond:
+                while True:
+                    if failed or not pending:
+                        return
+                    ready = next((t for t in pending if all(d in done for d in t[2])), None)
+                    if ready is not None:
+                        pending.remove(ready)
+                        break
+                    cond.wait()
+            name, overrides, _deps = ready
+            try:
+                run(overrides, os.path.join(args.out, name), log, env)
+            except BaseException as e:  # noqa: BLE001 - reported once all workers stop
+                with cond:
+                    failed.append(e)
+                    cond.notify_all()
+                return
+            with cond:
+                done.add(name)
+                cond.notify_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, args.jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+
+
+def collect(args, variant, seed):
+    run_dir = os.path.join(args.out, f"{variant}_seed{seed}")
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        m = json.load(f)
+    rec = {
+        "top1": m["results"]["deployed"]["test"]["top1"],
+        "seconds": m["train_seconds"],
+        "tflops": m["train_flops"] / 1e12,
+    }
+    if "ensemble" in m["results"]:
+        rec["ensemble_top1"] = m["results"]["ensemble"]["test"]["top1"]
+    if variant.startswith("srdl"):
+        rec["stage1_top1"] = stage1_accuracy(run_dir, args)
+    rec["late_loss_change"] = late_loss_change(run_dir)
+    return rec
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=16)
-    p.add_argument("--subset", type=int, default=6000, help="training images (subset of the 60,000 drawn with each run's seed)")
+    p.add_argument("--epochs", type=int, default=240)
+    p.add_argument("--subset", type=int, default=1000, help="training images (subset of the 60,000 drawn with each run's seed)")
     p.add_argument("--model", default="resnet8")
-    p.add_argument("--teacher-model", default="resnet20")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--teacher-model", default="resnet8", help="KD's teacher; the student's own architecture reuses the vanilla run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="decoding workers per run (0: the 28x28 tensors are in memory)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fashion_mnist"))
     p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_fashion_mnist.md"))
@@ -132,42 +229,28 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     log = os.path.join(args.out, "train.log")
     started = time.time()
+    run_all(args, log)
     rows = {}
     for variant in args.variants:
         for seed in args.seeds:
-            name = f"{variant}_seed{seed}"
-            overrides = common_overrides(args, seed, args.out, name) + VARIANTS[variant]
-            if variant == "kd":
-                teacher = f"teacher_{args.teacher_model}_seed{seed}"
-                t_over = common_overrides(args, seed, args.out, teacher) + ["method.name=vanilla", f"model.name={args.teacher_model}"]
-                run(t_over, os.path.join(args.out, teacher), log)
-                overrides += [f"method.kd.teacher={os.path.join(args.out, teacher)}"]
-            run_dir = os.path.join(args.out, name)
-            run(overrides, run_dir, log)
-            with open(os.path.join(run_dir, "metrics.json")) as f:
-                m = json.load(f)
-            rec = {
-                "top1": m["results"]["deployed"]["test"]["top1"],
-                "seconds": m["train_seconds"],
-                "tflops": m["train_flops"] / 1e12,
-            }
-            if "ensemble" in m["results"]:
-                rec["ensemble_top1"] = m["results"]["ensemble"]["test"]["top1"]
-            if variant.startswith("srdl"):
-                rec["stage1_top1"] = stage1_accuracy(run_dir, args)
-            rec["late_loss_change"] = late_loss_change(run_dir)
+            rec = collect(args, variant, seed)
             rows.setdefault(variant, []).append(rec)
-            print(f"{name}: {json.dumps(rec)}", flush=True)
+            print(f"{variant}_seed{seed}: {json.dumps(rec)}", flush=True)
 
     with open(os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"), "w") as f:
         json.dump(rows, f, indent=2)
     write_table(args, rows, time.time() - started)
 
 
+def describe(variant, args):
+    return DESCRIPTIONS[variant].format(teacher=args.teacher_model)
+
+
 def write_table(args, rows, elapsed):
     cmd = "python benchmarks/fashion_mnist_methods.py " + " ".join(
         [f"--variants {' '.join(args.variants)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs}",
-         f"--subset {args.subset}", f"--model {args.model}", f"--batch-size {args.batch_size}"]
+         f"--subset {args.subset}", f"--model {args.model}", f"--teacher-model {args.teacher_model}",
+         f"--batch-size {args.batch_size}", f"--jobs {args.jobs}", f"--threads {args.threads}", f"--out {os.path.relpath(args.out, REPO)}"]
     )
     lines = [
         "# Fashion-MNIST: self-distillation methods side by side",
@@ -176,7 +259,8 @@ def write_table(args, rows, elapsed):
         "60,000 drawn with the run's seed, so every variant of a seed sees the same images), the full",
         f"10,000-image test set, {args.epochs} epochs for every variant (SRDL: two stages of",
         f"{args.epochs // 2}), batch {args.batch_size}, SGD Nesterov 0.9, lr 0.1, wd 2e-4, x0.1 at 50% and 75% (of each",
-        "stage for SRDL's complete schedule); CPU, 2 cores. Mean +- std over seeds "
+        f"stage for SRDL's complete schedule); CPU: {args.jobs} runs at a time, {args.threads} torch thread(s) each "
+        f"(train time is per run). Mean +- std over seeds "
         f"{', '.join(map(str, args.seeds))}.",
         "",
         "```",
@@ -192,7 +276,7 @@ def write_table(args, rows, elapsed):
             return fmt.format(*mean_std(vals)) if vals else "-"
 
         lines.append(
-            f"| {DESCRIPTIONS[variant]} | {cell('top1')} | {cell('ensemble_top1')} | {cell('stage1_top1')} | "
+            f"| {describe(variant, args)} | {cell('top1')} | {cell('ensemble_top1')} | {cell('stage1_top1')} | "
             f"{cell('seconds', 1.0, '{:.0f} ± {:.0f}')} | {cell('tflops', 1.0, '{:.2f} ± {:.2f}')} |"
         )
     lines += ["", "Convergence of each half (SRDL's premise): relative drop of the training cross-entropy over the",
@@ -201,7 +285,7 @@ def write_table(args, rows, elapsed):
     for variant, recs in rows.items():
         per_stage = list(zip(*[r["late_loss_change"] for r in recs]))
         cells = [f"{100 * statistics.mean(s):.1f}%" for s in per_stage] + ["-"] * (2 - len(per_stage))
-        lines.append(f"| {DESCRIPTIONS[variant]} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {describe(variant, args)} | {cells[0]} | {cells[1]} |")
     lines += ["", f"Total wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)."]
     os.makedirs(os.path.dirname(args.table), exist_ok=True)
     with open(args.table, "w") as f:
