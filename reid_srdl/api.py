@@ -47,7 +47,7 @@ class SearchResult:
 # How from_images embeds images (and image queries later); see extract_features.
 _EMBEDDING_DEFAULTS = dict(
     transform=None, batch_size=64, device="cpu", height=256, width=128,
-    flip=False, normalize=False, workers=0, progress=False,
+    flip=False, normalize=False, workers=0, progress=False, fast=False, precision=None,
 )
 
 
@@ -86,28 +86,6 @@ def _is_path_list(queries) -> bool:
         and len(queries) > 0
         and all(isinstance(q, (str, os.PathLike)) for q in queries)
     )
-
-
-class _ImageFiles:
-    """A map-style dataset over image files: (transformed image, index)."""
-
-    def __init__(self, paths: Sequence[str], transform: Callable):
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from PIL import Image, UnidentifiedImageError
-
-        path = self.paths[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError, OSError) as e:
-            raise EvaluationInputError(f"cannot read image {path}: {e}") from None
-        return self.transform(img), i
 
 
 class ReIDSearcher:
@@ -154,6 +132,9 @@ class ReIDSearcher:
         normalize: bool = False,
         workers: int = 0,
         progress: bool = False,
+        fast: bool = False,
+        precision: Optional[str] = None,
+        skip_unreadable: bool = False,
     ) -> "ReIDSearcher":
         """Index images embedded by ``model`` (``model(x)`` returns ``(logits, features)``).
 
@@ -163,49 +144,50 @@ class ReIDSearcher:
         ``height``/``width`` (otherwise 256 x 128).  ``transform`` defaults to
         ``reid_test_transform(height, width)``; ``flip`` and
         ``normalize`` are as in :func:`reid_srdl.evaluation.features.extract_features` and are
-        applied the same way to image queries later.  Unknown pids/camids default to -1.
+        applied the same way to image queries later; so are ``fast`` and ``precision``
+        (BN folding, channels-last, bf16 autocast: see ``extract_features``).  Images are
+        decoded in ``workers`` DataLoader processes.  Unknown pids/camids default to -1.
+
+        An image that cannot be decoded is an error naming it, unless ``skip_unreadable``:
+        then it is reported on stderr and left out of the gallery (with its pid and camid).
         """
         model, sizes = _resolve_model(model, {"height": height, "width": width})
         searcher = cls.__new__(cls)
         searcher._model = model
         searcher._embedding = _embedding_options(
             transform=transform, batch_size=batch_size, device=device, flip=flip, normalize=normalize,
-            workers=workers, progress=progress, **{k: v for k, v in sizes.items() if v is not None},
+            workers=workers, progress=progress, fast=fast, precision=precision,
+            **{k: v for k, v in sizes.items() if v is not None},
         )
-        feats = searcher.embed_images(paths)
-        n = len(feats)
+        paths = [os.fspath(p) for p in paths]
+        pids = np.full(len(paths), UNKNOWN) if pids is None else check_ids(pids, len(paths), "pids")
+        camids = np.full(len(paths), UNKNOWN) if camids is None else check_ids(camids, len(paths), "camids")
+        feats, kept = searcher._embed(paths, skip_unreadable)
         searcher._start_empty(feats.shape[1], keep_paths=True)
-        searcher.add(
-            feats,
-            np.full(n, UNKNOWN) if pids is None else pids,
-            np.full(n, UNKNOWN) if camids is None else camids,
-            paths,
-        )
+        searcher.add(feats, pids[kept], camids[kept], [paths[i] for i in kept])
         return searcher
 
     def embed_images(self, paths: Sequence[PathLike]) -> np.ndarray:
-        """Features ``(N, D)`` of image files, with the searcher's model and settings."""
+        """Features ``(N, D)`` of image files, with the searcher's model and settings (an
+        unreadable file is an error naming it)."""
+        return self._embed([os.fspath(p) for p in paths], skip_unreadable=False)[0]
+
+    def _embed(self, paths: List[str], skip_unreadable: bool):
+        """``(features, kept)``: features of the readable files and their positions in ``paths``."""
         if self._model is None:
             raise EvaluationInputError(
                 "this searcher has no model (built from features); pass query features, or "
                 "build it with ReIDSearcher.from_images(...) / ReIDSearcher.load(path, model=...)"
             )
-        from torch.utils.data import DataLoader
-
         from reid_srdl.data.transforms import reid_test_transform
-        from reid_srdl.evaluation.features import extract_features
+        from reid_srdl.evaluation.features import embed_image_files
 
         opts = self._embedding
-        paths = [os.fspath(p) for p in paths]
-        if not paths:
-            raise EvaluationInputError("no image paths given")
         transform = opts["transform"] or reid_test_transform(opts["height"], opts["width"])
-        loader = DataLoader(
-            _ImageFiles(paths, transform), batch_size=opts["batch_size"], shuffle=False, num_workers=opts["workers"]
-        )
-        return extract_features(
-            self._model, loader, device=opts["device"], flip=opts["flip"],
-            normalize=opts["normalize"], progress=opts["progress"],
+        return embed_image_files(
+            self._model, paths, transform, batch_size=opts["batch_size"], workers=opts["workers"],
+            skip_unreadable=skip_unreadable, device=opts["device"], flip=opts["flip"],
+            normalize=opts["normalize"], progress=opts["progress"], fast=opts["fast"], precision=opts["precision"],
         )
 
     def add(self, features, pids, camids, paths: Optional[Sequence[PathLike]] = None) -> None:
@@ -232,16 +214,14 @@ class ReIDSearcher:
         if paths is not None:
             self._paths.extend(paths)
 
-    def add_images(self, paths: Sequence[PathLike], pids=None, camids=None) -> None:
-        """Embed images with the searcher's model and append them."""
-        feats = self.embed_images(paths)
-        n = len(feats)
-        self.add(
-            feats,
-            np.full(n, UNKNOWN) if pids is None else pids,
-            np.full(n, UNKNOWN) if camids is None else camids,
-            paths if self._paths is not None else None,
-        )
+    def add_images(self, paths: Sequence[PathLike], pids=None, camids=None, skip_unreadable: bool = False) -> None:
+        """Embed images with the searcher's model and append them (``skip_unreadable``: as
+        in :meth:`from_images`)."""
+        paths = [os.fspath(p) for p in paths]
+        pids = np.full(len(paths), UNKNOWN) if pids is None else check_ids(pids, len(paths), "pids to add")
+        camids = np.full(len(paths), UNKNOWN) if camids is None else check_ids(camids, len(paths), "camids to add")
+        feats, kept = self._embed(paths, skip_unreadable)
+        self.add(feats, pids[kept], camids[kept], [paths[i] for i in kept] if self._paths is not None else None)
 
     # ------------------------------------------------------------------ accessors
     def __len__(self) -> int:

@@ -152,6 +152,46 @@ def test_unreadable_gallery_image_is_named(tmp_path):
         ReIDSearcher.from_images(MeanColourNet(), [good, missing], height=16, width=8)
 
 
+def test_unreadable_gallery_images_skipped_only_when_asked(tmp_path, capsys):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    paths = [solid(tmp_path, f"{i}.png", c) for i, c in enumerate(colours)]
+    broken = str(tmp_path / "broken.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"not a jpeg")
+    gallery = [paths[0], broken, paths[1]]
+    with pytest.raises(EvaluationInputError, match="broken.jpg.*skip_unreadable"):
+        ReIDSearcher.from_images(MeanColourNet(), gallery, height=16, width=8)
+    # workers=2: decoded in DataLoader processes, the error still reaches us by name.
+    s = ReIDSearcher.from_images(MeanColourNet(), gallery, pids=[1, 2, 3], camids=[0, 1, 2], height=16, width=8,
+                                 workers=2, skip_unreadable=True)
+    assert "skipped: cannot read image" in capsys.readouterr().err
+    # The rest stays aligned: item i keeps its own pid, camid, path and colour.
+    assert s.pids.tolist() == [1, 3] and s.camids.tolist() == [0, 2] and s.paths == [paths[0], paths[1]]
+    expected = (np.array(colours[:2]) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    np.testing.assert_allclose(s.features, expected, rtol=1e-5, atol=1e-5)
+    s.add_images([broken, paths[2]], pids=[7, 8], camids=[5, 6], skip_unreadable=True)
+    assert s.pids.tolist() == [1, 3, 8] and s.paths[-1] == paths[2]
+    with pytest.raises(EvaluationInputError, match="broken.jpg"):
+        s.search(broken)  # a query is never skipped silently
+
+
+def test_fast_embedding_options_reach_the_extractor(tiny_market_root):
+    import glob
+
+    from reid_srdl.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("small_reid", 4, feature_dim=8).eval()
+    paths = sorted(glob.glob(os.path.join(tiny_market_root, "market1501", "*", "bounding_box_test", "0*.jpg")))[:6]
+    exact = ReIDSearcher.from_images(net, paths, height=64, width=32)
+    # fast + fp32: BN folded into the convs and channels-last: the same numbers to 1e-4.
+    fast = ReIDSearcher.from_images(net, paths, height=64, width=32, fast=True, precision="fp32")
+    np.testing.assert_allclose(fast.features, exact.features, atol=1e-4)
+    assert fast._embedding["fast"] is True and net.training is False
+    with pytest.raises(EvaluationInputError, match="precision"):
+        ReIDSearcher.from_images(net, paths, height=64, width=32, precision="fp8")
+
+
 def test_load_checks_its_options(searcher, tmp_path):
     path = tmp_path / "idx.npz"
     searcher.save(path)

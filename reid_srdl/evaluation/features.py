@@ -257,6 +257,7 @@ def embed_image_files(
         raise EvaluationInputError("no image paths given")
     loader = image_files_loader(paths, transform, batch_size, workers)
     kept: List[torch.Tensor] = []
+    finished = []  # set once every batch was read: "no batch" then means "nothing readable"
 
     def readable_batches():
         for images, indices, errors in loader:
@@ -267,11 +268,12 @@ def embed_image_files(
             if images is not None:
                 kept.append(indices)
                 yield images, indices
+        finished.append(True)
 
     try:
         feats = extract_features(model, readable_batches(), device, **options)
-    except EvaluationInputError as e:
-        if kept or isinstance(e, UnreadableImageError):
+    except EvaluationInputError:
+        if kept or not finished:  # a bad option or a named file: the error says it already
             raise
         raise UnreadableImageError(f"none of the {len(paths)} images could be read (first: {paths[0]})") from None
     return feats, torch.cat(kept).numpy()
