@@ -52,6 +52,26 @@ def test_ivf_pq_recall_and_nprobe(data):
     assert high > low and high >= 0.25
 
 
+def test_ivf_pq_exact_rescoring_lifts_recall_and_gives_exact_distances(data, tmp_path):
+    xb, xq, truth = data
+    plain = IVFIndex(32, "ivf_pq", nlist=16, pq_m=8, nprobe=16, pq_nbits=6)
+    rescored = IVFIndex(32, "ivf_pq", nlist=16, pq_m=8, nprobe=16, pq_nbits=6, rescore=16)
+    for index in (plain, rescored):
+        index.train(xb)
+        index.add(xb)
+    sq, ids = rescored.search(xq, 10)
+    # Measured 0.30 -> 0.94: the 160 PQ candidates hold most true neighbours, exact
+    # distances put them first.
+    assert recall_at_10(plain.search(xq, 10)[1], truth) < 0.4 and recall_at_10(ids, truth) >= 0.9
+    exact = ((xq[:, None, :].astype(np.float64) - xb[ids]) ** 2).sum(-1)
+    np.testing.assert_allclose(sq, exact, rtol=1e-4)
+    assert np.all(np.diff(sq, axis=1) >= 0)
+    save_index(rescored, str(tmp_path / "r.index"))
+    loaded = load_index(str(tmp_path / "r.index"), 32)
+    assert loaded.rescore == 16 and loaded.nprobe == 16
+    np.testing.assert_array_equal(loaded.search(xq, 10)[1], ids)
+
+
 @pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq"])
 def test_saved_index_loads_memory_mapped_with_the_same_results(data, tmp_path, kind):
     xb, xq, _ = data
@@ -98,6 +118,10 @@ def test_bad_options_are_named():
         IVFIndex(32, "ivf_pq", pq_m=7)
     with pytest.raises(SearchIndexError, match="one of ivf_flat, ivf_pq"):
         IVFIndex(32, "hnsw")
+    with pytest.raises(SearchIndexError, match="rescore applies to ivf_pq only"):
+        IVFIndex(32, "ivf_flat", rescore=4)
+    with pytest.raises(SearchIndexError, match="rescore must be an integer >= 0"):
+        IVFIndex(32, "ivf_pq", pq_m=8, rescore=-1)
     index = IVFIndex(32, "ivf_flat", nlist=64)
     with pytest.raises(SearchIndexError, match="needs >= 64 vectors; got 10"):
         index.train(clustered(10))

@@ -166,12 +166,15 @@ class IVFIndex:
     ``kind="ivf_flat"`` stores the vectors as they are (4 D bytes each): recall is limited by
     ``nprobe`` only.  ``kind="ivf_pq"`` stores ``pq_m`` bytes per vector (product quantizer,
     ``pq_nbits`` bits per sub-vector, 8 by default): 1M x 512 fits in 64 MB instead of 2 GB,
-    at a recall cost.
+    at a recall cost.  ``rescore=R`` (ivf_pq only) keeps the float vectors beside the codes
+    (faiss ``IndexRefineFlat``; memory-mapped when loaded): the PQ search proposes ``R * k``
+    candidates and exact distances rank them, so recall is bounded by the probed cells, not
+    by the quantizer, and the distances returned are exact.
     Train it on (a sample of) the gallery itself, then ``add`` the gallery.
     """
 
     def __init__(self, dim: int, kind: str = "ivf_flat", nlist: int = 1024, pq_m: int = 64, nprobe: int = 16,
-                 pq_nbits: int = 8):
+                 pq_nbits: int = 8, rescore: int = 0):
         if kind not in IVF_KINDS:
             raise SearchIndexError(f"index kind must be one of {', '.join(IVF_KINDS)}; got {kind!r}")
         if kind == "ivf_pq" and dim % pq_m:
@@ -181,8 +184,14 @@ class IVFIndex:
         self.dim = int(dim)
         if not 1 <= pq_nbits <= 16:
             raise SearchIndexError(f"ivf_pq: pq_nbits must be in 1..16; got {pq_nbits}")
+        if isinstance(rescore, bool) or not isinstance(rescore, int) or rescore < 0:
+            raise SearchIndexError(f"rescore must be an integer >= 0 (0 = off); got {rescore!r}")
+        if rescore and kind != "ivf_pq":
+            raise SearchIndexError("rescore applies to ivf_pq only (ivf_flat distances are exact already)")
         factory = f"IVF{nlist},Flat" if kind == "ivf_flat" else f"IVF{nlist},PQ{pq_m}x{pq_nbits}"
-        self._cpu = faiss.index_factory(self.dim, factory, faiss.METRIC_L2)
+        self._cpu = faiss.index_factory(self.dim, factory + (",RFlat" if rescore else ""), faiss.METRIC_L2)
+        if rescore:
+            self._cpu.k_factor = float(rescore)  # saved with the index
         self._gpu = None
         self.nprobe = int(nprobe)
         faiss.extract_index_ivf(self._cpu).nprobe = self.nprobe  # saved with the index
@@ -193,6 +202,11 @@ class IVFIndex:
         obj.dim, obj._cpu, obj._gpu = int(index.d), index, None
         obj.nprobe = int(faiss.extract_index_ivf(index).nprobe)
         return obj
+
+    @property
+    def rescore(self) -> int:
+        """Candidates per result re-ranked with exact distances (0: no re-scoring)."""
+        return int(self._cpu.k_factor) if isinstance(self._cpu, faiss.IndexRefine) else 0
 
     @property
     def ntotal(self) -> int:
@@ -219,7 +233,8 @@ class IVFIndex:
         self._gpu = None
 
     def _searcher(self):
-        if not use_gpu():
+        # faiss has no GPU IndexRefine: a re-scored index searches on the CPU.
+        if not use_gpu() or self.rescore:
             return self._cpu
         if self._gpu is None:
             # shard=True: each GPU holds 1/G of the inverted lists, results are merged.
