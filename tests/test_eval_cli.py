@@ -89,6 +89,28 @@ def test_cli_multi_query_matches_library(sets):
     assert json.loads((tmp / "mq.json").read_text()) == pytest.approx(expected.to_dict(), abs=1e-12)
 
 
+def test_cli_rerank_matches_torchreid_dense_reranking(sets, capsys):
+    from torchreid.reid.metrics.rank import evaluate_rank
+    from torchreid.reid.utils.rerank import re_ranking
+
+    files, data, tmp = sets
+    code = cli.main(["--query", files["q"], "--gallery", files["g"], "--rerank", "--rerank-k1", "8",
+                     "--rerank-k2", "3", "--json", str(tmp / "rr.json")])
+    assert code == 0 and "re-ranked k1=8 k2=3 lambda=0.3" in capsys.readouterr().out
+    (qf, qp, qc, _), (gf, gp, gc, _) = data["q"], data["g"]
+    euclid = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))  # noqa: E731
+    dist = re_ranking(euclid(qf, gf), euclid(qf, qf), euclid(gf, gf), k1=8, k2=3, lambda_value=0.3)
+    cmc, mAP = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10, use_cython=False)
+    written = json.loads((tmp / "rr.json").read_text())
+    assert written["mAP"] == pytest.approx(mAP, abs=1e-6) and written["rank1"] == pytest.approx(cmc[0])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--query", files["q"], "--gallery", files["g"], "--rerank-k1", "8"])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--query", files["q"], "--gallery", files["g"], "--rerank", "--visualize", "2", "--out", "x"])
+    code = cli.main(["--query", files["q"], "--gallery", files["g"], "--rerank", "--rerank-lambda", "1.5"])
+    assert code == 2 and "lambda must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_cli_bad_input_exits_2_with_one_line_and_no_outputs(sets):
     files, _, tmp = sets
     broken = tmp / "broken.npz"

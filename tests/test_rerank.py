@@ -55,3 +55,42 @@ def test_bad_options_are_named():
         k_reciprocal_distances(q, g, k1=2, k2=1, lambda_value=1.5)
     with pytest.raises(Exception, match="eval.rerank_lambda must be in"):
         load_config(None, ["eval.rerank_lambda=2"])
+
+
+def test_end_of_run_evaluation_reranks_single_and_multi_query():
+    """eval.rerank through evaluate_model: both protocols against torchreid's dense
+    re_ranking + evaluate_rank on hand-pooled multi-query features."""
+    from types import SimpleNamespace
+
+    from torchreid.reid.metrics.rank import evaluate_rank
+
+    from reid_srdl.config import EvalConfig
+    from reid_srdl.engine.evaluate import evaluate_model
+
+    q, g, _qp, gp, _qc, gc = clustered(7, noise=1.5)  # hard enough that neither protocol is perfect
+    # One query per (pid, camera), as in Market-1501 (equal pooled queries would tie).
+    qp, qc = np.arange(40) % 15, np.arange(40) // 15
+    rng = np.random.default_rng(8)
+    centers = np.random.default_rng(7).normal(size=(15, 16))
+    q = (centers[qp] + 1.5 * rng.normal(size=q.shape)).astype(np.float32)
+    # gt_bbox: two more crops of each query's (pid, camera), as in Market-1501.
+    m = np.concatenate([q + 0.3 * rng.normal(size=q.shape), q + 0.3 * rng.normal(size=q.shape)]).astype(np.float32)
+    mp, mc = np.concatenate([qp, qp]), np.concatenate([qc, qc])
+    feats = {"query": q, "gallery": g, "gt_bbox": m}
+    split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)  # noqa: E731
+    data = SimpleNamespace(task="reid", query=split("query", qp, qc), gallery=split("gallery", gp, gc),
+                           multi_query=split("gt_bbox", mp, mc))
+    cfg = EvalConfig(plot=False, rerank=True, multi_query=True, pool="mean")
+    results = evaluate_model(None, data, "cpu", cfg, "", "test", progress=False,
+                             extract=lambda model, loader, device, **_: feats[loader])
+
+    pooled = np.stack([m[(mp == qp[i]) & (mc == qc[i])].mean(axis=0) for i in range(len(q))])
+    for key, queries in (("single_query_rerank", q), ("multi_query_rerank", pooled)):
+        dist = re_ranking(euclidean(queries, g), euclidean(queries, queries), euclidean(g, g), k1=20, k2=6, lambda_value=0.3)
+        cmc, mAP = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10, use_cython=False)
+        assert results[key]["mAP"] == pytest.approx(mAP, abs=1e-5), key
+        assert results[key]["rank1"] == pytest.approx(cmc[0], abs=1e-9), key
+        assert results[key]["rank5"] == pytest.approx(cmc[4], abs=1e-9), key
+    # Pooling changed the queries: the two re-ranked protocols are not the same numbers.
+    assert results["multi_query_rerank"]["mAP"] != results["single_query_rerank"]["mAP"]
+    assert max(results["multi_query_rerank"]["mAP"], results["single_query_rerank"]["mAP"]) < 1.0

@@ -7,6 +7,7 @@
         --plot out/cmc.png --visualize 8 --out out/ranked
     python tools/eval_reid.py --checkpoint runs/RUN --data-root datasets/synthetic --multi-query \\
         --save-features out/features
+    python tools/eval_reid.py --query q.npz --gallery g.npz --rerank     # k-reciprocal re-ranking
 
 Checkpoint mode (--checkpoint RUN_DIR or a model file such as final.pt, with --data-root of a
 Market-1501 folder) extracts the features itself: query, gallery and, with --multi-query
@@ -75,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve (>= 20; default: 50)")
     p.add_argument("--ap", choices=AP_METHODS, default="torchreid",
                    help="AP: torchreid (mean precision at hits, default) or official (Market-1501 trapezoid)")
+    p.add_argument("--rerank", action="store_true",
+                   help="k-reciprocal re-ranking (Zhong et al. 2017) of the (pooled) queries against the gallery")
+    p.add_argument("--rerank-k1", type=int, default=20, help="re-ranking k1 (default: 20)")
+    p.add_argument("--rerank-k2", type=int, default=6, help="re-ranking k2 (default: 6)")
+    p.add_argument("--rerank-lambda", type=float, default=0.3, help="re-ranking lambda (default: 0.3)")
     p.add_argument("--json", metavar="OUT.json", help="write the results as JSON (fractions in [0, 1])")
     p.add_argument("--plot", metavar="CMC.png", help="write the CMC curve as a PNG")
     p.add_argument("--visualize", type=int, default=0, metavar="N",
@@ -101,6 +107,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--visualize takes a number of queries >= 0; got {args.visualize}")
     if args.visualize and not args.out:
         p.error("--visualize needs --out DIR for the pictures")
+    if args.visualize and args.rerank:
+        p.error("--visualize draws feature-distance rankings; run it without --rerank")
+    if not args.rerank and (args.rerank_k1, args.rerank_k2, args.rerank_lambda) != (20, 6, 0.3):
+        p.error("--rerank-k1/--rerank-k2/--rerank-lambda apply to --rerank only")
     if args.multi_query is None and (args.pool != "mean" or args.renormalize):
         p.error("--pool and --renormalize apply to --multi-query only")
     return args
@@ -192,9 +202,18 @@ def query_features(inputs: EvalInputs, pool: str = "mean", renormalize: bool = F
     return pool_multi_query(q.features, q.pids, q.camids, MultiQuery(m.features, m.pids, m.camids), pool, renormalize)
 
 
-def evaluate(inputs: EvalInputs, q_feats: np.ndarray, max_rank: int = 50, ap: str = "torchreid") -> ReIDResult:
+def evaluate(inputs: EvalInputs, q_feats: np.ndarray, max_rank: int = 50, ap: str = "torchreid",
+             rerank: Optional[tuple] = None) -> ReIDResult:
+    """Rank the gallery by L2 distance, or by the k-reciprocal distance when ``rerank`` is
+    ``(k1, k2, lambda)``."""
     q, g = inputs.query, inputs.gallery
-    return evaluate_reid(q_feats, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=max_rank, ap=ap)
+    if rerank is None:
+        return evaluate_reid(q_feats, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=max_rank, ap=ap)
+    from reid_srdl.evaluation.rerank import k_reciprocal_distances
+    from reid_srdl.evaluation.streaming import evaluate_distances
+
+    dist = k_reciprocal_distances(q_feats, g.features, *rerank)
+    return evaluate_distances(dist, q.pids, g.pids, q.camids, g.camids, max_rank=max_rank, ap=ap)
 
 
 def pick_queries(num_queries: int, n: int) -> List[int]:
@@ -240,8 +259,11 @@ def main(argv=None) -> int:
     try:
         inputs = extract_inputs(args) if args.checkpoint else load_inputs(args)
         q_feats = query_features(inputs, args.pool, args.renormalize)
-        result = evaluate(inputs, q_feats, args.max_rank, args.ap)
+        rerank = (args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None
+        result = evaluate(inputs, q_feats, args.max_rank, args.ap, rerank)
         title = f"multi-query, {args.pool}" if inputs.multi_query is not None else "single-query"
+        if rerank:
+            title += f", re-ranked k1={rerank[0]} k2={rerank[1]} lambda={rerank[2]}"
         written = write_outputs(args, inputs, q_feats, result, title)
     except (ReidSrdlError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

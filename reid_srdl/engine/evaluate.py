@@ -8,7 +8,7 @@ from typing import Dict
 
 from reid_srdl.evaluation.classification import evaluate_classifier
 from reid_srdl.evaluation.features import extract_features
-from reid_srdl.evaluation.metrics import MultiQuery, evaluate_reid
+from reid_srdl.evaluation.metrics import MultiQuery, evaluate_reid, pool_multi_query
 from reid_srdl.evaluation.plots import plot_cmc
 
 _REID_COLUMNS = (("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mAP", "mAP"), ("mINP", "mINP"))
@@ -36,14 +36,8 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
     results, curves = {}, {}
     single = evaluate_reid(q, g, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap)
     results["single_query"], curves["single query"] = single.to_dict(), single.cmc
-    if getattr(eval_cfg, "rerank", False):
-        from reid_srdl.evaluation.rerank import k_reciprocal_distances
-        from reid_srdl.evaluation.streaming import evaluate_distances
-
-        reranked = evaluate_distances(
-            k_reciprocal_distances(q, g, eval_cfg.rerank_k1, eval_cfg.rerank_k2, eval_cfg.rerank_lambda),
-            *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap,
-        )
+    if eval_cfg.rerank:
+        reranked = _reranked(q, g, ids, eval_cfg)
         results["single_query_rerank"], curves["single query, re-ranked"] = reranked.to_dict(), reranked.cmc
     if eval_cfg.multi_query and data.multi_query is not None:
         mq = MultiQuery(features(data.multi_query), data.multi_query.pids, data.multi_query.camids)
@@ -51,9 +45,22 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
             q, g, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap, multi_query=mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize
         )
         results["multi_query"], curves[f"multi query ({eval_cfg.pool})"] = multi.to_dict(), multi.cmc
+        if eval_cfg.rerank:
+            pooled = pool_multi_query(q, data.query.pids, data.query.camids, mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize)
+            reranked = _reranked(pooled, g, ids, eval_cfg)
+            results["multi_query_rerank"], curves[f"multi query ({eval_cfg.pool}), re-ranked"] = reranked.to_dict(), reranked.cmc
     if eval_cfg.plot:
         plot_cmc(curves, os.path.join(out_dir, f"cmc_{tag}.png"), title=f"CMC: {tag} model")
     return results
+
+
+def _reranked(q, g, ids, eval_cfg):
+    """k-reciprocal re-ranking of ``q`` against ``g``, scored under the same protocol."""
+    from reid_srdl.evaluation.rerank import k_reciprocal_distances
+    from reid_srdl.evaluation.streaming import evaluate_distances
+
+    dist = k_reciprocal_distances(q, g, eval_cfg.rerank_k1, eval_cfg.rerank_k2, eval_cfg.rerank_lambda)
+    return evaluate_distances(dist, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap)
 
 
 def results_table(summary: dict) -> str:
