@@ -6,11 +6,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from conftest import TINY_MARKET
 from fixtures_data import write_cifar10, write_fashion_mnist
 from reid_srdl.config import DataConfig
+from reid_srdl.data.indexed import SeededSampler
 from reid_srdl.data import DataBundle, ImageReadError, ReIDSplit, build_data, default_root
 
 H, W = 32, 16
@@ -53,7 +54,7 @@ def test_reid_bundle_contract(tiny_market_root):
     assert images.shape == (8, 3, H, W) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and indices.dtype == torch.int64
     assert 0 <= labels.min() and labels.max() < bundle.num_classes
-    assert isinstance(bundle.train_loader.sampler, RandomSampler)
+    assert isinstance(bundle.train_loader.sampler, SeededSampler)
     assert bundle.train_loader.drop_last == (bundle.num_train >= 16)
 
     images, labels, indices = _all_batches(bundle.train_eval_loader)
@@ -216,3 +217,46 @@ def test_empty_root_means_the_default_root():
 def test_bad_config_values(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         build_data(_cifar_cfg(str(tmp_path), **kw))
+
+
+def _epoch(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return _all_batches(loader)
+
+
+def test_training_order_and_augmentation_do_not_depend_on_the_workers(tiny_market_root):
+    """Per-sample seeds from (run seed, epoch, index): 0 workers, 2 persistent workers and
+    a fresh loader (a resumed run) give the same batches, bit for bit."""
+    in_main = build_data(_reid_cfg(tiny_market_root, workers=0), seed=4).train_loader
+    in_workers = build_data(_reid_cfg(tiny_market_root, workers=2), seed=4).train_loader
+    assert in_workers.persistent_workers and not in_main.persistent_workers
+    rng_before = torch.get_rng_state()
+    epochs = [_epoch(in_main, e) for e in (0, 1)]
+    # Order and augmentation used no global randomness: the only draws are the DataLoader's
+    # own worker base seed, one per iterator.
+    after = torch.get_rng_state()
+    torch.set_rng_state(rng_before)
+    for _ in range(2):
+        torch.empty((), dtype=torch.int64).random_()
+    assert torch.equal(after, torch.get_rng_state())
+    for e in (0, 1):
+        for ours, theirs in zip(epochs[e], _epoch(in_workers, e)):  # workers kept alive across epochs
+            assert torch.equal(ours, theirs)
+    resumed = build_data(_reid_cfg(tiny_market_root, workers=2), seed=4).train_loader
+    for ours, theirs in zip(epochs[1], _epoch(resumed, 1)):
+        assert torch.equal(ours, theirs)
+    # Epochs differ in order and, for the same sample, in augmentation; another seed differs.
+    (img0, _, idx0), (img1, _, idx1) = epochs
+    assert not torch.equal(idx0, idx1)
+    order0, order1 = torch.argsort(idx0), torch.argsort(idx1)
+    assert not torch.equal(img0[order0], img1[order1])
+    other = _epoch(build_data(_reid_cfg(tiny_market_root, workers=0), seed=5).train_loader, 0)
+    assert not torch.equal(other[2], idx0)
+
+
+def test_a_seeded_key_fixes_one_sample_augmentation(tiny_market_root):
+    dataset = build_data(_reid_cfg(tiny_market_root), seed=0).train_loader.dataset
+    a, b, c = dataset[(3, 11)], dataset[(3, 11)], dataset[(3, 12)]
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:] == (a[1], 3)
+    assert not torch.equal(a[0], c[0])  # flip / crop drawn from another seed
+    assert dataset[3][2] == 3  # plain integer keys still work (no seeding)

@@ -23,7 +23,7 @@ from reid_srdl.data.classification import (
     load_imagenet,
     load_tiny_imagenet,
 )
-from reid_srdl.data.indexed import ImageFileDataset, IndexedDataset
+from reid_srdl.data.indexed import ImageFileDataset, IndexedDataset, SeededSampler
 from reid_srdl.data.market1501 import read_market1501
 from reid_srdl.data.synthetic import ensure_synthetic_market
 from reid_srdl.data.transforms import classification_transforms, reid_test_transform, reid_train_transform
@@ -67,19 +67,22 @@ def default_root(name: str) -> str:
     return _DEFAULT_ROOTS.get(name, "datasets")
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False) -> DataLoader:
-    # Training: shuffled from torch's global RNG (no generator of our own), which the trainer
-    # reseeds every epoch so the order and the worker seeds are reproducible across resume.
+def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False, seed: int = 0) -> DataLoader:
+    # Training: order and per-sample augmentation seeds from (seed, epoch) only (SeededSampler
+    # over a one-replica DistributedSampler: the same permutation a 1-process torchrun run
+    # uses), so they are reproducible across resume and independent of the workers -- which
+    # can therefore stay alive between epochs.
     # drop_last only when it loses less than half the data: tiny sets must still give batches.
     drop_last = train and len(dataset) >= 2 * batch_size
+    shuffle = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=False)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        sampler=SeededSampler(shuffle, seed) if train else None,
         drop_last=drop_last,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        persistent_workers=train and workers > 0,
     )
 
 
@@ -106,11 +109,12 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
     return DataLoader(
         dataset,
         batch_size=per_process,
-        sampler=sampler,
+        # Sample i is augmented alike whichever rank loads it (seeds from seed, epoch, i).
+        sampler=SeededSampler(sampler, seed),
         drop_last=drop_last,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
-        persistent_workers=False,
+        persistent_workers=loader.num_workers > 0,
     )
 
 
@@ -125,7 +129,7 @@ def _reid_split(samples: Sequence[Tuple[str, int, int]], transform, batch_size: 
 
 
 def build_reid_data(root: str, synthetic: bool, synthetic_ids: int, synthetic_seed: int, height: int,
-                    width: int, batch_size: int, test_batch_size: int, workers: int) -> DataBundle:
+                    width: int, batch_size: int, test_batch_size: int, workers: int, seed: int = 0) -> DataBundle:
     """Market-1501 (real, or synthetic written under `root` when `synthetic` and absent)."""
     if synthetic:
         ensure_synthetic_market(root, num_ids=synthetic_ids, seed=synthetic_seed)
@@ -151,7 +155,7 @@ def build_reid_data(root: str, synthetic: bool, synthetic_ids: int, synthetic_se
         num_classes=lists.num_train_pids,
         in_channels=3,
         num_train=len(train),
-        train_loader=_loader(train, batch_size, workers, train=True),
+        train_loader=_loader(train, batch_size, workers, train=True, seed=seed),
         train_eval_loader=_loader(train_eval, test_batch_size, workers),
         query=_reid_split(lists.query, test_tf, test_batch_size, workers),
         gallery=_reid_split(lists.gallery, test_tf, test_batch_size, workers),
@@ -187,7 +191,7 @@ def build_classification_data(name: str, root: str, batch_size: int, test_batch_
         num_classes=data.num_classes,
         in_channels=data.in_channels,
         num_train=len(train),
-        train_loader=_loader(train, batch_size, workers, train=True),
+        train_loader=_loader(train, batch_size, workers, train=True, seed=seed),
         train_eval_loader=_loader(IndexedDataset(train_eval_base), test_batch_size, workers),
         test_loader=_loader(IndexedDataset(data.test), test_batch_size, workers),
     )
@@ -201,7 +205,8 @@ def _with_transform(dataset: Dataset, transform) -> Dataset:
 
 
 def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
-    """Translate the ``data`` config section into loaders; `seed` fixes ``train_subset``."""
+    """Translate the ``data`` config section into loaders; `seed` (the run's) fixes
+    ``train_subset`` and, with the epoch, the training order and augmentations."""
     name = cfg.name
     if name not in REID_DATASETS and name not in _CLASSIFICATION_LOADERS:
         raise ConfigError(
@@ -223,6 +228,6 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
         if cfg.height < 1 or cfg.width < 1:
             raise ConfigError(f"data.height and data.width must be >= 1, got {cfg.height}x{cfg.width}")
         return build_reid_data(root, cfg.synthetic, cfg.synthetic_ids, cfg.synthetic_seed, cfg.height,
-                               cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers)
+                               cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers, seed)
     return build_classification_data(name, root, cfg.batch_size, cfg.test_batch_size, cfg.workers,
                                      cfg.train_subset, seed)

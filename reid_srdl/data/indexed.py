@@ -4,11 +4,20 @@ SRDL (and any method with per-sample targets) looks up a logit bank by sample in
 the loaders yield ``(image, label, index)``; :class:`IndexedDataset` appends the index to
 whatever a dataset yields.  The image decoding every file-based dataset here shares lives in
 :func:`read_rgb_image`, so that a corrupt file is reported by name wherever it is met.
-"""
-from typing import Callable, Optional, Sequence, Tuple
 
+Training augmentation is seeded per sample (:class:`SeededSampler`): sample ``i`` of an
+epoch is augmented from a seed made of the run's seed, the epoch and ``i``, in whichever
+process decodes it.  So the augmentation does not depend on the number of DataLoader workers, on
+which worker got the sample, or on whether the workers were started this epoch or kept
+alive from the previous one (persistent workers: no start-up cost per epoch), and a
+resumed run replays exactly the augmentations an uninterrupted one would have.
+"""
+import contextlib
+from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from reid_srdl.errors import ReidSrdlError
 
@@ -57,11 +66,63 @@ class ImageFileDataset(Dataset):
         return (image, *targets)
 
 
+class SeededSampler(Sampler):
+    """The training order and augmentation seeds of an epoch, from ``(seed, epoch)`` alone.
+
+    Yields ``(index, epoch_seed)`` for each index ``base`` gives (a ``DistributedSampler``:
+    with one replica, a seeded shuffle of the whole set; under torchrun, this rank's share of
+    the same permutation).  Nothing is drawn from torch's global RNG, so the order does not
+    depend on what else used it (the DataLoader draws its worker seed from it once per
+    iterator, which persistent workers make once per run instead of once per epoch).
+    ``set_epoch`` selects the epoch; a loop that never calls it gets the next epoch on each
+    pass.
+    """
+
+    def __init__(self, base: Sampler, seed: int):
+        self.base, self.seed, self.epoch = base, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        self.base.set_epoch(epoch)
+        epoch_seed = (self.seed * 1_000_003 + 7919 * (epoch + 1)) % (2**62)
+        for index in self.base:
+            yield int(index), epoch_seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
+def sample_seed(epoch_seed: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in the epoch seeded ``epoch_seed``."""
+    return (epoch_seed * 1_000_003 + index) % (2**63 - 1)
+
+
+@contextlib.contextmanager
+def seeded_augmentation(seed: int):
+    """torch's global RNG (the one torchvision's random transforms draw from) seeded with
+    ``seed``.  In a DataLoader worker the RNG is the worker's own; in the main process
+    (workers=0) its state is put back afterwards, so the training loop's RNG stream does
+    not depend on how the data was loaded."""
+    in_main_process = get_worker_info() is None
+    saved = torch.get_rng_state() if in_main_process else None
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            torch.set_rng_state(saved)
+
+
 class IndexedDataset(Dataset):
     """Wraps a dataset yielding tuples; yields the same tuple with the sample index appended.
 
     ``(image, label)`` -> ``(image, label, index)``, where ``index`` is the position in this
     wrapper (so a subset wrapped here is numbered 0..len-1, matching a per-sample bank).
+    A key ``(index, epoch_seed)`` (from :class:`SeededSampler`) decodes the sample with its
+    augmentation seeded by :func:`sample_seed`.
     """
 
     def __init__(self, dataset: Dataset):
@@ -70,7 +131,14 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, epoch_seed = key
+            with seeded_augmentation(sample_seed(epoch_seed, index)):
+                return self._item(index)
+        return self._item(key)
+
+    def _item(self, index: int):
         if not 0 <= index < len(self.dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.dataset)}")
         item = self.dataset[index]

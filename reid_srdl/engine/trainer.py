@@ -251,7 +251,7 @@ class Trainer:
         sums: Dict[str, float] = {}
         start = time.time()
         loader = self.data.train_loader
-        if hasattr(loader.sampler, "set_epoch"):  # DistributedSampler: a new permutation per epoch
+        if hasattr(loader.sampler, "set_epoch"):  # order and augmentation seeds of this epoch
             loader.sampler.set_epoch(epoch)
         total = len(loader) if cfg.train.max_batches <= 0 else min(len(loader), cfg.train.max_batches)
         bar = tqdm(loader, total=total, desc=f"stage {stage + 1} epoch {epoch + 1}/{cfg.train.epochs}",
