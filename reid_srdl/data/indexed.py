@@ -106,14 +106,16 @@ def seeded_augmentation(seed: int):
     ``seed``.  In a DataLoader worker the RNG is the worker's own; in the main process
     (workers=0) its state is put back afterwards, so the training loop's RNG stream does
     not depend on how the data was loaded."""
-    in_main_process = get_worker_info() is None
-    saved = torch.get_rng_state() if in_main_process else None
-    torch.manual_seed(seed)
+    # The CPU generator only: torch.manual_seed would also seed every accelerator backend,
+    # ~190 us per call here against ~3 us (a tenth of a 1000-image Fashion-MNIST epoch).
+    generator = torch.default_generator
+    saved = generator.get_state() if get_worker_info() is None else None
+    generator.manual_seed(seed)
     try:
         yield
     finally:
         if saved is not None:
-            torch.set_rng_state(saved)
+            generator.set_state(saved)
 
 
 class IndexedDataset(Dataset):
