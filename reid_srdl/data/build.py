@@ -74,11 +74,14 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False
     # can therefore stay alive between epochs.
     # drop_last only when it loses less than half the data: tiny sets must still give batches.
     drop_last = train and len(dataset) >= 2 * batch_size
-    shuffle = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=False)
+    sampler = None
+    if train:
+        shuffle = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=False)
+        sampler = SeededSampler(shuffle, seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=SeededSampler(shuffle, seed) if train else None,
+        sampler=sampler,
         drop_last=drop_last,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
