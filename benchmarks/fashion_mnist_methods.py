@@ -6,9 +6,11 @@ same fixed training subset, with the same SGD settings; the table gives test top
 mean +- std over seeds, wall time and training FLOPs.  For SRDL it also reports the
 stage-1 network's own test accuracy and how much the training loss still moved in the
 last quarter of each stage, to show whether each half of the budget converged on its own
-(the premise of SRDL).
+(the premise of SRDL).  The defaults are the regime where that premise holds: ResNet-8,
+1,000 training images, 240 epochs (vanilla: 84.4 / 86.0 % after 120 epochs, 84.5 / 86.0 %
+after 240, seeds 0 / 1 of a probe), KD's teacher = the vanilla network of the same seed.
 
-    python benchmarks/fashion_mnist_methods.py                       # the documented run
+    python benchmarks/fashion_mnist_methods.py                       # the documented run (~1.5 h)
     python benchmarks/fashion_mnist_methods.py --variants vanilla srdl --seeds 0 1 2
 
 Runs are cached: a variant/seed whose run directory has metrics.json is not trained
@@ -222,8 +224,8 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fashion_mnist"))
-    p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_fashion_mnist.md"))
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fashion_mnist_converged"))
+    p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_fashion_mnist_converged.md"))
     args = p.parse_args()
 
     os.makedirs(args.out, exist_ok=True)
@@ -250,7 +252,8 @@ def write_table(args, rows, elapsed):
     cmd = "python benchmarks/fashion_mnist_methods.py " + " ".join(
         [f"--variants {' '.join(args.variants)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs}",
          f"--subset {args.subset}", f"--model {args.model}", f"--teacher-model {args.teacher_model}",
-         f"--batch-size {args.batch_size}", f"--jobs {args.jobs}", f"--threads {args.threads}", f"--out {os.path.relpath(args.out, REPO)}"]
+         f"--batch-size {args.batch_size}", f"--jobs {args.jobs}", f"--threads {args.threads}",
+         f"--out {os.path.relpath(args.out, REPO)}", f"--table {os.path.relpath(args.table, REPO)}"]
     )
     lines = [
         "# Fashion-MNIST: self-distillation methods side by side",
