@@ -78,6 +78,7 @@ def run(overrides, run_dir, log, env=None):
     """Train one configuration in its own process (fresh memory, exact command logged; the
     run's own output goes to ``train.log`` inside its folder)."""
     if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+        check_cached(run_dir, overrides)
         return
     cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), *overrides]
     if os.path.isfile(os.path.join(run_dir, "last.pt")):
@@ -90,6 +91,22 @@ def run(overrides, run_dir, log, env=None):
         result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     if result.returncode != 0:
         raise SystemExit(f"run failed (exit {result.returncode}): see {os.path.join(run_dir, 'train.log')}")
+
+
+def check_cached(run_dir, overrides):
+    """A finished run is reused only if it was trained with exactly these settings."""
+    from reid_srdl.config import load_config, to_dict
+
+    stored = to_dict(load_config(os.path.join(run_dir, "config.yaml")))
+    wanted = to_dict(load_config(None, overrides))
+    differ = [
+        f"{section}.{key}: {stored[section][key]!r} there, {value!r} asked"
+        for section, values in wanted.items() if isinstance(values, dict)
+        for key, value in values.items() if stored.get(section, {}).get(key) != value
+    ]
+    if differ:
+        raise SystemExit(f"{run_dir} holds a finished run with other settings ({'; '.join(differ[:4])}); "
+                         "give another --out or remove it")
 
 
 def stage1_accuracy(run_dir, args):
