@@ -33,9 +33,14 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     consecutive stages of equal resolution, and odd sizes do not halve exactly.
     """
     size = tuple(int(s) for s in size)
-    if tuple(x.shape[-2:]) == size:
+    (h, w), (th, tw) = x.shape[-2:], size
+    if (h, w) == size:
         return x
-    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+    if h >= th and w >= tw:
+        if h % th == 0 and w % tw == 0:
+            # Whole ratios (the usual halving): the same windows as adaptive pooling, through
+            # the plain kernel, several times faster on CPU.
+            return F.max_pool2d(x, (h // th, w // tw))
         return F.adaptive_max_pool2d(x, size)
     return F.interpolate(x, size=size, mode="nearest")
 
