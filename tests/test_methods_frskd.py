@@ -71,6 +71,13 @@ def test_resize_shrinks_by_max_pooling_grows_by_nearest_and_keeps_equal_sizes():
     # Not halving: 7x7 -> 3x3 and 3x3 -> 7x7 (odd sizes, as in CIFAR nets on 28x28).
     assert resize_to(torch.randn(1, 2, 7, 7), (3, 3)).shape == (1, 2, 3, 3)
     assert resize_to(torch.randn(1, 2, 3, 3), (7, 7)).shape == (1, 2, 7, 7)
+    # 7x7 -> 3x3 uses adaptive windows: rows/cols {0-2, 2-4, 4-6}; the max of the first.
+    odd = torch.arange(49.0).reshape(1, 1, 7, 7)
+    assert resize_to(odd, (3, 3))[0, 0].tolist() == [[16, 18, 20], [30, 32, 34], [44, 46, 48]]
+    # Whole ratios in each direction separately (8x6 -> 4x3: 2x2 blocks; 8x6 -> 2x6: 4x1).
+    wide = torch.arange(48.0).reshape(1, 1, 8, 6)
+    assert resize_to(wide, (4, 3))[0, 0, 0].tolist() == [7.0, 9.0, 11.0]
+    assert resize_to(wide, (2, 6))[0, 0, 1].tolist() == [42.0, 43.0, 44.0, 45.0, 46.0, 47.0]
 
 
 def test_self_teacher_wiring_matches_a_hand_written_bifpn():
