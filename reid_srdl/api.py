@@ -80,6 +80,14 @@ def _embedding_options(**options) -> dict:
     return {**_EMBEDDING_DEFAULTS, **options}
 
 
+def _ids_of_images(n: int, pids, camids):
+    """pids and camids of ``n`` image paths (UNKNOWN where not given), checked before any
+    image is embedded."""
+    pids = np.full(n, UNKNOWN) if pids is None else check_ids(pids, n, f"pids (one per image path, {n} paths)")
+    camids = np.full(n, UNKNOWN) if camids is None else check_ids(camids, n, f"camids (one per image path, {n} paths)")
+    return pids, camids
+
+
 def _is_path_list(queries) -> bool:
     return (
         isinstance(queries, (list, tuple))
@@ -160,8 +168,7 @@ class ReIDSearcher:
             **{k: v for k, v in sizes.items() if v is not None},
         )
         paths = [os.fspath(p) for p in paths]
-        pids = np.full(len(paths), UNKNOWN) if pids is None else check_ids(pids, len(paths), "pids")
-        camids = np.full(len(paths), UNKNOWN) if camids is None else check_ids(camids, len(paths), "camids")
+        pids, camids = _ids_of_images(len(paths), pids, camids)
         feats, kept = searcher._embed(paths, skip_unreadable)
         searcher._start_empty(feats.shape[1], keep_paths=True)
         searcher.add(feats, pids[kept], camids[kept], [paths[i] for i in kept])
@@ -218,8 +225,7 @@ class ReIDSearcher:
         """Embed images with the searcher's model and append them (``skip_unreadable``: as
         in :meth:`from_images`)."""
         paths = [os.fspath(p) for p in paths]
-        pids = np.full(len(paths), UNKNOWN) if pids is None else check_ids(pids, len(paths), "pids to add")
-        camids = np.full(len(paths), UNKNOWN) if camids is None else check_ids(camids, len(paths), "camids to add")
+        pids, camids = _ids_of_images(len(paths), pids, camids)
         feats, kept = self._embed(paths, skip_unreadable)
         self.add(feats, pids[kept], camids[kept], [paths[i] for i in kept] if self._paths is not None else None)
 
