@@ -131,6 +131,29 @@ def srdl_overhead(args, root):
     return out
 
 
+def save_merged(path, results):
+    """Write ``results`` over the file's previous ones: models not measured this time and a
+    skipped SRDL overhead keep their earlier figures (marked with when they were taken)."""
+    previous = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = json.load(f)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    for entry in results["throughput"]:
+        entry["measured"] = stamp
+    measured = {r["model"] for r in results["throughput"]}
+    merged = dict(results)
+    merged["throughput"] = results["throughput"] + [r for r in previous.get("throughput", []) if r["model"] not in measured]
+    if results["srdl_overhead"] is None:
+        merged["srdl_overhead"] = previous.get("srdl_overhead")
+    elif results["srdl_overhead"] is not None:
+        results["srdl_overhead"]["measured"] = stamp
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(merged, f, indent=2)
+    os.replace(tmp, path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["small_reid", "resnet50"], choices=list(SIZES))
@@ -138,7 +161,7 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ids", type=int, default=40, help="synthetic identities (half are training ids)")
-    p.add_argument("--overhead-epochs", type=int, default=30, help="epochs of each run (the demo's 30)")
+    p.add_argument("--overhead-epochs", type=int, default=30, help="epochs of each run (the demo's 30; 0 skips it)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_market"))
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "train_speed.json"))
     args = p.parse_args()
@@ -148,15 +171,16 @@ def main():
     results = {"throughput": [], "srdl_overhead": None}
     for model in args.models:
         results["throughput"].append(throughput(args, args.root, model))
-    results["srdl_overhead"] = srdl_overhead(args, args.root)
+    if args.overhead_epochs > 0:
+        results["srdl_overhead"] = srdl_overhead(args, args.root)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(results, f, indent=2)
+    save_merged(args.json, results)
     print("\n| model | input | batch | reid_srdl img/s | torchreid img/s | ratio |\n|---|---|---|---|---|---|")
     for r in results["throughput"]:
         print(f"| {r['model']} | {r['height']}x{r['width']} | {r['batch']} | {r['reid_srdl_img_s']:.1f} | {r['torchreid_img_s']:.1f} | {r['ratio']:.2f}x |")
     o = results["srdl_overhead"]
-    print(f"\nSRDL vs vanilla, {o['epochs']} epochs of small_reid: {o['srdl']:.1f}s vs {o['vanilla']:.1f}s = {o['ratio']:.3f}x")
+    if o is not None:
+        print(f"\nSRDL vs vanilla, {o['epochs']} epochs of small_reid: {o['srdl']:.1f}s vs {o['vanilla']:.1f}s = {o['ratio']:.3f}x")
 
 
 if __name__ == "__main__":
