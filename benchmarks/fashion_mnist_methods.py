@@ -97,12 +97,17 @@ def check_cached(run_dir, overrides):
     """A finished run is reused only if it was trained with exactly these settings."""
     from reid_srdl.config import load_config, to_dict
 
-    stored = to_dict(load_config(os.path.join(run_dir, "config.yaml")))
-    wanted = to_dict(load_config(None, overrides))
+    def relative(cfg):  # paths inside the repository may be spelled relative or absolute
+        return json.loads(json.dumps(to_dict(cfg)).replace(REPO + os.sep, ""))
+
+    stored = relative(load_config(os.path.join(run_dir, "config.yaml")))
+    wanted = relative(load_config(None, overrides))
     differ = [
         f"{section}.{key}: {stored[section][key]!r} there, {value!r} asked"
         for section, values in wanted.items() if isinstance(values, dict)
-        for key, value in values.items() if stored.get(section, {}).get(key) != value
+        for key, value in values.items()
+        # where the run lives may be spelled differently (relative / absolute path)
+        if (section, key) not in (("train", "output_dir"), ("train", "run_name")) and stored.get(section, {}).get(key) != value
     ]
     if differ:
         raise SystemExit(f"{run_dir} holds a finished run with other settings ({'; '.join(differ[:4])}); "
