@@ -60,6 +60,10 @@ class SRDLConfig:
     restart: bool = True
     # Also evaluate the ensemble of the stage-1 and stage-2 models.
     ensemble: bool = True
+    # Stage-2 targets: clean = the paper's stored logits of the test-transform images;
+    # augmented = ablation, not the paper's method: the frozen stage-1 network on the
+    # student's own augmented batch (one extra forward per step).
+    teacher_view: str = "clean"
 
 
 @dataclass(frozen=True)
@@ -86,19 +90,32 @@ class ONEConfig:
 
 @dataclass(frozen=True)
 class BYOTConfig:
+    # Defaults: the official code (pytorch-self-distillation-final, train.py); docs/methods.md.
     temperature: float = 3.0
     # Weight of the KL to the deepest exit in each shallow exit's loss; (1 - alpha) on its CE.
     alpha: float = 0.3
-    # Weight of the feature hint (squared L2, summed over dimensions, batch mean).
+    # Weight of the feature hint.
     hint_weight: float = 0.03
+    # Multiply the KL by T^2 (third-party re-implementations); the official code does not.
+    kd_t_squared: bool = False
+    # official: unsquared whole-batch L2 of FC-adapted exit features (the official code);
+    # squared: the conference paper's per-sample squared L2, no adaptation layer.
+    hint: str = "official"
 
 
 @dataclass(frozen=True)
 class FRSKDConfig:
+    # Defaults: the official code (MingiJi/FRSKD, main.py and README's CIFAR-100 command).
     temperature: float = 4.0
     alpha: float = 2.0
     beta: float = 100.0
-    # Channels of the self-teacher's BiFPN layers.
+    # bifpnc: the official default self-teacher (each level width_multiplier x its stage's
+    # channels, `depth` separable convs per node); uniform: a lighter variant of our own
+    # (every level `width` channels, one separable conv per node).
+    bifpn: str = "bifpnc"
+    width_multiplier: int = 2
+    depth: int = 2
+    # Channels of every level of the uniform variant.
     width: int = 64
 
 
@@ -358,10 +375,14 @@ def validate(cfg: Config) -> None:
         v = getattr(getattr(cfg, section), key)
         if v not in choices:
             raise ConfigError(f"{section}.{key}='{v}' is not one of: {', '.join(choices)}")
-    if cfg.method.srdl.schedule not in ("complete", "incomplete"):
-        raise ConfigError(
-            f"method.srdl.schedule='{cfg.method.srdl.schedule}' is not one of: complete, incomplete"
-        )
+    for key, value, choices in (
+        ("method.srdl.schedule", cfg.method.srdl.schedule, ("complete", "incomplete")),
+        ("method.srdl.teacher_view", cfg.method.srdl.teacher_view, ("clean", "augmented")),
+        ("method.byot.hint", cfg.method.byot.hint, ("official", "squared")),
+        ("method.frskd.bifpn", cfg.method.frskd.bifpn, ("bifpnc", "uniform")),
+    ):
+        if value not in choices:
+            raise ConfigError(f"{key}='{value}' is not one of: {', '.join(choices)}")
     if cfg.train.epochs < 1:
         raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
     if cfg.method.name == "srdl" and cfg.train.epochs < 2:

@@ -92,5 +92,7 @@ def test_every_shipped_config_loads(name):
     if name.startswith(os.path.join("configs", "market1501")) and "base" not in name:
         assert (cfg.data.height, cfg.data.width, cfg.data.batch_size, cfg.train.epochs) == (256, 128, 32, 120)
         assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (0.1, 0.9, True, 2e-4)
-    if name.startswith(os.path.join("configs", "cifar100")):
+    if name.startswith((os.path.join("configs", "cifar100"), os.path.join("configs", "cifar10") + os.sep)):
         assert cfg.data.batch_size == 128
+        # The SRDL paper, Sec. 4.1: 200 epochs for ResNets and WRNs, 300 for DenseNet.
+        assert cfg.train.epochs == (300 if cfg.model.name.startswith("densenet") else 200), name

@@ -63,7 +63,7 @@ def _worker(rank, world, port, root, out, result):
         for epoch in range(cfg.train.epochs):
             records.append(trainer.train_epoch(epoch))
         model = trainer.method.trainable
-        logits = sharded_logits(model, trainer.data.train_eval_loader, torch.device("cpu"), progress=False)
+        logits, _labels = sharded_logits(model, trainer.data.train_eval_loader, torch.device("cpu"), progress=False)
         feats = ddp.sharded_feature_extractor()(model, trainer.data.gallery.loader, "cpu", progress=False)
         torch.save({"initial": initial, "state": model.state_dict(), "records": records, "logits": logits,
                     "feats": feats, "per_process_batch": trainer.data.train_loader.batch_size},

@@ -68,6 +68,7 @@ def test_srdl_stage2_loss_equals_hand_computation():
     m = SRDL(factory, total_epochs=2, temperature=3.0)
     data = TinyIndexed()
     m.bank = torch.randn(len(data), NUM_CLASSES) * 3
+    m.stage = 1  # in stage 2, with this bank
     idx = torch.tensor([5, 0, 7, 2])
     images = data.x[idx]
     labels = data.y[idx]
@@ -120,7 +121,8 @@ def test_logit_bank_equals_direct_eval_forward_and_stage2_restarts(tmp_path):
     # ...and not the trained stage-1 weights.
     conv = "stem.0.weight" if "stem.0.weight" in expected else next(iter(expected))
     assert not torch.equal(m.trainable.state_dict()[conv], stage1.state_dict()[conv])
-    assert m.stage == 1 and m.extra_state() == {"stage": 1}
+    assert m.stage == 1 and m.extra_state() == {"stage": 1, "bank_stats": m.bank_stats}
+    assert set(m.bank_stats) == {"bank_train_acc", "bank_entropy", "bank_entropy_max"}
     assert os.path.isfile(tmp_path / "stage1.pt")
 
 

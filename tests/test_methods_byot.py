@@ -84,34 +84,94 @@ def test_hint_is_summed_over_dimensions_and_averaged_over_the_batch():
     assert hint_loss(f, t).item() == pytest.approx(17 / 2)
 
 
-@pytest.mark.parametrize("name", NETS)
-def test_every_loss_term_matches_a_hand_computation(name):
-    torch.manual_seed(0)
-    alpha, lam, T = 0.4, 0.05, 2.0
-    m = BYOT(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, hint_weight=lam)
-    spread_classifiers(m.trainable)
-    m.train()
-    x, y, idx = batch(name)
-    out = m(x, y, idx)
+def official_soft_ce(student, teacher, T):
+    """The official train.py's CrossEntropy: -sum_c softmax(t/T) log_softmax(s/T), batch mean."""
+    ps = torch.exp(student.double() / T)
+    ps = ps / ps.sum(dim=1, keepdim=True)
+    pt = torch.exp(teacher.double() / T)
+    pt = pt / pt.sum(dim=1, keepdim=True)
+    return -(pt * ps.log()).sum(dim=1).mean().item()
+
+
+def entropy_at(teacher, T):
+    pt = torch.exp(teacher.double() / T)
+    pt = pt / pt.sum(dim=1, keepdim=True)
+    return -(pt * pt.log()).sum(dim=1).mean().item()
+
+
+def _forward_by_hand(m, x):
     with torch.no_grad():
         maps = m.trainable.net.stage_maps(x)
         deep = m.trainable.net.head(maps[-1])[0]
         deep_feats = maps[-1].double().mean(dim=(2, 3))
         exits = [side(stage_map) for side, stage_map in zip(m.trainable.exits, maps[:-1])]
+    return deep, deep_feats, exits
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_default_loss_is_the_official_formula(name):
+    """train.py (final version): CE(deep) + sum_i [0.7 CE(z_i) + 0.3 softCE_T(z_i, deep)] +
+    0.03 sum_{index != 1} torch.dist(FC(f_i), f_deep) -- no T^2, unsquared whole-batch hint on
+    FC-adapted features, the exit of the second-to-last stage without hint."""
+    torch.manual_seed(0)
+    alpha, lam, T = 0.3, 0.03, 3.0
+    m = BYOT(NETS[name][0], total_epochs=2)  # the defaults are the official ones
+    spread_classifiers(m.trainable)
+    m.train()
+    x, y, idx = batch(name)
+    out = m(x, y, idx)
+    deep, deep_feats, exits = _forward_by_hand(m, x)
+    # The official output order is deep to shallow ([out4, out3, out2, out1]) and the hint
+    # loop skips index 1 (out3): here, shallow to deep, every exit but the last one.
+    hinted = list(range(len(exits) - 1))
+    assert m.trainable.hinted == hinted
     ce = hand_ce(deep, y)
     exit_ce = sum(hand_ce(z, y) for z, _ in exits)
-    kd = sum(hand_kl(z, deep, T) for z, _ in exits)
-    hint = sum(((f.double() - deep_feats) ** 2).sum().item() / len(y) for _, f in exits)
+    # The official soft cross-entropy minus the teacher's entropy is the logged KL (same
+    # gradient: the teacher is detached).
+    soft_ce = sum(official_soft_ce(z, deep, T) for z, _ in exits)
+    kd = soft_ce - len(exits) * entropy_at(deep, T)
+    hint = 0.0
+    for slot, i in enumerate(hinted):
+        fc = m.trainable.adaptation[slot]
+        adapted = exits[i][1].double() @ fc.weight.double().t() + fc.bias.double()
+        hint += ((adapted - deep_feats) ** 2).sum().sqrt().item()  # torch.dist: L2 of the whole batch
     assert kd > 1e-3 and hint > 1e-3
     assert out["ce"].item() == pytest.approx(ce, rel=1e-5)
     assert out["exit_ce"].item() == pytest.approx(exit_ce, rel=1e-5)
+    assert out["kd"].item() == pytest.approx(kd, rel=1e-4, abs=1e-6)
+    assert out["hint"].item() == pytest.approx(hint, rel=1e-4)
+    expected = ce + (1 - alpha) * exit_ce + alpha * kd + lam * hint
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+    # Up to the teacher's entropy (a constant), it is the official loss.
+    official = ce + (1 - alpha) * exit_ce + alpha * soft_ce + lam * hint
+    assert out["loss"].item() + alpha * len(exits) * entropy_at(deep, T) == pytest.approx(official, rel=1e-5)
+    for i, (z, _) in enumerate(exits, start=1):
+        assert out[f"acc_exit{i}"].item() == pytest.approx((z.argmax(1) == y).float().mean().item())
+    assert torch.allclose(out["logits"], deep, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_t_squared_and_the_squared_hint_are_options(name):
+    torch.manual_seed(0)
+    alpha, lam, T = 0.4, 0.05, 2.0
+    m = BYOT(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, hint_weight=lam, kd_t_squared=True,
+             hint="squared")
+    assert m.trainable.adaptation is None and m.trainable.hinted == list(range(len(m.trainable.exits)))
+    spread_classifiers(m.trainable)
+    m.train()
+    x, y, idx = batch(name)
+    out = m(x, y, idx)
+    deep, deep_feats, exits = _forward_by_hand(m, x)
+    ce = hand_ce(deep, y)
+    exit_ce = sum(hand_ce(z, y) for z, _ in exits)
+    kd = sum(hand_kl(z, deep, T) for z, _ in exits)  # hand_kl carries T^2
+    hint = sum(((f.double() - deep_feats) ** 2).sum().item() / len(y) for _, f in exits)
+    assert kd > 1e-3 and hint > 1e-3
     assert out["kd"].item() == pytest.approx(kd, rel=1e-4)
     assert out["hint"].item() == pytest.approx(hint, rel=1e-4)
     expected = ce + (1 - alpha) * exit_ce + alpha * kd + lam * hint
     assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
-    for i, (z, _) in enumerate(exits, start=1):
-        assert out[f"acc_exit{i}"].item() == pytest.approx((z.argmax(1) == y).float().mean().item())
-    assert torch.allclose(out["logits"], deep, atol=1e-6)
 
 
 def test_deepest_exit_is_a_target_only_in_the_distillation_terms():
@@ -139,7 +199,7 @@ def test_gradients_reach_every_trainable_parameter(name):
     m(x, y, idx)["loss"].backward()
     missing = [n for n, p in m.trainable.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert missing == []
-    assert {n.split(".")[0] for n, _ in m.trainable.named_parameters()} == {"net", "exits"}
+    assert {n.split(".")[0] for n, _ in m.trainable.named_parameters()} == {"net", "exits", "adaptation"}
 
 
 # ----------------------------------------------------------------------------- deploy
@@ -188,11 +248,14 @@ def test_a_few_sgd_steps_lower_the_loss(name):
 
 # ----------------------------------------------------------------------------- config, errors
 def test_built_from_its_config_section():
-    cfg = load_config(None, ["method.name=byot", "method.byot.alpha=0.5", "method.byot.hint_weight=0.1", "method.byot.temperature=4"])
+    cfg = load_config(None, ["method.name=byot", "method.byot.alpha=0.5", "method.byot.hint_weight=0.1",
+                             "method.byot.temperature=4", "method.byot.kd_t_squared=true", "method.byot.hint=squared"])
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, BYOT)
-    assert (m.alpha, m.hint_weight, m.temperature) == (0.5, 0.1, 4.0)
-    assert BYOTConfig() == BYOTConfig(temperature=3.0, alpha=0.3, hint_weight=0.03)
+    assert (m.alpha, m.hint_weight, m.temperature, m.kd_t_squared, m.hint) == (0.5, 0.1, 4.0, True, "squared")
+    # The defaults are the official code's: T=3, alpha=0.3, lambda=0.03, no T^2, FC-adapted hint.
+    assert BYOTConfig() == BYOTConfig(temperature=3.0, alpha=0.3, hint_weight=0.03, kd_t_squared=False,
+                                      hint="official")
 
 
 @pytest.mark.parametrize(

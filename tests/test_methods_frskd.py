@@ -13,7 +13,7 @@ from reid_srdl.config import ConfigError, FRSKDConfig, load_config
 from reid_srdl.engine.checkpoint import load_model_file, save_model_file
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
-from reid_srdl.methods.frskd import FRSKD, FusionNode, resize_to
+from reid_srdl.methods.frskd import FRSKD, BiFPNcTeacher, FusionNode, resize_to, same_max_pool
 from reid_srdl.methods.vanilla import Vanilla
 from reid_srdl.models import Net, build_model
 
@@ -80,10 +80,10 @@ def test_resize_shrinks_by_max_pooling_grows_by_nearest_and_keeps_equal_sizes():
     assert resize_to(wide, (2, 6))[0, 0, 1].tolist() == [42.0, 43.0, 44.0, 45.0, 46.0, 47.0]
 
 
-def test_self_teacher_wiring_matches_a_hand_written_bifpn():
+def test_uniform_self_teacher_wiring_matches_a_hand_written_bifpn():
     """Top-down then bottom-up over resnet8's 28/14/7 maps, written out level by level."""
     torch.manual_seed(0)
-    m = FRSKD(NETS["resnet8"][0], total_epochs=2, width=WIDTH).eval()
+    m = FRSKD(NETS["resnet8"][0], total_epochs=2, bifpn="uniform", width=WIDTH).eval()
     spread_classifiers(m.trainable)
     t = m.trainable.teacher
     with torch.no_grad():  # distinct fusion weights, so that swapped inputs would show
@@ -108,11 +108,100 @@ def test_self_teacher_wiring_matches_a_hand_written_bifpn():
     assert [r.shape[1:] for r in refined] == [(WIDTH, 28, 28), (WIDTH, 14, 14), (WIDTH, 7, 7)]
 
 
+# ----------------------------------------------------------------------------- BiFPNc (official default)
+def test_same_padded_max_pool_matches_the_official_padding_by_hand():
+    # h = 28: out 14, padding (14 - 1) * 2 + 3 - 28 = 1 -> 0 before, 1 after; windows rows {0-2, 2-4, ...}.
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    # 4x4 -> 2x2: padding (2-1)*2+3-4 = 1 (0 before, 1 after): windows {0,1,2} and {2,3,pad}.
+    assert same_max_pool(x)[0, 0].tolist() == [[10.0, 11.0], [14.0, 15.0]]
+    odd = torch.arange(25.0).reshape(1, 1, 5, 5)
+    # 5x5 -> 3x3: padding (3-1)*2+3-5 = 2 (1 before, 1 after): windows {pad,0,1}, {1,2,3}, {3,4,pad}.
+    assert same_max_pool(odd)[0, 0].tolist() == [[6.0, 8.0, 9.0], [16.0, 18.0, 19.0], [21.0, 23.0, 24.0]]
+    assert same_max_pool(torch.zeros(1, 3, 7, 7)).shape == (1, 3, 4, 4)
+
+
+def _separable(block, v):
+    """The official DepthConvBlock (kernel 3, depth 2) by hand: dw, pw, BN, ReLU, dw, pw, BN."""
+    dw1, pw1, bn1, _relu, dw2, pw2, bn2 = block
+    v = bn1(pw1(F.conv2d(v, dw1.weight, padding=1, groups=dw1.groups)))
+    return bn2(pw2(F.conv2d(F.relu(v), dw2.weight, padding=1, groups=dw2.groups)))
+
+
+def test_bifpnc_wiring_matches_the_official_layer_by_hand():
+    """BiFPN_layer.forward (models/bifpnc.py) over resnet8's 28/14/7 maps, level by level:
+    lateral 1x1s for both paths, up = nearest x2 then 1x1, down = same-padded 3x3/2 max pool
+    then 1x1, weights relu(w)/(sum + 1e-6), ReLU on every fused input and on the outputs."""
+    torch.manual_seed(0)
+    m = FRSKD(NETS["resnet8"][0], total_epochs=2).eval()
+    t = m.trainable.teacher
+    assert isinstance(t, BiFPNcTeacher) and t.widths == [32, 64, 128]
+    with torch.no_grad():  # distinct fusion weights, so that swapped inputs would show
+        for w in list(t.top_down_weight) + list(t.bottom_up_weight):
+            w.uniform_(0.2, 2.0)
+        for mod in t.modules():  # non-trivial BN statistics
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    x, _, _ = batch("resnet8", n=3)
+    relu = F.relu
+
+    def nw(w):
+        w = relu(w)
+        return w / (w.sum() + 1e-6)
+
+    with torch.no_grad():
+        c = m.trainable.net.stage_maps(x)
+        logits, refined = t(c)
+        lat = [t.lateral[i](relu(c[i])) for i in range(3)]
+        trans = [t.lateral_up[i - 1](relu(c[i])) for i in (1, 2)]
+        up = lambda v: F.interpolate(v, scale_factor=2, mode="nearest")  # noqa: E731
+        pool = lambda v: F.max_pool2d(F.pad(v, [0, 1, 0, 1]), 3, 2)  # 28->14, 14->7: pad 1 after  # noqa: E731
+        w = nw(t.top_down_weight[1])
+        td1 = _separable(t.top_down[1], w[0] * relu(lat[1]) + w[1] * t.down_resample[1](up(relu(lat[2]))))
+        w = nw(t.top_down_weight[0])
+        td0 = _separable(t.top_down[0], w[0] * relu(lat[0]) + w[1] * t.down_resample[0](up(relu(td1))))
+        w = nw(t.bottom_up_weight[0])
+        out1 = _separable(t.bottom_up[0], w[0] * relu(trans[0]) + w[1] * relu(td1)
+                          + w[2] * t.up_resample[0](pool(relu(td0))))
+        w = nw(t.bottom_up_weight[1])
+        out2 = _separable(t.bottom_up[1], w[0] * relu(trans[1]) + w[1] * t.up_resample[1](pool(relu(out1))))
+        expected = [relu(td0), relu(out1), relu(out2)]
+        hand_logits = t.head.classifier(expected[-1].mean(dim=(2, 3)))
+    for got, want in zip(refined, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, hand_logits, atol=1e-5, rtol=1e-5)
+    assert [tuple(r.shape[1:]) for r in refined] == [(32, 28, 28), (64, 14, 14), (128, 7, 7)]
+
+
+def test_bifpnc_parameter_count_on_the_official_cifar_resnet18_by_hand():
+    """The official CIFAR ResNet-18 (network_channels 64/128/256/512), CIFAR-100, width 2,
+    depth 2: widths W = 128/256/512/1024.  Counted by hand (conv c_in*c_out, BN 2c, a separable
+    3x3 block of depth 2 = 2 (9W + W^2 + 2W)):
+      lateral 1x1 (all 4 levels):      8,448 + 33,280 + 132,096 + 526,336 = 700,160
+      bottom-up lateral (levels 2-4):  33,280 + 132,096 + 526,336        = 691,712
+      top-down 1x1 after upsampling:   33,024 + 131,584 + 525,312        = 689,920
+      bottom-up 1x1 after pooling:     33,280 + 132,096 + 526,336        = 691,712
+      top-down nodes (W 128/256/512):  35,584 + 136,704 + 535,552        = 707,840
+      bottom-up nodes (256/512/1024):  136,704 + 535,552 + 2,119,680     = 2,791,936
+      fusion weights:                  3 x 2 + 2 x 3 + 2                 = 14
+      classifier 1024 x 100 + 100                                        = 102,500
+    total 6,375,794."""
+    teacher = BiFPNcTeacher([64, 128, 256, 512], width_multiplier=2, depth=2, num_classes=100)
+    assert sum(p.numel() for p in teacher.parameters()) == 6_375_794
+    maps = [torch.randn(2, c, s, s) for c, s in zip((64, 128, 256, 512), (32, 16, 8, 4))]
+    with torch.no_grad():
+        logits, refined = teacher.eval()(maps)
+    assert logits.shape == (2, 100)
+    assert [tuple(r.shape[1:]) for r in refined] == [(128, 32, 32), (256, 16, 16), (512, 8, 8), (1024, 4, 4)]
+
+
+@pytest.mark.parametrize("teacher", [dict(bifpn="uniform", width=WIDTH), dict(bifpn="bifpnc", width_multiplier=1)])
 @pytest.mark.parametrize("arch, options", [("resnet50", dict(last_stride=1)), ("densenet121", {})])
-def test_stages_of_equal_resolution_are_fused_without_assuming_halving(arch, options):
+def test_stages_of_equal_resolution_are_fused_without_assuming_halving(arch, options, teacher):
     # ResNet-50 (last stride 1) and DenseNet-121: the last two stages share a resolution.
     torch.manual_seed(0)
-    m = FRSKD(functools.partial(build_model, arch, NUM_CLASSES, feature_dim=16, **options), total_epochs=2, width=WIDTH).eval()
+    m = FRSKD(functools.partial(build_model, arch, NUM_CLASSES, feature_dim=16, **options), total_epochs=2,
+              **teacher).eval()
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         maps = m.trainable.net.stage_maps(x)
@@ -127,7 +216,7 @@ def test_stages_of_equal_resolution_are_fused_without_assuming_halving(arch, opt
 def test_every_loss_term_matches_a_hand_computation(name):
     torch.manual_seed(0)
     T, alpha, beta = 3.0, 1.5, 50.0
-    m = FRSKD(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, beta=beta, width=WIDTH)
+    m = FRSKD(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, beta=beta)
     spread_classifiers(m.trainable)
     m.train()
     x, y, idx = batch(name)
@@ -152,7 +241,7 @@ def test_every_loss_term_matches_a_hand_computation(name):
 
 def test_teacher_side_is_a_target_only_in_the_distillation_terms():
     torch.manual_seed(0)
-    m = FRSKD(NETS["resnet8"][0], total_epochs=2, width=WIDTH)
+    m = FRSKD(NETS["resnet8"][0], total_epochs=2)
     spread_classifiers(m.trainable)
     x, y, idx = batch("resnet8")
     out = m(x, y, idx)
@@ -164,7 +253,7 @@ def test_teacher_side_is_a_target_only_in_the_distillation_terms():
 def test_teacher_cross_entropy_also_trains_the_backbone():
     # The self-teacher reads the classifier's maps without detaching them ("teaching myself").
     torch.manual_seed(0)
-    m = FRSKD(NETS["resnet8"][0], total_epochs=2, width=WIDTH)
+    m = FRSKD(NETS["resnet8"][0], total_epochs=2)
     x, y, idx = batch("resnet8")
     m(x, y, idx)["ce_teacher"].backward()
     assert m.trainable.net.stem.conv.weight.grad.abs().sum() > 0
@@ -175,7 +264,7 @@ def test_teacher_cross_entropy_also_trains_the_backbone():
 @pytest.mark.parametrize("name", NETS)
 def test_gradients_reach_every_trainable_parameter(name):
     torch.manual_seed(0)
-    m = FRSKD(NETS[name][0], total_epochs=2, width=WIDTH)
+    m = FRSKD(NETS[name][0], total_epochs=2)
     spread_classifiers(m.trainable)
     x, y, idx = batch(name)
     m(x, y, idx)["loss"].backward()
@@ -189,7 +278,7 @@ def test_gradients_reach_every_trainable_parameter(name):
 def test_deployed_net_is_the_plain_classifier(name, tmp_path):
     torch.manual_seed(0)
     factory, _ = NETS[name]
-    m = FRSKD(factory, total_epochs=2, width=WIDTH)
+    m = FRSKD(factory, total_epochs=2)
     plain = factory()
     deployed = m.deploy().eval()
     assert isinstance(deployed, Net)
@@ -211,7 +300,7 @@ def test_deployed_net_is_the_plain_classifier(name, tmp_path):
 @pytest.mark.parametrize("name", NETS)
 def test_a_few_sgd_steps_lower_the_loss(name):
     torch.manual_seed(0)
-    m = FRSKD(NETS[name][0], total_epochs=2, width=WIDTH).train()
+    m = FRSKD(NETS[name][0], total_epochs=2).train()
     opt = torch.optim.SGD(m.trainable.parameters(), lr=0.1)
     x, y, idx = batch(name)
     losses = []
@@ -227,18 +316,27 @@ def test_a_few_sgd_steps_lower_the_loss(name):
 
 # ----------------------------------------------------------------------------- config, errors
 def test_built_from_its_config_section():
-    cfg = load_config(None, ["method.name=frskd", "method.frskd.width=8", "method.frskd.alpha=1", "method.frskd.beta=10"])
+    cfg = load_config(None, ["method.name=frskd", "method.frskd.bifpn=uniform", "method.frskd.width=8",
+                             "method.frskd.alpha=1", "method.frskd.beta=10"])
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, FRSKD)
-    assert (m.temperature, m.alpha, m.beta, m.width) == (4.0, 1.0, 10.0, 8)
+    assert (m.temperature, m.alpha, m.beta, m.teacher_options["width"]) == (4.0, 1.0, 10.0, 8)
     assert m.trainable.teacher.head.in_channels == 8
-    assert FRSKDConfig() == FRSKDConfig(temperature=4.0, alpha=2.0, beta=100.0, width=64)
+    # The defaults are the official code's: README's CIFAR-100 command (alpha 2, beta 100),
+    # main.py (T 4, --bifpn BiFPNc, --width 2, --depth 2).
+    assert FRSKDConfig() == FRSKDConfig(temperature=4.0, alpha=2.0, beta=100.0, bifpn="bifpnc", width_multiplier=2,
+                                        depth=2, width=64)
+    default = build_method(load_config(None, ["method.name=frskd"]).method, NETS["resnet8"][0], total_epochs=3,
+                           num_classes=NUM_CLASSES)
+    assert isinstance(default.trainable.teacher, BiFPNcTeacher)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(width=0), r"method.frskd.width\) must be >= 1, got 0"),
+        (dict(bifpn="uniform", width=0), r"method.frskd.width\) must be >= 1, got 0"),
+        (dict(width_multiplier=0), r"method.frskd.width_multiplier\) must be >= 1, got 0"),
+        (dict(bifpn="bifpn"), r"method.frskd.bifpn\) must be one of bifpnc, uniform"),
         (dict(temperature=0.0), r"method.frskd.temperature\) must be > 0"),
         (dict(beta=-1.0), r"method.frskd.alpha, .beta\) must be >= 0"),
     ],
@@ -254,7 +352,7 @@ def test_flop_counter_sees_the_self_teacher(name):
     torch.manual_seed(0)
     factory, shape = NETS[name]
     data = OneSample(shape)
-    frskd = training_forward_flops(FRSKD(factory, 2, width=WIDTH), data, torch.device("cpu"))
+    frskd = training_forward_flops(FRSKD(factory, 2), data, torch.device("cpu"))
     plain = training_forward_flops(Vanilla(factory, 2), data, torch.device("cpu"))
     assert frskd > plain > 0
 
@@ -262,7 +360,7 @@ def test_flop_counter_sees_the_self_teacher(name):
 def test_trains_through_the_generic_trainer_and_saves_the_plain_net(tiny_market_root, tmp_path):
     from reid_srdl.engine.trainer import Trainer
 
-    cfg = tiny_trainer_config(tiny_market_root, tmp_path, "method.name=frskd", f"method.frskd.width={WIDTH}")
+    cfg = tiny_trainer_config(tiny_market_root, tmp_path, "method.name=frskd")
     run = os.path.join(str(tmp_path), "run")
     os.makedirs(run)
     summary = Trainer(cfg, run).fit()

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from reid_srdl.config import ConfigError, DataConfig
+from reid_srdl.core.seeding import DATA_ORDER, TRAIN_SUBSET, derive_seed
 from reid_srdl.data.classification import (
     FASHION_MNIST_DEFAULT_ROOT,
     load_cifar10,
@@ -67,6 +68,12 @@ def default_root(name: str) -> str:
     return _DEFAULT_ROOTS.get(name, "datasets")
 
 
+def order_seed(seed: int) -> int:
+    """The seed of the training order's stream.  DistributedSampler shuffles epoch e from
+    ``seed + e``: a hashed seed keeps epoch 1 of one run from being epoch 0 of the next seed."""
+    return derive_seed(seed, DATA_ORDER)
+
+
 def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False, seed: int = 0) -> DataLoader:
     # Training: order and per-sample augmentation seeds from (seed, epoch) only (SeededSampler
     # over a one-replica DistributedSampler: the same permutation a 1-process torchrun run
@@ -76,7 +83,7 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False
     drop_last = train and len(dataset) >= 2 * batch_size
     sampler = None
     if train:
-        shuffle = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=False)
+        shuffle = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=order_seed(seed), drop_last=False)
         sampler = SeededSampler(shuffle, seed)
     return DataLoader(
         dataset,
@@ -108,7 +115,8 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
     dataset = loader.dataset
     # Same rule as _loader: drop the last partial batch only when that loses little data.
     drop_last = len(dataset) >= 2 * loader.batch_size
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=order_seed(seed),
+                                 drop_last=False)
     return DataLoader(
         dataset,
         batch_size=per_process,
@@ -185,7 +193,7 @@ def build_classification_data(name: str, root: str, batch_size: int, test_batch_
                 f"data.train_subset={train_subset} is larger than the {len(train_base)} training "
                 f"samples of {name} in '{root}'"
             )
-        keep = random_subset_indices(len(train_base), train_subset, seed).tolist()
+        keep = random_subset_indices(len(train_base), train_subset, derive_seed(seed, TRAIN_SUBSET)).tolist()
         train_base, train_eval_base = Subset(train_base, keep), Subset(train_eval_base, keep)
     train = IndexedDataset(train_base)
     return DataBundle(

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from reid_srdl.core.seeding import AUGMENTATION, derive_seed
 from reid_srdl.errors import ReidSrdlError
 
 
@@ -87,7 +88,7 @@ class SeededSampler(Sampler):
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         epoch, self.epoch = self.epoch, self.epoch + 1
         self.base.set_epoch(epoch)
-        epoch_seed = (self.seed * 1_000_003 + 7919 * (epoch + 1)) % (2**62)
+        epoch_seed = derive_seed(self.seed, AUGMENTATION, epoch)
         for index in self.base:
             yield int(index), epoch_seed
 

@@ -77,8 +77,23 @@ def results_table(summary: dict) -> str:
         f"{summary['method']} | {summary['model']} on {summary['data']} | {summary['epochs']} epochs | "
         f"train {summary['train_seconds']:.0f}s, {summary['train_flops'] / 1e12:.3f} TFLOPs"
     )
-    rule = "-" * max(len(title), sum(widths))
-    return "\n".join([rule, title, rule, line(header)] + [line(r) for r in rows] + [rule])
+    notes = diagnostics_lines(summary.get("diagnostics", {}))
+    rule = "-" * max([len(title), sum(widths)] + [len(n) for n in notes])
+    return "\n".join([rule, title, rule, line(header)] + [line(r) for r in rows] + [rule] + notes + ([rule] if notes else []))
+
+
+def diagnostics_lines(diagnostics: dict) -> list:
+    """The method's own figures under the table (SRDL: how good and how soft its targets are)."""
+    lines = []
+    if "bank_train_acc" in diagnostics:
+        lines.append(
+            f"stage-1 targets: train accuracy {100 * diagnostics['bank_train_acc']:.2f}%, mean entropy at T "
+            f"{diagnostics['bank_entropy']:.3f} nats (max {diagnostics['bank_entropy_max']:.3f})"
+        )
+    kl = diagnostics.get("stage2_kl") or []
+    if kl:
+        lines.append(f"stage-2 KL per epoch: first {kl[0]:.4f}, last {kl[-1]:.4f}, min {min(kl):.4f} ({len(kl)} epochs)")
+    return lines
 
 
 def print_results_table(summary: dict) -> None:

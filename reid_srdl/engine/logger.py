@@ -58,6 +58,15 @@ class RunLogger:
             self.writer = None
 
 
+def read_epoch_records(run_dir: str) -> List[Dict[str, float]]:
+    """The run's metrics.jsonl lines, in order (none when it does not exist yet)."""
+    path = os.path.join(run_dir, METRICS_LINES)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def format_epoch(record: Dict[str, float], terms: Optional[List[str]] = None) -> str:
     parts = [f"stage {record['stage']} epoch {record['epoch']}", f"lr {record['lr']:.4g}", f"loss {record['loss']:.4f}"]
     for t in terms or []:

@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import json
 import os
-import random
 import time
 from typing import Dict, List, Optional
 
@@ -18,10 +17,11 @@ import torch
 from tqdm import tqdm
 
 from reid_srdl.config import Config, save_config, to_dict
+from reid_srdl.core import seeding
 from reid_srdl.engine import checkpoint as ckpt
 from reid_srdl.engine import distributed as ddp
 from reid_srdl.engine.flops import training_forward_flops
-from reid_srdl.engine.logger import RunLogger, format_epoch
+from reid_srdl.engine.logger import RunLogger, format_epoch, read_epoch_records
 from reid_srdl.engine.schedule import epoch_learning_rates
 from reid_srdl.methods import Method, StageContext, build_method
 
@@ -44,16 +44,11 @@ def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
-    """Every epoch draws its shuffle order, augmentations and worker seeds from its own seed,
-    so a resumed run replays exactly the epochs an uninterrupted run would have."""
-    return (seed * 1_000_003 + 7919 * (epoch + 1)) % (2**31)
+    """The model-side random stream of one epoch (dropout), its own for every (run seed,
+    epoch), so a resumed run replays exactly the epochs an uninterrupted run would have.
+    (The training order and augmentations have their own streams: data.indexed.SeededSampler.)"""
+    return seeding.derive_seed(seed, seeding.EPOCH, epoch)
 
 
 def build_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
@@ -112,7 +107,6 @@ class Trainer:
         self.run_dir = run_dir
         self.dist = ddp.current_env()
         self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None)
-        seed_everything(cfg.train.seed)
         self.data = build_data(cfg.data, seed=cfg.train.seed)
         if ddp.process_group_active():
             # Also with WORLD_SIZE=1, so that `torchrun --nproc_per_node=1` is the exact
@@ -132,7 +126,8 @@ class Trainer:
             weights=cfg.model.weights,
             in_channels=self.data.in_channels,
         )
-        seed_everything(cfg.train.seed)
+        # The network's initialisation: a stream of its own, drawn right before building.
+        seeding.seed_everything(seeding.derive_seed(cfg.train.seed, seeding.MODEL_INIT))
         self.method: Method = build_method(
             cfg.method,
             self.model_factory,
@@ -247,7 +242,7 @@ class Trainer:
             group["lr"] = lr
         self.method.set_epoch(epoch)
         self.method.train()
-        seed_everything(epoch_seed(cfg.train.seed, epoch))
+        seeding.seed_everything(epoch_seed(cfg.train.seed, epoch))
         sums: Dict[str, float] = {}
         start = time.time()
         loader = self.data.train_loader
@@ -371,6 +366,7 @@ class Trainer:
             )
         if not main:
             return {"results": results}
+        diagnostics = self.method.diagnostics(read_epoch_records(self.run_dir))
         summary = {
             "task": self.data.task,
             "data": cfg.data.name,
@@ -384,6 +380,8 @@ class Trainer:
             "train_seconds": self.history["train_seconds"],
             "results": results,
         }
+        if diagnostics:
+            summary["diagnostics"] = diagnostics
         tmp = os.path.join(self.run_dir, "metrics.json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)

@@ -5,7 +5,7 @@ everything it holds (including a frozen teacher).  What is optimised and checkpo
 ``method.trainable`` only: a frozen teacher lives beside it, never inside it.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -77,6 +77,11 @@ class Method(nn.Module):
 
     def extra_eval_models(self, ctx: StageContext) -> Dict[str, nn.Module]:
         """Further networks to evaluate at the end of a run (e.g. SRDL's ensemble)."""
+        return {}
+
+    def diagnostics(self, epoch_records: Sequence[dict]) -> Dict[str, object]:
+        """Method-specific figures for metrics.json and the result table (e.g. SRDL's stage-1
+        bank statistics); ``epoch_records`` are the run's metrics.jsonl lines."""
         return {}
 
     def extra_state(self) -> dict:

@@ -1,15 +1,29 @@
-"""BYOT: Be Your Own Teacher (Zhang et al., ICCV 2019).
+"""BYOT: Be Your Own Teacher (Zhang et al., ICCV 2019), as its official code defines it.
 
 Every non-final stage gets a side exit: bottleneck convolutions that bring its map to the
 deepest stage's channels and resolution, then global pooling and a classifier.  The deepest
-exit (the plain network) teaches the shallow ones:
+exit (the plain network) teaches the shallow ones.  The official code (ArchipLab-LinfengZhang/
+pytorch-self-distillation-final, train.py, final version) trains
 
-    CE(z_deep) + sum_i [ (1 - alpha) CE(z_i) + alpha T^2 KL(softmax(z_deep/T) || softmax(z_i/T))
-                         + lambda ||f_i - f_deep||^2 ]
+    CE(z_deep) + sum_i [ (1 - alpha) CE(z_i) + alpha KL_T(softmax(z_deep/T) || softmax(z_i/T)) ]
+               + lambda sum_{i in H} || FC_i(f_i) - f_deep ||_2
 
-where f are the globally pooled exit / deepest maps and the deepest logits and features are
-detached (targets only).  The hint is a squared L2 norm summed over the feature dimensions
-and averaged over the batch (the paper's ||.||_2^2 per sample; docs/methods.md says why).
+with the deepest logits and features detached (targets only), T = 3, alpha = 0.3,
+lambda = 0.03, where:
+
+* the distillation term has NO T^2 factor (``kd_t_squared=True`` adds it, as some third-party
+  re-implementations do; at T = 3 that makes the term 9x stronger).  The official file
+  computes the soft cross-entropy -sum p_deep log p_i, which is this KL plus the teacher's
+  entropy: a constant for the gradient, since the teacher is detached;
+* the hint (``hint="official"``) is the plain, unsquared L2 norm ``torch.dist`` over the whole
+  batch of the difference between a fully connected adaptation of the exit's pooled features
+  and the deepest pooled features; H is every shallow exit except the one of the
+  second-to-last stage (the official loop skips ``index == 1``, which in its deep-to-shallow
+  output order is that exit, although its comment speaks of the shallowest one).
+  ``hint="squared"`` is the conference paper's ||f_i - f_deep||^2 (per sample, summed over the
+  feature dimensions, batch mean, every exit, no adaptation layer); lambda = 0.03 was set by
+  the official code for the other quantity, not for this one.
+
 The side exits are dropped at deployment: the deepest exit is the plain Net.
 """
 import copy
@@ -94,10 +108,22 @@ class SideExit(nn.Module):
         return self.head(self.bottleneck(stage_map))
 
 
-class BYOTNetwork(nn.Module):
-    """The plain net (``net``, the deepest exit, deployed) and one side exit per shallow stage."""
+HINTS = ("official", "squared")
 
-    def __init__(self, net: Net):
+
+def hinted_exits(num_exits: int, hint: str) -> List[int]:
+    """0-based indices (shallow to deep) of the side exits that get the feature hint: all of
+    them for ``squared``; all but the deepest side exit for ``official`` (see the module doc)."""
+    if hint == "squared":
+        return list(range(num_exits))
+    return list(range(num_exits - 1))
+
+
+class BYOTNetwork(nn.Module):
+    """The plain net (``net``, the deepest exit, deployed), one side exit per shallow stage and,
+    for the official hint, one fully connected adaptation layer per hinted exit."""
+
+    def __init__(self, net: Net, hint: str = "official"):
         super().__init__()
         if len(net.stages) < 2:
             raise ValueError(f"BYOT needs a net with at least 2 stages; {net.arch} has {len(net.stages)}")
@@ -108,6 +134,14 @@ class BYOTNetwork(nn.Module):
             SideExit(c, deepest, f, net.num_classes) for c, f in zip(net.stage_channels[:-1], factors[:-1])
         )
         init_weights(self.exits)
+        self.hinted = hinted_exits(len(self.exits), hint)
+        # Exit features already have the deepest width, so each adaptation is square (as in
+        # the official ResNets, where every exit pools 512 x expansion channels).
+        self.adaptation = (
+            nn.ModuleList(nn.Linear(deepest, deepest) for _ in self.hinted) if hint == "official" else None
+        )
+        if self.adaptation is not None:
+            init_weights(self.adaptation)
 
     def forward(self, x: torch.Tensor):
         """(deepest logits, pooled deepest map, [(exit logits, exit features), ...] shallow to deep)."""
@@ -120,23 +154,36 @@ class BYOTNetwork(nn.Module):
 
 
 def hint_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared L2 distance per sample, summed over feature dimensions, averaged over the batch."""
+    """The ``squared`` hint: squared L2 distance per sample, summed over feature dimensions,
+    averaged over the batch."""
     return (features - target).pow(2).sum(dim=1).mean()
+
+
+def official_hint_loss(adapted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The ``official`` hint, ``torch.dist(adapted, target)``: the plain L2 norm of the whole
+    batch's difference (not squared, not averaged)."""
+    return torch.linalg.vector_norm(adapted - target)
 
 
 @METHODS.register("byot")
 class BYOT(Method):
-    def __init__(self, model_factory, total_epochs, temperature=3.0, alpha=0.3, hint_weight=0.03):
+    def __init__(self, model_factory, total_epochs, temperature=3.0, alpha=0.3, hint_weight=0.03,
+                 kd_t_squared=False, hint="official"):
         if float(temperature) <= 0:
             raise ConfigError(f"BYOT temperature (method.byot.temperature) must be > 0, got {temperature}")
         if not 0.0 <= float(alpha) <= 1.0:
             raise ConfigError(f"BYOT alpha (method.byot.alpha) must be in [0, 1], got {alpha}")
         if float(hint_weight) < 0:
             raise ConfigError(f"BYOT hint_weight (method.byot.hint_weight) must be >= 0, got {hint_weight}")
+        if hint not in HINTS:
+            raise ConfigError(f"BYOT hint (method.byot.hint) must be one of {', '.join(HINTS)}, got '{hint}'")
+        # Set before Method.__init__, which calls build() and build() needs the hint form.
+        self.hint = hint
         super().__init__(model_factory, total_epochs)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.hint_weight = float(hint_weight)
+        self.kd_t_squared = bool(kd_t_squared)
 
     @classmethod
     def from_config(cls, section, model_factory, *, total_epochs, num_classes=None, seed=0, **_run):
@@ -146,23 +193,37 @@ class BYOT(Method):
             temperature=section.temperature,
             alpha=section.alpha,
             hint_weight=section.hint_weight,
+            kd_t_squared=section.kd_t_squared,
+            hint=section.hint,
         )
 
     def build(self, model_factory) -> BYOTNetwork:
-        return BYOTNetwork(model_factory())
+        return BYOTNetwork(model_factory(), self.hint)
+
+    def distillation(self, exit_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """KL(softmax(t/T) || softmax(s/T)), batch mean; times T^2 only with ``kd_t_squared``."""
+        kl = soft_kl(exit_logits, teacher_logits, self.temperature)  # includes T^2
+        return kl if self.kd_t_squared else kl / (self.temperature ** 2)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
-        logits, deepest_features, exits = self.trainable(images)
+        network = self.trainable
+        logits, deepest_features, exits = network(images)
         teacher_logits, teacher_features = logits.detach(), deepest_features.detach()
         ce = F.cross_entropy(logits, labels)
         out = {}
         exit_ce, kd, hint = [], [], []
-        for i, (z, f) in enumerate(exits, start=1):
+        for i, (z, f) in enumerate(exits):
             exit_ce.append(F.cross_entropy(z, labels))
-            kd.append(soft_kl(z, teacher_logits, self.temperature))
-            hint.append(hint_loss(f, teacher_features))
-            out[f"acc_exit{i}"] = accuracy(z, labels)
-        exit_ce, kd, hint = sum(exit_ce), sum(kd), sum(hint)
+            kd.append(self.distillation(z, teacher_logits))
+            out[f"acc_exit{i + 1}"] = accuracy(z, labels)
+        for slot, i in enumerate(network.hinted):
+            f = exits[i][1]
+            if network.adaptation is None:
+                hint.append(hint_loss(f, teacher_features))
+            else:
+                hint.append(official_hint_loss(network.adaptation[slot](f), teacher_features))
+        exit_ce, kd = sum(exit_ce), sum(kd)
+        hint = sum(hint) if hint else logits.new_zeros(())
         loss = ce + (1.0 - self.alpha) * exit_ce + self.alpha * kd + self.hint_weight * hint
         out.update(loss=loss, ce=ce, exit_ce=exit_ce, kd=kd, hint=hint, logits=logits, acc=accuracy(logits, labels))
         return out

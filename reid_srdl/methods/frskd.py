@@ -1,9 +1,7 @@
-"""FRSKD: Refine Myself by Teaching Myself (Ji et al., CVPR 2021).
+"""FRSKD: Refine Myself by Teaching Myself (Ji et al., CVPR 2021), as its official code defines it.
 
-A self-teacher reads the classifier's stage maps through a BiFPN (lateral 1x1 convolutions
-to a common width, a top-down then a bottom-up path, each node a learned normalised fusion
-followed by a depthwise-separable convolution) and has its own classifier.  It refines the
-classifier's features and predictions:
+A self-teacher reads the classifier's stage maps through a BiFPN and has its own classifier.
+It refines the classifier's features and predictions:
 
     CE(z) + CE(z_t) + alpha T^2 KL(softmax(z_t/T) || softmax(z/T))
           + beta sum_stages || a(F_s) - a(F_t) ||^2 (mean over positions),
@@ -13,7 +11,17 @@ activations, flattened and L2-normalised.  The teacher side (z_t and its refined
 is detached in both distillation terms; the self-teacher learns from its cross-entropy,
 whose gradient also reaches the classifier's backbone through the lateral connections.
 The classifier (the plain Net) is deployed; the self-teacher is dropped.
+
+The self-teacher (``bifpn="bifpnc"``, the official default ``--bifpn BiFPNc``, MingiJi/FRSKD
+models/bifpnc.py) gives level i a width of ``width_multiplier`` (2) x the backbone stage's
+channels; every node is a learned normalised fusion (weights relu(w) / (sum + 1e-6)) followed
+by ``depth`` (2) depthwise-separable 3x3 convolutions; the bottom-up path has lateral 1x1
+convolutions of its own; a map changes level through a 1x1 convolution after a nearest
+upsampling (top-down) or a 3x3 stride-2 "same" max pooling (bottom-up).  ``bifpn="uniform"``
+is a lighter variant of this project's own (every level ``width`` channels, one separable
+convolution per node, the lateral maps reused bottom-up).
 """
+import math
 from typing import Dict, List, Sequence
 
 import torch
@@ -108,6 +116,121 @@ class SelfTeacher(nn.Module):
         return logits, out
 
 
+def same_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """3x3 stride-2 max pooling with TensorFlow-style "same" padding (output ceil(h/2) x
+    ceil(w/2)), as the official MaxPool2dStaticSamePadding; inputs are non-negative (after a
+    ReLU), so the zero padding never wins a window."""
+    h, w = x.shape[-2:]
+    pad_h = max((math.ceil(h / 2) - 1) * 2 + 3 - h, 0)
+    pad_w = max((math.ceil(w / 2) - 1) * 2 + 3 - w, 0)
+    x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+    return F.max_pool2d(x, 3, 2)
+
+
+def shrink_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The bottom-up path's downsampling: the official same-padded 3x3/2 max pooling where
+    the next level has half the resolution; unchanged where it has the same (ResNet-50 with
+    last stride 1, DenseNets); adaptive max pooling for any other ratio."""
+    size = tuple(int(v) for v in size)
+    h, w = x.shape[-2:]
+    if (h, w) == size:
+        return x
+    if size == (math.ceil(h / 2), math.ceil(w / 2)):
+        return same_max_pool(x)
+    return F.adaptive_max_pool2d(x, size)
+
+
+def grow_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The top-down path's upsampling: nearest interpolation to the lower level's size (the
+    official nn.Upsample(scale_factor=2) where the ratio is 2; also equal or odd sizes)."""
+    size = tuple(int(v) for v in size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="nearest")
+
+
+def pointwise_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """1x1 convolution, BN, ReLU (the official DepthConvBlock with kernel 1)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+                         nn.ReLU(inplace=True))
+
+
+def separable_block(channels: int, depth: int) -> nn.Sequential:
+    """``depth`` depthwise-separable 3x3 convolutions, each followed by BN, with a ReLU between
+    them and none after the last (the official DepthConvBlock with kernel 3)."""
+    layers: List[nn.Module] = []
+    for i in range(depth):
+        if i:
+            layers.append(nn.ReLU(inplace=False))
+        layers += [
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),  # depthwise
+            nn.Conv2d(channels, channels, 1, bias=False),  # pointwise
+            nn.BatchNorm2d(channels),
+        ]
+    return nn.Sequential(*layers)
+
+
+def normalised(weight: torch.Tensor, eps: float) -> torch.Tensor:
+    w = F.relu(weight)
+    return w / (w.sum() + eps)
+
+
+class BiFPNcTeacher(nn.Module):
+    """The official default self-teacher (BiFPNc), one BiFPN layer over every stage map.
+
+    Returns (teacher logits, refined maps: one per stage, at that stage's resolution and
+    ``width_multiplier`` x its channels).
+    """
+
+    eps = 1e-6  # the official epsilon of the fusion weights
+
+    def __init__(self, stage_channels: Sequence[int], width_multiplier: int, depth: int, num_classes: int):
+        super().__init__()
+        levels = len(stage_channels)
+        if levels < 2:
+            raise ValueError(f"FRSKD needs at least 2 stages for its BiFPN, got {levels}")
+        widths = [int(c) * width_multiplier for c in stage_channels]
+        self.widths = widths
+        self.lateral = nn.ModuleList(pointwise_block(c, w) for c, w in zip(stage_channels, widths))
+        # The bottom-up path reads the stage maps through lateral convolutions of its own.
+        self.lateral_up = nn.ModuleList(pointwise_block(c, w) for c, w in zip(stage_channels[1:], widths[1:]))
+        # top-down node i (0..L-2): level i fused with level i+1's node, brought to width i.
+        self.down_resample = nn.ModuleList(pointwise_block(widths[i + 1], widths[i]) for i in range(levels - 1))
+        self.top_down = nn.ModuleList(separable_block(widths[i], depth) for i in range(levels - 1))
+        self.top_down_weight = nn.ParameterList(nn.Parameter(torch.ones(2)) for _ in range(levels - 1))
+        # bottom-up node i (1..L-1): its lateral, its top-down node (not at the top) and level i-1's output.
+        self.up_resample = nn.ModuleList(pointwise_block(widths[i - 1], widths[i]) for i in range(1, levels))
+        self.bottom_up = nn.ModuleList(separable_block(widths[i], depth) for i in range(1, levels))
+        self.bottom_up_weight = nn.ParameterList(
+            nn.Parameter(torch.ones(3 if i < levels - 1 else 2)) for i in range(1, levels)
+        )
+        self.head = EmbeddingHead(widths[-1], num_classes, None)
+
+    def forward(self, stage_maps: List[torch.Tensor]):
+        maps = [F.relu(m) for m in stage_maps]  # pre-activation nets (WRN) give unactivated maps
+        lat = [conv(m) for conv, m in zip(self.lateral, maps)]
+        lat_up = [conv(m) for conv, m in zip(self.lateral_up, maps[1:])]
+        levels = len(lat)
+        td = [None] * levels
+        td[-1] = lat[-1]
+        for i in range(levels - 2, -1, -1):
+            w = normalised(self.top_down_weight[i], self.eps)
+            above = self.down_resample[i](grow_to(F.relu(td[i + 1]), lat[i].shape[-2:]))
+            td[i] = self.top_down[i](w[0] * F.relu(lat[i]) + w[1] * above)
+        out = [td[0]]
+        for i in range(1, levels):
+            w = normalised(self.bottom_up_weight[i - 1], self.eps)
+            below = self.up_resample[i - 1](shrink_to(F.relu(out[-1]), lat[i].shape[-2:]))
+            if i < levels - 1:
+                fused = w[0] * F.relu(lat_up[i - 1]) + w[1] * F.relu(td[i]) + w[2] * below
+            else:
+                fused = w[0] * F.relu(lat_up[i - 1]) + w[1] * below
+            out.append(self.bottom_up[i - 1](fused))
+        refined = [F.relu(o) for o in out]
+        logits, _features = self.head(refined[-1])
+        return logits, refined
+
+
 def attention_map(feature_map: torch.Tensor) -> torch.Tensor:
     """[B, C, H, W] -> [B, H*W]: channel mean of squared activations, L2-normalised per image."""
     return F.normalize(feature_map.pow(2).mean(dim=1).flatten(1), dim=1)
@@ -120,13 +243,19 @@ def attention_loss(student_maps: List[torch.Tensor], teacher_maps: List[torch.Te
     )
 
 
+BIFPNS = ("bifpnc", "uniform")
+
+
 class FRSKDNetwork(nn.Module):
     """The classifier (``net``, deployed) and its self-teacher."""
 
-    def __init__(self, net: Net, width: int):
+    def __init__(self, net: Net, bifpn: str = "bifpnc", width_multiplier: int = 2, depth: int = 2, width: int = 64):
         super().__init__()
         self.net = net
-        self.teacher = SelfTeacher(net.stage_channels, width, net.num_classes)
+        if bifpn == "bifpnc":
+            self.teacher = BiFPNcTeacher(net.stage_channels, width_multiplier, depth, net.num_classes)
+        else:
+            self.teacher = SelfTeacher(net.stage_channels, width, net.num_classes)
         init_weights(self.teacher)
 
     def forward(self, x: torch.Tensor):
@@ -139,15 +268,20 @@ class FRSKDNetwork(nn.Module):
 
 @METHODS.register("frskd")
 class FRSKD(Method):
-    def __init__(self, model_factory, total_epochs, temperature=4.0, alpha=2.0, beta=100.0, width=64):
+    def __init__(self, model_factory, total_epochs, temperature=4.0, alpha=2.0, beta=100.0, bifpn="bifpnc",
+                 width_multiplier=2, depth=2, width=64):
         if float(temperature) <= 0:
             raise ConfigError(f"FRSKD temperature (method.frskd.temperature) must be > 0, got {temperature}")
         if float(alpha) < 0 or float(beta) < 0:
             raise ConfigError(f"FRSKD alpha and beta (method.frskd.alpha, .beta) must be >= 0, got {alpha}, {beta}")
-        if int(width) < 1:
-            raise ConfigError(f"FRSKD width (method.frskd.width) must be >= 1, got {width}")
-        # Set before Method.__init__, which calls build() and build() needs the width.
-        self.width = int(width)
+        if bifpn not in BIFPNS:
+            raise ConfigError(f"FRSKD bifpn (method.frskd.bifpn) must be one of {', '.join(BIFPNS)}, got '{bifpn}'")
+        for key, value in (("width", width), ("width_multiplier", width_multiplier), ("depth", depth)):
+            if int(value) < 1:
+                raise ConfigError(f"FRSKD {key} (method.frskd.{key}) must be >= 1, got {value}")
+        # Set before Method.__init__, which calls build() and build() needs the teacher's shape.
+        self.teacher_options = dict(bifpn=bifpn, width_multiplier=int(width_multiplier), depth=int(depth),
+                                    width=int(width))
         super().__init__(model_factory, total_epochs)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
@@ -161,11 +295,14 @@ class FRSKD(Method):
             temperature=section.temperature,
             alpha=section.alpha,
             beta=section.beta,
+            bifpn=section.bifpn,
+            width_multiplier=section.width_multiplier,
+            depth=section.depth,
             width=section.width,
         )
 
     def build(self, model_factory) -> FRSKDNetwork:
-        return FRSKDNetwork(model_factory(), self.width)
+        return FRSKDNetwork(model_factory(), **self.teacher_options)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
         logits, maps, teacher_logits, refined = self.trainable(images)

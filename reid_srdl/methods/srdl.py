@@ -11,16 +11,25 @@ looking each sample's z1 up by its dataset index.  The stage-2 network is deploy
 stage-1 and stage-2 networks can also be evaluated as an ensemble.
 
 Ablations: ``schedule=incomplete`` spreads one step decay over both stages instead of a
-complete decay per stage; ``restart=False`` continues stage 2 from the stage-1 weights.
+complete decay per stage; ``restart=False`` continues stage 2 from the stage-1 weights;
+``teacher_view=augmented`` (not the paper's method) replaces the stored clean-image logits by
+the frozen stage-1 network evaluated on the student's own augmented batch, one extra forward
+per step, to ask whether the clean-image targets matter.
+
+Diagnostics (metrics.json, the result table): the stage-1 bank's accuracy on the training
+set, the mean entropy of its softened distribution softmax(z1/T), and the stage-2 KL of
+every epoch.
 """
+import math
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.engine.checkpoint import atomic_save, load_model_file, save_model_file
 from reid_srdl.engine.distributed import is_main_process, sharded_map
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
@@ -28,12 +37,14 @@ from reid_srdl.methods.losses import accuracy, soft_kl
 
 STAGE1_MODEL = "stage1.pt"
 STAGE1_LOGITS = "stage1_logits.pt"
+TEACHER_VIEWS = ("clean", "augmented")
 
 
 @torch.inference_mode()
 def extract_logits(model: nn.Module, loader, num_samples: int, device, progress: bool = True, channels_last: bool = False,
-                   sample_ids: Optional[List[int]] = None) -> torch.Tensor:
-    """Per-sample logits of `model` in eval mode, as a [num_samples, C] tensor by dataset index.
+                   sample_ids: Optional[List[int]] = None, with_labels: bool = False):
+    """Per-sample logits of `model` in eval mode, as a [num_samples, C] tensor by dataset index
+    (and, with ``with_labels``, the [num_samples] labels the loader gave, in the same order).
 
     ``sample_ids``: the dataset indices a sharded loader covers (its ``Subset.indices``);
     row ``i`` of the result is then sample ``sample_ids[i]``, and ``num_samples`` is their count.
@@ -45,9 +56,10 @@ def extract_logits(model: nn.Module, loader, num_samples: int, device, progress:
     was_training = model.training
     model.eval()
     bank: Optional[torch.Tensor] = None
+    labels_by_row = torch.full((num_samples,), -1, dtype=torch.long)
     seen = torch.zeros(num_samples, dtype=torch.bool)
     try:
-        for images, _labels, indices in tqdm(loader, desc="SRDL: stage-1 logits", disable=not progress, leave=False):
+        for images, labels, indices in tqdm(loader, desc="SRDL: stage-1 logits", disable=not progress, leave=False):
             images = images.to(device)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -56,26 +68,44 @@ def extract_logits(model: nn.Module, loader, num_samples: int, device, progress:
                 bank = torch.zeros(num_samples, logits.shape[1], dtype=torch.float32)
             rows = indices if row_of is None else row_of[indices]
             bank[rows] = logits
+            labels_by_row[rows] = labels.long()
             seen[rows] = True
     finally:
         model.train(was_training)
     if bank is None or not bool(seen.all()):
         missing = int((~seen).sum())
         raise RuntimeError(f"SRDL logit extraction covered {num_samples - missing} of {num_samples} training samples")
-    return bank
+    return (bank, labels_by_row) if with_labels else bank
 
 
-def sharded_logits(model: nn.Module, loader, device, progress: bool = True, channels_last: bool = False) -> torch.Tensor:
-    """:func:`extract_logits` over the whole loader; under torchrun each rank extracts 1/W of
-    the samples and the bank is gathered in dataset order on every rank (one process: the
-    plain extraction)."""
+def sharded_logits(model: nn.Module, loader, device, progress: bool = True, channels_last: bool = False):
+    """``(bank, labels)``: :func:`extract_logits` over the whole loader; under torchrun each rank
+    extracts 1/W of the samples and both are gathered in dataset order on every rank (one
+    process: the plain extraction)."""
 
     def run(part):
         shard_ids = getattr(part.dataset, "indices", None) if part is not loader else None
-        return extract_logits(model, part, len(part.dataset), device, progress and is_main_process(), channels_last,
-                              sample_ids=shard_ids)
+        bank, labels = extract_logits(model, part, len(part.dataset), device, progress and is_main_process(),
+                                      channels_last, sample_ids=shard_ids, with_labels=True)
+        # One tensor per row for the ordered gather: labels ride along as an exact float32
+        # column (class indices are far below 2^24).
+        return torch.cat([bank, labels[:, None].float()], dim=1)
 
-    return sharded_map(run, loader)
+    packed = sharded_map(run, loader)
+    return packed[:, :-1].contiguous(), packed[:, -1].long()
+
+
+def bank_statistics(bank: torch.Tensor, labels: torch.Tensor, temperature: float) -> Dict[str, float]:
+    """How good and how soft the self-reference is: the fraction of training samples whose
+    stage-1 arg-max is their label, and the mean entropy (nats) of softmax(z1 / T), whose
+    ceiling is log(classes)."""
+    log_p = F.log_softmax(bank.double() / float(temperature), dim=1)
+    entropy = -(log_p.exp() * log_p).sum(dim=1)
+    return {
+        "bank_train_acc": float((bank.argmax(dim=1) == labels.to(bank.device)).double().mean()),
+        "bank_entropy": float(entropy.mean()),
+        "bank_entropy_max": math.log(bank.shape[1]),
+    }
 
 
 class EnsembleNet(nn.Module):
@@ -97,21 +127,29 @@ class EnsembleNet(nn.Module):
 
 @METHODS.register("srdl")
 class SRDL(Method):
-    def __init__(self, model_factory, total_epochs, temperature=3.0, schedule="complete", restart=True, ensemble=True, reinit_seed=1):
+    def __init__(self, model_factory, total_epochs, temperature=3.0, schedule="complete", restart=True, ensemble=True,
+                 reinit_seed=None, teacher_view="clean"):
         super().__init__(model_factory, total_epochs)
         if total_epochs < 2:
             raise ValueError("SRDL needs at least 2 epochs (two stages of epochs/2)")
         if schedule not in ("complete", "incomplete"):
             raise ValueError(f"SRDL schedule must be 'complete' or 'incomplete', got '{schedule}'")
+        if teacher_view not in TEACHER_VIEWS:
+            raise ValueError(f"SRDL teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got '{teacher_view}'")
         self.temperature = float(temperature)
         self.per_stage_schedule = schedule == "complete"
         self.restart = bool(restart)
         self.ensemble = bool(ensemble)
-        self.reinit_seed = int(reinit_seed)
+        # Seed of the stage-2 re-initialisation (None: drawn from the current global RNG).
+        self.reinit_seed = None if reinit_seed is None else int(reinit_seed)
+        self.teacher_view = teacher_view
         self.stage = 0
+        self.bank_stats: Dict[str, float] = {}
         # Per-sample stage-1 logits, indexed by dataset index; moves with .to(device) but is
         # not part of any state_dict (it is saved once, as its own file).
         self.register_buffer("bank", None, persistent=False)
+        # teacher_view=augmented: the frozen stage-1 network (outside `trainable`, like KD's teacher).
+        self.stage1_net: Optional[nn.Module] = None
 
     @classmethod
     def from_config(cls, section, model_factory, *, total_epochs, seed=0, **_run):
@@ -122,52 +160,81 @@ class SRDL(Method):
             schedule=section.schedule,
             restart=section.restart,
             ensemble=section.ensemble,
-            reinit_seed=seed + 1,
+            # Its own stream: seed + 1 would be exactly the initialisation of the run seeded seed + 1.
+            reinit_seed=derive_seed(seed, SRDL_STAGE2_INIT),
+            teacher_view=section.teacher_view,
         )
 
     def stages(self) -> List[StageSpec]:
         first = self.total_epochs // 2
         return [StageSpec(first), StageSpec(self.total_epochs - first)]
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.stage1_net is not None:
+            self.stage1_net.eval()  # frozen: evaluated, its BN statistics never move
+        return self
+
+    def reference_logits(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The stage-1 targets of a batch: its stored clean-image logits (the paper), or the
+        frozen stage-1 network on this very augmented batch (the ablation)."""
+        if self.stage1_net is not None:
+            with torch.no_grad():
+                return self.stage1_net(images)[0]
+        return self.bank[indices.to(self.bank.device)]
+
     def forward(self, images, labels, indices):
         logits, _features = self.trainable(images)
         ce = F.cross_entropy(logits, labels)
-        if self.bank is None:  # stage 1: plain cross-entropy
+        if self.stage == 0:  # stage 1: plain cross-entropy
             return {"loss": ce, "ce": ce, "logits": logits, "acc": accuracy(logits, labels)}
-        reference = self.bank[indices.to(self.bank.device)]
-        kl = soft_kl(logits, reference, self.temperature)
+        kl = soft_kl(logits, self.reference_logits(images, indices), self.temperature)
         return {"loss": ce + kl, "ce": ce, "kl": kl, "logits": logits, "acc": accuracy(logits, labels)}
 
     def fresh_model(self) -> nn.Module:
         """A newly initialised network (ImageNet weights when configured, fresh classifier),
         drawn from its own seed so the run stays reproducible and resumable."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.reinit_seed)
+            if self.reinit_seed is not None:
+                torch.manual_seed(self.reinit_seed)
             return self.model_factory()
 
     def on_stage_end(self, stage: int, ctx: StageContext) -> None:
         if stage != 0:
             return
         data = ctx.data
-        bank = sharded_logits(self.trainable, data.train_eval_loader, ctx.device, ctx.progress, ctx.channels_last)
+        bank, labels = sharded_logits(self.trainable, data.train_eval_loader, ctx.device, ctx.progress, ctx.channels_last)
+        self.bank_stats = bank_statistics(bank, labels, self.temperature)
         if is_main_process():  # under torchrun every rank holds the gathered bank; one writes it
             atomic_save({"logits": bank, "temperature": self.temperature}, os.path.join(ctx.run_dir, STAGE1_LOGITS))
             save_model_file(self.trainable, os.path.join(ctx.run_dir, STAGE1_MODEL), stage=1)
         self.bank = bank.to(ctx.device)
+        stage1 = self.trainable
         if self.restart:
             self.trainable = self.fresh_model()
+        if self.teacher_view == "augmented":
+            self._freeze_stage1(stage1 if self.restart else _frozen_copy(stage1), ctx.device)
         self.stage = 1
 
+    def _freeze_stage1(self, net: nn.Module, device) -> None:
+        for p in net.parameters():
+            p.grad = None  # stage 1's last gradients: never used again
+        self.stage1_net = net.to(device).requires_grad_(False).eval()
+
     def extra_state(self) -> dict:
-        return {"stage": self.stage}
+        return {"stage": self.stage, "bank_stats": dict(self.bank_stats)}
 
     def load_extra_state(self, state: dict, run_dir: Optional[str] = None) -> None:
         self.stage = int(state.get("stage", 0))
+        self.bank_stats = dict(state.get("bank_stats", {}))
         if self.stage >= 1:
             path = os.path.join(run_dir or "", STAGE1_LOGITS)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"SRDL resume in stage 2 needs the stage-1 logits {path}, which is missing")
             self.bank = torch.load(path, map_location="cpu", weights_only=True)["logits"]
+            if self.teacher_view == "augmented":
+                stage1, _meta = load_model_file(os.path.join(run_dir or "", STAGE1_MODEL))
+                self._freeze_stage1(stage1, self.bank.device)
 
     def extra_eval_models(self, ctx: StageContext) -> Dict[str, nn.Module]:
         if not self.ensemble:
@@ -175,3 +242,15 @@ class SRDL(Method):
         path = os.path.join(ctx.run_dir, STAGE1_MODEL)
         stage1, _meta = load_model_file(path)
         return {"ensemble": EnsembleNet([stage1.to(ctx.device), self.trainable])}
+
+    def diagnostics(self, epoch_records: Sequence[dict]) -> Dict[str, object]:
+        """The bank's statistics and the stage-2 KL of every epoch (from metrics.jsonl)."""
+        out: Dict[str, object] = dict(self.bank_stats)
+        out["stage2_kl"] = [float(r["kl"]) for r in epoch_records if r.get("stage") == 2 and "kl" in r]
+        return out
+
+
+def _frozen_copy(net: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(net)

@@ -1,0 +1,1 @@
+"""The bottom layer: what every other package uses and nothing here imports from above."""
