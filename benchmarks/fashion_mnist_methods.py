@@ -1,16 +1,17 @@
 #!/usr/bin/env python
-"""Fashion-MNIST: vanilla vs SRDL (and its ablations) vs the sibling methods, several seeds.
+"""Fashion-MNIST: vanilla vs SRDL (and its ablations) vs the sibling methods, >= 5 paired seeds.
 
 Every variant trains the same small CIFAR-style ResNet for the same total epochs on the
 same fixed training subset, with the same SGD settings; the table gives test top-1 as
-mean +- std over seeds, wall time and training FLOPs.  For SRDL it also reports the
-stage-1 network's own test accuracy and how much the training loss still moved in the
-last quarter of each stage, to show whether each half of the budget converged on its own
-(the premise of SRDL).  The defaults are the regime where that premise holds: ResNet-8,
-1,000 training images, 240 epochs (vanilla: 84.4 / 86.0 % after 120 epochs, 84.5 / 86.0 %
-after 240, seeds 0 / 1 of a probe), KD's teacher = the vanilla network of the same seed.
+mean +- std over seeds, the paired difference to cross-entropy with its 95% interval
+(paired t; seed s of every variant shares the training subset, the first network's
+initialisation and the data order), wall time and training FLOPs.  For SRDL it also
+reports the stage-1 network's own test accuracy: per seed, the halving cost (cross-entropy
+at M minus at M/2 = SRDL's stage 1) and the self-reference gain (SRDL's stage 2 minus its
+stage 1).  The defaults are the regime where SRDL's premise holds: ResNet-8, 1,000 training
+images, 240 epochs, KD's teacher = the vanilla network of the same seed.
 
-    python benchmarks/fashion_mnist_methods.py                       # the documented run (~1.5 h)
+    python benchmarks/fashion_mnist_methods.py                       # the documented run
     python benchmarks/fashion_mnist_methods.py --variants vanilla srdl --seeds 0 1 2
 
 Runs are cached: a variant/seed whose run directory has metrics.json is not trained
@@ -20,15 +21,19 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-_LOG_LOCK = threading.Lock()
+from experiment_runs import (  # noqa: E402
+    REPO,
+    mean_std,
+    paired_cell,
+    run_all,
+    stage_history,
+    write_text_atomic,
+)
 
 # name -> overrides on top of the common settings
 VARIANTS = {
@@ -36,6 +41,7 @@ VARIANTS = {
     "srdl": ["method.name=srdl"],
     "srdl_incomplete": ["method.name=srdl", "method.srdl.schedule=incomplete"],
     "srdl_no_restart": ["method.name=srdl", "method.srdl.restart=false"],
+    "srdl_augmented": ["method.name=srdl", "method.srdl.teacher_view=augmented"],
     "kd": ["method.name=kd"],  # teacher: the resnet20 trained by the 'teacher' variant, same seed
     "one": ["method.name=one"],
     "byot": ["method.name=byot"],
@@ -46,10 +52,11 @@ DESCRIPTIONS = {
     "srdl": "SRDL (stage-complete schedule, restart)",
     "srdl_incomplete": "SRDL ablation: stage-incomplete schedule",
     "srdl_no_restart": "SRDL ablation: stage 2 continues from stage 1",
+    "srdl_augmented": "SRDL ablation: stage-1 targets on the augmented batch (not the paper's)",
     "kd": "Hinton KD from the vanilla {teacher} (T=3)",
     "one": "ONE (3 branches, gate)",
-    "byot": "BYOT (side exits)",
-    "frskd": "FRSKD (BiFPN self-teacher)",
+    "byot": "BYOT (side exits; official loss)",
+    "frskd": "FRSKD (official BiFPNc self-teacher)",
 }
 
 
@@ -74,46 +81,6 @@ def common_overrides(args, seed, out_dir, name):
     ]
 
 
-def run(overrides, run_dir, log, env=None):
-    """Train one configuration in its own process (fresh memory, exact command logged; the
-    run's own output goes to ``train.log`` inside its folder)."""
-    if os.path.isfile(os.path.join(run_dir, "metrics.json")):
-        check_cached(run_dir, overrides)
-        return
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), *overrides]
-    if os.path.isfile(os.path.join(run_dir, "last.pt")):
-        cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), "--resume", run_dir]
-    print("$ " + " ".join(cmd), flush=True)
-    with _LOG_LOCK, open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "train.log"), "a") as f:
-        result = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if result.returncode != 0:
-        raise SystemExit(f"run failed (exit {result.returncode}): see {os.path.join(run_dir, 'train.log')}")
-
-
-def check_cached(run_dir, overrides):
-    """A finished run is reused only if it was trained with exactly these settings."""
-    from reid_srdl.config import load_config, to_dict
-
-    def relative(cfg):  # paths inside the repository may be spelled relative or absolute
-        return json.loads(json.dumps(to_dict(cfg)).replace(REPO + os.sep, ""))
-
-    stored = relative(load_config(os.path.join(run_dir, "config.yaml")))
-    wanted = relative(load_config(None, overrides))
-    differ = [
-        f"{section}.{key}: {stored[section][key]!r} there, {value!r} asked"
-        for section, values in wanted.items() if isinstance(values, dict)
-        for key, value in values.items()
-        # where the run lives may be spelled differently (relative / absolute path)
-        if (section, key) not in (("train", "output_dir"), ("train", "run_name")) and stored.get(section, {}).get(key) != value
-    ]
-    if differ:
-        raise SystemExit(f"{run_dir} holds a finished run with other settings ({'; '.join(differ[:4])}); "
-                         "give another --out or remove it")
-
-
 def stage1_accuracy(run_dir, args):
     """Test top-1 of the stage-1 network of an SRDL run (the self-reference)."""
     from reid_srdl.config import load_config
@@ -125,27 +92,6 @@ def stage1_accuracy(run_dir, args):
     data = build_data(cfg.data, seed=cfg.train.seed)
     model, _ = load_model_file(os.path.join(run_dir, "stage1.pt"))
     return evaluate_classifier(model, data.test_loader, "cpu")["top1"]
-
-
-def stage_history(run_dir):
-    """Per stage: (relative change of the training cross-entropy over the stage's last
-    quarter, training accuracy of its last epoch)."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        lines = [json.loads(x) for x in f]
-    out = []
-    for stage in sorted({l["stage"] for l in lines}):
-        rows = [l for l in lines if l["stage"] == stage]
-        ce = [l["ce"] for l in rows]
-        q = max(1, len(ce) // 4)
-        change = (ce[-q - 1] - ce[-1]) / ce[-q - 1] if len(ce) > q else float("nan")
-        out.append((change, rows[-1]["train_acc"]))
-    return out
-
-
-def mean_std(values):
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def teacher_run(args, seed):
@@ -178,47 +124,6 @@ def planned_runs(args):
     return [(name, overrides, deps) for name, (overrides, deps) in plan.items()]
 
 
-def run_all(args, log):
-    """Train every planned run, ``--jobs`` at a time, each with ``--threads`` torch threads
-    (several single-threaded runs use 2 cores better than one run with 2 threads when the
-    network is this small).  A run starts once the runs it depends on have finished."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    pending = planned_runs(args)
-    done, failed = set(), []
-    cond = threading.Condition()
-
-    def worker():
-        while True:
-            with cond:
-                while True:
-                    if failed or not pending:
-                        return
-                    ready = next((t for t in pending if all(d in done for d in t[2])), None)
-                    if ready is not None:
-                        pending.remove(ready)
-                        break
-                    cond.wait()
-            name, overrides, _deps = ready
-            try:
-                run(overrides, os.path.join(args.out, name), log, env)
-            except BaseException as e:  # noqa: BLE001 - reported once all workers stop
-                with cond:
-                    failed.append(e)
-                    cond.notify_all()
-                return
-            with cond:
-                done.add(name)
-                cond.notify_all()
-
-    threads = [threading.Thread(target=worker) for _ in range(max(1, args.jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failed:
-        raise failed[0]
-
-
 def collect(args, variant, seed):
     run_dir = os.path.join(args.out, f"{variant}_seed{seed}")
     with open(os.path.join(run_dir, "metrics.json")) as f:
@@ -232,6 +137,7 @@ def collect(args, variant, seed):
         rec["ensemble_top1"] = m["results"]["ensemble"]["test"]["top1"]
     if variant.startswith("srdl"):
         rec["stage1_top1"] = stage1_accuracy(run_dir, args)
+        rec["diagnostics"] = m.get("diagnostics", {})
     rec["stages"] = stage_history(run_dir)
     return rec
 
@@ -239,7 +145,7 @@ def collect(args, variant, seed):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=240)
     p.add_argument("--subset", type=int, default=1000, help="training images (subset of the 60,000 drawn with each run's seed)")
     p.add_argument("--model", default="resnet8")
@@ -249,14 +155,14 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fashion_mnist_converged"))
-    p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_fashion_mnist_converged.md"))
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fashion_mnist_paired"))
+    p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_fashion_mnist_paired.md"))
     args = p.parse_args()
 
     os.makedirs(args.out, exist_ok=True)
     log = os.path.join(args.out, "train.log")
     started = time.time()
-    run_all(args, log)
+    run_all(planned_runs(args), args.out, log, args.jobs, args.threads)
     rows = {}
     for variant in args.variants:
         for seed in args.seeds:
@@ -264,8 +170,8 @@ def main():
             rows.setdefault(variant, []).append(rec)
             print(f"{variant}_seed{seed}: {json.dumps(rec)}", flush=True)
 
-    with open(os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    write_text_atomic(os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"),
+                      json.dumps(rows, indent=2) + "\n")
     write_table(args, rows, time.time() - started)
 
 
@@ -295,17 +201,29 @@ def write_table(args, rows, elapsed):
         cmd,
         "```",
         "",
-        "| variant | test top-1 (%) | ensemble top-1 (%) | stage-1 top-1 (%) | train time (s) | train TFLOPs |",
-        "|---|---|---|---|---|---|",
+        "Paired difference: per seed, the variant minus cross-entropy (points); mean ± std and the",
+        "paired-t 95% interval of the mean in brackets.",
+        "",
+        "| variant | test top-1 (%) | minus cross-entropy (points) | ensemble top-1 (%) | ensemble minus CE |"
+        " stage-1 top-1 (%) | train time (s) | train TFLOPs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    base = [r["top1"] for r in rows.get("vanilla", [])]
     for variant, recs in rows.items():
         def cell(key, scale=100.0, fmt="{:.2f} ± {:.2f}"):
             vals = [r[key] * scale for r in recs if key in r]
             return fmt.format(*mean_std(vals)) if vals else "-"
 
+        def paired(key):
+            vals = [r[key] for r in recs if key in r]
+            if variant == "vanilla" and key == "top1" or len(vals) != len(base) or not base:
+                return "-"
+            return paired_cell(vals, base)
+
         lines.append(
-            f"| {describe(variant, args)} | {cell('top1')} | {cell('ensemble_top1')} | {cell('stage1_top1')} | "
-            f"{cell('seconds', 1.0, '{:.0f} ± {:.0f}')} | {cell('tflops', 1.0, '{:.2f} ± {:.2f}')} |"
+            f"| {describe(variant, args)} | {cell('top1')} | {paired('top1')} | {cell('ensemble_top1')} | "
+            f"{paired('ensemble_top1')} | {cell('stage1_top1')} | {cell('seconds', 1.0, '{:.0f} ± {:.0f}')} | "
+            f"{cell('tflops', 1.0, '{:.2f} ± {:.2f}')} |"
         )
     lines += ["", "Convergence of each half (SRDL's premise), mean over seeds: training accuracy of the last",
               "epoch of each stage, and the relative drop of the training cross-entropy over the stage's",
@@ -324,17 +242,43 @@ def write_table(args, rows, elapsed):
                 cells += ["-", "-"]
         lines.append(f"| {describe(variant, args)} | " + " | ".join(cells) + " |")
     if "vanilla" in rows and "srdl" in rows:
-        half = [r["stage1_top1"] for r in rows["srdl"]]
-        full = [r["top1"] for r in rows["vanilla"]]
-        gaps = [100 * (f - h) for f, h in zip(full, half)]
-        lines += ["", f"Premise check: cross-entropy for M/2 = {args.epochs // 2} epochs (SRDL's stage 1, its own complete",
-                  f"schedule) reaches {100 * statistics.mean(half):.2f} % against {100 * statistics.mean(full):.2f} % for M = {args.epochs}",
-                  "epochs; per seed, full minus half: " + ", ".join(f"{g:+.2f}" for g in gaps) + " points."]
+        lines += srdl_analysis(args, rows)
     lines += ["", f"Total wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)."]
-    os.makedirs(os.path.dirname(args.table), exist_ok=True)
-    with open(args.table, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text_atomic(args.table, "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def srdl_analysis(args, rows):
+    """Where SRDL's gain comes from, per seed: the halving cost (cross-entropy at M minus at
+    M/2, the latter being SRDL's stage 1: same initialisation, order and schedule) and the
+    self-reference gain (SRDL's stage 2 minus its own stage 1); and its targets' quality."""
+    half = [r["stage1_top1"] for r in rows["srdl"]]
+    full = [r["top1"] for r in rows["vanilla"]]
+    stage2 = [r["top1"] for r in rows["srdl"]]
+    seeds = ", ".join(map(str, args.seeds))
+    per_seed = lambda a, b: ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(a, b))  # noqa: E731
+    lines = [
+        "",
+        f"Premise check and decomposition (seeds {seeds}; points, mean ± std [paired-t 95% interval]):",
+        "",
+        f"- cross-entropy for M/2 = {args.epochs // 2} epochs (SRDL's stage 1) reaches {100 * statistics.mean(half):.2f} %, "
+        f"for M = {args.epochs} epochs {100 * statistics.mean(full):.2f} %;",
+        f"- halving cost (CE at M minus CE at M/2): {paired_cell(full, half)}; per seed {per_seed(full, half)};",
+        f"- self-reference gain (SRDL stage 2 minus its stage 1): {paired_cell(stage2, half)}; per seed "
+        f"{per_seed(stage2, half)};",
+        f"- net (SRDL minus CE at M) = gain minus cost: {paired_cell(stage2, full)}.",
+    ]
+    diags = [r.get("diagnostics", {}) for r in rows["srdl"]]
+    if all("bank_train_acc" in d for d in diags):
+        acc = mean_std([100 * d["bank_train_acc"] for d in diags])
+        ent = mean_std([d["bank_entropy"] for d in diags])
+        kl_last = mean_std([d["stage2_kl"][-1] for d in diags if d.get("stage2_kl")])
+        lines.append(
+            f"- stage-1 targets: training accuracy {acc[0]:.2f} ± {acc[1]:.2f} %, mean entropy of softmax(z/T) "
+            f"{ent[0]:.3f} ± {ent[1]:.3f} nats (max {diags[0]['bank_entropy_max']:.3f}); stage-2 KL at the last "
+            f"epoch {kl_last[0]:.4f} ± {kl_last[1]:.4f}."
+        )
+    return lines
 
 
 if __name__ == "__main__":
