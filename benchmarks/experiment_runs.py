@@ -100,6 +100,23 @@ def run_all(plan, out_dir, log, jobs: int, threads: int):
         raise failed[0]
 
 
+RECORD_FILE = "record.json"
+
+
+def cached_record(run_dir, compute):
+    """The table row of a finished run: computed once (it may evaluate checkpoints) and kept
+    as ``record.json`` beside metrics.json, so that the small files alone (config.yaml,
+    metrics.json, metrics.jsonl, record.json, which git keeps) rebuild the table in a later
+    session without the checkpoints."""
+    path = os.path.join(run_dir, RECORD_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    rec = compute()
+    write_text_atomic(path, json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
 def epoch_records(run_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return [json.loads(x) for x in f]

@@ -30,6 +30,7 @@ from experiment_runs import (  # noqa: E402
     REPO,
     mean_std,
     paired_cell,
+    cached_record,
     run_all,
     stage_history,
     write_text_atomic,
@@ -126,6 +127,10 @@ def planned_runs(args):
 
 def collect(args, variant, seed):
     run_dir = os.path.join(args.out, f"{variant}_seed{seed}")
+    return cached_record(run_dir, lambda: compute_record(args, variant, run_dir))
+
+
+def compute_record(args, variant, run_dir):
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
     rec = {

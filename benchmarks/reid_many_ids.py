@@ -23,7 +23,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import REPO, mean_std, paired_cell, run_all, stage_history, write_text_atomic  # noqa: E402
+from experiment_runs import (  # noqa: E402
+    REPO,
+    cached_record,
+    mean_std,
+    paired_cell,
+    run_all,
+    stage_history,
+    write_text_atomic,
+)
 
 VARIANTS = {"vanilla": ["method.name=vanilla"], "srdl": ["method.name=srdl"]}
 DESCRIPTIONS = {"vanilla": "cross-entropy", "srdl": "SRDL (deployed stage-2 network)"}
@@ -65,6 +73,10 @@ def stage1_metrics(run_dir):
 
 def collect(args, variant, seed):
     run_dir = os.path.join(args.out, f"{variant}_seed{seed}")
+    return cached_record(run_dir, lambda: compute_record(args, variant, run_dir))
+
+
+def compute_record(args, variant, run_dir):
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
     rec = {"seconds": m["train_seconds"], "tflops": m["train_flops"] / 1e12, "stages": stage_history(run_dir)}
