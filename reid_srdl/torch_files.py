@@ -152,3 +152,70 @@ def plain_data(obj: Any, where: str = "value") -> Any:
         f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which the safe loader cannot read back; "
         f"save plain data (tensors, dicts, lists, str, int, float, bool, None)"
     )
+
+
+def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collections.Counter] = None) -> Any:
+    """A trusted object (already unpickled) turned into plain data, for tools/convert_checkpoint.py.
+
+    Beyond :func:`plain_data`: NumPy arrays become tensors; dataclasses, namespaces and
+    other objects with a ``__dict__`` of plain values become dicts; ``nn.Module`` and
+    optimizers their ``state_dict()``; enums their value; paths strings; sets sorted lists.
+    ``converted`` (a Counter) counts the conversions by type name.  What cannot be expressed
+    as data is a ``TypeError`` naming where it is.
+    """
+    import dataclasses
+    import enum
+    import pathlib
+
+    counts = converted if converted is not None else collections.Counter()
+
+    def note(value, out):
+        counts[f"{type(value).__module__}.{type(value).__qualname__}"] += 1
+        return out
+
+    def walk(value, at):
+        if isinstance(value, np.generic):
+            return note(value, value.item())
+        if isinstance(value, torch.Tensor):
+            # A Tensor subclass (e.g. Parameter) is saved as a plain tensor.
+            return value if type(value) is torch.Tensor else note(value, value.detach().clone().as_subclass(torch.Tensor))
+        if type(value) in _PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
+            return value
+        if isinstance(value, enum.Enum):
+            return note(value, walk(value.value, at))
+        if isinstance(value, (bool, int, float, str)):  # subclasses of the scalars
+            for base in (bool, int, float, str):
+                if isinstance(value, base):
+                    return note(value, base(value))
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "biuf":
+                return note(value, torch.from_numpy(np.ascontiguousarray(value).copy()))
+            return note(value, walk(value.tolist(), at))
+        if isinstance(value, pathlib.PurePath):
+            return note(value, str(value))
+        if isinstance(value, torch.nn.Module) or isinstance(value, torch.optim.Optimizer):
+            return note(value, walk(value.state_dict(), at))
+        if isinstance(value, dict):
+            out = {walk(k, f"{at} key"): walk(v, f"{at}[{k!r}]") for k, v in value.items()}
+            if isinstance(value, collections.OrderedDict):
+                out = collections.OrderedDict(out)
+                if hasattr(value, "_metadata"):
+                    out._metadata = walk(value._metadata, f"{at}._metadata")
+            return out
+        if isinstance(value, (list, tuple)):
+            items = [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
+            if type(value) not in (list, tuple):
+                note(value, None)  # a namedtuple or list subclass: kept as its items
+            return list(items) if isinstance(value, list) else tuple(items)
+        if isinstance(value, (set, frozenset)):
+            return note(value, walk(sorted(value, key=repr), at))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return note(value, walk(fields, at))
+        if hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
+            return note(value, walk(dict(vars(value)), at))
+        raise TypeError(
+            f"{at} is a {type(value).__module__}.{type(value).__qualname__}, which has no plain-data form"
+        )
+
+    return walk(obj, where)
