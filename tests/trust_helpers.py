@@ -50,8 +50,10 @@ def malicious_run_dir(folder, marker) -> str:
 
 
 def one_line(text: str) -> str:
-    """The single non-empty line of ``text`` (asserts there is exactly one, no traceback)."""
-    lines = [line for line in text.splitlines() if line.strip()]
+    """The single non-empty line of ``text`` as a terminal shows it (a progress bar redrawn
+    with carriage returns and cleared leaves nothing); asserts there is one, no traceback."""
+    shown = [line.split("\r")[-1] for line in text.split("\n")]
+    lines = [line for line in shown if line.strip()]
     assert len(lines) == 1, f"expected one line, got {len(lines)}:\n{text}"
     assert "Traceback" not in text
     return lines[0]
