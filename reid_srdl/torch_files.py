@@ -178,7 +178,9 @@ def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collecti
             return note(value, value.item())
         if isinstance(value, torch.Tensor):
             # A Tensor subclass (e.g. Parameter) is saved as a plain tensor.
-            return value if type(value) is torch.Tensor else note(value, value.detach().clone().as_subclass(torch.Tensor))
+            if type(value) is torch.Tensor:
+                return value
+            return note(value, value.detach().clone().as_subclass(torch.Tensor))
         if type(value) in _PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
             return value
         if isinstance(value, enum.Enum):

@@ -118,7 +118,8 @@ def test_yaml_file_floats_without_a_dot(tmp_path):
     raw = yaml.safe_load(path.read_text())
     assert raw["optim"]["weight_decay"] == "5e-4"  # what PyYAML (YAML 1.1) gives: a string
     cfg = load_config(str(path), ["optim.gamma=1e-1"])
-    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.milestones, cfg.optim.gamma) == (0.01, 0.0005, (0.5, 0.75), 0.1)
+    optim = cfg.optim
+    assert (optim.lr, optim.weight_decay, optim.milestones, optim.gamma) == (0.01, 0.0005, (0.5, 0.75), 0.1)
     with pytest.raises(ConfigError, match="key 'optim.lr' expects float, got str 'fast'"):
         load_config(None, ["optim.lr=fast"])
 

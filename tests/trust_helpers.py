@@ -39,7 +39,8 @@ def write_malicious(path, marker, template=None) -> str:
 
 
 def malicious_model_file(path, marker) -> str:
-    return write_malicious(path, marker, {"format": ckpt.MODEL_FORMAT, "spec": {"name": "small_reid"}, "state_dict": {}})
+    template = {"format": ckpt.MODEL_FORMAT, "spec": {"name": "small_reid"}, "state_dict": {}}
+    return write_malicious(path, marker, template)
 
 
 def malicious_run_dir(folder, marker) -> str:

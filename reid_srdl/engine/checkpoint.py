@@ -149,6 +149,9 @@ def load_train_state(run_dir: str) -> Dict[str, Any]:
     state = _load(path, "training state")
     if state.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"{path} is not a reid_srdl training state")
+    missing = [k for k in ("epoch", "trainable", "method") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete training state (no {', '.join(missing)})")
     return state
 
 
@@ -225,7 +228,9 @@ def create_run_dir(base: str, unique: bool = True) -> RunDirClaim:
                         f"or pick another train.run_name"
                     ) from None
                 if not os.path.isdir(candidate):
-                    raise CheckpointError(f"cannot create the run folder {candidate}: a file of that name exists") from None
+                    raise CheckpointError(
+                        f"cannot create the run folder {candidate}: a file of that name exists"
+                    ) from None
                 return RunDirClaim(candidate, parents)
             suffix += 1
             candidate = f"{base}_{suffix}"
