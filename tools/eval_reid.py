@@ -192,7 +192,7 @@ def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
         splits["gt_bbox"] = data.multi_query
     elif data.multi_query is not None:
         data.multi_query = None  # not evaluated: not checked either
-    preflight_evaluation_data(data)  # every image header and one valid query, before extraction
+    preflight_evaluation_data(data, before="feature extraction")  # every image header, one valid query
     sets = {}
     for name, split in splits.items():
         feats = extract_features(model, split.loader, device, flip=args.flip, normalize=args.normalize,

@@ -36,7 +36,7 @@ def count_valid_queries(q_pids: Sequence[int], q_camids: Sequence[int], g_pids: 
     )
 
 
-def check_images(paths: Iterable[str], split: str) -> int:
+def check_images(paths: Iterable[str], split: str, before: str = "training") -> int:
     """Decode every image header of a split; the first unreadable file (and how many more
     there are) is one :class:`ImageReadError`.  Returns the number of files checked."""
     bad, first, n = 0, None, 0
@@ -49,12 +49,13 @@ def check_images(paths: Iterable[str], split: str) -> int:
             first = first or str(e)
     if bad:
         more = f" (and {bad - 1} more unreadable {split} images)" if bad > 1 else ""
-        raise ImageReadError(f"{split} image check before training: {first}{more}")
+        raise ImageReadError(f"{split} image check before {before}: {first}{more}")
     return n
 
 
-def preflight_evaluation_data(data) -> Dict[str, float]:
-    """Check a :class:`reid_srdl.data.build.DataBundle`'s evaluation splits (re-id only).
+def preflight_evaluation_data(data, before: str = "training") -> Dict[str, float]:
+    """Check a :class:`reid_srdl.data.build.DataBundle`'s evaluation splits (re-id only);
+    ``before`` names the expensive step it protects, in messages.
 
     Returns ``{"images": checked, "seconds": time taken}``; raises a one-line
     :class:`ImageReadError` or :class:`PreflightError` on the first problem.
@@ -66,12 +67,12 @@ def preflight_evaluation_data(data) -> Dict[str, float]:
     splits = (("query", data.query), ("gallery", data.gallery), ("gt_bbox", data.multi_query))
     for name, split in splits:
         if split is not None:
-            checked += check_images(split.paths, name)
+            checked += check_images(split.paths, name, before)
     q, g = data.query, data.gallery
     if count_valid_queries(q.pids, q.camids, g.pids, g.camids) == 0:
         raise PreflightError(
             f"no valid query: none of the {len(q.pids)} query images has a true match in the gallery "
-            f"(same pid, another camera; {len(g.pids)} gallery images), so the evaluation after training "
-            f"could not give a result; check the query/ and bounding_box_test/ folders"
+            f"(same pid, another camera; {len(g.pids)} gallery images), so no evaluation can give a result; "
+            f"found before {before}: check the query/ and bounding_box_test/ folders"
         )
     return {"images": checked, "seconds": time.perf_counter() - start}
