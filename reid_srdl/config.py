@@ -6,7 +6,10 @@ wrong type is a :class:`ConfigError` naming the key and the valid ones.  Each pa
 ``build_*`` function turns its own section into explicit arguments; library code never
 reads this object deep inside.
 """
+import argparse
+import contextlib
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from reid_srdl.atomic import atomic_path
 from reid_srdl.errors import ReidSrdlError
 
 
@@ -226,6 +230,11 @@ def _coerce(value: Any, tp, key: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # PyYAML follows YAML 1.1, whose float needs a dot: "5e-4" and "1e30" arrive as
+        # strings.  Every spelling Python's float() reads is a float here.
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -263,6 +272,18 @@ def to_dict(cfg) -> Dict[str, Any]:
         return v
 
     return plain(dataclasses.asdict(cfg))
+
+
+def flat_dict(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}`` (dotted keys, as in overrides)."""
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flat_dict(v, key))
+        else:
+            out[key] = v
+    return out
 
 
 def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
@@ -369,6 +390,92 @@ _CHOICES = {
 }
 
 
+# --------------------------------------------------------------------------- ranges
+def range_problem(value, minimum=None, maximum=None, above=None) -> Optional[str]:
+    """What is wrong with a number against its allowed range, or None.
+
+    ``minimum``/``maximum`` are inclusive bounds, ``above`` an exclusive lower bound; a
+    float must also be finite (NaN and infinity fail every range).  The one range check
+    of the project: config keys (:func:`check_range`) and CLI arguments (:func:`int_arg`).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+        return f"must be in {minimum}..{maximum}, got {value}"
+    if minimum is not None and value < minimum:
+        return f"must be >= {minimum}, got {value}"
+    if maximum is not None and value > maximum:
+        return f"must be <= {maximum}, got {value}"
+    if above is not None and not value > above:
+        return f"must be > {above}, got {value}"
+    return None
+
+
+def check_range(key: str, value, minimum=None, maximum=None, above=None, why: str = "") -> None:
+    """A :class:`ConfigError` naming ``key`` if ``value`` is outside the range."""
+    problem = range_problem(value, minimum, maximum, above)
+    if problem:
+        raise ConfigError(f"{key} {problem}" + (f" ({why})" if why else ""))
+
+
+def int_arg(minimum=None, maximum=None):
+    """An argparse ``type=`` for an int in a range: ``--height 0`` is refused by argparse
+    with one line (``argument --height: must be >= 1, got 0``) and exit code 2."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects an integer, got '{text}'") from None
+        problem = range_problem(value, minimum, maximum)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in some messages
+    return parse
+
+
+# Market-1501 pids are 1..1501; a synthetic set needs a few identities on each side.
+SYNTHETIC_IDS = (4, 1501)
+
+# (key, keyword arguments of check_range): keys a type alone cannot constrain.
+_RANGES = (
+    ("data.synthetic_ids", dict(minimum=SYNTHETIC_IDS[0], maximum=SYNTHETIC_IDS[1])),
+    ("data.synthetic_seed", dict(minimum=0)),
+    ("data.height", dict(minimum=1)),
+    ("data.width", dict(minimum=1)),
+    ("data.batch_size", dict(minimum=1)),
+    ("data.test_batch_size", dict(minimum=1)),
+    ("data.workers", dict(minimum=0)),
+    ("data.train_subset", dict(minimum=0, why="0 = all")),
+    ("model.feature_dim", dict(minimum=1)),
+    ("method.srdl.temperature", dict(above=0)),
+    ("method.kd.temperature", dict(above=0)),
+    ("method.kd.ce_weight", dict(minimum=0)),
+    ("method.kd.kd_weight", dict(minimum=0)),
+    ("optim.lr", dict(above=0)),
+    ("optim.momentum", dict(minimum=0, maximum=1)),
+    ("optim.weight_decay", dict(minimum=0)),
+    ("optim.gamma", dict(above=0)),
+    ("train.epochs", dict(minimum=1)),
+    ("train.seed", dict(minimum=0)),
+    ("train.max_batches", dict(minimum=0, why="0 = whole epoch")),
+    ("train.dist_timeout", dict(above=0, why="seconds")),
+    ("eval.max_rank", dict(minimum=1)),
+    ("eval.rerank_k1", dict(minimum=1)),
+    ("eval.rerank_k2", dict(minimum=1)),
+    ("eval.rerank_lambda", dict(minimum=0.0, maximum=1.0)),
+)
+
+
+def _get_dotted(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     for (section, key), choices in _CHOICES.items():
@@ -383,18 +490,10 @@ def validate(cfg: Config) -> None:
     ):
         if value not in choices:
             raise ConfigError(f"{key}='{value}' is not one of: {', '.join(choices)}")
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"train.epochs must be >= 1, got {cfg.train.epochs}")
+    for key, bounds in _RANGES:
+        check_range(key, _get_dotted(cfg, key), **bounds)
     if cfg.method.name == "srdl" and cfg.train.epochs < 2:
         raise ConfigError("SRDL needs train.epochs >= 2 (two stages of epochs/2)")
-    if cfg.data.batch_size < 1 or cfg.data.test_batch_size < 1:
-        raise ConfigError("data.batch_size and data.test_batch_size must be >= 1")
-    if cfg.train.dist_timeout <= 0:
-        raise ConfigError(f"train.dist_timeout must be > 0 seconds, got {cfg.train.dist_timeout}")
-    if cfg.eval.rerank_k1 < 1 or cfg.eval.rerank_k2 < 1:
-        raise ConfigError(f"eval.rerank_k1 and eval.rerank_k2 must be >= 1, got {cfg.eval.rerank_k1}, {cfg.eval.rerank_k2}")
-    if not 0.0 <= cfg.eval.rerank_lambda <= 1.0:
-        raise ConfigError(f"eval.rerank_lambda must be in [0, 1], got {cfg.eval.rerank_lambda}")
     for m in cfg.optim.milestones:
         if not 0.0 < m < 1.0:
             raise ConfigError(f"optim.milestones are fractions in (0, 1), got {m}")
@@ -402,7 +501,7 @@ def validate(cfg: Config) -> None:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config as YAML (atomically: temp file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)

@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from reid_srdl.atomic import OutputPathError, check_output_dir, check_output_file  # noqa: E402
+from reid_srdl.config import int_arg  # noqa: E402
 from reid_srdl.errors import ReidSrdlError  # noqa: E402
 from reid_srdl.evaluation.io import FeatureSet, OutputBatch, load_features, write_json_atomic  # noqa: E402
 from reid_srdl.evaluation.metrics import (  # noqa: E402
@@ -59,10 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ck = p.add_argument_group("checkpoint mode")
     ck.add_argument("--checkpoint", metavar="RUN_DIR|MODEL.pt", help="trained re-id model (a run directory or final.pt)")
     ck.add_argument("--data-root", metavar="ROOT", help="folder holding market1501/ (real or synthetic)")
-    ck.add_argument("--height", type=int, help="input height (default: the one the model was trained with)")
-    ck.add_argument("--width", type=int, help="input width (default: the one the model was trained with)")
-    ck.add_argument("--batch-size", type=int, default=128)
-    ck.add_argument("--workers", type=int, default=2)
+    ck.add_argument("--height", type=int_arg(1), help="input height (default: the one the model was trained with)")
+    ck.add_argument("--width", type=int_arg(1), help="input width (default: the one the model was trained with)")
+    ck.add_argument("--batch-size", type=int_arg(1), default=128)
+    ck.add_argument("--workers", type=int_arg(0), default=2)
     ck.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ck.add_argument("--flip", action="store_true", help="average with horizontally flipped images' features")
     ck.add_argument("--normalize", action="store_true", help="L2-normalise the features")
@@ -78,8 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="AP: torchreid (mean precision at hits, default) or official (Market-1501 trapezoid)")
     p.add_argument("--rerank", action="store_true",
                    help="k-reciprocal re-ranking (Zhong et al. 2017) of the (pooled) queries against the gallery")
-    p.add_argument("--rerank-k1", type=int, default=20, help="re-ranking k1 (default: 20)")
-    p.add_argument("--rerank-k2", type=int, default=6, help="re-ranking k2 (default: 6)")
+    p.add_argument("--rerank-k1", type=int_arg(1), default=20, help="re-ranking k1 (default: 20)")
+    p.add_argument("--rerank-k2", type=int_arg(1), default=6, help="re-ranking k2 (default: 6)")
     p.add_argument("--rerank-lambda", type=float, default=0.3, help="re-ranking lambda (default: 0.3)")
     p.add_argument("--json", metavar="OUT.json", help="write the results as JSON (fractions in [0, 1])")
     p.add_argument("--plot", metavar="CMC.png", help="write the CMC curve as a PNG")
@@ -137,12 +139,37 @@ def load_inputs(args: argparse.Namespace) -> EvalInputs:
     return inputs
 
 
-def extract_inputs(args: argparse.Namespace) -> EvalInputs:
+def feature_file_names(args: argparse.Namespace) -> List[str]:
+    """The files --save-features writes (checkpoint mode)."""
+    names = ["query", "gallery"] + (["gt_bbox"] if args.multi_query else [])
+    return [os.path.join(args.save_features, f"{name}.npz") for name in names]
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path can be written, checked before anything is read or computed."""
+    files = []
+    if args.json:
+        files.append(check_output_file(args.json, "--json file"))
+    if args.plot:
+        files.append(check_output_file(args.plot, "--plot file"))
+    if args.visualize:
+        check_output_dir(args.out, "--out folder")
+    if args.save_features:
+        check_output_dir(args.save_features, "--save-features folder")
+        files += [check_output_file(f, "--save-features file") for f in feature_file_names(args)]
+    repeated = sorted({f for f in files if files.count(f) > 1})
+    if repeated:
+        raise OutputPathError(f"two outputs would be written to the same file {repeated[0]}")
+
+
+def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
     """Checkpoint mode: load the deployed network, embed the data root's query, gallery and
-    (with --multi-query) gt_bbox images; optionally save them as feature files."""
+    (with --multi-query) gt_bbox images; optionally save them as feature files (staged in
+    ``batch``, renamed into place with the other outputs)."""
     from reid_srdl.config import DataConfig
     from reid_srdl.data import build_data
     from reid_srdl.engine.checkpoint import load_model_file
+    from reid_srdl.engine.preflight import preflight_evaluation_data
     from reid_srdl.engine.trainer import resolve_device
     from reid_srdl.evaluation.features import extract_features
     from reid_srdl.evaluation.io import save_features
@@ -163,15 +190,17 @@ def extract_inputs(args: argparse.Namespace) -> EvalInputs:
         if data.multi_query is None:
             raise EvaluationInputError(f"--multi-query: {args.data_root} has no gt_bbox folder with the queries' boxes")
         splits["gt_bbox"] = data.multi_query
+    elif data.multi_query is not None:
+        data.multi_query = None  # not evaluated: not checked either
+    preflight_evaluation_data(data, before="feature extraction")  # every image header, one valid query
     sets = {}
     for name, split in splits.items():
         feats = extract_features(model, split.loader, device, flip=args.flip, normalize=args.normalize,
                                  fast=args.fast, precision=args.precision)
         sets[name] = FeatureSet(feats, split.pids, split.camids, np.asarray(split.paths))
     if args.save_features:
-        with OutputBatch() as batch:
-            for name, fs in sets.items():
-                save_features(batch.path(os.path.join(args.save_features, f"{name}.npz")), fs.features, fs.pids, fs.camids, fs.paths)
+        for path, fs in zip(feature_file_names(args), sets.values()):
+            save_features(batch.path(path), fs.features, fs.pids, fs.camids, fs.paths)
     return EvalInputs(sets["query"], sets["gallery"], sets.get("gt_bbox"), "query", "gallery", "gt_bbox")
 
 
@@ -223,50 +252,57 @@ def pick_queries(num_queries: int, n: int) -> List[int]:
 
 
 def write_outputs(
-    args: argparse.Namespace, inputs: EvalInputs, q_feats: np.ndarray, result: ReIDResult, title: str
+    args: argparse.Namespace, inputs: EvalInputs, q_feats: np.ndarray, result: ReIDResult, title: str,
+    batch: OutputBatch,
 ) -> List[str]:
-    """JSON, CMC plot and ranked lists, all staged and then renamed together."""
+    """JSON, CMC plot and ranked lists, staged in ``batch`` (renamed together at its end)."""
     from reid_srdl.evaluation.plots import plot_cmc, save_ranked_list
 
     written = []
-    with OutputBatch() as batch:
-        if args.json:
-            write_json_atomic(batch.path(args.json), result.to_dict())
-            written.append(args.json)
-        if args.plot:
-            plot_cmc({title: result.cmc}, batch.path(args.plot), title=f"CMC ({title})")
-            written.append(args.plot)
-        if args.visualize:
-            q, g = inputs.query, inputs.gallery
-            chosen = pick_queries(len(q), args.visualize)
-            top, dist = ranked_gallery(
-                q_feats[chosen], g.features, q.pids[chosen], g.pids, q.camids[chosen], g.camids, RANKED_LIST_LENGTH
+    if args.json:
+        write_json_atomic(batch.path(args.json), result.to_dict())
+        written.append(args.json)
+    if args.plot:
+        plot_cmc({title: result.cmc}, batch.path(args.plot), title=f"CMC ({title})")
+        written.append(args.plot)
+    if args.visualize:
+        q, g = inputs.query, inputs.gallery
+        chosen = pick_queries(len(q), args.visualize)
+        top, dist = ranked_gallery(
+            q_feats[chosen], g.features, q.pids[chosen], g.pids, q.camids[chosen], g.camids, RANKED_LIST_LENGTH
+        )
+        for row, qi in enumerate(chosen):
+            found = top[row] >= 0
+            cols = top[row][found]
+            picture = os.path.join(args.out, f"query_{qi:05d}_pid{q.pids[qi]}_cam{q.camids[qi]}.png")
+            save_ranked_list(
+                batch.path(picture), q.paths[qi], [g.paths[c] for c in cols],
+                g.pids[cols] == q.pids[qi], dist[row][found],
             )
-            for row, qi in enumerate(chosen):
-                found = top[row] >= 0
-                cols = top[row][found]
-                picture = os.path.join(args.out, f"query_{qi:05d}_pid{q.pids[qi]}_cam{q.camids[qi]}.png")
-                save_ranked_list(
-                    batch.path(picture), q.paths[qi], [g.paths[c] for c in cols],
-                    g.pids[cols] == q.pids[qi], dist[row][found],
-                )
-                written.append(picture)
+            written.append(picture)
     return written
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        inputs = extract_inputs(args) if args.checkpoint else load_inputs(args)
-        q_feats = query_features(inputs, args.pool, args.renormalize)
-        rerank = (args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None
-        result = evaluate(inputs, q_feats, args.max_rank, args.ap, rerank)
-        title = f"multi-query, {args.pool}" if inputs.multi_query is not None else "single-query"
-        if rerank:
-            title += f", re-ranked k1={rerank[0]} k2={rerank[1]} lambda={rerank[2]}"
-        written = write_outputs(args, inputs, q_feats, result, title)
+        check_outputs(args)
+        # One batch for every output (features, JSON, plot, pictures): all appear at the
+        # end, or none (and no temporary file) on any error.
+        with OutputBatch() as batch:
+            inputs = extract_inputs(args, batch) if args.checkpoint else load_inputs(args)
+            q_feats = query_features(inputs, args.pool, args.renormalize)
+            rerank = (args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None
+            result = evaluate(inputs, q_feats, args.max_rank, args.ap, rerank)
+            title = f"multi-query, {args.pool}" if inputs.multi_query is not None else "single-query"
+            if rerank:
+                title += f", re-ranked k1={rerank[0]} k2={rerank[1]} lambda={rerank[2]}"
+            written = write_outputs(args, inputs, q_feats, result, title, batch)
+            if args.save_features:
+                written = feature_file_names(args) + written
     except (ReidSrdlError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        lines = str(e).strip().splitlines()
+        print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(format_results_table(result, title=f"{title} ({args.ap} AP)"))
     for path in written:

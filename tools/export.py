@@ -19,9 +19,22 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid_srdl.atomic import check_output_file, describe_os_error  # noqa: E402
+from reid_srdl.config import int_arg  # noqa: E402
 from reid_srdl.errors import ReidSrdlError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
+
+
+def opset_range():
+    """The ONNX opsets torch's TorchScript-based exporter (the one reid_srdl.export uses,
+    dynamo=False) writes; read from torch so that an upgrade widens it by itself."""
+    try:
+        from torch.onnx import _constants
+
+        return _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except (ImportError, AttributeError):  # a torch without these private constants
+        return 7, 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,9 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torchscript", metavar="OUT.ts", help="write TorchScript here")
     p.add_argument("--config", metavar="CFG.yaml", help="build the network from this config's model section")
     p.add_argument("overrides", nargs="*", help="dotted config overrides (with --config), e.g. model.feature_dim=512")
-    p.add_argument("--height", type=int, help="input height (default: the training height)")
-    p.add_argument("--width", type=int, help="input width (default: the training width)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--height", type=int_arg(1), help="input height (default: the training height)")
+    p.add_argument("--width", type=int_arg(1), help="input width (default: the training width)")
+    p.add_argument("--opset", type=int_arg(*opset_range()), default=17,
+                   help="ONNX opset, in the range torch exports (default: 17)")
     p.add_argument("--verify", action="store_true", help="compare the exported embedding with PyTorch's")
     # Intermixed: overrides may come after the options (checkpoint --config c.yaml key=value).
     args = p.parse_intermixed_args(argv)
@@ -41,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give --onnx OUT.onnx and/or --torchscript OUT.ts")
     if args.overrides and not args.config:
         p.error("config overrides need --config")
+    if args.onnx and args.torchscript and os.path.abspath(args.onnx) == os.path.abspath(args.torchscript):
+        p.error("--onnx and --torchscript name the same file")
     return args
 
 
@@ -84,6 +100,11 @@ def verify(model, path: str, height: int, width: int) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        # Before the network is loaded or traced: a folder, a missing or read-only
+        # destination is one line, and nothing is written.
+        for path, flag in ((args.onnx, "--onnx"), (args.torchscript, "--torchscript")):
+            if path:
+                check_output_file(path, f"{flag} file")
         from reid_srdl.engine.checkpoint import load_model_file
         from reid_srdl.export import export_onnx, export_torchscript
 
@@ -108,6 +129,10 @@ def main(argv=None) -> int:
             print(line)
     except ReidSrdlError as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # e.g. the disk filled up while writing
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: cannot write{where}: {describe_os_error(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

@@ -43,9 +43,10 @@ def main(argv=None) -> int:
         print("\n".join(list_models() if args.list_models else METHODS.list()))
         return 0
     from reid_srdl.engine import distributed as ddp
-    from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, resolve_device, run_dir_for
+    from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, claim_run_dir, resolve_device
 
     env = ddp.SINGLE_PROCESS
+    claim = None  # the run folder this process created, removed again if nothing lands in it
     try:
         if args.resume:
             if args.config or args.overrides:
@@ -63,22 +64,24 @@ def main(argv=None) -> int:
         # train.dist_timeout; a single plain process skips this.
         env = ddp.init_distributed(cfg.train.dist_timeout, resolve_device(cfg.train.device).type == "cuda")
         if not args.resume:
-            # Rank 0 names the run (its timestamp) and checks it is new; every rank gets its answer.
+            # Rank 0 creates the run folder (os.mkdir: unique even for runs started in the
+            # same second) and every rank gets its name, or its error.
             outcome = None
             if env.is_main:
                 try:
-                    outcome = ("ok", run_dir_for(cfg))
-                except FileExistsError as e:
+                    claim = claim_run_dir(cfg)
+                    outcome = ("ok", claim.path)
+                except ReidSrdlError as e:
                     outcome = ("error", str(e))
             status, value = ddp.broadcast_from_main(outcome)
             if status == "error":
-                raise FileExistsError(value)
+                raise CheckpointError(value)
             run_dir = value
         if env.is_main:
             print(f"run directory: {run_dir}" + (f" ({env.world_size} processes, {env.backend})" if env.enabled else ""))
         Trainer(cfg, run_dir, resume=bool(args.resume)).fit()
     except (ReidSrdlError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
-        print(f"error{_rank_tag(env)}: {e}", file=sys.stderr)
+        print(f"error{_rank_tag(env)}: {_first_line(e)}", file=sys.stderr)
         return 2
     except TrainingDivergedError as e:
         print(f"error{_rank_tag(env)}: {e}", file=sys.stderr)
@@ -86,9 +89,18 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; continue with --resume", file=sys.stderr)
         return 130
+    else:
+        claim = None  # a finished run keeps its folder
     finally:
+        if claim is not None:
+            claim.release()  # the run folder this process created, if nothing was written into it
         ddp.shutdown()
     return 0
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def _rank_tag(env) -> str:

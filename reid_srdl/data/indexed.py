@@ -13,6 +13,7 @@ alive from the previous one (persistent workers: no start-up cost per epoch), an
 resumed run replays exactly the augmentations an uninterrupted one would have.
 """
 import contextlib
+import os
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -23,8 +24,37 @@ from reid_srdl.core.seeding import AUGMENTATION, derive_seed
 from reid_srdl.errors import ReidSrdlError
 
 
+# How a DataLoader worker's exception reaches the main process (torch's ExceptionWrapper):
+# "Caught ImageReadError in DataLoader worker process 1.\nOriginal Traceback ...", the
+# original "...ImageReadError: <message>" as the last line.
+_WORKER_PREFIX = "Caught ImageReadError"
+
+
 class ImageReadError(ReidSrdlError, ValueError):
-    """An image file could not be decoded."""
+    """An image file could not be decoded; the message names the file, in one line.
+
+    Constructible from one message string, so that torch's DataLoader re-raises it in the
+    main process with its type intact (``ExceptionWrapper.reraise`` calls
+    ``type(message)``).  That message is the worker's whole traceback; only the original
+    line is kept, so a corrupt image reads the same with 0 or N workers.
+    """
+
+    def __init__(self, message: str):
+        message = str(message)
+        if message.startswith(_WORKER_PREFIX):
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+def _image_problem(path: str, e: BaseException) -> str:
+    if os.path.isdir(path):
+        return f"cannot read image '{path}': it is a folder, not an image file"
+    if isinstance(e, FileNotFoundError):
+        return f"cannot read image '{path}': the file does not exist"
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return f"cannot read image '{path}': the file is empty (0 bytes)"
+    return f"cannot read image '{path}': {e}"
 
 
 def read_rgb_image(path: str) -> Image.Image:
@@ -35,7 +65,21 @@ def read_rgb_image(path: str) -> Image.Image:
             # name) rather than later inside a transform.
             return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three on bad files
-        raise ImageReadError(f"cannot read image '{path}': {e}") from None
+        raise ImageReadError(_image_problem(path, e)) from None
+
+
+def check_image_header(path: str) -> None:
+    """Raise :class:`ImageReadError` unless `path` is an image file whose header decodes.
+
+    Cheaper than :func:`read_rgb_image` (no pixel is decoded): enough to find a missing,
+    empty, foreign or folder-named file before a run starts.  A file cut inside its pixel
+    data still passes; the full decode reports it when it is met.
+    """
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(_image_problem(path, e)) from None
 
 
 class ImageFileDataset(Dataset):

@@ -53,6 +53,10 @@ class MarketLayoutError(ReidSrdlError, FileNotFoundError):
     """The Market-1501 folders are missing, mis-laid or empty."""
 
 
+class MarketNameError(ReidSrdlError, ValueError):
+    """A file in a Market-1501 split folder is not named like a Market-1501 image."""
+
+
 class MarketName(NamedTuple):
     """The fields of a Market-1501 file name; ``camid`` is 0-based."""
 
@@ -72,13 +76,15 @@ def parse_market_filename(filename: str) -> MarketName:
     name = os.path.basename(filename)
     m = _NAME_RE.match(name)
     if m is None:
-        raise ValueError(
+        raise MarketNameError(
             f"'{filename}' is not a Market-1501 image name; expected "
             "PPPP_cCsS_FFFFFF_BB.jpg such as 0002_c1s1_000451_03.jpg (pid -1 for junk)"
         )
     pid, camera, sequence, frame, box = (int(g) for g in m.groups())
     if not 1 <= camera <= NUM_CAMERAS:
-        raise ValueError(f"'{filename}': camera c{camera} is outside c1..c{NUM_CAMERAS}")
+        raise MarketNameError(
+            f"'{filename}': camera c{camera} is outside c1..c{NUM_CAMERAS} (Market-1501 has {NUM_CAMERAS} cameras)"
+        )
     return MarketName(pid, camera - 1, sequence, frame, box)
 
 

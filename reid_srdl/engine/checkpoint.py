@@ -8,14 +8,22 @@ A run directory holds::
                       API and tools/eval_reid.py load
     stage1.pt, stage1_logits.pt   SRDL: the stage-1 network and its per-sample logits
     metrics.jsonl     one JSON line per epoch;  metrics.json: final results
+
+Every file here holds plain data only (tensors, dicts, lists, str, numbers, None), checked
+when it is saved, and is read with PyTorch's safe unpickler: a checkpoint cannot run code
+(see reid_srdl.torch_files; tools/convert_checkpoint.py converts a trusted legacy file).
+Run folders are claimed with ``os.mkdir``, which fails if the folder exists, so two runs
+started in the same second never share one (:func:`create_run_dir`).
 """
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from reid_srdl.atomic import atomic_path, describe_os_error
 from reid_srdl.errors import ReidSrdlError
+from reid_srdl.torch_files import load_torch_file, plain_data
 
 MODEL_FORMAT = "reid_srdl.model/1"
 TRAIN_STATE_FORMAT = "reid_srdl.train_state/1"
@@ -29,25 +37,31 @@ class CheckpointError(ReidSrdlError, ValueError):
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
+    """torch.save plain data to a temp file in the same folder, fsync, then rename over `path`.
 
     A run killed at any moment leaves either the old file or the new one, never half of one.
+    ``obj`` is checked (NumPy scalars made Python numbers) so that the file loads with the
+    safe unpickler; anything else is a TypeError before a byte is written.
     """
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    obj = plain_data(obj, os.path.basename(path))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load_plain_file(path: str, what: str) -> Any:
+    """A file written by :func:`atomic_save`, read with the safe unpickler (one-line errors)."""
+    if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise CheckpointError(f"{what} {path} is a folder, not a file")
+        raise CheckpointError(f"{what} not found: {path}")
+    return load_torch_file(path, what)
 
 
 def _load(path: str, what: str) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{what} not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise CheckpointError(f"cannot read {what} {path}: {e}") from None
+    obj = load_plain_file(path, what)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} is not a reid_srdl {what} (not a dict)")
     return obj
@@ -83,8 +97,11 @@ def load_model_file(path: str) -> Tuple[nn.Module, Dict[str, Any]]:
     if obj.get("format") != MODEL_FORMAT:
         hint = " (this is a training state; use the run's final.pt)" if obj.get("format") == TRAIN_STATE_FORMAT else ""
         raise CheckpointError(f"{path} is not a reid_srdl model file{hint}")
-    model = build_model(**obj["spec"])
-    load_state_dict_checked(model, obj["state_dict"], path)
+    spec, state = obj.get("spec"), obj.get("state_dict")
+    if not isinstance(spec, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a complete reid_srdl model file (no spec or state_dict)")
+    model = build_model(**spec)
+    load_state_dict_checked(model, state, path)
     model.eval()
     return model, dict(obj.get("meta", {}), spec=obj["spec"])
 
@@ -132,4 +149,93 @@ def load_train_state(run_dir: str) -> Dict[str, Any]:
     state = _load(path, "training state")
     if state.get("format") != TRAIN_STATE_FORMAT:
         raise CheckpointError(f"{path} is not a reid_srdl training state")
+    missing = [k for k in ("epoch", "trainable", "method") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete training state (no {', '.join(missing)})")
     return state
+
+
+def verify_run_files(run_dir: str) -> None:
+    """Read every ``.pt`` file of a run folder with the safe loader, before a resume trains.
+
+    A file that would need the unsafe unpickler (or that is corrupt) stops the resume with
+    one line now, not after hours of training when e.g. SRDL's ensemble loads stage1.pt.
+    """
+    for name in sorted(os.listdir(run_dir)):
+        path = os.path.join(run_dir, name)
+        if name.endswith(".pt") and os.path.isfile(path):
+            load_plain_file(path, f"run file {name} of")
+
+
+def _missing_parents(path: str) -> List[str]:
+    """The folders above ``path`` that do not exist yet, top first."""
+    missing, probe = [], os.path.dirname(os.path.abspath(path))
+    while probe and not os.path.exists(probe):
+        missing.append(probe)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    return missing[::-1]
+
+
+class RunDirClaim:
+    """A run folder this process created (and the parents it created for it).
+
+    :meth:`release` removes them again while they are still empty: a run that stops before
+    writing anything leaves no folder behind.
+    """
+
+    def __init__(self, path: str, created: List[str]):
+        self.path, self.created = path, created
+
+    def release(self) -> None:
+        for folder in reversed(self.created):  # deepest first
+            try:
+                os.rmdir(folder)  # only succeeds when empty
+            except OSError:
+                return
+
+
+def create_run_dir(base: str, unique: bool = True) -> RunDirClaim:
+    """Create the run folder ``base`` atomically (``os.mkdir``), or ``base_2``, ``base_3``...
+    when it is taken and ``unique`` (the default, timestamped names).
+
+    With ``unique=False`` (a name the user chose) an existing folder is reused, as long as it
+    holds no training state yet (a run that stopped before its first epoch).  A folder that
+    cannot be created is a :class:`CheckpointError` naming it.
+    """
+    base = os.path.normpath(base)
+    parents = _missing_parents(base)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
+    except OSError as e:
+        RunDirClaim(base, parents).release()
+        raise CheckpointError(
+            f"cannot create the run folder {base} (train.output_dir): {describe_os_error(e)}"
+        ) from None
+    candidate: Optional[str] = base
+    suffix = 1
+    while True:
+        try:
+            os.mkdir(candidate)
+            return RunDirClaim(candidate, parents + [candidate])
+        except FileExistsError:
+            if not unique:
+                if os.path.isfile(os.path.join(candidate, LAST_FILE)):
+                    raise CheckpointError(
+                        f"{candidate} already holds a run; continue it with --resume {candidate} "
+                        f"or pick another train.run_name"
+                    ) from None
+                if not os.path.isdir(candidate):
+                    raise CheckpointError(
+                        f"cannot create the run folder {candidate}: a file of that name exists"
+                    ) from None
+                return RunDirClaim(candidate, parents)
+            suffix += 1
+            candidate = f"{base}_{suffix}"
+        except OSError as e:
+            RunDirClaim(base, parents).release()
+            raise CheckpointError(
+                f"cannot create the run folder {candidate} (train.output_dir): {describe_os_error(e)}"
+            ) from None

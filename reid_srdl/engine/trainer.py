@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reid_srdl.config import Config, save_config, to_dict
+from reid_srdl.atomic import write_bytes_atomic
+from reid_srdl.config import Config, ConfigError, flat_dict, save_config, to_dict
 from reid_srdl.core import seeding
 from reid_srdl.engine import checkpoint as ckpt
 from reid_srdl.engine import distributed as ddp
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.engine.logger import RunLogger, format_epoch, read_epoch_records
+from reid_srdl.engine.preflight import preflight_evaluation_data
 from reid_srdl.engine.schedule import epoch_learning_rates
 from reid_srdl.methods import Method, StageContext, build_method
 
@@ -38,7 +40,7 @@ def resolve_device(name: str, local_rank: Optional[int] = None) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device='{name}' but no CUDA device is available; use train.device=cpu or auto")
+        raise ConfigError(f"train.device='{name}' but no CUDA device is available; use train.device=cpu or auto")
     if device.type == "cuda" and local_rank is not None:
         device = torch.device("cuda", local_rank)
     return device
@@ -63,17 +65,33 @@ def build_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
 
 
 def run_dir_for(cfg: Config) -> str:
-    """The run folder a new run will write to (created by the Trainer once everything is
-    built, so a bad option leaves no empty folder behind)."""
+    """The run folder a new run asks for: ``train.run_name``, or a timestamped name (which
+    :func:`claim_run_dir` makes unique)."""
     name = cfg.train.run_name or "{}_{}_{}_{}".format(
         cfg.data.name, cfg.model.name, cfg.method.name, time.strftime("%Y%m%d-%H%M%S")
     )
-    run_dir = os.path.join(cfg.train.output_dir, name)
-    if os.path.isfile(os.path.join(run_dir, ckpt.LAST_FILE)):
-        raise FileExistsError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another train.run_name"
-        )
-    return run_dir
+    return os.path.join(cfg.train.output_dir, name)
+
+
+def claim_run_dir(cfg: Config) -> ckpt.RunDirClaim:
+    """Create the new run's folder atomically: a timestamped name gets a suffix (_2, _3...)
+    when another run took it in the same second; a chosen ``train.run_name`` is reused only
+    if it holds no training state.  Under torchrun rank 0 alone calls this and broadcasts
+    the name (tools/train.py)."""
+    return ckpt.create_run_dir(run_dir_for(cfg), unique=not cfg.train.run_name)
+
+
+def config_differences(saved: dict, current: dict) -> List[str]:
+    """``key: old -> new`` for every dotted key whose value differs (or exists on one side)."""
+    old, new = flat_dict(saved), flat_dict(current)
+    missing = object()
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, missing), new.get(key, missing)
+        if a != b:
+            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+            diffs.append(f"{key}: {show(a)} -> {show(b)}")
+    return diffs
 
 
 class _NoLogger:
@@ -108,6 +126,9 @@ class Trainer:
         self.dist = ddp.current_env()
         self.device = resolve_device(cfg.train.device, self.dist.local_rank if self.dist.enabled else None)
         self.data = build_data(cfg.data, seed=cfg.train.seed)
+        # Before anything expensive (teachers, training): every evaluation image is
+        # readable and the protocol has a valid query, or the run stops here in one line.
+        preflight_evaluation_data(self.data)
         if ddp.process_group_active():
             # Also with WORLD_SIZE=1, so that `torchrun --nproc_per_node=1` is the exact
             # single-process reference of an N-process run (same global batches).
@@ -149,7 +170,9 @@ class Trainer:
         self.history: Dict[str, float] = {"train_seconds": 0.0}
         self.stage_flops: List[int] = []
         if resume:
-            self._restore(ckpt.load_train_state(run_dir))
+            state = ckpt.load_train_state(run_dir)
+            ckpt.verify_run_files(run_dir)  # stage files too (SRDL's stage1.pt), before training
+            self._restore(state)
         elif self.dist.is_main:
             os.makedirs(run_dir, exist_ok=True)
             save_config(cfg, os.path.join(run_dir, ckpt.CONFIG_FILE))
@@ -168,7 +191,12 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         saved = state.get("config")
         if saved is not None and saved != to_dict(self.cfg):
-            raise ckpt.CheckpointError(f"{self.run_dir}: the saved training state was written with another config")
+            diffs = config_differences(saved, to_dict(self.cfg))
+            shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} keys in all)" if len(diffs) > 5 else "")
+            raise ckpt.CheckpointError(
+                f"cannot resume {self.run_dir}: its {ckpt.CONFIG_FILE} differs from the config the training state "
+                f"was written with (saved -> now): {shown}; restore those values or start a new run"
+            )
         self.method.load_extra_state(state["method"], self.run_dir)
         ckpt.load_state_dict_checked(self.method.trainable, state["trainable"], os.path.join(self.run_dir, ckpt.LAST_FILE))
         self.start_epoch = int(state["epoch"])
@@ -283,10 +311,14 @@ class Trainer:
                 out = self.method(images, labels, indices)
             loss = out["loss"]
             if not torch.isfinite(loss.detach()):
+                last = os.path.join(self.run_dir, ckpt.LAST_FILE)
+                kept = (
+                    f"keeping the last good checkpoint {last} (after epoch {epoch})" if os.path.isfile(last)
+                    else "no checkpoint exists yet (none is written before the first epoch ends)"
+                )
                 raise TrainingDivergedError(
                     f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1} (stage {stage + 1}); "
-                    f"stopped, keeping the last good checkpoint "
-                    f"{os.path.join(self.run_dir, ckpt.LAST_FILE)} (after epoch {epoch})"
+                    f"stopped, {kept}"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -382,10 +414,7 @@ class Trainer:
         }
         if diagnostics:
             summary["diagnostics"] = diagnostics
-        tmp = os.path.join(self.run_dir, "metrics.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, os.path.join(self.run_dir, "metrics.json"))
+        write_bytes_atomic(os.path.join(self.run_dir, "metrics.json"), json.dumps(summary, indent=2).encode("utf-8"))
         flat = {}
         for name, res in results.items():
             for proto, vals in res.items():

@@ -6,20 +6,22 @@ and optionally ``paths`` (N strings, the images the features came from).  It is 
 ``ReIDSearcher.save`` writes.  Strings are stored as a unicode array, so files load with
 ``allow_pickle=False`` (a feature file can never run code).
 
-Every writer here goes through :func:`atomic_output`: the data is written to a temporary
-file beside the target and renamed over it only when complete, so a crash or an error never
-leaves half a file behind.
+Every writer here goes through :func:`atomic_output` (reid_srdl.atomic.atomic_path): the
+data is written to a temporary file beside the target and renamed over it only when
+complete, so a crash or an error never leaves half a file behind; the file gets the mode
+the umask gives a new file (0644 under umask 022), not mkstemp's 0600.
 """
 import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from reid_srdl.atomic import atomic_path, temp_file_beside
+from reid_srdl.atomic import write_bytes_atomic  # noqa: F401  (re-exported: plots write through it)
 from reid_srdl.evaluation.metrics import EvaluationInputError, check_features, check_ids
 
 FEATURE_KEYS = ("features", "pids", "camids")
@@ -39,25 +41,13 @@ class FeatureSet:
         return len(self.features)
 
 
-@contextlib.contextmanager
 def atomic_output(path: str, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
     ``suffix`` keeps an extension on the temporary name for writers that look at it.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=folder)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
+    return atomic_path(path, suffix)
 
 
 class OutputBatch:
@@ -83,12 +73,16 @@ class OutputBatch:
             probe = os.path.dirname(probe)
         os.makedirs(folder, exist_ok=True)
         self._created_dirs.extend(reversed(missing))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=folder)
-        os.close(fd)
+        tmp = temp_file_beside(final)
         self._pending.append((tmp, final))
         return tmp
 
     def commit(self) -> None:
+        # Every target is checked before the first rename, so that a folder standing where
+        # a file goes cannot leave half the batch renamed.
+        for _tmp, final in self._pending:
+            if os.path.isdir(final):
+                raise IsADirectoryError(f"cannot write {final}: it is a folder")
         for tmp, final in self._pending:
             os.replace(tmp, final)
         self._pending = []
@@ -108,15 +102,13 @@ class OutputBatch:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()  # no temporary file outlives a failed commit
+                raise
         else:
             self.discard()
-
-
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
 
 
 def write_json_atomic(path: str, obj) -> None:

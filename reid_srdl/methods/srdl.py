@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
-from reid_srdl.engine.checkpoint import atomic_save, load_model_file, save_model_file
+from reid_srdl.engine.checkpoint import CheckpointError, atomic_save, load_model_file, load_plain_file, save_model_file
 from reid_srdl.engine.distributed import is_main_process, sharded_map
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
 from reid_srdl.methods.losses import accuracy, soft_kl
@@ -231,7 +231,10 @@ class SRDL(Method):
             path = os.path.join(run_dir or "", STAGE1_LOGITS)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"SRDL resume in stage 2 needs the stage-1 logits {path}, which is missing")
-            self.bank = torch.load(path, map_location="cpu", weights_only=True)["logits"]
+            saved = load_plain_file(path, "SRDL stage-1 logits")  # safe loader, one-line errors
+            if not isinstance(saved, dict) or not isinstance(saved.get("logits"), torch.Tensor):
+                raise CheckpointError(f"{path} does not hold SRDL stage-1 logits (a dict with a 'logits' tensor)")
+            self.bank = saved["logits"]
             if self.teacher_view == "augmented":
                 stage1, _meta = load_model_file(os.path.join(run_dir or "", STAGE1_MODEL))
                 self._freeze_stage1(stage1, self.bank.device)

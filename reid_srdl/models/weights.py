@@ -9,12 +9,12 @@ import os
 import re
 from typing import Dict, List, Mapping
 
-import torch
 from torch import Tensor
 
 from reid_srdl.errors import ReidSrdlError
 from reid_srdl.models.base import Net
 from reid_srdl.models.reid import IMAGENET_LAYOUTS, ImageNetLayout
+from reid_srdl.torch_files import UnreadableFileError, load_torch_file
 
 # How many offending keys an error message names.
 _SHOWN = 5
@@ -26,9 +26,11 @@ class WeightsMismatchError(ReidSrdlError, ValueError):
 
 def _read_state_dict(path: str) -> Dict[str, Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file ends here, with the path named
-        raise WeightsMismatchError(f"could not read {path} as a PyTorch state dict: {e}") from None
+        # Safe loader: a file referring to Python objects is refused (UnsafeFileError, naming
+        # the conversion tool); it is never unpickled.
+        obj = load_torch_file(path, "ImageNet weights file")
+    except UnreadableFileError as e:
+        raise WeightsMismatchError(f"could not read {path} as a PyTorch state dict: {e.reason}") from None
     # Training scripts often save {'state_dict': ..., 'epoch': ...}.
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
@@ -81,7 +83,7 @@ def load_imagenet_weights(model: Net, path: str) -> None:
     """
     layout = IMAGENET_LAYOUTS.get(model.arch)
     if layout is None:
-        raise ValueError(
+        raise WeightsMismatchError(
             f"model '{model.arch}' has no ImageNet weights layout; ImageNet weights can be "
             f"loaded into: {', '.join(sorted(IMAGENET_LAYOUTS))}"
         )

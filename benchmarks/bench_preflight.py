@@ -1,0 +1,92 @@
+#!/usr/bin/env python
+"""Cost of the pre-training check of the evaluation images, as a fraction of one epoch.
+
+The trainer decodes the header of every query, gallery and gt_bbox image and counts the
+valid queries before its first epoch (reid_srdl.engine.preflight).  This script times that
+pass on the default demo data (``python tools/train.py``: the synthetic Market-1501 set with
+120 identities, small_reid at 128x64, batch 32, 2 workers, SRDL) against one training
+epoch, estimated from ``--batches`` timed batches (after one warm-up batch) times the
+number of batches per epoch.
+
+    python benchmarks/bench_preflight.py --root datasets/synthetic
+    python benchmarks/bench_preflight.py --root /tmp/demo --batches 5 --repeats 3   # tiny budget
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl.engine.preflight import preflight_evaluation_data  # noqa: E402
+from reid_srdl.engine.trainer import Trainer  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default="datasets/synthetic", help="data root (the demo set is written there if absent)")
+    p.add_argument("--batches", type=int, default=20, help="timed training batches (default 20)")
+    p.add_argument("--repeats", type=int, default=5, help="timed preflight passes; the median is kept (default 5)")
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "preflight.json"))
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(None, [f"data.root={args.root}", "train.progress=false", "train.tensorboard=false",
+                             f"train.output_dir={tempfile.mkdtemp()}", "train.run_name=bench", "eval.plot=false",
+                             f"train.max_batches={args.batches + 1}"])
+    trainer = Trainer(cfg, os.path.join(cfg.train.output_dir, "bench"))  # builds the demo data (and checks it once)
+    passes = [preflight_evaluation_data(trainer.data) for _ in range(args.repeats)]
+    images = passes[0]["images"]
+    preflight_s = statistics.median(p["seconds"] for p in passes)
+
+    # One epoch of the demo run, from timed batches of the real loop.
+    from reid_srdl.engine.trainer import build_optimizer
+
+    trainer.optimizer = build_optimizer(trainer.method.trainable, cfg.optim)
+    stamps = []
+    original = trainer._autocast
+
+    def timed_autocast():
+        stamps.append(time.perf_counter())
+        return original()
+
+    trainer._autocast = timed_autocast
+    trainer.train_epoch(0)
+    per_batch = (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # batch 1 (warm-up, workers starting) left out
+    batches_per_epoch = len(trainer.data.train_loader)
+    epoch_s = per_batch * batches_per_epoch
+    git = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = git.stdout.strip()
+    result = {
+        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})",
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit,
+        "images_checked": images,
+        "preflight_seconds": preflight_s,
+        "train_batches_timed": len(stamps) - 1,
+        "seconds_per_batch": per_batch,
+        "batches_per_epoch": batches_per_epoch,
+        "epoch_seconds_estimated": epoch_s,
+        "fraction_of_epoch": preflight_s / epoch_s,
+    }
+    print(f"| images checked | preflight | est. epoch ({batches_per_epoch} batches) | fraction |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {images} | {preflight_s:.3f} s | {epoch_s:.1f} s | {100 * preflight_s / epoch_s:.1f}% |")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""PyTorch files read as data, never as code: the one safe ``torch.load`` of the project.
+
+A ``.pt`` file is a pickle, and an ordinary pickle can run any code while it loads.  Every
+file the project reads goes through :func:`load_torch_file`, which uses PyTorch's safe
+unpickler (``weights_only=True``): tensors, dicts, lists, tuples, strings, numbers, booleans
+and None only.  What the project writes is checked against the same rule at save time by
+:func:`plain_data`, so every file it writes loads safely again.
+
+A file that needs the unsafe unpickler (it refers to Python classes or functions) is refused
+with one line that names what it refers to and the explicit conversion command for a file
+the user trusts (:data:`CONVERT_TOOL`); PyTorch's own advice to retry with
+``weights_only=False`` is never shown.
+"""
+import collections
+import pickle
+import re
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from reid_srdl.errors import ReidSrdlError
+
+CONVERT_TOOL = "tools/convert_checkpoint.py"
+TRUST_FLAG = "--i-trust-this-file"
+
+# Scalars the safe unpickler rebuilds without any global (exact types: a subclass such as
+# numpy.float64 or an IntEnum is pickled with a reference to its class).
+_PLAIN_SCALARS = (str, bytes, bool, int, float, type(None))
+# Pickle opcodes the safe unpickler rejects as "Unsupported operand" although they only
+# occur when an object is pickled (STACK_GLOBAL, NEWOBJ_EX, EXT1/2/4): a protocol-4 pickle
+# of a class instance.  Text-like opcodes (INST 'i', OBJ 'o') are left out: a text file
+# starting with those letters is garbage, not a pickle.
+_OBJECT_OPCODES = {0x93, 0x92, 0x82, 0x83, 0x84}
+
+
+class UnsafeFileError(ReidSrdlError, ValueError):
+    """A PyTorch file holds Python objects that only the unsafe unpickler would rebuild."""
+
+
+class UnreadableFileError(ReidSrdlError, ValueError):
+    """A file is not a PyTorch file at all, or it is truncated or corrupt; ``reason`` says
+    which, without the path."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+def convert_command(path: str) -> str:
+    return f"python {CONVERT_TOOL} {path} NEW.pt {TRUST_FLAG}"
+
+
+def _refers_to(message: str) -> Optional[str]:
+    """What a safe-unpickler refusal says the file refers to; None when the message is not
+    about Python objects (then the file is garbage rather than a foreign pickle)."""
+    patterns = (
+        (r"GLOBAL (\S+) was not an allowed global", "the Python object {}"),
+        (r"GLOBAL (\S+) whose module \S+ is blocked", "the Python object {}"),
+        (r"reduce for unrecognized function (.+?)(?: which belongs|$)", "a call of {}"),
+        (r"Can only (?:create new object|build) .* but got (.+)", "an instance of {}"),
+    )
+    for pattern, text in patterns:
+        m = re.search(pattern, message, re.MULTILINE)
+        if m:
+            return text.format(m.group(1).strip())
+    m = re.search(r"Unsupported operand (\d+)", message)
+    if m and int(m.group(1)) in _OBJECT_OPCODES:
+        return "a Python object (pickle protocol 4 global)"
+    return None
+
+
+def _torch_reason(e: BaseException) -> str:
+    """The first sentence of a torch error's first line, never torch's advice about
+    weights_only."""
+    line = (str(e).strip().splitlines() or [""])[0].strip()
+    line = line.split(". ")[0].rstrip(".")
+    if not line or "weights_only" in line or len(line) > 160:
+        return type(e).__name__
+    return line
+
+
+def load_torch_file(path: str, what: str = "PyTorch file") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
+
+    Raises :class:`UnsafeFileError` (the file refers to Python objects: refused, never
+    executed; the message names the conversion command) or :class:`UnreadableFileError`
+    (not a PyTorch file, truncated, a folder...).  ``what`` names the file in messages.
+    """
+    try:
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": the outcome is reported below, in one line.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refers = _refers_to(str(e))
+        if refers is not None:
+            raise UnsafeFileError(
+                f"refusing to load {what} {path}: it refers to {refers}, which the safe loader does not "
+                f"rebuild because loading it could run code; if you trust where this file came from, "
+                f"convert it once to plain data with: {convert_command(path)}"
+            ) from None
+        reason = "not a file written by torch.save, or corrupt"
+    except RuntimeError as e:
+        if "TorchScript" in str(e):
+            reason = "it is a TorchScript program, not a data file"
+        else:
+            reason = f"not a file written by torch.save, or truncated ({_torch_reason(e)})"
+    except (EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        reason = f"truncated or corrupt ({_torch_reason(e)})"
+    except IsADirectoryError:
+        reason = "it is a folder"
+    except OSError as e:
+        reason = (e.strerror or type(e).__name__).lower()
+    raise UnreadableFileError(f"cannot read {what} {path}: {reason}", reason)
+
+
+def plain_data(obj: Any, where: str = "value") -> Any:
+    """``obj`` in the types the safe unpickler accepts, for saving.
+
+    NumPy scalars become Python numbers (they would need NumPy globals to load); containers
+    are walked (``OrderedDict`` kept, with a state dict's ``_metadata``); anything else is a
+    ``TypeError`` naming where it was found, so that a file which would not load safely is
+    never written.  Containers that need no change are returned as they are.
+    """
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN_SCALARS:
+        return obj
+    if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
+        return obj
+    if isinstance(obj, dict):
+        changed = False
+        items = []
+        for k, v in obj.items():
+            pk, pv = plain_data(k, f"{where} key"), plain_data(v, f"{where}[{k!r}]")
+            changed |= pk is not k or pv is not v
+            items.append((pk, pv))
+        if not changed and type(obj) in (dict, collections.OrderedDict):
+            return obj
+        out = collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else dict(items)
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if type(obj) in (list, tuple) and all(a is b for a, b in zip(items, obj)):
+            return obj
+        return list(items) if isinstance(obj, list) else tuple(items)
+    raise TypeError(
+        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which the safe loader cannot read back; "
+        f"save plain data (tensors, dicts, lists, str, int, float, bool, None)"
+    )
+
+
+def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collections.Counter] = None) -> Any:
+    """A trusted object (already unpickled) turned into plain data, for tools/convert_checkpoint.py.
+
+    Beyond :func:`plain_data`: NumPy arrays become tensors; dataclasses, namespaces and
+    other objects with a ``__dict__`` of plain values become dicts; ``nn.Module`` and
+    optimizers their ``state_dict()``; enums their value; paths strings; sets sorted lists.
+    ``converted`` (a Counter) counts the conversions by type name.  What cannot be expressed
+    as data is a ``TypeError`` naming where it is.
+    """
+    import dataclasses
+    import enum
+    import pathlib
+
+    counts = converted if converted is not None else collections.Counter()
+
+    def note(value, out):
+        counts[f"{type(value).__module__}.{type(value).__qualname__}"] += 1
+        return out
+
+    def walk(value, at):
+        if isinstance(value, np.generic):
+            return note(value, value.item())
+        if isinstance(value, torch.Tensor):
+            # A Tensor subclass (e.g. Parameter) is saved as a plain tensor.
+            if type(value) is torch.Tensor:
+                return value
+            return note(value, value.detach().clone().as_subclass(torch.Tensor))
+        if type(value) in _PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
+            return value
+        if isinstance(value, enum.Enum):
+            return note(value, walk(value.value, at))
+        if isinstance(value, (bool, int, float, str)):  # subclasses of the scalars
+            for base in (bool, int, float, str):
+                if isinstance(value, base):
+                    return note(value, base(value))
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "biuf":
+                return note(value, torch.from_numpy(np.ascontiguousarray(value).copy()))
+            return note(value, walk(value.tolist(), at))
+        if isinstance(value, pathlib.PurePath):
+            return note(value, str(value))
+        if isinstance(value, torch.nn.Module) or isinstance(value, torch.optim.Optimizer):
+            return note(value, walk(value.state_dict(), at))
+        if isinstance(value, dict):
+            out = {walk(k, f"{at} key"): walk(v, f"{at}[{k!r}]") for k, v in value.items()}
+            if isinstance(value, collections.OrderedDict):
+                out = collections.OrderedDict(out)
+                if hasattr(value, "_metadata"):
+                    out._metadata = walk(value._metadata, f"{at}._metadata")
+            return out
+        if isinstance(value, (list, tuple)):
+            items = [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
+            if type(value) not in (list, tuple):
+                note(value, None)  # a namedtuple or list subclass: kept as its items
+            return list(items) if isinstance(value, list) else tuple(items)
+        if isinstance(value, (set, frozenset)):
+            return note(value, walk(sorted(value, key=repr), at))
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return note(value, walk(fields, at))
+        if hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
+            return note(value, walk(dict(vars(value)), at))
+        raise TypeError(
+            f"{at} is a {type(value).__module__}.{type(value).__qualname__}, which has no plain-data form"
+        )
+
+    return walk(obj, where)
