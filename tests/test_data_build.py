@@ -177,8 +177,11 @@ def test_train_subset_is_a_fixed_seed_random_subset(tmp_path):
         assert train_labels == sorted(labels.tolist())
         return labels.tolist()
 
+    from reid_srdl.core.seeding import TRAIN_SUBSET, derive_seed
+
     for seed in (0, 1):
-        keep = np.sort(np.random.default_rng(seed).choice(9, size=4, replace=False))
+        # The subset has its own random stream, derived from (seed, "data.subset").
+        keep = np.sort(np.random.default_rng(derive_seed(seed, TRAIN_SUBSET)).choice(9, size=4, replace=False))
         assert subset_labels(seed) == [FLAT[i] for i in keep]
     assert subset_labels(0) == subset_labels(0)
     with pytest.raises(ValueError, match="train_subset=10 is larger than the 9 training samples"):

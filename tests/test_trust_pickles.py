@@ -76,7 +76,8 @@ def test_every_file_the_trainer_writes_loads_with_the_safe_loader(srdl_in_stage2
         obj = torch.load(os.path.join(srdl_in_stage2, name), weights_only=True)
         assert isinstance(obj, dict)
     state = torch.load(os.path.join(srdl_in_stage2, "last.pt"), weights_only=True)
-    assert state["epoch"] == 1 and state["method"] == {"stage": 1}
+    assert state["epoch"] == 1 and state["method"]["stage"] == 1
+    assert set(state["method"]["bank_stats"]) == {"bank_train_acc", "bank_entropy", "bank_entropy_max"}
 
 
 # ----------------------------------------------------------------------------- the 8 entry points
