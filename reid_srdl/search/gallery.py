@@ -70,6 +70,7 @@ def per_query_ids(value, n: int, what: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu":
         bad = next((v for v in arr.reshape(-1) if not _integer_like(v)), arr.dtype)
+        bad = bad.item() if isinstance(bad, np.generic) else bad  # 0.5, not np.float64(0.5)
         raise EvaluationInputError(
             f"{what} must hold integer ids (0-based: file name c1 is camid 0); got {bad!r}{_camid_hint(bad)}"
         )
