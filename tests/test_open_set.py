@@ -147,3 +147,30 @@ def test_distribution_plot_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     with pytest.raises(EvaluationInputError, match="at least one genuine"):
         plot_open_set([], IMPOSTOR, {}, str(tmp_path / "x.png"))
+
+
+def test_end_of_run_evaluation_stores_the_thresholds(tmp_path):
+    """engine.evaluate: metrics.json's "open_set" entry is evaluate_open_set of the single-query
+    features, the distribution PNG is written, and the result table shows ranking rows only."""
+    from types import SimpleNamespace
+
+    from reid_srdl.config import EvalConfig
+    from reid_srdl.engine.evaluate import evaluate_model, results_table
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((20, 8))
+    g_pids, g_cams = np.repeat(np.arange(20), 4), np.tile(np.arange(4), 20)
+    q_pids, q_cams = np.arange(20).repeat(6), np.tile(np.arange(6), 20) % 4
+    feats = {"query": (centres[q_pids] + 0.6 * rng.standard_normal((120, 8))).astype(np.float32),
+             "gallery": (centres[g_pids] + 0.6 * rng.standard_normal((80, 8))).astype(np.float32)}
+    split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)  # noqa: E731
+    data = SimpleNamespace(task="reid", query=split("query", q_pids, q_cams), gallery=split("gallery", g_pids, g_cams),
+                           multi_query=None)
+    results = evaluate_model(None, data, "cpu", EvalConfig(plot=True), str(tmp_path), "deployed", progress=False,
+                             extract=lambda model, loader, device, **_: feats[loader])
+    expected = evaluate_open_set(feats["query"], feats["gallery"], q_pids, g_pids, q_cams, g_cams).to_dict()
+    assert results["open_set"] == expected
+    assert (tmp_path / "open_set_deployed.png").read_bytes()[:4] == b"\x89PNG"
+    summary = {"task": "reid", "method": "m", "model": "n", "data": "d", "epochs": 1, "train_seconds": 1.0,
+               "train_flops": 0, "results": {"deployed": results}}
+    assert "open set" not in results_table(summary) and "single query" in results_table(summary)
