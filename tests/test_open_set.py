@@ -84,7 +84,8 @@ def brute_force(q, g, q_pids, g_pids, q_cams, g_cams, far):
         others = [d[j] for j in range(len(g)) if g_pids[j] not in (q_pids[i], -1)]
         if others:
             impostor.append(min(others))
-        valid = [j for j in range(len(g)) if g_pids[j] != -1 and not (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i])]
+        same = [g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i] for j in range(len(g))]
+        valid = [j for j in range(len(g)) if g_pids[j] != -1 and not same[j]]
         matches = [j for j in valid if g_pids[j] == q_pids[i]]
         if not matches:
             continue

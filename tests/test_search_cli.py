@@ -104,12 +104,14 @@ def test_add_and_unlabelled_and_csv_labels(setup, capsys, tmp_path):
 def test_errors_are_one_line_and_leave_no_output(setup, capsys, tmp_path):
     bad = tmp_path / "imgs"
     bad.mkdir()
-    shutil.copy(os.path.join(setup["query_dir"], sorted(os.listdir(setup["query_dir"]))[0]), bad / "0001_c1s1_000001_00.jpg")
+    first = sorted(os.listdir(setup["query_dir"]))[0]
+    shutil.copy(os.path.join(setup["query_dir"], first), bad / "0001_c1s1_000001_00.jpg")
     (bad / "0002_c2s1_000001_00.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "g.npz"
     code, _, err = run(capsys, "build", "--model", setup["model"], "--images", bad, "--out", out)
     assert code == 2 and "0002_c2s1_000001_00.jpg" in err and err.count("\n") == 1 and not out.exists()
-    code, text, err = run(capsys, "build", "--model", setup["model"], "--images", bad, "--out", out, "--skip-unreadable")
+    code, text, err = run(capsys, "build", "--model", setup["model"], "--images", bad, "--out", out,
+                          "--skip-unreadable")
     assert code == 0 and "skipped: cannot read image" in err and "0002_c2s1" in err and "skipped 1 unreadable" in text
     # Another model than the one that built the gallery: both named, unless asked.
     code, _, err = run(capsys, "query", bad, "--gallery", out, "--model", setup["other_model"])

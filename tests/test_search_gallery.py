@@ -104,7 +104,8 @@ def test_load_with_another_model_names_both_sides(images, tmp_path):
     with pytest.raises(GalleryMismatchError) as err:
         ReIDSearcher.load(path, model=other)
     msg = str(err.value)
-    sha_built, sha_query = model_fingerprint(ColourNet(seed=0))["weights_sha256"], model_fingerprint(other)["weights_sha256"]
+    sha_built = model_fingerprint(ColourNet(seed=0))["weights_sha256"]
+    sha_query = model_fingerprint(other)["weights_sha256"]
     assert sha_built[:12] in msg and sha_query[:12] in msg and "allow_mismatch=True" in msg and "\n" not in msg
     assert len(ReIDSearcher.load(path, model=other, allow_mismatch=True)) == 5
 

@@ -1,6 +1,5 @@
 """The web app through FastAPI's TestClient: search by upload or gallery pick, decisions, adds
 saved atomically, upload limits, and images served only from the gallery's own folders."""
-import io
 import os
 import shutil
 
@@ -115,7 +114,7 @@ def test_add_images_saves_the_gallery(served):
     c = served["client"]
     files = [("files", (os.path.basename(p), open(p, "rb").read(), "image/jpeg")) for p in served["queries"][:2]]
     r = c.post("/gallery", files=files, data={"pids": "901,902", "cameras": "c2,c3"})
-    assert r.status_code == 200, r.text and r.json()["added"] == 2
+    assert r.status_code == 200, r.text
     assert r.json() == {"added": 2, "images": 38, "saved": True}
     again = ReIDSearcher.load(served["file"])
     assert len(again) == 38 and again.pids[-2:].tolist() == [901, 902] and again.camids[-2:].tolist() == [1, 2]

@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.add_argument("--labels", default="auto")
     a.add_argument("--out", help="write here instead of updating --gallery")
     a.add_argument("--skip-unreadable", action="store_true")
-    a.add_argument("--allow-model-mismatch", action="store_true", help="accept a model/settings the gallery did not record")
+    a.add_argument("--allow-model-mismatch", action="store_true",
+                   help="accept a model/settings the gallery did not record")
     _embedding_args(a, False)
 
     c = sub.add_parser("calibrate", help="set the gallery's match threshold from labelled queries")
@@ -291,7 +292,8 @@ def cmd_info(args) -> None:
     print(f"settings: {info['settings'] or 'not recorded'}")
     cal = info["calibration"]
     print("calibration: " + (f"threshold {cal['threshold']:.4f} at FAR {100 * cal['far']:g}% "
-                             f"(TAR {100 * cal['tar']:.1f}%, DIR {100 * cal['dir']:.1f}%; {cal['source']}; {cal['created']})"
+                             f"(TAR {100 * cal['tar']:.1f}%, DIR {100 * cal['dir']:.1f}%; "
+                             f"{cal['source']}; {cal['created']})"
                              if cal else "none (tools/search.py calibrate)"))
     if info["folders"]:
         print(f"image folders ({info['num_folders']}): " + ", ".join(info["folders"]))

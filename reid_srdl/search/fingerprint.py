@@ -57,7 +57,8 @@ def _fingerprint(model: nn.Module) -> Dict[str, Any]:
                 "weights_sha256": file_sha256(model.path)}
     spec = getattr(model, "spec", None)
     if spec:
-        return {"kind": "reid_srdl", "architecture": dict(spec), "weights_sha256": state_dict_sha256(model.state_dict())}
+        return {"kind": "reid_srdl", "architecture": dict(spec),
+                "weights_sha256": state_dict_sha256(model.state_dict())}
     cls = type(model)
     return {"kind": "module", "architecture": f"{cls.__module__}.{cls.__qualname__}",
             "weights_sha256": state_dict_sha256(model.state_dict())}
@@ -74,5 +75,6 @@ def describe_model(fp: Optional[Dict[str, Any]]) -> str:
         return "no recorded model"
     arch = fp.get("architecture")
     if isinstance(arch, dict):
-        arch = arch.get("name", "reid_srdl network") + (f" (feature_dim {arch['feature_dim']})" if "feature_dim" in arch else "")
+        dim = f" (feature_dim {arch['feature_dim']})" if "feature_dim" in arch else ""
+        arch = arch.get("name", "reid_srdl network") + dim
     return f"{fp.get('kind')} {arch}, weights sha256 {str(fp.get('weights_sha256', ''))[:12]}"

@@ -60,7 +60,8 @@ def _camid_hint(value) -> str:
 def per_query_ids(value, n: int, what: str) -> np.ndarray:
     """One integer id for all ``n`` queries or one per query, as an int64 vector; strings,
     floats and booleans are refused (camids are 0-based integers)."""
-    if isinstance(value, (str, float, bool, np.floating, np.bool_)) or (np.ndim(value) == 0 and not _integer_like(value)):
+    scalar_not_int = np.ndim(value) == 0 and not _integer_like(value)
+    if isinstance(value, (str, float, bool, np.floating, np.bool_)) or scalar_not_int:
         raise EvaluationInputError(
             f"{what} must be an integer id (0-based: file name c1 is camid 0) or one per query; "
             f"got {value!r}{_camid_hint(value)}"
@@ -130,7 +131,9 @@ class GalleryIndex:
         """Append items (paths must be given iff the gallery keeps paths); all checked first."""
         feats = check_features(features, "features to add")
         if feats.shape[1] != self.dim:
-            raise EvaluationInputError(f"features to add have {feats.shape[1]} dimensions but the gallery has {self.dim}")
+            raise EvaluationInputError(
+                f"features to add have {feats.shape[1]} dimensions but the gallery has {self.dim}"
+            )
         pids = check_ids(pids, len(feats), "pids to add")
         camids = check_ids(camids, len(feats), "camids to add")
         if (paths is None) != (self._paths is None):
@@ -272,7 +275,8 @@ class GalleryIndex:
                 raise EvaluationInputError(f"{path} key 'meta': not JSON ({e})") from None
             if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT:
                 raise EvaluationInputError(f"{path} key 'meta': not a {GALLERY_FORMAT} description")
-            index.model, index.settings, index.calibration = meta.get("model"), meta.get("settings"), meta.get("calibration")
+            index.model, index.settings = meta.get("model"), meta.get("settings")
+            index.calibration = meta.get("calibration")
         if impostor is not None:
             index.calibration_impostor = np.sort(np.asarray(impostor, dtype=np.float64))
         return index

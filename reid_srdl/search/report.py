@@ -63,7 +63,8 @@ def results_html(queries: Sequence[Tuple[str, SearchResult]], title: str = "reid
     if note:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
     for query_path, result in queries:
-        parts.append(f'<div class="query"><h2>{html.escape(str(query_path))}</h2>{decision_html(result)}<div class="row">')
+        parts.append(f'<div class="query"><h2>{html.escape(str(query_path))}</h2>')
+        parts.append(f'{decision_html(result)}<div class="row">')
         parts.append(_figure(query_path, "query"))
         for r in range(len(result)):
             cam = camera_name(int(result.camids[r])) or "camera ?"

@@ -77,7 +77,9 @@ def _ids_of_images(n: int, pids, camids):
 
 
 def _is_path_list(queries) -> bool:
-    return isinstance(queries, (list, tuple)) and len(queries) > 0 and all(isinstance(q, (str, os.PathLike)) for q in queries)
+    if not isinstance(queries, (list, tuple)) or len(queries) == 0:
+        return False
+    return all(isinstance(q, (str, os.PathLike)) for q in queries)
 
 
 class ReIDSearcher:
@@ -273,7 +275,9 @@ class ReIDSearcher:
             cal = self._stored_calibration()
             return cal.threshold_at(far), f"FAR {100 * float(far):g}% from the calibration: {cal.source}"
         if isinstance(threshold, bool) or not np.isscalar(threshold) or not float(threshold) >= 0:
-            raise EvaluationInputError(f"threshold must be a non-negative distance, 'calibrated' or None; got {threshold!r}")
+            raise EvaluationInputError(
+                f"threshold must be a non-negative distance, 'calibrated' or None; got {threshold!r}"
+            )
         return float(threshold), "given by the caller"
 
     def _stored_calibration(self) -> Calibration:
@@ -408,7 +412,8 @@ class ReIDSearcher:
         if not allow_mismatch:
             _check_model(path, gallery.model, embedder)
             resolved = embedder.settings  # compared as resolved ("auto" precision -> what it runs at)
-            _check_settings(path, stored, {k: resolved[k] for k in FEATURE_SETTINGS if k in embedding or k == "transform"})
+            asked = {k: resolved[k] for k in FEATURE_SETTINGS if k in embedding or k == "transform"}
+            _check_settings(path, stored, asked)
         return cls._wrap(gallery, embedder)
 
 
