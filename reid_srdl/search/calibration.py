@@ -12,7 +12,7 @@ you will search (the gallery itself when it is labelled).
 """
 import datetime
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -91,3 +91,30 @@ def calibrate(q_feats, q_pids, q_camids, g_feats, g_pids, g_camids, far: float =
         source=f"{where}; {scores.num_known} known-person probes, {len(np.asarray(g_feats))} gallery items",
         created=when, impostor=np.sort(scores.impostor), model=model,
     )
+
+
+def resolve_threshold(calibration: Optional[Calibration], threshold=None,
+                      far: Optional[float] = None) -> Tuple[Optional[float], Optional[str]]:
+    """``(threshold, where it came from)``: ``threshold="calibrated"`` (the calibration's own),
+    ``far=f`` (read off the calibration's impostor distances), a distance, or neither
+    (``(None, None)``: no decision)."""
+    if threshold is not None and far is not None:
+        raise EvaluationInputError("give threshold or far, not both")
+    if threshold is None and far is None:
+        return None, None
+    if isinstance(threshold, str) and threshold != "calibrated":
+        raise EvaluationInputError(f"threshold must be a distance, 'calibrated' or None; got {threshold!r}")
+    if threshold == "calibrated" or far is not None:
+        if calibration is None:
+            raise EvaluationInputError(
+                "this gallery has no calibrated threshold: run searcher.calibrate(queries, pids, camids) on labelled "
+                "queries (or tools/search.py calibrate), or pass threshold=<distance>"
+            )
+        if far is None:
+            return calibration.threshold, f"calibrated at FAR {100 * calibration.far:g}%: {calibration.source}"
+        return calibration.threshold_at(far), f"FAR {100 * float(far):g}% from the calibration: {calibration.source}"
+    if isinstance(threshold, bool) or not np.isscalar(threshold) or not float(threshold) >= 0:
+        raise EvaluationInputError(
+            f"threshold must be a non-negative distance, 'calibrated' or None; got {threshold!r}"
+        )
+    return float(threshold), "given by the caller"

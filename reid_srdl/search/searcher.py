@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from reid_srdl.evaluation.metrics import EvaluationInputError, check_features, check_ids
-from reid_srdl.search.calibration import DEFAULT_FAR, Calibration, calibrate
+from reid_srdl.search.calibration import DEFAULT_FAR, Calibration, calibrate, resolve_threshold
 from reid_srdl.search.embedder import FEATURE_SETTINGS, Embedder, check_option_names
 from reid_srdl.search.fingerprint import describe_model, same_model
 from reid_srdl.search.gallery import UNKNOWN, GalleryIndex, GalleryMismatchError, camera_name
@@ -261,33 +261,8 @@ class ReIDSearcher:
 
     def decision_threshold(self, threshold=None, far: Optional[float] = None) -> Tuple[Optional[float], Optional[str]]:
         """``(threshold, where it came from)`` for ``search``'s ``threshold``/``far`` arguments
-        (``(None, None)`` when neither is given)."""
-        if threshold is not None and far is not None:
-            raise EvaluationInputError("give threshold or far, not both")
-        if threshold is None and far is None:
-            return None, None
-        if isinstance(threshold, str):
-            if threshold != "calibrated":
-                raise EvaluationInputError(f"threshold must be a distance, 'calibrated' or None; got {threshold!r}")
-            cal = self._stored_calibration()
-            return cal.threshold, f"calibrated at FAR {100 * cal.far:g}%: {cal.source}"
-        if far is not None:
-            cal = self._stored_calibration()
-            return cal.threshold_at(far), f"FAR {100 * float(far):g}% from the calibration: {cal.source}"
-        if isinstance(threshold, bool) or not np.isscalar(threshold) or not float(threshold) >= 0:
-            raise EvaluationInputError(
-                f"threshold must be a non-negative distance, 'calibrated' or None; got {threshold!r}"
-            )
-        return float(threshold), "given by the caller"
-
-    def _stored_calibration(self) -> Calibration:
-        cal = self.calibration
-        if cal is None:
-            raise EvaluationInputError(
-                "this gallery has no calibrated threshold: run searcher.calibrate(queries, pids, camids) on labelled "
-                "queries (or tools/search.py calibrate), or pass threshold=<distance>"
-            )
-        return cal
+        (``(None, None)`` when neither is given); see :func:`resolve_threshold`."""
+        return resolve_threshold(self.calibration, threshold, far)
 
     def search(
         self,
