@@ -28,8 +28,13 @@ setup(
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        # onnx/onnxruntime: the ONNX export parity test runs in CI.
-        "test": ["pytest>=7", "pytest-xdist", "onnx", "onnxruntime"],
+        # onnx/onnxruntime: the ONNX export parity test runs in CI; the web app's tests need
+        # the serve extra, httpx (FastAPI's TestClient) and selenium (the headless-browser test,
+        # with Debian's chromium + chromium-driver, which .ci/run installs).
+        "test": ["pytest>=7", "pytest-xdist", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart",
+                 "httpx", "selenium"],
+        # tools/serve.py: the web app over a saved gallery.
+        "serve": ["fastapi", "uvicorn", "python-multipart"],
         # tools/export.py and loading exported models (ReIDSearcher.from_images("m.onnx", ...)).
         "export": ["onnx", "onnxruntime"],
         # faiss-gpu replaces faiss-cpu on CUDA machines: pip uninstall faiss-cpu first.

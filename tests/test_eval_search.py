@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from reid_srdl.evaluation import search
+from reid_srdl.evaluation import exact_index as search
 from reid_srdl.evaluation.metrics import EvaluationInputError, ranked_gallery
-from reid_srdl.evaluation.search import ExactL2Index, _search_overfetch, pairwise_squared_l2
+from reid_srdl.evaluation.exact_index import ExactL2Index, _search_overfetch, pairwise_squared_l2
 
 
 def brute_force_knn(xq, xb, k, exclude=None):
@@ -92,14 +92,38 @@ def test_gpu_is_used_only_when_faiss_sees_one():
     assert search.use_gpu() == (faiss.get_num_gpus() > 0)
 
 
-def test_only_search_module_imports_faiss():
+def test_only_the_index_modules_import_faiss():
     import pathlib
 
     pkg = pathlib.Path(search.__file__).resolve().parents[1]
     importers = sorted(
         str(p.relative_to(pkg)) for p in pkg.rglob("*.py") if "import faiss" in p.read_text(encoding="utf-8")
     )
-    assert importers == ["evaluation/search.py"]
+    assert importers == ["evaluation/exact_index.py", "evaluation/ivf_index.py"]
+
+
+def test_metrics_import_and_run_without_faiss():
+    """evaluation/metrics.py needs numpy only: with faiss made unimportable, evaluate_reid runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['faiss'] = None\n"
+        "from reid_srdl.evaluation.metrics import evaluate_reid\n"
+        "r = evaluate_reid([[0.0], [5.0]], [[0.1], [5.2], [9.0]], [1, 2], [1, 2, 3], [0, 0], [1, 1, 1])\n"
+        "assert 'faiss' not in sys.modules or sys.modules['faiss'] is None\n"
+        "print(r.rank(1), r.mAP)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1.0", "1.0"]  # both queries: nearest other-camera item is theirs
+
+
+def test_compatibility_module_reexports_the_split_modules():
+    from reid_srdl.evaluation import exact_index, ivf_index
+    from reid_srdl.evaluation import search as compat
+
+    assert compat.ExactL2Index is exact_index.ExactL2Index and compat.IVFIndex is ivf_index.IVFIndex
+    assert compat.load_index is ivf_index.load_index and compat.pairwise_squared_l2 is exact_index.pairwise_squared_l2
 
 
 # ----------------------------------------------------------------------------- ranked lists

@@ -106,7 +106,8 @@ def test_run_directory_contents_and_metrics(tiny_market_root, tmp_path):
         saved = json.load(f)
     assert saved["results"]["deployed"]["single_query"]["num_queries"] == len(trainer.data.query.pids)
     assert set(saved["results"]) == {"deployed", "ensemble"}
-    assert set(saved["results"]["deployed"]) == {"single_query", "multi_query"}
+    assert set(saved["results"]["deployed"]) == {"single_query", "multi_query", "open_set"}
+    assert {"threshold@FAR=1%", "TAR@FAR=5%", "DIR@FAR=10%"} <= set(saved["results"]["deployed"]["open_set"])
     # Training cost as in the paper: forward FLOPs x epochs x training-set size, per stage.
     flops = saved["forward_flops_per_sample"]
     assert len(flops) == 2 and flops[0] == flops[1] > 0

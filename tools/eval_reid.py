@@ -8,6 +8,7 @@
     python tools/eval_reid.py --checkpoint runs/RUN --data-root datasets/synthetic --multi-query \\
         --save-features out/features
     python tools/eval_reid.py --query q.npz --gallery g.npz --rerank     # k-reciprocal re-ranking
+    python tools/eval_reid.py --query q.npz --gallery g.npz --open-set --open-set-plot dist.png
 
 Checkpoint mode (--checkpoint RUN_DIR or a model file such as final.pt, with --data-root of a
 Market-1501 folder) extracts the features itself: query, gallery and, with --multi-query
@@ -88,7 +89,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--visualize", type=int, default=0, metavar="N",
                    help="write ranked lists (query + top-10) of N queries; needs paths and --out")
     p.add_argument("--out", metavar="DIR", help="folder for the --visualize pictures")
+    p.add_argument("--open-set", action="store_true",
+                   help="open-set thresholds at FAR 1%%, 5%%, 10%% with TAR and DIR (Liao et al. 2014); "
+                        "also written under 'open_set' in --json")
+    p.add_argument("--open-set-plot", metavar="DIST.png", help="PNG of the genuine/impostor distances and thresholds")
     args = p.parse_args(argv)
+    if args.open_set_plot and not args.open_set:
+        p.error("--open-set-plot needs --open-set")
+    if args.open_set and args.rerank:
+        p.error("--open-set thresholds feature distances; run it without --rerank")
     if args.checkpoint:
         if args.query or args.gallery:
             p.error("give either --checkpoint (with --data-root) or --query/--gallery feature files, not both")
@@ -152,6 +161,8 @@ def check_outputs(args: argparse.Namespace) -> None:
         files.append(check_output_file(args.json, "--json file"))
     if args.plot:
         files.append(check_output_file(args.plot, "--plot file"))
+    if args.open_set_plot:
+        files.append(check_output_file(args.open_set_plot, "--open-set-plot file"))
     if args.visualize:
         check_output_dir(args.out, "--out folder")
     if args.save_features:
@@ -251,17 +262,36 @@ def pick_queries(num_queries: int, n: int) -> List[int]:
     return sorted(set(np.linspace(0, num_queries - 1, n).round().astype(int).tolist()))
 
 
+def open_set_outputs(inputs: EvalInputs, q_feats: np.ndarray):
+    """``(OpenSetScores, OpenSetResult)`` at FAR 1/5/10% of the (pooled) queries against the gallery."""
+    from reid_srdl.evaluation.open_set import evaluate_open_set, open_set_scores
+
+    q, g = inputs.query, inputs.gallery
+    scores = open_set_scores(q_feats, g.features, q.pids, g.pids, q.camids, g.camids)
+    return scores, evaluate_open_set(None, None, None, None, None, None, scores=scores)
+
+
 def write_outputs(
     args: argparse.Namespace, inputs: EvalInputs, q_feats: np.ndarray, result: ReIDResult, title: str,
-    batch: OutputBatch,
+    batch: OutputBatch, open_set=None,
 ) -> List[str]:
-    """JSON, CMC plot and ranked lists, staged in ``batch`` (renamed together at its end)."""
-    from reid_srdl.evaluation.plots import plot_cmc, save_ranked_list
+    """JSON, CMC plot, ranked lists and the open-set plot, staged in ``batch`` (renamed
+    together at its end)."""
+    from reid_srdl.evaluation.plots import plot_cmc, plot_open_set, save_ranked_list
 
     written = []
     if args.json:
-        write_json_atomic(batch.path(args.json), result.to_dict())
+        payload = result.to_dict()
+        if open_set is not None:
+            payload["open_set"] = open_set[1].to_dict()
+        write_json_atomic(batch.path(args.json), payload)
         written.append(args.json)
+    if open_set is not None and args.open_set_plot:
+        scores, os_result = open_set
+        taus = {f"FAR {100 * p.far:g}%": p.threshold for p in os_result.points}
+        plot_open_set(scores.genuine, scores.impostor, taus, batch.path(args.open_set_plot),
+                      title=f"Open-set distances ({title})")
+        written.append(args.open_set_plot)
     if args.plot:
         plot_cmc({title: result.cmc}, batch.path(args.plot), title=f"CMC ({title})")
         written.append(args.plot)
@@ -287,17 +317,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         check_outputs(args)
-        # One batch for every output (features, JSON, plot, pictures): all appear at the
+        # One batch for every output (features, JSON, plots, pictures): all appear at the
         # end, or none (and no temporary file) on any error.
         with OutputBatch() as batch:
             inputs = extract_inputs(args, batch) if args.checkpoint else load_inputs(args)
             q_feats = query_features(inputs, args.pool, args.renormalize)
             rerank = (args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None
             result = evaluate(inputs, q_feats, args.max_rank, args.ap, rerank)
+            open_set = open_set_outputs(inputs, q_feats) if args.open_set else None
             title = f"multi-query, {args.pool}" if inputs.multi_query is not None else "single-query"
             if rerank:
                 title += f", re-ranked k1={rerank[0]} k2={rerank[1]} lambda={rerank[2]}"
-            written = write_outputs(args, inputs, q_feats, result, title, batch)
+            written = write_outputs(args, inputs, q_feats, result, title, batch, open_set)
             if args.save_features:
                 written = feature_file_names(args) + written
     except (ReidSrdlError, OSError) as e:
@@ -305,6 +336,10 @@ def main(argv=None) -> int:
         print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(format_results_table(result, title=f"{title} ({args.ap} AP)"))
+    if open_set is not None:
+        from reid_srdl.evaluation.open_set import REFERENCE, format_open_set_table
+
+        print(format_open_set_table(open_set[1], title=f"open set ({REFERENCE})"))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -1,15 +1,20 @@
 """End-of-run evaluation of a trained network on a DataBundle, and the result table.
 
 Re-id: features of query, gallery and (multi-query) gt_bbox images -> CMC / mAP / mINP
-under the single- and multi-query protocols, CMC curve PNG.  Classification: top-1/top-5.
+under the single- and multi-query protocols, CMC curve PNG, and the open-set thresholds at
+FAR 1/5/10% with TAR and DIR (``"open_set"``, from the single-query features; distribution
+PNG).  Classification: top-1/top-5.
 """
+import logging
 import os
 from typing import Dict
 
 from reid_srdl.evaluation.classification import evaluate_classifier
 from reid_srdl.evaluation.features import extract_features
-from reid_srdl.evaluation.metrics import MultiQuery, evaluate_reid, pool_multi_query
+from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery, evaluate_reid, pool_multi_query
 from reid_srdl.evaluation.plots import plot_cmc
+
+log = logging.getLogger(__name__)
 
 _REID_COLUMNS = (("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10"), ("mAP", "mAP"), ("mINP", "mINP"))
 _CLS_COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"))
@@ -49,9 +54,31 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
             pooled = pool_multi_query(q, data.query.pids, data.query.camids, mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize)
             reranked = _reranked(pooled, g, ids, eval_cfg)
             results["multi_query_rerank"], curves[f"multi query ({eval_cfg.pool}), re-ranked"] = reranked.to_dict(), reranked.cmc
+    open_set = _open_set(q, g, ids, os.path.join(out_dir, f"open_set_{tag}.png") if eval_cfg.plot else None, tag)
+    if open_set is not None:
+        results["open_set"] = open_set
     if eval_cfg.plot:
         plot_cmc(curves, os.path.join(out_dir, f"cmc_{tag}.png"), title=f"CMC: {tag} model")
     return results
+
+
+def _open_set(q, g, ids, plot_path, tag):
+    """Calibrated open-set thresholds (FAR 1/5/10%) with TAR and DIR, or None (logged) when the
+    split cannot calibrate them -- a finished training run is never lost over it."""
+    from reid_srdl.evaluation.open_set import REPORTED_FARS, evaluate_open_set, open_set_scores
+
+    try:
+        scores = open_set_scores(q, g, *ids)
+        result = evaluate_open_set(None, None, None, None, None, None, scores=scores)
+    except EvaluationInputError as e:
+        log.warning("open-set thresholds not computed for the %s model: %s", tag, e)
+        return None
+    if plot_path:
+        from reid_srdl.evaluation.plots import plot_open_set
+
+        taus = {f"FAR {100 * far:g}%": result.point(far).threshold for far in REPORTED_FARS}
+        plot_open_set(scores.genuine, scores.impostor, taus, plot_path, title=f"Open-set distances: {tag} model")
+    return result.to_dict()
 
 
 def _reranked(q, g, ids, eval_cfg):
@@ -69,6 +96,8 @@ def results_table(summary: dict) -> str:
     rows = []
     for model_name, protocols in summary["results"].items():
         for protocol, values in protocols.items():
+            if not any(k in values for k, _ in columns):
+                continue  # e.g. the open-set thresholds: not a ranking protocol
             rows.append([model_name, protocol.replace("_", " ")] + [f"{100 * values[k]:.2f}" for k, _ in columns if k in values])
     header = ["network", "protocol"] + [name for _, name in columns]
     widths = [max(len(str(r[i])) for r in rows + [header]) + 2 for i in range(len(header))]

@@ -1,7 +1,10 @@
 """Re-id and classification evaluation.
 
 metrics         CMC / mAP / mINP (single- and multi-query), numpy in, numbers out
-search          the only faiss user: exact L2 distances and k-NN (GPU when present)
+open_set        open-set decisions: genuine/impostor distances, threshold at a FAR, TAR/DIR@FAR
+distances       squared L2 distance blocks (numpy, no faiss)
+exact_index     exact k-NN (faiss IndexFlatL2, GPU when present); ivf_index: IVF-Flat/IVF-PQ
+search          compatibility re-exports of exact_index and ivf_index
 io              .npz feature files and atomic output files
 plots           CMC curve and ranked-list pictures
 features        embedding extraction from a network (torch)
@@ -21,8 +24,11 @@ _EXPORTS = {
     "ranked_gallery": "metrics",
     "average_precision": "metrics",
     "format_results_table": "metrics",
-    "ExactL2Index": "search",
-    "pairwise_squared_l2": "search",
+    "ExactL2Index": "exact_index",
+    "pairwise_squared_l2": "exact_index",
+    "OpenSetResult": "open_set",
+    "evaluate_open_set": "open_set",
+    "threshold_at_far": "open_set",
     "FeatureSet": "io",
     "save_features": "io",
     "load_features": "io",

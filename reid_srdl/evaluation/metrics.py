@@ -21,7 +21,8 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from reid_srdl.errors import ReidSrdlError
-from reid_srdl.evaluation.search import pairwise_squared_l2, squared_norms
+# numpy only (no faiss): the metrics import on a machine without faiss.
+from reid_srdl.evaluation.distances import pairwise_squared_l2, squared_norms
 
 JUNK_PID = -1
 DISTRACTOR_PID = 0

@@ -1,7 +1,8 @@
-"""Pictures of an evaluation: the CMC curve and ranked lists (query + top-k gallery images).
+"""Pictures of an evaluation: the CMC curve, ranked lists (query + top-k gallery images) and
+the open-set distance distributions.
 
-Both are written atomically (PNG bytes rendered in memory, then one temp-file rename).  The
-CMC curve uses matplotlib's Agg canvas directly, so no pyplot state or GUI backend is touched;
+All are written atomically (PNG bytes rendered in memory, then one temp-file rename).  The
+curves use matplotlib's Agg canvas directly, so no pyplot state or GUI backend is touched;
 ranked lists are composed with OpenCV.
 """
 import io
@@ -120,3 +121,51 @@ def save_ranked_list(
     if not ok:  # OpenCV reports failure by a flag, not an exception
         raise EvaluationInputError(f"could not encode the ranked list for {query_path} as PNG")
     write_bytes_atomic(path, png.tobytes())
+
+
+def plot_open_set(
+    genuine: np.ndarray,
+    impostor: np.ndarray,
+    thresholds: Mapping[str, float],
+    path: str,
+    title: str = "Open-set distances",
+    note: str = "",
+) -> None:
+    """Write a PNG of the genuine and impostor distance distributions with thresholds.
+
+    ``genuine``: distances of (query, true match) pairs; ``impostor``: per query, the
+    distance to the nearest other identity (see :mod:`reid_srdl.evaluation.open_set`);
+    ``thresholds``: label -> distance, drawn as vertical lines (e.g. ``{"FAR 1%": 0.83}``);
+    ``note``: a small line under the axes (machine, date, commit of a figure in the docs).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    genuine = np.asarray(genuine, dtype=np.float64).reshape(-1)
+    impostor = np.asarray(impostor, dtype=np.float64).reshape(-1)
+    if genuine.size == 0 or impostor.size == 0:
+        raise EvaluationInputError("plot_open_set: needs at least one genuine and one impostor distance")
+    fig = Figure(figsize=(6, 3.8), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    # One set of bins for both, so that the two densities are comparable bar by bar.
+    bins = np.histogram_bin_edges(np.concatenate([genuine, impostor]), bins=40)
+    ax.hist(genuine, bins=bins, density=True, alpha=0.55, color="tab:green",
+            label=f"genuine: query to a true match ({genuine.size})")
+    ax.hist(impostor, bins=bins, density=True, alpha=0.55, color="tab:red",
+            label=f"impostor: query to the nearest other identity ({impostor.size})")
+    styles = ("--", "-.", ":", (0, (5, 1)))
+    for i, (label, tau) in enumerate(thresholds.items()):
+        if np.isfinite(tau):
+            ax.axvline(tau, color="black", linestyle=styles[i % len(styles)], linewidth=1.2,
+                       label=f"threshold {label}: {tau:.3f}")
+    ax.set_xlabel("L2 distance (accept a match when distance <= threshold)")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=7)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=6, color="0.4")
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes_atomic(path, buf.getvalue())

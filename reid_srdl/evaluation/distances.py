@@ -1,0 +1,63 @@
+"""Squared Euclidean distances in plain numpy: what the metrics need, without faiss.
+
+``||q||^2 + ||b||^2 - 2 q.b`` in float32, one GEMM through numpy's BLAS (the same expansion
+faiss and torchreid use).  On CPU this is also the fastest path we measured: faiss-cpu's
+bundled BLAS was 4-8x slower than numpy's OpenBLAS for the dense query x gallery block on
+the 2-core benchmark machine (docs/evaluation.md).  The GPU variant lives in
+:mod:`reid_srdl.evaluation.exact_index` (faiss), which falls back to this one on CPU.
+"""
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+
+# Distance rows per block: ~256 MB of float32 whatever the gallery size.
+BLOCK_ELEMENTS = 1 << 26
+
+
+def as_float32_matrix(x) -> np.ndarray:
+    """The C-contiguous float32 view/copy BLAS (and faiss) expect."""
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def squared_norms(x: np.ndarray) -> np.ndarray:
+    """Row-wise ``||x_i||^2`` as float32, shape ``(N,)``."""
+    return np.einsum("ij,ij->i", x, x, dtype=np.float32)
+
+
+def pairwise_squared_l2(xq: np.ndarray, xb: np.ndarray, xb_sqnorms: Optional[np.ndarray] = None) -> np.ndarray:
+    """Squared L2 distances ``(len(xq), len(xb))`` float32, clamped at 0.
+
+    Pass ``xb_sqnorms`` (from :func:`squared_norms`) when calling repeatedly with the same
+    gallery so that it is computed once.
+
+    >>> pairwise_squared_l2(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0], [1.0, 0.0]])).tolist()
+    [[25.0, 1.0]]
+    """
+    xq, xb = as_float32_matrix(xq), as_float32_matrix(xb)
+    if xb_sqnorms is None:
+        xb_sqnorms = squared_norms(xb)
+    dist = (xq * np.float32(-2.0)) @ xb.T  # one sgemm; xb.T is a view, not a copy
+    dist += xb_sqnorms[None, :]
+    dist += squared_norms(xq)[:, None]
+    # Rounding can make the distance of near-identical vectors slightly negative.
+    np.maximum(dist, 0.0, out=dist)
+    return dist
+
+
+def block_rows(num_gallery: int, chunk_size: Optional[int] = None) -> int:
+    """Query rows per distance block: ``chunk_size`` if given, else ~256 MB of float32."""
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            from reid_srdl.evaluation.metrics import EvaluationInputError
+
+            raise EvaluationInputError(f"chunk_size must be >= 1; got {chunk_size}")
+        return int(chunk_size)
+    return max(1, BLOCK_ELEMENTS // max(1, num_gallery))
+
+
+def distance_blocks(q: np.ndarray, g: np.ndarray, chunk_size: Optional[int] = None) -> Iterator[Tuple[int, np.ndarray]]:
+    """Yield ``(first query row, squared distances of a block of queries to the gallery)``."""
+    g_sq = squared_norms(g)
+    step = block_rows(len(g), chunk_size)
+    for start in range(0, len(q), step):
+        yield start, pairwise_squared_l2(q[start : start + step], g, g_sq)

@@ -1,0 +1,120 @@
+"""A calibrated "is this person in the gallery?" threshold, and where it came from.
+
+:func:`calibrate` runs the open-set measures of :mod:`reid_srdl.evaluation.open_set` (Liao et
+al. 2014) on a labelled query/gallery split and keeps the threshold at a target false
+accept rate, the rates it gives on that split, the impostor distances (so that the
+threshold for any other FAR can be read off later) and a one-line provenance.  A gallery
+file stores all of it (see :mod:`reid_srdl.search.gallery`).
+
+The impostor distance of a probe is its distance to the nearest gallery item of another
+identity, so it shrinks as the gallery grows: calibrate on a gallery of the size and kind
+you will search (the gallery itself when it is labelled).
+"""
+import datetime
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from reid_srdl.evaluation.metrics import EvaluationInputError
+from reid_srdl.evaluation.open_set import REFERENCE, operating_point, open_set_scores, threshold_at_far
+
+DEFAULT_FAR = 0.01
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The threshold at ``far`` and how it was obtained; ``impostor``: sorted distances."""
+
+    far: float
+    threshold: float
+    achieved_far: float
+    tar: float
+    dir: float
+    num_known_probes: int
+    num_impostor_probes: int
+    source: str
+    created: str
+    impostor: np.ndarray
+    model: Optional[Dict[str, Any]] = None
+
+    def threshold_at(self, far: float) -> float:
+        """The threshold for another FAR, from the same impostor distances."""
+        return threshold_at_far(self.impostor, far)
+
+    def describe(self) -> str:
+        return (f"FAR {100 * self.far:g}% on {self.num_impostor_probes} absent-person probes "
+                f"(TAR {100 * self.tar:.1f}%, DIR {100 * self.dir:.1f}%): {self.source}")
+
+    def to_meta(self) -> Dict[str, Any]:
+        """JSON-ready fields (the impostor distances are stored as an array beside them)."""
+        return {"far": self.far, "threshold": self.threshold, "achieved_far": self.achieved_far, "tar": self.tar,
+                "dir": self.dir, "num_known_probes": self.num_known_probes,
+                "num_impostor_probes": self.num_impostor_probes, "source": self.source, "created": self.created,
+                "reference": REFERENCE, "model": self.model, "rule": "match when distance <= threshold"}
+
+    @classmethod
+    def from_meta(cls, meta: Dict[str, Any], impostor: Optional[np.ndarray], where: str) -> "Calibration":
+        try:
+            return cls(
+                far=float(meta["far"]), threshold=float(meta["threshold"]), achieved_far=float(meta["achieved_far"]),
+                tar=float(meta["tar"]), dir=float(meta["dir"]), num_known_probes=int(meta["num_known_probes"]),
+                num_impostor_probes=int(meta["num_impostor_probes"]), source=str(meta["source"]),
+                created=str(meta["created"]), model=meta.get("model"),
+                impostor=np.sort(np.asarray(impostor if impostor is not None else [], dtype=np.float64)),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise EvaluationInputError(f"{where}: the stored calibration is incomplete ({e})") from None
+
+
+def calibrate(q_feats, q_pids, q_camids, g_feats, g_pids, g_camids, far: float = DEFAULT_FAR, source: str = "",
+              model: Optional[Dict[str, Any]] = None) -> Calibration:
+    """The open-set threshold at ``far`` for a labelled query/gallery split.
+
+    ``source`` says where the split came from (kept with the threshold); ``model`` is the
+    fingerprint of the network that made the features.
+    """
+    scores = open_set_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
+    if scores.num_known == 0:
+        raise EvaluationInputError(
+            f"calibration: none of the {scores.num_queries} labelled queries has a true match in another camera "
+            f"of the gallery; label the queries with the gallery's pids and camids"
+        )
+    if scores.impostor.size == 0:
+        raise EvaluationInputError("calibration: the gallery holds no identity other than the queries' own")
+    point = operating_point(scores, far)
+    when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    where = source or "a labelled query/gallery split"
+    return Calibration(
+        far=point.far, threshold=point.threshold, achieved_far=point.achieved_far, tar=point.tar, dir=point.dir,
+        num_known_probes=scores.num_known, num_impostor_probes=len(scores.impostor),
+        source=f"{where}; {scores.num_known} known-person probes, {len(np.asarray(g_feats))} gallery items",
+        created=when, impostor=np.sort(scores.impostor), model=model,
+    )
+
+
+def resolve_threshold(calibration: Optional[Calibration], threshold=None,
+                      far: Optional[float] = None) -> Tuple[Optional[float], Optional[str]]:
+    """``(threshold, where it came from)``: ``threshold="calibrated"`` (the calibration's own),
+    ``far=f`` (read off the calibration's impostor distances), a distance, or neither
+    (``(None, None)``: no decision)."""
+    if threshold is not None and far is not None:
+        raise EvaluationInputError("give threshold or far, not both")
+    if threshold is None and far is None:
+        return None, None
+    if isinstance(threshold, str) and threshold != "calibrated":
+        raise EvaluationInputError(f"threshold must be a distance, 'calibrated' or None; got {threshold!r}")
+    if threshold == "calibrated" or far is not None:
+        if calibration is None:
+            raise EvaluationInputError(
+                "this gallery has no calibrated threshold: run searcher.calibrate(queries, pids, camids) on labelled "
+                "queries (or tools/search.py calibrate), or pass threshold=<distance>"
+            )
+        if far is None:
+            return calibration.threshold, f"calibrated at FAR {100 * calibration.far:g}%: {calibration.source}"
+        return calibration.threshold_at(far), f"FAR {100 * float(far):g}% from the calibration: {calibration.source}"
+    if isinstance(threshold, bool) or not np.isscalar(threshold) or not float(threshold) >= 0:
+        raise EvaluationInputError(
+            f"threshold must be a non-negative distance, 'calibrated' or None; got {threshold!r}"
+        )
+    return float(threshold), "given by the caller"
