@@ -187,6 +187,7 @@ def test_every_writer_uses_the_umask_mode(tiny_market_root, tmp_path):
         os.umask(previous)
     run = tmp_path / "runs" / "run"
     names = sorted(os.listdir(run))
-    assert names == ["cmc_deployed.png", "config.yaml", "final.pt", "last.pt", "metrics.json", "metrics.jsonl"]
+    assert names == ["cmc_deployed.png", "config.yaml", "final.pt", "last.pt", "metrics.json", "metrics.jsonl",
+                     "open_set_deployed.png"]
     for path in [run / n for n in names] + [tmp_path / "f.npz", tmp_path / "gallery.npz"]:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, path
