@@ -34,7 +34,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from reid_srdl.evaluation.io import write_json_atomic  # noqa: E402
+from reid_srdl.core.files import write_json_atomic  # noqa: E402
 from reid_srdl.evaluation.metrics import evaluate_reid  # noqa: E402
 
 SHAPES = {

@@ -192,7 +192,7 @@ def main(argv=None):
     data = build_data(DataConfig(name="market1501", root=tmp, synthetic=False, height=HEIGHT, width=WIDTH,
                                  batch_size=BATCH, test_batch_size=BATCH, workers=0))
     if args.checkpoint:
-        from reid_srdl.engine.checkpoint import load_model_file
+        from reid_srdl.models.model_file import load_model_file
 
         net, _ = load_model_file(args.checkpoint)
     else:

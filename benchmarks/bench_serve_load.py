@@ -49,7 +49,8 @@ def prepare(folder: str, size: int, model_path: str, seed: int) -> str:
     """A gallery file of ``size`` random features (the model's dimension) and a model file."""
     import torch
 
-    from reid_srdl.engine.checkpoint import load_model_file, save_model_file
+    from reid_srdl.core.checkpoint import save_model_file
+    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.models import build_model
     from reid_srdl.search import ReIDSearcher
 

@@ -17,8 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from reid_srdl.atomic import atomic_path
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.files import atomic_path
+from reid_srdl.core.registry import METHODS
 
 
 class ConfigError(ReidSrdlError, ValueError):
@@ -55,83 +56,45 @@ class ModelConfig:
     weights: str = ""
 
 
-@dataclass(frozen=True)
-class SRDLConfig:
-    temperature: float = 3.0
-    # complete: each stage has its own full step decay; incomplete: one decay over all epochs.
-    schedule: str = "complete"
-    # True: stage 2 restarts from a fresh initialisation; False: continues from stage 1.
-    restart: bool = True
-    # Also evaluate the ensemble of the stage-1 and stage-2 models.
-    ensemble: bool = True
-    # Stage-2 targets: clean = the paper's stored logits of the test-transform images;
-    # augmented = ablation, not the paper's method: the frozen stage-1 network on the
-    # student's own augmented batch (one extra forward per step).
-    teacher_view: str = "clean"
+def method_options() -> Dict[str, type]:
+    """The options dataclass of every registered method that has options, by name.
+
+    Read from the method registry (each method file declares and registers its own), which
+    imports the built-in methods on its first lookup: this module never imports them.
+    """
+    found = {name: METHODS.info(name).get("options") for name in METHODS.list()}
+    return {name: cls for name, cls in found.items() if cls is not None and dataclasses.fields(cls)}
 
 
-@dataclass(frozen=True)
-class KDConfig:
-    # Run directory or checkpoint file of the frozen teacher.
-    teacher: str = ""
-    # Teacher architecture; "" = read it from the teacher run's config.
-    teacher_model: str = ""
-    temperature: float = 3.0
-    ce_weight: float = 1.0
-    kd_weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class ONEConfig:
-    branches: int = 3
-    temperature: float = 3.0
-    # Consistency ramp-up of the KL weight over this many epochs (0 = constant weight 1).
-    ramp_epochs: int = 80
-    # Also evaluate the gated ensemble of all branches (reported as "ensemble"); final.pt
-    # stays branch 1, a plain network.
-    deploy_ensemble: bool = False
-
-
-@dataclass(frozen=True)
-class BYOTConfig:
-    # Defaults: the official code (pytorch-self-distillation-final, train.py); docs/methods.md.
-    temperature: float = 3.0
-    # Weight of the KL to the deepest exit in each shallow exit's loss; (1 - alpha) on its CE.
-    alpha: float = 0.3
-    # Weight of the feature hint.
-    hint_weight: float = 0.03
-    # Multiply the KL by T^2 (third-party re-implementations); the official code does not.
-    kd_t_squared: bool = False
-    # official: unsquared whole-batch L2 of FC-adapted exit features (the official code);
-    # squared: the conference paper's per-sample squared L2, no adaptation layer.
-    hint: str = "official"
-
-
-@dataclass(frozen=True)
-class FRSKDConfig:
-    # Defaults: the official code (MingiJi/FRSKD, main.py and README's CIFAR-100 command).
-    temperature: float = 4.0
-    alpha: float = 2.0
-    beta: float = 100.0
-    # bifpnc: the official default self-teacher (each level width_multiplier x its stage's
-    # channels, `depth` separable convs per node); uniform: a lighter variant of our own
-    # (every level `width` channels, one separable conv per node).
-    bifpn: str = "bifpnc"
-    width_multiplier: int = 2
-    depth: int = 2
-    # Channels of every level of the uniform variant.
-    width: int = 64
+def _default_method_options() -> Tuple[Tuple[str, Any], ...]:
+    return tuple((name, cls()) for name, cls in method_options().items())
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    # vanilla | kd | srdl | one | byot | frskd
+    """``name`` picks the method (tools/train.py --list-methods); ``method.<name>.*`` are its
+    options, one section per registered method (``cfg.method.srdl.temperature``)."""
+
     name: str = "srdl"
-    srdl: SRDLConfig = field(default_factory=SRDLConfig)
-    kd: KDConfig = field(default_factory=KDConfig)
-    one: ONEConfig = field(default_factory=ONEConfig)
-    byot: BYOTConfig = field(default_factory=BYOTConfig)
-    frskd: FRSKDConfig = field(default_factory=FRSKDConfig)
+    # (method name, its options) for every registered method with options.
+    options: Tuple[Tuple[str, Any], ...] = field(default_factory=_default_method_options)
+
+    def options_of(self, name: str):
+        """The options of method ``name`` (None for a method without options)."""
+        for key, value in self.options:
+            if key == name:
+                return value
+        return None
+
+    def __getattr__(self, item: str):
+        # Only reached when normal lookup fails: ``cfg.method.<registered method>``.
+        if item.startswith("_") or item in ("name", "options"):
+            raise AttributeError(item)
+        for key, value in object.__getattribute__(self, "options"):
+            if key == item:
+                return value
+        raise AttributeError(f"no options for method '{item}' (registered with options: "
+                             f"{', '.join(k for k, _ in object.__getattribute__(self, 'options'))})")
 
 
 @dataclass(frozen=True)
@@ -247,31 +210,47 @@ def _coerce(value: Any, tp, key: str):
     )
 
 
+def _schema(cls) -> Dict[str, Any]:
+    """Key -> type of a section; the method section's keys come from the method registry."""
+    if cls is MethodConfig:
+        return {"name": str, **method_options()}
+    return typing.get_type_hints(cls)
+
+
 def _build(cls, values: Dict[str, Any], prefix: str = ""):
     """Instantiate dataclass `cls` from a (possibly partial) nested dict, strictly."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    hints = _schema(cls)
     kwargs = {}
     for k, v in values.items():
         dotted = f"{prefix}.{k}" if prefix else k
         if k not in hints:
             where = f"in '{prefix}'" if prefix else "at the top level"
-            raise ConfigError(f"unknown key '{dotted}'; valid keys {where}: {', '.join(names)}")
+            raise ConfigError(f"unknown key '{dotted}'; valid keys {where}: {', '.join(hints)}")
         kwargs[k] = _coerce(v, hints[k], dotted)
+    if cls is MethodConfig:
+        name = kwargs.pop("name", MethodConfig.name)
+        # Every registered method's options, at their defaults where not given.
+        options = tuple((n, kwargs[n] if n in kwargs else opt()) for n, opt in method_options().items())
+        return MethodConfig(name=name, options=options)
     return cls(**kwargs)
 
 
 def to_dict(cfg) -> Dict[str, Any]:
-    """Plain nested dict (lists for tuples), ready for YAML/JSON."""
+    """Plain nested dict (lists for tuples), ready for YAML/JSON; the method section as
+    ``{"name": ..., "<method>": {...}, ...}``."""
 
     def plain(v):
+        if isinstance(v, MethodConfig):
+            return {"name": v.name, **{n: plain(o) for n, o in v.options}}
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return plain(dataclasses.asdict(cfg))
+    return plain(cfg)
 
 
 def flat_dict(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -352,13 +331,10 @@ def _set_dotted(tree: Dict[str, Any], parts: List[str], raw: str, cls) -> None:
     node, node_cls, path = tree, cls, []
     for i, p in enumerate(parts):
         path.append(p)
-        hints = typing.get_type_hints(node_cls)
+        hints = _schema(node_cls)
         if p not in hints:
             where = f"in '{'.'.join(path[:-1])}'" if i else "at the top level"
-            raise ConfigError(
-                f"unknown key '{'.'.join(path)}'; valid keys {where}: "
-                f"{', '.join(f.name for f in dataclasses.fields(node_cls))}"
-            )
+            raise ConfigError(f"unknown key '{'.'.join(path)}'; valid keys {where}: {', '.join(hints)}")
         tp = hints[p]
         last = i == len(parts) - 1
         if last:
@@ -383,7 +359,6 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
 
 _CHOICES = {
     ("data", "name"): ("market1501", "cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "imagenet"),
-    ("method", "name"): ("vanilla", "kd", "srdl", "one", "byot", "frskd"),
     ("eval", "pool"): ("mean", "max"),
     ("eval", "ap"): ("torchreid", "official"),
     ("eval", "precision"): ("fp32", "bf16", "fp16", "auto"),
@@ -418,6 +393,12 @@ def check_range(key: str, value, minimum=None, maximum=None, above=None, why: st
         raise ConfigError(f"{key} {problem}" + (f" ({why})" if why else ""))
 
 
+def check_choice(key: str, value, choices) -> None:
+    """A :class:`ConfigError` naming ``key`` if ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}='{value}' is not one of: {', '.join(map(str, choices))}")
+
+
 def int_arg(minimum=None, maximum=None):
     """An argparse ``type=`` for an int in a range: ``--height 0`` is refused by argparse
     with one line (``argument --height: must be >= 1, got 0``) and exit code 2."""
@@ -450,10 +431,6 @@ _RANGES = (
     ("data.workers", dict(minimum=0)),
     ("data.train_subset", dict(minimum=0, why="0 = all")),
     ("model.feature_dim", dict(minimum=1)),
-    ("method.srdl.temperature", dict(above=0)),
-    ("method.kd.temperature", dict(above=0)),
-    ("method.kd.ce_weight", dict(minimum=0)),
-    ("method.kd.kd_weight", dict(minimum=0)),
     ("optim.lr", dict(above=0)),
     ("optim.momentum", dict(minimum=0, maximum=1)),
     ("optim.weight_decay", dict(minimum=0)),
@@ -479,21 +456,16 @@ def _get_dotted(cfg, key: str):
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express."""
     for (section, key), choices in _CHOICES.items():
-        v = getattr(getattr(cfg, section), key)
-        if v not in choices:
-            raise ConfigError(f"{section}.{key}='{v}' is not one of: {', '.join(choices)}")
-    for key, value, choices in (
-        ("method.srdl.schedule", cfg.method.srdl.schedule, ("complete", "incomplete")),
-        ("method.srdl.teacher_view", cfg.method.srdl.teacher_view, ("clean", "augmented")),
-        ("method.byot.hint", cfg.method.byot.hint, ("official", "squared")),
-        ("method.frskd.bifpn", cfg.method.frskd.bifpn, ("bifpnc", "uniform")),
-    ):
-        if value not in choices:
-            raise ConfigError(f"{key}='{value}' is not one of: {', '.join(choices)}")
+        check_choice(f"{section}.{key}", getattr(getattr(cfg, section), key), choices)
     for key, bounds in _RANGES:
         check_range(key, _get_dotted(cfg, key), **bounds)
-    if cfg.method.name == "srdl" and cfg.train.epochs < 2:
-        raise ConfigError("SRDL needs train.epochs >= 2 (two stages of epochs/2)")
+    # The method's own options checked themselves when they were built; its name and the
+    # epochs it needs come from the method registry.
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"method.name='{cfg.method.name}' is not one of: {', '.join(METHODS.list())}")
+    needed = getattr(METHODS.get(cfg.method.name), "min_epochs", 1)
+    if cfg.train.epochs < needed:
+        raise ConfigError(f"method '{cfg.method.name}' needs train.epochs >= {needed}, got {cfg.train.epochs}")
     for m in cfg.optim.milestones:
         if not 0.0 < m < 1.0:
             raise ConfigError(f"optim.milestones are fractions in (0, 1), got {m}")

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 EXPORT_FORMAT = "reid_srdl.embedding/1"
 METADATA_KEY = "reid_srdl"

@@ -207,7 +207,7 @@ def test_from_a_checkpoint_path_uses_its_training_image_size(tiny_market_root, t
     import glob
 
     from reid_srdl.data.transforms import reid_test_transform
-    from reid_srdl.engine.checkpoint import save_model_file
+    from reid_srdl.core.checkpoint import save_model_file
     from reid_srdl.models import build_model
 
     torch.manual_seed(0)

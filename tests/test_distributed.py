@@ -22,7 +22,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from reid_srdl.engine import distributed as ddp
+from reid_srdl.core import distributed as ddp
+from reid_srdl.evaluation.features import sharded_feature_extractor
 from reid_srdl.engine.trainer import Trainer, build_optimizer
 from reid_srdl.methods.srdl import extract_logits, sharded_logits
 from reid_srdl.evaluation.features import extract_features
@@ -64,7 +65,7 @@ def _worker(rank, world, port, root, out, result):
             records.append(trainer.train_epoch(epoch))
         model = trainer.method.trainable
         logits, _labels = sharded_logits(model, trainer.data.train_eval_loader, torch.device("cpu"), progress=False)
-        feats = ddp.sharded_feature_extractor()(model, trainer.data.gallery.loader, "cpu", progress=False)
+        feats = sharded_feature_extractor()(model, trainer.data.gallery.loader, "cpu", progress=False)
         torch.save({"initial": initial, "state": model.state_dict(), "records": records, "logits": logits,
                     "feats": feats, "per_process_batch": trainer.data.train_loader.batch_size},
                    f"{result}.rank{rank}.pt")
@@ -138,7 +139,7 @@ def test_torchrun_srdl_end_to_end(tiny_market_root, tmp_path):
     assert len(lines) == 2  # one line per epoch, not one per rank
     # The gathered bank is the stage-1 network's logits of every training sample, in order.
     from reid_srdl.data import build_data
-    from reid_srdl.engine.checkpoint import load_model_file
+    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.config import load_config
 
     cfg = load_config(str(run / "config.yaml"))

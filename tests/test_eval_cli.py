@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from reid_srdl.evaluation.io import OutputBatch, atomic_output, load_features, save_features
+from reid_srdl.core.files import OutputBatch, atomic_path
+from reid_srdl.evaluation.io import load_features, save_features
 from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery, evaluate_reid
 from reid_srdl.evaluation.plots import MATCH_COLOUR, WRONG_COLOUR, plot_cmc, render_ranked_list
 
@@ -201,7 +202,7 @@ def test_failed_save_leaves_old_file_and_no_temp(tmp_path):
     with pytest.raises(EvaluationInputError, match="contains NaN"):
         save_features(str(path), np.full((2, 2), np.nan), [1, 2], [0, 0])
     with pytest.raises(RuntimeError):
-        with atomic_output(str(path)) as tmp:
+        with atomic_path(str(path)) as tmp:
             open(tmp, "wb").write(b"half")
             raise RuntimeError("crash while writing")
     assert os.listdir(tmp_path) == ["f.npz"] and load_features(str(path)).features.tolist() == [[1, 1], [1, 1]]
@@ -246,7 +247,7 @@ def test_ranked_list_borders_are_green_for_right_and_red_for_wrong(tmp_path):
 def tiny_model_file(tmp_path_factory):
     import torch
 
-    from reid_srdl.engine.checkpoint import save_model_file
+    from reid_srdl.core.checkpoint import save_model_file
     from reid_srdl.models import build_model
 
     torch.manual_seed(0)

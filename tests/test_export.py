@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from reid_srdl.engine.checkpoint import save_model_file
+from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.export import ExportError, export_onnx, export_torchscript, load_exported
 from reid_srdl.models import build_model
 

@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from reid_srdl.engine.checkpoint import CheckpointError, save_model_file
-from reid_srdl.methods import METHODS, StageContext, build_method
-from reid_srdl.methods.kd import KnowledgeDistillation, load_teacher
+from reid_srdl.config import load_config
+from reid_srdl.core.checkpoint import CheckpointError, save_model_file
+from reid_srdl.methods import METHODS, RunInfo, StageContext, build_method
+from reid_srdl.methods.kd import KDOptions, KnowledgeDistillation, load_teacher
+from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.methods.srdl import SRDL, EnsembleNet
 from reid_srdl.models import build_model
-from reid_srdl.registry import UnknownNameError
+from reid_srdl.core.registry import UnknownNameError
 
 NUM_CLASSES = 3
 
@@ -57,15 +59,15 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 def test_srdl_stages_are_two_halves_with_their_own_schedule():
-    m = SRDL(factory, total_epochs=9)
+    m = SRDL.create(factory, total_epochs=9)
     assert [s.epochs for s in m.stages()] == [4, 5]
     assert m.per_stage_schedule is True
-    assert SRDL(factory, 8, schedule="incomplete").per_stage_schedule is False
+    assert SRDL.create(factory, 8, schedule="incomplete").per_stage_schedule is False
 
 
 def test_srdl_stage2_loss_equals_hand_computation():
     torch.manual_seed(0)
-    m = SRDL(factory, total_epochs=2, temperature=3.0)
+    m = SRDL.create(factory, total_epochs=2, temperature=3.0)
     data = TinyIndexed()
     m.bank = torch.randn(len(data), NUM_CLASSES) * 3
     m.stage = 1  # in stage 2, with this bank
@@ -82,7 +84,7 @@ def test_srdl_stage2_loss_equals_hand_computation():
 
 
 def test_srdl_stage1_is_plain_cross_entropy():
-    m = SRDL(factory, total_epochs=2)
+    m = SRDL.create(factory, total_epochs=2)
     data = TinyIndexed()
     out = m(data.x[:4], data.y[:4], torch.arange(4))
     assert "kl" not in out
@@ -98,7 +100,7 @@ def _ctx(tmp_path, data, batch_size=5):
 
 def test_logit_bank_equals_direct_eval_forward_and_stage2_restarts(tmp_path):
     torch.manual_seed(0)
-    m = SRDL(factory, total_epochs=2, reinit_seed=11)
+    m = SRDL.create(factory, total_epochs=2, seed=11)
     data = TinyIndexed()
     # Move BN statistics away from their init so that eval vs train mode matters.
     m.train()
@@ -114,7 +116,7 @@ def test_logit_bank_equals_direct_eval_forward_and_stage2_restarts(tmp_path):
     assert torch.equal(saved, m.bank)
     # Stage 2 restarts: a different network object whose weights are a fresh initialisation...
     assert m.trainable is not stage1
-    torch.manual_seed(11)
+    torch.manual_seed(derive_seed(11, SRDL_STAGE2_INIT))  # its own stream of the run seeded 11
     expected = factory().state_dict()
     for k, v in m.trainable.state_dict().items():
         assert torch.equal(v, expected[k]), k
@@ -127,7 +129,7 @@ def test_logit_bank_equals_direct_eval_forward_and_stage2_restarts(tmp_path):
 
 
 def test_srdl_without_restart_continues_from_stage1(tmp_path):
-    m = SRDL(factory, total_epochs=2, restart=False)
+    m = SRDL.create(factory, total_epochs=2, restart=False)
     before = {k: v.clone() for k, v in m.trainable.state_dict().items()}
     m.on_stage_end(0, _ctx(tmp_path, TinyIndexed()))
     for k, v in m.trainable.state_dict().items():
@@ -136,13 +138,13 @@ def test_srdl_without_restart_continues_from_stage1(tmp_path):
 
 def test_srdl_resume_reloads_the_bank(tmp_path):
     data = TinyIndexed()
-    m = SRDL(factory, total_epochs=2)
+    m = SRDL.create(factory, total_epochs=2)
     m.on_stage_end(0, _ctx(tmp_path, data))
-    again = SRDL(factory, total_epochs=2)
+    again = SRDL.create(factory, total_epochs=2)
     again.load_extra_state(m.extra_state(), str(tmp_path))
     assert again.stage == 1 and torch.equal(again.bank, m.bank.cpu())
     with pytest.raises(FileNotFoundError, match="stage1_logits.pt"):
-        SRDL(factory, total_epochs=2).load_extra_state({"stage": 1}, str(tmp_path / "elsewhere"))
+        SRDL.create(factory, total_epochs=2).load_extra_state({"stage": 1}, str(tmp_path / "elsewhere"))
 
 
 def test_ensemble_averages_probabilities_and_concatenates_normalised_features():
@@ -170,10 +172,8 @@ def teacher_file(tmp_path):
 
 def test_kd_teacher_is_frozen_in_eval_mode_and_not_saved(teacher_file):
     path, teacher = teacher_file
-    section = SimpleNamespace(teacher=path, teacher_model="resnet20", temperature=3.0, ce_weight=1.0, kd_weight=1.0)
-    section.name = "kd"
-    cfg = SimpleNamespace(name="kd", kd=section)
-    m = build_method(cfg, factory, total_epochs=2, num_classes=NUM_CLASSES)
+    cfg = load_config(None, ["method.name=kd", f"method.kd.teacher={path}", "method.kd.teacher_model=resnet20"])
+    m = build_method(cfg.method, factory, total_epochs=2, num_classes=NUM_CLASSES)
     assert isinstance(m, KnowledgeDistillation)
     m.train()
     assert m.trainable.training and not m.teacher.training
@@ -199,7 +199,7 @@ def test_kd_teacher_is_frozen_in_eval_mode_and_not_saved(teacher_file):
 def test_kd_weights_are_applied():
     torch.manual_seed(0)
     teacher = factory()
-    m = KnowledgeDistillation(factory, 2, teacher, temperature=2.0, ce_weight=0.3, kd_weight=0.7)
+    m = KnowledgeDistillation.with_teacher(teacher, KDOptions(temperature=2.0, ce_weight=0.3, kd_weight=0.7), factory, RunInfo(2))
     data = TinyIndexed()
     out = m(data.x[:4], data.y[:4], torch.arange(4))
     assert out["loss"].item() == pytest.approx(0.3 * out["ce"].item() + 0.7 * out["kd"].item(), rel=1e-6)

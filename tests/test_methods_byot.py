@@ -8,11 +8,12 @@ import os
 import pytest
 import torch
 
-from reid_srdl.config import BYOTConfig, ConfigError, load_config
-from reid_srdl.engine.checkpoint import load_model_file, save_model_file
+from reid_srdl.config import ConfigError, load_config
+from reid_srdl.core.checkpoint import save_model_file
+from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
-from reid_srdl.methods.byot import BYOT, hint_loss, stage_downsampling
+from reid_srdl.methods.byot import BYOT, BYOTOptions, hint_loss, stage_downsampling
 from reid_srdl.methods.vanilla import Vanilla
 from reid_srdl.models import Net, build_model
 
@@ -45,7 +46,7 @@ def test_downsampling_factors_follow_each_architecture():
 @pytest.mark.parametrize("name", NETS)
 def test_side_exits_reach_the_deepest_channels_and_resolution(name):
     torch.manual_seed(0)
-    m = BYOT(NETS[name][0], total_epochs=2)
+    m = BYOT.create(NETS[name][0], total_epochs=2)
     net = m.trainable.net
     x, _, _ = batch(name, n=2)
     with torch.no_grad():
@@ -60,7 +61,7 @@ def test_side_exits_reach_the_deepest_channels_and_resolution(name):
 def test_side_exit_on_a_last_stride_one_resnet50():
     # Stage 3 and 4 share a resolution: that exit's middle conv is a 3x3 without stride.
     torch.manual_seed(0)
-    m = BYOT(functools.partial(build_model, "resnet50", NUM_CLASSES, feature_dim=16), total_epochs=2)
+    m = BYOT.create(functools.partial(build_model, "resnet50", NUM_CLASSES, feature_dim=16), total_epochs=2)
     third = m.trainable.exits[2]
     assert third.factor == (1, 1) and third.bottleneck[3].kernel_size == (3, 3) and third.bottleneck[3].stride == (1, 1)
     x = torch.randn(2, 3, 64, 32)
@@ -71,7 +72,7 @@ def test_side_exit_on_a_last_stride_one_resnet50():
 
 
 def test_too_small_a_map_for_an_exit_is_a_clear_error():
-    m = BYOT(NETS["small_reid"][0], total_epochs=2)
+    m = BYOT.create(NETS["small_reid"][0], total_epochs=2)
     with pytest.raises(ConfigError, match="side exit needs a map of at least 8x8, got \\(4, 2\\): the input images are too small .*data.height"):
         m.trainable.exits[0](torch.randn(2, 16, 4, 2))
 
@@ -115,7 +116,7 @@ def test_default_loss_is_the_official_formula(name):
     FC-adapted features, the exit of the second-to-last stage without hint."""
     torch.manual_seed(0)
     alpha, lam, T = 0.3, 0.03, 3.0
-    m = BYOT(NETS[name][0], total_epochs=2)  # the defaults are the official ones
+    m = BYOT.create(NETS[name][0], total_epochs=2)  # the defaults are the official ones
     spread_classifiers(m.trainable)
     m.train()
     x, y, idx = batch(name)
@@ -155,7 +156,7 @@ def test_default_loss_is_the_official_formula(name):
 def test_t_squared_and_the_squared_hint_are_options(name):
     torch.manual_seed(0)
     alpha, lam, T = 0.4, 0.05, 2.0
-    m = BYOT(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, hint_weight=lam, kd_t_squared=True,
+    m = BYOT.create(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, hint_weight=lam, kd_t_squared=True,
              hint="squared")
     assert m.trainable.adaptation is None and m.trainable.hinted == list(range(len(m.trainable.exits)))
     spread_classifiers(m.trainable)
@@ -177,7 +178,7 @@ def test_t_squared_and_the_squared_hint_are_options(name):
 def test_deepest_exit_is_a_target_only_in_the_distillation_terms():
     """Neither the KL nor the hint may move the deepest classifier or the last stage."""
     torch.manual_seed(0)
-    m = BYOT(NETS["resnet8"][0], total_epochs=2)
+    m = BYOT.create(NETS["resnet8"][0], total_epochs=2)
     spread_classifiers(m.trainable)
     x, y, idx = batch("resnet8")
     out = m(x, y, idx)
@@ -193,7 +194,7 @@ def test_deepest_exit_is_a_target_only_in_the_distillation_terms():
 @pytest.mark.parametrize("name", NETS)
 def test_gradients_reach_every_trainable_parameter(name):
     torch.manual_seed(0)
-    m = BYOT(NETS[name][0], total_epochs=2)
+    m = BYOT.create(NETS[name][0], total_epochs=2)
     spread_classifiers(m.trainable)
     x, y, idx = batch(name)
     m(x, y, idx)["loss"].backward()
@@ -207,7 +208,7 @@ def test_gradients_reach_every_trainable_parameter(name):
 def test_deployed_net_is_the_plain_net(name, tmp_path):
     torch.manual_seed(0)
     factory, _ = NETS[name]
-    m = BYOT(factory, total_epochs=2)
+    m = BYOT.create(factory, total_epochs=2)
     plain = factory()
     deployed = m.deploy().eval()
     assert isinstance(deployed, Net)
@@ -230,7 +231,7 @@ def test_deployed_net_is_the_plain_net(name, tmp_path):
 @pytest.mark.parametrize("name", NETS)
 def test_a_few_sgd_steps_lower_the_loss(name):
     torch.manual_seed(0)
-    m = BYOT(NETS[name][0], total_epochs=2).train()
+    m = BYOT.create(NETS[name][0], total_epochs=2).train()
     # No momentum: the hint chases the deepest features, a target that moves as they train,
     # and momentum makes the total loss oscillate on so few steps.
     opt = torch.optim.SGD(m.trainable.parameters(), lr=0.1)
@@ -252,23 +253,25 @@ def test_built_from_its_config_section():
                              "method.byot.temperature=4", "method.byot.kd_t_squared=true", "method.byot.hint=squared"])
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, BYOT)
-    assert (m.alpha, m.hint_weight, m.temperature, m.kd_t_squared, m.hint) == (0.5, 0.1, 4.0, True, "squared")
+    o = m.options
+    assert (o.alpha, o.hint_weight, o.temperature, o.kd_t_squared, o.hint) == (0.5, 0.1, 4.0, True, "squared")
     # The defaults are the official code's: T=3, alpha=0.3, lambda=0.03, no T^2, FC-adapted hint.
-    assert BYOTConfig() == BYOTConfig(temperature=3.0, alpha=0.3, hint_weight=0.03, kd_t_squared=False,
+    assert BYOTOptions() == BYOTOptions(temperature=3.0, alpha=0.3, hint_weight=0.03, kd_t_squared=False,
                                       hint="official")
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(alpha=1.5), r"method.byot.alpha\) must be in \[0, 1\], got 1.5"),
-        (dict(temperature=-1.0), r"method.byot.temperature\) must be > 0"),
-        (dict(hint_weight=-0.1), r"method.byot.hint_weight\) must be >= 0"),
+        (dict(alpha=1.5), r"^method.byot.alpha must be in 0.0..1.0, got 1.5$"),
+        (dict(temperature=-1.0), r"^method.byot.temperature must be > 0, got -1.0$"),
+        (dict(hint_weight=-0.1), r"^method.byot.hint_weight must be >= 0, got -0.1$"),
+        (dict(hint="sum"), r"^method.byot.hint='sum' is not one of: official, squared$"),
     ],
 )
 def test_bad_options_name_the_key(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        BYOT(NETS["resnet8"][0], total_epochs=2, **kwargs)
+        BYOT.create(NETS["resnet8"][0], total_epochs=2, **kwargs)
 
 
 # ----------------------------------------------------------------------------- FLOPs, trainer
@@ -277,8 +280,8 @@ def test_flop_counter_sees_the_side_exits(name):
     torch.manual_seed(0)
     factory, shape = NETS[name]
     data = OneSample(shape)
-    byot = training_forward_flops(BYOT(factory, 2), data, torch.device("cpu"))
-    plain = training_forward_flops(Vanilla(factory, 2), data, torch.device("cpu"))
+    byot = training_forward_flops(BYOT.create(factory, 2), data, torch.device("cpu"))
+    plain = training_forward_flops(Vanilla.create(factory, 2), data, torch.device("cpu"))
     assert byot > plain > 0
 
 

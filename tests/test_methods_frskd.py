@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_srdl.config import ConfigError, FRSKDConfig, load_config
-from reid_srdl.engine.checkpoint import load_model_file, save_model_file
+from reid_srdl.config import ConfigError, load_config
+from reid_srdl.core.checkpoint import save_model_file
+from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
-from reid_srdl.methods.frskd import FRSKD, BiFPNcTeacher, FusionNode, resize_to, same_max_pool
+from reid_srdl.methods.frskd import FRSKD, BiFPNcTeacher, FRSKDOptions, FusionNode, resize_to, same_max_pool
 from reid_srdl.methods.vanilla import Vanilla
 from reid_srdl.models import Net, build_model
 
@@ -83,7 +84,7 @@ def test_resize_shrinks_by_max_pooling_grows_by_nearest_and_keeps_equal_sizes():
 def test_uniform_self_teacher_wiring_matches_a_hand_written_bifpn():
     """Top-down then bottom-up over resnet8's 28/14/7 maps, written out level by level."""
     torch.manual_seed(0)
-    m = FRSKD(NETS["resnet8"][0], total_epochs=2, bifpn="uniform", width=WIDTH).eval()
+    m = FRSKD.create(NETS["resnet8"][0], total_epochs=2, bifpn="uniform", width=WIDTH).eval()
     spread_classifiers(m.trainable)
     t = m.trainable.teacher
     with torch.no_grad():  # distinct fusion weights, so that swapped inputs would show
@@ -132,7 +133,7 @@ def test_bifpnc_wiring_matches_the_official_layer_by_hand():
     lateral 1x1s for both paths, up = nearest x2 then 1x1, down = same-padded 3x3/2 max pool
     then 1x1, weights relu(w)/(sum + 1e-6), ReLU on every fused input and on the outputs."""
     torch.manual_seed(0)
-    m = FRSKD(NETS["resnet8"][0], total_epochs=2).eval()
+    m = FRSKD.create(NETS["resnet8"][0], total_epochs=2).eval()
     t = m.trainable.teacher
     assert isinstance(t, BiFPNcTeacher) and t.widths == [32, 64, 128]
     with torch.no_grad():  # distinct fusion weights, so that swapped inputs would show
@@ -200,7 +201,7 @@ def test_bifpnc_parameter_count_on_the_official_cifar_resnet18_by_hand():
 def test_stages_of_equal_resolution_are_fused_without_assuming_halving(arch, options, teacher):
     # ResNet-50 (last stride 1) and DenseNet-121: the last two stages share a resolution.
     torch.manual_seed(0)
-    m = FRSKD(functools.partial(build_model, arch, NUM_CLASSES, feature_dim=16, **options), total_epochs=2,
+    m = FRSKD.create(functools.partial(build_model, arch, NUM_CLASSES, feature_dim=16, **options), total_epochs=2,
               **teacher).eval()
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
@@ -216,7 +217,7 @@ def test_stages_of_equal_resolution_are_fused_without_assuming_halving(arch, opt
 def test_every_loss_term_matches_a_hand_computation(name):
     torch.manual_seed(0)
     T, alpha, beta = 3.0, 1.5, 50.0
-    m = FRSKD(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, beta=beta)
+    m = FRSKD.create(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, beta=beta)
     spread_classifiers(m.trainable)
     m.train()
     x, y, idx = batch(name)
@@ -241,7 +242,7 @@ def test_every_loss_term_matches_a_hand_computation(name):
 
 def test_teacher_side_is_a_target_only_in_the_distillation_terms():
     torch.manual_seed(0)
-    m = FRSKD(NETS["resnet8"][0], total_epochs=2)
+    m = FRSKD.create(NETS["resnet8"][0], total_epochs=2)
     spread_classifiers(m.trainable)
     x, y, idx = batch("resnet8")
     out = m(x, y, idx)
@@ -253,7 +254,7 @@ def test_teacher_side_is_a_target_only_in_the_distillation_terms():
 def test_teacher_cross_entropy_also_trains_the_backbone():
     # The self-teacher reads the classifier's maps without detaching them ("teaching myself").
     torch.manual_seed(0)
-    m = FRSKD(NETS["resnet8"][0], total_epochs=2)
+    m = FRSKD.create(NETS["resnet8"][0], total_epochs=2)
     x, y, idx = batch("resnet8")
     m(x, y, idx)["ce_teacher"].backward()
     assert m.trainable.net.stem.conv.weight.grad.abs().sum() > 0
@@ -264,7 +265,7 @@ def test_teacher_cross_entropy_also_trains_the_backbone():
 @pytest.mark.parametrize("name", NETS)
 def test_gradients_reach_every_trainable_parameter(name):
     torch.manual_seed(0)
-    m = FRSKD(NETS[name][0], total_epochs=2)
+    m = FRSKD.create(NETS[name][0], total_epochs=2)
     spread_classifiers(m.trainable)
     x, y, idx = batch(name)
     m(x, y, idx)["loss"].backward()
@@ -278,7 +279,7 @@ def test_gradients_reach_every_trainable_parameter(name):
 def test_deployed_net_is_the_plain_classifier(name, tmp_path):
     torch.manual_seed(0)
     factory, _ = NETS[name]
-    m = FRSKD(factory, total_epochs=2)
+    m = FRSKD.create(factory, total_epochs=2)
     plain = factory()
     deployed = m.deploy().eval()
     assert isinstance(deployed, Net)
@@ -300,7 +301,7 @@ def test_deployed_net_is_the_plain_classifier(name, tmp_path):
 @pytest.mark.parametrize("name", NETS)
 def test_a_few_sgd_steps_lower_the_loss(name):
     torch.manual_seed(0)
-    m = FRSKD(NETS[name][0], total_epochs=2).train()
+    m = FRSKD.create(NETS[name][0], total_epochs=2).train()
     opt = torch.optim.SGD(m.trainable.parameters(), lr=0.1)
     x, y, idx = batch(name)
     losses = []
@@ -320,11 +321,11 @@ def test_built_from_its_config_section():
                              "method.frskd.alpha=1", "method.frskd.beta=10"])
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, FRSKD)
-    assert (m.temperature, m.alpha, m.beta, m.teacher_options["width"]) == (4.0, 1.0, 10.0, 8)
+    assert (m.options.temperature, m.options.alpha, m.options.beta, m.options.width) == (4.0, 1.0, 10.0, 8)
     assert m.trainable.teacher.head.in_channels == 8
     # The defaults are the official code's: README's CIFAR-100 command (alpha 2, beta 100),
     # main.py (T 4, --bifpn BiFPNc, --width 2, --depth 2).
-    assert FRSKDConfig() == FRSKDConfig(temperature=4.0, alpha=2.0, beta=100.0, bifpn="bifpnc", width_multiplier=2,
+    assert FRSKDOptions() == FRSKDOptions(temperature=4.0, alpha=2.0, beta=100.0, bifpn="bifpnc", width_multiplier=2,
                                         depth=2, width=64)
     default = build_method(load_config(None, ["method.name=frskd"]).method, NETS["resnet8"][0], total_epochs=3,
                            num_classes=NUM_CLASSES)
@@ -334,16 +335,16 @@ def test_built_from_its_config_section():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(bifpn="uniform", width=0), r"method.frskd.width\) must be >= 1, got 0"),
-        (dict(width_multiplier=0), r"method.frskd.width_multiplier\) must be >= 1, got 0"),
-        (dict(bifpn="bifpn"), r"method.frskd.bifpn\) must be one of bifpnc, uniform"),
-        (dict(temperature=0.0), r"method.frskd.temperature\) must be > 0"),
-        (dict(beta=-1.0), r"method.frskd.alpha, .beta\) must be >= 0"),
+        (dict(bifpn="uniform", width=0), r"^method.frskd.width must be >= 1, got 0$"),
+        (dict(width_multiplier=0), r"^method.frskd.width_multiplier must be >= 1, got 0$"),
+        (dict(bifpn="bifpn"), r"^method.frskd.bifpn='bifpn' is not one of: bifpnc, uniform$"),
+        (dict(temperature=0.0), r"^method.frskd.temperature must be > 0, got 0.0$"),
+        (dict(beta=-1.0), r"^method.frskd.beta must be >= 0, got -1.0$"),
     ],
 )
 def test_bad_options_name_the_key(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        FRSKD(NETS["resnet8"][0], total_epochs=2, **kwargs)
+        FRSKD.create(NETS["resnet8"][0], total_epochs=2, **kwargs)
 
 
 # ----------------------------------------------------------------------------- FLOPs, trainer
@@ -352,8 +353,8 @@ def test_flop_counter_sees_the_self_teacher(name):
     torch.manual_seed(0)
     factory, shape = NETS[name]
     data = OneSample(shape)
-    frskd = training_forward_flops(FRSKD(factory, 2), data, torch.device("cpu"))
-    plain = training_forward_flops(Vanilla(factory, 2), data, torch.device("cpu"))
+    frskd = training_forward_flops(FRSKD.create(factory, 2), data, torch.device("cpu"))
+    plain = training_forward_flops(Vanilla.create(factory, 2), data, torch.device("cpu"))
     assert frskd > plain > 0
 
 

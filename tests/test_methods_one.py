@@ -7,11 +7,12 @@ import os
 import pytest
 import torch
 
-from reid_srdl.config import ConfigError, ONEConfig, load_config
-from reid_srdl.engine.checkpoint import load_model_file, save_model_file
+from reid_srdl.config import ConfigError, load_config
+from reid_srdl.core.checkpoint import save_model_file
+from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
-from reid_srdl.methods.one import ONE, sigmoid_rampup
+from reid_srdl.methods.one import ONE, ONEOptions, sigmoid_rampup
 from reid_srdl.methods.vanilla import Vanilla
 from reid_srdl.models import Net, build_model
 
@@ -50,7 +51,7 @@ def test_sigmoid_rampup_values_at_chosen_epochs():
 
 
 def test_kl_weight_follows_the_epoch_the_trainer_sets():
-    m = ONE(NETS["resnet8"][0], total_epochs=100, ramp_epochs=10)
+    m = ONE.create(NETS["resnet8"][0], total_epochs=100, ramp_epochs=10)
     weights = []
     for epoch in (0, 5, 10, 50):
         m.set_epoch(epoch)
@@ -62,7 +63,7 @@ def test_kl_weight_follows_the_epoch_the_trainer_sets():
 @pytest.mark.parametrize("name", NETS)
 def test_every_loss_term_matches_a_hand_computation(name):
     torch.manual_seed(0)
-    m = ONE(NETS[name][0], total_epochs=100, branches=3, temperature=2.5, ramp_epochs=80)
+    m = ONE.create(NETS[name][0], total_epochs=100, branches=3, temperature=2.5, ramp_epochs=80)
     spread_classifiers(m.trainable)
     m.set_epoch(40)
     m.train()
@@ -96,7 +97,7 @@ def test_ensemble_is_a_target_only_in_the_kl():
     """KL terms must not push the ensemble (hence the gate): with the CE terms removed by
     zeroing their weight, the gate gets no gradient."""
     torch.manual_seed(0)
-    m = ONE(NETS["resnet8"][0], total_epochs=2, ramp_epochs=0)
+    m = ONE.create(NETS["resnet8"][0], total_epochs=2, ramp_epochs=0)
     spread_classifiers(m.trainable)
     x, y, idx = batch("resnet8")
     out = m(x, y, idx)
@@ -109,7 +110,7 @@ def test_ensemble_is_a_target_only_in_the_kl():
 @pytest.mark.parametrize("name", NETS)
 def test_gradients_reach_every_trainable_parameter(name):
     torch.manual_seed(0)
-    m = ONE(NETS[name][0], total_epochs=2, ramp_epochs=0)
+    m = ONE.create(NETS[name][0], total_epochs=2, ramp_epochs=0)
     spread_classifiers(m.trainable)
     x, y, idx = batch(name)
     m(x, y, idx)["loss"].backward()
@@ -123,7 +124,7 @@ def test_gradients_reach_every_trainable_parameter(name):
 
 def test_branches_are_independent_copies_with_their_own_initialisation():
     torch.manual_seed(0)
-    m = ONE(NETS["small_reid"][0], total_epochs=2, branches=3)
+    m = ONE.create(NETS["small_reid"][0], total_epochs=2, branches=3)
     net = m.trainable.net
     own = {id(p) for p in net.parameters()}
     for b in m.trainable.branches:
@@ -139,7 +140,7 @@ def test_branches_are_independent_copies_with_their_own_initialisation():
 def test_deployed_net_is_branch_one_and_a_rebuildable_plain_net(name, tmp_path):
     torch.manual_seed(0)
     factory, _ = NETS[name]
-    m = ONE(factory, total_epochs=2)
+    m = ONE.create(factory, total_epochs=2)
     plain = factory()
     deployed = m.deploy().eval()
     assert isinstance(deployed, Net)
@@ -161,9 +162,9 @@ def test_deployed_net_is_branch_one_and_a_rebuildable_plain_net(name, tmp_path):
 
 def test_gated_ensemble_is_evaluated_only_when_asked():
     torch.manual_seed(0)
-    m = ONE(NETS["small_reid"][0], total_epochs=2, deploy_ensemble=True)
+    m = ONE.create(NETS["small_reid"][0], total_epochs=2, deploy_ensemble=True)
     spread_classifiers(m.trainable)
-    assert ONE(NETS["small_reid"][0], total_epochs=2).extra_eval_models(None) == {}
+    assert ONE.create(NETS["small_reid"][0], total_epochs=2).extra_eval_models(None) == {}
     ensemble = m.extra_eval_models(None)["ensemble"].eval()
     x, _, _ = batch("small_reid", n=4)
     with torch.no_grad():
@@ -184,7 +185,7 @@ def test_gated_ensemble_is_evaluated_only_when_asked():
 @pytest.mark.parametrize("name", NETS)
 def test_a_few_sgd_steps_lower_the_loss(name):
     torch.manual_seed(0)
-    m = ONE(NETS[name][0], total_epochs=2, ramp_epochs=0).train()
+    m = ONE.create(NETS[name][0], total_epochs=2, ramp_epochs=0).train()
     opt = torch.optim.SGD(m.trainable.parameters(), lr=0.05, momentum=0.9)
     x, y, idx = batch(name)
     losses = []
@@ -200,10 +201,10 @@ def test_a_few_sgd_steps_lower_the_loss(name):
 
 def test_resume_state_is_the_trainable_state_dict():
     torch.manual_seed(0)
-    a = ONE(NETS["resnet8"][0], total_epochs=2)
+    a = ONE.create(NETS["resnet8"][0], total_epochs=2)
     spread_classifiers(a.trainable)
     torch.manual_seed(1)
-    b = ONE(NETS["resnet8"][0], total_epochs=2)
+    b = ONE.create(NETS["resnet8"][0], total_epochs=2)
     b.trainable.load_state_dict(a.trainable.state_dict())
     x, y, idx = batch("resnet8")
     a.eval(), b.eval()
@@ -215,21 +216,21 @@ def test_built_from_its_config_section():
     cfg = load_config(None, ["method.name=one", "method.one.branches=4", "method.one.temperature=2", "method.one.ramp_epochs=0"])
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, ONE)
-    assert (m.trainable.num_branches, m.temperature, m.ramp_epochs, m.deploy_ensemble) == (4, 2.0, 0, False)
-    assert ONEConfig() == ONEConfig(branches=3, temperature=3.0, ramp_epochs=80, deploy_ensemble=False)
+    assert (m.trainable.num_branches, m.options.temperature, m.options.ramp_epochs, m.options.deploy_ensemble) == (4, 2.0, 0, False)
+    assert ONEOptions() == ONEOptions(branches=3, temperature=3.0, ramp_epochs=80, deploy_ensemble=False)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(branches=1), r"at least 2 branches \(method.one.branches\), got 1"),
-        (dict(temperature=0.0), r"method.one.temperature\) must be > 0"),
-        (dict(ramp_epochs=-1), r"method.one.ramp_epochs\) must be >= 0"),
+        (dict(branches=1), r"^method.one.branches must be >= 2, got 1$"),
+        (dict(temperature=0.0), r"^method.one.temperature must be > 0, got 0.0$"),
+        (dict(ramp_epochs=-1), r"^method.one.ramp_epochs must be >= 0, got -1 \(0 = constant weight 1\)$"),
     ],
 )
 def test_bad_options_name_the_key(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        ONE(NETS["resnet8"][0], total_epochs=2, **kwargs)
+        ONE.create(NETS["resnet8"][0], total_epochs=2, **kwargs)
 
 
 # ----------------------------------------------------------------------------- FLOPs, trainer
@@ -238,8 +239,8 @@ def test_flop_counter_sees_the_branches(name):
     torch.manual_seed(0)
     factory, shape = NETS[name]
     data = OneSample(shape)
-    one = training_forward_flops(ONE(factory, 2), data, torch.device("cpu"))
-    plain = training_forward_flops(Vanilla(factory, 2), data, torch.device("cpu"))
+    one = training_forward_flops(ONE.create(factory, 2), data, torch.device("cpu"))
+    plain = training_forward_flops(Vanilla.create(factory, 2), data, torch.device("cpu"))
     # Two extra copies of the last stage and head, and the gate: more than the plain net,
     # less than three whole nets.
     assert plain < one < 3 * plain

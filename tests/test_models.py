@@ -18,7 +18,7 @@ from reid_srdl.models import (
     load_imagenet_weights,
 )
 from reid_srdl.models.cifar import ZeroPadShortcut
-from reid_srdl.registry import UnknownNameError
+from reid_srdl.core.registry import UnknownNameError
 
 REID = ("resnet50", "densenet121", "small_reid")
 CIFAR = ("resnet8", "resnet20", "resnet32", "resnet110", "wrn28_10", "densenet_bc_190_40")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from reid_srdl.engine.checkpoint import save_model_file
+from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.models import build_model
 from reid_srdl.search import ReIDSearcher
 

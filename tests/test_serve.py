@@ -11,7 +11,7 @@ pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip in
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (test extra)")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from reid_srdl.engine.checkpoint import save_model_file  # noqa: E402
+from reid_srdl.core.checkpoint import save_model_file  # noqa: E402
 from reid_srdl.models import build_model  # noqa: E402
 from reid_srdl.search import ReIDSearcher  # noqa: E402
 from reid_srdl.search.labels import list_images, market_labels  # noqa: E402

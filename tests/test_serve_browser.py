@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from reid_srdl.engine.checkpoint import save_model_file  # noqa: E402
+from reid_srdl.core.checkpoint import save_model_file  # noqa: E402
 from reid_srdl.models import build_model  # noqa: E402
 from reid_srdl.search import ReIDSearcher  # noqa: E402
 from reid_srdl.search.labels import list_images, market_labels  # noqa: E402

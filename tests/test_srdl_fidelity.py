@@ -116,7 +116,7 @@ def test_a_run_reports_bank_statistics_and_the_stage2_kl_of_every_epoch(tiny_mar
 # ----------------------------------------------------------------------------- teacher_view=augmented
 def test_augmented_teacher_view_distils_the_frozen_stage1_net_on_the_same_batch(tmp_path):
     torch.manual_seed(0)
-    m = SRDL(factory, total_epochs=2, teacher_view="augmented", reinit_seed=5)
+    m = SRDL.create(factory, total_epochs=2, teacher_view="augmented", seed=5)
     spread_classifiers(m.trainable)  # non-trivial logits (the init gives all ~0)
     data = TinyIndexed()
     m.train()
@@ -145,14 +145,14 @@ def test_augmented_teacher_view_distils_the_frozen_stage1_net_on_the_same_batch(
 
 def test_augmented_teacher_view_costs_one_more_forward_and_resumes(tmp_path):
     data = TinyIndexed()
-    m = SRDL(factory, total_epochs=2, teacher_view="augmented")
-    plain = SRDL(factory, total_epochs=2)
+    m = SRDL.create(factory, total_epochs=2, teacher_view="augmented")
+    plain = SRDL.create(factory, total_epochs=2)
     m.on_stage_end(0, _ctx(tmp_path, data))
     os.makedirs(tmp_path / "plain")
     plain.on_stage_end(0, _ctx(tmp_path / "plain", data))
     one = OneSample((1, 28, 28))
     assert training_forward_flops(m, one, "cpu") == 2 * training_forward_flops(plain, one, "cpu")
-    again = SRDL(factory, total_epochs=2, teacher_view="augmented")
+    again = SRDL.create(factory, total_epochs=2, teacher_view="augmented")
     again.load_extra_state(m.extra_state(), str(tmp_path))
     x = data.x[:3]
     with torch.no_grad():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from reid_srdl.config import load_config
-from reid_srdl.engine import checkpoint as ckpt
+from reid_srdl.core import checkpoint as ckpt
+from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.trainer import Trainer, TrainingDivergedError
 
 
@@ -114,7 +115,7 @@ def test_run_directory_contents_and_metrics(tiny_market_root, tmp_path):
     assert saved["train_flops"] == flops[0] * 1 * trainer.data.num_train + flops[1] * 1 * trainer.data.num_train
     assert summary == saved
     # final.pt is the deployed network: rebuilt from its spec, it gives the same outputs.
-    model, meta = ckpt.load_model_file(run)
+    model, meta = load_model_file(run)
     x = torch.randn(2, 3, 64, 32)
     trained = trainer.method.deploy().eval()
     assert torch.allclose(model(x)[1], trained(x)[1], atol=1e-6)

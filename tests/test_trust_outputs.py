@@ -14,7 +14,7 @@ import yaml
 from trust_helpers import REPO, TOOLS, one_line, reid_train_args, save_tiny_model
 
 import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
-from reid_srdl.engine import checkpoint as ckpt
+from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.evaluation.io import save_features
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -27,11 +27,12 @@ import export as export_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from reid_srdl.api import ReIDSearcher
 from reid_srdl.config import load_config
-from reid_srdl.engine import checkpoint as ckpt
+from reid_srdl.core import checkpoint as ckpt
+from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.trainer import Trainer
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.evaluation.io import save_features
-from reid_srdl.torch_files import UnsafeFileError
+from reid_srdl.core.torch_files import UnsafeFileError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -199,7 +200,7 @@ def test_conversion_tool_round_trip(tmp_path, capsys):
                 "meta": {"task": "reid", "height": np.int64(64), "args": argparse.Namespace(lr=0.1),
                          "options": LegacyOptions()}}, old)
     with pytest.raises(UnsafeFileError, match="convert_checkpoint.py"):
-        ckpt.load_model_file(str(old))
+        load_model_file(str(old))
     new = tmp_path / "converted.pt"
 
     assert convert_cli.main([str(old), str(new)]) == 2  # no trust flag: refused, nothing written
@@ -212,7 +213,7 @@ def test_conversion_tool_round_trip(tmp_path, capsys):
     assert raw["meta"]["height"] == 64 and type(raw["meta"]["height"]) is int
     assert raw["meta"]["args"] == {"lr": 0.1}
     assert raw["meta"]["options"] == {"margin": 0.25, "tags": ("a", "b")}
-    model, meta = ckpt.load_model_file(str(new))
+    model, meta = load_model_file(str(new))
     x = torch.randn(2, 3, 32, 16)
     with torch.no_grad():
         assert torch.equal(model(x)[1], net.eval()(x)[1])  # the same network, bit for bit

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from reid_srdl.engine import checkpoint as ckpt
+from reid_srdl.core import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")

@@ -21,9 +21,9 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.atomic import check_output_file  # noqa: E402
-from reid_srdl.errors import ReidSrdlError  # noqa: E402
-from reid_srdl.torch_files import TRUST_FLAG, UnsafeFileError, convert_to_plain, load_torch_file  # noqa: E402
+from reid_srdl.core.files import check_output_file  # noqa: E402
+from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.torch_files import TRUST_FLAG, UnsafeFileError, convert_to_plain, load_torch_file  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -57,7 +57,7 @@ def load_trusted(path: str):
 
 def convert(source: str, target: str, trusted: bool) -> str:
     """Write ``target`` from ``source``; returns a one-line summary."""
-    from reid_srdl.engine.checkpoint import atomic_save
+    from reid_srdl.core.checkpoint import atomic_save
 
     if not os.path.isfile(source):
         raise ConversionError(f"file not found: {source}")

@@ -31,10 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from reid_srdl.atomic import OutputPathError, check_output_dir, check_output_file  # noqa: E402
+from reid_srdl.core.files import OutputPathError, check_output_dir, check_output_file  # noqa: E402
 from reid_srdl.config import int_arg  # noqa: E402
-from reid_srdl.errors import ReidSrdlError  # noqa: E402
-from reid_srdl.evaluation.io import FeatureSet, OutputBatch, load_features, write_json_atomic  # noqa: E402
+from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.files import OutputBatch, write_json_atomic  # noqa: E402
+from reid_srdl.evaluation.io import FeatureSet, load_features  # noqa: E402
 from reid_srdl.evaluation.metrics import (  # noqa: E402
     AP_METHODS,
     POOLS,
@@ -179,7 +180,7 @@ def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
     ``batch``, renamed into place with the other outputs)."""
     from reid_srdl.config import DataConfig
     from reid_srdl.data import build_data
-    from reid_srdl.engine.checkpoint import load_model_file
+    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.engine.preflight import preflight_evaluation_data
     from reid_srdl.engine.trainer import resolve_device
     from reid_srdl.evaluation.features import extract_features

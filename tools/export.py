@@ -19,9 +19,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.atomic import check_output_file, describe_os_error  # noqa: E402
+from reid_srdl.core.files import check_output_file, describe_os_error  # noqa: E402
 from reid_srdl.config import int_arg  # noqa: E402
-from reid_srdl.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def model_from_config(checkpoint: str, config_path: str, overrides):
     """The config's network with the checkpoint's weights; an error naming both if they differ."""
     from reid_srdl.config import load_config
-    from reid_srdl.engine.checkpoint import load_model_file, load_state_dict_checked, resolve_model_file
+    from reid_srdl.core.checkpoint import load_state_dict_checked, resolve_model_file
+    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.export import ExportError
     from reid_srdl.models import build_model
 
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         for path, flag in ((args.onnx, "--onnx"), (args.torchscript, "--torchscript")):
             if path:
                 check_output_file(path, f"{flag} file")
-        from reid_srdl.engine.checkpoint import load_model_file
+        from reid_srdl.models.model_file import load_model_file
         from reid_srdl.export import export_onnx, export_torchscript
 
         if args.config:

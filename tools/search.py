@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -176,7 +176,7 @@ def cmd_add(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from reid_srdl.evaluation.io import OutputBatch
+    from reid_srdl.core.files import OutputBatch
     from reid_srdl.search.labels import list_images
 
     out = args.out or args.gallery
@@ -219,7 +219,7 @@ def _threshold(args):
 def cmd_query(args) -> None:
     import numpy as np
 
-    from reid_srdl.evaluation.io import OutputBatch, write_bytes_atomic, write_json_atomic
+    from reid_srdl.core.files import OutputBatch, write_bytes_atomic, write_json_atomic
     from reid_srdl.search.gallery import camera_name
     from reid_srdl.search.labels import list_images, parse_camera
     from reid_srdl.search.report import results_html

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 

@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
 from reid_srdl.config import ConfigError, load_config  # noqa: E402
-from reid_srdl.engine.checkpoint import CONFIG_FILE, CheckpointError, is_run_dir  # noqa: E402
-from reid_srdl.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.checkpoint import CONFIG_FILE, CheckpointError, is_run_dir  # noqa: E402
+from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
         print("\n".join(list_models() if args.list_models else METHODS.list()))
         return 0
-    from reid_srdl.engine import distributed as ddp
+    from reid_srdl.core import distributed as ddp
     from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, claim_run_dir, resolve_device
 
     env = ddp.SINGLE_PROCESS

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from reid_srdl.data.indexed import ImageFileDataset, read_rgb_image
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CIFAR10_FOLDER = "cifar-10-batches-py"

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from reid_srdl.core.seeding import AUGMENTATION, derive_seed
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 
 # How a DataLoader worker's exception reaches the main process (torch's ExceptionWrapper):

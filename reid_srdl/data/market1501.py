@@ -27,7 +27,7 @@ with warnings.catch_warnings():
     import torchreid.reid.data.datasets as _torchreid_datasets
 
 from reid_srdl.data.indexed import read_rgb_image
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 MARKET_FOLDER = "market1501"
 VERSION_FOLDER = "Market-1501-v15.09.15"

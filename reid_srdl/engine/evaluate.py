@@ -24,7 +24,7 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
     """{"single_query": {...}, "multi_query": {...}} for re-id, {"test": {...}} for classification.
 
     ``extract``: replaces ``extract_features`` (same signature), e.g. the sharded extractor of
-    reid_srdl.engine.distributed under torchrun.
+    reid_srdl.core.distributed under torchrun.
     """
     if data.task == "classification":
         return {"test": evaluate_classifier(model, data.test_loader, device, progress=progress)}

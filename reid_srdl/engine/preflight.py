@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Sequence
 import numpy as np
 
 from reid_srdl.data.indexed import ImageReadError, check_image_header
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 JUNK_PID = -1
 

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reid_srdl.atomic import write_bytes_atomic
+from reid_srdl.core.files import write_bytes_atomic
 from reid_srdl.config import Config, ConfigError, flat_dict, save_config, to_dict
 from reid_srdl.core import seeding
-from reid_srdl.engine import checkpoint as ckpt
-from reid_srdl.engine import distributed as ddp
+from reid_srdl.core import checkpoint as ckpt
+from reid_srdl.core import distributed as ddp
 from reid_srdl.engine.flops import training_forward_flops
+from reid_srdl.evaluation.features import sharded_feature_extractor
 from reid_srdl.engine.logger import RunLogger, format_epoch, read_epoch_records
 from reid_srdl.engine.preflight import preflight_evaluation_data
 from reid_srdl.engine.schedule import epoch_learning_rates
@@ -389,7 +390,7 @@ class Trainer:
         models = {"deployed": deployed}
         models.update(self.method.extra_eval_models(self.context))
         eval_cfg = cfg.eval if main else dataclasses.replace(cfg.eval, plot=False)
-        extract = ddp.sharded_feature_extractor() if self.dist.enabled else None
+        extract = sharded_feature_extractor() if self.dist.enabled else None
         results = {}
         for name, model in models.items():
             results[name] = evaluate_model(

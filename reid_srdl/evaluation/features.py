@@ -15,7 +15,7 @@ worker processes (see :func:`image_files_loader`).
 """
 import contextlib
 import sys
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from reid_srdl.core.distributed import sharded_map
 from reid_srdl.evaluation.metrics import EvaluationInputError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -277,3 +278,16 @@ def embed_image_files(
             raise
         raise UnreadableImageError(f"none of the {len(paths)} images could be read (first: {paths[0]})") from None
     return feats, torch.cat(kept).numpy()
+
+
+def sharded_feature_extractor() -> Callable:
+    """A drop-in for :func:`extract_features` that, under torchrun, splits the images across
+    ranks and returns every feature, in loader order, on every rank."""
+
+    def extract(model, loader, device="cpu", **options):
+        def run(part):
+            return torch.from_numpy(extract_features(model, part, device, **options))
+
+        return sharded_map(run, loader).numpy()
+
+    return extract

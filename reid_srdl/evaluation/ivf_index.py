@@ -11,7 +11,7 @@ from typing import Tuple, Union
 import faiss
 import numpy as np
 
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.evaluation.exact_index import ExactL2Index, as_float32_matrix, use_gpu
 
 IVF_KINDS = ("ivf_flat", "ivf_pq")

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 # numpy only (no faiss): the metrics import on a machine without faiss.
 from reid_srdl.evaluation.distances import pairwise_squared_l2, squared_norms
 

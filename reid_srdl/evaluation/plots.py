@@ -10,7 +10,7 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from reid_srdl.evaluation.io import write_bytes_atomic
+from reid_srdl.core.files import write_bytes_atomic
 from reid_srdl.evaluation.metrics import EvaluationInputError
 
 # BGR colours for OpenCV.

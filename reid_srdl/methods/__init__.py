@@ -1,17 +1,17 @@
-"""Training strategies, one file each, found by name through ``METHODS``."""
+"""Training strategies, one file each, found by name through ``METHODS``.
+
+A new method is its file plus one name in the import line below (docs/extending.md).
+"""
 from reid_srdl.methods import byot, frskd, kd, one, srdl, vanilla  # noqa: F401  (registration)
-from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
+from reid_srdl.methods.base import METHODS, Method, NoOptions, RunInfo, StageContext, StageSpec
 
 
 def build_method(section, model_factory, *, total_epochs: int, num_classes: int, seed: int = 0) -> Method:
-    """Turn the ``method`` config section into a Method.
-
-    ``section.name`` picks the class; its own sub-section (``section.<name>``, absent for
-    vanilla) holds its options.
-    """
+    """Turn the ``method`` config section into a Method: ``section.name`` picks the class,
+    ``section.<name>`` (its registered options) configures it."""
     cls = METHODS.get(section.name)
-    options = getattr(section, section.name, None)
-    return cls.from_config(options, model_factory, total_epochs=total_epochs, num_classes=num_classes, seed=seed)
+    options = section.options_of(section.name)
+    return cls.from_config(options, model_factory, RunInfo(total_epochs, num_classes, seed))
 
 
-__all__ = ["METHODS", "Method", "StageContext", "StageSpec", "build_method"]
+__all__ = ["METHODS", "Method", "NoOptions", "RunInfo", "StageContext", "StageSpec", "build_method"]

@@ -1,19 +1,32 @@
 """The Method contract: a method owns what differs between strategies, the trainer the loop.
 
+A method is one file that declares its options (a frozen dataclass whose ``__post_init__``
+checks them, naming ``method.<name>.<key>``) and registers itself::
+
+    @dataclass(frozen=True)
+    class NameOptions:
+        temperature: float = 3.0
+
+    @METHODS.register("name", options=NameOptions)
+    class Name(Method):
+        def forward(self, images, labels, indices): ...
+
+plus one import line in reid_srdl/methods/__init__.py.  The config section ``method.<name>``
+is assembled from the registered options class, and :meth:`Method.from_config` builds the
+method (``__init__`` first, then :meth:`build`, so ``build`` sees a complete object).
+
 A method is an ``nn.Module`` so that ``.to(device)``, ``.train()`` and ``.eval()`` reach
 everything it holds (including a frozen teacher).  What is optimised and checkpointed is
 ``method.trainable`` only: a frozen teacher lives beside it, never inside it.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from reid_srdl.registry import Registry
+from reid_srdl.core.registry import METHODS
 
-#: name -> Method subclass; each subclass has ``from_config(section, model_factory, **run)``.
-METHODS = Registry("method")
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -36,18 +49,59 @@ class StageContext:
     channels_last: bool = False
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What a method may need to know about the run it trains in."""
+
+    total_epochs: int
+    num_classes: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none (vanilla)."""
+
+
+def options_class(cls: type) -> type:
+    """The options dataclass ``cls`` was registered with (NoOptions when none)."""
+    for name in METHODS.list():
+        if METHODS.get(name) is cls:
+            return METHODS.info(name).get("options") or NoOptions
+    return NoOptions
+
+
 class Method(nn.Module):
     """Base class.  Subclasses implement :meth:`forward` and may override the hooks."""
 
     #: True: each stage gets its own complete step decay; False: one decay over all epochs.
     per_stage_schedule: bool = True
 
-    def __init__(self, model_factory: ModelFactory, total_epochs: int):
+    def __init__(self, options: Any, run: RunInfo):
+        """Keep the options and the run; a subclass adds the state it needs from them.  The
+        network is built afterwards by :meth:`from_config`, never from here."""
         super().__init__()
-        self.model_factory = model_factory
-        self.total_epochs = int(total_epochs)
-        self.trainable: nn.Module = self.build(model_factory)
+        self.options = options
+        self.run = run
+        self.total_epochs = int(run.total_epochs)
         self.epoch = 0
+        self.model_factory: Optional[ModelFactory] = None
+        self.trainable: Optional[nn.Module] = None
+
+    @classmethod
+    def from_config(cls, options: Any, model_factory: ModelFactory, run: RunInfo) -> "Method":
+        """The method for ``options`` (its config section) and ``run``, with its trainable
+        network built by :meth:`build`."""
+        method = cls(options, run)
+        method.model_factory = model_factory
+        method.trainable = method.build(model_factory)
+        return method
+
+    @classmethod
+    def create(cls, model_factory: ModelFactory, total_epochs: int, *, num_classes: int = 0, seed: int = 0,
+               **options) -> "Method":
+        """Direct construction (tests, scripts): options by keyword, the rest at their defaults."""
+        return cls.from_config(options_class(cls)(**options), model_factory, RunInfo(total_epochs, num_classes, seed))
 
     # ---------------------------------------------------------------- structure
     def build(self, model_factory: ModelFactory) -> nn.Module:

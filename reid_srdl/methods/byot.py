@@ -27,13 +27,14 @@ lambda = 0.03, where:
 The side exits are dropped at deployment: the deepest exit is the plain Net.
 """
 import copy
+from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reid_srdl.config import ConfigError
+from reid_srdl.config import ConfigError, check_choice, check_range
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import EmbeddingHead, Net, init_weights
@@ -165,45 +166,37 @@ def official_hint_loss(adapted: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return torch.linalg.vector_norm(adapted - target)
 
 
-@METHODS.register("byot")
+@dataclass(frozen=True)
+class BYOTOptions:
+    # Defaults: the official code (pytorch-self-distillation-final, train.py); docs/methods.md.
+    temperature: float = 3.0
+    # Weight of the KL to the deepest exit in each shallow exit's loss; (1 - alpha) on its CE.
+    alpha: float = 0.3
+    # Weight of the feature hint.
+    hint_weight: float = 0.03
+    # Multiply the KL by T^2 (third-party re-implementations); the official code does not.
+    kd_t_squared: bool = False
+    # official: unsquared whole-batch L2 of FC-adapted exit features (the official code);
+    # squared: the conference paper's per-sample squared L2, no adaptation layer.
+    hint: str = "official"
+
+    def __post_init__(self):
+        check_range("method.byot.temperature", self.temperature, above=0)
+        check_range("method.byot.alpha", self.alpha, minimum=0.0, maximum=1.0)
+        check_range("method.byot.hint_weight", self.hint_weight, minimum=0)
+        check_choice("method.byot.hint", self.hint, HINTS)
+
+
+@METHODS.register("byot", options=BYOTOptions)
 class BYOT(Method):
-    def __init__(self, model_factory, total_epochs, temperature=3.0, alpha=0.3, hint_weight=0.03,
-                 kd_t_squared=False, hint="official"):
-        if float(temperature) <= 0:
-            raise ConfigError(f"BYOT temperature (method.byot.temperature) must be > 0, got {temperature}")
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ConfigError(f"BYOT alpha (method.byot.alpha) must be in [0, 1], got {alpha}")
-        if float(hint_weight) < 0:
-            raise ConfigError(f"BYOT hint_weight (method.byot.hint_weight) must be >= 0, got {hint_weight}")
-        if hint not in HINTS:
-            raise ConfigError(f"BYOT hint (method.byot.hint) must be one of {', '.join(HINTS)}, got '{hint}'")
-        # Set before Method.__init__, which calls build() and build() needs the hint form.
-        self.hint = hint
-        super().__init__(model_factory, total_epochs)
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-        self.hint_weight = float(hint_weight)
-        self.kd_t_squared = bool(kd_t_squared)
-
-    @classmethod
-    def from_config(cls, section, model_factory, *, total_epochs, num_classes=None, seed=0, **_run):
-        return cls(
-            model_factory,
-            total_epochs,
-            temperature=section.temperature,
-            alpha=section.alpha,
-            hint_weight=section.hint_weight,
-            kd_t_squared=section.kd_t_squared,
-            hint=section.hint,
-        )
-
     def build(self, model_factory) -> BYOTNetwork:
-        return BYOTNetwork(model_factory(), self.hint)
+        return BYOTNetwork(model_factory(), self.options.hint)
 
     def distillation(self, exit_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """KL(softmax(t/T) || softmax(s/T)), batch mean; times T^2 only with ``kd_t_squared``."""
-        kl = soft_kl(exit_logits, teacher_logits, self.temperature)  # includes T^2
-        return kl if self.kd_t_squared else kl / (self.temperature ** 2)
+        t = self.options.temperature
+        kl = soft_kl(exit_logits, teacher_logits, t)  # includes T^2
+        return kl if self.options.kd_t_squared else kl / (t * t)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
         network = self.trainable
@@ -224,7 +217,8 @@ class BYOT(Method):
                 hint.append(official_hint_loss(network.adaptation[slot](f), teacher_features))
         exit_ce, kd = sum(exit_ce), sum(kd)
         hint = sum(hint) if hint else logits.new_zeros(())
-        loss = ce + (1.0 - self.alpha) * exit_ce + self.alpha * kd + self.hint_weight * hint
+        alpha, weight = self.options.alpha, self.options.hint_weight
+        loss = ce + (1.0 - alpha) * exit_ce + alpha * kd + weight * hint
         out.update(loss=loss, ce=ce, exit_ce=exit_ce, kd=kd, hint=hint, logits=logits, acc=accuracy(logits, labels))
         return out
 

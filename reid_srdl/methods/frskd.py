@@ -22,13 +22,14 @@ is a lighter variant of this project's own (every level ``width`` channels, one 
 convolution per node, the lateral maps reused bottom-up).
 """
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reid_srdl.config import ConfigError
+from reid_srdl.config import check_choice, check_range
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import EmbeddingHead, Net, init_weights
@@ -266,51 +267,43 @@ class FRSKDNetwork(nn.Module):
         return logits, maps, teacher_logits, refined
 
 
-@METHODS.register("frskd")
+@dataclass(frozen=True)
+class FRSKDOptions:
+    # Defaults: the official code (MingiJi/FRSKD, main.py and README's CIFAR-100 command).
+    temperature: float = 4.0
+    alpha: float = 2.0
+    beta: float = 100.0
+    # bifpnc: the official default self-teacher (each level width_multiplier x its stage's
+    # channels, `depth` separable convs per node); uniform: a lighter variant of our own
+    # (every level `width` channels, one separable conv per node).
+    bifpn: str = "bifpnc"
+    width_multiplier: int = 2
+    depth: int = 2
+    # Channels of every level of the uniform variant.
+    width: int = 64
+
+    def __post_init__(self):
+        check_range("method.frskd.temperature", self.temperature, above=0)
+        check_range("method.frskd.alpha", self.alpha, minimum=0)
+        check_range("method.frskd.beta", self.beta, minimum=0)
+        check_choice("method.frskd.bifpn", self.bifpn, BIFPNS)
+        for key in ("width_multiplier", "depth", "width"):
+            check_range(f"method.frskd.{key}", getattr(self, key), minimum=1)
+
+
+@METHODS.register("frskd", options=FRSKDOptions)
 class FRSKD(Method):
-    def __init__(self, model_factory, total_epochs, temperature=4.0, alpha=2.0, beta=100.0, bifpn="bifpnc",
-                 width_multiplier=2, depth=2, width=64):
-        if float(temperature) <= 0:
-            raise ConfigError(f"FRSKD temperature (method.frskd.temperature) must be > 0, got {temperature}")
-        if float(alpha) < 0 or float(beta) < 0:
-            raise ConfigError(f"FRSKD alpha and beta (method.frskd.alpha, .beta) must be >= 0, got {alpha}, {beta}")
-        if bifpn not in BIFPNS:
-            raise ConfigError(f"FRSKD bifpn (method.frskd.bifpn) must be one of {', '.join(BIFPNS)}, got '{bifpn}'")
-        for key, value in (("width", width), ("width_multiplier", width_multiplier), ("depth", depth)):
-            if int(value) < 1:
-                raise ConfigError(f"FRSKD {key} (method.frskd.{key}) must be >= 1, got {value}")
-        # Set before Method.__init__, which calls build() and build() needs the teacher's shape.
-        self.teacher_options = dict(bifpn=bifpn, width_multiplier=int(width_multiplier), depth=int(depth),
-                                    width=int(width))
-        super().__init__(model_factory, total_epochs)
-        self.temperature = float(temperature)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-
-    @classmethod
-    def from_config(cls, section, model_factory, *, total_epochs, num_classes=None, seed=0, **_run):
-        return cls(
-            model_factory,
-            total_epochs,
-            temperature=section.temperature,
-            alpha=section.alpha,
-            beta=section.beta,
-            bifpn=section.bifpn,
-            width_multiplier=section.width_multiplier,
-            depth=section.depth,
-            width=section.width,
-        )
-
     def build(self, model_factory) -> FRSKDNetwork:
-        return FRSKDNetwork(model_factory(), **self.teacher_options)
+        o = self.options
+        return FRSKDNetwork(model_factory(), o.bifpn, o.width_multiplier, o.depth, o.width)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
         logits, maps, teacher_logits, refined = self.trainable(images)
         ce = F.cross_entropy(logits, labels)
         ce_teacher = F.cross_entropy(teacher_logits, labels)
-        kd = soft_kl(logits, teacher_logits.detach(), self.temperature)
+        kd = soft_kl(logits, teacher_logits.detach(), self.options.temperature)
         attention = attention_loss(maps, refined)
-        loss = ce + ce_teacher + self.alpha * kd + self.beta * attention
+        loss = ce + ce_teacher + self.options.alpha * kd + self.options.beta * attention
         return {
             "loss": loss,
             "ce": ce,

@@ -7,13 +7,17 @@ The teacher is a submodule of the method (so ``.to()`` reaches it) but not of
 require gradients, it runs under ``no_grad`` and it stays in eval mode whatever mode the
 trainer sets, so its BatchNorm statistics never move.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reid_srdl.engine.checkpoint import CheckpointError, load_model_file
+from reid_srdl.config import check_range
+from reid_srdl.core.checkpoint import CheckpointError
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy, soft_kl
+from reid_srdl.models.model_file import load_model_file
 
 
 def load_teacher(path: str, num_classes: int, expected_arch: str = "") -> nn.Module:
@@ -36,30 +40,50 @@ def load_teacher(path: str, num_classes: int, expected_arch: str = "") -> nn.Mod
     return teacher.eval()
 
 
-@METHODS.register("kd")
+@dataclass(frozen=True)
+class KDOptions:
+    # Run directory or checkpoint file of the frozen teacher.
+    teacher: str = ""
+    # Teacher architecture; "" = read it from the teacher run's config.
+    teacher_model: str = ""
+    temperature: float = 3.0
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+
+    def __post_init__(self):
+        check_range("method.kd.temperature", self.temperature, above=0)
+        check_range("method.kd.ce_weight", self.ce_weight, minimum=0)
+        check_range("method.kd.kd_weight", self.kd_weight, minimum=0)
+
+
+@METHODS.register("kd", options=KDOptions)
 class KnowledgeDistillation(Method):
-    def __init__(self, model_factory, total_epochs, teacher: nn.Module, temperature=3.0, ce_weight=1.0, kd_weight=1.0):
-        super().__init__(model_factory, total_epochs)
-        self.teacher = teacher.requires_grad_(False).eval()
-        self.temperature = float(temperature)
-        self.ce_weight = float(ce_weight)
-        self.kd_weight = float(kd_weight)
+    @classmethod
+    def from_config(cls, options, model_factory, run):
+        """The student, and the teacher loaded from ``options.teacher`` (checked against the
+        student's class count and ``teacher_model``)."""
+        teacher = load_teacher(options.teacher, run.num_classes, options.teacher_model)
+        return cls.with_teacher(teacher, options, model_factory, run)
 
     @classmethod
-    def from_config(cls, section, model_factory, *, total_epochs, num_classes, **_run):
-        teacher = load_teacher(section.teacher, num_classes, section.teacher_model)
-        return cls(model_factory, total_epochs, teacher, section.temperature, section.ce_weight, section.kd_weight)
+    def with_teacher(cls, teacher: nn.Module, options, model_factory, run) -> "KnowledgeDistillation":
+        """A student distilled from ``teacher``, a network already in memory."""
+        method = super().from_config(options, model_factory, run)
+        method.teacher = teacher.requires_grad_(False).eval()
+        return method
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.teacher.eval()  # frozen: its BN statistics must not follow the student's batches
+        if getattr(self, "teacher", None) is not None:
+            self.teacher.eval()  # frozen: its BN statistics must not follow the student's batches
         return self
 
     def forward(self, images, labels, indices):
+        options = self.options
         with torch.no_grad():
             teacher_logits, _ = self.teacher(images)
         logits, _features = self.trainable(images)
         ce = F.cross_entropy(logits, labels)
-        kd = soft_kl(logits, teacher_logits, self.temperature)
-        loss = self.ce_weight * ce + self.kd_weight * kd
+        kd = soft_kl(logits, teacher_logits, options.temperature)
+        loss = options.ce_weight * ce + options.kd_weight * kd
         return {"loss": loss, "ce": ce, "kd": kd, "logits": logits, "acc": accuracy(logits, labels)}

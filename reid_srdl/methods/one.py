@@ -15,13 +15,14 @@ factory built), so deploying costs nothing: it is that net, with the plain net's
 parameter count and ``spec``.
 """
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reid_srdl.config import ConfigError
+from reid_srdl.config import check_range
 from reid_srdl.methods.base import METHODS, Method, StageContext
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import Net, init_weights
@@ -116,38 +117,29 @@ class GatedEnsemble(nn.Module):
         return gated_logits(logits, gate), embedding
 
 
-@METHODS.register("one")
+@dataclass(frozen=True)
+class ONEOptions:
+    branches: int = 3
+    temperature: float = 3.0
+    # Consistency ramp-up of the KL weight over this many epochs (0 = constant weight 1).
+    ramp_epochs: int = 80
+    # Also evaluate the gated ensemble of all branches (reported as "ensemble"); final.pt
+    # stays branch 1, a plain network.
+    deploy_ensemble: bool = False
+
+    def __post_init__(self):
+        check_range("method.one.branches", self.branches, minimum=2)
+        check_range("method.one.temperature", self.temperature, above=0)
+        check_range("method.one.ramp_epochs", self.ramp_epochs, minimum=0, why="0 = constant weight 1")
+
+
+@METHODS.register("one", options=ONEOptions)
 class ONE(Method):
-    def __init__(self, model_factory, total_epochs, branches=3, temperature=3.0, ramp_epochs=80, deploy_ensemble=False):
-        if int(branches) < 2:
-            raise ConfigError(f"ONE needs at least 2 branches (method.one.branches), got {branches}")
-        if float(temperature) <= 0:
-            raise ConfigError(f"ONE temperature (method.one.temperature) must be > 0, got {temperature}")
-        if int(ramp_epochs) < 0:
-            raise ConfigError(f"ONE ramp_epochs (method.one.ramp_epochs) must be >= 0, got {ramp_epochs}")
-        # Set before Method.__init__, which calls build() and build() needs the branch count.
-        self.num_branches = int(branches)
-        super().__init__(model_factory, total_epochs)
-        self.temperature = float(temperature)
-        self.ramp_epochs = int(ramp_epochs)
-        self.deploy_ensemble = bool(deploy_ensemble)
-
-    @classmethod
-    def from_config(cls, section, model_factory, *, total_epochs, num_classes=None, seed=0, **_run):
-        return cls(
-            model_factory,
-            total_epochs,
-            branches=section.branches,
-            temperature=section.temperature,
-            ramp_epochs=section.ramp_epochs,
-            deploy_ensemble=section.deploy_ensemble,
-        )
-
     def build(self, model_factory) -> ONENetwork:
-        return ONENetwork([model_factory() for _ in range(self.num_branches)])
+        return ONENetwork([model_factory() for _ in range(self.options.branches)])
 
     def kl_weight(self) -> float:
-        return sigmoid_rampup(self.epoch, self.ramp_epochs)
+        return sigmoid_rampup(self.epoch, self.options.ramp_epochs)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
         branch_logits, _feats, gate = self.trainable(images)
@@ -155,7 +147,7 @@ class ONE(Method):
         target = ensemble.detach()
         ce = sum(F.cross_entropy(z, labels) for z in branch_logits)
         ce_ensemble = F.cross_entropy(ensemble, labels)
-        kl = sum(soft_kl(z, target, self.temperature) for z in branch_logits)
+        kl = sum(soft_kl(z, target, self.options.temperature) for z in branch_logits)
         weight = self.kl_weight()
         loss = ce + ce_ensemble + weight * kl
         return {
@@ -174,6 +166,6 @@ class ONE(Method):
         return self.trainable.net
 
     def extra_eval_models(self, ctx: StageContext) -> Dict[str, nn.Module]:
-        if not self.deploy_ensemble:
+        if not self.options.deploy_ensemble:
             return {}
         return {"ensemble": GatedEnsemble(self.trainable)}

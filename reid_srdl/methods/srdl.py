@@ -20,8 +20,10 @@ Diagnostics (metrics.json, the result table): the stage-1 bank's accuracy on the
 set, the mean entropy of its softened distribution softmax(z1/T), and the stage-2 KL of
 every epoch.
 """
+import copy
 import math
 import os
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -29,9 +31,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from reid_srdl.config import ConfigError, check_choice, check_range
 from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
-from reid_srdl.engine.checkpoint import CheckpointError, atomic_save, load_model_file, load_plain_file, save_model_file
-from reid_srdl.engine.distributed import is_main_process, sharded_map
+from reid_srdl.core.checkpoint import CheckpointError, atomic_save, load_plain_file, save_model_file
+from reid_srdl.models.model_file import load_model_file
+from reid_srdl.core.distributed import is_main_process, sharded_map
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
 from reid_srdl.methods.losses import accuracy, soft_kl
 
@@ -125,24 +129,43 @@ class EnsembleNet(nn.Module):
         return torch.stack(probs).mean(0).clamp_min(1e-12).log(), torch.cat(feats, dim=1)
 
 
-@METHODS.register("srdl")
+SCHEDULES = ("complete", "incomplete")
+
+
+@dataclass(frozen=True)
+class SRDLOptions:
+    temperature: float = 3.0
+    # complete: each stage has its own full step decay; incomplete: one decay over all epochs.
+    schedule: str = "complete"
+    # True: stage 2 restarts from a fresh initialisation; False: continues from stage 1.
+    restart: bool = True
+    # Also evaluate the ensemble of the stage-1 and stage-2 models.
+    ensemble: bool = True
+    # Stage-2 targets: clean = the paper's stored logits of the test-transform images;
+    # augmented = ablation, not the paper's method: the frozen stage-1 network on the
+    # student's own augmented batch (one extra forward per step).
+    teacher_view: str = "clean"
+
+    def __post_init__(self):
+        check_range("method.srdl.temperature", self.temperature, above=0)
+        check_choice("method.srdl.schedule", self.schedule, SCHEDULES)
+        check_choice("method.srdl.teacher_view", self.teacher_view, TEACHER_VIEWS)
+
+
+@METHODS.register("srdl", options=SRDLOptions)
 class SRDL(Method):
-    def __init__(self, model_factory, total_epochs, temperature=3.0, schedule="complete", restart=True, ensemble=True,
-                 reinit_seed=None, teacher_view="clean"):
-        super().__init__(model_factory, total_epochs)
-        if total_epochs < 2:
-            raise ValueError("SRDL needs at least 2 epochs (two stages of epochs/2)")
-        if schedule not in ("complete", "incomplete"):
-            raise ValueError(f"SRDL schedule must be 'complete' or 'incomplete', got '{schedule}'")
-        if teacher_view not in TEACHER_VIEWS:
-            raise ValueError(f"SRDL teacher_view must be one of {', '.join(TEACHER_VIEWS)}, got '{teacher_view}'")
-        self.temperature = float(temperature)
-        self.per_stage_schedule = schedule == "complete"
-        self.restart = bool(restart)
-        self.ensemble = bool(ensemble)
-        # Seed of the stage-2 re-initialisation (None: drawn from the current global RNG).
-        self.reinit_seed = None if reinit_seed is None else int(reinit_seed)
-        self.teacher_view = teacher_view
+    #: Two stages of epochs / 2.
+    min_epochs = 2
+
+    def __init__(self, options: SRDLOptions, run):
+        super().__init__(options, run)
+        if self.total_epochs < self.min_epochs:
+            raise ConfigError(f"SRDL needs train.epochs >= 2 (two stages of epochs/2), got {self.total_epochs}")
+        self.temperature = float(options.temperature)
+        self.per_stage_schedule = options.schedule == "complete"
+        # The stage-2 re-initialisation has its own random stream: seed + 1 would be exactly
+        # the initialisation of the run seeded seed + 1.
+        self.reinit_seed = derive_seed(run.seed, SRDL_STAGE2_INIT)
         self.stage = 0
         self.bank_stats: Dict[str, float] = {}
         # Per-sample stage-1 logits, indexed by dataset index; moves with .to(device) but is
@@ -150,20 +173,6 @@ class SRDL(Method):
         self.register_buffer("bank", None, persistent=False)
         # teacher_view=augmented: the frozen stage-1 network (outside `trainable`, like KD's teacher).
         self.stage1_net: Optional[nn.Module] = None
-
-    @classmethod
-    def from_config(cls, section, model_factory, *, total_epochs, seed=0, **_run):
-        return cls(
-            model_factory,
-            total_epochs,
-            temperature=section.temperature,
-            schedule=section.schedule,
-            restart=section.restart,
-            ensemble=section.ensemble,
-            # Its own stream: seed + 1 would be exactly the initialisation of the run seeded seed + 1.
-            reinit_seed=derive_seed(seed, SRDL_STAGE2_INIT),
-            teacher_view=section.teacher_view,
-        )
 
     def stages(self) -> List[StageSpec]:
         first = self.total_epochs // 2
@@ -195,8 +204,7 @@ class SRDL(Method):
         """A newly initialised network (ImageNet weights when configured, fresh classifier),
         drawn from its own seed so the run stays reproducible and resumable."""
         with torch.random.fork_rng(devices=[]):
-            if self.reinit_seed is not None:
-                torch.manual_seed(self.reinit_seed)
+            torch.manual_seed(self.reinit_seed)
             return self.model_factory()
 
     def on_stage_end(self, stage: int, ctx: StageContext) -> None:
@@ -210,10 +218,10 @@ class SRDL(Method):
             save_model_file(self.trainable, os.path.join(ctx.run_dir, STAGE1_MODEL), stage=1)
         self.bank = bank.to(ctx.device)
         stage1 = self.trainable
-        if self.restart:
+        if self.options.restart:
             self.trainable = self.fresh_model()
-        if self.teacher_view == "augmented":
-            self._freeze_stage1(stage1 if self.restart else _frozen_copy(stage1), ctx.device)
+        if self.options.teacher_view == "augmented":
+            self._freeze_stage1(stage1 if self.options.restart else copy.deepcopy(stage1), ctx.device)
         self.stage = 1
 
     def _freeze_stage1(self, net: nn.Module, device) -> None:
@@ -235,12 +243,12 @@ class SRDL(Method):
             if not isinstance(saved, dict) or not isinstance(saved.get("logits"), torch.Tensor):
                 raise CheckpointError(f"{path} does not hold SRDL stage-1 logits (a dict with a 'logits' tensor)")
             self.bank = saved["logits"]
-            if self.teacher_view == "augmented":
+            if self.options.teacher_view == "augmented":
                 stage1, _meta = load_model_file(os.path.join(run_dir or "", STAGE1_MODEL))
                 self._freeze_stage1(stage1, self.bank.device)
 
     def extra_eval_models(self, ctx: StageContext) -> Dict[str, nn.Module]:
-        if not self.ensemble:
+        if not self.options.ensemble:
             return {}
         path = os.path.join(ctx.run_dir, STAGE1_MODEL)
         stage1, _meta = load_model_file(path)
@@ -251,9 +259,3 @@ class SRDL(Method):
         out: Dict[str, object] = dict(self.bank_stats)
         out["stage2_kl"] = [float(r["kl"]) for r in epoch_records if r.get("stage") == 2 and "kl" in r]
         return out
-
-
-def _frozen_copy(net: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(net)

@@ -7,10 +7,6 @@ from reid_srdl.methods.losses import accuracy
 
 @METHODS.register("vanilla")
 class Vanilla(Method):
-    @classmethod
-    def from_config(cls, section, model_factory, *, total_epochs, **_run):
-        return cls(model_factory, total_epochs)
-
     def forward(self, images, labels, indices):
         logits, _features = self.trainable(images)
         ce = F.cross_entropy(logits, labels)

@@ -6,7 +6,9 @@
 
 # Importing the architecture modules registers their builders in MODELS.
 from reid_srdl.models import cifar, reid  # noqa: F401
-from reid_srdl.models.base import MODELS, EmbeddingHead, Net, build_model, init_weights, list_models
+from reid_srdl.models.base import MODELS, EmbeddingHead, Net, init_weights
+from reid_srdl.models.build import build_model, list_models
+from reid_srdl.models.model_file import load_model_file
 from reid_srdl.models.weights import WeightsMismatchError, load_imagenet_weights
 
 __all__ = [
@@ -17,5 +19,6 @@ __all__ = [
     "build_model",
     "init_weights",
     "list_models",
+    "load_model_file",
     "load_imagenet_weights",
 ]

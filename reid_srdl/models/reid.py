@@ -4,51 +4,14 @@ an ID classifier (see :class:`EmbeddingHead`).
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
 from reid_srdl.models.base import MODELS, EmbeddingHead, Net
-
-
-@dataclass(frozen=True)
-class ImageNetLayout:
-    """Where a torchvision ImageNet checkpoint's tensors go in our re-organised net."""
-
-    # Published weights, for the "how to obtain the file" message (metadata only, no download).
-    weights: tvm.WeightsEnum
-    # (torchvision key prefix, our key prefix) for every backbone tensor.
-    prefixes: Tuple[Tuple[str, str], ...]
-    # Keys of the ImageNet classifier, deliberately not loaded (our head is new).
-    skipped: Tuple[str, ...]
-
-
-IMAGENET_LAYOUTS = {
-    "resnet50": ImageNetLayout(
-        weights=tvm.ResNet50_Weights.IMAGENET1K_V1,
-        prefixes=(("conv1.", "stem.conv1."), ("bn1.", "stem.bn1."))
-        + tuple((f"layer{i + 1}.", f"stages.{i}.") for i in range(4)),
-        skipped=("fc.",),
-    ),
-    "densenet121": ImageNetLayout(
-        weights=tvm.DenseNet121_Weights.IMAGENET1K_V1,
-        prefixes=(
-            ("features.conv0.", "stem.conv0."),
-            ("features.norm0.", "stem.norm0."),
-        )
-        + tuple(
-            (f"features.denseblock{i + 1}.", f"stages.{i}.denseblock{i + 1}.") for i in range(4)
-        )
-        + tuple(
-            (f"features.transition{i + 1}.", f"stages.{i}.transition{i + 1}.") for i in range(3)
-        )
-        + (("features.norm5.", "stages.3.norm5."),),
-        skipped=("classifier.",),
-    ),
-}
+from reid_srdl.models.weights import ImageNetLayout
 
 
 def _first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -65,7 +28,16 @@ def _first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     )
 
 
-@MODELS.register("resnet50")
+# Where torchvision's ImageNet checkpoint tensors go in our re-organised net.
+RESNET50_IMAGENET = ImageNetLayout(
+    weights=tvm.ResNet50_Weights.IMAGENET1K_V1,
+    prefixes=(("conv1.", "stem.conv1."), ("bn1.", "stem.bn1."))
+    + tuple((f"layer{i + 1}.", f"stages.{i}.") for i in range(4)),
+    skipped=("fc.",),
+)
+
+
+@MODELS.register("resnet50", imagenet=RESNET50_IMAGENET)
 def resnet50(
     num_classes: int, feature_dim: Optional[int], in_channels: int, last_stride: int = 1
 ) -> Net:
@@ -99,7 +71,24 @@ def resnet50(
     )
 
 
-@MODELS.register("densenet121")
+DENSENET121_IMAGENET = ImageNetLayout(
+    weights=tvm.DenseNet121_Weights.IMAGENET1K_V1,
+    prefixes=(
+        ("features.conv0.", "stem.conv0."),
+        ("features.norm0.", "stem.norm0."),
+    )
+    + tuple(
+        (f"features.denseblock{i + 1}.", f"stages.{i}.denseblock{i + 1}.") for i in range(4)
+    )
+    + tuple(
+        (f"features.transition{i + 1}.", f"stages.{i}.transition{i + 1}.") for i in range(3)
+    )
+    + (("features.norm5.", "stages.3.norm5."),),
+    skipped=("classifier.",),
+)
+
+
+@MODELS.register("densenet121", imagenet=DENSENET121_IMAGENET)
 def densenet121(num_classes: int, feature_dim: Optional[int], in_channels: int) -> Net:
     """DenseNet-121 (torchvision) with a re-id head; stage i = dense block i + transition i.
 

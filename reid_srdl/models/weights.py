@@ -7,14 +7,28 @@ The head (feature layer + ID classifier) keeps its fresh initialisation.
 
 import os
 import re
-from typing import Dict, List, Mapping
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Tuple
 
 from torch import Tensor
 
-from reid_srdl.errors import ReidSrdlError
-from reid_srdl.models.base import Net
-from reid_srdl.models.reid import IMAGENET_LAYOUTS, ImageNetLayout
-from reid_srdl.torch_files import UnreadableFileError, load_torch_file
+from reid_srdl.core.errors import ReidSrdlError
+from torchvision import models as tvm
+
+from reid_srdl.models.base import MODELS, Net
+from reid_srdl.core.torch_files import UnreadableFileError, load_torch_file
+
+@dataclass(frozen=True)
+class ImageNetLayout:
+    """Where a torchvision ImageNet checkpoint's tensors go in our re-organised net."""
+
+    # Published weights, for the "how to obtain the file" message (metadata only, no download).
+    weights: tvm.WeightsEnum
+    # (torchvision key prefix, our key prefix) for every backbone tensor.
+    prefixes: Tuple[Tuple[str, str], ...]
+    # Keys of the ImageNet classifier, deliberately not loaded (our head is new).
+    skipped: Tuple[str, ...]
+
 
 # How many offending keys an error message names.
 _SHOWN = 5
@@ -81,11 +95,12 @@ def load_imagenet_weights(model: Net, path: str) -> None:
     densenet121-a639ec97.pth with its old 'norm.1' key names), a plain
     ``torchvision.models.X().state_dict()``, or either wrapped in ``{'state_dict': ...}``.
     """
-    layout = IMAGENET_LAYOUTS.get(model.arch)
+    layout = MODELS.info(model.arch).get("imagenet")
     if layout is None:
+        with_layout = [name for name in MODELS.list() if MODELS.info(name).get("imagenet") is not None]
         raise WeightsMismatchError(
             f"model '{model.arch}' has no ImageNet weights layout; ImageNet weights can be "
-            f"loaded into: {', '.join(sorted(IMAGENET_LAYOUTS))}"
+            f"loaded into: {', '.join(with_layout)}"
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(

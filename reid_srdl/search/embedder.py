@@ -36,7 +36,7 @@ def resolve_model(model) -> Tuple[Any, Dict[str, Any]]:
     (.onnx / TorchScript from tools/export.py).  ``meta`` may hold the trained image size."""
     if not isinstance(model, (str, os.PathLike)):
         return model, {}
-    from reid_srdl.engine.checkpoint import load_model_file
+    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.export import exported_format, load_exported
 
     if exported_format(model) is not None:

@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from reid_srdl.evaluation.exact_index import ExactL2Index
-from reid_srdl.evaluation.io import atomic_output, load_features
+from reid_srdl.core.files import atomic_path
+from reid_srdl.evaluation.io import load_features
 from reid_srdl.evaluation.metrics import EvaluationInputError, check_features, check_ids
 
 UNKNOWN = -1
@@ -248,7 +249,7 @@ class GalleryIndex:
             arrays["paths"] = np.asarray(paths, dtype=str) if paths else np.zeros(0, dtype="<U1")
         if impostor is not None:
             arrays["calibration_impostor"] = np.asarray(impostor, dtype=np.float64)
-        with atomic_output(path) as tmp:
+        with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
                 np.savez(f, **arrays)
                 f.flush()

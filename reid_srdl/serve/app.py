@@ -27,7 +27,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.search.gallery import camera_name
 from reid_srdl.search.labels import LabelError, parse_camera
 

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 CONVERT_TOOL = "tools/convert_checkpoint.py"
 TRUST_FLAG = "--i-trust-this-file"

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 #: Overrides ``train.dist_timeout`` (seconds) without touching the config.
 TIMEOUT_ENV = "REID_SRDL_DIST_TIMEOUT"
@@ -273,17 +273,3 @@ def sharded_map(fn: Callable[[DataLoader], torch.Tensor], loader: DataLoader) ->
         return fn(loader)
     local = fn(shard_loader(loader, env.rank, env.world_size))
     return gather_shards(torch.as_tensor(local), len(loader.dataset))
-
-
-def sharded_feature_extractor() -> Callable:
-    """A drop-in for :func:`reid_srdl.evaluation.features.extract_features` that splits the
-    images across ranks and returns every feature, in loader order, on every rank."""
-    from reid_srdl.evaluation.features import extract_features
-
-    def extract(model, loader, device="cpu", **options):
-        def run(part):
-            return torch.from_numpy(extract_features(model, part, device, **options))
-
-        return sharded_map(run, loader).numpy()
-
-    return extract

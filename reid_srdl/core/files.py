@@ -12,11 +12,12 @@ written (a folder where a file is expected, a parent that is a file or not writa
 the expensive part, so a tool stops with one line instead of after the computation.
 """
 import contextlib
+import json
 import os
 import tempfile
 from typing import Iterator, Optional
 
-from reid_srdl.errors import ReidSrdlError
+from reid_srdl.core.errors import ReidSrdlError
 
 
 class OutputPathError(ReidSrdlError, OSError):
@@ -143,3 +144,69 @@ def describe_os_error(e: OSError) -> str:
     for messages that name the path themselves."""
     reason: Optional[str] = e.strerror
     return (reason or str(e)).lower()
+
+
+class OutputBatch:
+    """Several output files that appear together or not at all.
+
+    :meth:`path` hands out a temporary name beside each final file; leaving the ``with``
+    block normally renames them all into place, an exception removes them (and the folders
+    this batch created).  Renames are per file, each atomic; they only start once every
+    file has been written, so a failed run leaves none behind.
+    """
+
+    def __init__(self):
+        self._pending = []  # (temporary, final)
+        self._created_dirs = []
+
+    def path(self, final: str) -> str:
+        final = os.path.abspath(os.fspath(final))
+        folder = os.path.dirname(final)
+        missing = []
+        probe = folder
+        while not os.path.exists(probe):
+            missing.append(probe)
+            probe = os.path.dirname(probe)
+        os.makedirs(folder, exist_ok=True)
+        self._created_dirs.extend(reversed(missing))
+        tmp = temp_file_beside(final)
+        self._pending.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        # Every target is checked before the first rename, so that a folder standing where
+        # a file goes cannot leave half the batch renamed.
+        for _tmp, final in self._pending:
+            if os.path.isdir(final):
+                raise IsADirectoryError(f"cannot write {final}: it is a folder")
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        self._pending = []
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        self._pending = []
+        for folder in reversed(self._created_dirs):  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only succeeds when empty
+        self._created_dirs = []
+
+    def __enter__(self) -> "OutputBatch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()  # no temporary file outlives a failed commit
+                raise
+        else:
+            self.discard()
+
+
+def write_json_atomic(path: str, obj) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))

@@ -5,13 +5,13 @@ A run directory holds::
     config.yaml       the resolved config
     last.pt           full training state after the last complete epoch (for --resume)
     final.pt          the deployed network (spec + weights): what KD teachers, the search
-                      API and tools/eval_reid.py load
+                      API and tools/eval_reid.py load (reid_srdl.models.load_model_file)
     stage1.pt, stage1_logits.pt   SRDL: the stage-1 network and its per-sample logits
     metrics.jsonl     one JSON line per epoch;  metrics.json: final results
 
 Every file here holds plain data only (tensors, dicts, lists, str, numbers, None), checked
 when it is saved, and is read with PyTorch's safe unpickler: a checkpoint cannot run code
-(see reid_srdl.torch_files; tools/convert_checkpoint.py converts a trusted legacy file).
+(see reid_srdl.core.torch_files; tools/convert_checkpoint.py converts a trusted legacy file).
 Run folders are claimed with ``os.mkdir``, which fails if the folder exists, so two runs
 started in the same second never share one (:func:`create_run_dir`).
 """
@@ -21,9 +21,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from reid_srdl.atomic import atomic_path, describe_os_error
-from reid_srdl.errors import ReidSrdlError
-from reid_srdl.torch_files import load_torch_file, plain_data
+from reid_srdl.core.files import atomic_path, describe_os_error
+from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.torch_files import load_torch_file, plain_data
 
 MODEL_FORMAT = "reid_srdl.model/1"
 TRAIN_STATE_FORMAT = "reid_srdl.train_state/1"
@@ -88,10 +88,10 @@ def resolve_model_file(path: str) -> str:
     return path
 
 
-def load_model_file(path: str) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild a network saved by :func:`save_model_file`; returns (model in eval mode, meta)."""
-    from reid_srdl.models import build_model
-
+def read_model_file(path: str) -> Dict[str, Any]:
+    """The plain contents of a file written by :func:`save_model_file` (or the final.pt of a run
+    directory): ``{"spec", "state_dict", "meta", ...}``, read with the safe unpickler.
+    Building the network from its spec is the models layer's job (reid_srdl.models.load_model_file)."""
     path = resolve_model_file(path)
     obj = _load(path, "model file")
     if obj.get("format") != MODEL_FORMAT:
@@ -100,10 +100,7 @@ def load_model_file(path: str) -> Tuple[nn.Module, Dict[str, Any]]:
     spec, state = obj.get("spec"), obj.get("state_dict")
     if not isinstance(spec, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a complete reid_srdl model file (no spec or state_dict)")
-    model = build_model(**spec)
-    load_state_dict_checked(model, state, path)
-    model.eval()
-    return model, dict(obj.get("meta", {}), spec=obj["spec"])
+    return dict(obj, path=path)
 
 
 def load_state_dict_checked(module: nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
