@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from reid_srdl.methods.recipe import PLAIN, Recipe
 from reid_srdl.registry import Registry
 
 #: name -> Method subclass; each subclass has ``from_config(section, model_factory, **run)``.
@@ -41,6 +42,9 @@ class Method(nn.Module):
 
     #: True: each stage gets its own complete step decay; False: one decay over all epochs.
     per_stage_schedule: bool = True
+    #: The shared terms (ID loss with label smoothing, triplet on the metric feature); every
+    #: method computes its hard-label CE and metric terms through it.  Set by build_method.
+    recipe: Recipe = PLAIN
 
     def __init__(self, model_factory: ModelFactory, total_epochs: int):
         super().__init__()

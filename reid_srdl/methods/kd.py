@@ -9,7 +9,6 @@ trainer sets, so its BatchNorm statistics never move.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from reid_srdl.engine.checkpoint import CheckpointError, load_model_file
 from reid_srdl.methods.base import METHODS, Method
@@ -58,8 +57,9 @@ class KnowledgeDistillation(Method):
     def forward(self, images, labels, indices):
         with torch.no_grad():
             teacher_logits, _ = self.teacher(images)
-        logits, _features = self.trainable(images)
-        ce = F.cross_entropy(logits, labels)
+        logits, features = self.trainable(images)
+        ce = self.recipe.id_loss(logits, labels)
         kd = soft_kl(logits, teacher_logits, self.temperature)
         loss = self.ce_weight * ce + self.kd_weight * kd
-        return {"loss": loss, "ce": ce, "kd": kd, "logits": logits, "acc": accuracy(logits, labels)}
+        out = {"loss": loss, "ce": ce, "kd": kd, "logits": logits, "acc": accuracy(logits, labels)}
+        return self.recipe.add_metric_terms(out, features, labels)

@@ -130,13 +130,15 @@ class SRDL(Method):
         return [StageSpec(first), StageSpec(self.total_epochs - first)]
 
     def forward(self, images, labels, indices):
-        logits, _features = self.trainable(images)
-        ce = F.cross_entropy(logits, labels)
+        logits, features = self.trainable(images)
+        ce = self.recipe.id_loss(logits, labels)
         if self.bank is None:  # stage 1: plain cross-entropy
-            return {"loss": ce, "ce": ce, "logits": logits, "acc": accuracy(logits, labels)}
+            out = {"loss": ce, "ce": ce, "logits": logits, "acc": accuracy(logits, labels)}
+            return self.recipe.add_metric_terms(out, features, labels)
         reference = self.bank[indices.to(self.bank.device)]
         kl = soft_kl(logits, reference, self.temperature)
-        return {"loss": ce + kl, "ce": ce, "kl": kl, "logits": logits, "acc": accuracy(logits, labels)}
+        out = {"loss": ce + kl, "ce": ce, "kl": kl, "logits": logits, "acc": accuracy(logits, labels)}
+        return self.recipe.add_metric_terms(out, features, labels)
 
     def fresh_model(self) -> nn.Module:
         """A newly initialised network (ImageNet weights when configured, fresh classifier),

@@ -1,6 +1,4 @@
 """Plain cross-entropy training: the baseline every method is compared with."""
-import torch.nn.functional as F
-
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy
 
@@ -12,6 +10,7 @@ class Vanilla(Method):
         return cls(model_factory, total_epochs)
 
     def forward(self, images, labels, indices):
-        logits, _features = self.trainable(images)
-        ce = F.cross_entropy(logits, labels)
-        return {"loss": ce, "ce": ce, "logits": logits, "acc": accuracy(logits, labels)}
+        logits, features = self.trainable(images)
+        ce = self.recipe.id_loss(logits, labels)
+        out = {"loss": ce, "ce": ce, "logits": logits, "acc": accuracy(logits, labels)}
+        return self.recipe.add_metric_terms(out, features, labels)
