@@ -9,6 +9,7 @@ reads this object deep inside.
 import dataclasses
 import logging
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -53,17 +54,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # reid: resnet50 | densenet121 | small_reid ; classification: resnet32 | resnet110 |
-    # wrn28_10 | densenet_bc_190_40 | resnet8 ...  (tools/train.py --list-models)
+    # reid: resnet50 | densenet121 | small_reid | osnet_x1_0 | osnet_x0_25 | osnet_ain_x1_0 |
+    # mlfn | resnet50_fc512 ... (torchreid's) | timm/<any timm model>; classification: resnet32 |
+    # resnet110 | wrn28_10 | densenet_bc_190_40 | resnet8 ...  (tools/train.py --list-models)
     name: str = "small_reid"
     # Size of the feature layer (Linear + BN) after pooling; 0 = none (the pooled map).
     feature_dim: int = 128
+    # Local file with ImageNet weights for the backbone; "" = random initialisation.
+    weights: str = ""
     # plain: the embedding feeds the classifier and every loss | bnneck (BoT): a BatchNorm
     # between the metric feature (triplet) and a bias-free classifier (ID loss); its output
     # is the retrieval feature.
     neck: str = "plain"
-    # Local file with ImageNet weights for the backbone; "" = random initialisation.
-    weights: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,6 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    # sgd (momentum, nesterov) | adam | adamw (BoT: adam, lr 3.5e-4, weight decay 5e-4)
-    name: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True
@@ -157,6 +157,8 @@ class OptimConfig:
     schedule: str = "step"
     # Linear warm-up over the first N epochs of each stage: lr * (e + 1) / N (BoT: 10).
     warmup_epochs: int = 0
+    # sgd (momentum, nesterov) | adam | adamw (BoT: adam, lr 3.5e-4, weight decay 5e-4)
+    name: str = "sgd"
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,9 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+_YAML11_EXPONENT = re.compile(r"^[+-]?\d+[eE][+-]?\d+$")
+
+
 def _coerce(value: Any, tp, key: str):
     """Check `value` against the annotation `tp`; return it in the field's own type."""
     origin = typing.get_origin(tp)
@@ -245,6 +250,8 @@ def _coerce(value: Any, tp, key: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_EXPONENT.match(value):
+            return float(value)  # "5e-4": YAML 1.1 reads an exponent without a dot as a string
     elif tp is str:
         if isinstance(value, str):
             return value
