@@ -29,7 +29,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # onnx/onnxruntime: the ONNX export parity test runs in CI.
-        "test": ["pytest>=7", "pytest-xdist", "onnx", "onnxruntime"],
+        "test": ["pytest>=7", "pytest-xdist", "onnx", "onnxruntime", "timm"],
+        # model.name=timm/<name>: any timm model as a re-id backbone (local weights only).
+        "timm": ["timm"],
         # tools/export.py and loading exported models (ReIDSearcher.from_images("m.onnx", ...)).
         "export": ["onnx", "onnxruntime"],
         # faiss-gpu replaces faiss-cpu on CUDA machines: pip uninstall faiss-cpu first.
