@@ -77,11 +77,12 @@ def planned(args):
 
 
 def machine(args):
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     import torch
 
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git.stdout.strip(),
+        "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "torch": torch.__version__, "jobs": args.jobs, "threads_per_run": args.threads,
     }
 
@@ -146,7 +147,8 @@ def main():
     for key, recs in rows.items():
         model, method, recipe = key.split("/")
         print(f"| {model} | {method} | {recipe} | {cell(recs, 'rank1')} | {cell(recs, 'mAP')} | "
-              f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | {cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |")
+              f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | "
+              f"{cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |")
     print(f"\nwall time of this run of the script: {(time.time() - started) / 60:.1f} min (cached runs count 0)")
 
 

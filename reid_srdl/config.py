@@ -445,7 +445,8 @@ def _validate_recipe(cfg: Config) -> None:
         raise ConfigError(f"loss.label_smoothing is an epsilon in [0, 1), got {loss.label_smoothing}")
     if loss.triplet_weight < 0 or loss.triplet_margin < 0:
         raise ConfigError(
-            f"loss.triplet_weight and loss.triplet_margin must be >= 0, got {loss.triplet_weight}, {loss.triplet_margin}"
+            f"loss.triplet_weight and loss.triplet_margin must be >= 0, "
+            f"got {loss.triplet_weight}, {loss.triplet_margin}"
         )
     if cfg.optim.warmup_epochs < 0:
         raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")

@@ -78,7 +78,8 @@ def test_mlfn_is_one_body_with_torchreids_embedding():
 
 
 def test_torchreid_weight_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="weights file for osnet_x0_25 not found: .*nowhere.pth. Nothing is downloaded"):
+    missing = "weights file for osnet_x0_25 not found: .*nowhere.pth. Nothing is downloaded"
+    with pytest.raises(FileNotFoundError, match=missing):
         build_model("osnet_x0_25", C, weights=str(tmp_path / "nowhere.pth"))
     torch.save(torchreid_model("osnet_x0_5").state_dict(), tmp_path / "other.pth")
     with pytest.raises(WeightsMismatchError, match="does not hold weights for osnet_x0_25: .*shape mismatches"):
@@ -124,7 +125,7 @@ def test_timm_model_without_stages_is_one_pooled_body(tmp_path, monkeypatch):
     body = "timm/mobilenetv3_small_050"
     with pytest.raises(ConfigError, match=f"BYOT needs a net with at least 2 stages; {body} has 1"):
         METHODS.get("byot")(lambda: build_model(body, C), 4)
-    with pytest.raises(ConfigError, match=f"ONE needs a net with at least 2 stages to share the low ones; {body} has 1"):
+    with pytest.raises(ConfigError, match=f"ONE needs a net with at least 2 stages to share the low ones; {body} has"):
         METHODS.get("one")(lambda: build_model(body, C), 4, branches=2)
     with pytest.raises(ConfigError, match="FRSKD needs at least 2 stages for its BiFPN, got 1"):
         METHODS.get("frskd")(lambda: build_model(body, C), 4)
@@ -137,7 +138,7 @@ def test_timm_errors(tmp_path):
     with pytest.raises(UnknownNameError, match="unknown model 'resnet5'; valid models: densenet121"):
         build_model("resnet5", C)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
-    with pytest.raises(WeightsMismatchError, match="does not hold timm weights for timm/resnet18: .* missing from the file"):
+    with pytest.raises(WeightsMismatchError, match="not hold timm weights for timm/resnet18: .* missing from the file"):
         build_model("timm/resnet18", C, weights=str(tmp_path / "wrong.pth"))
 
 

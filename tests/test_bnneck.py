@@ -129,3 +129,20 @@ def test_multi_branch_methods_put_the_triplet_on_the_pre_bn_feature(cls):
             expected = batch_hard_triplet(pooled_last_map(method.trainable.net, x), y, 0.3)
     assert out["triplet"].item() == pytest.approx(expected.item(), rel=1e-5)
     out["loss"].backward()  # the whole graph trains
+
+
+def test_bnneck_net_folds_and_exports_with_the_same_features(tmp_path):
+    from reid_srdl.export import export_torchscript, load_exported
+    from reid_srdl.models.fold import fold_batchnorm
+
+    torch.manual_seed(3)
+    net = factory()
+    net.train()
+    net(batch(seed=1)[0])  # running statistics away from 0 / 1
+    net.eval()
+    x = batch(n=3, seed=2)[0]
+    with torch.no_grad():
+        expected = net(x)[1]
+        assert torch.allclose(fold_batchnorm(net)(x)[1], expected, atol=1e-5)
+        export_torchscript(net, str(tmp_path / "m.ts"), 64, 32)
+        assert torch.allclose(load_exported(str(tmp_path / "m.ts"))(x)[1], expected, atol=1e-5)

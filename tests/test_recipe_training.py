@@ -72,7 +72,8 @@ def test_every_method_trains_with_either_recipe(method, recipe, tiny_market_root
 
 def _bot_srdl_config(root, out):
     return load_config(None, [
-        f"data.root={root}", *TINY, f"train.output_dir={out}", "train.run_name=run", "method.name=srdl", "data.sampler=identity", "data.num_instances=4", "data.random_erasing=0.5",
+        f"data.root={root}", *TINY, f"train.output_dir={out}", "train.run_name=run", "method.name=srdl",
+        "data.sampler=identity", "data.num_instances=4", "data.random_erasing=0.5",
         "model.neck=bnneck", "model.feature_dim=0", "loss.label_smoothing=0.1", "loss.triplet_weight=1",
         "optim.name=adam", "optim.lr=3.5e-4", "optim.weight_decay=5e-4", "optim.warmup_epochs=1",
         "train.epochs=4",

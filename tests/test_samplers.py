@@ -193,5 +193,5 @@ def test_too_few_identities_is_one_line_from_the_cli(tiny_market_root, tmp_path,
             "train.progress=false", f"train.output_dir={tmp_path}", "train.run_name=few"]
     assert train_cli.main(args) == 2
     err = capsys.readouterr().err
-    assert "needs P = data.batch_size / data.num_instances = 8 identities per batch, but the training set has only 4" in err
+    assert "data.num_instances = 8 identities per batch, but the training set has only 4" in err
     assert "Traceback" not in err and not os.path.exists(tmp_path / "few")

@@ -33,7 +33,7 @@ def _timm():
     try:
         import timm
     except ImportError:
-        raise ConfigError("model.name=timm/... needs timm: pip install 'reid_srdl[timm]' (or pip install timm)") from None
+        raise ConfigError("model.name=timm/... needs timm: pip install 'reid_srdl[timm]' (or timm)") from None
     return timm
 
 
@@ -118,7 +118,9 @@ def timm_net(name: str, num_classes: int, feature_dim: Optional[int], in_channel
     """Build timm's ``name`` (random init, or ``weights``) as a :class:`Net`."""
     timm = _timm()
     if not timm.is_model(name):
-        raise UnknownNameError(f"unknown timm model '{name}' (model.name={PREFIX}{name}); timm.list_models() names them")
+        raise UnknownNameError(
+            f"unknown timm model '{name}' (model.name={PREFIX}{name}); timm.list_models() names them"
+        )
     from timm.models import FeatureListNet
 
     # Which feature extractor timm picks for this model, on the meta device (no memory, no time).
