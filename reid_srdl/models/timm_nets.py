@@ -77,11 +77,21 @@ def _split(features: nn.Module) -> Tuple[nn.Module, List[nn.Module], List[int]]:
     return stem, stages, channels
 
 
+def _probe(timm, name: str, **kwargs) -> nn.Module:
+    """A randomly initialised copy of the model for reading its structure: on the meta device
+    (no memory, no arithmetic), or on the CPU for a model whose initialisation needs real
+    tensors."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception:  # noqa: BLE001 - whatever the meta device cannot run
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
 def _check_names(timm, name: str, state: Dict[str, torch.Tensor], path: str) -> None:
     """The file must name exactly the model's tensors (its classifier aside).  timm itself
     loads non-strictly once it drops the classifier, which would let a wrong file through."""
-    with torch.device("meta"):
-        plain = timm.create_model(name, pretrained=False)
+    plain = _probe(timm, name)
     classifier = plain.pretrained_cfg.get("classifier") or ()
     head = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
     own = {k for k in plain.state_dict() if not k.startswith(head) and not k.endswith("num_batches_tracked")}
@@ -123,11 +133,9 @@ def timm_net(name: str, num_classes: int, feature_dim: Optional[int], in_channel
         )
     from timm.models import FeatureListNet
 
-    # Which feature extractor timm picks for this model, on the meta device (no memory, no time).
+    # Which feature extractor timm picks for this model.
     try:
-        with torch.device("meta"):
-            probe = timm.create_model(name, pretrained=False, features_only=True, in_chans=in_channels)
-        stagewise = isinstance(probe, FeatureListNet)
+        stagewise = isinstance(_probe(timm, name, features_only=True, in_chans=in_channels), FeatureListNet)
     except Exception:  # noqa: BLE001 - timm raises several kinds for models without features_only
         stagewise = False
     if stagewise:
