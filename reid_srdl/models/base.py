@@ -184,7 +184,8 @@ def init_weights(model: nn.Module) -> None:
 
 
 def list_models() -> List[str]:
-    """Names accepted by :func:`build_model` (and ``<family>/<name>`` for each family)."""
+    """The registered names :func:`build_model` accepts; the model families of
+    ``MODEL_FAMILIES`` (``timm/<any timm model>``) come on top."""
     return MODELS.list()
 
 
