@@ -30,11 +30,13 @@ setup(
     extras_require={
         # onnx/onnxruntime: the ONNX export parity test runs in CI; the web app's tests need
         # the serve extra, httpx (FastAPI's TestClient) and selenium (the headless-browser test,
-        # with Debian's chromium + chromium-driver, which .ci/run installs).
+        # with Debian's chromium + chromium-driver, which .ci/run installs); timm: the timm backbones.
         "test": ["pytest>=7", "pytest-xdist", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart",
-                 "httpx", "selenium"],
+                 "httpx", "selenium", "timm"],
         # tools/serve.py: the web app over a saved gallery.
         "serve": ["fastapi", "uvicorn", "python-multipart"],
+        # model.name=timm/<name>: any timm model as a re-id backbone (local weights only).
+        "timm": ["timm"],
         # tools/export.py and loading exported models (ReIDSearcher.from_images("m.onnx", ...)).
         "export": ["onnx", "onnxruntime"],
         # faiss-gpu replaces faiss-cpu on CUDA machines: pip uninstall faiss-cpu first.

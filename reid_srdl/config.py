@@ -9,8 +9,10 @@ reads this object deep inside.
 import argparse
 import contextlib
 import dataclasses
+import logging
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -20,6 +22,9 @@ import yaml
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
 from reid_srdl.core.registry import METHODS
+
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ReidSrdlError, ValueError):
@@ -44,16 +49,28 @@ class DataConfig:
     workers: int = 2
     # Train on a fixed-seed random subset of N samples (0 = all); classification only.
     train_subset: int = 0
+    # Training batches: random (a seeded shuffle) | identity (P identities x K images each,
+    # K = num_instances, P = batch_size / K; the sampler of the triplet loss; re-id only).
+    sampler: str = "random"
+    num_instances: int = 4
+    # Re-id training: probability of random erasing (Zhong et al.; BoT uses 0.5); 0 = off.
+    random_erasing: float = 0.0
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # reid: resnet50 | densenet121 | small_reid ; classification: resnet32 | resnet110 |
-    # wrn28_10 | densenet_bc_190_40 | resnet8 ...  (tools/train.py --list-models)
+    # reid: resnet50 | densenet121 | small_reid | osnet_x1_0 | osnet_x0_25 | osnet_ain_x1_0 |
+    # mlfn | resnet50_fc512 ... (torchreid's) | timm/<any timm model>; classification: resnet32 |
+    # resnet110 | wrn28_10 | densenet_bc_190_40 | resnet8 ...  (tools/train.py --list-models)
     name: str = "small_reid"
+    # Size of the feature layer (Linear + BN) after pooling; 0 = none (the pooled map).
     feature_dim: int = 128
     # Local file with ImageNet weights for the backbone; "" = random initialisation.
     weights: str = ""
+    # plain: the embedding feeds the classifier and every loss | bnneck (BoT): a BatchNorm
+    # between the metric feature (triplet) and a bias-free classifier (ID loss); its output
+    # is the retrieval feature.
+    neck: str = "plain"
 
 
 def method_options() -> Dict[str, type]:
@@ -98,6 +115,20 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
+class LossConfig:
+    """The recipe's terms, added to every method's loss (reid_srdl/methods/recipe.py)."""
+
+    # Label smoothing epsilon of every hard-label cross-entropy (BoT: 0.1); 0 = plain CE.
+    label_smoothing: float = 0.0
+    # Weight of the batch-hard triplet loss on the metric feature (BoT: 1); 0 = off.
+    triplet_weight: float = 0.0
+    # Hinge margin of the triplet loss (BoT: 0.3); unused with triplet_soft_margin.
+    triplet_margin: float = 0.3
+    # Soft margin log(1 + exp(d_ap - d_an)) instead of the hinge (Hermans et al. 2017).
+    triplet_soft_margin: bool = False
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 0.1
     momentum: float = 0.9
@@ -106,6 +137,12 @@ class OptimConfig:
     # Step decay points as fractions of a stage's epochs, and the factor applied at each.
     milestones: Tuple[float, ...] = (0.5, 0.75)
     gamma: float = 0.1
+    # step (decay by gamma at the milestones) | cosine (from lr to 0 after the warm-up)
+    schedule: str = "step"
+    # Linear warm-up over the first N epochs of each stage: lr * (e + 1) / N (BoT: 10).
+    warmup_epochs: int = 0
+    # sgd (momentum, nesterov) | adam | adamw (BoT: adam, lr 3.5e-4, weight decay 5e-4)
+    name: str = "sgd"
 
 
 @dataclass(frozen=True)
@@ -163,6 +200,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -359,6 +397,10 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
 
 _CHOICES = {
     ("data", "name"): ("market1501", "cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "imagenet"),
+    ("data", "sampler"): ("random", "identity"),
+    ("model", "neck"): ("plain", "bnneck"),
+    ("optim", "name"): ("sgd", "adam", "adamw"),
+    ("optim", "schedule"): ("step", "cosine"),
     ("eval", "pool"): ("mean", "max"),
     ("eval", "ap"): ("torchreid", "official"),
     ("eval", "precision"): ("fp32", "bf16", "fp16", "auto"),
@@ -469,6 +511,37 @@ def validate(cfg: Config) -> None:
     for m in cfg.optim.milestones:
         if not 0.0 < m < 1.0:
             raise ConfigError(f"optim.milestones are fractions in (0, 1), got {m}")
+    _validate_recipe(cfg)
+
+
+def _validate_recipe(cfg: Config) -> None:
+    """The strong-baseline keys: sampler, augmentation, neck, loss terms, warm-up."""
+    data, loss = cfg.data, cfg.loss
+    if data.sampler == "identity":
+        k, batch = data.num_instances, data.batch_size
+        if k < 1 or k > batch or batch % k:
+            raise ConfigError(
+                f"data.sampler=identity takes batches of P identities x K images: data.num_instances (K={k}) "
+                f"must be between 1 and data.batch_size ({batch}) and divide it"
+            )
+    if not 0.0 <= data.random_erasing <= 1.0:
+        raise ConfigError(f"data.random_erasing is a probability in [0, 1], got {data.random_erasing}")
+    if cfg.model.feature_dim < 0:
+        raise ConfigError(f"model.feature_dim must be >= 0 (0 = no feature layer), got {cfg.model.feature_dim}")
+    if not 0.0 <= loss.label_smoothing < 1.0:
+        raise ConfigError(f"loss.label_smoothing is an epsilon in [0, 1), got {loss.label_smoothing}")
+    if loss.triplet_weight < 0 or loss.triplet_margin < 0:
+        raise ConfigError(
+            f"loss.triplet_weight and loss.triplet_margin must be >= 0, "
+            f"got {loss.triplet_weight}, {loss.triplet_margin}"
+        )
+    if cfg.optim.warmup_epochs < 0:
+        raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
+    if loss.triplet_weight > 0 and data.sampler != "identity":
+        # Allowed (torchreid allows it), but a random batch of a large re-id set holds few
+        # positive pairs, so most anchors have nothing to mine.
+        logger.warning("loss.triplet_weight > 0 with data.sampler=%s: batch-hard mining needs positives in "
+                       "the batch; data.sampler=identity gives each identity num_instances images", data.sampler)
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -31,7 +31,8 @@ def spread_classifiers(module, std=0.3):
         for m in module.modules():
             if isinstance(m, EmbeddingHead):
                 m.classifier.weight.normal_(0.0, std)
-                m.classifier.bias.normal_(0.0, std)
+                if m.classifier.bias is not None:  # BNNeck's classifier has none
+                    m.classifier.bias.normal_(0.0, std)
 
 
 def hand_ce(logits, labels):

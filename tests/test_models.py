@@ -78,8 +78,16 @@ def count(module):
     return sum(p.numel() for p in module.parameters())
 
 
+# torchreid's architectures registered behind our head (tests/test_backbones.py checks them).
+TORCHREID = (
+    "osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25", "osnet_ibn_x1_0", "osnet_ain_x1_0",
+    "osnet_ain_x0_75", "osnet_ain_x0_5", "osnet_ain_x0_25", "resnet50_fc512", "resnet50_ibn_a",
+    "resnet50_ibn_b", "se_resnet50", "se_resnext50_32x4d", "mlfn",
+)
+
+
 def test_registry_lists_every_architecture():
-    assert list_models() == sorted(REID + CIFAR)
+    assert list_models() == sorted(REID + CIFAR + TORCHREID)
 
 
 def test_unknown_model_name_lists_valid_names():

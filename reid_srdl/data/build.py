@@ -26,6 +26,7 @@ from reid_srdl.data.classification import (
 )
 from reid_srdl.data.indexed import ImageFileDataset, IndexedDataset, SeededSampler
 from reid_srdl.data.market1501 import read_market1501
+from reid_srdl.data.samplers import IdentitySampler
 from reid_srdl.data.synthetic import ensure_synthetic_market
 from reid_srdl.data.transforms import classification_transforms, reid_test_transform, reid_train_transform
 
@@ -74,15 +75,16 @@ def order_seed(seed: int) -> int:
     return derive_seed(seed, DATA_ORDER)
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False, seed: int = 0) -> DataLoader:
+def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False, seed: int = 0,
+            sampler: Optional[IdentitySampler] = None) -> DataLoader:
     # Training: order and per-sample augmentation seeds from (seed, epoch) only (SeededSampler
     # over a one-replica DistributedSampler: the same permutation a 1-process torchrun run
-    # uses), so they are reproducible across resume and independent of the workers -- which
-    # can therefore stay alive between epochs.
-    # drop_last only when it loses less than half the data: tiny sets must still give batches.
-    drop_last = train and len(dataset) >= 2 * batch_size
-    sampler = None
-    if train:
+    # uses, or the given IdentitySampler), so they are reproducible across resume and
+    # independent of the workers -- which can therefore stay alive between epochs.
+    # drop_last only when it loses less than half the data: tiny sets must still give batches
+    # (an IdentitySampler only ever yields whole batches).
+    drop_last = train and sampler is None and len(dataset) >= 2 * batch_size
+    if train and sampler is None:
         shuffle = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=order_seed(seed), drop_last=False)
         sampler = SeededSampler(shuffle, seed)
     return DataLoader(
@@ -113,6 +115,16 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
         )
     per_process = loader.batch_size // world_size
     dataset = loader.dataset
+    if isinstance(loader.sampler, IdentitySampler):
+        # Rank r takes the r-th contiguous share of every global P x K batch.
+        return DataLoader(
+            dataset,
+            batch_size=per_process,
+            sampler=loader.sampler.shard(rank, world_size),
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+            persistent_workers=loader.num_workers > 0,
+        )
     # Same rule as _loader: drop the last partial batch only when that loses little data.
     drop_last = len(dataset) >= 2 * loader.batch_size
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=order_seed(seed),
@@ -140,8 +152,13 @@ def _reid_split(samples: Sequence[Tuple[str, int, int]], transform, batch_size: 
 
 
 def build_reid_data(root: str, synthetic: bool, synthetic_ids: int, synthetic_seed: int, height: int,
-                    width: int, batch_size: int, test_batch_size: int, workers: int, seed: int = 0) -> DataBundle:
-    """Market-1501 (real, or synthetic written under `root` when `synthetic` and absent)."""
+                    width: int, batch_size: int, test_batch_size: int, workers: int, seed: int = 0,
+                    sampler: str = "random", num_instances: int = 4, random_erasing: float = 0.0) -> DataBundle:
+    """Market-1501 (real, or synthetic written under `root` when `synthetic` and absent).
+
+    ``sampler="identity"``: training batches of P = batch_size / num_instances identities x
+    num_instances images (:class:`IdentitySampler`); ``random_erasing``: its probability.
+    """
     if synthetic:
         ensure_synthetic_market(root, num_ids=synthetic_ids, seed=synthetic_seed)
     lists = read_market1501(root)
@@ -150,7 +167,10 @@ def build_reid_data(root: str, synthetic: bool, synthetic_ids: int, synthetic_se
     # drop the last batch, and torchreid's read_image retries forever on an unreadable file,
     # where ours stops with the file's name.
     train_samples = [(path, label) for path, label, _camid in lists.train]
-    train = IndexedDataset(ImageFileDataset(train_samples, reid_train_transform(height, width)))
+    train = IndexedDataset(ImageFileDataset(train_samples, reid_train_transform(height, width, random_erasing)))
+    identity_sampler = None
+    if sampler == "identity":
+        identity_sampler = IdentitySampler([label for _path, label in train_samples], batch_size, num_instances, seed)
     train_eval = IndexedDataset(ImageFileDataset(train_samples, reid_test_transform(height, width)))
     test_tf = reid_test_transform(height, width)
     multi_query = None
@@ -166,7 +186,7 @@ def build_reid_data(root: str, synthetic: bool, synthetic_ids: int, synthetic_se
         num_classes=lists.num_train_pids,
         in_channels=3,
         num_train=len(train),
-        train_loader=_loader(train, batch_size, workers, train=True, seed=seed),
+        train_loader=_loader(train, batch_size, workers, train=True, seed=seed, sampler=identity_sampler),
         train_eval_loader=_loader(train_eval, test_batch_size, workers),
         query=_reid_split(lists.query, test_tf, test_batch_size, workers),
         gallery=_reid_split(lists.gallery, test_tf, test_batch_size, workers),
@@ -239,6 +259,12 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
         if cfg.height < 1 or cfg.width < 1:
             raise ConfigError(f"data.height and data.width must be >= 1, got {cfg.height}x{cfg.width}")
         return build_reid_data(root, cfg.synthetic, cfg.synthetic_ids, cfg.synthetic_seed, cfg.height,
-                               cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers, seed)
+                               cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers, seed,
+                               sampler=cfg.sampler, num_instances=cfg.num_instances, random_erasing=cfg.random_erasing)
+    if cfg.sampler != "random" or cfg.random_erasing:
+        raise ConfigError(
+            f"data.sampler=identity and data.random_erasing are for re-id training sets; data.name='{name}' "
+            f"is a classification set (use data.sampler=random, data.random_erasing=0)"
+        )
     return build_classification_data(name, root, cfg.batch_size, cfg.test_batch_size, cfg.workers,
                                      cfg.train_subset, seed)

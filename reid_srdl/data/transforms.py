@@ -16,19 +16,34 @@ _STATS = {
 }
 
 
-def reid_train_transform(height: int, width: int) -> Callable:
-    """SRDL re-id training: resize, horizontal flip, random crop with padding, ImageNet norm."""
+def random_erasing(probability: float) -> T.RandomErasing:
+    """BoT's random erasing (Zhong et al., AAAI 2020) on the normalised tensor.
+
+    torchvision's implementation with BoT's settings: an erased area of 2-40 % of the image,
+    aspect ratio in [0.3, 1/0.3], filled with the ImageNet mean values written into the
+    normalised tensor as BoT does.  torchvision's rather than BoT's own class because it draws
+    from torch's RNG, which the per-sample augmentation seed controls (BoT's draws from
+    Python's ``random``, which would make the erasing depend on the DataLoader worker).
+    Remaining differences: the aspect ratio is drawn log-uniformly, with 10 attempts, not 100.
+    """
+    return T.RandomErasing(p=probability, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=list(IMAGENET_MEAN))
+
+
+def reid_train_transform(height: int, width: int, erasing: float = 0.0) -> Callable:
+    """Re-id training: resize, horizontal flip, random crop with padding, ImageNet norm (SRDL),
+    then random erasing with probability ``erasing`` (BoT; 0 = none)."""
     pad = max(1, round(height / 25.6))  # 10 pixels at 256x128, scaled for other sizes
-    return T.Compose(
-        [
-            T.Resize((height, width)),
-            T.RandomHorizontalFlip(),
-            T.Pad(pad),
-            T.RandomCrop((height, width)),
-            T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-    )
+    steps = [
+        T.Resize((height, width)),
+        T.RandomHorizontalFlip(),
+        T.Pad(pad),
+        T.RandomCrop((height, width)),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ]
+    if erasing > 0:
+        steps.append(random_erasing(erasing))
+    return T.Compose(steps)
 
 
 def reid_test_transform(height: int, width: int) -> Callable:

@@ -23,3 +23,8 @@ def training_forward_flops(method, dataset, device) -> int:
     finally:
         method.train(was_training)
     return int(counter.get_total_flops()) // 2
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    """Number of parameters (trainable or not, e.g. BNNeck's frozen shift) of ``module``."""
+    return sum(p.numel() for p in module.parameters())

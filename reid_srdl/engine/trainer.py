@@ -1,6 +1,6 @@
 """One generic training loop: ``out = method(images, labels, indices)``; backward; step.
 
-The loop never knows which method it runs.  It owns: stages (a fresh SGD optimizer at the
+The loop never knows which method it runs.  It owns: stages (a fresh optimizer at the
 start of each), the learning rate of every epoch, mixed precision, the non-finite-loss
 guard, checkpoints after every epoch, resume, logging and the end-of-run evaluation.
 """
@@ -16,17 +16,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reid_srdl.core.files import write_bytes_atomic
 from reid_srdl.config import Config, ConfigError, flat_dict, save_config, to_dict
-from reid_srdl.core import seeding
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
-from reid_srdl.engine.flops import training_forward_flops
-from reid_srdl.evaluation.features import sharded_feature_extractor
+from reid_srdl.core import seeding
+from reid_srdl.core.files import write_bytes_atomic
+from reid_srdl.engine.flops import parameter_count, training_forward_flops
 from reid_srdl.engine.logger import RunLogger, format_epoch, read_epoch_records
 from reid_srdl.engine.preflight import preflight_evaluation_data
+from reid_srdl.evaluation.features import sharded_feature_extractor
 from reid_srdl.engine.schedule import epoch_learning_rates
-from reid_srdl.methods import Method, StageContext, build_method
+from reid_srdl.methods import Method, Recipe, StageContext, build_method
 
 _NOT_TERMS = ("loss", "logits", "acc")
 
@@ -54,8 +54,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seeding.derive_seed(seed, seeding.EPOCH, epoch)
 
 
-def build_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.SGD:
+def build_optimizer(module: torch.nn.Module, optim_cfg) -> torch.optim.Optimizer:
+    """``optim.name``: SGD (momentum, Nesterov), Adam (L2 weight decay in the gradient, as BoT)
+    or AdamW (decoupled weight decay); default betas.  The trainer sets the learning rate of
+    every epoch."""
     params = [p for p in module.parameters() if p.requires_grad]
+    if optim_cfg.name == "adam":
+        return torch.optim.Adam(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    if optim_cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
     return torch.optim.SGD(
         params,
         lr=optim_cfg.lr,
@@ -147,6 +154,7 @@ class Trainer:
             feature_dim=cfg.model.feature_dim,
             weights=cfg.model.weights,
             in_channels=self.data.in_channels,
+            neck=cfg.model.neck,
         )
         # The network's initialisation: a stream of its own, drawn right before building.
         seeding.seed_everything(seeding.derive_seed(cfg.train.seed, seeding.MODEL_INIT))
@@ -156,6 +164,7 @@ class Trainer:
             total_epochs=cfg.train.epochs,
             num_classes=self.data.num_classes,
             seed=cfg.train.seed,
+            recipe=Recipe.from_config(cfg.loss),
         )
         self.stages = self.method.stages()
         self.stage_starts = np.cumsum([0] + [s.epochs for s in self.stages]).tolist()
@@ -165,6 +174,8 @@ class Trainer:
             cfg.optim.milestones,
             cfg.optim.gamma,
             per_stage=self.method.per_stage_schedule,
+            schedule=cfg.optim.schedule,
+            warmup_epochs=cfg.optim.warmup_epochs,
         )
         self.start_epoch = 0
         self.optimizer: Optional[torch.optim.Optimizer] = None
@@ -409,6 +420,7 @@ class Trainer:
             "num_train": self.data.num_train,
             "num_classes": self.data.num_classes,
             "forward_flops_per_sample": self.stage_flops,
+            "deployed_parameters": parameter_count(deployed),
             "train_flops": self.training_flops(),
             "train_seconds": self.history["train_seconds"],
             "results": results,

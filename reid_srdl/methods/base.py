@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from reid_srdl.core.registry import METHODS
+from reid_srdl.methods.recipe import PLAIN, Recipe
 
 
 ModelFactory = Callable[[], nn.Module]
@@ -56,6 +57,8 @@ class RunInfo:
     total_epochs: int
     num_classes: int = 0
     seed: int = 0
+    # The shared terms (ID loss with label smoothing, triplet on the metric feature).
+    recipe: Recipe = PLAIN
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Method(nn.Module):
         self.options = options
         self.run = run
         self.total_epochs = int(run.total_epochs)
+        # Every method computes its hard-label CE and metric terms through the recipe.
+        self.recipe: Recipe = run.recipe
         self.epoch = 0
         self.model_factory: Optional[ModelFactory] = None
         self.trainable: Optional[nn.Module] = None
@@ -99,9 +104,10 @@ class Method(nn.Module):
 
     @classmethod
     def create(cls, model_factory: ModelFactory, total_epochs: int, *, num_classes: int = 0, seed: int = 0,
-               **options) -> "Method":
+               recipe: Recipe = PLAIN, **options) -> "Method":
         """Direct construction (tests, scripts): options by keyword, the rest at their defaults."""
-        return cls.from_config(options_class(cls)(**options), model_factory, RunInfo(total_epochs, num_classes, seed))
+        run = RunInfo(total_epochs, num_classes, seed, recipe)
+        return cls.from_config(options_class(cls)(**options), model_factory, run)
 
     # ---------------------------------------------------------------- structure
     def build(self, model_factory: ModelFactory) -> nn.Module:

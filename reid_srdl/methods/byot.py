@@ -127,7 +127,7 @@ class BYOTNetwork(nn.Module):
     def __init__(self, net: Net, hint: str = "official"):
         super().__init__()
         if len(net.stages) < 2:
-            raise ValueError(f"BYOT needs a net with at least 2 stages; {net.arch} has {len(net.stages)}")
+            raise ConfigError(f"BYOT needs a net with at least 2 stages; {net.arch} has {len(net.stages)}")
         self.net = net
         factors = stage_downsampling(net)
         deepest = net.stage_channels[-1]
@@ -145,13 +145,14 @@ class BYOTNetwork(nn.Module):
             init_weights(self.adaptation)
 
     def forward(self, x: torch.Tensor):
-        """(deepest logits, pooled deepest map, [(exit logits, exit features), ...] shallow to deep)."""
+        """(deepest logits, pooled deepest map, [(exit logits, exit features), ...] shallow to deep,
+        the deepest exit's metric feature)."""
         maps = self.net.stage_maps(x)
-        logits, _embedding = self.net.head(maps[-1])
+        logits, embedding = self.net.head(maps[-1])
         # The hint target is the pooled last map (the deepest stage's channels), not the re-id
         # embedding after the feature layer, so that it has the exits' width on every net.
         deepest_features = torch.flatten(F.adaptive_avg_pool2d(maps[-1], 1), 1)
-        return logits, deepest_features, [side(m) for side, m in zip(self.exits, maps[:-1])]
+        return logits, deepest_features, [side(m) for side, m in zip(self.exits, maps[:-1])], embedding
 
 
 def hint_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -200,13 +201,13 @@ class BYOT(Method):
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
         network = self.trainable
-        logits, deepest_features, exits = network(images)
+        logits, deepest_features, exits, embedding = network(images)
         teacher_logits, teacher_features = logits.detach(), deepest_features.detach()
-        ce = F.cross_entropy(logits, labels)
+        ce = self.recipe.id_loss(logits, labels)
         out = {}
         exit_ce, kd, hint = [], [], []
         for i, (z, f) in enumerate(exits):
-            exit_ce.append(F.cross_entropy(z, labels))
+            exit_ce.append(self.recipe.id_loss(z, labels))
             kd.append(self.distillation(z, teacher_logits))
             out[f"acc_exit{i + 1}"] = accuracy(z, labels)
         for slot, i in enumerate(network.hinted):
@@ -220,7 +221,9 @@ class BYOT(Method):
         alpha, weight = self.options.alpha, self.options.hint_weight
         loss = ce + (1.0 - alpha) * exit_ce + alpha * kd + weight * hint
         out.update(loss=loss, ce=ce, exit_ce=exit_ce, kd=kd, hint=hint, logits=logits, acc=accuracy(logits, labels))
-        return out
+        # The metric term on the deepest exit only: it is the deployed network; the side exits
+        # are discarded and already follow it through the KL and the hint.
+        return self.recipe.add_metric_terms(out, embedding, labels)
 
     def deploy(self) -> Net:
         """The deepest exit: the plain Net without the side exits."""

@@ -88,7 +88,7 @@ class SelfTeacher(nn.Module):
         super().__init__()
         levels = len(stage_channels)
         if levels < 2:
-            raise ValueError(f"FRSKD needs at least 2 stages for its BiFPN, got {levels}")
+            raise ConfigError(f"FRSKD needs at least 2 stages for its BiFPN, got {levels}")
         self.lateral = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
             for c in stage_channels
@@ -260,11 +260,12 @@ class FRSKDNetwork(nn.Module):
         init_weights(self.teacher)
 
     def forward(self, x: torch.Tensor):
-        """(classifier logits, classifier stage maps, teacher logits, teacher refined maps)."""
+        """(classifier logits, classifier stage maps, teacher logits, teacher refined maps,
+        the classifier's metric feature)."""
         maps = self.net.stage_maps(x)
-        logits, _features = self.net.head(maps[-1])
+        logits, features = self.net.head(maps[-1])
         teacher_logits, refined = self.teacher(maps)
-        return logits, maps, teacher_logits, refined
+        return logits, maps, teacher_logits, refined, features
 
 
 @dataclass(frozen=True)
@@ -298,13 +299,13 @@ class FRSKD(Method):
         return FRSKDNetwork(model_factory(), o.bifpn, o.width_multiplier, o.depth, o.width)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
-        logits, maps, teacher_logits, refined = self.trainable(images)
-        ce = F.cross_entropy(logits, labels)
-        ce_teacher = F.cross_entropy(teacher_logits, labels)
+        logits, maps, teacher_logits, refined, features = self.trainable(images)
+        ce = self.recipe.id_loss(logits, labels)
+        ce_teacher = self.recipe.id_loss(teacher_logits, labels)
         kd = soft_kl(logits, teacher_logits.detach(), self.options.temperature)
         attention = attention_loss(maps, refined)
         loss = ce + ce_teacher + self.options.alpha * kd + self.options.beta * attention
-        return {
+        out = {
             "loss": loss,
             "ce": ce,
             "ce_teacher": ce_teacher,
@@ -314,6 +315,9 @@ class FRSKD(Method):
             "acc": accuracy(logits, labels),
             "acc_teacher": accuracy(teacher_logits, labels),
         }
+        # The metric term on the classifier only: it is the deployed network; the self-teacher
+        # is discarded and has no re-id embedding of its own.
+        return self.recipe.add_metric_terms(out, features, labels)
 
     def deploy(self) -> Net:
         """The classifier: the plain Net without the self-teacher."""

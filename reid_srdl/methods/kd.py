@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from reid_srdl.config import check_range
 from reid_srdl.core.checkpoint import CheckpointError
@@ -82,8 +81,9 @@ class KnowledgeDistillation(Method):
         options = self.options
         with torch.no_grad():
             teacher_logits, _ = self.teacher(images)
-        logits, _features = self.trainable(images)
-        ce = F.cross_entropy(logits, labels)
+        logits, features = self.trainable(images)
+        ce = self.recipe.id_loss(logits, labels)
         kd = soft_kl(logits, teacher_logits, options.temperature)
         loss = options.ce_weight * ce + options.kd_weight * kd
-        return {"loss": loss, "ce": ce, "kd": kd, "logits": logits, "acc": accuracy(logits, labels)}
+        out = {"loss": loss, "ce": ce, "kd": kd, "logits": logits, "acc": accuracy(logits, labels)}
+        return self.recipe.add_metric_terms(out, features, labels)

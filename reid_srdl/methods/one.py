@@ -70,7 +70,7 @@ class ONENetwork(nn.Module):
         super().__init__()
         first = nets[0]
         if len(first.stages) < 2:
-            raise ValueError(f"ONE needs a net with at least 2 stages to share the low ones; {first.arch} has {len(first.stages)}")
+            raise ConfigError(f"ONE needs a net with at least 2 stages to share the low ones; {first.arch} has {len(first.stages)}")
         self.net = first
         # The other branches take the last stage and head of independently built nets: each
         # branch starts from its own initialisation (identical copies would learn alike),
@@ -142,15 +142,15 @@ class ONE(Method):
         return sigmoid_rampup(self.epoch, self.options.ramp_epochs)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
-        branch_logits, _feats, gate = self.trainable(images)
+        branch_logits, branch_features, gate = self.trainable(images)
         ensemble = gated_logits(branch_logits, gate)
         target = ensemble.detach()
-        ce = sum(F.cross_entropy(z, labels) for z in branch_logits)
-        ce_ensemble = F.cross_entropy(ensemble, labels)
+        ce = sum(self.recipe.id_loss(z, labels) for z in branch_logits)
+        ce_ensemble = self.recipe.id_loss(ensemble, labels)
         kl = sum(soft_kl(z, target, self.options.temperature) for z in branch_logits)
         weight = self.kl_weight()
         loss = ce + ce_ensemble + weight * kl
-        return {
+        out = {
             "loss": loss,
             "ce": ce,
             "ce_ensemble": ce_ensemble,
@@ -160,6 +160,8 @@ class ONE(Method):
             "acc": accuracy(branch_logits[0], labels),
             "acc_ensemble": accuracy(ensemble, labels),
         }
+        # Every branch is a full re-id model trained alike: each gets the metric term.
+        return self.recipe.add_metric_terms(out, branch_features, labels)
 
     def deploy(self) -> Net:
         """Branch 1 with the shared layers: a plain Net (saved as final.pt)."""

@@ -193,12 +193,14 @@ class SRDL(Method):
         return self.bank[indices.to(self.bank.device)]
 
     def forward(self, images, labels, indices):
-        logits, _features = self.trainable(images)
-        ce = F.cross_entropy(logits, labels)
+        logits, features = self.trainable(images)
+        ce = self.recipe.id_loss(logits, labels)
         if self.stage == 0:  # stage 1: plain cross-entropy
-            return {"loss": ce, "ce": ce, "logits": logits, "acc": accuracy(logits, labels)}
-        kl = soft_kl(logits, self.reference_logits(images, indices), self.temperature)
-        return {"loss": ce + kl, "ce": ce, "kl": kl, "logits": logits, "acc": accuracy(logits, labels)}
+            out = {"loss": ce, "ce": ce, "logits": logits, "acc": accuracy(logits, labels)}
+        else:
+            kl = soft_kl(logits, self.reference_logits(images, indices), self.temperature)
+            out = {"loss": ce + kl, "ce": ce, "kl": kl, "logits": logits, "acc": accuracy(logits, labels)}
+        return self.recipe.add_metric_terms(out, features, labels)
 
     def fresh_model(self) -> nn.Module:
         """A newly initialised network (ImageNet weights when configured, fresh classifier),

@@ -3,28 +3,45 @@
 Every model is a :class:`Net`: ``stem -> stages[0] -> ... -> stages[-1] -> head``, and that
 chain is the whole forward pass.  The self-distillation methods rely on the split: BYOT and
 FRSKD read the output of every stage (:meth:`Net.stage_maps`), ONE deep-copies the last stage
-and the head to grow branches.
+and the head to grow branches.  A backbone whose stages are not well defined (some torchreid
+and timm models) is one single stage: those methods then stop with an error naming it.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from reid_srdl.core.registry import MODELS  # noqa: F401  (the architectures register here)
 
+NECKS = ("plain", "bnneck")
+
+#: name prefix -> function(rest of the name) returning a builder, for model families too
+#: large to register name by name (``timm/<any timm model>``).
+MODEL_FAMILIES: Dict[str, Callable[[str], Callable[..., "Net"]]] = {}
+
 
 class EmbeddingHead(nn.Module):
-    """Global average pooling -> optional feature layer -> ID classifier.
+    """Global average pooling -> optional feature layer -> (BNNeck) -> ID classifier.
 
-    With ``feature_dim`` set, the feature layer is Linear(in_channels, feature_dim) followed by
-    BatchNorm1d, and the BN output is the embedding used for retrieval (as in SRDL, where
-    the feature layer of the ID classifier is the re-id representation).  With
-    ``feature_dim=None`` there is no feature layer and the pooled vector is the embedding.
+    ``neck="plain"``: with ``feature_dim`` set, the feature layer is Linear(in_channels,
+    feature_dim) followed by BatchNorm1d, and the BN output is the embedding used for
+    retrieval and by every loss (as in SRDL, where the feature layer of the ID classifier is
+    the re-id representation).  With ``feature_dim=None`` there is no feature layer and the
+    pooled vector is the embedding.
+
+    ``neck="bnneck"`` (BoT, Luo et al. 2019): the pooled vector (or its Linear projection
+    when ``feature_dim`` is set) is the metric feature that the triplet loss sees; a
+    BatchNorm1d without a learned shift follows, then a bias-free classifier, so the ID loss
+    sees the normalised feature, which is also the retrieval feature.  The head returns
+    ``(logits, metric feature)`` in training mode and ``(logits, normalised feature)`` in
+    eval mode (the one place where the mode changes what a net returns).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, feature_dim: Optional[int] = None):
+    def __init__(self, in_channels: int, num_classes: int, feature_dim: Optional[int] = None, neck: str = "plain"):
         super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f"EmbeddingHead neck must be one of {', '.join(NECKS)}, got {neck!r}")
         if in_channels < 1 or num_classes < 1:
             raise ValueError(
                 f"EmbeddingHead needs in_channels >= 1 and num_classes >= 1, "
@@ -34,33 +51,46 @@ class EmbeddingHead(nn.Module):
             raise ValueError(f"EmbeddingHead feature_dim must be >= 1 or None, got {feature_dim}")
         self.in_channels = in_channels
         self.feature_dim = feature_dim
+        self.neck = neck
         self.pool = nn.AdaptiveAvgPool2d(1)
-        if feature_dim is None:
-            self.fc = None
-            self.bn = None
-            self.out_dim = in_channels
+        self.out_dim = in_channels if feature_dim is None else feature_dim
+        # No bias on the feature layer: a BatchNorm follows it (plain: its own shift makes a
+        # bias dead weight; bnneck: the triplet's distances do not see a common shift either).
+        self.fc = None if feature_dim is None else nn.Linear(in_channels, feature_dim, bias=False)
+        if neck == "plain":
+            self.bn = None if feature_dim is None else nn.BatchNorm1d(feature_dim)
+            self.classifier = nn.Linear(self.out_dim, num_classes)
         else:
-            # No bias: the BatchNorm right after it has its own shift, a bias would be dead weight.
-            self.fc = nn.Linear(in_channels, feature_dim, bias=False)
-            self.bn = nn.BatchNorm1d(feature_dim)
-            self.out_dim = feature_dim
-        self.classifier = nn.Linear(self.out_dim, num_classes)
+            # BoT: the BNNeck's shift is frozen at 0 and the classifier has no bias.
+            self.bn = nn.BatchNorm1d(self.out_dim)
+            self.bn.bias.requires_grad_(False)
+            self.classifier = nn.Linear(self.out_dim, num_classes, bias=False)
 
     def forward(self, last_map: Tensor) -> Tuple[Tensor, Tensor]:
         features = torch.flatten(self.pool(last_map), 1)
         if self.fc is not None:
-            features = self.bn(self.fc(features))
-        return self.classifier(features), features
+            features = self.fc(features)
+        if self.neck == "plain":
+            if self.bn is not None:
+                features = self.bn(features)
+            return self.classifier(features), features
+        normalised = self.bn(features)
+        return self.classifier(normalised), features if self.training else normalised
 
 
 class Net(nn.Module):
     """A backbone split into a stem and stages, plus an :class:`EmbeddingHead`.
 
-    ``forward`` returns ``(logits, features)`` in train and eval mode alike, so the trainer,
-    the methods and the feature extractor never need to know which mode the net is in.
-    ``spec`` holds the keyword arguments of :func:`build_model` that rebuild the same
-    architecture (filled in by `build_model`).
+    ``forward`` returns ``(logits, features)``.  In eval mode ``features`` is the retrieval
+    embedding; in training mode it is the feature the metric loss sees, which is the same
+    tensor except with a BNNeck head (there: before the BN).  ``spec`` holds the keyword
+    arguments of :func:`build_model` that rebuild the same architecture (filled in by
+    `build_model`).  ``foreign_backbone``: the stem and stages come initialised (and possibly
+    loaded with weights) from another library (torchreid, timm); `build_model` then
+    initialises the head only.
     """
+
+    foreign_backbone: bool = False
 
     def __init__(
         self,
@@ -92,6 +122,15 @@ class Net(nn.Module):
         self.num_classes = head.classifier.out_features
         self.feature_dim = head.out_dim
         self.spec: Dict[str, object] = {}
+
+    def set_head(self, head: EmbeddingHead) -> None:
+        """Replace the head (same input width), e.g. by a BNNeck head."""
+        if head.in_channels != self.stage_channels[-1]:
+            raise ValueError(f"{self.arch}: head expects {head.in_channels} channels, last stage gives "
+                             f"{self.stage_channels[-1]}")
+        self.head = head
+        self.num_classes = head.classifier.out_features
+        self.feature_dim = head.out_dim
 
     def stage_maps(self, x: Tensor) -> List[Tensor]:
         """The output feature map of every stage, in order."""

@@ -1,4 +1,5 @@
-"""Load torchvision ImageNet weights from a local file into a re-id backbone.
+"""Load ImageNet weights from a local file into a re-id backbone (torchvision files into our
+re-organised nets; torchreid / timm files into those libraries' own modules).
 
 Nothing is downloaded: the file must already be on disk.  The whole file is checked against
 the net before any tensor is copied, so a wrong file never leaves the net half-loaded.
@@ -10,13 +11,13 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Tuple
 
+import torch
 from torch import Tensor
-
-from reid_srdl.core.errors import ReidSrdlError
 from torchvision import models as tvm
 
-from reid_srdl.models.base import MODELS, Net
+from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.torch_files import UnreadableFileError, load_torch_file
+from reid_srdl.models.base import MODELS, Net
 
 @dataclass(frozen=True)
 class ImageNetLayout:
@@ -139,3 +140,58 @@ def load_imagenet_weights(model: Net, path: str) -> None:
             f"(in_channels={model.in_channels}): " + "; ".join(problems)
         )
     model.load_state_dict({ours: value for ours, (_, value) in mapped.items()}, strict=False)
+
+
+def read_weights_file(path: str, arch: str, how_to_get: str) -> Dict[str, Tensor]:
+    """The state dict in a local weights file (``.pth``/``.pt``/``.bin`` through
+    ``torch.load(weights_only=True)``, or ``.safetensors``), keys in their canonical names.
+
+    A missing file is a one-line error telling where such a file comes from (``how_to_get``);
+    nothing is ever downloaded.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"ImageNet weights file for {arch} not found: {path}. Nothing is downloaded here: {how_to_get} "
+            f"on a machine with internet access and copy it to that path, or set model.weights='' to train "
+            f"from random initialisation."
+        )
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:  # pragma: no cover - safetensors comes with timm
+            raise WeightsMismatchError(f"{path}: reading .safetensors files needs `pip install safetensors`") from None
+        try:
+            state = load_file(path)
+        except Exception as e:  # any unreadable file ends here, with the path named
+            raise WeightsMismatchError(f"could not read {path} as a safetensors file: {e}") from None
+    else:
+        state = _read_state_dict(path)
+    return {_canonical_key(k): v for k, v in state.items()}
+
+
+def load_backbone_state(module: torch.nn.Module, state: Mapping[str, Tensor], path: str, arch: str,
+                        skipped: Tuple[str, ...] = ()) -> None:
+    """Copy ``state`` into ``module`` by its own key names, all or nothing.
+
+    Keys starting with one of ``skipped`` (the library's classifier / projection layers, which
+    our head replaces) are ignored on both sides; every other tensor of the module must be in
+    the file with its shape, and the file may hold nothing else.
+    """
+    target = {k: v for k, v in module.state_dict().items() if not k.startswith(skipped)}
+    given = {k: v for k, v in state.items() if not k.startswith(skipped)}
+    missing = [k for k in target if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in target]
+    wrong_shape = [
+        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in given.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} backbone tensors missing from the file: {_describe(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} keys of the file fit no backbone tensor: {_describe(unexpected)}")
+        if wrong_shape:
+            problems.append(f"{len(wrong_shape)} shape mismatches (file vs model): {_describe(wrong_shape)}")
+        raise WeightsMismatchError(f"{path} does not hold weights for {arch}: " + "; ".join(problems))
+    module.load_state_dict(given, strict=False)
