@@ -472,7 +472,7 @@ _RANGES = (
     ("data.test_batch_size", dict(minimum=1)),
     ("data.workers", dict(minimum=0)),
     ("data.train_subset", dict(minimum=0, why="0 = all")),
-    ("model.feature_dim", dict(minimum=1)),
+    ("model.feature_dim", dict(minimum=0, why="0 = no feature layer")),
     ("optim.lr", dict(above=0)),
     ("optim.momentum", dict(minimum=0, maximum=1)),
     ("optim.weight_decay", dict(minimum=0)),

@@ -10,6 +10,7 @@ from reid_srdl.engine.flops import parameter_count, training_forward_flops
 from reid_srdl.methods import METHODS
 from reid_srdl.models import WeightsMismatchError, build_model
 from reid_srdl.core.registry import UnknownNameError
+from reid_srdl.core.torch_files import UnsafeFileError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -59,7 +60,7 @@ def test_osnet_x0_25_has_torchreid_parameters_and_outputs(tmp_path, monkeypatch)
 
 
 def test_osnet_flops_are_torchreids_plus_the_head():
-    method = METHODS.get("vanilla")(lambda: build_model("osnet_x0_25", C, feature_dim=32), 1)
+    method = METHODS.get("vanilla").create(lambda: build_model("osnet_x0_25", C, feature_dim=32), 1)
     ours = training_forward_flops(method, OneSample((3, 64, 32)), "cpu")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         torchreid_model("osnet_x0_25").featuremaps(X)
@@ -124,11 +125,11 @@ def test_timm_model_without_stages_is_one_pooled_body(tmp_path, monkeypatch):
     assert len(net.stages) == 1
     body = "timm/mobilenetv3_small_050"
     with pytest.raises(ConfigError, match=f"BYOT needs a net with at least 2 stages; {body} has 1"):
-        METHODS.get("byot")(lambda: build_model(body, C), 4)
+        METHODS.get("byot").create(lambda: build_model(body, C), 4)
     with pytest.raises(ConfigError, match=f"ONE needs a net with at least 2 stages to share the low ones; {body} has"):
-        METHODS.get("one")(lambda: build_model(body, C), 4, branches=2)
+        METHODS.get("one").create(lambda: build_model(body, C), 4, branches=2)
     with pytest.raises(ConfigError, match="FRSKD needs at least 2 stages for its BiFPN, got 1"):
-        METHODS.get("frskd")(lambda: build_model(body, C), 4)
+        METHODS.get("frskd").create(lambda: build_model(body, C), 4)
 
 
 def test_timm_errors(tmp_path):
@@ -148,5 +149,6 @@ def test_a_pickle_is_never_executed(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"conv1.weight": Boom()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsMismatchError, match="could not read .*evil.pth"):
+    # Refused by the safe loader (one line naming the conversion tool), never unpickled.
+    with pytest.raises(UnsafeFileError, match="refusing to load .*evil.pth: it refers to the Python object print"):
         build_model("osnet_x0_25", C, weights=str(tmp_path / "evil.pth"))

@@ -68,8 +68,7 @@ def test_bnneck_head_layout():
 
 def test_each_loss_sees_its_tensor_in_vanilla():
     torch.manual_seed(0)
-    method = METHODS.get("vanilla")(factory, 1)
-    method.recipe = BOT
+    method = METHODS.get("vanilla").create(factory, 1, recipe=BOT)
     spread_classifiers(method.trainable)
     x, y, idx = batch()
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -112,8 +111,7 @@ def test_inference_uses_the_post_bn_feature_with_running_statistics(tmp_path):
 @pytest.mark.parametrize("cls", [ONE, BYOT, FRSKD])
 def test_multi_branch_methods_put_the_triplet_on_the_pre_bn_feature(cls):
     torch.manual_seed(2)
-    method = cls(factory, 4)
-    method.recipe = BOT
+    method = cls.create(factory, 4, recipe=BOT)
     x, y, idx = batch()
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     method.train()

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reid_srdl.config import check_choice, check_range
+from reid_srdl.config import ConfigError, check_choice, check_range
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import EmbeddingHead, Net, init_weights
@@ -189,7 +189,7 @@ class BiFPNcTeacher(nn.Module):
         super().__init__()
         levels = len(stage_channels)
         if levels < 2:
-            raise ValueError(f"FRSKD needs at least 2 stages for its BiFPN, got {levels}")
+            raise ConfigError(f"FRSKD needs at least 2 stages for its BiFPN, got {levels}")
         widths = [int(c) * width_multiplier for c in stage_channels]
         self.widths = widths
         self.lateral = nn.ModuleList(pointwise_block(c, w) for c, w in zip(stage_channels, widths))

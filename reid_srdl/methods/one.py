@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reid_srdl.config import check_range
+from reid_srdl.config import ConfigError, check_range
 from reid_srdl.methods.base import METHODS, Method, StageContext
 from reid_srdl.methods.losses import accuracy, soft_kl
 from reid_srdl.models.base import Net, init_weights
