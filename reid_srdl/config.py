@@ -21,14 +21,32 @@ class ConfigError(ReidSrdlError, ValueError):
     """A configuration key or value is not what the schema expects."""
 
 
+# How several re-id training sources are named together (run folders, metrics.json).
+SOURCE_SEPARATOR = "+"
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class DataConfig:
-    # market1501 | cifar10 | cifar100 | fashion_mnist | tiny_imagenet | imagenet
+    # A re-id set torchreid reads (market1501, dukemtmcreid, msmt17, cuhk03, viper, ...; see
+    # datasets/README.md) or cifar10 | cifar100 | fashion_mnist | tiny_imagenet | imagenet.
     name: str = "market1501"
+    # Re-id: train on several sets at once, e.g. [market1501, dukemtmcreid] (identity labels
+    # and cameras offset per set); empty = [name].  data.name is then ignored.
+    sources: Tuple[str, ...] = ()
+    # Re-id: evaluate on each of these sets (cross-domain), e.g. [dukemtmcreid, msmt17];
+    # empty = the sources.
+    targets: Tuple[str, ...] = ()
+    # Re-id sets with random splits (viper, grid, cuhk01, ilids, prid; cuhk03 classic): which one.
+    split_id: int = 0
+    # CUHK03: the hand-drawn (labeled) boxes instead of the detected ones; the 20 classic
+    # splits (1,367 / 100 ids) instead of the new protocol (767 / 700 ids).
+    cuhk03_labeled: bool = False
+    cuhk03_classic_split: bool = False
     # Folder holding the data set; "" picks the data set's default (see datasets/README.md).
     root: str = "datasets/synthetic"
-    # Market-1501 only: write a synthetic data set under `root` when none is there.
+    # Re-id: write a synthetic data set under `root` for each chosen set that has a writer
+    # (market1501, dukemtmcreid, msmt17, cuhk03, viper) and no folder there yet.
     synthetic: bool = True
     synthetic_ids: int = 120
     synthetic_seed: int = 0
@@ -39,6 +57,21 @@ class DataConfig:
     workers: int = 2
     # Train on a fixed-seed random subset of N samples (0 = all); classification only.
     train_subset: int = 0
+
+    @property
+    def source_names(self) -> Tuple[str, ...]:
+        """The training set(s): ``sources``, or ``(name,)``."""
+        return tuple(self.sources) or (self.name,)
+
+    @property
+    def target_names(self) -> Tuple[str, ...]:
+        """The evaluation set(s): ``targets``, or the sources."""
+        return tuple(self.targets) or self.source_names
+
+    @property
+    def label(self) -> str:
+        """Run folders and metrics.json name the training data so: ``market1501+dukemtmcreid``."""
+        return SOURCE_SEPARATOR.join(self.source_names)
 
 
 @dataclass(frozen=True)
@@ -344,7 +377,6 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
 
 
 _CHOICES = {
-    ("data", "name"): ("market1501", "cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "imagenet"),
     ("method", "name"): ("vanilla", "kd", "srdl", "one", "byot", "frskd"),
     ("eval", "pool"): ("mean", "max"),
     ("eval", "ap"): ("torchreid", "official"),
@@ -353,7 +385,8 @@ _CHOICES = {
 
 
 def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express.  (Data set names are checked by
+    ``reid_srdl.data.build_data`` against the data registries, which this layer cannot import.)"""
     for (section, key), choices in _CHOICES.items():
         v = getattr(getattr(cfg, section), key)
         if v not in choices:
@@ -368,6 +401,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("SRDL needs train.epochs >= 2 (two stages of epochs/2)")
     if cfg.data.batch_size < 1 or cfg.data.test_batch_size < 1:
         raise ConfigError("data.batch_size and data.test_batch_size must be >= 1")
+    if cfg.data.split_id < 0:
+        raise ConfigError(f"data.split_id must be >= 0, got {cfg.data.split_id}")
     if cfg.train.dist_timeout <= 0:
         raise ConfigError(f"train.dist_timeout must be > 0 seconds, got {cfg.train.dist_timeout}")
     if cfg.eval.rerank_k1 < 1 or cfg.eval.rerank_k2 < 1:
