@@ -71,7 +71,7 @@ def run_dir_for(cfg: Config) -> str:
     """The run folder a new run will write to (created by the Trainer once everything is
     built, so a bad option leaves no empty folder behind)."""
     name = cfg.train.run_name or "{}_{}_{}_{}".format(
-        cfg.data.name, cfg.model.name, cfg.method.name, time.strftime("%Y%m%d-%H%M%S")
+        cfg.data.label, cfg.model.name, cfg.method.name, time.strftime("%Y%m%d-%H%M%S")
     )
     run_dir = os.path.join(cfg.train.output_dir, name)
     if os.path.isfile(os.path.join(run_dir, ckpt.LAST_FILE)):
@@ -343,7 +343,7 @@ class Trainer:
         return int(sum(f * s.epochs * self.data.num_train for f, s in zip(self.stage_flops, self.stages)))
 
     def finish(self, logger: RunLogger) -> dict:
-        from reid_srdl.engine.evaluate import evaluate_model, print_results_table
+        from reid_srdl.engine.evaluate import evaluate_targets, print_results_table
 
         cfg = self.cfg
         main = self.dist.is_main
@@ -354,7 +354,7 @@ class Trainer:
                 deployed,
                 os.path.join(self.run_dir, ckpt.FINAL_FILE),
                 task=self.data.task,
-                data=cfg.data.name,
+                data=cfg.data.label,
                 method=cfg.method.name,
                 height=cfg.data.height,
                 width=cfg.data.width,
@@ -365,7 +365,7 @@ class Trainer:
         extract = ddp.sharded_feature_extractor() if self.dist.enabled else None
         results = {}
         for name, model in models.items():
-            results[name] = evaluate_model(
+            results[name] = evaluate_targets(
                 model, self.data, self.device, eval_cfg, out_dir=self.run_dir, tag=name,
                 progress=cfg.train.progress and main, extract=extract,
             )
@@ -373,7 +373,7 @@ class Trainer:
             return {"results": results}
         summary = {
             "task": self.data.task,
-            "data": cfg.data.name,
+            "data": cfg.data.label,
             "model": cfg.model.name,
             "method": cfg.method.name,
             "epochs": cfg.train.epochs,
@@ -384,6 +384,8 @@ class Trainer:
             "train_seconds": self.history["train_seconds"],
             "results": results,
         }
+        if self.data.targets:  # re-id: the evaluation data set(s), one per results prefix when several
+            summary["targets"] = [t.name for t in self.data.targets]
         tmp = os.path.join(self.run_dir, "metrics.json.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
