@@ -149,7 +149,7 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
     )
 
 
-def _reid_split(samples: Sequence[Tuple[str, int, int]], transform, batch_size: int, workers: int) -> ReIDSplit:
+def reid_split(samples: Sequence[Tuple[str, int, int]], transform, batch_size: int, workers: int) -> ReIDSplit:
     dataset = IndexedDataset(ImageFileDataset(samples, transform))
     return ReIDSplit(
         loader=_loader(dataset, batch_size, workers),
@@ -167,11 +167,11 @@ def reid_target(lists: ReidSetLists, transform, batch_size: int, workers: int) -
         # is ever used, so only those are kept (on real Market-1501 this skips ~half of them).
         wanted = {(pid, camid) for _path, pid, camid in lists.query}
         pooled = [s for s in lists.gt_bbox if (s[1], s[2]) in wanted]
-        multi_query = _reid_split(pooled, transform, batch_size, workers) if pooled else None
+        multi_query = reid_split(pooled, transform, batch_size, workers) if pooled else None
     return ReIDTarget(
         name=lists.name,
-        query=_reid_split(lists.query, transform, batch_size, workers),
-        gallery=_reid_split(lists.gallery, transform, batch_size, workers),
+        query=reid_split(lists.query, transform, batch_size, workers),
+        gallery=reid_split(lists.gallery, transform, batch_size, workers),
         multi_query=multi_query,
     )
 

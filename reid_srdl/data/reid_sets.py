@@ -348,6 +348,14 @@ def read_reid_set(name: str, root: str, split_id: int = 0, cuhk03_labeled: bool 
     given = {"split_id": int(split_id), "cuhk03_labeled": bool(cuhk03_labeled),
              "cuhk03_classic_split": bool(cuhk03_classic_split)}
     options = {k: given[k] for k in accepted_options(name)}
+    if options.get("split_id", 0) > 0:
+        # Checked here for a clear message (torchreid's own says "split_id exceeds range").
+        available = count_splits(name, root, cuhk03_labeled=given["cuhk03_labeled"],
+                                 cuhk03_classic_split=given["cuhk03_classic_split"])
+        if options["split_id"] >= available:
+            raise DatasetReadError(f"split_id={options['split_id']} is out of range: {LAYOUTS[name].title} under "
+                                   f"'{root}' has {available} split{'s' if available > 1 else ''} "
+                                   f"(0..{available - 1})")
     ds, base = _construct(name, root, options)
     lists = ReidSetLists(name, base, _as_samples(ds.train), _as_samples(ds.query),
                          _as_samples(ds.gallery), None, options)

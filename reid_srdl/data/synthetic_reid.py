@@ -47,6 +47,7 @@ from reid_srdl.data.synthetic import (
     make_synthetic_market,
     render_person,
     sample_camera,
+    synthetic_market_dir,
     sample_identity,
     sample_shot,
     sample_track_facing,
@@ -66,6 +67,9 @@ CUHK03_PAIRS = 5
 CUHK03_CELLS = 10  # per person: 5 images per view
 CUHK03_CLASSIC_SPLITS = 20
 MSMT_TIMES = ("morning", "noon", "afternoon")
+# Identities each writer accepts (at most the real set's; enough for every split to exist).
+ID_RANGES = {"market1501": (4, 1501), "dukemtmcreid": (4, 3000), "msmt17": (4, 4101),
+             "cuhk03": (2 * CUHK03_PAIRS, 1467), "viper": (2, 632)}
 VIPER_ANGLES = (0, 45, 90, 135, 180)
 
 
@@ -166,7 +170,7 @@ def make_synthetic_duke(root: str, num_ids: int = 40, seed: int = 0, cameras_per
     train T*k*m images; query Q*k (one per test identity and camera); gallery Q*k*(m-1) + D*m.
     """
     distractors = num_ids // 4 if num_distractors is None else num_distractors
-    _check(num_ids, 4, 3000, seed, cameras_per_id=(cameras_per_id, 2), images_per_id_camera=(images_per_id_camera, 2),
+    _check(num_ids, *ID_RANGES["dukemtmcreid"], seed, cameras_per_id=(cameras_per_id, 2), images_per_id_camera=(images_per_id_camera, 2),
            num_distractors=(distractors, 0))
     if cameras_per_id > DUKE_CAMERAS:
         raise ValueError(f"cameras_per_id must be <= {DUKE_CAMERAS}, got {cameras_per_id}")
@@ -214,7 +218,7 @@ def make_synthetic_msmt17(root: str, num_ids: int = 40, seed: int = 0, cameras_p
     list_train T*k*m - T lines, list_val T (one image per training id), list_query Q*k,
     list_gallery Q*k*(m-1).
     """
-    _check(num_ids, 4, 4101, seed, cameras_per_id=(cameras_per_id, 2), images_per_id_camera=(images_per_id_camera, 2))
+    _check(num_ids, *ID_RANGES["msmt17"], seed, cameras_per_id=(cameras_per_id, 2), images_per_id_camera=(images_per_id_camera, 2))
     if cameras_per_id > MSMT_CAMERAS:
         raise ValueError(f"cameras_per_id must be <= {MSMT_CAMERAS}, got {cameras_per_id}")
     version = LAYOUTS["msmt17"].alternatives[0][0].rstrip("/")  # MSMT17_V1
@@ -275,7 +279,7 @@ def make_synthetic_cuhk03(root: str, num_ids: int = 40, seed: int = 0, images_pe
         view), gallery 2v - 2 per test id.
     """
     classic = num_ids // 4 if num_classic_test is None else num_classic_test
-    _check(num_ids, 2 * CUHK03_PAIRS, 1467, seed, images_per_view=(images_per_view, 2), num_classic_test=(classic, 1))
+    _check(num_ids, *ID_RANGES["cuhk03"], seed, images_per_view=(images_per_view, 2), num_classic_test=(classic, 1))
     if images_per_view > CUHK03_CELLS // 2:
         raise ValueError(f"images_per_view must be <= {CUHK03_CELLS // 2}, got {images_per_view}")
     if classic >= num_ids:
@@ -364,7 +368,7 @@ def make_synthetic_viper(root: str, num_ids: int = 40, seed: int = 0, overwrite:
     torchreid draws 10 random halvings into 20 splits (each direction a split): train
     2*(N // 2) images of N // 2 ids, query and gallery N - N // 2 images each.
     """
-    _check(num_ids, 2, 632, seed)
+    _check(num_ids, *ID_RANGES["viper"], seed)
     cam_dirs = LAYOUTS["viper"].alternatives[0]  # VIPeR/cam_a/, VIPeR/cam_b/
 
     def write(tmp: str) -> None:
@@ -384,6 +388,16 @@ def make_synthetic_viper(root: str, num_ids: int = 40, seed: int = 0, overwrite:
 # --------------------------------------------------------------------------- registry
 def _market(root: str, num_ids: int = 40, seed: int = 0, overwrite: bool = False) -> str:
     return make_synthetic_market(root, num_ids=num_ids, seed=seed, overwrite=overwrite)
+
+
+def check_writer_args(name: str, root: str, num_ids: int, seed: int, overwrite: bool = False) -> None:
+    """What a writer would refuse, checked before anything is written (for writing several)."""
+    if name not in WRITERS:
+        raise ValueError(f"no synthetic writer for '{name}' (writers: {', '.join(sorted(WRITERS))})")
+    _check(num_ids, *ID_RANGES[name], seed)
+    target = synthetic_market_dir(root) if name == "market1501" else dataset_dir(name, root)
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"'{target}' already exists; pass overwrite=True (--overwrite) to replace it")
 
 
 # torchreid name -> writer(root, num_ids=..., seed=..., overwrite=...)
