@@ -205,12 +205,12 @@ def misplaced_hint(name: str, root: str) -> str:
     """A hint when the data seem to be one level off (archive extracted straight into ROOT,
     or ROOT pointing at the data set's own folder); "" when nothing suggests that."""
     top = dataset_class(name).dataset_dir
-    for folder in LAYOUTS[name].misplaced:
-        if os.path.isdir(os.path.join(root, folder)):
-            return f" ('{os.path.join(root, folder)}' exists: move it into {os.path.join(root, top)}{os.sep})"
     base = os.path.basename(os.path.normpath(root))
     if base == top or base in LAYOUTS[name].misplaced:
         return f" ('{root}' looks like the data set's own folder: give the folder that contains {top}/ as the root)"
+    for folder in LAYOUTS[name].misplaced:
+        if os.path.isdir(os.path.join(root, folder)):
+            return f" ('{os.path.join(root, folder)}' exists: move it into {os.path.join(root, top)}{os.sep})"
     return ""
 
 
