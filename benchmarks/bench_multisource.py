@@ -119,7 +119,8 @@ def main() -> None:
     with open(tmp, "w") as f:
         json.dump(result, f, indent=2)
     os.replace(tmp, args.json)
-    print(f"\n{result['machine']}, {result['cpus']} CPUs, torch {result['torch']}, {result['date']}, commit {result['commit']}")
+    print(f"\n{result['machine']}, {result['cpus']} CPUs, torch {result['torch']}, {result['date']}, "
+          f"commit {result['commit']}")
     print("\n| training set | images | identities | ms / image |\n|---|---|---|---|")
     for name, t in sides.items():
         print(f"| {t.data.name} | {t.data.num_train} | {t.data.num_classes} | {result['ms_per_image'][name]:.2f} |")

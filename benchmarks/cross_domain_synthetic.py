@@ -80,7 +80,8 @@ def main() -> None:
         for label, sources in TRAINING.items():
             per_seed = [run(args, sources, method, seed, out) for seed in args.seeds]
             mean = {t: {k: sum(r[t][k] for r in per_seed) / len(per_seed) for k in ("rank1", "mAP")} for t in TARGETS}
-            rows.append({"method": method, "trained_on": label, "seeds": args.seeds, "mean": mean, "per_seed": per_seed})
+            rows.append({"method": method, "trained_on": label, "seeds": args.seeds, "mean": mean,
+                         "per_seed": per_seed})
             print(f"  {method} on {label}: " + ", ".join(
                 f"{t} Rank-1 {100 * mean[t]['rank1']:.1f} mAP {100 * mean[t]['mAP']:.1f}" for t in TARGETS), flush=True)
     result = {**machine(), "ids_per_set": args.ids, "model": args.model, "input": f"{args.height}x{args.width}",
@@ -91,7 +92,8 @@ def main() -> None:
         json.dump(result, f, indent=2)
     os.replace(tmp, args.json)
     print(f"\nSynthetic data ({args.ids} identities per set), {args.model} {args.height}x{args.width}, "
-          f"{args.epochs} epochs, seeds {args.seeds}; {result['machine']}, {result['date']}, commit {result['commit']}\n")
+          f"{args.epochs} epochs, seeds {args.seeds}; {result['machine']}, {result['date']}, "
+          f"commit {result['commit']}\n")
     print("| method | trained on | Market-1501 (in-domain) R1 / mAP | DukeMTMC-reID (cross-domain) R1 / mAP |")
     print("|---|---|---|---|")
     for r in rows:

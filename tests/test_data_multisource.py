@@ -19,7 +19,8 @@ from reid_srdl.data.sources import combine_train_sets
 
 
 def _cfg(root, **kw):
-    return DataConfig(root=root, synthetic=False, height=32, width=16, batch_size=4, test_batch_size=16, workers=0, **kw)
+    return DataConfig(root=root, synthetic=False, height=32, width=16, batch_size=4, test_batch_size=16, workers=0,
+                      **kw)
 
 
 def test_offsets_match_torchreids_own_sum_of_datasets(tiny_reid_root):
@@ -27,12 +28,13 @@ def test_offsets_match_torchreids_own_sum_of_datasets(tiny_reid_root):
     identities, cameras by the previous cameras, dsetid = source index."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = sum([Market1501SRDL(root=tiny_reid_root, verbose=False), DukeMTMCreID(root=tiny_reid_root, verbose=False),
-                      MSMT17(root=tiny_reid_root, verbose=False)])
+        theirs = sum([Market1501SRDL(root=tiny_reid_root, verbose=False),
+                      DukeMTMCreID(root=tiny_reid_root, verbose=False), MSMT17(root=tiny_reid_root, verbose=False)])
     names = ("market1501", "dukemtmcreid", "msmt17")
     ours = combine_train_sets([(n, read_reid_set(n, tiny_reid_root).train) for n in names])
     assert sorted(ours.samples) == sorted(tuple(s) for s in theirs.train)
-    assert ours.num_pids == theirs.num_train_pids == MARKET_TRAIN_IDS + DUKE_COUNTS["train"][1] + MSMT_COUNTS["train"][1]
+    expected_pids = MARKET_TRAIN_IDS + DUKE_COUNTS["train"][1] + MSMT_COUNTS["train"][1]
+    assert ours.num_pids == theirs.num_train_pids == expected_pids
     assert [(r.first_label, r.first_camid) for r in ours.sources] == [(0, 0), (4, 6), (8, 14)]
 
 
@@ -46,7 +48,8 @@ def test_offsets_by_hand_keep_cameras_apart_when_one_is_missing():
 
 
 def test_labels_that_are_not_0_to_n_minus_1_are_an_error():
-    with pytest.raises(DatasetReadError, match=r"training labels of 'X' are not 0..1 \(2 identities, labels \[0, 2\]\)"):
+    message = r"training labels of 'X' are not 0..1 \(2 identities, labels \[0, 2\]\)"
+    with pytest.raises(DatasetReadError, match=message):
         combine_train_sets([("X", [("p", 0, 0), ("q", 2, 0)])])
 
 
@@ -64,7 +67,8 @@ def test_two_sources_one_training_set_each_evaluated_apart(tiny_reid_root):
     assert set(labels[n_market:]) == set(range(MARKET_TRAIN_IDS, bundle.num_classes))
     assert all("dukemtmc-reid" in p for p, _ in samples[n_market:])
     assert bundle.train_dsetids.tolist() == [0] * n_market + [1] * n_duke
-    assert set(bundle.train_camids[:n_market]) == set(range(6)) and set(bundle.train_camids[n_market:]) == set(range(6, 14))
+    assert set(bundle.train_camids[:n_market]) == set(range(6))
+    assert set(bundle.train_camids[n_market:]) == set(range(6, 14))
     # The training-order sampler covers the combined set.
     assert len(bundle.train_loader.sampler) == n_market + n_duke
     # Targets default to the sources, each with its own (unshifted) pids and cameras.

@@ -101,7 +101,8 @@ def test_resumed_multi_source_run_ends_with_the_same_weights(tiny_reid_root, tmp
 
 
 def test_torchrun_two_processes_on_two_sources(tiny_reid_root, tmp_path):
-    proc = _torchrun(2, tiny_reid_root, str(tmp_path), "method.name=srdl", SOURCES, "data.targets=[dukemtmcreid,market1501]")
+    proc = _torchrun(2, tiny_reid_root, str(tmp_path), "method.name=srdl", SOURCES,
+                     "data.targets=[dukemtmcreid,market1501]")
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = tmp_path / "run"
     import json

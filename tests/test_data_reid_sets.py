@@ -42,7 +42,8 @@ TORCHREID_CLASSES = {
 FIRST_NEED = {
     "dukemtmcreid": "dukemtmc-reid/DukeMTMC-reID/bounding_box_train", "msmt17": "msmt17/MSMT17_V1",
     "cuhk03": "cuhk03/cuhk03_release/cuhk-03.mat", "viper": "viper/VIPeR/cam_a", "grid": "grid/underground_reid/probe",
-    "cuhk01": "cuhk01/campus", "ilids": "ilids/i-LIDS_Pedestrian/Persons", "prid": "prid2011/prid_2011/single_shot/cam_a",
+    "cuhk01": "cuhk01/campus", "ilids": "ilids/i-LIDS_Pedestrian/Persons",
+    "prid": "prid2011/prid_2011/single_shot/cam_a",
     "sensereid": "sensereid/SenseReID/test_probe", "cuhk02": "cuhk02/Dataset/P1/cam1",
     "cuhksysu": "cuhksysu/cropped_images", "university1652": "university1652/University-Release/train",
 }
@@ -158,7 +159,8 @@ def test_bad_choices_stop_before_any_reading(tmp_path, kw, message, no_torchreid
 
 
 def test_split_id_out_of_range_is_one_line(tiny_reid_root):
-    with pytest.raises(DatasetReadError, match=r"^split_id=20 is out of range: VIPeR under '.*' has 20 splits \(0..19\)$"):
+    message = r"^split_id=20 is out of range: VIPeR under '.*' has 20 splits \(0..19\)$"
+    with pytest.raises(DatasetReadError, match=message):
         read_reid_set("viper", tiny_reid_root, split_id=20)
     with pytest.raises(DatasetReadError, match=r"CUHK03 under '.*' has 1 split \(0..0\)"):
         read_reid_set("cuhk03", tiny_reid_root, split_id=1)

@@ -131,7 +131,8 @@ def test_viper_layout_read_by_torchreid(tiny_reid_root):
     _check_counts(ds, VIPER_COUNTS)
     a = sorted(glob.glob(os.path.join(tiny_reid_root, "viper", "VIPeR", "cam_a", "*.bmp")))
     b = sorted(glob.glob(os.path.join(tiny_reid_root, "viper", "VIPeR", "cam_b", "*.bmp")))
-    assert [os.path.basename(p)[:3] for p in a] == [os.path.basename(p)[:3] for p in b] == [f"{i:03d}" for i in range(10)]
+    names = [f"{i:03d}" for i in range(10)]
+    assert [os.path.basename(p)[:3] for p in a] == [os.path.basename(p)[:3] for p in b] == names
     with open(os.path.join(tiny_reid_root, "viper", "splits.json")) as f:
         assert len(json.load(f)) == VIPER_COUNTS["splits"]
 

@@ -65,7 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ck = p.add_argument_group("checkpoint mode")
     ck.add_argument("--checkpoint", metavar="RUN_DIR|MODEL.pt", help="trained re-id model (a run directory or final.pt)")
     ck.add_argument("--data-root", metavar="ROOT",
-                    help="folder holding the data set's folder (market1501/, dukemtmc-reid/, ...; see datasets/README.md)")
+                    help="folder holding the data sets' folders (market1501/, dukemtmc-reid/, ...; "
+                         "see datasets/README.md)")
     ck.add_argument("--dataset", metavar="NAME",
                     help="re-id data set to evaluate on (default: the one the run was trained on)")
     ck.add_argument("--split-id", type=int, default=0, help="split of a random-split set (default: 0)")

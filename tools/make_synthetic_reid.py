@@ -33,7 +33,8 @@ def parse_args(argv=None):
     names = sorted(WRITERS) if args.format == ["all"] else args.format
     unknown = [n for n in names if n not in WRITERS]
     if unknown:
-        p.error(f"--format: no synthetic writer for {', '.join(unknown)}; choose from {', '.join(sorted(WRITERS))}, all")
+        p.error(f"--format: no synthetic writer for {', '.join(unknown)}; "
+                f"choose from {', '.join(sorted(WRITERS))}, all")
     args.format = list(dict.fromkeys(names))
     return args
 

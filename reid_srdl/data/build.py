@@ -177,7 +177,8 @@ def reid_target(lists: ReidSetLists, transform, batch_size: int, workers: int) -
 
 
 def build_reid_target(name: str, root: str, height: int, width: int, batch_size: int, workers: int,
-                      split_id: int = 0, cuhk03_labeled: bool = False, cuhk03_classic_split: bool = False) -> ReIDTarget:
+                      split_id: int = 0, cuhk03_labeled: bool = False,
+                      cuhk03_classic_split: bool = False) -> ReIDTarget:
     """Query/gallery loaders of one re-id data set (e.g. to evaluate a finished run on it)."""
     if not is_reid_dataset(name):
         raise ConfigError(f"'{name}' is not a re-id data set; valid names: {', '.join(reid_dataset_names())}")

@@ -219,7 +219,8 @@ def check_layout(name: str, root: str) -> str:
     otherwise one-line :class:`DatasetLayoutError` naming what is missing and the layout."""
     layout = LAYOUTS[name]
     if not os.path.isdir(root):
-        raise DatasetLayoutError(f"{layout.title}: data root '{root}' does not exist; expected {layout_help(name, root)}")
+        raise DatasetLayoutError(
+            f"{layout.title}: data root '{root}' does not exist; expected {layout_help(name, root)}")
     base = dataset_dir(name, root)
     chosen = next((alt for alt in layout.alternatives if os.path.exists(os.path.join(base, alt[0].rstrip("/")))),
                   layout.alternatives[0])
@@ -238,7 +239,8 @@ def split_file(name: str, root: str, cuhk03_labeled: bool = False, cuhk03_classi
     """The json file torchreid keeps a random-split set's splits in (None: no random splits)."""
     if name == "cuhk03":
         kind = "classic" if cuhk03_classic_split else "new"
-        return os.path.join(dataset_dir(name, root), f"splits_{kind}_{'labeled' if cuhk03_labeled else 'detected'}.json")
+        boxes = "labeled" if cuhk03_labeled else "detected"
+        return os.path.join(dataset_dir(name, root), f"splits_{kind}_{boxes}.json")
     rel = LAYOUTS[name].split_file
     return os.path.join(dataset_dir(name, root), rel) if rel else None
 
@@ -254,7 +256,8 @@ def count_splits(name: str, root: str, cuhk03_labeled: bool = False, cuhk03_clas
         try:
             return len(json.load(f))
         except ValueError as e:
-            raise DatasetReadError(f"split file '{path}' is not valid json ({e}); delete it to have it drawn again") from None
+            raise DatasetReadError(
+                f"split file '{path}' is not valid json ({e}); delete it to have it drawn again") from None
 
 
 # --------------------------------------------------------------------------- reading
@@ -323,9 +326,10 @@ def _construct(name: str, root: str, options: Dict[str, object]):
             return cls(root=root, verbose=False, **options), base
         except Exception as e:  # torchreid's assertions, KeyErrors, ... on data it cannot read
             message = str(e).strip() or type(e).__name__
+            given = ", ".join(f"{k}={v}" for k, v in options.items()) or "default options"
             raise DatasetReadError(
-                f"torchreid's {cls.__name__} could not read '{base}' ({', '.join(f'{k}={v}' for k, v in options.items())}"
-                f"{'' if options else 'default options'}): {type(e).__name__}: {message}; expected {layout_help(name, root)}"
+                f"torchreid's {cls.__name__} could not read '{base}' ({given}): {type(e).__name__}: {message}; "
+                f"expected {layout_help(name, root)}"
             ) from None
 
 

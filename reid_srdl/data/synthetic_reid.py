@@ -170,7 +170,8 @@ def make_synthetic_duke(root: str, num_ids: int = 40, seed: int = 0, cameras_per
     train T*k*m images; query Q*k (one per test identity and camera); gallery Q*k*(m-1) + D*m.
     """
     distractors = num_ids // 4 if num_distractors is None else num_distractors
-    _check(num_ids, *ID_RANGES["dukemtmcreid"], seed, cameras_per_id=(cameras_per_id, 2), images_per_id_camera=(images_per_id_camera, 2),
+    _check(num_ids, *ID_RANGES["dukemtmcreid"], seed, cameras_per_id=(cameras_per_id, 2),
+           images_per_id_camera=(images_per_id_camera, 2),
            num_distractors=(distractors, 0))
     if cameras_per_id > DUKE_CAMERAS:
         raise ValueError(f"cameras_per_id must be <= {DUKE_CAMERAS}, got {cameras_per_id}")
@@ -218,7 +219,8 @@ def make_synthetic_msmt17(root: str, num_ids: int = 40, seed: int = 0, cameras_p
     list_train T*k*m - T lines, list_val T (one image per training id), list_query Q*k,
     list_gallery Q*k*(m-1).
     """
-    _check(num_ids, *ID_RANGES["msmt17"], seed, cameras_per_id=(cameras_per_id, 2), images_per_id_camera=(images_per_id_camera, 2))
+    _check(num_ids, *ID_RANGES["msmt17"], seed, cameras_per_id=(cameras_per_id, 2),
+           images_per_id_camera=(images_per_id_camera, 2))
     if cameras_per_id > MSMT_CAMERAS:
         raise ValueError(f"cameras_per_id must be <= {MSMT_CAMERAS}, got {cameras_per_id}")
     version = LAYOUTS["msmt17"].alternatives[0][0].rstrip("/")  # MSMT17_V1
