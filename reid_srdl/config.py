@@ -281,6 +281,18 @@ def to_dict(cfg) -> Dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def matches_saved(cfg: Config, saved: Dict[str, Any]) -> bool:
+    """Whether a config dict saved with a run (``to_dict`` of its config) describes ``cfg``.
+
+    Keys added to the schema since the run was written take their defaults, so a run from an
+    older version resumes as long as it set nothing differently.
+    """
+    try:
+        return to_dict(_build(Config, saved)) == to_dict(cfg)
+    except (ConfigError, TypeError):  # a key the schema no longer has, or not a mapping
+        return False
+
+
 def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(base)
     for k, v in top.items():

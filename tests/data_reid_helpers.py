@@ -1,11 +1,9 @@
-"""A tiny root holding every synthetic re-id layout, and the counts each must show.
+"""A tiny root holding every synthetic re-id layout (the ``tiny_reid_root`` fixture of
+conftest.py writes it once per session), and the counts each must show.
 
-Import the fixture into a test module (``from data_reid_helpers import tiny_reid_root``).  The
-expected counts are worked out by hand from the writers' parameters (each identity sees k
-cameras, m images per camera, ...), not read from the code under test.
+The expected counts are worked out by hand from the writers' parameters (each identity sees
+k cameras, m images per camera, ...), not read from the code under test.
 """
-import pytest
-
 from conftest import TINY_MARKET
 
 DUKE = dict(num_ids=8, seed=0, cameras_per_id=3, images_per_id_camera=3, num_distractors=2)
@@ -48,12 +46,6 @@ def write_all(root: str) -> str:
     make_synthetic_cuhk03(root, **CUHK03)
     make_synthetic_viper(root, **VIPER)
     return root
-
-
-@pytest.fixture(scope="session")
-def tiny_reid_root(tmp_path_factory) -> str:
-    """Market-1501, DukeMTMC-reID, MSMT17, CUHK03 and VIPeR, tiny, under one root (~3 s)."""
-    return write_all(str(tmp_path_factory.mktemp("tiny_reid")))
 
 
 def counts(samples):

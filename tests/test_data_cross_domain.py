@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     from torchreid.reid.data.datasets.image import VIPeR, DukeMTMCreID
     from torchreid.reid.metrics.rank import evaluate_rank
 
-from data_reid_helpers import DUKE_COUNTS, VIPER_COUNTS, tiny_reid_root  # noqa: F401  (a fixture)
+from data_reid_helpers import DUKE_COUNTS, VIPER_COUNTS
 from reid_srdl.data.build import reid_split
 from reid_srdl.data.transforms import reid_test_transform
 from reid_srdl.engine.checkpoint import load_model_file, save_model_file

@@ -10,7 +10,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from torchreid.reid.data.datasets.image import DukeMTMCreID, MSMT17
 
-from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS, MSMT_COUNTS, tiny_reid_root  # noqa: F401
+from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS, MSMT_COUNTS
 from reid_srdl.config import DataConfig
 from reid_srdl.data import build_data
 from reid_srdl.data.market1501 import Market1501SRDL, read_market1501

@@ -1,20 +1,25 @@
 """Multi-source training (Market-1501 + DukeMTMC-reID, labels 0-3 and 4-7): every method runs on
 it, SRDL's logit bank is indexed by the combined set, a resumed run ends with the same weights,
-and a 2-process torchrun (gloo on CPU) run gathers the same bank."""
+and a 2-process DDP run (gloo on CPU) gathers the same bank."""
+import json
 import os
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
-from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS, tiny_reid_root  # noqa: F401  (a fixture)
+from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS
 from reid_srdl.config import load_config
+from reid_srdl.data import build_data
+from reid_srdl.data.market1501 import read_market1501
+from reid_srdl.engine import distributed as ddp
 from reid_srdl.data.indexed import read_rgb_image
 from reid_srdl.data.transforms import reid_test_transform
 from reid_srdl.engine import checkpoint as ckpt
 from reid_srdl.engine.trainer import Trainer
 from reid_srdl.methods.srdl import extract_logits
 from reid_srdl.models import build_model
-from test_distributed import _torchrun
+from test_distributed import free_port
 from test_trainer import interrupted_then_resumed
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -100,24 +105,57 @@ def test_resumed_multi_source_run_ends_with_the_same_weights(tiny_reid_root, tmp
         assert torch.equal(v, ref_state[k]), k
 
 
-def test_torchrun_two_processes_on_two_sources(tiny_reid_root, tmp_path):
-    proc = _torchrun(2, tiny_reid_root, str(tmp_path), "method.name=srdl", SOURCES,
-                     "data.targets=[dukemtmcreid,market1501]")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    run = tmp_path / "run"
-    import json
+def _fit_worker(rank, world, port, root, out):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    ddp.init_distributed(60, use_cuda=False)
+    try:
+        cfg = multi_cfg(root, out, "method.name=srdl", "train.device=cpu", "data.targets=[dukemtmcreid,market1501]")
+        Trainer(cfg, _run_dir(cfg)).fit()
+    finally:
+        ddp.shutdown()
 
+
+def test_two_processes_on_two_sources(tiny_reid_root, tmp_path):
+    """What torchrun runs, in 2 forked gloo processes: SRDL's whole run, rank 0 writing."""
+    mp.start_processes(_fit_worker, args=(2, free_port(), tiny_reid_root, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    run = tmp_path / "run"
     with open(run / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["num_classes"] == NUM_CLASSES and metrics["targets"] == ["dukemtmcreid", "market1501"]
     assert "mean/single_query" in metrics["results"]["deployed"]
     # The bank gathered from both ranks is a plain extraction by the stage-1 network.
-    from reid_srdl.data import build_data
-
     cfg = load_config(str(run / "config.yaml"))
     data = build_data(cfg.data)
-    assert data.num_train == metrics["num_train"]
+    n_market = len(read_market1501(tiny_reid_root).train)
+    assert data.num_train == metrics["num_train"] == n_market + DUKE_COUNTS["train"][0]
     stage1, _ = ckpt.load_model_file(str(run / "stage1.pt"))
     expected = extract_logits(stage1, data.train_eval_loader, data.num_train, "cpu", progress=False)
     bank = torch.load(run / "stage1_logits.pt", weights_only=True)["logits"]
     torch.testing.assert_close(bank, expected, rtol=0, atol=1e-5)
+
+
+def test_a_run_saved_before_the_new_data_keys_still_resumes(tiny_reid_root, tmp_path, monkeypatch):
+    """last.pt of an older version has no data.sources/targets/split_id/cuhk03_* keys."""
+    cfg = load_config(None, [
+        f"data.root={tiny_reid_root}", "data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8",
+        "data.workers=0", "model.feature_dim=32", "method.name=vanilla", "train.epochs=2", "train.max_batches=1",
+        "train.progress=false", "train.tensorboard=false", f"train.output_dir={tmp_path}", "train.run_name=run",
+        "eval.plot=false",
+    ])
+    run_dir = _run_dir(cfg)
+    trainer = Trainer(cfg, run_dir)
+    trainer.optimizer = None
+    trainer._save(0)
+    path = os.path.join(run_dir, ckpt.LAST_FILE)
+    state = torch.load(path, weights_only=True)
+    for key in ("sources", "targets", "split_id", "cuhk03_labeled", "cuhk03_classic_split"):
+        del state["config"]["data"][key]
+    ckpt.atomic_save(state, path)
+    assert Trainer(cfg, run_dir, resume=True).start_epoch == 0
+    state["config"]["data"]["batch_size"] = 16  # a real difference is still refused
+    ckpt.atomic_save(state, path)
+    with pytest.raises(ckpt.CheckpointError, match="written with another config"):
+        Trainer(cfg, run_dir, resume=True)

@@ -19,7 +19,6 @@ with warnings.catch_warnings():
         University1652, iLIDS,
     )
 
-from data_reid_helpers import tiny_reid_root  # noqa: F401  (a fixture)
 from reid_srdl.config import ConfigError, DataConfig
 from reid_srdl.data import build_data
 from reid_srdl.data.market1501 import MarketLayoutError

@@ -17,14 +17,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from torchreid.reid.data.datasets.image import CUHK03, MSMT17, VIPeR, DukeMTMCreID
 
-from data_reid_helpers import (  # noqa: F401  (tiny_reid_root is a fixture)
+from data_reid_helpers import (
     CUHK03_COUNTS,
     DUKE,
     DUKE_COUNTS,
     MSMT_COUNTS,
     VIPER_COUNTS,
     counts,
-    tiny_reid_root,
 )
 from reid_srdl.data import synthetic_reid
 from reid_srdl.data.reid_sets import DatasetLayoutError, read_reid_set

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reid_srdl.config import Config, save_config, to_dict
+from reid_srdl.config import Config, matches_saved, save_config, to_dict
 from reid_srdl.engine import checkpoint as ckpt
 from reid_srdl.engine import distributed as ddp
 from reid_srdl.engine.flops import training_forward_flops
@@ -172,7 +172,7 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         saved = state.get("config")
-        if saved is not None and saved != to_dict(self.cfg):
+        if saved is not None and not matches_saved(self.cfg, saved):
             raise ckpt.CheckpointError(f"{self.run_dir}: the saved training state was written with another config")
         self.method.load_extra_state(state["method"], self.run_dir)
         ckpt.load_state_dict_checked(self.method.trainable, state["trainable"], os.path.join(self.run_dir, ckpt.LAST_FILE))
