@@ -8,6 +8,10 @@ INSTALL_REQUIRES = [
     "torchreid==0.2.5",
     "tensorboard",
     "gdown",
+    # CUHK03 in its downloaded form (cuhk-03.mat is MATLAB v7.3 = HDF5): torchreid's class reads
+    # it with h5py and writes the extracted images with imageio, without declaring either.
+    "h5py",
+    "imageio",
     "opencv-python-headless",
     "faiss-cpu",
     "numpy",

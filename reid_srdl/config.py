@@ -31,14 +31,32 @@ class ConfigError(ReidSrdlError, ValueError):
     """A configuration key or value is not what the schema expects."""
 
 
+# How several re-id training sources are named together (run folders, metrics.json).
+SOURCE_SEPARATOR = "+"
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class DataConfig:
-    # market1501 | cifar10 | cifar100 | fashion_mnist | tiny_imagenet | imagenet
+    # A re-id set torchreid reads (market1501, dukemtmcreid, msmt17, cuhk03, viper, ...; see
+    # datasets/README.md) or cifar10 | cifar100 | fashion_mnist | tiny_imagenet | imagenet.
     name: str = "market1501"
+    # Re-id: train on several sets at once, e.g. [market1501, dukemtmcreid] (identity labels
+    # and cameras offset per set); empty = [name].  data.name is then ignored.
+    sources: Tuple[str, ...] = ()
+    # Re-id: evaluate on each of these sets (cross-domain), e.g. [dukemtmcreid, msmt17];
+    # empty = the sources.
+    targets: Tuple[str, ...] = ()
+    # Re-id sets with random splits (viper, grid, cuhk01, ilids, prid; cuhk03 classic): which one.
+    split_id: int = 0
+    # CUHK03: the hand-drawn (labeled) boxes instead of the detected ones; the 20 classic
+    # splits (1,367 / 100 ids) instead of the new protocol (767 / 700 ids).
+    cuhk03_labeled: bool = False
+    cuhk03_classic_split: bool = False
     # Folder holding the data set; "" picks the data set's default (see datasets/README.md).
     root: str = "datasets/synthetic"
-    # Market-1501 only: write a synthetic data set under `root` when none is there.
+    # Re-id: write a synthetic data set under `root` for each chosen set that has a writer
+    # (market1501, dukemtmcreid, msmt17, cuhk03, viper) and no folder there yet.
     synthetic: bool = True
     synthetic_ids: int = 120
     synthetic_seed: int = 0
@@ -55,6 +73,21 @@ class DataConfig:
     num_instances: int = 4
     # Re-id training: probability of random erasing (Zhong et al.; BoT uses 0.5); 0 = off.
     random_erasing: float = 0.0
+
+    @property
+    def source_names(self) -> Tuple[str, ...]:
+        """The training set(s): ``sources``, or ``(name,)``."""
+        return tuple(self.sources) or (self.name,)
+
+    @property
+    def target_names(self) -> Tuple[str, ...]:
+        """The evaluation set(s): ``targets``, or the sources."""
+        return tuple(self.targets) or self.source_names
+
+    @property
+    def label(self) -> str:
+        """Run folders and metrics.json name the training data so: ``market1501+dukemtmcreid``."""
+        return SOURCE_SEPARATOR.join(self.source_names)
 
 
 @dataclass(frozen=True)
@@ -303,6 +336,18 @@ def flat_dict(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def matches_saved(cfg: Config, saved: Dict[str, Any]) -> bool:
+    """Whether a config dict saved with a run (``to_dict`` of its config) describes ``cfg``.
+
+    Keys added to the schema since the run was written take their defaults, so a run from an
+    older version resumes as long as it set nothing differently.
+    """
+    try:
+        return to_dict(_build(Config, saved)) == to_dict(cfg)
+    except (ConfigError, TypeError):  # a key the schema no longer has, or not a mapping
+        return False
+
+
 def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
@@ -396,7 +441,6 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
 
 
 _CHOICES = {
-    ("data", "name"): ("market1501", "cifar10", "cifar100", "fashion_mnist", "tiny_imagenet", "imagenet"),
     ("data", "sampler"): ("random", "identity"),
     ("model", "neck"): ("plain", "bnneck"),
     ("optim", "name"): ("sgd", "adam", "adamw"),
@@ -472,6 +516,7 @@ _RANGES = (
     ("data.test_batch_size", dict(minimum=1)),
     ("data.workers", dict(minimum=0)),
     ("data.train_subset", dict(minimum=0, why="0 = all")),
+    ("data.split_id", dict(minimum=0)),
     ("model.feature_dim", dict(minimum=0, why="0 = no feature layer")),
     ("optim.lr", dict(above=0)),
     ("optim.momentum", dict(minimum=0, maximum=1)),
@@ -496,7 +541,8 @@ def _get_dotted(cfg, key: str):
 
 
 def validate(cfg: Config) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express.  (Data set names are checked by
+    ``reid_srdl.data.build_data`` against the data registries, which this layer cannot import.)"""
     for (section, key), choices in _CHOICES.items():
         check_choice(f"{section}.{key}", getattr(getattr(cfg, section), key), choices)
     for key, bounds in _RANGES:

@@ -1,7 +1,9 @@
 """Shared fixtures.
 
 ``tiny_market_root``: a small synthetic Market-1501 set (8 identities, ~0.2 s to write),
-written once per test session.  Pass the returned folder as ``data.root`` (with
+written once per test session.  ``tiny_reid_root``: that Market-1501 set plus tiny synthetic
+DukeMTMC-reID, MSMT17, CUHK03 and VIPeR under one root (tests/data_reid_helpers.py), once
+per session.  Pass the returned folder as ``data.root`` (with
 ``data.synthetic=false``, or true: a complete set is used as it is) or as torchreid's
 ``ImageDataManager(root=...)``.
 """
@@ -23,6 +25,13 @@ def tiny_market_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("tiny_market"))
     make_synthetic_market(root, **TINY_MARKET)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_reid_root(tmp_path_factory) -> str:
+    from data_reid_helpers import write_all
+
+    return write_all(str(tmp_path_factory.mktemp("tiny_reid")))
 
 
 @pytest.fixture

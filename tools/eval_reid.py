@@ -9,11 +9,17 @@
         --save-features out/features
     python tools/eval_reid.py --query q.npz --gallery g.npz --rerank     # k-reciprocal re-ranking
     python tools/eval_reid.py --query q.npz --gallery g.npz --open-set --open-set-plot dist.png
+    python tools/eval_reid.py --checkpoint runs/RUN --dataset dukemtmcreid --data-root datasets   # cross-domain
+    python tools/eval_reid.py --checkpoint runs/RUN --dataset viper --data-root datasets --all-splits
 
-Checkpoint mode (--checkpoint RUN_DIR or a model file such as final.pt, with --data-root of a
-Market-1501 folder) extracts the features itself: query, gallery and, with --multi-query
-and no file, the gt_bbox images; --save-features DIR also writes them as query.npz,
-gallery.npz (and gt_bbox.npz) for later runs of the feature-file mode.
+Checkpoint mode (--checkpoint RUN_DIR or a model file such as final.pt, with --data-root, the
+folder holding the data sets) extracts the features itself: query, gallery and, with
+--multi-query and no file, the gt_bbox images (Market-1501); --save-features DIR also writes
+them as query.npz, gallery.npz (and gt_bbox.npz) for later runs of the feature-file mode.
+--dataset names any re-id set torchreid reads (default: the one the run was trained on);
+--split-id picks a split of the random-split sets, --all-splits reports the mean over all of
+them (the customary protocol for VIPeR, GRID, CUHK01, iLIDS, PRID when the network was
+trained elsewhere).
 
 A feature file (.npz) holds ``features`` (N x D float32), ``pids`` (N ints), ``camids``
 (N ints) and optionally ``paths`` (N strings; needed by --visualize).  Write them with
@@ -62,7 +68,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="gt_bbox feature file: multi-query protocol (checkpoint mode: no file, the data root's gt_bbox)")
     ck = p.add_argument_group("checkpoint mode")
     ck.add_argument("--checkpoint", metavar="RUN_DIR|MODEL.pt", help="trained re-id model (a run directory or final.pt)")
-    ck.add_argument("--data-root", metavar="ROOT", help="folder holding market1501/ (real or synthetic)")
+    ck.add_argument("--data-root", metavar="ROOT",
+                    help="folder holding the data sets' folders (market1501/, dukemtmc-reid/, ...; "
+                         "see datasets/README.md)")
+    ck.add_argument("--dataset", metavar="NAME",
+                    help="re-id data set to evaluate on (default: the one the run was trained on)")
+    ck.add_argument("--split-id", type=int_arg(0), default=0, help="split of a random-split set (default: 0)")
+    ck.add_argument("--cuhk03-labeled", action="store_true", help="CUHK03: hand-drawn instead of detected boxes")
+    ck.add_argument("--cuhk03-classic-split", action="store_true", help="CUHK03: the 20 classic splits")
+    ck.add_argument("--all-splits", action="store_true",
+                    help="evaluate on every split of a random-split set and report the mean")
     ck.add_argument("--height", type=int_arg(1), help="input height (default: the one the model was trained with)")
     ck.add_argument("--width", type=int_arg(1), help="input width (default: the one the model was trained with)")
     ck.add_argument("--batch-size", type=int_arg(1), default=128)
@@ -103,10 +118,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.query or args.gallery:
             p.error("give either --checkpoint (with --data-root) or --query/--gallery feature files, not both")
         if not args.data_root:
-            p.error("--checkpoint needs --data-root, the folder holding market1501/")
+            p.error("--checkpoint needs --data-root, the folder holding the data sets (e.g. market1501/)")
         if args.multi_query not in (None, GT_BBOX):
             p.error("in checkpoint mode --multi-query takes no file: the gt_bbox images of --data-root are used")
+        if args.split_id < 0:
+            p.error(f"--split-id must be >= 0; got {args.split_id}")
+        if args.all_splits and (args.split_id or args.multi_query or args.save_features or args.visualize):
+            p.error("--all-splits evaluates every split itself: give no --split-id, --multi-query, "
+                    "--save-features or --visualize with it")
     else:
+        if args.dataset or args.split_id or args.cuhk03_labeled or args.cuhk03_classic_split or args.all_splits:
+            p.error("--dataset, --split-id, --cuhk03-* and --all-splits apply to --checkpoint mode")
         if not (args.query and args.gallery):
             p.error("give --query and --gallery feature files, or --checkpoint with --data-root")
         if args.multi_query == GT_BBOX:
@@ -174,46 +196,131 @@ def check_outputs(args: argparse.Namespace) -> None:
         raise OutputPathError(f"two outputs would be written to the same file {repeated[0]}")
 
 
-def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
-    """Checkpoint mode: load the deployed network, embed the data root's query, gallery and
-    (with --multi-query) gt_bbox images; optionally save them as feature files (staged in
-    ``batch``, renamed into place with the other outputs)."""
-    from reid_srdl.config import DataConfig
-    from reid_srdl.data import build_data
-    from reid_srdl.models.model_file import load_model_file
-    from reid_srdl.engine.preflight import preflight_evaluation_data
+def load_checkpoint(args: argparse.Namespace):
+    """(deployed network on its device, device, data sets it was trained on, data set to
+    evaluate on, height, width)."""
+    from reid_srdl.config import SOURCE_SEPARATOR
     from reid_srdl.engine.trainer import resolve_device
-    from reid_srdl.evaluation.features import extract_features
-    from reid_srdl.evaluation.io import save_features
+    from reid_srdl.models.model_file import load_model_file
 
     model, meta = load_model_file(args.checkpoint)
     if meta.get("task", "reid") != "reid":
         raise EvaluationInputError(f"{args.checkpoint} is a {meta['task']} model; re-id evaluation needs a re-id model")
-    height = args.height or meta.get("height") or 256
-    width = args.width or meta.get("width") or 128
-    data = build_data(
-        DataConfig(name="market1501", root=args.data_root, synthetic=False, height=height, width=width,
-                   batch_size=args.batch_size, test_batch_size=args.batch_size, workers=args.workers)
-    )
+    trained_on = str(meta.get("data") or "market1501").split(SOURCE_SEPARATOR)
+    if args.dataset is None and len(trained_on) > 1:
+        raise EvaluationInputError(f"{args.checkpoint} was trained on {' + '.join(trained_on)}; name the data set to "
+                                   "evaluate on with --dataset")
+    dataset = args.dataset or trained_on[0]
+    if args.all_splits:
+        from reid_srdl.data.reid_sets import accepted_options
+
+        if "split_id" not in accepted_options(dataset):
+            raise EvaluationInputError(f"--all-splits: {dataset} has one fixed split; evaluate it without --all-splits")
+    if args.all_splits and dataset in trained_on:
+        raise EvaluationInputError(
+            f"--all-splits: {args.checkpoint} was trained on {dataset}, so the other splits' test identities are "
+            f"its training identities; train one run per split (data.split_id) and evaluate each with --split-id"
+        )
     device = resolve_device(args.device)
     model.to(device)
-    splits = {"query": data.query, "gallery": data.gallery}
+    height = args.height or meta.get("height") or 256
+    width = args.width or meta.get("width") or 128
+    return model, device, trained_on, dataset, height, width
+
+
+def _features(model, loader, device, args) -> np.ndarray:
+    from reid_srdl.evaluation.features import extract_features
+
+    return extract_features(model, loader, device, flip=args.flip, normalize=args.normalize, fast=args.fast,
+                            precision=args.precision)
+
+
+def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
+    """Checkpoint mode: load the deployed network, embed the query, gallery and (with
+    --multi-query) gt_bbox images of --dataset; optionally save them as feature files (staged
+    in ``batch``, renamed into place with the other outputs)."""
+    from reid_srdl.data import build_reid_target
+    from reid_srdl.engine.preflight import preflight_splits
+    from reid_srdl.evaluation.io import save_features
+
+    model, device, _trained_on, dataset, height, width = load_checkpoint(args)
+    target = build_reid_target(dataset, args.data_root, height, width, args.batch_size, args.workers,
+                               split_id=args.split_id, cuhk03_labeled=args.cuhk03_labeled,
+                               cuhk03_classic_split=args.cuhk03_classic_split)
+    splits = {"query": target.query, "gallery": target.gallery}
     if args.multi_query:
-        if data.multi_query is None:
-            raise EvaluationInputError(f"--multi-query: {args.data_root} has no gt_bbox folder with the queries' boxes")
-        splits["gt_bbox"] = data.multi_query
-    elif data.multi_query is not None:
-        data.multi_query = None  # not evaluated: not checked either
-    preflight_evaluation_data(data, before="feature extraction")  # every image header, one valid query
+        if target.multi_query is None:
+            raise EvaluationInputError(
+                f"--multi-query: {dataset} under {args.data_root} has no gt_bbox images of the queries' identities "
+                "(the multi-query protocol is Market-1501's: its gt_bbox/ folder)"
+            )
+        splits["gt_bbox"] = target.multi_query
+    # Every image header and at least one valid query, before any feature is extracted.
+    preflight_splits(target.query, target.gallery, splits.get("gt_bbox"), before="feature extraction")
     sets = {}
     for name, split in splits.items():
-        feats = extract_features(model, split.loader, device, flip=args.flip, normalize=args.normalize,
-                                 fast=args.fast, precision=args.precision)
-        sets[name] = FeatureSet(feats, split.pids, split.camids, np.asarray(split.paths))
+        sets[name] = FeatureSet(_features(model, split.loader, device, args), split.pids, split.camids,
+                                np.asarray(split.paths))
     if args.save_features:
         for path, fs in zip(feature_file_names(args), sets.values()):
             save_features(batch.path(path), fs.features, fs.pids, fs.camids, fs.paths)
     return EvalInputs(sets["query"], sets["gallery"], sets.get("gt_bbox"), "query", "gallery", "gt_bbox")
+
+
+def evaluate_all_splits(args: argparse.Namespace, rerank: Optional[tuple] = None):
+    """--all-splits: (mean result, [(split_id, result)], data set name) over every split torchreid's
+    split file holds; each image is embedded once, whichever splits it is in."""
+    from reid_srdl.data.build import reid_split
+    from reid_srdl.data.reid_sets import count_splits, read_reid_set
+    from reid_srdl.data.transforms import reid_test_transform
+
+    model, device, _trained_on, dataset, height, width = load_checkpoint(args)
+    options = dict(cuhk03_labeled=args.cuhk03_labeled, cuhk03_classic_split=args.cuhk03_classic_split)
+    num_splits = count_splits(dataset, args.data_root, **options)
+    lists = [read_reid_set(dataset, args.data_root, split_id=k, **options) for k in range(num_splits)]
+    paths = sorted({s[0] for split in lists for s in split.query + split.gallery})
+    images = reid_split([(p, 0, 0) for p in paths], reid_test_transform(height, width), args.batch_size, args.workers)
+    feats = _features(model, images.loader, device, args)
+    row = {p: i for i, p in enumerate(paths)}
+
+    def feature_set(samples) -> FeatureSet:
+        return FeatureSet(feats[[row[s[0]] for s in samples]], np.array([s[1] for s in samples], np.int64),
+                          np.array([s[2] for s in samples], np.int64), np.array([s[0] for s in samples]))
+
+    per_split = []
+    for k, split in enumerate(lists):
+        inputs = EvalInputs(feature_set(split.query), feature_set(split.gallery))
+        per_split.append((k, evaluate(inputs, inputs.query.features, args.max_rank, args.ap, rerank)))
+    return mean_result([r for _k, r in per_split]), per_split, dataset
+
+
+def mean_result(results: List[ReIDResult]) -> ReIDResult:
+    """The customary summary of a random-split protocol: each metric (and CMC rank) averaged
+    over the splits; the query counts are totals."""
+    return ReIDResult(
+        cmc=np.mean([r.cmc for r in results], axis=0),
+        mAP=float(np.mean([r.mAP for r in results])),
+        mINP=float(np.mean([r.mINP for r in results])),
+        num_queries=int(sum(r.num_queries for r in results)),
+        num_valid_queries=int(sum(r.num_valid_queries for r in results)),
+    )
+
+
+def write_split_outputs(args: argparse.Namespace, mean: ReIDResult, per_split, title: str) -> List[str]:
+    """--all-splits: JSON {"mean", "splits"} and the mean CMC curve, staged then renamed together."""
+    from reid_srdl.evaluation.plots import plot_cmc
+
+    written = []
+    with OutputBatch() as batch:
+        if args.json:
+            summary = {"mean": dict(mean.to_dict(), num_splits=len(per_split)),
+                       "splits": [dict(r.to_dict(), split_id=k) for k, r in per_split]}
+            write_json_atomic(batch.path(args.json), summary)
+            written.append(args.json)
+        if args.plot:
+            plot_cmc({title: mean.cmc}, batch.path(args.plot), title=f"CMC ({title})")
+            written.append(args.plot)
+    return written
 
 
 def check_inputs(inputs: EvalInputs, needs_paths: bool = False) -> None:
@@ -314,8 +421,36 @@ def write_outputs(
     return written
 
 
+def first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def main_all_splits(args: argparse.Namespace) -> int:
+    """--all-splits: each split's Rank-1/mAP, then the table of the mean."""
+    try:
+        check_outputs(args)
+        rerank = (args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None
+        result, per_split, dataset = evaluate_all_splits(args, rerank)
+        title = f"{dataset}, single-query, mean over {len(per_split)} splits"
+        if rerank:
+            title += f", re-ranked k1={rerank[0]} k2={rerank[1]} lambda={rerank[2]}"
+        written = write_split_outputs(args, result, per_split, title)
+    except (ReidSrdlError, OSError) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for k, r in per_split:
+        print(f"split {k:2d}: Rank-1 {100 * r.rank(1):6.2f}  mAP {100 * r.mAP:6.2f}")
+    print(format_results_table(result, title=f"{title} ({args.ap} AP)"))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.all_splits:
+        return main_all_splits(args)
     try:
         check_outputs(args)
         # One batch for every output (features, JSON, plots, pictures): all appear at the
@@ -333,8 +468,7 @@ def main(argv=None) -> int:
             if args.save_features:
                 written = feature_file_names(args) + written
     except (ReidSrdlError, OSError) as e:
-        lines = str(e).strip().splitlines()
-        print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(format_results_table(result, title=f"{title} ({args.ap} AP)"))
     if open_set is not None:

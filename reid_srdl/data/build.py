@@ -1,8 +1,11 @@
 """``build_data``: the ``data`` config section turned into explicit loader construction.
 
 The trainer only sees a :class:`DataBundle`: training loaders yielding
-``(images, labels, indices)`` and, for re-id, query/gallery/multi-query splits whose loaders
-yield ``(images, pids, camids, indices)`` in file order with the test transform.
+``(images, labels, indices)`` and, for re-id, one :class:`ReIDTarget` per evaluation data
+set whose query/gallery/multi-query loaders yield ``(images, pids, camids, indices)`` in list
+order with the test transform.  Re-id data sets are listed by torchreid's own classes
+(:mod:`reid_srdl.data.reid_sets`); several training sources are combined with per-source
+label and camera offsets (:mod:`reid_srdl.data.sources`).
 """
 import copy
 import os
@@ -14,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from reid_srdl.config import ConfigError, DataConfig
+from reid_srdl.config import SOURCE_SEPARATOR, ConfigError, DataConfig
 from reid_srdl.core.seeding import DATA_ORDER, TRAIN_SUBSET, derive_seed
 from reid_srdl.data.classification import (
     FASHION_MNIST_DEFAULT_ROOT,
@@ -25,12 +28,21 @@ from reid_srdl.data.classification import (
     load_tiny_imagenet,
 )
 from reid_srdl.data.indexed import ImageFileDataset, IndexedDataset, SeededSampler
-from reid_srdl.data.market1501 import read_market1501
+from reid_srdl.data.reid_sets import (
+    ReidSetLists,
+    accepted_options,
+    is_reid_dataset,
+    is_test_only,
+    is_train_only,
+    read_reid_set,
+    reid_dataset_names,
+)
 from reid_srdl.data.samplers import IdentitySampler
-from reid_srdl.data.synthetic import ensure_synthetic_market
+from reid_srdl.data.sources import combine_train_sets
+from reid_srdl.data.synthetic_reid import WRITERS as SYNTHETIC_WRITERS
+from reid_srdl.data.synthetic_reid import ensure_synthetic
 from reid_srdl.data.transforms import classification_transforms, reid_test_transform, reid_train_transform
 
-REID_DATASETS = ("market1501",)
 _CLASSIFICATION_LOADERS = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
@@ -50,6 +62,16 @@ class ReIDSplit:
 
 
 @dataclass
+class ReIDTarget:
+    """One evaluation data set: its query, gallery and (Market-1501 only) gt_bbox splits."""
+
+    name: str
+    query: ReIDSplit
+    gallery: ReIDSplit
+    multi_query: Optional[ReIDSplit] = None
+
+
+@dataclass
 class DataBundle:
     task: str  # "reid" | "classification"
     name: str  # data set name
@@ -62,6 +84,12 @@ class DataBundle:
     query: Optional[ReIDSplit] = None
     gallery: Optional[ReIDSplit] = None
     multi_query: Optional[ReIDSplit] = None  # gt_bbox images; None when absent
+    # Re-id: query/gallery/multi_query above are targets[0]'s; each target is evaluated apart.
+    sources: Tuple[str, ...] = ()
+    targets: Optional[List[ReIDTarget]] = None
+    # Re-id: each training sample's camera (offset per source) and source index.
+    train_camids: Optional[np.ndarray] = None
+    train_dsetids: Optional[np.ndarray] = None
 
 
 def default_root(name: str) -> str:
@@ -141,7 +169,7 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
     )
 
 
-def _reid_split(samples: Sequence[Tuple[str, int, int]], transform, batch_size: int, workers: int) -> ReIDSplit:
+def reid_split(samples: Sequence[Tuple[str, int, int]], transform, batch_size: int, workers: int) -> ReIDSplit:
     dataset = IndexedDataset(ImageFileDataset(samples, transform))
     return ReIDSplit(
         loader=_loader(dataset, batch_size, workers),
@@ -151,46 +179,111 @@ def _reid_split(samples: Sequence[Tuple[str, int, int]], transform, batch_size: 
     )
 
 
-def build_reid_data(root: str, synthetic: bool, synthetic_ids: int, synthetic_seed: int, height: int,
-                    width: int, batch_size: int, test_batch_size: int, workers: int, seed: int = 0,
-                    sampler: str = "random", num_instances: int = 4, random_erasing: float = 0.0) -> DataBundle:
-    """Market-1501 (real, or synthetic written under `root` when `synthetic` and absent).
-
-    ``sampler="identity"``: training batches of P = batch_size / num_instances identities x
-    num_instances images (:class:`IdentitySampler`); ``random_erasing``: its probability.
-    """
-    if synthetic:
-        ensure_synthetic_market(root, num_ids=synthetic_ids, seed=synthetic_seed)
-    lists = read_market1501(root)
-    # Our own Dataset over the very (path, pid, camid) lists that Market1501SRDL hands to
-    # torchreid, rather than torchreid's ImageDataManager loaders: those yield dicts, always
-    # drop the last batch, and torchreid's read_image retries forever on an unreadable file,
-    # where ours stops with the file's name.
-    train_samples = [(path, label) for path, label, _camid in lists.train]
-    train = IndexedDataset(ImageFileDataset(train_samples, reid_train_transform(height, width, random_erasing)))
-    identity_sampler = None
-    if sampler == "identity":
-        identity_sampler = IdentitySampler([label for _path, label in train_samples], batch_size, num_instances, seed)
-    train_eval = IndexedDataset(ImageFileDataset(train_samples, reid_test_transform(height, width)))
-    test_tf = reid_test_transform(height, width)
+def reid_target(lists: ReidSetLists, transform, batch_size: int, workers: int) -> ReIDTarget:
+    """The evaluation splits of one data set: query, gallery and (Market-1501) gt_bbox."""
     multi_query = None
     if lists.gt_bbox is not None:
         # Multi-query pools the gt_bbox boxes of a query's own (pid, camera); no other box
         # is ever used, so only those are kept (on real Market-1501 this skips ~half of them).
         wanted = {(pid, camid) for _path, pid, camid in lists.query}
         pooled = [s for s in lists.gt_bbox if (s[1], s[2]) in wanted]
-        multi_query = _reid_split(pooled, test_tf, test_batch_size, workers) if pooled else None
+        multi_query = reid_split(pooled, transform, batch_size, workers) if pooled else None
+    return ReIDTarget(
+        name=lists.name,
+        query=reid_split(lists.query, transform, batch_size, workers),
+        gallery=reid_split(lists.gallery, transform, batch_size, workers),
+        multi_query=multi_query,
+    )
+
+
+def build_reid_target(name: str, root: str, height: int, width: int, batch_size: int, workers: int,
+                      split_id: int = 0, cuhk03_labeled: bool = False,
+                      cuhk03_classic_split: bool = False) -> ReIDTarget:
+    """Query/gallery loaders of one re-id data set (e.g. to evaluate a finished run on it)."""
+    if not is_reid_dataset(name):
+        raise ConfigError(f"'{name}' is not a re-id data set; valid names: {', '.join(reid_dataset_names())}")
+    if is_train_only(name):
+        raise ConfigError(f"'{name}' is a training-only data set (no query/gallery split); evaluate on another")
+    lists = read_reid_set(name, root, split_id=split_id, cuhk03_labeled=cuhk03_labeled,
+                          cuhk03_classic_split=cuhk03_classic_split)
+    return reid_target(lists, reid_test_transform(height, width), batch_size, workers)
+
+
+def check_reid_choice(sources: Sequence[str], targets: Sequence[str], split_id: int, cuhk03_labeled: bool,
+                      cuhk03_classic_split: bool, sources_key: str = "data.sources") -> None:
+    """Names, roles (training-only / test-only sets) and per-set options, before any reading."""
+    valid = reid_dataset_names()
+    for key, names in ((sources_key, sources), ("data.targets", targets)):
+        for name in names:
+            if not is_reid_dataset(name):
+                raise ConfigError(f"{key}: '{name}' is not a re-id data set; valid names: {', '.join(valid)}")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{key} lists a data set twice: {', '.join(names)}")
+    for name in sources:
+        if is_test_only(name):
+            raise ConfigError(f"{sources_key}: '{name}' is a test-only data set (its training split is its own test "
+                              "images); give it in data.targets")
+    for name in targets:
+        if is_train_only(name):
+            raise ConfigError(f"data.targets: '{name}' is a training-only data set (no query/gallery split); "
+                              "give it in data.sources")
+    chosen = set(sources) | set(targets)
+    given = {"split_id": split_id != 0, "cuhk03_labeled": cuhk03_labeled, "cuhk03_classic_split": cuhk03_classic_split}
+    for option, is_set in given.items():
+        takers = [n for n in valid if option in accepted_options(n)]
+        if is_set and not chosen & set(takers):
+            raise ConfigError(f"data.{option} applies to {', '.join(takers)} only; none of them is in data.sources "
+                              f"or data.targets ({', '.join(sorted(chosen))})")
+    if split_id < 0:
+        raise ConfigError(f"data.split_id must be >= 0, got {split_id}")
+
+
+def build_reid_data(sources: Sequence[str], targets: Sequence[str], root: str, synthetic: bool, synthetic_ids: int,
+                    synthetic_seed: int, height: int, width: int, batch_size: int, test_batch_size: int,
+                    workers: int, seed: int = 0, split_id: int = 0, cuhk03_labeled: bool = False,
+                    cuhk03_classic_split: bool = False, sampler: str = "random", num_instances: int = 4,
+                    random_erasing: float = 0.0) -> DataBundle:
+    """Training on ``sources`` (labels and cameras offset per source), evaluation on each of
+    ``targets``.  With `synthetic`, a data set that has a synthetic writer and no folder under
+    `root` is written first.  ``sampler="identity"``: training batches of P = batch_size /
+    num_instances identities x num_instances images (:class:`IdentitySampler`);
+    ``random_erasing``: its probability."""
+    names = list(dict.fromkeys([*sources, *targets]))
+    if synthetic:
+        for name in names:
+            if name in SYNTHETIC_WRITERS:
+                ensure_synthetic(name, root, num_ids=synthetic_ids, seed=synthetic_seed)
+    options = dict(split_id=split_id, cuhk03_labeled=cuhk03_labeled, cuhk03_classic_split=cuhk03_classic_split)
+    lists = {name: read_reid_set(name, root, **options) for name in names}
+    combined = combine_train_sets([(name, lists[name].train) for name in sources])
+    # Our own Dataset over the very (path, pid, camid) lists torchreid's classes give (for
+    # Market-1501: the lists Market1501SRDL hands to torchreid), rather than torchreid's
+    # ImageDataManager loaders: those yield dicts, always drop the last batch, and torchreid's
+    # read_image retries forever on an unreadable file, where ours stops with the file's name.
+    train_samples = [(path, label) for path, label, _camid, _dsetid in combined.samples]
+    train = IndexedDataset(ImageFileDataset(train_samples, reid_train_transform(height, width, random_erasing)))
+    identity_sampler = None
+    if sampler == "identity":
+        identity_sampler = IdentitySampler([label for _path, label in train_samples], batch_size, num_instances, seed)
+    train_eval = IndexedDataset(ImageFileDataset(train_samples, reid_test_transform(height, width)))
+    test_tf = reid_test_transform(height, width)
+    evaluated = [reid_target(lists[name], test_tf, test_batch_size, workers) for name in targets]
+    first = evaluated[0]
     return DataBundle(
         task="reid",
-        name="market1501",
-        num_classes=lists.num_train_pids,
+        name=SOURCE_SEPARATOR.join(sources),
+        num_classes=combined.num_pids,
         in_channels=3,
         num_train=len(train),
         train_loader=_loader(train, batch_size, workers, train=True, seed=seed, sampler=identity_sampler),
         train_eval_loader=_loader(train_eval, test_batch_size, workers),
-        query=_reid_split(lists.query, test_tf, test_batch_size, workers),
-        gallery=_reid_split(lists.gallery, test_tf, test_batch_size, workers),
-        multi_query=multi_query,
+        query=first.query,
+        gallery=first.gallery,
+        multi_query=first.multi_query,
+        sources=tuple(sources),
+        targets=evaluated,
+        train_camids=np.array([s[2] for s in combined.samples], dtype=np.int64),
+        train_dsetids=np.array([s[3] for s in combined.samples], dtype=np.int64),
     )
 
 
@@ -239,18 +332,24 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     """Translate the ``data`` config section into loaders; `seed` (the run's) fixes
     ``train_subset`` and, with the epoch, the training order and augmentations."""
     name = cfg.name
-    if name not in REID_DATASETS and name not in _CLASSIFICATION_LOADERS:
+    reid = bool(cfg.sources or cfg.targets) or is_reid_dataset(name)
+    if not reid and name not in _CLASSIFICATION_LOADERS:
         raise ConfigError(
-            f"data.name='{name}' is not one of: {', '.join(REID_DATASETS + tuple(_CLASSIFICATION_LOADERS))}"
+            f"data.name='{name}' is not one of: {', '.join(reid_dataset_names() + list(_CLASSIFICATION_LOADERS))}"
         )
+    if cfg.sources and name not in (DataConfig().name, *cfg.sources):
+        raise ConfigError(f"data.name='{name}' and data.sources={list(cfg.sources)} disagree; give only data.sources")
     if cfg.batch_size < 1 or cfg.test_batch_size < 1:
         raise ConfigError("data.batch_size and data.test_batch_size must be >= 1")
     if cfg.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {cfg.workers}")
     if cfg.train_subset < 0:
         raise ConfigError(f"data.train_subset must be >= 0 (0 = all), got {cfg.train_subset}")
-    root = cfg.root or default_root(name)
-    if name in REID_DATASETS:
+    sources, targets = cfg.source_names, cfg.target_names
+    root = cfg.root or default_root(sources[0])
+    if reid:
+        check_reid_choice(sources, targets, cfg.split_id, cfg.cuhk03_labeled, cfg.cuhk03_classic_split,
+                          "data.sources" if cfg.sources else "data.name")
         if cfg.train_subset:
             raise ConfigError(
                 "data.train_subset is for classification only: a re-id training subset would "
@@ -258,9 +357,12 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
             )
         if cfg.height < 1 or cfg.width < 1:
             raise ConfigError(f"data.height and data.width must be >= 1, got {cfg.height}x{cfg.width}")
-        return build_reid_data(root, cfg.synthetic, cfg.synthetic_ids, cfg.synthetic_seed, cfg.height,
-                               cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers, seed,
+        return build_reid_data(sources, targets, root, cfg.synthetic, cfg.synthetic_ids, cfg.synthetic_seed,
+                               cfg.height, cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers, seed,
+                               cfg.split_id, cfg.cuhk03_labeled, cfg.cuhk03_classic_split,
                                sampler=cfg.sampler, num_instances=cfg.num_instances, random_erasing=cfg.random_erasing)
+    if cfg.split_id or cfg.cuhk03_labeled or cfg.cuhk03_classic_split:
+        raise ConfigError("data.split_id and data.cuhk03_* apply to re-id data sets only")
     if cfg.sampler != "random" or cfg.random_erasing:
         raise ConfigError(
             f"data.sampler=identity and data.random_erasing are for re-id training sets; data.name='{name}' "

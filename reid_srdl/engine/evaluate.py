@@ -3,12 +3,15 @@
 Re-id: features of query, gallery and (multi-query) gt_bbox images -> CMC / mAP / mINP
 under the single- and multi-query protocols, CMC curve PNG, and the open-set thresholds at
 FAR 1/5/10% with TAR and DIR (``"open_set"``, from the single-query features; distribution
-PNG).  Classification: top-1/top-5.
+PNG); with several evaluation data sets (``data.targets``), each one apart and the mean over
+them.  Classification: top-1/top-5.
 """
+import dataclasses
 import logging
 import os
-from typing import Dict
+from typing import Dict, List
 
+from reid_srdl.config import SOURCE_SEPARATOR
 from reid_srdl.evaluation.classification import evaluate_classifier
 from reid_srdl.evaluation.features import extract_features
 from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery, evaluate_reid, pool_multi_query
@@ -81,6 +84,45 @@ def _open_set(q, g, ids, plot_path, tag):
     return result.to_dict()
 
 
+# --------------------------------------------------------------------------- per target
+MEAN_TARGET = "mean"  # the protocol prefix of the mean over several evaluation targets
+_MEAN_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def evaluate_targets(model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True,
+                     extract=None) -> Dict[str, dict]:
+    """:func:`evaluate_model` on each of ``data.targets`` (cross-domain evaluation).
+
+    One target (or a bundle without targets): exactly :func:`evaluate_model`'s results.
+    Several: the protocols of target T are reported as ``"T/single_query"``, ... (CMC plot
+    ``cmc_<tag>_<T>.png``), followed by ``"mean/<protocol>"``, the unweighted mean over the
+    targets of each metric, for every protocol all targets have.
+    """
+    targets = data.targets or []
+    if data.task != "reid" or len(targets) <= 1:
+        return evaluate_model(model, data, device, eval_cfg, out_dir, tag, progress=progress, extract=extract)
+    per_target: Dict[str, Dict[str, dict]] = {}
+    for target in targets:
+        view = dataclasses.replace(data, query=target.query, gallery=target.gallery, multi_query=target.multi_query)
+        per_target[target.name] = evaluate_model(model, view, device, eval_cfg, out_dir, f"{tag}_{target.name}",
+                                                 progress=progress, extract=extract)
+    results = {f"{name}/{protocol}": values for name, res in per_target.items() for protocol, values in res.items()}
+    results.update({f"{MEAN_TARGET}/{protocol}": values for protocol, values in mean_over_targets(per_target).items()})
+    return results
+
+
+def mean_over_targets(per_target: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
+    """{protocol: {metric: mean over targets}} for the protocols every target has."""
+    results = list(per_target.values())
+    shared: List[str] = [p for p in results[0] if all(p in r for r in results[1:])]
+    out = {}
+    for protocol in shared:
+        keys = [k for k in _MEAN_KEYS if all(k in r[protocol] for r in results)]
+        out[protocol] = {k: float(sum(r[protocol][k] for r in results) / len(results)) for k in keys}
+        out[protocol]["num_targets"] = len(results)
+    return out
+
+
 def _reranked(q, g, ids, eval_cfg):
     """k-reciprocal re-ranking of ``q`` against ``g``, scored under the same protocol."""
     from reid_srdl.evaluation.rerank import k_reciprocal_distances
@@ -102,8 +144,10 @@ def results_table(summary: dict) -> str:
     header = ["network", "protocol"] + [name for _, name in columns]
     widths = [max(len(str(r[i])) for r in rows + [header]) + 2 for i in range(len(header))]
     line = lambda cells: "".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    targets = summary.get("targets") or []
+    tested = f" -> {', '.join(targets)}" if targets and list(targets) != summary["data"].split(SOURCE_SEPARATOR) else ""
     title = (
-        f"{summary['method']} | {summary['model']} on {summary['data']} | {summary['epochs']} epochs | "
+        f"{summary['method']} | {summary['model']} on {summary['data']}{tested} | {summary['epochs']} epochs | "
         f"train {summary['train_seconds']:.0f}s, {summary['train_flops'] / 1e12:.3f} TFLOPs"
     )
     notes = diagnostics_lines(summary.get("diagnostics", {}))

@@ -53,9 +53,27 @@ def check_images(paths: Iterable[str], split: str, before: str = "training") -> 
     return n
 
 
+def preflight_splits(query, gallery, multi_query=None, before: str = "training", name: str = "") -> int:
+    """Check one evaluation set (its query, gallery and optional gt_bbox splits): every image
+    header decodes and at least one query has a true match; returns the images checked."""
+    where = f" of {name}" if name else ""
+    checked = 0
+    for split_name, split in (("query", query), ("gallery", gallery), ("gt_bbox", multi_query)):
+        if split is not None:
+            checked += check_images(split.paths, split_name + where, before)
+    if count_valid_queries(query.pids, query.camids, gallery.pids, gallery.camids) == 0:
+        raise PreflightError(
+            f"no valid query{where}: none of the {len(query.pids)} query images has a true match in the gallery "
+            f"(same pid, another camera; {len(gallery.pids)} gallery images), so no evaluation can give a result; "
+            f"found before {before}: check the query/ and bounding_box_test/ folders"
+        )
+    return checked
+
+
 def preflight_evaluation_data(data, before: str = "training") -> Dict[str, float]:
-    """Check a :class:`reid_srdl.data.build.DataBundle`'s evaluation splits (re-id only);
-    ``before`` names the expensive step it protects, in messages.
+    """Check every evaluation set of a :class:`reid_srdl.data.build.DataBundle` (re-id only:
+    each of ``data.targets``, or its query/gallery); ``before`` names the expensive step it
+    protects, in messages.
 
     Returns ``{"images": checked, "seconds": time taken}``; raises a one-line
     :class:`ImageReadError` or :class:`PreflightError` on the first problem.
@@ -63,16 +81,10 @@ def preflight_evaluation_data(data, before: str = "training") -> Dict[str, float
     start = time.perf_counter()
     if data.task != "reid":
         return {"images": 0, "seconds": 0.0}
-    checked = 0
-    splits = (("query", data.query), ("gallery", data.gallery), ("gt_bbox", data.multi_query))
-    for name, split in splits:
-        if split is not None:
-            checked += check_images(split.paths, name, before)
-    q, g = data.query, data.gallery
-    if count_valid_queries(q.pids, q.camids, g.pids, g.camids) == 0:
-        raise PreflightError(
-            f"no valid query: none of the {len(q.pids)} query images has a true match in the gallery "
-            f"(same pid, another camera; {len(g.pids)} gallery images), so no evaluation can give a result; "
-            f"found before {before}: check the query/ and bounding_box_test/ folders"
-        )
+    targets = getattr(data, "targets", None) or [data]
+    several = len(targets) > 1
+    checked = sum(
+        preflight_splits(t.query, t.gallery, t.multi_query, before, getattr(t, "name", "") if several else "")
+        for t in targets
+    )
     return {"images": checked, "seconds": time.perf_counter() - start}

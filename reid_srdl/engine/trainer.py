@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reid_srdl.config import Config, ConfigError, flat_dict, save_config, to_dict
+from reid_srdl.config import Config, ConfigError, flat_dict, matches_saved, save_config, to_dict
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
@@ -76,7 +76,7 @@ def run_dir_for(cfg: Config) -> str:
     """The run folder a new run asks for: ``train.run_name``, or a timestamped name (which
     :func:`claim_run_dir` makes unique)."""
     name = cfg.train.run_name or "{}_{}_{}_{}".format(
-        cfg.data.name, cfg.model.name, cfg.method.name, time.strftime("%Y%m%d-%H%M%S")
+        cfg.data.label, cfg.model.name, cfg.method.name, time.strftime("%Y%m%d-%H%M%S")
     )
     return os.path.join(cfg.train.output_dir, name)
 
@@ -202,7 +202,7 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         saved = state.get("config")
-        if saved is not None and saved != to_dict(self.cfg):
+        if saved is not None and not matches_saved(self.cfg, saved):
             diffs = config_differences(saved, to_dict(self.cfg))
             shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} keys in all)" if len(diffs) > 5 else "")
             raise ckpt.CheckpointError(
@@ -382,7 +382,7 @@ class Trainer:
         return int(sum(f * s.epochs * self.data.num_train for f, s in zip(self.stage_flops, self.stages)))
 
     def finish(self, logger: RunLogger) -> dict:
-        from reid_srdl.engine.evaluate import evaluate_model, print_results_table
+        from reid_srdl.engine.evaluate import evaluate_targets, print_results_table
 
         cfg = self.cfg
         main = self.dist.is_main
@@ -393,7 +393,7 @@ class Trainer:
                 deployed,
                 os.path.join(self.run_dir, ckpt.FINAL_FILE),
                 task=self.data.task,
-                data=cfg.data.name,
+                data=cfg.data.label,
                 method=cfg.method.name,
                 height=cfg.data.height,
                 width=cfg.data.width,
@@ -404,7 +404,7 @@ class Trainer:
         extract = sharded_feature_extractor() if self.dist.enabled else None
         results = {}
         for name, model in models.items():
-            results[name] = evaluate_model(
+            results[name] = evaluate_targets(
                 model, self.data, self.device, eval_cfg, out_dir=self.run_dir, tag=name,
                 progress=cfg.train.progress and main, extract=extract,
             )
@@ -413,7 +413,7 @@ class Trainer:
         diagnostics = self.method.diagnostics(read_epoch_records(self.run_dir))
         summary = {
             "task": self.data.task,
-            "data": cfg.data.name,
+            "data": cfg.data.label,
             "model": cfg.model.name,
             "method": cfg.method.name,
             "epochs": cfg.train.epochs,
@@ -427,6 +427,8 @@ class Trainer:
         }
         if diagnostics:
             summary["diagnostics"] = diagnostics
+        if self.data.targets:  # re-id: the evaluation data set(s), one per results prefix when several
+            summary["targets"] = [t.name for t in self.data.targets]
         write_bytes_atomic(os.path.join(self.run_dir, "metrics.json"), json.dumps(summary, indent=2).encode("utf-8"))
         flat = {}
         for name, res in results.items():
