@@ -336,6 +336,15 @@ def flat_dict(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def completed_saved(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A config dict saved with a run, with the keys added to the schema since at their
+    defaults (the dict as it is when it no longer fits the schema)."""
+    try:
+        return to_dict(_build(Config, saved))
+    except (ConfigError, TypeError):
+        return saved
+
+
 def matches_saved(cfg: Config, saved: Dict[str, Any]) -> bool:
     """Whether a config dict saved with a run (``to_dict`` of its config) describes ``cfg``.
 

@@ -73,7 +73,7 @@ def test_classification_srdl_then_kd_from_it(tiny_fashion_root, tmp_path, capsys
     "args, message",
     [
         (["model.name=resnet5"], "unknown model 'resnet5'; valid models: densenet121"),
-        (["method.name=magic"], "method.name='magic' is not one of: vanilla, kd, srdl, one, byot, frskd"),
+        (["method.name=magic"], "method.name='magic' is not one of: byot, frskd, kd, one, srdl, vanilla"),
         (["optim.lr=fast"], "key 'optim.lr' expects float"),
         (["train.epoch=3"], "unknown key 'train.epoch'; valid keys in 'train': epochs"),
         (["--resume", "."], "is not a run directory"),

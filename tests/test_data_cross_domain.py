@@ -103,7 +103,7 @@ def test_train_on_duke_as_a_user_would(duke_run, tiny_reid_root):
     assert metrics["data"] == "dukemtmcreid" and metrics["targets"] == ["dukemtmcreid"]
     assert metrics["num_classes"] == DUKE_COUNTS["train"][1] and metrics["num_train"] == DUKE_COUNTS["train"][0]
     deployed = metrics["results"]["deployed"]
-    assert set(deployed) == {"single_query"}  # no gt_bbox outside Market-1501
+    assert set(deployed) == {"single_query", "open_set"}  # no gt_bbox outside Market-1501
     assert deployed["single_query"]["num_queries"] == DUKE_COUNTS["query"][0]
     # The deployed network's numbers are torchreid's evaluate_rank on the same data.
     model, meta = load_model_file(str(run))
@@ -120,8 +120,8 @@ def test_targets_reported_apart_with_their_mean(cross_domain_run, tiny_reid_root
     metrics = _metrics(run)
     assert metrics["data"] == "market1501" and metrics["targets"] == ["market1501", "dukemtmcreid"]
     res = metrics["results"]["deployed"]
-    assert list(res) == ["market1501/single_query", "market1501/multi_query", "dukemtmcreid/single_query",
-                         "mean/single_query"]
+    assert list(res) == ["market1501/single_query", "market1501/multi_query", "market1501/open_set",
+                         "dukemtmcreid/single_query", "dukemtmcreid/open_set", "mean/single_query"]
     assert res["dukemtmcreid/single_query"]["num_queries"] == DUKE_COUNTS["query"][0]
     for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
         expected = (res["market1501/single_query"][key] + res["dukemtmcreid/single_query"][key]) / 2
@@ -136,6 +136,8 @@ def test_targets_reported_apart_with_their_mean(cross_domain_run, tiny_reid_root
     for row in ("market1501/single query", "market1501/multi query", "dukemtmcreid/single query", "mean/single query"):
         assert row in proc.stdout
     assert {p.name for p in run.glob("cmc_*.png")} == {"cmc_deployed_market1501.png", "cmc_deployed_dukemtmcreid.png"}
+    assert {p.name for p in run.glob("open_set_*.png")} == {"open_set_deployed_market1501.png",
+                                                            "open_set_deployed_dukemtmcreid.png"}
     # TensorBoard: the same values under eval/deployed/<target>/<protocol>/<metric>.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -81,7 +81,7 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys, w
     ("optim.momentum=1.5", "optim.momentum must be in 0..1, got 1.5"),
     ("optim.gamma=0", "optim.gamma must be > 0, got 0.0"),
     ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
-    ("model.feature_dim=0", "model.feature_dim must be >= 1, got 0"),
+    ("model.feature_dim=-1", "model.feature_dim must be >= 0, got -1 (0 = no feature layer)"),
     ("train.seed=-1", "train.seed must be >= 0, got -1"),
     ("data.synthetic_seed=-2", "data.synthetic_seed must be >= 0, got -2"),
     ("eval.max_rank=0", "eval.max_rank must be >= 1, got 0"),
@@ -101,10 +101,10 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert "train.device='cuda' but no CUDA device is available" in line
 
 
-@pytest.mark.parametrize("text", ["5e-4", "1e30", "2E-4", "-3.5e+2", "1_000.5", ".5", "7", "1e-07"])
+@pytest.mark.parametrize("text", ["5e-4", "1e30", "2E-4", "+3.5e+2", "1_000.5", ".5", "7", "1e-07"])
 def test_floats_are_read_as_python_reads_them(tmp_path, text):
     expected = float(text)  # the oracle: Python's own float()
-    # method.byot.hint_weight: a float key with no range of its own in the config.
+    # method.byot.hint_weight: a float key (range >= 0).
     from_override = load_config(None, [f"method.byot.hint_weight={text}"]).method.byot.hint_weight
     path = tmp_path / "c.yaml"
     path.write_text(f"method:\n  byot:\n    hint_weight: {text}\n")

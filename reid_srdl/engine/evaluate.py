@@ -118,6 +118,8 @@ def mean_over_targets(per_target: Dict[str, Dict[str, dict]]) -> Dict[str, dict]
     out = {}
     for protocol in shared:
         keys = [k for k in _MEAN_KEYS if all(k in r[protocol] for r in results)]
+        if not keys:  # not a ranking protocol (e.g. the open-set thresholds): no mean
+            continue
         out[protocol] = {k: float(sum(r[protocol][k] for r in results) / len(results)) for k in keys}
         out[protocol]["num_targets"] = len(results)
     return out

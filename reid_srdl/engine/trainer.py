@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reid_srdl.config import Config, ConfigError, flat_dict, matches_saved, save_config, to_dict
+from reid_srdl.config import Config, ConfigError, completed_saved, flat_dict, matches_saved, save_config, to_dict
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
@@ -203,7 +203,7 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         saved = state.get("config")
         if saved is not None and not matches_saved(self.cfg, saved):
-            diffs = config_differences(saved, to_dict(self.cfg))
+            diffs = config_differences(completed_saved(saved), to_dict(self.cfg))
             shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} keys in all)" if len(diffs) > 5 else "")
             raise ckpt.CheckpointError(
                 f"cannot resume {self.run_dir}: its {ckpt.CONFIG_FILE} differs from the config the training state "
