@@ -21,6 +21,7 @@ import yaml
 
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
+from reid_srdl.core.precision import PRECISIONS
 from reid_srdl.core.registry import METHODS
 
 
@@ -189,9 +190,13 @@ class TrainConfig:
     device: str = "auto"
     # Stop each epoch after this many batches (0 = whole epoch); for smoke tests.
     max_batches: int = 0
+    # auto: bf16 autocast + channels-last where the hardware runs bf16 natively (a CPU with
+    # AVX512-BF16 or AMX, a CUDA GPU with bf16), fp16 + GradScaler on a CUDA GPU without
+    # bf16, fp32 elsewhere; fp32 is exact and bit-reproducible | bf16 | fp16 (CUDA only).
+    # The precision actually used is recorded in metrics.json.
+    precision: str = "auto"
+    # Channels-last memory layout (also switched on by precision=auto when it picks bf16).
     channels_last: bool = False
-    # Mixed precision: bf16 autocast on CPU, fp16 AMP on CUDA.
-    amp: bool = False
     progress: bool = True
     tensorboard: bool = True
     # torchrun: seconds a rank waits at the rendezvous or any collective before the run
@@ -456,7 +461,8 @@ _CHOICES = {
     ("optim", "schedule"): ("step", "cosine"),
     ("eval", "pool"): ("mean", "max"),
     ("eval", "ap"): ("torchreid", "official"),
-    ("eval", "precision"): ("fp32", "bf16", "fp16", "auto"),
+    ("eval", "precision"): PRECISIONS,
+    ("train", "precision"): PRECISIONS,
 }
 
 

@@ -71,7 +71,7 @@ def tiny_trainer_config(root, out, *method_overrides):
             f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32",
             "data.batch_size=8", "data.test_batch_size=32", "data.workers=0",
             "model.name=small_reid", "model.feature_dim=32",
-            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
+            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.precision=fp32", "train.tensorboard=false",
             f"train.output_dir={out}", "train.run_name=run", "eval.plot=false", "eval.multi_query=false",
             *method_overrides,  # last, so that they may also replace the settings above
         ],

@@ -14,7 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import train as train_cli  # noqa: E402
 
-QUIET = ["train.progress=false", "train.tensorboard=false", "data.workers=0"]
+QUIET = ["train.progress=false", "train.precision=fp32", "train.tensorboard=false", "data.workers=0"]
 
 
 def reid_args(root, out, name):

@@ -30,7 +30,7 @@ from reid_srdl.evaluation.features import extract_features
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN, EVAL = os.path.join(REPO, "tools", "train.py"), os.path.join(REPO, "tools", "eval_reid.py")
 TINY = ["data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8", "data.workers=0",
-        "model.feature_dim=32", "train.epochs=2", "train.max_batches=2", "train.progress=false"]
+        "model.feature_dim=32", "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.precision=fp32"]
 
 
 sys.path.insert(0, os.path.join(REPO, "tools"))

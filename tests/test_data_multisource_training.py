@@ -33,7 +33,7 @@ def multi_cfg(root, out, *extra):
     return load_config(None, [
         f"data.root={root}", "data.synthetic=false", SOURCES, "data.height=64", "data.width=32", "data.batch_size=8",
         "data.test_batch_size=32", "data.workers=0", "model.name=small_reid", "model.feature_dim=32",
-        "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
+        "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.precision=fp32", "train.tensorboard=false",
         f"train.output_dir={out}", "train.run_name=run", "eval.plot=false", *extra,
     ])
 
@@ -143,19 +143,19 @@ def test_a_run_saved_before_the_new_data_keys_still_resumes(tiny_reid_root, tmp_
     cfg = load_config(None, [
         f"data.root={tiny_reid_root}", "data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8",
         "data.workers=0", "model.feature_dim=32", "method.name=vanilla", "train.epochs=2", "train.max_batches=1",
-        "train.progress=false", "train.tensorboard=false", f"train.output_dir={tmp_path}", "train.run_name=run",
+        "train.progress=false", "train.precision=fp32", "train.tensorboard=false", f"train.output_dir={tmp_path}", "train.run_name=run",
         "eval.plot=false",
     ])
     run_dir = _run_dir(cfg)
     trainer = Trainer(cfg, run_dir)
     trainer.optimizer = None
-    trainer._save(0)
+    trainer.loop.save(0)
     path = os.path.join(run_dir, ckpt.LAST_FILE)
     state = torch.load(path, weights_only=True)
     for key in ("sources", "targets", "split_id", "cuhk03_labeled", "cuhk03_classic_split"):
         del state["config"]["data"][key]
     ckpt.atomic_save(state, path)
-    assert Trainer(cfg, run_dir, resume=True).start_epoch == 0
+    assert Trainer(cfg, run_dir, resume=True).run.state.start_epoch == 0
     state["config"]["data"]["batch_size"] = 16  # a real difference is still refused
     ckpt.atomic_save(state, path)
     with pytest.raises(ckpt.CheckpointError, match=r"differs from the config the training state was written with \(saved -> now\): data.batch_size: 16 -> 8; restore"):

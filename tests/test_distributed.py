@@ -121,7 +121,7 @@ def _torchrun(nproc, root, out, *extra, timeout=240):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
            TRAIN, f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32",
            "data.batch_size=8", "data.test_batch_size=32", "data.workers=0", "model.feature_dim=32",
-           "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.tensorboard=false",
+           "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.precision=fp32", "train.tensorboard=false",
            f"train.output_dir={out}", "train.run_name=run", "eval.plot=false", "train.device=cpu", *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 

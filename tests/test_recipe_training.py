@@ -10,13 +10,14 @@ import torch
 from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.engine.trainer import Trainer
+from reid_srdl.engine.loop import TrainingLoop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import train as train_cli  # noqa: E402
 
 TINY = ["data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8", "data.test_batch_size=32",
-        "data.workers=0", "model.name=small_reid", "train.max_batches=2", "train.progress=false",
+        "data.workers=0", "model.name=small_reid", "train.max_batches=2", "train.progress=false", "train.precision=fp32",
         "train.tensorboard=false", "eval.plot=false", "eval.multi_query=false"]
 # The BoT YAMLs, shrunk to the tiny set: small_reid without weights, a 1-epoch warm-up.
 BOT_TINY = ["model.weights=", "optim.warmup_epochs=1", "data.num_instances=4"]
@@ -88,21 +89,21 @@ def test_bot_srdl_resumes_bit_exactly(tiny_market_root, tmp_path, monkeypatch):
     reference = Trainer(_bot_srdl_config(tiny_market_root, tmp_path / "a"), os.path.join(tmp_path, "a", "run"))
     reference.fit()
     # Each 2-epoch stage: its own schedule (milestones 0.5 and 0.75 both fall on its 2nd epoch).
-    assert reference.lrs == pytest.approx([3.5e-4, 3.5e-6, 3.5e-4, 3.5e-6])
+    assert reference.run.lrs == pytest.approx([3.5e-4, 3.5e-6, 3.5e-4, 3.5e-6])
 
     cfg = _bot_srdl_config(tiny_market_root, tmp_path / "b")
     run_dir = os.path.join(tmp_path, "b", "run")
-    original = Trainer.train_epoch
+    original = TrainingLoop.train_epoch
 
     def train_epoch(self, epoch):
         if epoch == 3:  # inside stage 2, after the logit bank and the restart
             raise Interrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    monkeypatch.setattr(TrainingLoop, "train_epoch", train_epoch)
     with pytest.raises(Interrupt):
         Trainer(cfg, run_dir).fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    monkeypatch.setattr(TrainingLoop, "train_epoch", original)
     assert ckpt.load_train_state(run_dir)["optimizer"]["state"]  # Adam's moments were saved
     resumed = Trainer(cfg, run_dir, resume=True)
     resumed.fit()

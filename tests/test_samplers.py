@@ -190,7 +190,7 @@ def test_too_few_identities_is_one_line_from_the_cli(tiny_market_root, tmp_path,
 
     args = [f"data.root={tiny_market_root}", "data.synthetic=false", "data.height=32", "data.width=16",
             "data.batch_size=16", "data.sampler=identity", "data.num_instances=2", "data.workers=0",
-            "train.progress=false", f"train.output_dir={tmp_path}", "train.run_name=few"]
+            "train.progress=false", "train.precision=fp32", f"train.output_dir={tmp_path}", "train.run_name=few"]
     assert train_cli.main(args) == 2
     err = capsys.readouterr().err
     assert "data.num_instances = 8 identities per batch, but the training set has only 4" in err

@@ -10,6 +10,7 @@ from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.trainer import Trainer, TrainingDivergedError
+from reid_srdl.engine.loop import TrainingLoop
 
 
 def tiny_cfg(root, out, *extra):
@@ -27,7 +28,7 @@ def tiny_cfg(root, out, *extra):
             "model.feature_dim=32",
             "train.epochs=4",
             "train.max_batches=3",
-            "train.progress=false",
+            "train.progress=false", "train.precision=fp32",
             "train.tensorboard=false",
             f"train.output_dir={out}",
             "train.run_name=run",
@@ -48,21 +49,21 @@ class Interrupt(Exception):
 def interrupted_then_resumed(cfg, stop_after_epochs, monkeypatch):
     """Train, 'kill' the run after `stop_after_epochs` complete epochs, resume it to the end."""
     run_dir = run_dir_of(cfg)
-    original = Trainer.train_epoch
+    original = TrainingLoop.train_epoch
 
     def train_epoch(self, epoch):
         if epoch == stop_after_epochs:
             raise Interrupt
         return original(self, epoch)
 
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    monkeypatch.setattr(TrainingLoop, "train_epoch", train_epoch)
     with pytest.raises(Interrupt):
         Trainer(cfg, run_dir).fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    monkeypatch.setattr(TrainingLoop, "train_epoch", original)
     state = ckpt.load_train_state(run_dir)
     assert state["epoch"] == stop_after_epochs
     trainer = Trainer(cfg, run_dir, resume=True)
-    assert trainer.start_epoch == stop_after_epochs
+    assert trainer.run.state.start_epoch == stop_after_epochs
     trainer.fit()
     return trainer
 

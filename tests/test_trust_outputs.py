@@ -47,7 +47,7 @@ _SYNCED_START = """
 import sys, time
 sys.path.insert(0, {tools!r})
 import train
-from reid_srdl.engine import trainer
+from reid_srdl.engine import assembly, trainer
 
 class SameSecond:
     def __getattr__(self, name):
@@ -62,7 +62,7 @@ def synced_claim(cfg):
     time.sleep(max(0.0, start_at - time.time()))
     return claim(cfg)
 
-trainer.time, trainer.claim_run_dir = SameSecond(), synced_claim
+assembly.time, trainer.claim_run_dir = SameSecond(), synced_claim
 sys.exit(train.main(sys.argv[2:]))
 """
 

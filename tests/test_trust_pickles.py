@@ -30,6 +30,7 @@ from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.trainer import Trainer
+from reid_srdl.engine.loop import TrainingLoop
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.evaluation.io import save_features
 from reid_srdl.core.torch_files import UnsafeFileError
@@ -54,19 +55,19 @@ def srdl_in_stage2(tiny_market_root, tmp_path_factory):
     args = reid_train_args(tiny_market_root, out, "method.name=srdl", "train.run_name=run", "train.max_batches=1")
     cfg = load_config(None, args)
     trainer = Trainer(cfg, os.path.join(str(out), "run"))
-    original = Trainer.train_epoch
+    original = TrainingLoop.train_epoch
 
     def train_epoch(self, epoch):
         if epoch == 1:
             raise StopAtStage2
         return original(self, epoch)
 
-    Trainer.train_epoch = train_epoch
+    TrainingLoop.train_epoch = train_epoch
     try:
         with pytest.raises(StopAtStage2):
             trainer.fit()
     finally:
-        Trainer.train_epoch = original
+        TrainingLoop.train_epoch = original
     return os.path.join(str(out), "run")
 
 

@@ -15,7 +15,7 @@ if TOOLS not in sys.path:
 
 CONVERT_COMMAND = "python tools/convert_checkpoint.py"
 TRUST_FLAG = "--i-trust-this-file"
-QUIET = ["train.progress=false", "train.tensorboard=false", "eval.plot=false"]
+QUIET = ["train.progress=false", "train.precision=fp32", "train.tensorboard=false", "eval.plot=false"]
 
 
 class MarkerPayload:

@@ -21,6 +21,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.files import check_output_file  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 from reid_srdl.core.torch_files import TRUST_FLAG, UnsafeFileError, convert_to_plain, load_torch_file  # noqa: E402
@@ -87,6 +88,7 @@ def convert(source: str, target: str, trusted: bool) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     try:
         print(convert(args.source, args.target, args.trusted))
     except ReidSrdlError as e:

@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.files import OutputPathError, check_output_dir, check_output_file  # noqa: E402
 from reid_srdl.config import int_arg  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
@@ -449,6 +450,7 @@ def main_all_splits(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     if args.all_splits:
         return main_all_splits(args)
     try:

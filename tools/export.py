@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.files import check_output_file, describe_os_error  # noqa: E402
 from reid_srdl.config import int_arg  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
@@ -100,6 +101,7 @@ def verify(model, path: str, height: int, width: int) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     try:
         # Before the network is loaded or traced: a folder, a missing or read-only
         # destination is one line, and nothing is written.

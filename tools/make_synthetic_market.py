@@ -14,6 +14,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.data.synthetic import make_synthetic_market, read_marker  # noqa: E402
 
 
@@ -32,6 +33,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     start = time.perf_counter()
     try:
         data_dir = make_synthetic_market(

@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.data.synthetic import MARKER_FILE  # noqa: E402
 from reid_srdl.data.synthetic_reid import WRITERS, check_writer_args  # noqa: E402
 
@@ -41,6 +42,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     try:  # everything a writer would refuse, before the first one writes
         for name in args.format:
             check_writer_args(name, args.out, args.ids, args.seed, args.overwrite)

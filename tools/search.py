@@ -25,6 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -304,6 +305,7 @@ COMMANDS = {"build": cmd_build, "add": cmd_add, "calibrate": cmd_calibrate, "que
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     try:
         COMMANDS[args.command](args)
     except (ReidSrdlError, OSError) as e:

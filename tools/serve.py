@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -42,6 +43,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     try:
         try:
             import uvicorn

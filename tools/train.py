@@ -22,6 +22,7 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 from reid_srdl.config import ConfigError, load_config  # noqa: E402
 from reid_srdl.core.checkpoint import CONFIG_FILE, CheckpointError, is_run_dir  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -36,6 +37,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    configure_cli_logging()
     if args.list_models or args.list_methods:
         from reid_srdl.methods import METHODS
         from reid_srdl.models import list_models

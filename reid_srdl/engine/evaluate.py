@@ -150,7 +150,8 @@ def results_table(summary: dict) -> str:
     tested = f" -> {', '.join(targets)}" if targets and list(targets) != summary["data"].split(SOURCE_SEPARATOR) else ""
     title = (
         f"{summary['method']} | {summary['model']} on {summary['data']}{tested} | {summary['epochs']} epochs | "
-        f"train {summary['train_seconds']:.0f}s, {summary['train_flops'] / 1e12:.3f} TFLOPs"
+        f"{summary.get('precision', 'fp32')} | train {summary['train_seconds']:.0f}s, "
+        f"{summary['train_flops'] / 1e12:.3f} TFLOPs"
     )
     notes = diagnostics_lines(summary.get("diagnostics", {}))
     rule = "-" * max([len(title), sum(widths)] + [len(n) for n in notes])
@@ -169,7 +170,3 @@ def diagnostics_lines(diagnostics: dict) -> list:
     if kl:
         lines.append(f"stage-2 KL per epoch: first {kl[0]:.4f}, last {kl[-1]:.4f}, min {min(kl):.4f} ({len(kl)} epochs)")
     return lines
-
-
-def print_results_table(summary: dict) -> None:
-    print(results_table(summary))

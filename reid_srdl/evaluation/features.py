@@ -14,7 +14,7 @@ Images are decoded where the loader decodes them: give it ``num_workers`` to dec
 worker processes (see :func:`image_files_loader`).
 """
 import contextlib
-import sys
+import logging
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
 from reid_srdl.core.distributed import sharded_map
+from reid_srdl.core.precision import PRECISIONS, autocast_for, cpu_supports_bf16, resolve_precision  # noqa: F401
 from reid_srdl.evaluation.metrics import EvaluationInputError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger(__name__)
+
 
 
 @contextlib.contextmanager
@@ -80,39 +81,6 @@ def embed(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- precision
-def cpu_supports_bf16() -> bool:
-    """True when oneDNN runs bf16 natively on this CPU (AVX512_BF16 or AMX).
-
-    Elsewhere bf16 is emulated and slower than float32, so "auto" keeps float32 there.
-    """
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without the (private) probe
-        return False
-
-
-def resolve_precision(precision: str, device) -> str:
-    """The precision actually used: "fp32", "bf16" or "fp16" ("auto" picks the fastest
-    one that keeps the ranking: bf16 where the hardware has it, else fp32)."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise EvaluationInputError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise EvaluationInputError(f"precision 'fp16' needs a CUDA device (got {device}); use 'bf16' or 'fp32' on a CPU")
-    return precision
-
-
-def autocast_for(precision: str, device: torch.device):
-    """The autocast context of a resolved precision (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
-
-
 def inference_copy(model: nn.Module, fold_bn: bool, channels_last: bool) -> nn.Module:
     """The network the fast path runs: the caller's model when no option is on, otherwise a
     copy (BN folded and/or channels-last weights): the caller's model is never changed."""
@@ -265,7 +233,7 @@ def embed_image_files(
             for message in errors:
                 if not skip_unreadable:
                     raise UnreadableImageError(message + " (pass skip_unreadable=True to leave such files out)")
-                print(f"skipped: {message}", file=sys.stderr)
+                log.warning("skipped: %s", message)
             if images is not None:
                 kept.append(indices)
                 yield images, indices
