@@ -34,9 +34,22 @@ setup(
     extras_require={
         # onnx/onnxruntime: the ONNX export parity test runs in CI; the web app's tests need
         # the serve extra, httpx (FastAPI's TestClient) and selenium (the headless-browser test,
-        # with Debian's chromium + chromium-driver, which .ci/run installs); timm: the timm backbones.
-        "test": ["pytest>=7", "pytest-xdist", "onnx", "onnxruntime", "fastapi", "uvicorn", "python-multipart",
-                 "httpx", "selenium", "timm"],
+        # with Debian's chromium + chromium-driver, which .ci/run installs); timm: the timm backbones;
+        # ruff and import-linter: the linters .ci/run runs (settings and layer contracts: pyproject.toml).
+        "test": [
+            "pytest>=7",
+            "pytest-xdist",
+            "onnx",
+            "onnxruntime",
+            "fastapi",
+            "uvicorn",
+            "python-multipart",
+            "httpx",
+            "selenium",
+            "timm",
+            "ruff",
+            "import-linter",
+        ],
         # tools/serve.py: the web app over a saved gallery.
         "serve": ["fastapi", "uvicorn", "python-multipart"],
         # model.name=timm/<name>: any timm model as a re-id backbone (local weights only).

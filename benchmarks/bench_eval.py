@@ -19,6 +19,7 @@ Cases (random features with a re-id-like identity/camera structure, see make_cas
 
 Results are printed as a Markdown table and written to benchmarks/results/bench_eval.json.
 """
+
 import argparse
 import json
 import os
@@ -141,8 +142,11 @@ def bench_market(name: str, repeats: int) -> dict:
     res = ours["result"]
     return {
         "case": name,
-        "queries": len(case[0]), "gallery": len(case[1]), "dim": dim,
-        "ours_seconds": ours["seconds"], "ours_all_seconds": ours["all_seconds"],
+        "queries": len(case[0]),
+        "gallery": len(case[1]),
+        "dim": dim,
+        "ours_seconds": ours["seconds"],
+        "ours_all_seconds": ours["all_seconds"],
         "torchreid_seconds": theirs["seconds"],
         "torchreid_distance_seconds": theirs["distance_seconds"],
         "torchreid_rank_seconds": theirs["rank_seconds"],
@@ -161,11 +165,21 @@ def msmt_child() -> None:
     result = evaluate_reid(*case, max_rank=MAX_RANK)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({
-        "case": "msmt", "queries": len(case[0]), "gallery": len(case[1]), "dim": case[0].shape[1],
-        "ours_seconds": seconds, "peak_rss_mb": peak / 1024, "rss_after_data_mb": rss_data / 1024,
-        "vm_hwm_mb": _vm_hwm_kib() / 1024, "metrics": result.to_dict(),
-    }))
+    print(
+        json.dumps(
+            {
+                "case": "msmt",
+                "queries": len(case[0]),
+                "gallery": len(case[1]),
+                "dim": case[0].shape[1],
+                "ours_seconds": seconds,
+                "peak_rss_mb": peak / 1024,
+                "rss_after_data_mb": rss_data / 1024,
+                "vm_hwm_mb": _vm_hwm_kib() / 1024,
+                "metrics": result.to_dict(),
+            }
+        )
+    )
 
 
 def _vm_hwm_kib() -> float:
@@ -181,8 +195,9 @@ def _vm_hwm_kib() -> float:
 
 
 def bench_msmt() -> dict:
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--msmt-child"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--msmt-child"], capture_output=True, text=True, check=True
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -196,8 +211,12 @@ def markdown(rows) -> str:
         m = r["metrics"]
         cells = [r["case"], f"{r['queries']:,} x {r['gallery']:,}, {r['dim']}"]
         if "torchreid_seconds" in r:
-            cells += [f"{r['torchreid_seconds']:.1f}", f"{r['ours_seconds']:.2f}", f"{r['speedup']:.0f}x",
-                      f"CMC {r['max_abs_cmc_diff']:.0e}, mAP {r['abs_mAP_diff']:.0e}"]
+            cells += [
+                f"{r['torchreid_seconds']:.1f}",
+                f"{r['ours_seconds']:.2f}",
+                f"{r['speedup']:.0f}x",
+                f"CMC {r['max_abs_cmc_diff']:.0e}, mAP {r['abs_mAP_diff']:.0e}",
+            ]
         else:
             cells += ["-", f"{r['ours_seconds']:.2f}", "-", "-"]
         cells.append(f"{100 * m['rank1']:.1f} / {100 * m['mAP']:.1f} / {100 * m['mINP']:.1f}")
@@ -228,11 +247,14 @@ def main(argv=None) -> int:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         rows.append(bench_msmt() if name == "msmt" else bench_market(name, args.repeats))
     print(markdown(rows))
-    write_json_atomic(args.out, {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "numpy": np.__version__},
-        "max_rank": MAX_RANK,
-        "rows": rows,
-    })
+    write_json_atomic(
+        args.out,
+        {
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "numpy": np.__version__},
+            "max_rank": MAX_RANK,
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

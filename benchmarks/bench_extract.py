@@ -18,6 +18,7 @@ ISA and measured with a large matmul, fp32 and bf16).
     python benchmarks/bench_extract.py                  # writes benchmarks/results/extract_speed.json
     python benchmarks/bench_extract.py --ids 20 --repeats 2
 """
+
 import argparse
 import contextlib
 import json
@@ -100,29 +101,31 @@ def trained_like_resnet50(train_loader, num_classes: int, calibration_batches: i
 
 
 def torchreid_extractor(net: nn.Module, tmp: str):
-    from torchreid.reid.utils import FeatureExtractor
-
     # A local weight file for the resnet50 torchreid builds first (so it downloads nothing);
     # its model is then replaced by ours: same weights, same images, only the pipeline differs.
     from torchreid.reid.models import build_model as tr_build
+    from torchreid.reid.utils import FeatureExtractor
 
     path = os.path.join(tmp, "torchreid_resnet50.pth")
     torch.save(tr_build("resnet50", num_classes=1, pretrained=False).state_dict(), path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        extractor = FeatureExtractor("resnet50", model_path=path, image_size=(HEIGHT, WIDTH), device="cpu", verbose=False)
+        extractor = FeatureExtractor(
+            "resnet50", model_path=path, image_size=(HEIGHT, WIDTH), device="cpu", verbose=False
+        )
     extractor.model = FeaturesView(net).eval()
     return extractor
 
 
 def run_torchreid(extractor, paths):
-    chunks = [extractor(paths[i:i + BATCH]) for i in range(0, len(paths), BATCH)]
+    chunks = [extractor(paths[i : i + BATCH]) for i in range(0, len(paths), BATCH)]
     return torch.cat(chunks).numpy()
 
 
 def run_ours(net, paths, workers, **options):
-    feats, _ = embed_image_files(net, paths, reid_test_transform(HEIGHT, WIDTH), batch_size=BATCH,
-                                 workers=workers, progress=False, **options)
+    feats, _ = embed_image_files(
+        net, paths, reid_test_transform(HEIGHT, WIDTH), batch_size=BATCH, workers=workers, progress=False, **options
+    )
     return feats
 
 
@@ -135,7 +138,7 @@ def matmul_rate(dtype, n=2048, repeats=5) -> float:
         t = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
+    return 2 * n**3 / statistics.median(times)
 
 
 def conv_rate(dtype, repeats=5) -> float:
@@ -189,19 +192,33 @@ def main(argv=None):
 
     tmp = tempfile.mkdtemp(prefix="bench_extract_")
     make_synthetic_market(tmp, num_ids=args.ids, seed=0)
-    data = build_data(DataConfig(name="market1501", root=tmp, synthetic=False, height=HEIGHT, width=WIDTH,
-                                 batch_size=BATCH, test_batch_size=BATCH, workers=0))
+    data = build_data(
+        DataConfig(
+            name="market1501",
+            root=tmp,
+            synthetic=False,
+            height=HEIGHT,
+            width=WIDTH,
+            batch_size=BATCH,
+            test_batch_size=BATCH,
+            workers=0,
+        )
+    )
     if args.checkpoint:
         from reid_srdl.models.model_file import load_model_file
 
         net, _ = load_model_file(args.checkpoint)
     else:
-        net = trained_like_resnet50(data.train_loader, data.num_classes, calibration_batches=4,
-                                    probe_steps=args.probe_steps)
+        net = trained_like_resnet50(
+            data.train_loader, data.num_classes, calibration_batches=4, probe_steps=args.probe_steps
+        )
     paths = data.query.paths + data.gallery.paths
     nq = len(data.query.paths)
-    print(f"{len(paths)} images ({nq} query), ResNet-50 {HEIGHT}x{WIDTH}, batch {BATCH}, "
-          f"{torch.get_num_threads()} threads, bf16 native: {cpu_supports_bf16()}", flush=True)
+    print(
+        f"{len(paths)} images ({nq} query), ResNet-50 {HEIGHT}x{WIDTH}, batch {BATCH}, "
+        f"{torch.get_num_threads()} threads, bf16 native: {cpu_supports_bf16()}",
+        flush=True,
+    )
 
     extractor = torchreid_extractor(net, tmp)
     runs = {
@@ -243,16 +260,24 @@ def main(argv=None):
         "torchreid FeatureExtractor": speed["torchreid FeatureExtractor"] * flops_per_image,
     }
     result = {
-        "images": len(paths), "query": nq, "model": "resnet50", "height": HEIGHT, "width": WIDTH, "batch": BATCH,
-        "workers": args.workers, "threads": torch.get_num_threads(), "repeats": args.repeats,
+        "images": len(paths),
+        "query": nq,
+        "model": "resnet50",
+        "height": HEIGHT,
+        "width": WIDTH,
+        "batch": BATCH,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
         "fast_precision": fast_precision,
         "images_per_second": speed,
         "seconds": times,
         "speedup_fast_vs_torchreid": speed["ours fast"] / speed["torchreid FeatureExtractor"],
         # The load of the shared machine changes between repeats; ratios within one repeat
         # (the three runs back to back) are steadier than ratios of medians.
-        "speedup_fast_vs_torchreid_per_repeat": [a / b for a, b in zip(
-            times["torchreid FeatureExtractor"], times["ours fast"])],
+        "speedup_fast_vs_torchreid_per_repeat": [
+            a / b for a, b in zip(times["torchreid FeatureExtractor"], times["ours fast"])
+        ],
         "speedup_fp32_vs_torchreid": speed["ours fp32"] / speed["torchreid FeatureExtractor"],
         "metrics": metrics,
         "rank1_diff_points": 100 * abs(metrics["ours fast"]["rank1"] - metrics["ours fp32"]["rank1"]),
@@ -282,10 +307,25 @@ def main(argv=None):
     with open(tmp_out, "w") as f:
         json.dump(result, f, indent=2)
     os.replace(tmp_out, args.out)
-    print(json.dumps({k: result[k] for k in ("images_per_second", "speedup_fast_vs_torchreid", "metrics",
-                                             "rank1_diff_points", "mAP_diff_points", "fraction_of_isa_peak",
-                                             "fraction_of_measured_peak", "peak_flops_measured",
-                                             "speedup_fast_vs_torchreid_per_repeat")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "images_per_second",
+                    "speedup_fast_vs_torchreid",
+                    "metrics",
+                    "rank1_diff_points",
+                    "mAP_diff_points",
+                    "fraction_of_isa_peak",
+                    "fraction_of_measured_peak",
+                    "peak_flops_measured",
+                    "speedup_fast_vs_torchreid_per_repeat",
+                )
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

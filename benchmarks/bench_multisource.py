@@ -11,6 +11,7 @@ loading is included.  Synthetic data sets are written under ``--root`` if absent
     python benchmarks/bench_multisource.py --model resnet50 --height 256 --width 128 --batches 30
     python benchmarks/bench_multisource.py --ids 12 --batches 2 --repeats 1 --height 64 --width 32  # smoke
 """
+
 import argparse
 import dataclasses
 import json
@@ -37,23 +38,45 @@ SIDES = {"single": "[market1501]", "multi": "[market1501,dukemtmcreid]"}
 
 def machine() -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = ""
-    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit}
+    return {
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": commit,
+    }
 
 
 def trainer(args, sources: str, out: str) -> Trainer:
-    cfg = load_config(None, [
-        f"data.root={args.root}", "data.synthetic=false", f"data.sources={sources}", "data.targets=[market1501]",
-        f"data.height={args.height}", f"data.width={args.width}", f"data.batch_size={args.batch_size}",
-        f"data.workers={args.workers}", f"model.name={args.model}", "method.name=vanilla", "train.epochs=1",
-        f"train.max_batches={args.batches}", "train.progress=false", "train.tensorboard=false",
-        f"train.output_dir={out}", "train.run_name=bench", "eval.plot=false",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={args.root}",
+            "data.synthetic=false",
+            f"data.sources={sources}",
+            "data.targets=[market1501]",
+            f"data.height={args.height}",
+            f"data.width={args.width}",
+            f"data.batch_size={args.batch_size}",
+            f"data.workers={args.workers}",
+            f"model.name={args.model}",
+            "method.name=vanilla",
+            "train.epochs=1",
+            f"train.max_batches={args.batches}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            f"train.output_dir={out}",
+            "train.run_name=bench",
+            "eval.plot=false",
+        ],
+    )
     return Trainer(cfg, os.path.join(out, "bench"))
 
 
@@ -90,8 +113,9 @@ def main() -> None:
     for t in sides.values():  # equal work: the same number of batches on both sides
         t.cfg = dataclasses.replace(t.cfg, train=dataclasses.replace(t.cfg.train, max_batches=args.batches))
         if len(t.data.train_loader) < args.batches:
-            raise SystemExit(f"--batches {args.batches} is more than an epoch of {t.data.name} "
-                             f"({len(t.data.train_loader)} batches)")
+            raise SystemExit(
+                f"--batches {args.batches} is more than an epoch of {t.data.name} ({len(t.data.train_loader)} batches)"
+            )
     initial = {k: v.clone() for k, v in sides["single"].method.trainable.state_dict().items()}
     # The two networks differ only in their classifier's width (751 vs 751 + 702 identities
     # on the real sets): the shared backbone starts from the same weights on both sides.
@@ -107,11 +131,18 @@ def main() -> None:
             print(f"  repeat {r + 1}: {name:6s} {1e3 * rates[name][-1]:.2f} ms/image", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     result = {
-        **machine(), "model": args.model, "height": args.height, "width": args.width, "batch": args.batch_size,
-        "workers": args.workers, "batches": args.batches, "ids_per_set": args.ids,
+        **machine(),
+        "model": args.model,
+        "height": args.height,
+        "width": args.width,
+        "batch": args.batch_size,
+        "workers": args.workers,
+        "batches": args.batches,
+        "ids_per_set": args.ids,
         "num_train": {k: t.data.num_train for k, t in sides.items()},
         "num_classes": {k: t.data.num_classes for k, t in sides.items()},
-        "ms_per_image": {k: 1e3 * v for k, v in med.items()}, "ratio_multi_over_single": med["multi"] / med["single"],
+        "ms_per_image": {k: 1e3 * v for k, v in med.items()},
+        "ratio_multi_over_single": med["multi"] / med["single"],
         "all_ms_per_image": {k: [1e3 * x for x in v] for k, v in rates.items()},
     }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -119,13 +150,17 @@ def main() -> None:
     with open(tmp, "w") as f:
         json.dump(result, f, indent=2)
     os.replace(tmp, args.json)
-    print(f"\n{result['machine']}, {result['cpus']} CPUs, torch {result['torch']}, {result['date']}, "
-          f"commit {result['commit']}")
+    print(
+        f"\n{result['machine']}, {result['cpus']} CPUs, torch {result['torch']}, {result['date']}, "
+        f"commit {result['commit']}"
+    )
     print("\n| training set | images | identities | ms / image |\n|---|---|---|---|")
     for name, t in sides.items():
         print(f"| {t.data.name} | {t.data.num_train} | {t.data.num_classes} | {result['ms_per_image'][name]:.2f} |")
-    print(f"\nmulti-source / single-source cost per image: {result['ratio_multi_over_single']:.3f}x "
-          f"({args.batches} batches of {args.batch_size}, median of {args.repeats})")
+    print(
+        f"\nmulti-source / single-source cost per image: {result['ratio_multi_over_single']:.3f}x "
+        f"({args.batches} batches of {args.batch_size}, median of {args.repeats})"
+    )
 
 
 if __name__ == "__main__":

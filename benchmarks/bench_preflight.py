@@ -11,6 +11,7 @@ number of batches per epoch.
     python benchmarks/bench_preflight.py --root datasets/synthetic
     python benchmarks/bench_preflight.py --root /tmp/demo --batches 5 --repeats 3   # tiny budget
 """
+
 import argparse
 import json
 import os
@@ -40,9 +41,18 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(None, [f"data.root={args.root}", "train.progress=false", "train.tensorboard=false",
-                             f"train.output_dir={tempfile.mkdtemp()}", "train.run_name=bench", "eval.plot=false",
-                             f"train.max_batches={args.batches + 1}"])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={args.root}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            f"train.output_dir={tempfile.mkdtemp()}",
+            "train.run_name=bench",
+            "eval.plot=false",
+            f"train.max_batches={args.batches + 1}",
+        ],
+    )
     trainer = Trainer(cfg, os.path.join(cfg.train.output_dir, "bench"))  # builds the demo data (and checks it once)
     passes = [preflight_evaluation_data(trainer.data) for _ in range(args.repeats)]
     images = passes[0]["images"]

@@ -13,6 +13,7 @@
     python benchmarks/bench_recipe_cost.py                       # small_reid 128x64, resnet50 256x128
     python benchmarks/bench_recipe_cost.py --models small_reid --repeats 1 --ids 16   # smoke
 """
+
 import argparse
 import json
 import os
@@ -44,12 +45,27 @@ VARIANTS = {
 
 def trainer(root, model, batch, workers, extra, max_batches):
     height, width = SIZES[model]
-    cfg = load_config(None, [
-        f"data.root={root}", "data.synthetic=false", f"data.height={height}", f"data.width={width}",
-        f"data.batch_size={batch}", f"data.workers={workers}", f"model.name={model}", "method.name=vanilla",
-        "train.epochs=1", f"train.max_batches={max_batches}", "train.progress=false", "train.tensorboard=false",
-        f"train.output_dir={tempfile.mkdtemp()}", "train.run_name=bench", "eval.plot=false", *extra,
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.synthetic=false",
+            f"data.height={height}",
+            f"data.width={width}",
+            f"data.batch_size={batch}",
+            f"data.workers={workers}",
+            f"model.name={model}",
+            "method.name=vanilla",
+            "train.epochs=1",
+            f"train.max_batches={max_batches}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            f"train.output_dir={tempfile.mkdtemp()}",
+            "train.run_name=bench",
+            "eval.plot=false",
+            *extra,
+        ],
+    )
     t = Trainer(cfg, os.path.join(cfg.train.output_dir, cfg.train.run_name))
     t.optimizer = build_optimizer(t.method.trainable, cfg.optim)
     return t
@@ -66,8 +82,10 @@ def seconds_per_step(t, epoch):
 
 def step_cost(args, root, model):
     torch.manual_seed(0)
-    trainers = {name: trainer(root, model, args.batch_size, args.workers, extra, args.max_batches)
-                for name, extra in VARIANTS.items()}
+    trainers = {
+        name: trainer(root, model, args.batch_size, args.workers, extra, args.max_batches)
+        for name, extra in VARIANTS.items()
+    }
     times = {name: [] for name in VARIANTS}
     for r in range(args.repeats):
         order = list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]
@@ -75,9 +93,15 @@ def step_cost(args, root, model):
             times[name].append(seconds_per_step(trainers[name], r))
             print(f"  {model} repeat {r + 1}: {name} {1000 * times[name][-1]:.1f} ms/step", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"model": model, "input": list(SIZES[model]), "batch": args.batch_size, "workers": args.workers,
-            "ms_per_step": {k: 1000 * v for k, v in med.items()}, "ratio": med["identity+triplet"] / med["ce"],
-            "all_ms": {k: [1000 * x for x in v] for k, v in times.items()}}
+    return {
+        "model": model,
+        "input": list(SIZES[model]),
+        "batch": args.batch_size,
+        "workers": args.workers,
+        "ms_per_step": {k: 1000 * v for k, v in med.items()},
+        "ratio": med["identity+triplet"] / med["ce"],
+        "all_ms": {k: [1000 * x for x in v] for k, v in times.items()},
+    }
 
 
 def sampler_cost(repeats):
@@ -86,7 +110,7 @@ def sampler_cost(repeats):
     labels = np.repeat(np.arange(751), rng.multinomial(12936 - 751 * 2, np.ones(751) / 751) + 2).tolist()
     sampler = IdentitySampler(labels, batch_size=64, num_instances=4, seed=0)
     times = []
-    for epoch in range(repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
         keys = list(sampler)
         times.append(time.perf_counter() - start)
@@ -119,8 +143,10 @@ def main():
     ensure_synthetic_market(args.root, num_ids=args.ids, seed=0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = {
-        "measured": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "steps": [step_cost(args, args.root, m) for m in args.models],
+        "measured": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "steps": [step_cost(args, args.root, m) for m in args.models],
         "sampler": sampler_cost(max(1, args.repeats)),
         "triplet": [triplet_cost(64, 2048), triplet_cost(32, 128)],
     }
@@ -132,8 +158,10 @@ def main():
     print("\n| model | input | batch | CE ms/step | identity + triplet ms/step | ratio |\n|---|---|---|---|---|---|")
     for r in results["steps"]:
         ms = r["ms_per_step"]
-        print(f"| {r['model']} | {r['input'][0]}x{r['input'][1]} | {r['batch']} | {ms['ce']:.1f} | "
-              f"{ms['identity+triplet']:.1f} | {r['ratio']:.3f}x |")
+        print(
+            f"| {r['model']} | {r['input'][0]}x{r['input'][1]} | {r['batch']} | {ms['ce']:.1f} | "
+            f"{ms['identity+triplet']:.1f} | {r['ratio']:.3f}x |"
+        )
     s = results["sampler"]
     print(f"\nP x K epoch for {s['images']} images: {s['ms_per_epoch']:.1f} ms")
     for t in results["triplet"]:

@@ -7,6 +7,7 @@ Each measurement runs in its own subprocess so that its peak RSS (ru_maxrss) is 
 Features are clustered synthetic ones (identities x crops); results ->
 benchmarks/results/rerank.json.
 """
+
 import argparse
 import json
 import os
@@ -39,20 +40,36 @@ def worker(which, nq, ng, d):
         k_reciprocal_distances(q, g)
     else:
         from torchreid.reid.utils.rerank import re_ranking
+
         from reid_srdl.evaluation.search import pairwise_squared_l2
 
         dist = lambda a, b: np.sqrt(pairwise_squared_l2(a, b))
         re_ranking(dist(q, g), dist(q, q), dist(g, g), 20, 6, 0.3)
     seconds = time.time() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"impl": which, "queries": nq, "gallery": ng, "dim": d, "seconds": seconds,
-                      "peak_rss_mb": peak, "rss_before_mb": base}))
+    print(
+        json.dumps(
+            {
+                "impl": which,
+                "queries": nq,
+                "gallery": ng,
+                "dim": d,
+                "seconds": seconds,
+                "peak_rss_mb": peak,
+                "rss_before_mb": base,
+            }
+        )
+    )
 
 
 def run(which, nq, ng, d):
-    out = subprocess.run([sys.executable, __file__, "--worker", which, str(nq), str(ng), str(d)],
-                         capture_output=True, text=True, check=True)
-    line = [l for l in out.stdout.splitlines() if l.startswith("{")][-1]
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", which, str(nq), str(ng), str(d)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    line = [text for text in out.stdout.splitlines() if text.startswith("{")][-1]
     print(line, flush=True)
     return json.loads(line)
 
@@ -71,8 +88,13 @@ def main():
         return worker(which, int(nq), int(ng), int(d))
     small = (int(args.queries * args.dense_scale), int(args.gallery * args.dense_scale), args.dim)
     rows = [run("ours", *small), run("torchreid_dense", *small), run("ours", args.queries, args.gallery, args.dim)]
-    result = {"k1": 20, "k2": 6, "lambda": 0.3, "runs": rows,
-              "note": "2 CPU cores shared with a long training job and another engineer during the run"}
+    result = {
+        "k1": 20,
+        "k2": 6,
+        "lambda": 0.3,
+        "runs": rows,
+        "note": "2 CPU cores shared with a long training job and another engineer during the run",
+    }
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=2)

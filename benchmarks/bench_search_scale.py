@@ -18,6 +18,7 @@ same top-k set, only re-sorted) and with the given R.
     python benchmarks/bench_search_scale.py --kind ivf_flat
     python benchmarks/bench_search_scale.py --n 200000 --kind ivf_flat
 """
+
 import argparse
 import json
 import os
@@ -93,9 +94,16 @@ def main():
     p.add_argument("--chunk", type=int, default=100_000)
     p.add_argument("--clusters", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rescore", type=int, nargs="+", default=[4, 16],
-                   help="ivf_pq: candidates per result re-ranked exactly (1 = plain PQ ranking)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "search_scale.json"))
+    p.add_argument(
+        "--rescore",
+        type=int,
+        nargs="+",
+        default=[4, 16],
+        help="ivf_pq: candidates per result re-ranked exactly (1 = plain PQ ranking)",
+    )
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "search_scale.json")
+    )
     args = p.parse_args()
 
     centres = make_centres(args.clusters, args.d, args.seed)
@@ -145,17 +153,33 @@ def main():
                 t = time.perf_counter()
                 index.search(xq[start : start + 100], 10)
                 batches.append(time.perf_counter() - t)
-            entry = {"nprobe": nprobe, "rescore": k_factor, "recall_at_10": recall, "single_query": percentiles_ms(single),
-                     "batch_100": percentiles_ms(batches)}
+            entry = {
+                "nprobe": nprobe,
+                "rescore": k_factor,
+                "recall_at_10": recall,
+                "single_query": percentiles_ms(single),
+                "batch_100": percentiles_ms(batches),
+            }
             print(json.dumps(entry), flush=True)
             per_nprobe.append(entry)
     result = {
-        "gallery": [args.n, args.d], "kind": args.kind, "nlist": args.nlist, "pq_m": args.pq_m if args.kind == "ivf_pq" else None,
-        "train_sample": args.train, "queries": args.queries, "exact_search_seconds": exact_seconds,
-        "train_seconds": train_seconds, "build_seconds": build_seconds, "index_file_mb": index_mb,
-        "pq_codes_file_mb": codes_mb if rescore else None, "peak_rss_mb": peak_rss_mb(),
-        "peak_rss_before_load_mb": rss_before_load, "float32_gallery_mb": args.n * args.d * 4 / 2**20,
-        "threads": faiss.omp_get_max_threads(), "load_average_at_end": list(os.getloadavg()), "results": per_nprobe,
+        "gallery": [args.n, args.d],
+        "kind": args.kind,
+        "nlist": args.nlist,
+        "pq_m": args.pq_m if args.kind == "ivf_pq" else None,
+        "train_sample": args.train,
+        "queries": args.queries,
+        "exact_search_seconds": exact_seconds,
+        "train_seconds": train_seconds,
+        "build_seconds": build_seconds,
+        "index_file_mb": index_mb,
+        "pq_codes_file_mb": codes_mb if rescore else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_before_load_mb": rss_before_load,
+        "float32_gallery_mb": args.n * args.d * 4 / 2**20,
+        "threads": faiss.omp_get_max_threads(),
+        "load_average_at_end": list(os.getloadavg()),
+        "results": per_nprobe,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     runs = {}

@@ -12,6 +12,7 @@ and searches exactly.  The server runs in its own process (``tools/serve.py``). 
 benchmarks/results/serve_load.json (with machine, date and commit).  Run it on an idle
 machine: other processes on the same cores change every latency.
 """
+
 import argparse
 import datetime
 import io
@@ -50,16 +51,17 @@ def prepare(folder: str, size: int, model_path: str, seed: int) -> str:
     import torch
 
     from reid_srdl.core.checkpoint import save_model_file
-    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.models import build_model
+    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.search import ReIDSearcher
 
     rng = np.random.default_rng(seed)
     if model_path is None:
         torch.manual_seed(seed)
         model_path = os.path.join(folder, "final.pt")
-        save_model_file(build_model("small_reid", 10, feature_dim=128).eval(), model_path, task="reid",
-                        height=128, width=64)
+        save_model_file(
+            build_model("small_reid", 10, feature_dim=128).eval(), model_path, task="reid", height=128, width=64
+        )
     net, _ = load_model_file(model_path)
     dim = net.spec["feature_dim"]
     crops = os.path.join(folder, "crops")
@@ -94,9 +96,23 @@ def main(argv=None) -> int:
         gallery, model = prepare(folder, args.gallery_size, args.model, args.seed)
         port = free_port()
         server = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "tools", "serve.py"), "--gallery", gallery, "--model", model,
-             "--port", str(port), "--allow-model-mismatch", "--upload-dir", os.path.join(folder, "uploads")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                os.path.join(ROOT, "tools", "serve.py"),
+                "--gallery",
+                gallery,
+                "--model",
+                model,
+                "--port",
+                str(port),
+                "--allow-model-mismatch",
+                "--upload-dir",
+                os.path.join(folder, "uploads"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
@@ -121,8 +137,9 @@ def main(argv=None) -> int:
                         body = bodies[(c * args.queries + i) % len(bodies)]
                         t0 = time.perf_counter()
                         try:
-                            r = http.post("/search", files={"file": ("q.jpg", body, "image/jpeg")},
-                                          data={"k": str(args.k)})
+                            r = http.post(
+                                "/search", files={"file": ("q.jpg", body, "image/jpeg")}, data={"k": str(args.k)}
+                            )
                             ok = r.status_code == 200 and len(r.json()["hits"]) == args.k
                         except httpx.HTTPError as e:
                             ok, r = False, e
@@ -164,23 +181,35 @@ def main(argv=None) -> int:
 
     lat = np.asarray(latencies) * 1000
     result = {
-        "gallery_size": args.gallery_size, "clients": args.clients, "queries_per_client": args.queries,
-        "adds": args.adds, "k": args.k, "queries": len(lat), "errors": len(errors), "first_errors": errors[:5],
-        "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-        "queries_per_second": len(lat) / wall, "wall_seconds": wall, "gallery_intact": bool(intact),
+        "gallery_size": args.gallery_size,
+        "clients": args.clients,
+        "queries_per_client": args.queries,
+        "adds": args.adds,
+        "k": args.k,
+        "queries": len(lat),
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "queries_per_second": len(lat) / wall,
+        "wall_seconds": wall,
+        "gallery_intact": bool(intact),
         "gallery_images_after": expected,
         "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     print("| gallery | clients x queries | adds | p50 (ms) | p99 (ms) | queries/s | errors | gallery intact |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.gallery_size} | {args.clients} x {args.queries} | {args.adds} | {result['p50_ms']:.1f} | "
-          f"{result['p99_ms']:.1f} | {result['queries_per_second']:.1f} | {len(errors)} | {intact} |")
+    print(
+        f"| {args.gallery_size} | {args.clients} x {args.queries} | {args.adds} | {result['p50_ms']:.1f} | "
+        f"{result['p99_ms']:.1f} | {result['queries_per_second']:.1f} | {len(errors)} | {intact} |"
+    )
     return 0 if not errors and intact else 1
 
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env python
 """Training speed, side by side in one run.
 
-1. Images/s of one training epoch: reid_srdl's trainer vs torchreid's
-   ``ImageSoftmaxEngine`` on the SAME network (ours, wrapped to torchreid's train/eval
-   convention), the same data folder, batch size, image size and number of workers.
-   Both include data loading; the order of the two alternates over repeats and the median
-   is reported.
+1. Images/s of one training epoch: reid_srdl's trainer with its default precision
+   (``train.precision=auto``: bf16 autocast + channels-last where the CPU runs bf16
+   natively, else fp32) and with ``train.precision=fp32``, vs torchreid's
+   ``ImageSoftmaxEngine`` as shipped (fp32) on the SAME network (ours, wrapped to torchreid's
+   train/eval convention), the same data folder, batch size, image size and number of
+   workers.  All include data loading; the order alternates over repeats and the median is
+   reported.
 2. SRDL vs vanilla wall time at equal epochs (SRDL's extra cost is the stage-1 logit
    extraction; its second stage replaces, not adds to, epochs).
 
     python benchmarks/bench_train.py                     # small_reid 128x64 and resnet50 256x128
     python benchmarks/bench_train.py --models small_reid --repeats 3
 """
+
 import argparse
 import copy
 import json
@@ -24,11 +27,14 @@ import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from bench_train_step import commit, cpu_name  # noqa: E402
 
 from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
 from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 
@@ -47,15 +53,26 @@ class TorchreidView(nn.Module):
         return logits if self.training else features
 
 
-def our_trainer(root, model, height, width, batch, workers, epochs=1, method="vanilla", out=None):
+def our_trainer(root, model, height, width, batch, workers, epochs=1, method="vanilla", out=None, precision="auto"):
     cfg = load_config(
         None,
         [
-            f"data.root={root}", "data.synthetic=false", f"data.height={height}", f"data.width={width}",
-            f"data.batch_size={batch}", f"data.workers={workers}", f"model.name={model}",
-            f"method.name={method}", f"train.epochs={epochs}", "train.progress=false", "train.tensorboard=false",
-            f"train.output_dir={out or tempfile.mkdtemp()}", "train.run_name=bench", "eval.plot=false",
+            f"data.root={root}",
+            "data.synthetic=false",
+            f"data.height={height}",
+            f"data.width={width}",
+            f"data.batch_size={batch}",
+            f"data.workers={workers}",
+            f"model.name={model}",
+            f"method.name={method}",
+            f"train.epochs={epochs}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            f"train.output_dir={out or tempfile.mkdtemp()}",
+            "train.run_name=bench",
+            "eval.plot=false",
             "eval.multi_query=false",
+            f"train.precision={precision}",
         ],
     )
     return Trainer(cfg, os.path.join(cfg.train.output_dir, cfg.train.run_name))
@@ -74,8 +91,15 @@ def torchreid_engine(root, net, height, width, batch, workers):
     import torchreid
 
     dm = torchreid.reid.data.ImageDataManager(
-        root=root, sources="market1501", height=height, width=width, batch_size_train=batch,
-        batch_size_test=128, workers=workers, transforms=["random_flip", "random_crop"], use_gpu=False,
+        root=root,
+        sources="market1501",
+        height=height,
+        width=width,
+        batch_size_train=batch,
+        batch_size_test=128,
+        workers=workers,
+        transforms=["random_flip", "random_crop"],
+        use_gpu=False,
     )
     model = TorchreidView(net)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=2e-4)
@@ -95,21 +119,44 @@ def throughput(args, root, model):
     height, width = SIZES[model]
     torch.manual_seed(0)
     ours = our_trainer(root, model, height, width, args.batch_size, args.workers)
-    # torchreid trains a copy of the same initial network.
-    engine, dm = torchreid_engine(root, copy.deepcopy(ours.method.trainable), height, width, args.batch_size, args.workers)
+    torch.manual_seed(0)
+    ours_fp32 = our_trainer(root, model, height, width, args.batch_size, args.workers, precision="fp32")
+    # torchreid trains a copy of the same initial network in its own layout (NCHW, fp32).
+    engine, dm = torchreid_engine(
+        root, copy.deepcopy(ours_fp32.method.trainable), height, width, args.batch_size, args.workers
+    )
     assert len(dm.train_loader) == len(ours.data.train_loader), "both sides must see the same batches"
-    rates = {"reid_srdl": [], "torchreid": []}
+    rates = {"reid_srdl": [], "reid_srdl_fp32": [], "torchreid": []}
     for r in range(args.repeats):
-        order = [("reid_srdl", lambda: time_ours(ours)[0]), ("torchreid", lambda: time_torchreid(engine, dm, args.batch_size))]
+        order = [
+            ("reid_srdl", lambda: time_ours(ours)[0]),
+            ("reid_srdl_fp32", lambda: time_ours(ours_fp32)[0]),
+            ("torchreid", lambda: time_torchreid(engine, dm, args.batch_size)),
+        ]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             rates[name].append(fn())
             print(f"  {model} repeat {r + 1}: {name} {rates[name][-1]:.1f} img/s", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     return {
-        "model": model, "height": height, "width": width, "batch": args.batch_size, "workers": args.workers,
-        "batches_per_epoch": len(dm.train_loader), "reid_srdl_img_s": med["reid_srdl"], "torchreid_img_s": med["torchreid"],
-        "ratio": med["reid_srdl"] / med["torchreid"], "all": rates,
+        "model": model,
+        "height": height,
+        "width": width,
+        "batch": args.batch_size,
+        "workers": args.workers,
+        "precision": ours.precision.mode + ("+channels-last" if ours.precision.channels_last else ""),
+        "batches_per_epoch": len(dm.train_loader),
+        "reid_srdl_img_s": med["reid_srdl"],
+        "reid_srdl_fp32_img_s": med["reid_srdl_fp32"],
+        "torchreid_img_s": med["torchreid"],
+        "ratio": med["reid_srdl"] / med["torchreid"],
+        "fp32_ratio": med["reid_srdl_fp32"] / med["torchreid"],
+        "all": rates,
     }
+
+
+class _Silent:
+    def log_epoch(self, record):
+        pass
 
 
 def srdl_overhead(args, root):
@@ -119,10 +166,11 @@ def srdl_overhead(args, root):
         times = []
         for r in range(args.repeats):
             torch.manual_seed(0)
-            t = our_trainer(root, "small_reid", 128, 64, args.batch_size, args.workers, epochs=args.overhead_epochs, method=method)
-            t.finish = lambda logger: None  # evaluation is not part of the training cost
+            t = our_trainer(
+                root, "small_reid", 128, 64, args.batch_size, args.workers, epochs=args.overhead_epochs, method=method
+            )
             start = time.perf_counter()
-            t.fit()
+            t.loop.run_epochs(_Silent())  # the training phase only: evaluation is not part of its cost
             times.append(time.perf_counter() - start)
             print(f"  {method} {args.overhead_epochs} epochs, repeat {r + 1}: {times[-1]:.1f}s", flush=True)
         out[method] = statistics.median(times)
@@ -143,7 +191,9 @@ def save_merged(path, results):
         entry["measured"] = stamp
     measured = {r["model"] for r in results["throughput"]}
     merged = dict(results)
-    merged["throughput"] = results["throughput"] + [r for r in previous.get("throughput", []) if r["model"] not in measured]
+    merged["throughput"] = results["throughput"] + [
+        r for r in previous.get("throughput", []) if r["model"] not in measured
+    ]
     if results["srdl_overhead"] is None:
         merged["srdl_overhead"] = previous.get("srdl_overhead")
     elif results["srdl_overhead"] is not None:
@@ -167,20 +217,37 @@ def main():
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     ensure_synthetic_market(args.root, num_ids=args.ids, seed=0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    results = {"throughput": [], "srdl_overhead": None}
+    info = {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "bf16_native": cpu_supports_bf16(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit(),
+    }
+    print(json.dumps(info), flush=True)
+    results = {"info": info, "throughput": [], "srdl_overhead": None}
     for model in args.models:
         results["throughput"].append(throughput(args, args.root, model))
     if args.overhead_epochs > 0:
         results["srdl_overhead"] = srdl_overhead(args, args.root)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     save_merged(args.json, results)
-    print("\n| model | input | batch | reid_srdl img/s | torchreid img/s | ratio |\n|---|---|---|---|---|---|")
+    print(f"\n{info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['date']}, commit {info['commit']}")
+    print(
+        "\n| model | input | batch | reid_srdl default (precision) | reid_srdl fp32 | torchreid (fp32) | default / torchreid "  # noqa: E501
+        "| fp32 / torchreid |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in results["throughput"]:
-        print(f"| {r['model']} | {r['height']}x{r['width']} | {r['batch']} | {r['reid_srdl_img_s']:.1f} | {r['torchreid_img_s']:.1f} | {r['ratio']:.2f}x |")
+        print(
+            f"| {r['model']} | {r['height']}x{r['width']} | {r['batch']} | {r['reid_srdl_img_s']:.1f} ({r['precision']}) "  # noqa: E501
+            f"| {r['reid_srdl_fp32_img_s']:.1f} | {r['torchreid_img_s']:.1f} | {r['ratio']:.2f}x | {r['fp32_ratio']:.2f}x |"  # noqa: E501
+        )
     o = results["srdl_overhead"]
     if o is not None:
-        print(f"\nSRDL vs vanilla, {o['epochs']} epochs of small_reid: {o['srdl']:.1f}s vs {o['vanilla']:.1f}s = {o['ratio']:.3f}x")
+        print(
+            f"\nSRDL vs vanilla, {o['epochs']} epochs of small_reid: {o['srdl']:.1f}s vs {o['vanilla']:.1f}s = {o['ratio']:.3f}x"  # noqa: E501
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ on a fixed batch -- no data loading, so only the arithmetic differs -- in:
     bf16             bf16 autocast
     bf16+cl          bf16 autocast + channels-last (train.precision=auto where bf16 is native)
     fp32+fused       fp32 with the fused (single-kernel) SGD step
+    fp32 again       a second copy of fp32: the spread between the two is the noise floor
     fp32+compile     torch.compile of the network (fp32)    [--compile]
     fp32+cl+compile  torch.compile with channels-last       [--compile]
 
@@ -19,6 +20,7 @@ training step reaches (3 x forward FLOPs per image: forward + two backward produ
     python benchmarks/bench_train_step.py                             # small_reid and resnet50
     python benchmarks/bench_train_step.py --models resnet50 --compile
 """
+
 import argparse
 import json
 import os
@@ -38,7 +40,7 @@ from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
 from reid_srdl.models import build_model  # noqa: E402
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}
-BASE = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+fused")
+BASE = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+fused", "fp32 again")
 COMPILED = ("fp32+compile", "fp32+cl+compile")
 
 
@@ -96,8 +98,9 @@ class Step:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.net) if "compile" in variant else self.net
         fused = {"fused": True} if "fused" in variant else {}
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=2e-4,
-                                   **fused)
+        self.opt = torch.optim.SGD(
+            self.net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=2e-4, **fused
+        )
 
     def __call__(self) -> float:
         start = time.perf_counter()
@@ -134,8 +137,11 @@ def measure(model: str, args) -> dict:
     out = {"model": model, "input": f"{height}x{width}", "batch": args.batch_size, "forward_flops_per_image": flops}
     for v in variants:
         seconds = statistics.median(times[v])
-        out[v] = {"img_s": args.batch_size / seconds, "step_s": seconds,
-                  "train_gflop_s": 3 * flops * args.batch_size / seconds / 1e9}
+        out[v] = {
+            "img_s": args.batch_size / seconds,
+            "step_s": seconds,
+            "train_gflop_s": 3 * flops * args.batch_size / seconds / 1e9,
+        }
         print(f"  {model} {v}: {out[v]['img_s']:.2f} img/s", flush=True)
     return out
 
@@ -148,13 +154,23 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="steps per variant per repeat")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also torch.compile variants (minutes of compilation)")
-    p.add_argument("--emulated-bf16", action="store_true",
-                   help="time the bf16 variants even where this CPU only emulates bf16 (very slow)")
+    p.add_argument(
+        "--emulated-bf16",
+        action="store_true",
+        help="time the bf16 variants even where this CPU only emulates bf16 (very slow)",
+    )
     p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "train_step.json"))
     args = p.parse_args()
     peaks = {"fp32_gflop_s": matmul_peak(torch.float32), "bf16_gflop_s": matmul_peak(torch.bfloat16)}
-    info = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "bf16_native": cpu_supports_bf16(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "commit": commit(), "peaks": peaks}
+    info = {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "bf16_native": cpu_supports_bf16(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit(),
+        "peaks": peaks,
+    }
     print(json.dumps(info), flush=True)
     results = {"info": info, "models": [measure(m, args) for m in args.models]}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
@@ -164,10 +180,14 @@ def main():
     os.replace(tmp, args.json)
     variants = [v for v in BASE + COMPILED if v in results["models"][0]]
     if not any(v.startswith("bf16") for v in variants):
-        print("\nbf16 variants skipped: this CPU has no native bf16 (emulated GEMM "
-              f"{peaks['bf16_gflop_s']:.2f} GFLOP/s); train.precision=auto runs fp32 here")
-    print(f"\n{info['cpu']}, {info['threads']} threads, bf16 native: {info['bf16_native']}; measured GEMM peak "
-          f"fp32 {peaks['fp32_gflop_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_s']:.0f} GFLOP/s")
+        print(
+            "\nbf16 variants skipped: this CPU has no native bf16 (emulated GEMM "
+            f"{peaks['bf16_gflop_s']:.2f} GFLOP/s); train.precision=auto runs fp32 here"
+        )
+    print(
+        f"\n{info['cpu']}, {info['threads']} threads, bf16 native: {info['bf16_native']}; measured GEMM peak "
+        f"fp32 {peaks['fp32_gflop_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_s']:.0f} GFLOP/s"
+    )
     print("\n| model | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants))
     for r in results["models"]:
         cells = [f"{r[v]['img_s']:.2f} ({r[v]['img_s'] / r['fp32']['img_s']:.2f}x)" for v in variants]
@@ -175,8 +195,10 @@ def main():
     best = max(peaks.values())
     for r in results["models"]:
         top = max(variants, key=lambda v: r[v]["img_s"])
-        print(f"{r['model']}: fastest {top}, {r[top]['train_gflop_s']:.0f} GFLOP/s = "
-              f"{100 * r[top]['train_gflop_s'] / best:.0f}% of the best measured GEMM peak")
+        print(
+            f"{r['model']}: fastest {top}, {r[top]['train_gflop_s']:.0f} GFLOP/s = "
+            f"{100 * r[top]['train_gflop_s'] / best:.0f}% of the best measured GEMM peak"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the Markdown table quoted in docs/datasets.md, with machine, date and commit.
     python benchmarks/cross_domain_synthetic.py --methods vanilla srdl --seeds 0 1 2
     python benchmarks/cross_domain_synthetic.py --ids 12 --epochs 2 --max-batches 2 --height 64 --width 32  # smoke
 """
+
 import argparse
 import json
 import os
@@ -35,23 +36,43 @@ TRAINING = {"market1501": "[market1501]", "market1501+dukemtmcreid": "[market150
 
 def machine() -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = ""
-    return {"machine": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit}
+    return {
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": commit,
+    }
 
 
 def run(args, sources: str, method: str, seed: int, out: str) -> dict:
-    cfg = load_config(None, [
-        f"data.root={args.root}", "data.synthetic=false", f"data.sources={sources}",
-        f"data.targets=[{','.join(TARGETS)}]", f"data.height={args.height}", f"data.width={args.width}",
-        f"data.workers={args.workers}", f"model.name={args.model}", f"method.name={method}",
-        f"train.epochs={args.epochs}", f"train.max_batches={args.max_batches}", f"train.seed={seed}",
-        "train.progress=false", "train.tensorboard=false", f"train.output_dir={out}",
-        f"train.run_name={method}_{sources.strip('[]').replace(',', '+')}_s{seed}", "eval.plot=false",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={args.root}",
+            "data.synthetic=false",
+            f"data.sources={sources}",
+            f"data.targets=[{','.join(TARGETS)}]",
+            f"data.height={args.height}",
+            f"data.width={args.width}",
+            f"data.workers={args.workers}",
+            f"model.name={args.model}",
+            f"method.name={method}",
+            f"train.epochs={args.epochs}",
+            f"train.max_batches={args.max_batches}",
+            f"train.seed={seed}",
+            "train.progress=false",
+            "train.tensorboard=false",
+            f"train.output_dir={out}",
+            f"train.run_name={method}_{sources.strip('[]').replace(',', '+')}_s{seed}",
+            "eval.plot=false",
+        ],
+    )
     summary = Trainer(cfg, os.path.join(out, cfg.train.run_name)).fit()
     deployed = summary["results"]["deployed"]
     return {t: {k: deployed[f"{t}/single_query"][k] for k in ("rank1", "mAP")} for t in TARGETS}
@@ -80,26 +101,41 @@ def main() -> None:
         for label, sources in TRAINING.items():
             per_seed = [run(args, sources, method, seed, out) for seed in args.seeds]
             mean = {t: {k: sum(r[t][k] for r in per_seed) / len(per_seed) for k in ("rank1", "mAP")} for t in TARGETS}
-            rows.append({"method": method, "trained_on": label, "seeds": args.seeds, "mean": mean,
-                         "per_seed": per_seed})
-            print(f"  {method} on {label}: " + ", ".join(
-                f"{t} Rank-1 {100 * mean[t]['rank1']:.1f} mAP {100 * mean[t]['mAP']:.1f}" for t in TARGETS), flush=True)
-    result = {**machine(), "ids_per_set": args.ids, "model": args.model, "input": f"{args.height}x{args.width}",
-              "epochs": args.epochs, "max_batches": args.max_batches, "rows": rows}
+            rows.append(
+                {"method": method, "trained_on": label, "seeds": args.seeds, "mean": mean, "per_seed": per_seed}
+            )
+            print(
+                f"  {method} on {label}: "
+                + ", ".join(f"{t} Rank-1 {100 * mean[t]['rank1']:.1f} mAP {100 * mean[t]['mAP']:.1f}" for t in TARGETS),
+                flush=True,
+            )
+    result = {
+        **machine(),
+        "ids_per_set": args.ids,
+        "model": args.model,
+        "input": f"{args.height}x{args.width}",
+        "epochs": args.epochs,
+        "max_batches": args.max_batches,
+        "rows": rows,
+    }
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=2)
     os.replace(tmp, args.json)
-    print(f"\nSynthetic data ({args.ids} identities per set), {args.model} {args.height}x{args.width}, "
-          f"{args.epochs} epochs, seeds {args.seeds}; {result['machine']}, {result['date']}, "
-          f"commit {result['commit']}\n")
+    print(
+        f"\nSynthetic data ({args.ids} identities per set), {args.model} {args.height}x{args.width}, "
+        f"{args.epochs} epochs, seeds {args.seeds}; {result['machine']}, {result['date']}, "
+        f"commit {result['commit']}\n"
+    )
     print("| method | trained on | Market-1501 (in-domain) R1 / mAP | DukeMTMC-reID (cross-domain) R1 / mAP |")
     print("|---|---|---|---|")
     for r in rows:
         m, d = r["mean"]["market1501"], r["mean"]["dukemtmcreid"]
-        print(f"| {r['method']} | {r['trained_on']} | {100 * m['rank1']:.1f} / {100 * m['mAP']:.1f} | "
-              f"{100 * d['rank1']:.1f} / {100 * d['mAP']:.1f} |")
+        print(
+            f"| {r['method']} | {r['trained_on']} | {100 * m['rank1']:.1f} / {100 * m['mAP']:.1f} | "
+            f"{100 * d['rank1']:.1f} / {100 * d['mAP']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

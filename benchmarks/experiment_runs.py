@@ -5,6 +5,7 @@ A run is one ``tools/train.py`` process with its overrides; its folder is reused
 holds a finished run trained with exactly these settings, resumed when it holds a
 ``last.pt``, and started otherwise -- so an interrupted experiment continues where it stopped.
 """
+
 import json
 import os
 import statistics
@@ -49,14 +50,18 @@ def check_cached(run_dir, overrides):
     wanted = relative(load_config(None, overrides))
     differ = [
         f"{section}.{key}: {stored[section][key]!r} there, {value!r} asked"
-        for section, values in wanted.items() if isinstance(values, dict)
+        for section, values in wanted.items()
+        if isinstance(values, dict)
         for key, value in values.items()
         # where the run lives may be spelled differently (relative / absolute path)
-        if (section, key) not in (("train", "output_dir"), ("train", "run_name")) and stored.get(section, {}).get(key) != value
+        if (section, key) not in (("train", "output_dir"), ("train", "run_name"))
+        and stored.get(section, {}).get(key) != value
     ]
     if differ:
-        raise SystemExit(f"{run_dir} holds a finished run with other settings ({'; '.join(differ[:4])}); "
-                         "give another --out or remove it")
+        raise SystemExit(
+            f"{run_dir} holds a finished run with other settings ({'; '.join(differ[:4])}); "
+            "give another --out or remove it"
+        )
 
 
 def run_all(plan, out_dir, log, jobs: int, threads: int):

@@ -17,6 +17,7 @@ images, 240 epochs, KD's teacher = the vanilla network of the same seed.
 Runs are cached: a variant/seed whose run directory has metrics.json is not trained
 again, so an interrupted experiment continues where it stopped.
 """
+
 import argparse
 import json
 import os
@@ -28,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from experiment_runs import (  # noqa: E402
     REPO,
+    cached_record,
     mean_std,
     paired_cell,
-    cached_record,
     run_all,
     stage_history,
     write_text_atomic,
@@ -78,6 +79,7 @@ def common_overrides(args, seed, out_dir, name):
         "train.progress=false",
         "train.tensorboard=false",
         "eval.multi_query=false",
+        f"train.precision={args.precision}",
         f"method.one.ramp_epochs={max(1, args.epochs // 2)}",
     ]
 
@@ -86,8 +88,8 @@ def stage1_accuracy(run_dir, args):
     """Test top-1 of the stage-1 network of an SRDL run (the self-reference)."""
     from reid_srdl.config import load_config
     from reid_srdl.data import build_data
-    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.evaluation.classification import evaluate_classifier
+    from reid_srdl.models.model_file import load_model_file
 
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
     data = build_data(cfg.data, seed=cfg.train.seed)
@@ -104,7 +106,10 @@ def teacher_run(args, seed):
         name = f"vanilla_seed{seed}"
         return name, common_overrides(args, seed, args.out, name) + VARIANTS["vanilla"]
     name = f"teacher_{args.teacher_model}_seed{seed}"
-    return name, common_overrides(args, seed, args.out, name) + ["method.name=vanilla", f"model.name={args.teacher_model}"]
+    return name, common_overrides(args, seed, args.out, name) + [
+        "method.name=vanilla",
+        f"model.name={args.teacher_model}",
+    ]
 
 
 def planned_runs(args):
@@ -152,11 +157,23 @@ def main():
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--epochs", type=int, default=240)
-    p.add_argument("--subset", type=int, default=1000, help="training images (subset of the 60,000 drawn with each run's seed)")
+    p.add_argument(
+        "--subset", type=int, default=1000, help="training images (subset of the 60,000 drawn with each run's seed)"
+    )
     p.add_argument("--model", default="resnet8")
-    p.add_argument("--teacher-model", default="resnet8", help="KD's teacher; the student's own architecture reuses the vanilla run")
+    p.add_argument(
+        "--teacher-model", default="resnet8", help="KD's teacher; the student's own architecture reuses the vanilla run"
+    )
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=0, help="decoding workers per run (0: the 28x28 tensors are in memory)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="decoding workers per run (0: the 28x28 tensors are in memory)"
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "auto", "bf16"],
+        help="train.precision of every run (fp32: exact; auto: what the trainer picks on this CPU)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
@@ -175,8 +192,10 @@ def main():
             rows.setdefault(variant, []).append(rec)
             print(f"{variant}_seed{seed}: {json.dumps(rec)}", flush=True)
 
-    write_text_atomic(os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"),
-                      json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(
+        os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"),
+        json.dumps(rows, indent=2) + "\n",
+    )
     write_table(args, rows, time.time() - started)
 
 
@@ -186,10 +205,20 @@ def describe(variant, args):
 
 def write_table(args, rows, elapsed):
     cmd = "python benchmarks/fashion_mnist_methods.py " + " ".join(
-        [f"--variants {' '.join(args.variants)}", f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs}",
-         f"--subset {args.subset}", f"--model {args.model}", f"--teacher-model {args.teacher_model}",
-         f"--batch-size {args.batch_size}", f"--jobs {args.jobs}", f"--threads {args.threads}",
-         f"--out {os.path.relpath(args.out, REPO)}", f"--table {os.path.relpath(args.table, REPO)}"]
+        [
+            f"--variants {' '.join(args.variants)}",
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"--epochs {args.epochs}",
+            f"--subset {args.subset}",
+            f"--model {args.model}",
+            f"--teacher-model {args.teacher_model}",
+            f"--batch-size {args.batch_size}",
+            f"--precision {args.precision}",
+            f"--jobs {args.jobs}",
+            f"--threads {args.threads}",
+            f"--out {os.path.relpath(args.out, REPO)}",
+            f"--table {os.path.relpath(args.table, REPO)}",
+        ]
     )
     lines = [
         "# Fashion-MNIST: self-distillation methods side by side",
@@ -197,8 +226,9 @@ def write_table(args, rows, elapsed):
         f"{args.model} (CIFAR-style ResNet, 1 input channel), {args.subset} training images (a random subset of the",
         "60,000 drawn with the run's seed, so every variant of a seed sees the same images), the full",
         f"10,000-image test set, {args.epochs} epochs for every variant (SRDL: two stages of",
-        f"{args.epochs // 2}), batch {args.batch_size}, SGD Nesterov 0.9, lr 0.1, wd 2e-4, x0.1 at 50% and 75% (of each",
-        f"stage for SRDL's complete schedule); CPU: {args.jobs} runs at a time, {args.threads} torch thread(s) each "
+        f"{args.epochs // 2}), batch {args.batch_size}, train.precision={args.precision}, SGD Nesterov 0.9, lr 0.1,",
+        "wd 2e-4, x0.1 at 50% and 75% (of each stage for SRDL's complete schedule);",
+        f"CPU: {args.jobs} runs at a time, {args.threads} torch thread(s) each "
         f"(train time is per run). Mean +- std over seeds "
         f"{', '.join(map(str, args.seeds))}.",
         "",
@@ -215,11 +245,12 @@ def write_table(args, rows, elapsed):
     ]
     base = [r["top1"] for r in rows.get("vanilla", [])]
     for variant, recs in rows.items():
-        def cell(key, scale=100.0, fmt="{:.2f} ± {:.2f}"):
+
+        def cell(key, scale=100.0, fmt="{:.2f} ± {:.2f}", recs=recs):
             vals = [r[key] * scale for r in recs if key in r]
             return fmt.format(*mean_std(vals)) if vals else "-"
 
-        def paired(key):
+        def paired(key, recs=recs, variant=variant):
             vals = [r[key] for r in recs if key in r]
             if variant == "vanilla" and key == "top1" or len(vals) != len(base) or not base:
                 return "-"
@@ -230,12 +261,16 @@ def write_table(args, rows, elapsed):
             f"{paired('ensemble_top1')} | {cell('stage1_top1')} | {cell('seconds', 1.0, '{:.0f} ± {:.0f}')} | "
             f"{cell('tflops', 1.0, '{:.2f} ± {:.2f}')} |"
         )
-    lines += ["", "Convergence of each half (SRDL's premise), mean over seeds: training accuracy of the last",
-              "epoch of each stage, and the relative drop of the training cross-entropy over the stage's",
-              "last quarter (at a loss this close to 0 the drop is noise-dominated; the accuracy and the",
-              "stage-1 test accuracy above say more).", "",
-              "| variant | stage 1: train acc | stage 1: CE drop, last quarter | stage 2: train acc | stage 2: CE drop |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Convergence of each half (SRDL's premise), mean over seeds: training accuracy of the last",
+        "epoch of each stage, and the relative drop of the training cross-entropy over the stage's",
+        "last quarter (at a loss this close to 0 the drop is noise-dominated; the accuracy and the",
+        "stage-1 test accuracy above say more).",
+        "",
+        "| variant | stage 1: train acc | stage 1: CE drop, last quarter | stage 2: train acc | stage 2: CE drop |",
+        "|---|---|---|---|---|",
+    ]
     for variant, recs in rows.items():
         per_stage = list(zip(*[r["stages"] for r in recs]))
         cells = []
@@ -266,7 +301,7 @@ def srdl_analysis(args, rows):
         "",
         f"Premise check and decomposition (seeds {seeds}; points, mean ± std [paired-t 95% interval]):",
         "",
-        f"- cross-entropy for M/2 = {args.epochs // 2} epochs (SRDL's stage 1) reaches {100 * statistics.mean(half):.2f} %, "
+        f"- cross-entropy for M/2 = {args.epochs // 2} epochs (SRDL's stage 1) reaches {100 * statistics.mean(half):.2f} %, "  # noqa: E501
         f"for M = {args.epochs} epochs {100 * statistics.mean(full):.2f} %;",
         f"- halving cost (CE at M minus CE at M/2): {paired_cell(full, half)}; per seed {per_seed(full, half)};",
         f"- self-reference gain (SRDL stage 2 minus its stage 1): {paired_cell(stage2, half)}; per seed "

@@ -2,8 +2,9 @@
 """Where training time goes, and what channels-last / bf16 autocast buy on this CPU.
 
 One training epoch of reid_srdl's Trainer (vanilla method, same network, data, batch and
-workers) in three settings -- fp32, ``train.channels_last=true``, and channels-last with
-``train.amp=true`` (bf16 autocast on a CPU, fp16 AMP on CUDA) -- each under
+workers) in three settings -- ``train.precision=fp32``, fp32 with ``train.channels_last=true``
+(what ``auto`` runs where bf16 does not pay), and ``train.precision=bf16`` channels-last
+(what ``auto`` runs where it does) -- each under
 ``torch.profiler``, next to torchreid's ``ImageSoftmaxEngine`` on a copy of the same network
 (the same helpers as benchmarks/bench_train.py).  For each setting: images/s, the time spent
 waiting for the DataLoader (the profiler's ``enumerate(DataLoader)...__next__`` events)
@@ -12,6 +13,7 @@ against the rest (forward, backward, optimizer), and the top operators by self C
     python benchmarks/profile_train.py                         # resnet50 256x128, batch 16
     python benchmarks/profile_train.py --model small_reid --height 128 --width 64 --batch 32
 """
+
 import argparse
 import copy
 import json
@@ -25,30 +27,44 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
+from bench_train import time_torchreid, torchreid_engine  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench_train import time_torchreid, torchreid_engine  # noqa: E402
 from reid_srdl.config import load_config  # noqa: E402
 from reid_srdl.data.synthetic import make_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 
 SETTINGS = {
-    "fp32": [],
-    "channels_last": ["train.channels_last=true"],
-    "channels_last+bf16": ["train.channels_last=true", "train.amp=true"],
+    "fp32": ["train.precision=fp32"],
+    "channels_last": ["train.precision=fp32", "train.channels_last=true"],
+    "channels_last+bf16": ["train.precision=bf16", "train.channels_last=true"],
 }
 DATA_WAIT_PREFIX = "enumerate(DataLoader)"
 
 
 def build_trainer(args, root, extra):
     out = tempfile.mkdtemp(prefix="profile_train_")
-    cfg = load_config(None, [
-        f"data.root={root}", "data.synthetic=false", f"data.height={args.height}", f"data.width={args.width}",
-        f"data.batch_size={args.batch}", f"data.workers={args.workers}", f"model.name={args.model}",
-        "method.name=vanilla", "train.epochs=1", "train.progress=false", "train.tensorboard=false",
-        f"train.output_dir={out}", "train.run_name=profile", "eval.plot=false", "eval.multi_query=false",
-        *extra,
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.synthetic=false",
+            f"data.height={args.height}",
+            f"data.width={args.width}",
+            f"data.batch_size={args.batch}",
+            f"data.workers={args.workers}",
+            f"model.name={args.model}",
+            "method.name=vanilla",
+            "train.epochs=1",
+            "train.progress=false",
+            "train.tensorboard=false",
+            f"train.output_dir={out}",
+            "train.run_name=profile",
+            "eval.plot=false",
+            "eval.multi_query=false",
+            *extra,
+        ],
+    )
     return Trainer(cfg, os.path.join(out, "profile"))
 
 
@@ -89,8 +105,12 @@ def main(argv=None):
         if reference is None:
             reference = copy.deepcopy(trainer.method.trainable)  # torchreid trains the same initial net
         rate, wait, seconds, table = profiled_epoch(trainer)
-        results[name] = {"images_per_second": rate, "seconds": seconds, "data_wait_seconds": wait,
-                         "data_wait_fraction": wait / seconds}
+        results[name] = {
+            "images_per_second": rate,
+            "seconds": seconds,
+            "data_wait_seconds": wait,
+            "data_wait_fraction": wait / seconds,
+        }
         tables.append(f"== {name}: {rate:.2f} images/s, data wait {wait:.1f}s of {seconds:.1f}s\n{table}")
         print(tables[-1], flush=True)
     engine, dm = torchreid_engine(root, reference, args.height, args.width, args.batch, args.workers)
@@ -99,9 +119,16 @@ def main(argv=None):
         results[name]["vs_torchreid"] = (
             results[name]["images_per_second"] / results["torchreid ImageSoftmaxEngine (fp32)"]["images_per_second"]
         )
-    summary = {"model": args.model, "height": args.height, "width": args.width, "batch": args.batch,
-               "workers": args.workers, "threads": torch.get_num_threads(), "results": results,
-               "load_average_at_end": os.getloadavg()}
+    summary = {
+        "model": args.model,
+        "height": args.height,
+        "width": args.width,
+        "batch": args.batch,
+        "workers": args.workers,
+        "threads": torch.get_num_threads(),
+        "results": results,
+        "load_average_at_end": os.getloadavg(),
+    }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     for suffix, text in ((".json", json.dumps(summary, indent=2)), (".txt", "\n\n".join(tables))):
         tmp = f"{args.out}{suffix}.tmp"

@@ -21,6 +21,7 @@ Both are evaluated alike (cosine distance: eval.normalize=true, as BoT tests).
 Runs are cached: a run whose folder has metrics.json (with the same settings) is not trained
 again, so an interrupted experiment continues where it stopped.
 """
+
 import argparse
 import json
 import os
@@ -39,11 +40,19 @@ from fashion_mnist_methods import mean_std, run  # noqa: E402  (cached runs, one
 RECIPES = {
     "ce": [],
     "bot": [
-        "data.sampler=identity", "data.num_instances=4", "data.random_erasing=0.5",
-        "model.neck=bnneck", "model.feature_dim=0",
-        "loss.label_smoothing=0.1", "loss.triplet_weight=1.0", "loss.triplet_margin=0.3",
-        "optim.name=adam", "optim.lr=0.00035", "optim.weight_decay=0.0005",
-        "optim.milestones=[0.3334,0.5834]", "optim.gamma=0.1",
+        "data.sampler=identity",
+        "data.num_instances=4",
+        "data.random_erasing=0.5",
+        "model.neck=bnneck",
+        "model.feature_dim=0",
+        "loss.label_smoothing=0.1",
+        "loss.triplet_weight=1.0",
+        "loss.triplet_margin=0.3",
+        "optim.name=adam",
+        "optim.lr=0.00035",
+        "optim.weight_decay=0.0005",
+        "optim.milestones=[0.3334,0.5834]",
+        "optim.gamma=0.1",
     ],
 }
 METHODS = ("vanilla", "srdl")
@@ -58,12 +67,24 @@ def overrides(args, model, recipe, method, seed, name):
         stage_epochs = args.epochs // 2 if method == "srdl" else args.epochs
         extra.append(f"optim.warmup_epochs={max(1, round(stage_epochs / 12))}")
     return [
-        f"data.root={os.path.join(args.out, 'data')}", "data.synthetic=true", f"data.synthetic_ids={args.ids}",
-        f"data.height={height}", f"data.width={width}", f"data.batch_size={args.batch_size}",
-        f"data.workers={args.workers}", f"model.name={model}", f"method.name={method}",
-        f"train.epochs={args.epochs}", f"train.seed={seed}", f"train.output_dir={os.path.join(args.out, model)}",
-        f"train.run_name={name}", "train.progress=false", "train.tensorboard=false", "eval.plot=false",
-        "eval.normalize=true", *extra,
+        f"data.root={os.path.join(args.out, 'data')}",
+        "data.synthetic=true",
+        f"data.synthetic_ids={args.ids}",
+        f"data.height={height}",
+        f"data.width={width}",
+        f"data.batch_size={args.batch_size}",
+        f"data.workers={args.workers}",
+        f"model.name={model}",
+        f"method.name={method}",
+        f"train.epochs={args.epochs}",
+        f"train.seed={seed}",
+        f"train.output_dir={os.path.join(args.out, model)}",
+        f"train.run_name={name}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "eval.plot=false",
+        "eval.normalize=true",
+        *extra,
     ]
 
 
@@ -81,9 +102,13 @@ def machine(args):
     import torch
 
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git.stdout.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": git.stdout.strip(),
         "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "torch": torch.__version__, "jobs": args.jobs, "threads_per_run": args.threads,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "jobs": args.jobs,
+        "threads_per_run": args.threads,
     }
 
 
@@ -91,8 +116,12 @@ def collect(run_dir):
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
     sq = m["results"]["deployed"]["single_query"]
-    rec = {"rank1": sq["rank1"], "mAP": sq["mAP"], "seconds": m["train_seconds"],
-           "parameters": m.get("deployed_parameters")}
+    rec = {
+        "rank1": sq["rank1"],
+        "mAP": sq["mAP"],
+        "seconds": m["train_seconds"],
+        "parameters": m.get("deployed_parameters"),
+    }
     if "ensemble" in m["results"]:
         rec["ensemble_rank1"] = m["results"]["ensemble"]["single_query"]["rank1"]
         rec["ensemble_mAP"] = m["results"]["ensemble"]["single_query"]["mAP"]
@@ -121,13 +150,15 @@ def main():
     plan = list(planned(args))
     started = time.time()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [pool.submit(run, overrides(args, m, r, meth, s, n), os.path.join(args.out, m, n), log, env)
-                for m, r, meth, s, n in plan]
+        jobs = [
+            pool.submit(run, overrides(args, m, r, meth, s, n), os.path.join(args.out, m, n), log, env)
+            for m, r, meth, s, n in plan
+        ]
         for job in jobs:
             job.result()  # the first failed run stops the script with its message
 
     rows = {}
-    for model, recipe, method, seed, name in plan:
+    for model, recipe, method, _seed, name in plan:
         rows.setdefault(f"{model}/{method}/{recipe}", []).append(collect(os.path.join(args.out, model, name)))
     summary = {"machine": machine(args), "epochs": args.epochs, "ids": args.ids, "seeds": args.seeds, "rows": rows}
     path = os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json")
@@ -140,15 +171,19 @@ def main():
         vals = [r[key] * scale for r in recs if r.get(key) is not None]
         return fmt.format(*mean_std(vals)) if vals else "-"
 
-    print(f"\nSynthetic re-id set ({args.ids} identities), {args.epochs} epochs, seeds {args.seeds}; "
-          f"{summary['machine']}\n")
+    print(
+        f"\nSynthetic re-id set ({args.ids} identities), {args.epochs} epochs, seeds {args.seeds}; "
+        f"{summary['machine']}\n"
+    )
     print("| model | method | recipe | Rank-1 (%) | mAP (%) | ensemble Rank-1 | ensemble mAP | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for key, recs in rows.items():
         model, method, recipe = key.split("/")
-        print(f"| {model} | {method} | {recipe} | {cell(recs, 'rank1')} | {cell(recs, 'mAP')} | "
-              f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | "
-              f"{cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |")
+        print(
+            f"| {model} | {method} | {recipe} | {cell(recs, 'rank1')} | {cell(recs, 'mAP')} | "
+            f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | "
+            f"{cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |"
+        )
     print(f"\nwall time of this run of the script: {(time.time() - started) / 60:.1f} min (cached runs count 0)")
 
 

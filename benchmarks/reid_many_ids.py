@@ -15,6 +15,7 @@ schedule), so the halving cost and the self-reference gain come per seed for fre
 
 Runs are cached and resumable (a finished run is reused only with identical settings).
 """
+
 import argparse
 import json
 import os
@@ -44,26 +45,42 @@ def data_root(args):
 
 def common_overrides(args, seed, name):
     return [
-        "data.name=market1501", f"data.root={data_root(args)}", "data.synthetic=false",
-        f"data.height={args.height}", f"data.width={args.width}", f"data.batch_size={args.batch_size}",
-        "data.test_batch_size=256", f"data.workers={args.workers}",
-        f"model.name={args.model}", f"model.feature_dim={args.feature_dim}",
-        f"train.epochs={args.epochs}", f"train.seed={seed}", f"train.output_dir={args.out}", f"train.run_name={name}",
-        "train.progress=false", "train.tensorboard=false", "eval.multi_query=false", "eval.plot=false",
+        "data.name=market1501",
+        f"data.root={data_root(args)}",
+        "data.synthetic=false",
+        f"data.height={args.height}",
+        f"data.width={args.width}",
+        f"data.batch_size={args.batch_size}",
+        "data.test_batch_size=256",
+        f"data.workers={args.workers}",
+        f"model.name={args.model}",
+        f"model.feature_dim={args.feature_dim}",
+        f"train.epochs={args.epochs}",
+        f"train.seed={seed}",
+        f"train.output_dir={args.out}",
+        f"train.run_name={name}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"train.precision={args.precision}",
+        "eval.multi_query=false",
+        "eval.plot=false",
     ]
 
 
 def planned_runs(args):
-    return [(f"{v}_seed{s}", common_overrides(args, s, f"{v}_seed{s}") + VARIANTS[v], [])
-            for s in args.seeds for v in args.variants]
+    return [
+        (f"{v}_seed{s}", common_overrides(args, s, f"{v}_seed{s}") + VARIANTS[v], [])
+        for s in args.seeds
+        for v in args.variants
+    ]
 
 
 def stage1_metrics(run_dir):
     """Single-query Rank-1 / mAP of an SRDL run's stage-1 network (the self-reference)."""
     from reid_srdl.config import load_config
     from reid_srdl.data import build_data
-    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.engine.evaluate import evaluate_model
+    from reid_srdl.models.model_file import load_model_file
 
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
     data = build_data(cfg.data, seed=cfg.train.seed)
@@ -93,10 +110,20 @@ def compute_record(args, variant, run_dir):
 
 
 def write_table(args, rows, elapsed, counts):
-    cmd = "python benchmarks/reid_many_ids.py " + " ".join([
-        f"--seeds {' '.join(map(str, args.seeds))}", f"--epochs {args.epochs}", f"--ids {args.ids}",
-        f"--model {args.model}", f"--jobs {args.jobs}", f"--threads {args.threads}", f"--workers {args.workers}",
-        f"--out {os.path.relpath(args.out, REPO)}", f"--table {os.path.relpath(args.table, REPO)}"])
+    cmd = "python benchmarks/reid_many_ids.py " + " ".join(
+        [
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"--epochs {args.epochs}",
+            f"--ids {args.ids}",
+            f"--model {args.model}",
+            f"--jobs {args.jobs}",
+            f"--threads {args.threads}",
+            f"--workers {args.workers}",
+            f"--precision {args.precision}",
+            f"--out {os.path.relpath(args.out, REPO)}",
+            f"--table {os.path.relpath(args.table, REPO)}",
+        ]
+    )
     lines = [
         "# Re-id with many identities (synthetic Market-1501 format): cross-entropy vs SRDL",
         "",
@@ -105,10 +132,11 @@ def write_table(args, rows, elapsed, counts):
         "methods behave with many classes on this task's protocol, not what they reach on the real set.",
         "",
         f"{args.ids} identities (synthetic seed 0): {counts.get('bounding_box_train', '?')} training images of "
-        f"{args.ids // 2} identities, {counts.get('query', '?')} queries, {counts.get('bounding_box_test', '?')} gallery",
-        f"images. {args.model} ({args.feature_dim}-d feature layer), {args.height}x{args.width}, batch {args.batch_size},",
-        f"M = {args.epochs} epochs for both (SRDL: two stages of {args.epochs // 2}, each with its own complete step decay),",
-        "SGD Nesterov 0.9, lr 0.1, wd 2e-4. Single-query Market-1501 protocol. Seeds "
+        f"{args.ids // 2} identities, {counts.get('query', '?')} queries, {counts.get('bounding_box_test', '?')} gallery",  # noqa: E501
+        f"images. {args.model} ({args.feature_dim}-d feature layer), {args.height}x{args.width}, batch {args.batch_size},",  # noqa: E501
+        f"M = {args.epochs} epochs for both (SRDL: two stages of {args.epochs // 2}, each with its own complete step decay),",  # noqa: E501
+        f"train.precision={args.precision}, SGD Nesterov 0.9, lr 0.1, wd 2e-4. Single-query Market-1501 protocol. "
+        "Seeds "
         f"{', '.join(map(str, args.seeds))}; the paired difference is per seed, mean ± std [paired-t 95% interval].",
         "",
         "```",
@@ -139,20 +167,35 @@ def write_table(args, rows, elapsed, counts):
         lines += ["", "Decomposition per seed (points; mean ± std [paired-t 95% interval]):", ""]
         for key, label in METRICS:
             full, half, stage2 = base[key], [r[f"stage1_{key}"] for r in srdl], [r[key] for r in srdl]
-            lines.append(f"- {label}: halving cost (CE at M minus at M/2) {paired_cell(full, half)}; "
-                         f"self-reference gain (stage 2 minus stage 1) {paired_cell(stage2, half)}.")
+            lines.append(
+                f"- {label}: halving cost (CE at M minus at M/2) {paired_cell(full, half)}; "
+                f"self-reference gain (stage 2 minus stage 1) {paired_cell(stage2, half)}."
+            )
         diags = [r.get("diagnostics", {}) for r in srdl]
         if all("bank_train_acc" in d for d in diags):
             acc = mean_std([100 * d["bank_train_acc"] for d in diags])
             ent = mean_std([d["bank_entropy"] for d in diags])
-            lines.append(f"- stage-1 targets: training accuracy {acc[0]:.2f} ± {acc[1]:.2f} %, mean entropy at T=3 "
-                         f"{ent[0]:.3f} ± {ent[1]:.3f} nats (max {diags[0]['bank_entropy_max']:.3f}).")
-        lines += ["", "Training accuracy of each stage's last epoch (mean over seeds): " + "; ".join(
-            f"{DESCRIPTIONS[v]}: " + ", ".join(f"stage {i + 1} {100 * sum(r['stages'][i][1] for r in recs) / len(recs):.2f}%"
-                                                for i in range(len(recs[0]["stages"])))
-            for v, recs in rows.items())]
-    lines += ["", f"Wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0); train times "
-              f"are per run with {args.jobs} run(s) at a time, {args.threads} thread(s) each."]
+            lines.append(
+                f"- stage-1 targets: training accuracy {acc[0]:.2f} ± {acc[1]:.2f} %, mean entropy at T=3 "
+                f"{ent[0]:.3f} ± {ent[1]:.3f} nats (max {diags[0]['bank_entropy_max']:.3f})."
+            )
+        lines += [
+            "",
+            "Training accuracy of each stage's last epoch (mean over seeds): "
+            + "; ".join(
+                f"{DESCRIPTIONS[v]}: "
+                + ", ".join(
+                    f"stage {i + 1} {100 * sum(r['stages'][i][1] for r in recs) / len(recs):.2f}%"
+                    for i in range(len(recs[0]["stages"]))
+                )
+                for v, recs in rows.items()
+            ),
+        ]
+    lines += [
+        "",
+        f"Wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0); train times "
+        f"are per run with {args.jobs} run(s) at a time, {args.threads} thread(s) each.",
+    ]
     write_text_atomic(args.table, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -169,6 +212,12 @@ def main():
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=1, help="decoding workers per run")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "auto", "bf16"],
+        help="train.precision of every run (fp32: exact; auto: what the trainer picks on this CPU)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "reid_many_ids"))
@@ -188,8 +237,10 @@ def main():
             rec = collect(args, variant, seed)
             rows.setdefault(variant, []).append(rec)
             print(f"{variant}_seed{seed}: {json.dumps(rec)}", flush=True)
-    write_text_atomic(os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"),
-                      json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(
+        os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"),
+        json.dumps(rows, indent=2) + "\n",
+    )
     write_table(args, rows, time.time() - started, counts)
 
 

@@ -3,6 +3,7 @@
 The public API is imported lazily so that ``import reid_srdl`` stays cheap (no torch,
 faiss or torchreid until a name that needs them is used).
 """
+
 import importlib
 
 __version__ = "0.1.0"

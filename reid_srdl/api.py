@@ -34,6 +34,7 @@ accept rate (see :meth:`ReIDSearcher.calibrate` and docs/search.md):
 Distances are Euclidean (L2, not squared).  Results are ordered by distance, ties by the
 smaller gallery index.  Searches are exact (faiss ``IndexFlatL2``, on GPU when faiss sees one).
 """
+
 from reid_srdl.search.gallery import UNKNOWN, GalleryMismatchError  # noqa: F401
 from reid_srdl.search.searcher import ReIDSearcher, SearchResult  # noqa: F401
 

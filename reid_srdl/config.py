@@ -6,13 +6,13 @@ wrong type is a :class:`ConfigError` naming the key and the valid ones.  Each pa
 ``build_*`` function turns its own section into explicit arguments; library code never
 reads this object deep inside.
 """
+
 import argparse
 import contextlib
 import dataclasses
 import logging
 import math
 import os
-import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -23,7 +23,6 @@ from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
 from reid_srdl.core.precision import PRECISIONS
 from reid_srdl.core.registry import METHODS
-
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +143,10 @@ class MethodConfig:
         for key, value in object.__getattribute__(self, "options"):
             if key == item:
                 return value
-        raise AttributeError(f"no options for method '{item}' (registered with options: "
-                             f"{', '.join(k for k, _ in object.__getattribute__(self, 'options'))})")
+        raise AttributeError(
+            f"no options for method '{item}' (registered with options: "
+            f"{', '.join(k for k, _ in object.__getattribute__(self, 'options'))})"
+        )
 
 
 @dataclass(frozen=True)
@@ -281,9 +282,7 @@ def _coerce(value: Any, tp, key: str):
         if isinstance(value, dict):
             return _build(tp, value, key)
         raise ConfigError(f"key '{key}' is a section; give it as a mapping, got {value!r}")
-    raise ConfigError(
-        f"key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}"
-    )
+    raise ConfigError(f"key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
 def _schema(cls) -> Dict[str, Any]:
@@ -396,9 +395,7 @@ def load_yaml_dict(path: str) -> Dict[str, Any]:
     base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base_ref)
     base = _read_yaml(base_path)
     if "_base_" in base:
-        raise ConfigError(
-            f"{base_path} has its own _base_; only one level of _base_ is supported"
-        )
+        raise ConfigError(f"{base_path} has its own _base_; only one level of _base_ is supported")
     return _deep_merge(base, data)
 
 
@@ -601,8 +598,11 @@ def _validate_recipe(cfg: Config) -> None:
     if loss.triplet_weight > 0 and data.sampler != "identity":
         # Allowed (torchreid allows it), but a random batch of a large re-id set holds few
         # positive pairs, so most anchors have nothing to mine.
-        logger.warning("loss.triplet_weight > 0 with data.sampler=%s: batch-hard mining needs positives in "
-                       "the batch; data.sampler=identity gives each identity num_instances images", data.sampler)
+        logger.warning(
+            "loss.triplet_weight > 0 with data.sampler=%s: batch-hard mining needs positives in "
+            "the batch; data.sampler=identity gives each identity num_instances images",
+            data.sampler,
+        )
 
 
 def save_config(cfg: Config, path: str) -> None:

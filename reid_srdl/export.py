@@ -11,6 +11,7 @@ like a trained network.
 
 Files are written atomically (temp file in the same folder, then rename).
 """
+
 import copy
 import json
 import os
@@ -77,8 +78,14 @@ def _temp_path(path: str) -> str:
     return os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
 
 
-def export_onnx(model: nn.Module, path: str, height: int, width: int, meta: Optional[Dict[str, Any]] = None,
-                opset: int = DEFAULT_OPSET) -> Dict[str, Any]:
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    height: int,
+    width: int,
+    meta: Optional[Dict[str, Any]] = None,
+    opset: int = DEFAULT_OPSET,
+) -> Dict[str, Any]:
     """Write ``model``'s embedding as ONNX with a dynamic batch axis; returns the description
     stored in the file's metadata."""
     import onnx
@@ -92,9 +99,15 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, meta: Opti
             # dynamo=False: the TorchScript-based exporter needs no onnxscript and handles
             # these plain convolutional nets fully.
             torch.onnx.export(
-                net, (example,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                net,
+                (example,),
+                tmp,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset, dynamo=False, do_constant_folding=True,
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
             )
         proto = onnx.load(tmp)
         entry = proto.metadata_props.add()
@@ -107,8 +120,9 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, meta: Opti
     return description
 
 
-def export_torchscript(model: nn.Module, path: str, height: int, width: int,
-                       meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def export_torchscript(
+    model: nn.Module, path: str, height: int, width: int, meta: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """Write ``model``'s embedding as a traced TorchScript module (any batch size); returns
     the description stored beside it as the extra file ``reid_srdl.json``."""
     description = _description(model, height, width, meta)
@@ -130,7 +144,7 @@ def export_torchscript(model: nn.Module, path: str, height: int, width: int,
 
 # ----------------------------------------------------------------------------- loading
 def exported_format(path) -> Optional[str]:
-    """"onnx", "torchscript" or None (not an exported embedding: e.g. a final.pt)."""
+    """ "onnx", "torchscript" or None (not an exported embedding: e.g. a final.pt)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None

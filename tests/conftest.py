@@ -7,6 +7,7 @@ per session.  Pass the returned folder as ``data.root`` (with
 ``data.synthetic=false``, or true: a complete set is used as it is) or as torchreid's
 ``ImageDataManager(root=...)``.
 """
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ conftest.py writes it once per session), and the counts each must show.
 The expected counts are worked out by hand from the writers' parameters (each identity sees
 k cameras, m images per camera, ...), not read from the code under test.
 """
+
 from conftest import TINY_MARKET
 
 DUKE = dict(num_ids=8, seed=0, cameras_per_id=3, images_per_id_camera=3, num_distractors=2)

@@ -3,6 +3,7 @@
 Each writer returns what a reader must find, so the tests compare against these
 hand-written expectations rather than against the code under test.
 """
+
 import gzip
 import os
 import pickle
@@ -119,22 +120,42 @@ def write_cifar10(root: str, batches: List[List[int]], test: List[int]) -> str:
     """cifar-10-batches-py with data_batch_1..5 (labels per batch) and test_batch."""
     folder = os.path.join(root, "cifar-10-batches-py")
     for i, labels in enumerate(batches, 1):
-        _pickle(os.path.join(folder, f"data_batch_{i}"),
-                {b"batch_label": b"training batch", b"labels": list(labels), b"data": cifar_rows(labels),
-                 b"filenames": [b"x.png"] * len(labels)})
-    _pickle(os.path.join(folder, "test_batch"),
-            {b"batch_label": b"testing batch", b"labels": list(test), b"data": cifar_rows(test)})
-    _pickle(os.path.join(folder, "batches.meta"),
-            {b"label_names": [n.encode() for n in ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                       "frog", "horse", "ship", "truck")]})
+        _pickle(
+            os.path.join(folder, f"data_batch_{i}"),
+            {
+                b"batch_label": b"training batch",
+                b"labels": list(labels),
+                b"data": cifar_rows(labels),
+                b"filenames": [b"x.png"] * len(labels),
+            },
+        )
+    _pickle(
+        os.path.join(folder, "test_batch"),
+        {b"batch_label": b"testing batch", b"labels": list(test), b"data": cifar_rows(test)},
+    )
+    _pickle(
+        os.path.join(folder, "batches.meta"),
+        {
+            b"label_names": [
+                n.encode()
+                for n in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+            ]
+        },
+    )
     return folder
 
 
 def write_cifar100(root: str, train: List[int], test: List[int]) -> str:
     folder = os.path.join(root, "cifar-100-python")
     for name, labels in (("train", train), ("test", test)):
-        _pickle(os.path.join(folder, name),
-                {b"fine_labels": list(labels), b"coarse_labels": [l // 5 for l in labels], b"data": cifar_rows(labels)})
+        _pickle(
+            os.path.join(folder, name),
+            {
+                b"fine_labels": list(labels),
+                b"coarse_labels": [label // 5 for label in labels],
+                b"data": cifar_rows(labels),
+            },  # noqa: E501
+        )
     return folder
 
 
@@ -144,8 +165,9 @@ def idx_bytes(array: np.ndarray, magic: int) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_fashion_mnist(root: str, train_images: np.ndarray, train_labels, test_images, test_labels,
-                        gz: bool = True) -> None:
+def write_fashion_mnist(
+    root: str, train_images: np.ndarray, train_labels, test_images, test_labels, gz: bool = True
+) -> None:
     os.makedirs(root, exist_ok=True)
     ext = ".gz" if gz else ""
     opener = gzip.open if gz else open

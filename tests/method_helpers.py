@@ -1,5 +1,6 @@
 """Shared by the ONE, BYOT and FRSKD tests: the two nets, tiny batches, and the
 cross-entropy / KL written out by hand (the independent side of every loss check)."""
+
 import functools
 
 import torch
@@ -68,11 +69,24 @@ def tiny_trainer_config(root, out, *method_overrides):
     return load_config(
         None,
         [
-            f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32",
-            "data.batch_size=8", "data.test_batch_size=32", "data.workers=0",
-            "model.name=small_reid", "model.feature_dim=32",
-            "train.epochs=1", "train.max_batches=2", "train.progress=false", "train.precision=fp32", "train.tensorboard=false",
-            f"train.output_dir={out}", "train.run_name=run", "eval.plot=false", "eval.multi_query=false",
+            f"data.root={root}",
+            "data.synthetic=false",
+            "data.height=64",
+            "data.width=32",
+            "data.batch_size=8",
+            "data.test_batch_size=32",
+            "data.workers=0",
+            "model.name=small_reid",
+            "model.feature_dim=32",
+            "train.epochs=1",
+            "train.max_batches=2",
+            "train.progress=false",
+            "train.precision=fp32",
+            "train.tensorboard=false",
+            f"train.output_dir={out}",
+            "train.run_name=run",
+            "eval.plot=false",
+            "eval.multi_query=false",
             *method_overrides,  # last, so that they may also replace the settings above
         ],
     )

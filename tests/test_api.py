@@ -1,4 +1,5 @@
 """ReIDSearcher: docstring examples, search semantics, persistence, images through a model."""
+
 import doctest
 import os
 
@@ -10,8 +11,8 @@ from PIL import Image
 
 import reid_srdl
 import reid_srdl.api
-from reid_srdl.core.precision import PrecisionError
 from reid_srdl.api import ReIDSearcher
+from reid_srdl.core.precision import PrecisionError
 from reid_srdl.evaluation.metrics import EvaluationInputError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
@@ -31,8 +32,9 @@ def test_lazy_top_level_export():
 def searcher():
     # 1-D gallery: positions 0..5, two cameras, with image paths
     feats = np.arange(6, dtype=np.float32).reshape(-1, 1)
-    return ReIDSearcher(feats, pids=[10, 11, 10, 12, 11, 13], camids=[0, 1, 1, 0, 1, 0],
-                        paths=[f"g{i}.jpg" for i in range(6)])
+    return ReIDSearcher(
+        feats, pids=[10, 11, 10, 12, 11, 13], camids=[0, 1, 1, 0, 1, 0], paths=[f"g{i}.jpg" for i in range(6)]
+    )
 
 
 def test_search_returns_l2_distances_pids_camids_paths(searcher):
@@ -124,8 +126,7 @@ def test_from_images_default_transform_and_image_queries(tmp_path):
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (250, 5, 0)]
     paths = [solid(tmp_path, f"{i}.png", c) for i, c in enumerate(colours)]
     net = MeanColourNet()
-    s = ReIDSearcher.from_images(net, paths, pids=[1, 2, 3, 1], camids=[0, 0, 1, 1], height=16, width=8,
-                                 batch_size=3)
+    s = ReIDSearcher.from_images(net, paths, pids=[1, 2, 3, 1], camids=[0, 0, 1, 1], height=16, width=8, batch_size=3)
     # default transform: reid_test_transform -> ImageNet normalisation of a solid colour
     expected = (np.array(colours) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(s.features, expected, rtol=1e-5, atol=1e-5)
@@ -163,8 +164,9 @@ def test_unreadable_gallery_images_skipped_only_when_asked(tmp_path, caplog):
     with pytest.raises(EvaluationInputError, match="broken.jpg.*skip_unreadable"):
         ReIDSearcher.from_images(MeanColourNet(), gallery, height=16, width=8)
     # workers=2: decoded in DataLoader processes, the error still reaches us by name.
-    s = ReIDSearcher.from_images(MeanColourNet(), gallery, pids=[1, 2, 3], camids=[0, 1, 2], height=16, width=8,
-                                 workers=2, skip_unreadable=True)
+    s = ReIDSearcher.from_images(
+        MeanColourNet(), gallery, pids=[1, 2, 3], camids=[0, 1, 2], height=16, width=8, workers=2, skip_unreadable=True
+    )
     assert "skipped: cannot read image" in caplog.text  # a warning of the library's logger
     # The rest stays aligned: item i keeps its own pid, camid, path and colour.
     assert s.pids.tolist() == [1, 3] and s.camids.tolist() == [0, 2] and s.paths == [paths[0], paths[1]]
@@ -207,8 +209,8 @@ def test_load_checks_its_options(searcher, tmp_path):
 def test_from_a_checkpoint_path_uses_its_training_image_size(tiny_market_root, tmp_path):
     import glob
 
-    from reid_srdl.data.transforms import reid_test_transform
     from reid_srdl.core.checkpoint import save_model_file
+    from reid_srdl.data.transforms import reid_test_transform
     from reid_srdl.models import build_model
 
     torch.manual_seed(0)

@@ -1,16 +1,17 @@
 """torchreid and timm backbones behind our head, on tiny inputs: parameter counts and outputs
 against the libraries' own builds, stage shapes, local weight files only, clear errors."""
+
 import pytest
 import torch
+from method_helpers import OneSample
 from torch.utils.flop_counter import FlopCounterMode
 
-from method_helpers import OneSample
 from reid_srdl.config import ConfigError
+from reid_srdl.core.registry import UnknownNameError
+from reid_srdl.core.torch_files import UnsafeFileError
 from reid_srdl.engine.flops import parameter_count, training_forward_flops
 from reid_srdl.methods import METHODS
 from reid_srdl.models import WeightsMismatchError, build_model
-from reid_srdl.core.registry import UnknownNameError
-from reid_srdl.core.torch_files import UnsafeFileError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

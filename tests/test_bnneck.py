@@ -1,13 +1,13 @@
 """BNNeck (model.neck=bnneck): which tensor each loss sees, the inference feature, the frozen
 shift and bias-free classifier, and the wiring through every multi-branch method."""
+
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import spread_classifiers
 from torch.utils.data import DataLoader, TensorDataset
 
-from method_helpers import spread_classifiers
 from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.models.model_file import load_model_file
 from reid_srdl.evaluation.features import extract_features
 from reid_srdl.methods import METHODS
 from reid_srdl.methods.byot import BYOT
@@ -16,6 +16,7 @@ from reid_srdl.methods.losses import batch_hard_triplet
 from reid_srdl.methods.one import ONE
 from reid_srdl.methods.recipe import Recipe
 from reid_srdl.models import build_model
+from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,5 +1,6 @@
 """tools/train.py end to end on the tiny fixtures: re-id (SRDL), classification (SRDL, then
 KD from the first run as teacher), and the errors a user sees."""
+
 import json
 import os
 import subprocess
@@ -7,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from fixtures_data import write_fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,8 +19,17 @@ QUIET = ["train.progress=false", "train.precision=fp32", "train.tensorboard=fals
 
 def reid_args(root, out, name):
     return [
-        f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8", "model.feature_dim=32",
-        "train.epochs=2", "train.max_batches=2", f"train.output_dir={out}", f"train.run_name={name}", *QUIET,
+        f"data.root={root}",
+        "data.synthetic=false",
+        "data.height=64",
+        "data.width=32",
+        "data.batch_size=8",
+        "model.feature_dim=32",
+        "train.epochs=2",
+        "train.max_batches=2",
+        f"train.output_dir={out}",
+        f"train.run_name={name}",
+        *QUIET,
     ]
 
 
@@ -38,7 +47,10 @@ def tiny_fashion_root(tmp_path_factory):
 def test_reid_srdl_run_as_a_user_would(tiny_market_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "train.py"), *reid_args(tiny_market_root, tmp_path, "cli")],
-        capture_output=True, text=True, cwd=str(tmp_path), timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Rank-1" in proc.stdout and "multi query" in proc.stdout and "ensemble" in proc.stdout
@@ -51,8 +63,14 @@ def test_reid_srdl_run_as_a_user_would(tiny_market_root, tmp_path):
 
 def test_classification_srdl_then_kd_from_it(tiny_fashion_root, tmp_path, capsys):
     common = [
-        "data.name=fashion_mnist", f"data.root={tiny_fashion_root}", "data.batch_size=16", "model.name=resnet8",
-        "train.epochs=2", f"train.output_dir={tmp_path}", "eval.multi_query=false", *QUIET,
+        "data.name=fashion_mnist",
+        f"data.root={tiny_fashion_root}",
+        "data.batch_size=16",
+        "model.name=resnet8",
+        "train.epochs=2",
+        f"train.output_dir={tmp_path}",
+        "eval.multi_query=false",
+        *QUIET,
     ]
     assert train_cli.main([*common, "train.run_name=teacher", "method.name=srdl"]) == 0
     out = capsys.readouterr().out
@@ -60,7 +78,9 @@ def test_classification_srdl_then_kd_from_it(tiny_fashion_root, tmp_path, capsys
     with open(tmp_path / "teacher" / "metrics.json") as f:
         teacher = json.load(f)
     assert teacher["task"] == "classification" and teacher["num_train"] == 40 and teacher["num_classes"] == 10
-    assert 0.0 <= teacher["results"]["deployed"]["test"]["top1"] <= teacher["results"]["deployed"]["test"]["top5"] <= 1.0
+    assert (
+        0.0 <= teacher["results"]["deployed"]["test"]["top1"] <= teacher["results"]["deployed"]["test"]["top5"] <= 1.0
+    )
 
     kd = [*common, "train.run_name=student", "method.name=kd", f"method.kd.teacher={tmp_path / 'teacher'}"]
     assert train_cli.main(kd) == 0

@@ -1,4 +1,5 @@
 """Config: YAML + one level of _base_, dotted overrides, strict keys and types, round trip."""
+
 import os
 
 import pytest
@@ -16,7 +17,9 @@ def write(path, data):
 
 
 def test_overrides_are_typed_by_the_schema():
-    cfg = load_config(None, ["optim.lr=0.05", "method.srdl.temperature=4", "train.run_name=0001", "optim.milestones=[0.3, 0.6]"])
+    cfg = load_config(
+        None, ["optim.lr=0.05", "method.srdl.temperature=4", "train.run_name=0001", "optim.milestones=[0.3, 0.6]"]
+    )
     assert cfg.optim.lr == 0.05
     assert cfg.method.srdl.temperature == 4.0 and isinstance(cfg.method.srdl.temperature, float)
     assert cfg.train.run_name == "0001"  # a string field keeps the text, not int 1
@@ -85,7 +88,10 @@ def test_demo_yaml_is_the_builtin_default():
 
 
 @pytest.mark.parametrize(
-    "name", sorted(os.path.relpath(os.path.join(d, f), REPO) for d, _, fs in os.walk(os.path.join(REPO, "configs")) for f in fs)
+    "name",
+    sorted(
+        os.path.relpath(os.path.join(d, f), REPO) for d, _, fs in os.walk(os.path.join(REPO, "configs")) for f in fs
+    ),
 )
 def test_every_shipped_config_loads(name):
     cfg = load_config(os.path.join(REPO, name))
@@ -95,7 +101,12 @@ def test_every_shipped_config_loads(name):
         assert (cfg.data.sampler, cfg.data.num_instances, cfg.data.random_erasing) == ("identity", 4, 0.5)
         assert (cfg.model.name, cfg.model.neck, cfg.model.feature_dim) == ("resnet50", "bnneck", 0)
         assert (cfg.loss.label_smoothing, cfg.loss.triplet_weight, cfg.loss.triplet_margin) == (0.1, 1.0, 0.3)
-        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_epochs) == ("adam", 3.5e-4, 5e-4, 10)
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_epochs) == (
+            "adam",
+            3.5e-4,
+            5e-4,
+            10,
+        )
         assert [int(m * 120 + 1e-9) for m in cfg.optim.milestones] == [40, 70] and cfg.eval.normalize
     elif name.startswith(os.path.join("configs", "market1501")) and "base" not in name:
         assert (cfg.data.height, cfg.data.width, cfg.data.batch_size, cfg.train.epochs) == (256, 128, 32, 120)

@@ -1,4 +1,5 @@
 """build_data: the DataBundle contract the trainer relies on, on tiny fixtures."""
+
 import os
 import re
 import shutil
@@ -6,13 +7,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import SequentialSampler
-
 from conftest import TINY_MARKET
 from fixtures_data import write_cifar10, write_fashion_mnist
+from torch.utils.data import SequentialSampler
+
 from reid_srdl.config import DataConfig
-from reid_srdl.data.indexed import SeededSampler
 from reid_srdl.data import DataBundle, ImageReadError, ReIDSplit, build_data, default_root
+from reid_srdl.data.indexed import SeededSampler
 
 H, W = 32, 16
 _NAME = re.compile(r"^(-1|\d{4})_c(\d)")
@@ -29,8 +30,9 @@ def _listing(root, folder):
 
 
 def _reid_cfg(root, **kw):
-    base = dict(name="market1501", root=root, synthetic=False, height=H, width=W, batch_size=8,
-                test_batch_size=16, workers=0)
+    base = dict(
+        name="market1501", root=root, synthetic=False, height=H, width=W, batch_size=8, test_batch_size=16, workers=0
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -90,8 +92,12 @@ def test_multi_query_keeps_only_query_identity_cameras(tmp_path):
     bundle = build_data(_reid_cfg(str(tmp_path), batch_size=2))
     # gt_bbox holds 6 boxes; 0044 has no query, so 5 remain (20/c1 x2, 20/c4, 31/c2 x2).
     assert [os.path.basename(p) for p in bundle.multi_query.paths] == [
-        "0020_c1s1_001001_00.jpg", "0020_c1s1_001011_00.jpg", "0020_c4s1_001101_00.jpg",
-        "0031_c2s1_001201_00.jpg", "0031_c2s1_001221_00.jpg"]
+        "0020_c1s1_001001_00.jpg",
+        "0020_c1s1_001011_00.jpg",
+        "0020_c4s1_001101_00.jpg",
+        "0031_c2s1_001201_00.jpg",
+        "0031_c2s1_001221_00.jpg",
+    ]
     assert (bundle.num_train, bundle.num_classes) == (5, 3)
     assert bundle.train_loader.drop_last is True  # 5 >= 2 * 2
     assert len(bundle.train_loader) == 2
@@ -100,7 +106,7 @@ def test_multi_query_keeps_only_query_identity_cameras(tmp_path):
 def test_tiny_set_still_gives_a_batch(tiny_market_root):
     bundle = build_data(_reid_cfg(tiny_market_root, batch_size=1000))
     assert bundle.train_loader.drop_last is False
-    (images, labels, indices), = list(bundle.train_loader)
+    ((images, labels, indices),) = list(bundle.train_loader)
     assert len(images) == bundle.num_train
     assert sorted(indices.tolist()) == list(range(bundle.num_train))
 
@@ -148,7 +154,12 @@ def test_cifar10_bundle(tmp_path):
     write_cifar10(str(tmp_path), CIFAR_LABELS, [7, 8, 6])
     bundle = build_data(_cifar_cfg(str(tmp_path)))
     assert (bundle.task, bundle.name, bundle.num_classes, bundle.in_channels, bundle.num_train) == (
-        "classification", "cifar10", 10, 3, 9)
+        "classification",
+        "cifar10",
+        10,
+        3,
+        9,
+    )
     assert bundle.query is None and bundle.gallery is None and bundle.multi_query is None
     images, labels, indices = next(iter(bundle.train_loader))
     assert images.shape == (4, 3, 32, 32) and labels.dtype == torch.int64 and indices.dtype == torch.int64
@@ -191,8 +202,9 @@ def test_train_subset_is_a_fixed_seed_random_subset(tmp_path):
 def test_fashion_mnist_bundle_with_a_worker(tmp_path):
     train = np.zeros((5, 28, 28), np.uint8)
     write_fashion_mnist(str(tmp_path), train, [1, 2, 3, 4, 5], np.zeros((2, 28, 28), np.uint8), [6, 7], gz=False)
-    bundle = build_data(DataConfig(name="fashion_mnist", root=str(tmp_path), batch_size=2, test_batch_size=4,
-                                   workers=1))
+    bundle = build_data(
+        DataConfig(name="fashion_mnist", root=str(tmp_path), batch_size=2, test_batch_size=4, workers=1)
+    )
     assert (bundle.in_channels, bundle.num_classes, bundle.num_train) == (1, 10, 5)
     images, labels, indices = next(iter(bundle.test_loader))
     assert images.shape == (2, 1, 28, 28) and labels.tolist() == [6, 7] and indices.tolist() == [0, 1]
@@ -211,12 +223,15 @@ def test_empty_root_means_the_default_root():
     assert (bundle.num_train, len(bundle.test_loader.dataset)) == (10, 10000)
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(name="mnist"), "data.name='mnist' is not one of"),
-    (dict(workers=-1), "data.workers must be >= 0"),
-    (dict(train_subset=-1), "data.train_subset must be >= 0"),
-    (dict(batch_size=0), "data.batch_size"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(name="mnist"), "data.name='mnist' is not one of"),
+        (dict(workers=-1), "data.workers must be >= 0"),
+        (dict(train_subset=-1), "data.train_subset must be >= 0"),
+        (dict(batch_size=0), "data.batch_size"),
+    ],
+)
 def test_bad_config_values(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         build_data(_cifar_cfg(str(tmp_path), **kw))

@@ -1,14 +1,12 @@
 """Classification readers on tiny fixtures in the original formats, plus image decoding errors
 and the indexed wrapper."""
+
 import gzip
 import io
 import os
 
 import numpy as np
 import pytest
-from PIL import Image
-from torch.utils.data import Subset
-
 from fixtures_data import (
     TINY_WNIDS,
     idx_bytes,
@@ -19,6 +17,9 @@ from fixtures_data import (
     write_image_folder,
     write_tiny_imagenet,
 )
+from PIL import Image
+from torch.utils.data import Subset
+
 from reid_srdl.data.classification import (
     DatasetFormatError,
     load_cifar10,
@@ -121,7 +122,9 @@ def test_fashion_mnist_bad_magic_names_the_file(tmp_path):
     path = os.path.join(str(tmp_path), "t10k-labels-idx1-ubyte.gz")
     with gzip.open(path, "wb") as f:
         f.write(idx_bytes(np.array(test_labels), 0x803))  # an images magic on a labels file
-    with pytest.raises(DatasetFormatError, match=r"t10k-labels-idx1-ubyte.gz': idx magic number is 0x00000803, expected 0x00000801"):
+    with pytest.raises(
+        DatasetFormatError, match=r"t10k-labels-idx1-ubyte.gz': idx magic number is 0x00000803, expected 0x00000801"
+    ):
         load_fashion_mnist(str(tmp_path))
 
 
@@ -133,7 +136,10 @@ def test_fashion_mnist_size_and_count_mismatch(tmp_path):
         raw = f.read()
     with open(path, "wb") as f:
         f.write(raw[:-10])  # truncated
-    with pytest.raises(DatasetFormatError, match=r"train-images-idx3-ubyte': header announces shape \(3, 28, 28\) \(2368 bytes in all\), file has 2358 bytes"):
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"train-images-idx3-ubyte': header announces shape \(3, 28, 28\) \(2368 bytes in all\), file has 2358 bytes",  # noqa: E501
+    ):
         load_fashion_mnist(str(tmp_path))
     with open(path, "wb") as f:
         f.write(idx_bytes(train[:2], 0x803))
@@ -171,7 +177,13 @@ def test_tiny_imagenet(tmp_path):
     assert (data.num_classes, len(data.train), len(data.test)) == (3, 6, 4)
     # Train: ImageFolder order (class by class, sorted); the boxes .txt files are not images.
     assert [os.path.basename(p) for p, _ in data.train.samples] == [
-        "n01_0.JPEG", "n01_1.JPEG", "n02_0.JPEG", "n02_1.JPEG", "n03_0.JPEG", "n03_1.JPEG"]
+        "n01_0.JPEG",
+        "n01_1.JPEG",
+        "n02_0.JPEG",
+        "n02_1.JPEG",
+        "n03_0.JPEG",
+        "n03_1.JPEG",
+    ]
     assert [label for _, label in data.train.samples] == [0, 0, 1, 1, 2, 2]
     assert [data.test[i][1] for i in range(4)] == [2, 0, 1, 2]  # n03, n01, n02, n03
     img, label = data.train[2]

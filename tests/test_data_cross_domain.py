@@ -3,6 +3,7 @@ main() with the user's arguments, in this process) on
 the synthetic layouts: per-target metrics.json, table and TensorBoard, the mean over targets,
 --dataset on a finished run and the mean over the random splits, checked against torchreid's
 own evaluate_rank on independently extracted features."""
+
 import contextlib
 import io
 import json
@@ -17,20 +18,31 @@ import torch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
-    from torchreid.reid.data.datasets.image import VIPeR, DukeMTMCreID
+    from torchreid.reid.data.datasets.image import DukeMTMCreID, VIPeR
     from torchreid.reid.metrics.rank import evaluate_rank
 
 from data_reid_helpers import DUKE_COUNTS, VIPER_COUNTS
+
+from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.data.build import reid_split
 from reid_srdl.data.transforms import reid_test_transform
-from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.models.model_file import load_model_file
 from reid_srdl.evaluation.features import extract_features
+from reid_srdl.models.model_file import load_model_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN, EVAL = os.path.join(REPO, "tools", "train.py"), os.path.join(REPO, "tools", "eval_reid.py")
-TINY = ["data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8", "data.workers=0",
-        "model.feature_dim=32", "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.precision=fp32"]
+TINY = [
+    "data.synthetic=false",
+    "data.height=64",
+    "data.width=32",
+    "data.batch_size=8",
+    "data.workers=0",
+    "model.feature_dim=32",
+    "train.epochs=2",
+    "train.max_batches=2",
+    "train.progress=false",
+    "train.precision=fp32",
+]
 
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -56,8 +68,16 @@ def _run(tool, *argv, cwd):
 def duke_run(tiny_reid_root, tmp_path_factory):
     """`python tools/train.py data.sources=[dukemtmcreid] data.root=ROOT` (SRDL, both stages)."""
     out = tmp_path_factory.mktemp("duke_run")
-    proc = _run(TRAIN, "data.sources=[dukemtmcreid]", f"data.root={tiny_reid_root}", *TINY,
-                "train.tensorboard=false", f"train.output_dir={out}", "train.run_name=duke", cwd=out)
+    proc = _run(
+        TRAIN,
+        "data.sources=[dukemtmcreid]",
+        f"data.root={tiny_reid_root}",
+        *TINY,
+        "train.tensorboard=false",
+        f"train.output_dir={out}",
+        "train.run_name=duke",
+        cwd=out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "duke", proc
 
@@ -66,8 +86,17 @@ def duke_run(tiny_reid_root, tmp_path_factory):
 def cross_domain_run(tiny_reid_root, tmp_path_factory):
     """Market-1501 training, evaluated on Market-1501 and DukeMTMC-reID; TensorBoard on."""
     out = tmp_path_factory.mktemp("cross_run")
-    proc = _run(TRAIN, "data.targets=[market1501,dukemtmcreid]", f"data.root={tiny_reid_root}", *TINY,
-                "method.name=vanilla", "train.epochs=1", f"train.output_dir={out}", "train.run_name=cross", cwd=out)
+    proc = _run(
+        TRAIN,
+        "data.targets=[market1501,dukemtmcreid]",
+        f"data.root={tiny_reid_root}",
+        *TINY,
+        "method.name=vanilla",
+        "train.epochs=1",
+        f"train.output_dir={out}",
+        "train.run_name=cross",
+        cwd=out,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "cross", proc
 
@@ -120,8 +149,14 @@ def test_targets_reported_apart_with_their_mean(cross_domain_run, tiny_reid_root
     metrics = _metrics(run)
     assert metrics["data"] == "market1501" and metrics["targets"] == ["market1501", "dukemtmcreid"]
     res = metrics["results"]["deployed"]
-    assert list(res) == ["market1501/single_query", "market1501/multi_query", "market1501/open_set",
-                         "dukemtmcreid/single_query", "dukemtmcreid/open_set", "mean/single_query"]
+    assert list(res) == [
+        "market1501/single_query",
+        "market1501/multi_query",
+        "market1501/open_set",
+        "dukemtmcreid/single_query",
+        "dukemtmcreid/open_set",
+        "mean/single_query",
+    ]
     assert res["dukemtmcreid/single_query"]["num_queries"] == DUKE_COUNTS["query"][0]
     for key in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"):
         expected = (res["market1501/single_query"][key] + res["dukemtmcreid/single_query"][key]) / 2
@@ -136,17 +171,21 @@ def test_targets_reported_apart_with_their_mean(cross_domain_run, tiny_reid_root
     for row in ("market1501/single query", "market1501/multi query", "dukemtmcreid/single query", "mean/single query"):
         assert row in proc.stdout
     assert {p.name for p in run.glob("cmc_*.png")} == {"cmc_deployed_market1501.png", "cmc_deployed_dukemtmcreid.png"}
-    assert {p.name for p in run.glob("open_set_*.png")} == {"open_set_deployed_market1501.png",
-                                                            "open_set_deployed_dukemtmcreid.png"}
+    assert {p.name for p in run.glob("open_set_*.png")} == {
+        "open_set_deployed_market1501.png",
+        "open_set_deployed_dukemtmcreid.png",
+    }
     # TensorBoard: the same values under eval/deployed/<target>/<protocol>/<metric>.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag, value in (("eval/deployed/dukemtmcreid/single_query/mAP", res["dukemtmcreid/single_query"]["mAP"]),
-                       ("eval/deployed/mean/single_query/rank1", res["mean/single_query"]["rank1"]),
-                       ("eval/deployed/market1501/multi_query/mAP", res["market1501/multi_query"]["mAP"])):
+    for tag, value in (
+        ("eval/deployed/dukemtmcreid/single_query/mAP", res["dukemtmcreid/single_query"]["mAP"]),
+        ("eval/deployed/mean/single_query/rank1", res["mean/single_query"]["rank1"]),
+        ("eval/deployed/market1501/multi_query/mAP", res["market1501/multi_query"]["mAP"]),
+    ):
         assert tag in tags
         assert events.Scalars(tag)[-1].value == pytest.approx(value, abs=1e-6)
 
@@ -154,19 +193,53 @@ def test_targets_reported_apart_with_their_mean(cross_domain_run, tiny_reid_root
 def test_eval_reid_on_another_dataset(duke_run, tiny_reid_root, tmp_path):
     """A Duke-trained run evaluated on Market-1501 (cross-domain) and on its own Duke (default)."""
     run, _ = duke_run
-    proc = _run(EVAL, "--checkpoint", str(run), "--data-root", tiny_reid_root, "--workers", "0",
-                "--json", str(tmp_path / "own.json"), cwd=tmp_path)
+    proc = _run(
+        EVAL,
+        "--checkpoint",
+        str(run),
+        "--data-root",
+        tiny_reid_root,
+        "--workers",
+        "0",
+        "--json",
+        str(tmp_path / "own.json"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "own.json") as f:
         own = json.load(f)
     assert own == {k: v for k, v in _metrics(run)["results"]["deployed"]["single_query"].items() if k in own}
-    proc = _run(EVAL, "--checkpoint", str(run), "--data-root", tiny_reid_root, "--dataset", "market1501",
-                "--multi-query", "--workers", "0", "--json", str(tmp_path / "market.json"), cwd=tmp_path)
+    proc = _run(
+        EVAL,
+        "--checkpoint",
+        str(run),
+        "--data-root",
+        tiny_reid_root,
+        "--dataset",
+        "market1501",
+        "--multi-query",
+        "--workers",
+        "0",
+        "--json",
+        str(tmp_path / "market.json"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "market.json") as f:
         assert json.load(f)["num_queries"] > 0
-    proc = _run(EVAL, "--checkpoint", str(run), "--data-root", tiny_reid_root, "--dataset", "msmt17",
-                "--multi-query", "--workers", "0", cwd=tmp_path)
+    proc = _run(
+        EVAL,
+        "--checkpoint",
+        str(run),
+        "--data-root",
+        tiny_reid_root,
+        "--dataset",
+        "msmt17",
+        "--multi-query",
+        "--workers",
+        "0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "msmt17" in proc.stderr and "gt_bbox" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -175,8 +248,23 @@ def test_eval_reid_mean_over_the_random_splits(duke_run, tiny_reid_root, tmp_pat
     """--all-splits on VIPeR: each split scored as torchreid's evaluate_rank scores it, and the mean."""
     run, _ = duke_run
     out = tmp_path / "viper.json"
-    proc = _run(EVAL, "--checkpoint", str(run), "--data-root", tiny_reid_root, "--dataset", "viper", "--all-splits",
-                "--workers", "0", "--max-rank", "20", "--json", str(out), cwd=tmp_path)
+    proc = _run(
+        EVAL,
+        "--checkpoint",
+        str(run),
+        "--data-root",
+        tiny_reid_root,
+        "--dataset",
+        "viper",
+        "--all-splits",
+        "--workers",
+        "0",
+        "--max-rank",
+        "20",
+        "--json",
+        str(out),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(out) as f:
         report = json.load(f)
@@ -205,27 +293,44 @@ def test_all_splits_refuses_a_run_trained_on_that_set(tmp_path, tiny_reid_root):
     torch.manual_seed(0)
     path = str(tmp_path / "viper_model.pt")
     save_model_file(build_model("small_reid", 5, feature_dim=32), path, task="reid", data="viper", height=64, width=32)
-    proc = _run(EVAL, "--checkpoint", path, "--data-root", tiny_reid_root, "--dataset", "viper", "--all-splits",
-                cwd=tmp_path)
+    proc = _run(
+        EVAL, "--checkpoint", path, "--data-root", tiny_reid_root, "--dataset", "viper", "--all-splits", cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: --all-splits: {path} was trained on viper, so the other splits' test identities are its training "
         "identities; train one run per split (data.split_id) and evaluate each with --split-id"
     ]
-    proc = _run(EVAL, "--checkpoint", path, "--data-root", tiny_reid_root, "--dataset", "dukemtmcreid", "--all-splits",
-                cwd=tmp_path)
+    proc = _run(
+        EVAL,
+        "--checkpoint",
+        path,
+        "--data-root",
+        tiny_reid_root,
+        "--dataset",
+        "dukemtmcreid",
+        "--all-splits",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "dukemtmcreid has one fixed split" in proc.stderr
 
 
 def test_train_cli_bad_data_choice_is_one_line(tmp_path, tiny_reid_root):
-    proc = _run(TRAIN, "data.sources=[dukemtmcreid,sensereid]", f"data.root={tiny_reid_root}", *TINY,
-                f"train.output_dir={tmp_path}", cwd=tmp_path)
+    proc = _run(
+        TRAIN,
+        "data.sources=[dukemtmcreid,sensereid]",
+        f"data.root={tiny_reid_root}",
+        *TINY,
+        f"train.output_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and not list(tmp_path.iterdir())
     assert proc.stderr.strip().splitlines() == [
         "error: data.sources: 'sensereid' is a test-only data set (its training split is its own test images); "
         "give it in data.targets"
     ]
-    proc = _run(TRAIN, "data.targets=[grid]", f"data.root={tiny_reid_root}", *TINY, f"train.output_dir={tmp_path}",
-                cwd=tmp_path)
+    proc = _run(
+        TRAIN, "data.targets=[grid]", f"data.root={tiny_reid_root}", *TINY, f"train.output_dir={tmp_path}", cwd=tmp_path
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "no GRID data under" in proc.stderr and "underground_reid/probe/ is missing" in proc.stderr

@@ -1,12 +1,13 @@
 """Market-1501 listing: file-name parsing, junk/distractors, relabelling, layouts, errors,
 and agreement with torchreid's own Market1501 / ImageDataManager on the synthetic set."""
+
 import os
 import shutil
 
 import pytest
 import torch
-
 from fixtures_data import MARKET_EXPECTED, MARKET_FILES, write_market_tree
+
 from reid_srdl.data.market1501 import (
     DATASET_NAME,
     Market1501SRDL,
@@ -44,8 +45,14 @@ def test_parse_market_filename_all_fields_and_round_trip():
 
 @pytest.mark.parametrize(
     "name",
-    ["foo.jpg", "0002_c7s1_000451_03.jpg", "0002_c0s1_000451_03.jpg", "02_c1s1_000451_03.jpg",
-     "0002_c1s1_000451_03.png", "0002_c1_000451_03.jpg"],
+    [
+        "foo.jpg",
+        "0002_c7s1_000451_03.jpg",
+        "0002_c0s1_000451_03.jpg",
+        "02_c1s1_000451_03.jpg",
+        "0002_c1s1_000451_03.png",
+        "0002_c1_000451_03.jpg",
+    ],
 )
 def test_parse_market_name_rejects_other_names(name):
     with pytest.raises(ValueError, match="0002_c1s1_000451_03.jpg|camera c"):
@@ -201,8 +208,16 @@ def test_torchreid_image_data_manager_reads_our_root(tiny_market_root, source):
     from torchreid.reid.data import ImageDataManager
 
     ours = read_market1501(tiny_market_root)
-    dm = ImageDataManager(root=tiny_market_root, sources=source, height=32, width=16, batch_size_train=4,
-                          batch_size_test=8, workers=0, use_gpu=False)
+    dm = ImageDataManager(
+        root=tiny_market_root,
+        sources=source,
+        height=32,
+        width=16,
+        batch_size_train=4,
+        batch_size_test=8,
+        workers=0,
+        use_gpu=False,
+    )
     assert dm.num_train_pids == ours.num_train_pids
     assert dm.num_train_cams == len({c for _p, _l, c in ours.train}) == 6
     assert len(dm.train_loader.dataset.train) == len(ours.train)

@@ -1,5 +1,6 @@
 """Several training sources: label and camera offsets (against torchreid's own ``Dataset.__add__``
 and a hand-made example), and the bundles build_data makes for sources and targets."""
+
 import os
 import warnings
 
@@ -8,9 +9,10 @@ import pytest
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
-    from torchreid.reid.data.datasets.image import DukeMTMCreID, MSMT17
+    from torchreid.reid.data.datasets.image import MSMT17, DukeMTMCreID
 
 from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS, MSMT_COUNTS
+
 from reid_srdl.config import DataConfig
 from reid_srdl.data import build_data
 from reid_srdl.data.market1501 import Market1501SRDL, read_market1501
@@ -19,8 +21,9 @@ from reid_srdl.data.sources import combine_train_sets
 
 
 def _cfg(root, **kw):
-    return DataConfig(root=root, synthetic=False, height=32, width=16, batch_size=4, test_batch_size=16, workers=0,
-                      **kw)
+    return DataConfig(
+        root=root, synthetic=False, height=32, width=16, batch_size=4, test_batch_size=16, workers=0, **kw
+    )
 
 
 def test_offsets_match_torchreids_own_sum_of_datasets(tiny_reid_root):
@@ -28,8 +31,13 @@ def test_offsets_match_torchreids_own_sum_of_datasets(tiny_reid_root):
     identities, cameras by the previous cameras, dsetid = source index."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        theirs = sum([Market1501SRDL(root=tiny_reid_root, verbose=False),
-                      DukeMTMCreID(root=tiny_reid_root, verbose=False), MSMT17(root=tiny_reid_root, verbose=False)])
+        theirs = sum(
+            [
+                Market1501SRDL(root=tiny_reid_root, verbose=False),
+                DukeMTMCreID(root=tiny_reid_root, verbose=False),
+                MSMT17(root=tiny_reid_root, verbose=False),
+            ]
+        )
     names = ("market1501", "dukemtmcreid", "msmt17")
     ours = combine_train_sets([(n, read_reid_set(n, tiny_reid_root).train) for n in names])
     assert sorted(ours.samples) == sorted(tuple(s) for s in theirs.train)
@@ -100,8 +108,18 @@ def test_single_market_bundle_is_todays(tiny_reid_root):
 
 def test_synthetic_true_writes_the_missing_sets(tmp_path):
     root = str(tmp_path)
-    bundle = build_data(DataConfig(root=root, synthetic=True, synthetic_ids=4, sources=("dukemtmcreid",),
-                                   targets=("dukemtmcreid", "viper"), height=32, width=16, workers=0))
+    bundle = build_data(
+        DataConfig(
+            root=root,
+            synthetic=True,
+            synthetic_ids=4,
+            sources=("dukemtmcreid",),
+            targets=("dukemtmcreid", "viper"),
+            height=32,
+            width=16,
+            workers=0,
+        )
+    )
     assert sorted(os.listdir(root)) == ["dukemtmc-reid", "viper"]
     # 4 ids: 2 train, 2 test, 1 distractor, 3 cameras x 3 images -> query 2*3, gallery 2*3*2 + 1*3.
     assert bundle.num_train == 2 * 3 * 3 and len(bundle.targets[0].gallery.pids) == 2 * 3 * 2 + 3

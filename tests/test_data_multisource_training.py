@@ -1,27 +1,27 @@
 """Multi-source training (Market-1501 + DukeMTMC-reID, labels 0-3 and 4-7): every method runs on
 it, SRDL's logit bank is indexed by the combined set, a resumed run ends with the same weights,
 and a 2-process DDP run (gloo on CPU) gathers the same bank."""
+
 import json
 import os
 
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS
-from reid_srdl.models.model_file import load_model_file
+from trainer_helpers import free_port, interrupted_then_resumed
+
 from reid_srdl.config import load_config
-from reid_srdl.data import build_data
-from reid_srdl.data.market1501 import read_market1501
-from reid_srdl.core import distributed as ddp
-from reid_srdl.data.indexed import read_rgb_image
-from reid_srdl.data.transforms import reid_test_transform
 from reid_srdl.core import checkpoint as ckpt
+from reid_srdl.core import distributed as ddp
+from reid_srdl.data import build_data
+from reid_srdl.data.indexed import read_rgb_image
+from reid_srdl.data.market1501 import read_market1501
+from reid_srdl.data.transforms import reid_test_transform
 from reid_srdl.engine.trainer import Trainer
 from reid_srdl.methods.srdl import extract_logits
 from reid_srdl.models import build_model
-from test_distributed import free_port
-from test_trainer import interrupted_then_resumed
+from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -30,12 +30,30 @@ SOURCES = "data.sources=[market1501,dukemtmcreid]"
 
 
 def multi_cfg(root, out, *extra):
-    return load_config(None, [
-        f"data.root={root}", "data.synthetic=false", SOURCES, "data.height=64", "data.width=32", "data.batch_size=8",
-        "data.test_batch_size=32", "data.workers=0", "model.name=small_reid", "model.feature_dim=32",
-        "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.precision=fp32", "train.tensorboard=false",
-        f"train.output_dir={out}", "train.run_name=run", "eval.plot=false", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.synthetic=false",
+            SOURCES,
+            "data.height=64",
+            "data.width=32",
+            "data.batch_size=8",
+            "data.test_batch_size=32",
+            "data.workers=0",
+            "model.name=small_reid",
+            "model.feature_dim=32",
+            "train.epochs=2",
+            "train.max_batches=2",
+            "train.progress=false",
+            "train.precision=fp32",
+            "train.tensorboard=false",
+            f"train.output_dir={out}",
+            "train.run_name=run",
+            "eval.plot=false",
+            *extra,
+        ],
+    )
 
 
 def _run_dir(cfg):
@@ -51,18 +69,29 @@ def kd_teacher(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("vanilla", ["train.epochs=1"]),
-    ("srdl", []),
-    ("one", ["train.epochs=1", "method.one.branches=2"]),
-    ("byot", ["train.epochs=1"]),
-    ("frskd", ["train.epochs=1", "method.frskd.width=16"]),
-    ("kd", ["train.epochs=1"]),
-])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("vanilla", ["train.epochs=1"]),
+        ("srdl", []),
+        ("one", ["train.epochs=1", "method.one.branches=2"]),
+        ("byot", ["train.epochs=1"]),
+        ("frskd", ["train.epochs=1", "method.frskd.width=16"]),
+        ("kd", ["train.epochs=1"]),
+    ],
+)
 def test_every_method_trains_on_two_sources(tiny_reid_root, tmp_path, kd_teacher, method, extra):
     more = [f"method.kd.teacher={kd_teacher}"] if method == "kd" else []
-    cfg = multi_cfg(tiny_reid_root, tmp_path, f"method.name={method}", "train.max_batches=1",
-                    "data.targets=[dukemtmcreid]", "eval.multi_query=false", *extra, *more)
+    cfg = multi_cfg(
+        tiny_reid_root,
+        tmp_path,
+        f"method.name={method}",
+        "train.max_batches=1",
+        "data.targets=[dukemtmcreid]",
+        "eval.multi_query=false",
+        *extra,
+        *more,
+    )
     trainer = Trainer(cfg, _run_dir(cfg))
     assert trainer.data.num_classes == NUM_CLASSES
     summary = trainer.fit()
@@ -107,8 +136,9 @@ def test_resumed_multi_source_run_ends_with_the_same_weights(tiny_reid_root, tmp
 
 
 def _fit_worker(rank, world, port, root, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     ddp.init_distributed(60, use_cuda=False)
     try:
@@ -120,8 +150,9 @@ def _fit_worker(rank, world, port, root, out):
 
 def test_two_processes_on_two_sources(tiny_reid_root, tmp_path):
     """What torchrun runs, in 2 forked gloo processes: SRDL's whole run, rank 0 writing."""
-    mp.start_processes(_fit_worker, args=(2, free_port(), tiny_reid_root, str(tmp_path)), nprocs=2, join=True,
-                       start_method="fork")
+    mp.start_processes(
+        _fit_worker, args=(2, free_port(), tiny_reid_root, str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
     run = tmp_path / "run"
     with open(run / "metrics.json") as f:
         metrics = json.load(f)
@@ -140,12 +171,27 @@ def test_two_processes_on_two_sources(tiny_reid_root, tmp_path):
 
 def test_a_run_saved_before_the_new_data_keys_still_resumes(tiny_reid_root, tmp_path, monkeypatch):
     """last.pt of an older version has no data.sources/targets/split_id/cuhk03_* keys."""
-    cfg = load_config(None, [
-        f"data.root={tiny_reid_root}", "data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8",
-        "data.workers=0", "model.feature_dim=32", "method.name=vanilla", "train.epochs=2", "train.max_batches=1",
-        "train.progress=false", "train.precision=fp32", "train.tensorboard=false", f"train.output_dir={tmp_path}", "train.run_name=run",
-        "eval.plot=false",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tiny_reid_root}",
+            "data.synthetic=false",
+            "data.height=64",
+            "data.width=32",
+            "data.batch_size=8",
+            "data.workers=0",
+            "model.feature_dim=32",
+            "method.name=vanilla",
+            "train.epochs=2",
+            "train.max_batches=1",
+            "train.progress=false",
+            "train.precision=fp32",
+            "train.tensorboard=false",
+            f"train.output_dir={tmp_path}",
+            "train.run_name=run",
+            "eval.plot=false",
+        ],
+    )
     run_dir = _run_dir(cfg)
     trainer = Trainer(cfg, run_dir)
     trainer.optimizer = None
@@ -158,5 +204,8 @@ def test_a_run_saved_before_the_new_data_keys_still_resumes(tiny_reid_root, tmp_
     assert Trainer(cfg, run_dir, resume=True).run.state.start_epoch == 0
     state["config"]["data"]["batch_size"] = 16  # a real difference is still refused
     ckpt.atomic_save(state, path)
-    with pytest.raises(ckpt.CheckpointError, match=r"differs from the config the training state was written with \(saved -> now\): data.batch_size: 16 -> 8; restore"):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"differs from the config the training state was written with \(saved -> now\): data.batch_size: 16 -> 8; restore",  # noqa: E501
+    ):
         Trainer(cfg, run_dir, resume=True)

@@ -1,6 +1,7 @@
 """Re-id data set names come from torchreid's registry and resolve to torchreid's classes; a
 missing, mis-laid or empty folder is one line naming the layout, found before the class is
 constructed (so nothing is ever downloaded); roles, options and split ids are checked."""
+
 import functools
 import json
 import os
@@ -15,8 +16,19 @@ with warnings.catch_warnings():
     import torchreid.reid.data.datasets as torchreid_datasets
     from torchreid.reid.data.datasets import dataset as torchreid_dataset_module
     from torchreid.reid.data.datasets.image import (
-        CUHK01, CUHK02, CUHK03, CUHKSYSU, GRID, MSMT17, PRID, VIPeR, DukeMTMCreID, Market1501, SenseReID,
-        University1652, iLIDS,
+        CUHK01,
+        CUHK02,
+        CUHK03,
+        CUHKSYSU,
+        GRID,
+        MSMT17,
+        PRID,
+        DukeMTMCreID,
+        Market1501,
+        SenseReID,
+        University1652,
+        VIPeR,
+        iLIDS,
     )
 
 from reid_srdl.config import ConfigError, DataConfig
@@ -33,18 +45,34 @@ from reid_srdl.data.reid_sets import (
 
 # torchreid 0.2.5's image registry (torchreid/reid/data/datasets/__init__.py), by hand.
 TORCHREID_CLASSES = {
-    "market1501": Market1501, "cuhk03": CUHK03, "dukemtmcreid": DukeMTMCreID, "msmt17": MSMT17, "viper": VIPeR,
-    "grid": GRID, "cuhk01": CUHK01, "ilids": iLIDS, "sensereid": SenseReID, "prid": PRID, "cuhk02": CUHK02,
-    "university1652": University1652, "cuhksysu": CUHKSYSU,
+    "market1501": Market1501,
+    "cuhk03": CUHK03,
+    "dukemtmcreid": DukeMTMCreID,
+    "msmt17": MSMT17,
+    "viper": VIPeR,
+    "grid": GRID,
+    "cuhk01": CUHK01,
+    "ilids": iLIDS,
+    "sensereid": SenseReID,
+    "prid": PRID,
+    "cuhk02": CUHK02,
+    "university1652": University1652,
+    "cuhksysu": CUHKSYSU,
 }
 # The folder each class looks in under ROOT and the first thing it needs there (from their __init__).
 FIRST_NEED = {
-    "dukemtmcreid": "dukemtmc-reid/DukeMTMC-reID/bounding_box_train", "msmt17": "msmt17/MSMT17_V1",
-    "cuhk03": "cuhk03/cuhk03_release/cuhk-03.mat", "viper": "viper/VIPeR/cam_a", "grid": "grid/underground_reid/probe",
-    "cuhk01": "cuhk01/campus", "ilids": "ilids/i-LIDS_Pedestrian/Persons",
+    "dukemtmcreid": "dukemtmc-reid/DukeMTMC-reID/bounding_box_train",
+    "msmt17": "msmt17/MSMT17_V1",
+    "cuhk03": "cuhk03/cuhk03_release/cuhk-03.mat",
+    "viper": "viper/VIPeR/cam_a",
+    "grid": "grid/underground_reid/probe",
+    "cuhk01": "cuhk01/campus",
+    "ilids": "ilids/i-LIDS_Pedestrian/Persons",
     "prid": "prid2011/prid_2011/single_shot/cam_a",
-    "sensereid": "sensereid/SenseReID/test_probe", "cuhk02": "cuhk02/Dataset/P1/cam1",
-    "cuhksysu": "cuhksysu/cropped_images", "university1652": "university1652/University-Release/train",
+    "sensereid": "sensereid/SenseReID/test_probe",
+    "cuhk02": "cuhk02/Dataset/P1/cam1",
+    "cuhksysu": "cuhksysu/cropped_images",
+    "university1652": "university1652/University-Release/train",
 }
 
 
@@ -74,8 +102,9 @@ def no_torchreid_construction(monkeypatch):
 
     for name, cls in list(table.items()):
         monkeypatch.setitem(table, name, exploding(cls))
-    monkeypatch.setattr(torchreid_dataset_module.Dataset, "download_dataset",
-                        lambda *a: pytest.fail("a download was attempted"))
+    monkeypatch.setattr(
+        torchreid_dataset_module.Dataset, "download_dataset", lambda *a: pytest.fail("a download was attempted")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(FIRST_NEED))
@@ -141,16 +170,19 @@ def test_a_broken_file_from_torchreid_is_one_line(tiny_reid_root, tmp_path):
     assert "\n" not in str(info.value) and "torchreid's MSMT17 could not read" in str(info.value)
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(sources=("sensereid",)), "data.sources: 'sensereid' is a test-only data set"),
-    (dict(targets=("cuhksysu",)), "data.targets: 'cuhksysu' is a training-only data set"),
-    (dict(sources=("market1501", "nope")), "data.sources: 'nope' is not a re-id data set; valid names: cuhk01"),
-    (dict(targets=("dukemtmcreid", "dukemtmcreid")), "data.targets lists a data set twice"),
-    # Which classes take which option: read from torchreid's signatures (split_id: 6 classes).
-    (dict(split_id=2), "data.split_id applies to cuhk01, cuhk03, grid, ilids, prid, viper only"),
-    (dict(cuhk03_labeled=True, sources=("viper",)), "data.cuhk03_labeled applies to cuhk03 only"),
-    (dict(name="cifar10", sources=("viper",)), r"data.name='cifar10' and data.sources=\['viper'\] disagree"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(sources=("sensereid",)), "data.sources: 'sensereid' is a test-only data set"),
+        (dict(targets=("cuhksysu",)), "data.targets: 'cuhksysu' is a training-only data set"),
+        (dict(sources=("market1501", "nope")), "data.sources: 'nope' is not a re-id data set; valid names: cuhk01"),
+        (dict(targets=("dukemtmcreid", "dukemtmcreid")), "data.targets lists a data set twice"),
+        # Which classes take which option: read from torchreid's signatures (split_id: 6 classes).
+        (dict(split_id=2), "data.split_id applies to cuhk01, cuhk03, grid, ilids, prid, viper only"),
+        (dict(cuhk03_labeled=True, sources=("viper",)), "data.cuhk03_labeled applies to cuhk03 only"),
+        (dict(name="cifar10", sources=("viper",)), r"data.name='cifar10' and data.sources=\['viper'\] disagree"),
+    ],
+)
 def test_bad_choices_stop_before_any_reading(tmp_path, kw, message, no_torchreid_construction):
     with pytest.raises(ConfigError, match=message):
         build_data(DataConfig(root=str(tmp_path / "absent"), synthetic=False, workers=0, **kw))
@@ -189,8 +221,8 @@ def test_random_splits_are_drawn_from_a_fixed_seed_and_leave_the_global_rng_alon
 
 
 def test_torchreid_prints_go_to_the_log(tiny_reid_root, tmp_path, capsys, caplog):
-    import shutil
     import logging
+    import shutil
 
     shutil.copytree(os.path.join(tiny_reid_root, "viper", "VIPeR"), tmp_path / "viper" / "VIPeR")
     with caplog.at_level(logging.INFO, logger="reid_srdl.data.reid_sets"):

@@ -1,5 +1,6 @@
 """The synthetic Market-1501 generator: layout, names, protocol properties, determinism,
 atomic writing, ensure_synthetic_market and the CLI."""
+
 import hashlib
 import os
 import re
@@ -10,11 +11,11 @@ from collections import defaultdict
 import cv2
 import numpy as np
 import pytest
+from conftest import TINY_MARKET
+from fixtures_data import write_market_tree
 from PIL import Image
 
 import reid_srdl.data.synthetic as synthetic
-from conftest import TINY_MARKET
-from fixtures_data import write_market_tree
 from reid_srdl.data.market1501 import MarketLayoutError, parse_market_filename, read_market1501
 from reid_srdl.data.synthetic import (
     ensure_synthetic_market,
@@ -91,7 +92,10 @@ def test_every_query_has_a_cross_camera_match_and_gt_bbox_to_pool(tiny_market_ro
         assert gt[(q.pid, q.camid)] == TINY_MARKET["gt_bbox_per_id_camera"], name
         # The query is one of the hand-drawn boxes, byte for byte (as in Market-1501).
         assert name in gt_names
-        with open(os.path.join(data_dir, "query", name), "rb") as a, open(os.path.join(data_dir, "gt_bbox", name), "rb") as b:
+        with (
+            open(os.path.join(data_dir, "query", name), "rb") as a,
+            open(os.path.join(data_dir, "gt_bbox", name), "rb") as b,
+        ):
             assert a.read() == b.read()
 
 
@@ -184,13 +188,16 @@ def test_existing_folder_needs_overwrite(tmp_path):
     assert os.listdir(tmp_path / "market1501") == ["Market-1501-v15.09.15"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(num_ids=3), "num_ids must be in 4..1501"),
-    (dict(num_ids=1502), "num_ids must be in 4..1501"),
-    (dict(images_per_id_camera=0), "images_per_id_camera must be >= 1"),
-    (dict(gt_bbox_per_id_camera=0), "gt_bbox_per_id_camera must be >= 1"),
-    (dict(seed=-1), "seed must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_ids=3), "num_ids must be in 4..1501"),
+        (dict(num_ids=1502), "num_ids must be in 4..1501"),
+        (dict(images_per_id_camera=0), "images_per_id_camera must be >= 1"),
+        (dict(gt_bbox_per_id_camera=0), "gt_bbox_per_id_camera must be >= 1"),
+        (dict(seed=-1), "seed must be >= 0"),
+    ],
+)
 def test_bad_parameters(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_synthetic_market(str(tmp_path), **kwargs)
@@ -228,7 +235,9 @@ def test_ensure_refuses_an_incomplete_folder(tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
-    tool = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "make_synthetic_market.py")
+    tool = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "make_synthetic_market.py"
+    )
     main = runpy.run_path(tool, run_name="cli_under_test")["main"]
     out = str(tmp_path / "out")
     assert main(["--out", out, "--ids", "4", "--seed", "2", "--images-per-id-camera", "1"]) == 0

@@ -1,6 +1,7 @@
 """The synthetic DukeMTMC-reID, MSMT17, CUHK03 and VIPeR writers: torchreid's OWN classes read
 each layout back with the counts worked out by hand from the parameters; names, the raw
 CUHK03 .mat form, determinism, atomic writing, ensure_synthetic and the CLI."""
+
 import glob
 import hashlib
 import json
@@ -15,7 +16,7 @@ from PIL import Image
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
-    from torchreid.reid.data.datasets.image import CUHK03, MSMT17, VIPeR, DukeMTMCreID
+    from torchreid.reid.data.datasets.image import CUHK03, MSMT17, DukeMTMCreID, VIPeR
 
 from data_reid_helpers import (
     CUHK03_COUNTS,
@@ -25,6 +26,7 @@ from data_reid_helpers import (
     VIPER_COUNTS,
     counts,
 )
+
 from reid_srdl.data import synthetic_reid
 from reid_srdl.data.reid_sets import DatasetLayoutError, read_reid_set
 from reid_srdl.data.synthetic_reid import ensure_synthetic, make_synthetic_duke
@@ -181,14 +183,17 @@ def test_existing_folder_needs_overwrite(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
 
 
-@pytest.mark.parametrize("writer, kwargs, message", [
-    ("make_synthetic_duke", dict(num_ids=3), "num_ids must be in 4..3000"),
-    ("make_synthetic_duke", dict(images_per_id_camera=1), "images_per_id_camera must be >= 2"),
-    ("make_synthetic_msmt17", dict(cameras_per_id=16), "cameras_per_id must be <= 15"),
-    ("make_synthetic_cuhk03", dict(num_ids=9), "num_ids must be in 10..1467"),
-    ("make_synthetic_cuhk03", dict(images_per_view=6), "images_per_view must be <= 5"),
-    ("make_synthetic_viper", dict(seed=-1), "seed must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "writer, kwargs, message",
+    [
+        ("make_synthetic_duke", dict(num_ids=3), "num_ids must be in 4..3000"),
+        ("make_synthetic_duke", dict(images_per_id_camera=1), "images_per_id_camera must be >= 2"),
+        ("make_synthetic_msmt17", dict(cameras_per_id=16), "cameras_per_id must be <= 15"),
+        ("make_synthetic_cuhk03", dict(num_ids=9), "num_ids must be in 10..1467"),
+        ("make_synthetic_cuhk03", dict(images_per_view=6), "images_per_view must be <= 5"),
+        ("make_synthetic_viper", dict(seed=-1), "seed must be >= 0"),
+    ],
+)
 def test_bad_parameters(tmp_path, writer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         getattr(synthetic_reid, writer)(str(tmp_path), **kwargs)

@@ -10,8 +10,8 @@
 * torchrun end to end (SRDL, both stages, evaluation): rank 0 alone writes the run folder.
 * bad launches end with a clear error within the timeout.
 """
+
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,22 +21,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
+from trainer_helpers import free_port, tiny_cfg
 
 from reid_srdl.core import distributed as ddp
-from reid_srdl.evaluation.features import sharded_feature_extractor
 from reid_srdl.engine.trainer import Trainer, build_optimizer
+from reid_srdl.evaluation.features import extract_features, sharded_feature_extractor
 from reid_srdl.methods.srdl import extract_logits, sharded_logits
-from reid_srdl.evaluation.features import extract_features
-from test_trainer import tiny_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "tools", "train.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def strip_batchnorm(module: nn.Module) -> None:
@@ -48,8 +41,9 @@ def strip_batchnorm(module: nn.Module) -> None:
 
 
 def _worker(rank, world, port, root, out, result):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     ddp.init_distributed(60, use_cuda=False)
     try:
@@ -66,17 +60,26 @@ def _worker(rank, world, port, root, out, result):
         model = trainer.method.trainable
         logits, _labels = sharded_logits(model, trainer.data.train_eval_loader, torch.device("cpu"), progress=False)
         feats = sharded_feature_extractor()(model, trainer.data.gallery.loader, "cpu", progress=False)
-        torch.save({"initial": initial, "state": model.state_dict(), "records": records, "logits": logits,
-                    "feats": feats, "per_process_batch": trainer.data.train_loader.batch_size},
-                   f"{result}.rank{rank}.pt")
+        torch.save(
+            {
+                "initial": initial,
+                "state": model.state_dict(),
+                "records": records,
+                "logits": logits,
+                "feats": feats,
+                "per_process_batch": trainer.data.train_loader.batch_size,
+            },
+            f"{result}.rank{rank}.pt",
+        )
     finally:
         ddp.shutdown()
 
 
 def run_workers(world, root, out):
     result = os.path.join(out, "result")
-    mp.start_processes(_worker, args=(world, free_port(), root, out, result), nprocs=world, join=True,
-                       start_method="fork")
+    mp.start_processes(
+        _worker, args=(world, free_port(), root, out, result), nprocs=world, join=True, start_method="fork"
+    )
     return [torch.load(f"{result}.rank{r}.pt", weights_only=False) for r in range(world)]
 
 
@@ -118,11 +121,32 @@ def test_sharded_logits_and_features_equal_a_plain_extraction(one_and_two, tiny_
 
 def _torchrun(nproc, root, out, *extra, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}",
-           TRAIN, f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32",
-           "data.batch_size=8", "data.test_batch_size=32", "data.workers=0", "model.feature_dim=32",
-           "train.epochs=2", "train.max_batches=2", "train.progress=false", "train.precision=fp32", "train.tensorboard=false",
-           f"train.output_dir={out}", "train.run_name=run", "eval.plot=false", "train.device=cpu", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        TRAIN,
+        f"data.root={root}",
+        "data.synthetic=false",
+        "data.height=64",
+        "data.width=32",
+        "data.batch_size=8",
+        "data.test_batch_size=32",
+        "data.workers=0",
+        "model.feature_dim=32",
+        "train.epochs=2",
+        "train.max_batches=2",
+        "train.progress=false",
+        "train.precision=fp32",
+        "train.tensorboard=false",
+        f"train.output_dir={out}",
+        "train.run_name=run",
+        "eval.plot=false",
+        "train.device=cpu",
+        *extra,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -138,9 +162,9 @@ def test_torchrun_srdl_end_to_end(tiny_market_root, tmp_path):
     lines = (run / "metrics.jsonl").read_text().strip().splitlines()
     assert len(lines) == 2  # one line per epoch, not one per rank
     # The gathered bank is the stage-1 network's logits of every training sample, in order.
+    from reid_srdl.config import load_config
     from reid_srdl.data import build_data
     from reid_srdl.models.model_file import load_model_file
-    from reid_srdl.config import load_config
 
     cfg = load_config(str(run / "config.yaml"))
     data = build_data(cfg.data)
@@ -151,10 +175,23 @@ def test_torchrun_srdl_end_to_end(tiny_market_root, tmp_path):
 
 
 def _launch_by_hand(rank, world, port, tmp_path, timeout_s="2"):
-    env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(port), REID_SRDL_DIST_TIMEOUT=timeout_s, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, TRAIN, "train.device=cpu", f"train.output_dir={tmp_path}"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        REID_SRDL_DIST_TIMEOUT=timeout_s,
+        OMP_NUM_THREADS="1",
+    )
+    return subprocess.Popen(
+        [sys.executable, TRAIN, "train.device=cpu", f"train.output_dir={tmp_path}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_missing_rank_fails_within_the_timeout_with_a_clear_message(tmp_path):
@@ -182,7 +219,10 @@ def test_unreachable_master_fails_within_the_timeout(tmp_path):
     "env, message",
     [
         ({"RANK": "2", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK=2 is outside 0..WORLD_SIZE-1"),
-        ({"RANK": "0", "WORLD_SIZE": "two", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "WORLD_SIZE='two' is not an integer"),
+        (
+            {"RANK": "0", "WORLD_SIZE": "two", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+            "WORLD_SIZE='two' is not an integer",
+        ),
         ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "h"}, "MASTER_PORT is not set"),
         ({"WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK is not set"),
     ],

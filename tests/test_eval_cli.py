@@ -1,4 +1,5 @@
 """tools/eval_reid.py on small feature files, the .npz format, atomic outputs and pictures."""
+
 import importlib.util
 import json
 import os
@@ -60,8 +61,22 @@ def test_cli_json_plot_and_ranked_lists(sets, capsys):
     files, data, tmp = sets
     out = tmp / "out"
     code = cli.main(
-        ["--query", files["q"], "--gallery", files["g"], "--json", str(out / "m.json"),
-         "--plot", str(out / "cmc.png"), "--visualize", "3", "--out", str(out / "ranked"), "--ap", "official"]
+        [
+            "--query",
+            files["q"],
+            "--gallery",
+            files["g"],
+            "--json",
+            str(out / "m.json"),
+            "--plot",
+            str(out / "cmc.png"),
+            "--visualize",
+            "3",
+            "--out",
+            str(out / "ranked"),
+            "--ap",
+            "official",
+        ]
     )
     assert code == 0
     (qf, qp, qc, _), (gf, gp, gc, _) = data["q"], data["g"]
@@ -82,8 +97,20 @@ def test_cli_json_plot_and_ranked_lists(sets, capsys):
 
 def test_cli_multi_query_matches_library(sets):
     files, data, tmp = sets
-    code = cli.main(["--query", files["q"], "--gallery", files["g"], "--multi-query", files["m"],
-                     "--pool", "max", "--json", str(tmp / "mq.json")])
+    code = cli.main(
+        [
+            "--query",
+            files["q"],
+            "--gallery",
+            files["g"],
+            "--multi-query",
+            files["m"],
+            "--pool",
+            "max",
+            "--json",
+            str(tmp / "mq.json"),
+        ]
+    )
     assert code == 0
     (qf, qp, qc, _), (gf, gp, gc, _), (mf, mp, mc, _) = data["q"], data["g"], data["m"]
     expected = evaluate_reid(qf, gf, qp, gp, qc, gc, multi_query=MultiQuery(mf, mp, mc), pool="max")
@@ -95,8 +122,21 @@ def test_cli_rerank_matches_torchreid_dense_reranking(sets, capsys):
     from torchreid.reid.utils.rerank import re_ranking
 
     files, data, tmp = sets
-    code = cli.main(["--query", files["q"], "--gallery", files["g"], "--rerank", "--rerank-k1", "8",
-                     "--rerank-k2", "3", "--json", str(tmp / "rr.json")])
+    code = cli.main(
+        [
+            "--query",
+            files["q"],
+            "--gallery",
+            files["g"],
+            "--rerank",
+            "--rerank-k1",
+            "8",
+            "--rerank-k2",
+            "3",
+            "--json",
+            str(tmp / "rr.json"),
+        ]
+    )
     assert code == 0 and "re-ranked k1=8 k2=3 lambda=0.3" in capsys.readouterr().out
     (qf, qp, qc, _), (gf, gp, gc, _) = data["q"], data["g"]
     euclid = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))  # noqa: E731
@@ -117,8 +157,9 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_outputs(sets):
     broken = tmp / "broken.npz"
     np.savez(broken, features=np.zeros((3, 4), np.float32), pids=np.arange(3))  # no camids
     out = tmp / "never"
-    proc = run_subprocess("--query", files["q"], "--gallery", str(broken), "--json", str(out / "m.json"),
-                          "--plot", str(out / "c.png"))
+    proc = run_subprocess(
+        "--query", files["q"], "--gallery", str(broken), "--json", str(out / "m.json"), "--plot", str(out / "c.png")
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "broken.npz" in proc.stderr and "missing key(s) camids" in proc.stderr
@@ -128,14 +169,19 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_outputs(sets):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda d: dict(features=np.zeros((3, 5), np.float32), pids=np.arange(3), camids=np.zeros(3)),
-         "has 5-dimensional features but"),
-        (lambda d: dict(features=np.full((3, 4), np.nan, np.float32), pids=np.arange(3), camids=np.zeros(3)),
-         "contains NaN or inf"),
-        (lambda d: dict(features=np.zeros((3, 4), np.float32), pids=np.arange(2), camids=np.zeros(3)),
-         "key 'pids': has 2 entries but there are 3 features"),
-        (lambda d: dict(features=np.zeros((0, 4), np.float32), pids=np.arange(0), camids=np.zeros(0)),
-         "is empty"),
+        (
+            lambda d: dict(features=np.zeros((3, 5), np.float32), pids=np.arange(3), camids=np.zeros(3)),
+            "has 5-dimensional features but",
+        ),
+        (
+            lambda d: dict(features=np.full((3, 4), np.nan, np.float32), pids=np.arange(3), camids=np.zeros(3)),
+            "contains NaN or inf",
+        ),
+        (
+            lambda d: dict(features=np.zeros((3, 4), np.float32), pids=np.arange(2), camids=np.zeros(3)),
+            "key 'pids': has 2 entries but there are 3 features",
+        ),
+        (lambda d: dict(features=np.zeros((0, 4), np.float32), pids=np.arange(0), camids=np.zeros(0)), "is empty"),
         (lambda d: dict(features=d[0], pids=d[1] + 100, camids=d[2]), "no valid query"),
     ],
 )
@@ -153,8 +199,20 @@ def test_cli_errors_in_process(sets, capsys, make, message):
 
 def test_cli_visualize_without_paths_is_refused_before_anything_is_written(sets, capsys):
     files, _, tmp = sets
-    code = cli.main(["--query", files["m"], "--gallery", files["g"], "--json", str(tmp / "x.json"),
-                     "--visualize", "2", "--out", str(tmp / "vis")])
+    code = cli.main(
+        [
+            "--query",
+            files["m"],
+            "--gallery",
+            files["g"],
+            "--json",
+            str(tmp / "x.json"),
+            "--visualize",
+            "2",
+            "--out",
+            str(tmp / "vis"),
+        ]
+    )
     assert code == 2
     assert "--visualize needs image paths" in capsys.readouterr().err
     assert not (tmp / "x.json").exists() and not (tmp / "vis").exists()
@@ -165,8 +223,22 @@ def test_cli_unreadable_image_leaves_no_partial_outputs(sets, capsys):
     for path in data["g"][3]:  # the gallery images disappear after feature extraction
         os.remove(path)
     out = tmp / "out"
-    code = cli.main(["--query", files["q"], "--gallery", files["g"], "--json", str(out / "m.json"),
-                     "--plot", str(out / "c.png"), "--visualize", "6", "--out", str(out / "vis")])
+    code = cli.main(
+        [
+            "--query",
+            files["q"],
+            "--gallery",
+            files["g"],
+            "--json",
+            str(out / "m.json"),
+            "--plot",
+            str(out / "c.png"),
+            "--visualize",
+            "6",
+            "--out",
+            str(out / "vis"),
+        ]
+    )
     assert code == 2
     assert "cannot read image" in capsys.readouterr().err
     assert not out.exists()
@@ -264,15 +336,33 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tiny_market_root,
 
     path, model = tiny_model_file
     feats_dir, out = tmp_path / "feats", tmp_path / "mq.json"
-    args = ["--checkpoint", path, "--data-root", tiny_market_root, "--multi-query", "--workers", "0",
-            "--save-features", str(feats_dir), "--json", str(out)]
+    args = [
+        "--checkpoint",
+        path,
+        "--data-root",
+        tiny_market_root,
+        "--multi-query",
+        "--workers",
+        "0",
+        "--save-features",
+        str(feats_dir),
+        "--json",
+        str(out),
+    ]
     assert cli.main(args) == 0
     # Independent path: the same network, the data layer's loaders at the trained size.
     data = build_data(DataConfig(root=tiny_market_root, synthetic=False, height=64, width=32, workers=0))
     model.eval()
     q, g, m = (extract_features(model, s.loader, progress=False) for s in (data.query, data.gallery, data.multi_query))
-    expected = evaluate_reid(q, g, data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids,
-                             multi_query=MultiQuery(m, data.multi_query.pids, data.multi_query.camids)).to_dict()
+    expected = evaluate_reid(
+        q,
+        g,
+        data.query.pids,
+        data.gallery.pids,
+        data.query.camids,
+        data.gallery.camids,
+        multi_query=MultiQuery(m, data.multi_query.pids, data.multi_query.camids),
+    ).to_dict()
     with open(out) as f:
         assert json.load(f) == pytest.approx(expected, abs=1e-6)
     saved = load_features(str(feats_dir / "query.npz"))
@@ -280,8 +370,21 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tiny_market_root,
     assert sorted(os.listdir(feats_dir)) == ["gallery.npz", "gt_bbox.npz", "query.npz"]
     # The saved files give the same numbers through the feature-file mode.
     again = tmp_path / "again.json"
-    assert cli.main(["--query", str(feats_dir / "query.npz"), "--gallery", str(feats_dir / "gallery.npz"),
-                     "--multi-query", str(feats_dir / "gt_bbox.npz"), "--json", str(again)]) == 0
+    assert (
+        cli.main(
+            [
+                "--query",
+                str(feats_dir / "query.npz"),
+                "--gallery",
+                str(feats_dir / "gallery.npz"),
+                "--multi-query",
+                str(feats_dir / "gt_bbox.npz"),
+                "--json",
+                str(again),
+            ]
+        )
+        == 0
+    )
     with open(again) as f:
         assert json.load(f) == pytest.approx(expected, abs=1e-6)
 
@@ -290,7 +393,10 @@ def test_checkpoint_mode_errors(tiny_market_root, tiny_model_file, tmp_path, cap
     path, _ = tiny_model_file
     assert cli.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--data-root", tiny_market_root]) == 2
     assert "model file not found" in capsys.readouterr().err
-    assert cli.main(["--checkpoint", path, "--data-root", str(tmp_path / "nowhere"), "--json", str(tmp_path / "x.json")]) == 2
+    assert (
+        cli.main(["--checkpoint", path, "--data-root", str(tmp_path / "nowhere"), "--json", str(tmp_path / "x.json")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nowhere" in err and "Traceback" not in err and not os.path.exists(tmp_path / "x.json")
     with pytest.raises(SystemExit):
@@ -312,13 +418,26 @@ def test_checkpoint_mode_passes_the_fast_extraction_options(tiny_market_root, ti
     monkeypatch.setattr(features, "extract_features", spy)
     path, _ = tiny_model_file
     out = tmp_path / "fast.json"
-    args = ["--checkpoint", path, "--data-root", tiny_market_root, "--workers", "0", "--fast", "--precision", "fp32",
-            "--json", str(out)]
+    args = [
+        "--checkpoint",
+        path,
+        "--data-root",
+        tiny_market_root,
+        "--workers",
+        "0",
+        "--fast",
+        "--precision",
+        "fp32",
+        "--json",
+        str(out),
+    ]
     assert cli.main(args) == 0
     assert seen == [(True, "fp32"), (True, "fp32")]  # query and gallery
     # fp32 with folding and channels-last: the same metrics as the exact path (to 1e-4 features).
     exact = tmp_path / "exact.json"
-    assert cli.main(["--checkpoint", path, "--data-root", tiny_market_root, "--workers", "0", "--json", str(exact)]) == 0
+    assert (
+        cli.main(["--checkpoint", path, "--data-root", tiny_market_root, "--workers", "0", "--json", str(exact)]) == 0
+    )
     with open(out) as f, open(exact) as g:
         assert json.load(f) == pytest.approx(json.load(g), abs=1e-6)
     with pytest.raises(SystemExit):

@@ -1,4 +1,5 @@
 """tools/eval_reid.py --open-set: the printed table, the JSON entry and the distribution PNG."""
+
 import importlib.util
 import json
 import os
@@ -29,8 +30,19 @@ def labelled_split(tmp_path):
 def test_open_set_table_json_and_plot(tmp_path, capsys):
     q, g, qp, gp, qc, gc = labelled_split(tmp_path)
     out = tmp_path / "out"
-    code = cli.main(["--query", str(tmp_path / "q.npz"), "--gallery", str(tmp_path / "g.npz"), "--open-set",
-                     "--json", str(out / "m.json"), "--open-set-plot", str(out / "dist.png")])
+    code = cli.main(
+        [
+            "--query",
+            str(tmp_path / "q.npz"),
+            "--gallery",
+            str(tmp_path / "g.npz"),
+            "--open-set",
+            "--json",
+            str(out / "m.json"),
+            "--open-set-plot",
+            str(out / "dist.png"),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     expected = evaluate_open_set(q, g, qp, gp, qc, gc, fars=[0.01, 0.05, 0.10])
@@ -46,8 +58,10 @@ def test_open_set_options_are_checked_before_anything_runs(tmp_path, capsys):
     labelled_split(tmp_path)
     import pytest
 
-    for argv, message in ((["--open-set-plot", "x.png"], "--open-set-plot needs --open-set"),
-                          (["--open-set", "--rerank"], "without --rerank")):
+    for argv, message in (
+        (["--open-set-plot", "x.png"], "--open-set-plot needs --open-set"),
+        (["--open-set", "--rerank"], "without --rerank"),
+    ):
         with pytest.raises(SystemExit) as e:
             cli.main(["--query", str(tmp_path / "q.npz"), "--gallery", str(tmp_path / "g.npz"), *argv])
         assert e.value.code == 2 and message in capsys.readouterr().err

@@ -4,6 +4,7 @@ Expected values are worked out by hand (1-D features you can rank by eye), or co
 oracle: torchreid's evaluate_rank, or a brute-force transcription of the official Market-1501
 evaluation loop (full sort, junk skipped, trapezoid AP).
 """
+
 import warnings
 
 import numpy as np

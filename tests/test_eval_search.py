@@ -1,10 +1,11 @@
 """Exact L2 search (faiss) against a plain numpy brute force, and the protocol top-k lists."""
+
 import numpy as np
 import pytest
 
 from reid_srdl.evaluation import exact_index as search
-from reid_srdl.evaluation.metrics import EvaluationInputError, ranked_gallery
 from reid_srdl.evaluation.exact_index import ExactL2Index, _search_overfetch, pairwise_squared_l2
+from reid_srdl.evaluation.metrics import EvaluationInputError, ranked_gallery
 
 
 def brute_force_knn(xq, xb, k, exclude=None):

@@ -1,5 +1,6 @@
 """Export to ONNX / TorchScript: parity with PyTorch, stored image size, loading by the
 search API, and the CLI's errors."""
+
 import json
 import os
 import subprocess
@@ -100,8 +101,9 @@ def test_a_file_that_is_not_an_export_is_refused_by_name(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "export.py"), *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "export.py"), *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_exports_a_checkpoint_and_refuses_a_config_of_another_architecture(tmp_path, capsys):
@@ -123,7 +125,9 @@ def test_cli_exports_a_checkpoint_and_refuses_a_config_of_another_architecture(t
         import export as export_cli
     finally:
         sys.path.pop(0)
-    assert export_cli.main([checkpoint, "--config", str(config), "model.feature_dim=16", "--onnx", out, "--verify"]) == 0
+    assert (
+        export_cli.main([checkpoint, "--config", str(config), "model.feature_dim=16", "--onnx", out, "--verify"]) == 0
+    )
     printed = capsys.readouterr().out
     assert f"({H}x{W}, 16-d features)" in printed
     assert float(printed.split("max |exported - PyTorch| = ")[1]) <= 1e-4

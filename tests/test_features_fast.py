@@ -1,4 +1,5 @@
 """The fast feature-extraction path: BN folding, channels-last, bf16 autocast, image files."""
+
 import os
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from reid_srdl.core.precision import PrecisionError
 from reid_srdl.evaluation.features import (
     UnreadableImageError,
     cpu_supports_bf16,
@@ -13,10 +15,10 @@ from reid_srdl.evaluation.features import (
     extract_features,
     resolve_precision,
 )
-from reid_srdl.core.precision import PrecisionError
-from reid_srdl.evaluation.metrics import EvaluationInputError, evaluate_reid
+from reid_srdl.evaluation.metrics import evaluate_reid
 from reid_srdl.models import build_model
 from reid_srdl.models.fold import fold_batchnorm
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -117,8 +119,9 @@ def test_fold_and_channels_last_fp32_match_the_exact_path_and_keep_modes():
 def test_flip_and_normalize_on_the_fast_path_match_the_exact_path():
     net = small_net()
     exact = extract_features(net, batches(), flip=True, normalize=True, progress=False)
-    fast32 = extract_features(net, batches(), flip=True, normalize=True, progress=False,
-                              fold_bn=True, channels_last=True, precision="fp32")
+    fast32 = extract_features(
+        net, batches(), flip=True, normalize=True, progress=False, fold_bn=True, channels_last=True, precision="fp32"
+    )
     assert np.abs(fast32 - exact).max() <= 1e-5
     assert np.allclose(np.linalg.norm(fast32, axis=1), 1.0, atol=1e-5)
 
@@ -132,8 +135,7 @@ def test_bf16_features_keep_the_ranking_of_well_separated_identities():
     images = torch.cat([base + 0.05 * torch.randn(4, 3, 64, 32, generator=gen) for _ in range(4)])
     pids = np.tile(np.arange(4), 4)
     exact = extract_features(net, [(images,)], progress=False)
-    bf16 = extract_features(net, [(images,)], progress=False, fast=True)
-    assert resolve_precision("auto", "cpu") == "bf16"
+    bf16 = extract_features(net, [(images,)], progress=False, fast=True, precision="bf16")
     assert bf16.dtype == np.float32
     # bf16 keeps 8 bits of mantissa: features agree to about 1% of their scale.
     assert np.abs(bf16 - exact).max() <= 0.02 * np.abs(exact).max()
@@ -144,7 +146,6 @@ def test_bf16_features_keep_the_ranking_of_well_separated_identities():
 
 def test_precision_choices():
     assert resolve_precision("fp32", "cpu") == "fp32"
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_supports_bf16() else "fp32")
     with pytest.raises(PrecisionError, match="fp16.*CUDA"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(PrecisionError, match="fp32, bf16, fp16, auto.*'int8'"):
@@ -164,8 +165,9 @@ def write_images(folder, n=3):
 
 
 def test_image_files_in_workers_match_the_decoded_tensors(tmp_path):
-    from reid_srdl.data.transforms import reid_test_transform
     from PIL import Image
+
+    from reid_srdl.data.transforms import reid_test_transform
 
     net = small_net()
     paths = write_images(str(tmp_path))
@@ -210,9 +212,11 @@ def test_end_of_run_evaluation_passes_the_eval_section_fast_options():
     q_images = base + 0.05 * torch.randn(3, 3, 64, 32, generator=gen)
     g_images = torch.cat([base + 0.05 * torch.randn(3, 3, 64, 32, generator=gen) for _ in range(2)])
     split = lambda images, pids, cam: SimpleNamespace(  # noqa: E731
-        loader=[(images,)], pids=np.array(pids), camids=np.full(len(pids), cam))
-    data = SimpleNamespace(task="reid", query=split(q_images, [0, 1, 2], 0),
-                           gallery=split(g_images, [0, 1, 2] * 2, 1), multi_query=None)
+        loader=[(images,)], pids=np.array(pids), camids=np.full(len(pids), cam)
+    )
+    data = SimpleNamespace(
+        task="reid", query=split(q_images, [0, 1, 2], 0), gallery=split(g_images, [0, 1, 2] * 2, 1), multi_query=None
+    )
     calls = []
 
     def recording_extract(model, loader, device, **options):

@@ -1,4 +1,5 @@
 """Soft KL with temperature against a hand computation."""
+
 import math
 
 import pytest

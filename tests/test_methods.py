@@ -1,44 +1,22 @@
 """Vanilla, KD and SRDL: losses against hand computations, the logit bank, the restart,
 the frozen teacher."""
-import functools
+
 import math
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from srdl_helpers import NUM_CLASSES, TinyIndexed, _ctx, factory
 
 from reid_srdl.config import load_config
 from reid_srdl.core.checkpoint import CheckpointError, save_model_file
-from reid_srdl.methods import METHODS, RunInfo, StageContext, build_method
-from reid_srdl.methods.kd import KDOptions, KnowledgeDistillation, load_teacher
+from reid_srdl.core.registry import UnknownNameError
 from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
+from reid_srdl.methods import METHODS, RunInfo, build_method
+from reid_srdl.methods.kd import KDOptions, KnowledgeDistillation, load_teacher
 from reid_srdl.methods.srdl import SRDL, EnsembleNet
 from reid_srdl.models import build_model
-from reid_srdl.core.registry import UnknownNameError
-
-NUM_CLASSES = 3
-
-
-class TinyIndexed(Dataset):
-    """12 random 1x28x28 images with labels, yielding (image, label, index)."""
-
-    def __init__(self, n=12, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, 28, 28, generator=g)
-        self.y = torch.arange(n) % NUM_CLASSES
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.y[i]), i
-
-
-def factory():
-    return build_model("resnet8", NUM_CLASSES, in_channels=1)
 
 
 def hand_kl(student, teacher, T):
@@ -89,13 +67,6 @@ def test_srdl_stage1_is_plain_cross_entropy():
     out = m(data.x[:4], data.y[:4], torch.arange(4))
     assert "kl" not in out
     assert out["loss"].item() == pytest.approx(F.cross_entropy(out["logits"], data.y[:4]).item(), rel=1e-6)
-
-
-def _ctx(tmp_path, data, batch_size=5):
-    # Shuffled order on purpose: the bank must be filled by index, not by position.
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(3))
-    bundle = SimpleNamespace(train_eval_loader=loader, num_train=len(data))
-    return StageContext(str(tmp_path), torch.device("cpu"), bundle, progress=False)
 
 
 def test_logit_bank_equals_direct_eval_forward_and_stage2_restarts(tmp_path):
@@ -157,7 +128,7 @@ def test_ensemble_averages_probabilities_and_concatenates_normalised_features():
     assert torch.allclose(logits.exp(), probs, atol=1e-6)
     assert feats.shape == (4, fa.shape[1] + fb.shape[1])
     assert torch.allclose(feats[:, : fa.shape[1]].norm(dim=1), torch.ones(4), atol=1e-5)
-    assert torch.allclose(feats[:, fa.shape[1]:], F.normalize(fb, dim=1), atol=1e-6)
+    assert torch.allclose(feats[:, fa.shape[1] :], F.normalize(fb, dim=1), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- KD
@@ -199,7 +170,9 @@ def test_kd_teacher_is_frozen_in_eval_mode_and_not_saved(teacher_file):
 def test_kd_weights_are_applied():
     torch.manual_seed(0)
     teacher = factory()
-    m = KnowledgeDistillation.with_teacher(teacher, KDOptions(temperature=2.0, ce_weight=0.3, kd_weight=0.7), factory, RunInfo(2))
+    m = KnowledgeDistillation.with_teacher(
+        teacher, KDOptions(temperature=2.0, ce_weight=0.3, kd_weight=0.7), factory, RunInfo(2)
+    )
     data = TinyIndexed()
     out = m(data.x[:4], data.y[:4], torch.arange(4))
     assert out["loss"].item() == pytest.approx(0.3 * out["ce"].item() + 0.7 * out["kd"].item(), rel=1e-6)

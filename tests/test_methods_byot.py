@@ -1,5 +1,6 @@
 """BYOT: side exits (shapes, resolution factors), every loss term against a hand computation,
 the hint reduction, gradients, the deployed deepest exit, training, FLOPs, the trainer."""
+
 import functools
 import json
 import math
@@ -7,16 +8,6 @@ import os
 
 import pytest
 import torch
-
-from reid_srdl.config import ConfigError, load_config
-from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.models.model_file import load_model_file
-from reid_srdl.engine.flops import training_forward_flops
-from reid_srdl.methods import build_method
-from reid_srdl.methods.byot import BYOT, BYOTOptions, hint_loss, stage_downsampling
-from reid_srdl.methods.vanilla import Vanilla
-from reid_srdl.models import Net, build_model
-
 from method_helpers import (  # noqa: F401
     NETS,
     NUM_CLASSES,
@@ -27,6 +18,15 @@ from method_helpers import (  # noqa: F401
     spread_classifiers,
     tiny_trainer_config,
 )
+
+from reid_srdl.config import ConfigError, load_config
+from reid_srdl.core.checkpoint import save_model_file
+from reid_srdl.engine.flops import training_forward_flops
+from reid_srdl.methods import build_method
+from reid_srdl.methods.byot import BYOT, BYOTOptions, hint_loss, stage_downsampling
+from reid_srdl.methods.vanilla import Vanilla
+from reid_srdl.models import Net, build_model
+from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,7 +73,10 @@ def test_side_exit_on_a_last_stride_one_resnet50():
 
 def test_too_small_a_map_for_an_exit_is_a_clear_error():
     m = BYOT.create(NETS["small_reid"][0], total_epochs=2)
-    with pytest.raises(ConfigError, match="side exit needs a map of at least 8x8, got \\(4, 2\\): the input images are too small .*data.height"):
+    with pytest.raises(
+        ConfigError,
+        match="side exit needs a map of at least 8x8, got \\(4, 2\\): the input images are too small .*data.height",
+    ):
         m.trainable.exits[0](torch.randn(2, 16, 4, 2))
 
 
@@ -156,8 +159,9 @@ def test_default_loss_is_the_official_formula(name):
 def test_t_squared_and_the_squared_hint_are_options(name):
     torch.manual_seed(0)
     alpha, lam, T = 0.4, 0.05, 2.0
-    m = BYOT.create(NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, hint_weight=lam, kd_t_squared=True,
-             hint="squared")
+    m = BYOT.create(
+        NETS[name][0], total_epochs=2, temperature=T, alpha=alpha, hint_weight=lam, kd_t_squared=True, hint="squared"
+    )
     assert m.trainable.adaptation is None and m.trainable.hinted == list(range(len(m.trainable.exits)))
     spread_classifiers(m.trainable)
     m.train()
@@ -249,15 +253,25 @@ def test_a_few_sgd_steps_lower_the_loss(name):
 
 # ----------------------------------------------------------------------------- config, errors
 def test_built_from_its_config_section():
-    cfg = load_config(None, ["method.name=byot", "method.byot.alpha=0.5", "method.byot.hint_weight=0.1",
-                             "method.byot.temperature=4", "method.byot.kd_t_squared=true", "method.byot.hint=squared"])
+    cfg = load_config(
+        None,
+        [
+            "method.name=byot",
+            "method.byot.alpha=0.5",
+            "method.byot.hint_weight=0.1",
+            "method.byot.temperature=4",
+            "method.byot.kd_t_squared=true",
+            "method.byot.hint=squared",
+        ],
+    )
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, BYOT)
     o = m.options
     assert (o.alpha, o.hint_weight, o.temperature, o.kd_t_squared, o.hint) == (0.5, 0.1, 4.0, True, "squared")
     # The defaults are the official code's: T=3, alpha=0.3, lambda=0.03, no T^2, FC-adapted hint.
-    assert BYOTOptions() == BYOTOptions(temperature=3.0, alpha=0.3, hint_weight=0.03, kd_t_squared=False,
-                                      hint="official")
+    assert BYOTOptions() == BYOTOptions(
+        temperature=3.0, alpha=0.3, hint_weight=0.03, kd_t_squared=False, hint="official"
+    )
 
 
 @pytest.mark.parametrize(

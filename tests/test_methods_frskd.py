@@ -1,5 +1,6 @@
 """FRSKD: the BiFPN self-teacher (fusion weights, resizing, wiring), every loss term against a
 hand computation, gradients, the deployed classifier, training, FLOPs, the trainer."""
+
 import functools
 import json
 import math
@@ -11,12 +12,12 @@ import torch.nn.functional as F
 
 from reid_srdl.config import ConfigError, load_config
 from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
 from reid_srdl.methods.frskd import FRSKD, BiFPNcTeacher, FRSKDOptions, FusionNode, resize_to, same_max_pool
 from reid_srdl.methods.vanilla import Vanilla
 from reid_srdl.models import Net, build_model
+from reid_srdl.models.model_file import load_model_file
 
 WIDTH = 16
 from method_helpers import (  # noqa: F401
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def hand_attention(student, teacher):
     """Zagoruyko & Komodakis: a = mean_c F^2, flattened, divided by its L2 norm; mean squared gap."""
+
     def a(fmap):
         m = (fmap.double() ** 2).mean(dim=1).reshape(fmap.shape[0], -1)
         return m / torch.sqrt((m**2).sum(dim=1, keepdim=True))
@@ -162,8 +164,9 @@ def test_bifpnc_wiring_matches_the_official_layer_by_hand():
         w = nw(t.top_down_weight[0])
         td0 = _separable(t.top_down[0], w[0] * relu(lat[0]) + w[1] * t.down_resample[0](up(relu(td1))))
         w = nw(t.bottom_up_weight[0])
-        out1 = _separable(t.bottom_up[0], w[0] * relu(trans[0]) + w[1] * relu(td1)
-                          + w[2] * t.up_resample[0](pool(relu(td0))))
+        out1 = _separable(
+            t.bottom_up[0], w[0] * relu(trans[0]) + w[1] * relu(td1) + w[2] * t.up_resample[0](pool(relu(td0)))
+        )
         w = nw(t.bottom_up_weight[1])
         out2 = _separable(t.bottom_up[1], w[0] * relu(trans[1]) + w[1] * t.up_resample[1](pool(relu(out1))))
         expected = [relu(td0), relu(out1), relu(out2)]
@@ -201,8 +204,9 @@ def test_bifpnc_parameter_count_on_the_official_cifar_resnet18_by_hand():
 def test_stages_of_equal_resolution_are_fused_without_assuming_halving(arch, options, teacher):
     # ResNet-50 (last stride 1) and DenseNet-121: the last two stages share a resolution.
     torch.manual_seed(0)
-    m = FRSKD.create(functools.partial(build_model, arch, NUM_CLASSES, feature_dim=16, **options), total_epochs=2,
-              **teacher).eval()
+    m = FRSKD.create(
+        functools.partial(build_model, arch, NUM_CLASSES, feature_dim=16, **options), total_epochs=2, **teacher
+    ).eval()
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         maps = m.trainable.net.stage_maps(x)
@@ -317,18 +321,28 @@ def test_a_few_sgd_steps_lower_the_loss(name):
 
 # ----------------------------------------------------------------------------- config, errors
 def test_built_from_its_config_section():
-    cfg = load_config(None, ["method.name=frskd", "method.frskd.bifpn=uniform", "method.frskd.width=8",
-                             "method.frskd.alpha=1", "method.frskd.beta=10"])
+    cfg = load_config(
+        None,
+        [
+            "method.name=frskd",
+            "method.frskd.bifpn=uniform",
+            "method.frskd.width=8",
+            "method.frskd.alpha=1",
+            "method.frskd.beta=10",
+        ],
+    )
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, FRSKD)
     assert (m.options.temperature, m.options.alpha, m.options.beta, m.options.width) == (4.0, 1.0, 10.0, 8)
     assert m.trainable.teacher.head.in_channels == 8
     # The defaults are the official code's: README's CIFAR-100 command (alpha 2, beta 100),
     # main.py (T 4, --bifpn BiFPNc, --width 2, --depth 2).
-    assert FRSKDOptions() == FRSKDOptions(temperature=4.0, alpha=2.0, beta=100.0, bifpn="bifpnc", width_multiplier=2,
-                                        depth=2, width=64)
-    default = build_method(load_config(None, ["method.name=frskd"]).method, NETS["resnet8"][0], total_epochs=3,
-                           num_classes=NUM_CLASSES)
+    assert FRSKDOptions() == FRSKDOptions(
+        temperature=4.0, alpha=2.0, beta=100.0, bifpn="bifpnc", width_multiplier=2, depth=2, width=64
+    )
+    default = build_method(
+        load_config(None, ["method.name=frskd"]).method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES
+    )
     assert isinstance(default.trainable.teacher, BiFPNcTeacher)
 
 

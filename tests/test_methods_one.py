@@ -1,21 +1,12 @@
 """ONE: the ramp, every loss term against a hand computation, gradients, the deployed branch,
 the gated ensemble, training, FLOPs and one run through the trainer."""
+
 import json
 import math
 import os
 
 import pytest
 import torch
-
-from reid_srdl.config import ConfigError, load_config
-from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.models.model_file import load_model_file
-from reid_srdl.engine.flops import training_forward_flops
-from reid_srdl.methods import build_method
-from reid_srdl.methods.one import ONE, ONEOptions, sigmoid_rampup
-from reid_srdl.methods.vanilla import Vanilla
-from reid_srdl.models import Net, build_model
-
 from method_helpers import (  # noqa: F401
     NETS,
     NUM_CLASSES,
@@ -26,6 +17,15 @@ from method_helpers import (  # noqa: F401
     spread_classifiers,
     tiny_trainer_config,
 )
+
+from reid_srdl.config import ConfigError, load_config
+from reid_srdl.core.checkpoint import save_model_file
+from reid_srdl.engine.flops import training_forward_flops
+from reid_srdl.methods import build_method
+from reid_srdl.methods.one import ONE, ONEOptions, sigmoid_rampup
+from reid_srdl.methods.vanilla import Vanilla
+from reid_srdl.models import Net, build_model
+from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -213,10 +213,17 @@ def test_resume_state_is_the_trainable_state_dict():
 
 # ----------------------------------------------------------------------------- config, errors
 def test_built_from_its_config_section():
-    cfg = load_config(None, ["method.name=one", "method.one.branches=4", "method.one.temperature=2", "method.one.ramp_epochs=0"])
+    cfg = load_config(
+        None, ["method.name=one", "method.one.branches=4", "method.one.temperature=2", "method.one.ramp_epochs=0"]
+    )
     m = build_method(cfg.method, NETS["resnet8"][0], total_epochs=3, num_classes=NUM_CLASSES)
     assert isinstance(m, ONE)
-    assert (m.trainable.num_branches, m.options.temperature, m.options.ramp_epochs, m.options.deploy_ensemble) == (4, 2.0, 0, False)
+    assert (m.trainable.num_branches, m.options.temperature, m.options.ramp_epochs, m.options.deploy_ensemble) == (
+        4,
+        2.0,
+        0,
+        False,
+    )
     assert ONEOptions() == ONEOptions(branches=3, temperature=3.0, ramp_epochs=80, deploy_ensemble=False)
 
 

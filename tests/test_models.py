@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 import yaml
 
+from reid_srdl.core.registry import UnknownNameError
 from reid_srdl.models import (
     EmbeddingHead,
     Net,
@@ -18,7 +19,6 @@ from reid_srdl.models import (
     load_imagenet_weights,
 )
 from reid_srdl.models.cifar import ZeroPadShortcut
-from reid_srdl.core.registry import UnknownNameError
 
 REID = ("resnet50", "densenet121", "small_reid")
 CIFAR = ("resnet8", "resnet20", "resnet32", "resnet110", "wrn28_10", "densenet_bc_190_40")
@@ -47,10 +47,7 @@ STAGE_HW = {
     "densenet121": [(8, 4), (4, 2), (2, 1), (2, 1)],
     # stem /2 -> 32x16; stages 2-4 halve.
     "small_reid": [(32, 16), (16, 8), (8, 4), (4, 2)],
-    **{
-        n: [(28, 28), (14, 14), (7, 7)]
-        for n in ("resnet8", "resnet20", "resnet32", "resnet110", "wrn28_10")
-    },
+    **{n: [(28, 28), (14, 14), (7, 7)] for n in ("resnet8", "resnet20", "resnet32", "resnet110", "wrn28_10")},
     # transitions 1 and 2 (closing stages 1 and 2) halve: 14, 7; stage 3 keeps 7.
     "densenet_bc_190_40": [(14, 14), (7, 7), (7, 7)],
 }
@@ -80,9 +77,21 @@ def count(module):
 
 # torchreid's architectures registered behind our head (tests/test_backbones.py checks them).
 TORCHREID = (
-    "osnet_x1_0", "osnet_x0_75", "osnet_x0_5", "osnet_x0_25", "osnet_ibn_x1_0", "osnet_ain_x1_0",
-    "osnet_ain_x0_75", "osnet_ain_x0_5", "osnet_ain_x0_25", "resnet50_fc512", "resnet50_ibn_a",
-    "resnet50_ibn_b", "se_resnet50", "se_resnext50_32x4d", "mlfn",
+    "osnet_x1_0",
+    "osnet_x0_75",
+    "osnet_x0_5",
+    "osnet_x0_25",
+    "osnet_ibn_x1_0",
+    "osnet_ain_x1_0",
+    "osnet_ain_x0_75",
+    "osnet_ain_x0_5",
+    "osnet_ain_x0_25",
+    "resnet50_fc512",
+    "resnet50_ibn_a",
+    "resnet50_ibn_b",
+    "se_resnet50",
+    "se_resnext50_32x4d",
+    "mlfn",
 )
 
 
@@ -138,9 +147,7 @@ def test_reid_backbones_are_torchvision_nets_with_a_new_head(nets):
     tv_densenet = torchvision.models.densenet121(weights=None)
     head = lambda c: c * FEATURE_DIM + 2 * FEATURE_DIM + FEATURE_DIM * NUM_CLASSES + NUM_CLASSES
     assert count(nets["resnet50"]) == count(tv_resnet) - count(tv_resnet.fc) + head(2048)
-    assert count(nets["densenet121"]) == count(tv_densenet) - count(tv_densenet.classifier) + head(
-        1024
-    )
+    assert count(nets["densenet121"]) == count(tv_densenet) - count(tv_densenet.classifier) + head(1024)
     # small_reid: "a few hundred thousand" parameters.
     assert 100_000 < count(nets["small_reid"]) < 600_000
 
@@ -173,9 +180,7 @@ def test_stage_maps_follow_stage_channels_and_make_the_whole_forward(nets, name)
             h = stage(h)
         by_hand = net.head(h)
     assert net.stage_channels == STAGE_CHANNELS[name]
-    assert [tuple(m.shape) for m in maps] == [
-        (2, c, *hw) for c, hw in zip(STAGE_CHANNELS[name], STAGE_HW[name])
-    ]
+    assert [tuple(m.shape) for m in maps] == [(2, c, *hw) for c, hw in zip(STAGE_CHANNELS[name], STAGE_HW[name])]
     assert torch.equal(by_hand[0], logits) and torch.equal(by_hand[1], features)
     assert isinstance(net.head, EmbeddingHead) and isinstance(net.stages, torch.nn.ModuleList)
 
@@ -201,9 +206,7 @@ def test_embedding_is_the_bn_output_of_the_feature_layer():
     pooled = x.mean(dim=(2, 3))
     z = pooled @ head.fc.weight.T
     eps = head.bn.eps
-    expected = (z - torch.tensor([0.5, -1.0, 2.0])) / torch.sqrt(
-        torch.tensor([4.0, 0.25, 1.0]) + eps
-    )
+    expected = (z - torch.tensor([0.5, -1.0, 2.0])) / torch.sqrt(torch.tensor([4.0, 0.25, 1.0]) + eps)
     expected = expected * torch.tensor([2.0, 1.0, -1.0]) + torch.tensor([0.0, 3.0, 1.0])
     head.eval()
     with torch.no_grad():
@@ -216,9 +219,7 @@ def test_embedding_is_the_bn_output_of_the_feature_layer():
     with torch.no_grad():
         _, features = fresh(x)
     z = x.mean(dim=(2, 3)) @ fresh.fc.weight.T
-    torch.testing.assert_close(
-        features, (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
-    )
+    torch.testing.assert_close(features, (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps))
 
 
 def test_without_feature_layer_the_pooled_map_is_the_embedding():
@@ -241,9 +242,7 @@ def test_spec_rebuilds_the_same_architecture(nets, name):
     assert spec["feature_dim"] == (FEATURE_DIM if name in REID else None)
     if name in ("resnet8", "resnet32"):  # the cheap ones: rebuild and compare everything
         again = build_model(**spec)
-        assert {k: v.shape for k, v in again.state_dict().items()} == {
-            k: v.shape for k, v in net.state_dict().items()
-        }
+        assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in net.state_dict().items()}
         assert again.spec == net.spec
 
 
@@ -341,7 +340,7 @@ def test_initialisation_follows_the_reid_convention():
 def randomised_state(module):
     """A state dict in which every float tensor differs from any fresh initialisation."""
     state = module.state_dict()
-    for k, v in state.items():
+    for v in state.values():
         if v.is_floating_point():
             v.copy_(torch.rand_like(v) + 0.5)  # positive: valid BN running variances
     return state
@@ -359,8 +358,7 @@ def imagenet_files(tmp_path_factory):
     # The published DenseNet file uses the old names 'norm.1', 'conv.2', ... inside dense
     # layers; write it that way, wrapped in {'state_dict': ...} as training scripts save.
     old_names = {
-        re.sub(r"(denselayer\d+\.(norm|relu|conv))([12])\.", r"\1.\3.", k): v
-        for k, v in densenet_state.items()
+        re.sub(r"(denselayer\d+\.(norm|relu|conv))([12])\.", r"\1.\3.", k): v for k, v in densenet_state.items()
     }
     assert any(".norm.1." in k for k in old_names)
     torch.save({"state_dict": old_names, "epoch": 90}, folder / "densenet121.pth")
@@ -392,9 +390,7 @@ def test_resnet50_imagenet_weights_are_loaded_exactly(imagenet_files):
     x = torch.randn(2, 3, 64, 32)
     net.eval()
     with torch.no_grad():
-        expected = tv.layer4(
-            tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x)))))))
-        )
+        expected = tv.layer4(tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))
         torch.testing.assert_close(net.stage_maps(x)[-1], expected, rtol=0, atol=0)
     # The head keeps its fresh initialisation.
     for k, v in fresh.state_dict().items():
@@ -404,15 +400,11 @@ def test_resnet50_imagenet_weights_are_loaded_exactly(imagenet_files):
 
 def test_densenet121_imagenet_weights_with_old_key_names(imagenet_files):
     tv = imagenet_files["densenet"]
-    net = build_model(
-        "densenet121", 4, feature_dim=16, weights=str(imagenet_files["dir"] / "densenet121.pth")
-    ).eval()
+    net = build_model("densenet121", 4, feature_dim=16, weights=str(imagenet_files["dir"] / "densenet121.pth")).eval()
     theirs = {k: v for k, v in tv.state_dict().items() if not k.startswith("classifier.")}
     ours = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
     assert len(ours) == len(theirs)
-    assert sorted(v.sum().item() for v in ours.values()) == sorted(
-        v.sum().item() for v in theirs.values()
-    )
+    assert sorted(v.sum().item() for v in ours.values()) == sorted(v.sum().item() for v in theirs.values())
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         torch.testing.assert_close(net.stage_maps(x)[-1], F.relu(tv.features(x)), rtol=0, atol=0)

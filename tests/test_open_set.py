@@ -1,4 +1,5 @@
 """Open-set measures (Liao et al. 2014): a hand-computed 1-D toy and a brute force on random data."""
+
 import doctest
 
 import numpy as np
@@ -162,16 +163,35 @@ def test_end_of_run_evaluation_stores_the_thresholds(tmp_path):
     centres = rng.standard_normal((20, 8))
     g_pids, g_cams = np.repeat(np.arange(20), 4), np.tile(np.arange(4), 20)
     q_pids, q_cams = np.arange(20).repeat(6), np.tile(np.arange(6), 20) % 4
-    feats = {"query": (centres[q_pids] + 0.6 * rng.standard_normal((120, 8))).astype(np.float32),
-             "gallery": (centres[g_pids] + 0.6 * rng.standard_normal((80, 8))).astype(np.float32)}
+    feats = {
+        "query": (centres[q_pids] + 0.6 * rng.standard_normal((120, 8))).astype(np.float32),
+        "gallery": (centres[g_pids] + 0.6 * rng.standard_normal((80, 8))).astype(np.float32),
+    }
     split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)  # noqa: E731
-    data = SimpleNamespace(task="reid", query=split("query", q_pids, q_cams), gallery=split("gallery", g_pids, g_cams),
-                           multi_query=None)
-    results = evaluate_model(None, data, "cpu", EvalConfig(plot=True), str(tmp_path), "deployed", progress=False,
-                             extract=lambda model, loader, device, **_: feats[loader])
+    data = SimpleNamespace(
+        task="reid", query=split("query", q_pids, q_cams), gallery=split("gallery", g_pids, g_cams), multi_query=None
+    )
+    results = evaluate_model(
+        None,
+        data,
+        "cpu",
+        EvalConfig(plot=True),
+        str(tmp_path),
+        "deployed",
+        progress=False,
+        extract=lambda model, loader, device, **_: feats[loader],
+    )
     expected = evaluate_open_set(feats["query"], feats["gallery"], q_pids, g_pids, q_cams, g_cams).to_dict()
     assert results["open_set"] == expected
     assert (tmp_path / "open_set_deployed.png").read_bytes()[:4] == b"\x89PNG"
-    summary = {"task": "reid", "method": "m", "model": "n", "data": "d", "epochs": 1, "train_seconds": 1.0,
-               "train_flops": 0, "results": {"deployed": results}}
+    summary = {
+        "task": "reid",
+        "method": "m",
+        "model": "n",
+        "data": "d",
+        "epochs": 1,
+        "train_seconds": 1.0,
+        "train_flops": 0,
+        "results": {"deployed": results},
+    }
     assert "open set" not in results_table(summary) and "single query" in results_table(summary)

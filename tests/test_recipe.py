@@ -1,6 +1,7 @@
 """The recipe's terms against hand computations and the reference implementations: batch-hard
 triplet (hinge and soft margin) on 1-D toys, label smoothing against its formula, the Recipe
 helper every method calls, the schedule's warm-up and cosine, the optimizers."""
+
 import math
 
 import pytest
@@ -158,8 +159,9 @@ def test_srdl_warms_up_in_each_stage_and_cosine_decays_after_the_warm_up():
     assert cosine == pytest.approx([1.0, 2.0, 2.0, 1 + math.cos(math.pi / 4), 1.0, 1 + math.cos(3 * math.pi / 4)])
 
 
-@pytest.mark.parametrize("name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                       ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
 def test_optimizer_by_name(name, cls):
     cfg = load_config(None, [f"optim.name={name}", "optim.lr=3.5e-4", "optim.weight_decay=5e-4"]).optim
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))

@@ -1,5 +1,6 @@
 """Every method x {plain CE, the BoT recipe} through tools/train.py on the tiny synthetic set,
 with each logged term adding up to the loss; and a BoT-recipe SRDL run that resumes bit-exactly."""
+
 import json
 import os
 import sys
@@ -9,16 +10,28 @@ import torch
 
 from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
-from reid_srdl.engine.trainer import Trainer
 from reid_srdl.engine.loop import TrainingLoop
+from reid_srdl.engine.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import train as train_cli  # noqa: E402
 
-TINY = ["data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8", "data.test_batch_size=32",
-        "data.workers=0", "model.name=small_reid", "train.max_batches=2", "train.progress=false", "train.precision=fp32",
-        "train.tensorboard=false", "eval.plot=false", "eval.multi_query=false"]
+TINY = [
+    "data.synthetic=false",
+    "data.height=64",
+    "data.width=32",
+    "data.batch_size=8",
+    "data.test_batch_size=32",
+    "data.workers=0",
+    "model.name=small_reid",
+    "train.max_batches=2",
+    "train.progress=false",
+    "train.precision=fp32",
+    "train.tensorboard=false",
+    "eval.plot=false",
+    "eval.multi_query=false",
+]
 # The BoT YAMLs, shrunk to the tiny set: small_reid without weights, a 1-epoch warm-up.
 BOT_TINY = ["model.weights=", "optim.warmup_epochs=1", "data.num_instances=4"]
 
@@ -37,8 +50,15 @@ LOSS = {
 def teacher(tiny_market_root, tmp_path_factory):
     """A small_reid vanilla run: the frozen teacher of both KD runs."""
     out = tmp_path_factory.mktemp("teacher")
-    args = [f"data.root={tiny_market_root}", *TINY, "model.feature_dim=32", "method.name=vanilla",
-            "train.epochs=1", f"train.output_dir={out}", "train.run_name=teacher"]
+    args = [
+        f"data.root={tiny_market_root}",
+        *TINY,
+        "model.feature_dim=32",
+        "method.name=vanilla",
+        "train.epochs=1",
+        f"train.output_dir={out}",
+        "train.run_name=teacher",
+    ]
     assert train_cli.main(args) == 0
     return str(out / "teacher")
 
@@ -46,8 +66,14 @@ def teacher(tiny_market_root, tmp_path_factory):
 @pytest.mark.parametrize("recipe", ["ce", "bot"])
 @pytest.mark.parametrize("method", sorted(LOSS))
 def test_every_method_trains_with_either_recipe(method, recipe, tiny_market_root, teacher, tmp_path, capsys):
-    args = [f"data.root={tiny_market_root}", *TINY, f"method.name={method}", f"train.output_dir={tmp_path}",
-            "train.run_name=run", f"train.epochs={2 if method == 'srdl' else 1}"]
+    args = [
+        f"data.root={tiny_market_root}",
+        *TINY,
+        f"method.name={method}",
+        f"train.output_dir={tmp_path}",
+        "train.run_name=run",
+        f"train.epochs={2 if method == 'srdl' else 1}",
+    ]
     if method == "kd":
         args += [f"method.kd.teacher={teacher}", "method.kd.teacher_model=small_reid"]
     if recipe == "bot":
@@ -72,13 +98,28 @@ def test_every_method_trains_with_either_recipe(method, recipe, tiny_market_root
 
 
 def _bot_srdl_config(root, out):
-    return load_config(None, [
-        f"data.root={root}", *TINY, f"train.output_dir={out}", "train.run_name=run", "method.name=srdl",
-        "data.sampler=identity", "data.num_instances=4", "data.random_erasing=0.5",
-        "model.neck=bnneck", "model.feature_dim=0", "loss.label_smoothing=0.1", "loss.triplet_weight=1",
-        "optim.name=adam", "optim.lr=3.5e-4", "optim.weight_decay=5e-4", "optim.warmup_epochs=1",
-        "train.epochs=4",
-    ])
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            *TINY,
+            f"train.output_dir={out}",
+            "train.run_name=run",
+            "method.name=srdl",
+            "data.sampler=identity",
+            "data.num_instances=4",
+            "data.random_erasing=0.5",
+            "model.neck=bnneck",
+            "model.feature_dim=0",
+            "loss.label_smoothing=0.1",
+            "loss.triplet_weight=1",
+            "optim.name=adam",
+            "optim.lr=3.5e-4",
+            "optim.weight_decay=5e-4",
+            "optim.warmup_epochs=1",
+            "train.epochs=4",
+        ],
+    )
 
 
 class Interrupt(Exception):

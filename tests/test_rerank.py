@@ -1,5 +1,6 @@
 """k-reciprocal re-ranking: equal to torchreid's dense reference implementation (the
 original authors' code), plus hand-checkable limits."""
+
 import numpy as np
 import pytest
 from torchreid.reid.utils.rerank import re_ranking
@@ -78,15 +79,22 @@ def test_end_of_run_evaluation_reranks_single_and_multi_query():
     mp, mc = np.concatenate([qp, qp]), np.concatenate([qc, qc])
     feats = {"query": q, "gallery": g, "gt_bbox": m}
     split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)  # noqa: E731
-    data = SimpleNamespace(task="reid", query=split("query", qp, qc), gallery=split("gallery", gp, gc),
-                           multi_query=split("gt_bbox", mp, mc))
+    data = SimpleNamespace(
+        task="reid",
+        query=split("query", qp, qc),
+        gallery=split("gallery", gp, gc),
+        multi_query=split("gt_bbox", mp, mc),
+    )
     cfg = EvalConfig(plot=False, rerank=True, multi_query=True, pool="mean")
-    results = evaluate_model(None, data, "cpu", cfg, "", "test", progress=False,
-                             extract=lambda model, loader, device, **_: feats[loader])
+    results = evaluate_model(
+        None, data, "cpu", cfg, "", "test", progress=False, extract=lambda model, loader, device, **_: feats[loader]
+    )
 
     pooled = np.stack([m[(mp == qp[i]) & (mc == qc[i])].mean(axis=0) for i in range(len(q))])
     for key, queries in (("single_query_rerank", q), ("multi_query_rerank", pooled)):
-        dist = re_ranking(euclidean(queries, g), euclidean(queries, queries), euclidean(g, g), k1=20, k2=6, lambda_value=0.3)
+        dist = re_ranking(
+            euclidean(queries, g), euclidean(queries, queries), euclidean(g, g), k1=20, k2=6, lambda_value=0.3
+        )
         cmc, mAP = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10, use_cython=False)
         assert results[key]["mAP"] == pytest.approx(mAP, abs=1e-5), key
         assert results[key]["rank1"] == pytest.approx(cmc[0], abs=1e-9), key

@@ -1,5 +1,6 @@
 """The identity sampler: P x K structure, replacement for small identities, and the project's
 guarantees (same batches for any number of workers, after a resume, across DDP ranks)."""
+
 import collections
 import os
 import sys
@@ -23,7 +24,7 @@ K, P = 4, 2
 def _batches(sampler, epoch, batch_size):
     sampler.set_epoch(epoch)
     keys = list(sampler)
-    return [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+    return [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
 
 
 def test_batches_are_p_identities_times_k_images():
@@ -132,8 +133,19 @@ def test_config_refuses_k_larger_than_or_not_dividing_the_batch(override, messag
 
 # ---------------------------------------------------------------- through the real loaders
 def _cfg(root, **kw):
-    base = dict(name="market1501", root=root, synthetic=False, height=32, width=16, batch_size=8,
-                test_batch_size=16, workers=0, sampler="identity", num_instances=4, random_erasing=0.5)
+    base = dict(
+        name="market1501",
+        root=root,
+        synthetic=False,
+        height=32,
+        width=16,
+        batch_size=8,
+        test_batch_size=16,
+        workers=0,
+        sampler="identity",
+        num_instances=4,
+        random_erasing=0.5,
+    )
     base.update(kw)
     return DataConfig(**base)
 
@@ -152,7 +164,7 @@ def _same(a, b):
 def test_loader_batches_do_not_depend_on_workers_or_resume(tiny_market_root):
     in_main = build_data(_cfg(tiny_market_root), seed=4).train_loader
     epochs = [_epoch(in_main, e) for e in (0, 1)]
-    for images, labels, _indices in epochs[0]:
+    for _images, labels, _indices in epochs[0]:
         assert sorted(collections.Counter(labels.tolist()).values()) == [4, 4]
     in_workers = build_data(_cfg(tiny_market_root, workers=2), seed=4).train_loader
     assert in_workers.persistent_workers
@@ -188,9 +200,20 @@ def test_too_few_identities_is_one_line_from_the_cli(tiny_market_root, tmp_path,
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import train as train_cli
 
-    args = [f"data.root={tiny_market_root}", "data.synthetic=false", "data.height=32", "data.width=16",
-            "data.batch_size=16", "data.sampler=identity", "data.num_instances=2", "data.workers=0",
-            "train.progress=false", "train.precision=fp32", f"train.output_dir={tmp_path}", "train.run_name=few"]
+    args = [
+        f"data.root={tiny_market_root}",
+        "data.synthetic=false",
+        "data.height=32",
+        "data.width=16",
+        "data.batch_size=16",
+        "data.sampler=identity",
+        "data.num_instances=2",
+        "data.workers=0",
+        "train.progress=false",
+        "train.precision=fp32",
+        f"train.output_dir={tmp_path}",
+        "train.run_name=few",
+    ]
     assert train_cli.main(args) == 2
     err = capsys.readouterr().err
     assert "data.num_instances = 8 identities per batch, but the training set has only 4" in err

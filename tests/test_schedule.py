@@ -1,4 +1,5 @@
 """Learning rate per epoch: step decay, SRDL's stage-complete and stage-incomplete schedules."""
+
 import pytest
 
 from reid_srdl.engine.schedule import epoch_learning_rates, milestone_epochs, step_decay

@@ -1,5 +1,6 @@
 """tools/search.py on a tiny synthetic Market-1501 set: build, info, calibrate, query (JSON/HTML), add,
 label sources, and one-line errors that leave nothing behind."""
+
 import importlib.util
 import json
 import os
@@ -33,8 +34,13 @@ def setup(tiny_market_root, tmp_path_factory):
         path = str(tmp / f"model{seed}.pt")
         save_model_file(net, path, task="reid", height=32, width=16)
         models.append(path)
-    return {"gallery_dir": os.path.join(market, "bounding_box_test"), "query_dir": os.path.join(market, "query"),
-            "model": models[0], "other_model": models[1], "tmp": tmp}
+    return {
+        "gallery_dir": os.path.join(market, "bounding_box_test"),
+        "query_dir": os.path.join(market, "query"),
+        "model": models[0],
+        "other_model": models[1],
+        "tmp": tmp,
+    }
 
 
 def run(capsys, *argv):
@@ -53,15 +59,52 @@ def test_build_info_calibrate_query(setup, capsys, tmp_path):
     assert info["settings"]["height"] == 32  # the model's training size, recorded
     assert set(info["cameras"]) <= {f"c{i}" for i in range(1, 7)}
     # Query before calibrating: refused in one line, before anything is embedded.
-    code, _, err = run(capsys, "query", setup["query_dir"], "--gallery", gallery, "--model", setup["model"],
-                       "--threshold", "calibrated")
+    code, _, err = run(
+        capsys,
+        "query",
+        setup["query_dir"],
+        "--gallery",
+        gallery,
+        "--model",
+        setup["model"],
+        "--threshold",
+        "calibrated",
+    )
     assert code == 2 and "no calibrated threshold" in err and err.count("\n") == 1
-    code, out, _ = run(capsys, "calibrate", "--gallery", gallery, "--model", setup["model"], "--queries",
-                       setup["query_dir"], "--far", "0.2", "--plot", tmp_path / "dist.png")
+    code, out, _ = run(
+        capsys,
+        "calibrate",
+        "--gallery",
+        gallery,
+        "--model",
+        setup["model"],
+        "--queries",
+        setup["query_dir"],
+        "--far",
+        "0.2",
+        "--plot",
+        tmp_path / "dist.png",
+    )
     assert code == 0 and "threshold" in out and (tmp_path / "dist.png").exists()
-    code, out, _ = run(capsys, "query", setup["query_dir"], "--gallery", gallery, "--model", setup["model"],
-                       "--threshold", "calibrated", "--k", "5", "--exclude", "same-person-camera",
-                       "--json", tmp_path / "hits.json", "--html", tmp_path / "hits.html")
+    code, out, _ = run(
+        capsys,
+        "query",
+        setup["query_dir"],
+        "--gallery",
+        gallery,
+        "--model",
+        setup["model"],
+        "--threshold",
+        "calibrated",
+        "--k",
+        "5",
+        "--exclude",
+        "same-person-camera",
+        "--json",
+        tmp_path / "hits.json",
+        "--html",
+        tmp_path / "hits.html",
+    )
     assert code == 0
     hits = json.loads((tmp_path / "hits.json").read_text())
     # The same through the library (an independent call on the saved gallery).
@@ -94,8 +137,9 @@ def test_add_and_unlabelled_and_csv_labels(setup, capsys, tmp_path):
     assert ReIDSearcher.load(str(gallery)).pids.tolist() == [-1, -1, -1]
     labels = tmp_path / "labels.csv"
     labels.write_text("path,pid,camera\n" + "".join(f"plain/person_{i}.jpg,{7 + i},c{i + 1}\n" for i in range(3)))
-    code, out, _ = run(capsys, "add", "--gallery", gallery, "--model", setup["model"], "--images", plain,
-                       "--labels", labels)
+    code, out, _ = run(
+        capsys, "add", "--gallery", gallery, "--model", setup["model"], "--images", plain, "--labels", labels
+    )
     assert code == 0 and "3 + 3 images" in out
     s = ReIDSearcher.load(str(gallery))
     assert s.pids.tolist() == [-1, -1, -1, 7, 8, 9] and s.camids.tolist() == [-1, -1, -1, 0, 1, 2]  # c1 -> camid 0
@@ -110,14 +154,23 @@ def test_errors_are_one_line_and_leave_no_output(setup, capsys, tmp_path):
     out = tmp_path / "g.npz"
     code, _, err = run(capsys, "build", "--model", setup["model"], "--images", bad, "--out", out)
     assert code == 2 and "0002_c2s1_000001_00.jpg" in err and err.count("\n") == 1 and not out.exists()
-    code, text, err = run(capsys, "build", "--model", setup["model"], "--images", bad, "--out", out,
-                          "--skip-unreadable")
+    code, text, err = run(
+        capsys, "build", "--model", setup["model"], "--images", bad, "--out", out, "--skip-unreadable"
+    )
     assert code == 0 and "skipped: cannot read image" in err and "0002_c2s1" in err and "skipped 1 unreadable" in text
     # Another model than the one that built the gallery: both named, unless asked.
     code, _, err = run(capsys, "query", bad, "--gallery", out, "--model", setup["other_model"])
     assert code == 2 and "was built by" in err and "--allow-model-mismatch" in err and err.count("\n") == 1
-    code, _, _ = run(capsys, "query", bad / "0001_c1s1_000001_00.jpg", "--gallery", out, "--model",
-                     setup["other_model"], "--allow-model-mismatch")
+    code, _, _ = run(
+        capsys,
+        "query",
+        bad / "0001_c1s1_000001_00.jpg",
+        "--gallery",
+        out,
+        "--model",
+        setup["other_model"],
+        "--allow-model-mismatch",
+    )
     assert code == 0
     code, _, err = run(capsys, "build", "--model", setup["model"], "--images", tmp_path / "absent", "--out", out)
     assert code == 2 and "neither an image file nor a folder" in err

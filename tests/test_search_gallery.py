@@ -1,5 +1,6 @@
 """reid_srdl.search: gallery file provenance (model fingerprint, settings), mismatch errors,
 exclusion rules against the evaluation protocol, calibration and decisions, thread safety."""
+
 import copy
 import json
 import os
@@ -63,16 +64,23 @@ def test_fingerprint_follows_the_weights_not_the_object():
 # ----------------------------------------------------------------------------- the file
 def test_gallery_file_records_model_and_settings_and_stays_a_feature_file(images, tmp_path):
     net = ColourNet()
-    s = ReIDSearcher.from_images(net, images, pids=[1, 2, 3, 1, 2], camids=[0, 0, 1, 1, 2], height=16, width=8,
-                                 normalize=True)
+    s = ReIDSearcher.from_images(
+        net, images, pids=[1, 2, 3, 1, 2], camids=[0, 0, 1, 1, 2], height=16, width=8, normalize=True
+    )
     path = str(tmp_path / "g.npz")
     s.save(path)
     with np.load(path, allow_pickle=False) as npz:
         meta = json.loads(str(npz["meta"]))
     assert meta["format"] == "reid_srdl.gallery/1"
     assert meta["model"] == model_fingerprint(net)
-    assert meta["settings"] == {"normalize": True, "flip": False, "precision": "fp32", "height": 16, "width": 8,
-                                "transform": "reid_test_transform"}
+    assert meta["settings"] == {
+        "normalize": True,
+        "flip": False,
+        "precision": "fp32",
+        "height": 16,
+        "width": 8,
+        "transform": "reid_test_transform",
+    }
     fs = load_features(path)  # what tools/eval_reid.py reads
     np.testing.assert_array_equal(fs.features, s.features)
     np.testing.assert_allclose(np.linalg.norm(fs.features, axis=1), 1.0, rtol=1e-5)  # normalize=True was used
@@ -144,8 +152,16 @@ def test_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- exclusion
-@pytest.mark.parametrize("bad, hint", [("c1", "file name c1 is camid 0"), (1.5, "got 1.5"), (True, "got True"),
-                                       (["c2", "c3"], "file name c2 is camid 1"), ([0.5, 1.0], "got 0.5")])
+@pytest.mark.parametrize(
+    "bad, hint",
+    [
+        ("c1", "file name c1 is camid 0"),
+        (1.5, "got 1.5"),
+        (True, "got True"),
+        (["c2", "c3"], "file name c2 is camid 1"),
+        ([0.5, 1.0], "got 0.5"),
+    ],
+)
 def test_exclude_camid_types_are_checked(bad, hint):
     s = ReIDSearcher(np.arange(4.0).reshape(-1, 1), [1, 2, 3, 4], [0, 1, 0, 1])
     with pytest.raises(EvaluationInputError, match=hint):

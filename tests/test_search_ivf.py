@@ -1,10 +1,11 @@
 """IVF-Flat / IVF-PQ against brute-force numpy search; index files saved, memory-mapped,
 and refused when they do not fit."""
+
 import faiss
 import numpy as np
 import pytest
 
-from reid_srdl.evaluation.search import IVFIndex, SearchIndexError, ExactL2Index, load_index, save_index
+from reid_srdl.evaluation.search import ExactL2Index, IVFIndex, SearchIndexError, load_index, save_index
 
 
 def clustered(n, d=32, clusters=50, seed=0):

@@ -1,5 +1,6 @@
 """The web app through FastAPI's TestClient: search by upload or gallery pick, decisions, adds
 saved atomically, upload limits, and images served only from the gallery's own folders."""
+
 import os
 import shutil
 
@@ -38,8 +39,15 @@ def served(tiny_market_root, tmp_path):
     s.save(gallery_file)
     loaded = ReIDSearcher.load(gallery_file, model=model)
     app = create_app(loaded, gallery_file, str(tmp_path / "uploads"), max_upload_bytes=200_000)
-    return {"client": TestClient(app), "searcher": loaded, "paths": paths, "file": gallery_file, "tmp": tmp_path,
-            "model": model, "queries": queries}
+    return {
+        "client": TestClient(app),
+        "searcher": loaded,
+        "paths": paths,
+        "file": gallery_file,
+        "tmp": tmp_path,
+        "model": model,
+        "queries": queries,
+    }
 
 
 def upload(path):
@@ -75,16 +83,19 @@ def test_search_an_upload_matches_the_library(served):
     assert cam not in [h["camera"] for h in filtered["hits"]]
 
 
-@pytest.mark.parametrize("files, data, status, message", [
-    ({"file": ("e.jpg", b"", "image/jpeg")}, {}, 400, "empty"),
-    ({"file": ("t.jpg", b"hello, not an image", "image/jpeg")}, {}, 415, "not a readable image"),
-    ({"file": ("big.jpg", b"\xff" * 300_000, "image/jpeg")}, {}, 413, "over the limit"),
-    (None, {}, 400, "send an image"),
-    (None, {"gallery_index": "999"}, 404, "outside 0..35"),
-    (None, {"gallery_index": "1", "exclude_camera": "7"}, 422, "c1, c2"),
-    (None, {"gallery_index": "1", "k": "0"}, 422, "k must be in 1..100"),
-    (None, {"gallery_index": "1", "threshold": "high"}, 422, "threshold must be"),
-])
+@pytest.mark.parametrize(
+    "files, data, status, message",
+    [
+        ({"file": ("e.jpg", b"", "image/jpeg")}, {}, 400, "empty"),
+        ({"file": ("t.jpg", b"hello, not an image", "image/jpeg")}, {}, 415, "not a readable image"),
+        ({"file": ("big.jpg", b"\xff" * 300_000, "image/jpeg")}, {}, 413, "over the limit"),
+        (None, {}, 400, "send an image"),
+        (None, {"gallery_index": "999"}, 404, "outside 0..35"),
+        (None, {"gallery_index": "1", "exclude_camera": "7"}, 422, "c1, c2"),
+        (None, {"gallery_index": "1", "k": "0"}, 422, "k must be in 1..100"),
+        (None, {"gallery_index": "1", "threshold": "high"}, 422, "threshold must be"),
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_message(served, files, data, status, message):
     r = served["client"].post("/search", files=files, data=data)
     assert r.status_code == status and message in r.json()["error"]
@@ -94,8 +105,13 @@ def test_images_only_from_the_gallery_folders(served, tmp_path):
     c = served["client"]
     ok = c.get("/image/0")
     assert ok.status_code == 200 and ok.content == open(served["paths"][0], "rb").read()
-    for url in ("/image/..%2F..%2Fetc%2Fpasswd", "/image/../../etc/passwd", "/image/-1", "/image/36",
-                "/image/%2Fetc%2Fpasswd"):
+    for url in (
+        "/image/..%2F..%2Fetc%2Fpasswd",
+        "/image/../../etc/passwd",
+        "/image/-1",
+        "/image/36",
+        "/image/%2Fetc%2Fpasswd",
+    ):
         r = c.get(url)
         assert r.status_code in (404, 422) and b"root:" not in r.content, url
     # A gallery entry that is a symlink pointing outside the gallery's folders is refused.

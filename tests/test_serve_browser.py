@@ -1,6 +1,7 @@
 """The search page in a real headless browser (Debian's chromium + chromedriver, via selenium):
 upload a query image, see the ranked crops and the decision.  Skipped, with the reason, when
 the browser, its driver or selenium is not installed (.ci/run installs them)."""
+
 import os
 import shutil
 import socket
@@ -17,8 +18,9 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER):
-    pytest.skip("no chromium/chromedriver on this machine: apt-get install -y chromium chromium-driver",
-                allow_module_level=True)
+    pytest.skip(
+        "no chromium/chromedriver on this machine: apt-get install -y chromium chromium-driver", allow_module_level=True
+    )
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
@@ -65,9 +67,17 @@ def server(tiny_market_root, tmp_path):
 def test_upload_a_query_and_see_ranked_results_and_the_decision(server):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={server['profile']}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={server['profile']}",
+    ):
         options.add_argument(flag)
     service = webdriver.ChromeService(executable_path=DRIVER)
     driver = webdriver.Chrome(service=service, options=options)
@@ -88,8 +98,11 @@ def test_upload_a_query_and_see_ranked_results_and_the_decision(server):
             assert f"d={dist:.3f}" in caption
         # Every crop really loaded from /image/<index> (naturalWidth > 0 once decoded).
         images = driver.find_elements(By.CSS_SELECTOR, "#results img")
-        wait.until(lambda d: all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im)
-                                 for im in images))
+        wait.until(
+            lambda d: all(
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", im) for im in images
+            )
+        )
         srcs = [im.get_attribute("src").rsplit("/", 1)[-1] for im in images]
         assert srcs == [str(i) for i in expected.indices]
     finally:

@@ -1,5 +1,6 @@
 """SRDL beyond the loss: independent random streams per (seed, purpose), the stage-1 bank's
 diagnostics, and the teacher_view=augmented ablation (not the paper's method)."""
+
 import hashlib
 import json
 import math
@@ -8,14 +9,13 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import OneSample, hand_ce, hand_kl, spread_classifiers, tiny_trainer_config  # noqa: F401
+from srdl_helpers import TinyIndexed, _ctx, factory
 
 from reid_srdl.core.seeding import MODEL_INIT, SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.engine.trainer import Trainer
 from reid_srdl.methods.srdl import SRDL, bank_statistics
-
-from method_helpers import OneSample, hand_ce, hand_kl, spread_classifiers, tiny_trainer_config  # noqa: F401
-from test_methods import NUM_CLASSES, TinyIndexed, _ctx, factory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,8 +41,13 @@ def test_no_two_runs_of_different_seeds_share_an_initialisation(tiny_market_root
     inits = {}
     for seed in range(3):
         for method in ("vanilla", "srdl"):
-            cfg = tiny_trainer_config(tiny_market_root, tmp_path / f"{method}{seed}", f"method.name={method}",
-                                      f"train.seed={seed}", "train.epochs=2")
+            cfg = tiny_trainer_config(
+                tiny_market_root,
+                tmp_path / f"{method}{seed}",
+                f"method.name={method}",
+                f"train.seed={seed}",
+                "train.epochs=2",
+            )
             trainer = Trainer(cfg, str(tmp_path / f"{method}{seed}" / "run"))
             inits[(method, seed)] = _weights(trainer.method.trainable)
             if method == "srdl":
@@ -53,7 +58,7 @@ def test_no_two_runs_of_different_seeds_share_an_initialisation(tiny_market_root
     # ...and every other pair differs.
     keys = [k for k in inits if k[0] != "srdl"]
     for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
+        for b in keys[i + 1 :]:
             assert not torch.equal(inits[a], inits[b]), (a, b)
     assert not torch.equal(inits[("srdl-stage2", 0)], inits[("vanilla", 1)])
 

@@ -1,4 +1,5 @@
 """The paired-difference interval against a hand computation and scipy's paired t-test."""
+
 import math
 
 import pytest

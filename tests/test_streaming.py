@@ -1,4 +1,5 @@
 """Gallery streamed from a memory-mapped .npy in shards: exactly the in-memory evaluation."""
+
 import numpy as np
 import pytest
 

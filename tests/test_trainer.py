@@ -1,71 +1,17 @@
 """The generic trainer on the tiny synthetic Market-1501 set: stages, resume, NaN guard,
 run directory contents."""
+
 import json
 import os
 
 import pytest
 import torch
+from trainer_helpers import Interrupt, interrupted_then_resumed, run_dir_of, tiny_cfg  # noqa: F401
 
 from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
-from reid_srdl.models.model_file import load_model_file
 from reid_srdl.engine.trainer import Trainer, TrainingDivergedError
-from reid_srdl.engine.loop import TrainingLoop
-
-
-def tiny_cfg(root, out, *extra):
-    return load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.synthetic=false",
-            "data.height=64",
-            "data.width=32",
-            "data.batch_size=8",
-            "data.test_batch_size=32",
-            "data.workers=0",
-            "model.name=small_reid",
-            "model.feature_dim=32",
-            "train.epochs=4",
-            "train.max_batches=3",
-            "train.progress=false", "train.precision=fp32",
-            "train.tensorboard=false",
-            f"train.output_dir={out}",
-            "train.run_name=run",
-            "eval.plot=false",
-            *extra,
-        ],
-    )
-
-
-def run_dir_of(cfg):
-    return os.path.join(cfg.train.output_dir, cfg.train.run_name)
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupted_then_resumed(cfg, stop_after_epochs, monkeypatch):
-    """Train, 'kill' the run after `stop_after_epochs` complete epochs, resume it to the end."""
-    run_dir = run_dir_of(cfg)
-    original = TrainingLoop.train_epoch
-
-    def train_epoch(self, epoch):
-        if epoch == stop_after_epochs:
-            raise Interrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(TrainingLoop, "train_epoch", train_epoch)
-    with pytest.raises(Interrupt):
-        Trainer(cfg, run_dir).fit()
-    monkeypatch.setattr(TrainingLoop, "train_epoch", original)
-    state = ckpt.load_train_state(run_dir)
-    assert state["epoch"] == stop_after_epochs
-    trainer = Trainer(cfg, run_dir, resume=True)
-    assert trainer.run.state.start_epoch == stop_after_epochs
-    trainer.fit()
-    return trainer
+from reid_srdl.models.model_file import load_model_file
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +23,9 @@ def uninterrupted_srdl(tiny_market_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize("stop_after", [1, 2, 3])
-def test_resumed_srdl_run_ends_with_the_same_weights(uninterrupted_srdl, tiny_market_root, tmp_path, monkeypatch, stop_after):
+def test_resumed_srdl_run_ends_with_the_same_weights(
+    uninterrupted_srdl, tiny_market_root, tmp_path, monkeypatch, stop_after
+):
     # 1: inside stage 1; 2: right after the stage boundary (logit bank + restart); 3: inside stage 2.
     resumed = interrupted_then_resumed(tiny_cfg(tiny_market_root, tmp_path), stop_after, monkeypatch)
     ref_state = uninterrupted_srdl.method.trainable.state_dict()
@@ -94,12 +42,20 @@ def test_run_directory_contents_and_metrics(tiny_market_root, tmp_path):
     trainer = Trainer(cfg, run_dir_of(cfg))
     summary = trainer.fit()
     run = trainer.run_dir
-    for name in ("config.yaml", "last.pt", "final.pt", "stage1.pt", "stage1_logits.pt", "metrics.jsonl", "metrics.json"):
+    for name in (
+        "config.yaml",
+        "last.pt",
+        "final.pt",
+        "stage1.pt",
+        "stage1_logits.pt",
+        "metrics.jsonl",
+        "metrics.json",
+    ):
         assert os.path.isfile(os.path.join(run, name)), name
     assert load_config(os.path.join(run, "config.yaml")) == cfg
     with open(os.path.join(run, "metrics.jsonl")) as f:
         lines = [json.loads(x) for x in f]
-    assert [(l["stage"], l["epoch"]) for l in lines] == [(1, 1), (2, 2)]
+    assert [(line["stage"], line["epoch"]) for line in lines] == [(1, 1), (2, 2)]
     assert "kl" not in lines[0] and "kl" in lines[1]
     for line in lines:
         assert line["loss"] == pytest.approx(line["ce"] + line.get("kl", 0.0), rel=1e-5)

@@ -1,18 +1,18 @@
 """Bad input gets one line and exit code 2, never a traceback: file names, cameras, output
 folders, option ranges, devices, opsets, a corrupt image read by DataLoader workers; floats
 as Python reads them; the NaN stop and a changed config on resume say what happened."""
+
 import os
 import pickle
 
-import pytest
-import torch
-import yaml
-
-from trust_helpers import market_split_dir, one_line, reid_train_args, save_tiny_model, tiny_market_copy
-
 import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
 import export as export_cli  # noqa: E402
+import pytest
+import torch
 import train as train_cli  # noqa: E402
+import yaml
+from trust_helpers import market_split_dir, one_line, reid_train_args, save_tiny_model, tiny_market_copy
+
 from reid_srdl.config import ConfigError, load_config
 from reid_srdl.data.indexed import ImageReadError
 
@@ -37,10 +37,13 @@ def argparse_error(capsys, main, args) -> str:
 
 
 # ----------------------------------------------------------------------------- data folders
-@pytest.mark.parametrize("name, message", [
-    ("person_001.jpg", "is not a Market-1501 image name; expected PPPP_cCsS_FFFFFF_BB.jpg"),
-    ("0001_c9s1_000001_01.jpg", "camera c9 is outside c1..c6"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("person_001.jpg", "is not a Market-1501 image name; expected PPPP_cCsS_FFFFFF_BB.jpg"),
+        ("0001_c9s1_000001_01.jpg", "camera c9 is outside c1..c6"),
+    ],
+)
 def test_a_file_name_that_does_not_parse_is_one_line(tiny_market_root, tmp_path, capsys, name, message):
     root = tiny_market_copy(tiny_market_root, tmp_path / "data")
     bad = os.path.join(market_split_dir(root, "bounding_box_test"), name)
@@ -63,8 +66,11 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys, w
     model = save_tiny_model(tmp_path / "final.pt")
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "a_folder").mkdir()
-    target = {"proc": "/proc/reid_srdl_test.onnx", "under_a_file": str(tmp_path / "a_file" / "m.onnx"),
-              "a_folder": str(tmp_path / "a_folder")}[where]
+    target = {
+        "proc": "/proc/reid_srdl_test.onnx",
+        "under_a_file": str(tmp_path / "a_file" / "m.onnx"),
+        "a_folder": str(tmp_path / "a_folder"),
+    }[where]
     before = sorted(os.listdir(tmp_path))
     assert export_cli.main([model, "--onnx", target]) == 2
     line = one_line(capsys.readouterr().err)
@@ -73,21 +79,24 @@ def test_export_to_a_path_that_cannot_be_written_is_one_line(tmp_path, capsys, w
 
 
 # ----------------------------------------------------------------------------- options
-@pytest.mark.parametrize("override, message", [
-    ("optim.lr=-0.1", "optim.lr must be > 0, got -0.1"),
-    ("data.synthetic_ids=2", "data.synthetic_ids must be in 4..1501, got 2"),
-    ("train.max_batches=-3", "train.max_batches must be >= 0, got -3"),
-    ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0, got -0.0001"),
-    ("optim.momentum=1.5", "optim.momentum must be in 0..1, got 1.5"),
-    ("optim.gamma=0", "optim.gamma must be > 0, got 0.0"),
-    ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
-    ("model.feature_dim=-1", "model.feature_dim must be >= 0, got -1 (0 = no feature layer)"),
-    ("train.seed=-1", "train.seed must be >= 0, got -1"),
-    ("data.synthetic_seed=-2", "data.synthetic_seed must be >= 0, got -2"),
-    ("eval.max_rank=0", "eval.max_rank must be >= 1, got 0"),
-    ("method.srdl.temperature=0", "method.srdl.temperature must be > 0, got 0.0"),
-    ("method.kd.kd_weight=-1", "method.kd.kd_weight must be >= 0, got -1.0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=-0.1", "optim.lr must be > 0, got -0.1"),
+        ("data.synthetic_ids=2", "data.synthetic_ids must be in 4..1501, got 2"),
+        ("train.max_batches=-3", "train.max_batches must be >= 0, got -3"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0, got -0.0001"),
+        ("optim.momentum=1.5", "optim.momentum must be in 0..1, got 1.5"),
+        ("optim.gamma=0", "optim.gamma must be > 0, got 0.0"),
+        ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
+        ("model.feature_dim=-1", "model.feature_dim must be >= 0, got -1 (0 = no feature layer)"),
+        ("train.seed=-1", "train.seed must be >= 0, got -1"),
+        ("data.synthetic_seed=-2", "data.synthetic_seed must be >= 0, got -2"),
+        ("eval.max_rank=0", "eval.max_rank must be >= 1, got 0"),
+        ("method.srdl.temperature=0", "method.srdl.temperature must be > 0, got 0.0"),
+        ("method.kd.kd_weight=-1", "method.kd.kd_weight must be >= 0, got -1.0"),
+    ],
+)
 def test_out_of_range_options_are_one_line_before_anything_runs(tmp_path, capsys, override, message):
     out = tmp_path / "runs"
     line = train_error(capsys, reid_train_args(tmp_path / "no_data_needed", out, override))
@@ -124,16 +133,19 @@ def test_yaml_file_floats_without_a_dot(tmp_path):
         load_config(None, ["optim.lr=fast"])
 
 
-@pytest.mark.parametrize("tool, args, flag", [
-    ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--height", "0"], "--height"),
-    ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--width", "-4"], "--width"),
-    ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--batch-size", "0"], "--batch-size"),
-    ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--workers", "-1"], "--workers"),
-    ("eval", ["--query", "q", "--gallery", "g", "--rerank", "--rerank-k1", "0"], "--rerank-k1"),
-    ("export", ["RUN", "--onnx", "m.onnx", "--height", "0"], "--height"),
-    ("export", ["RUN", "--onnx", "m.onnx", "--opset", "3"], "--opset"),
-    ("export", ["RUN", "--onnx", "m.onnx", "--opset", "99"], "--opset"),
-])
+@pytest.mark.parametrize(
+    "tool, args, flag",
+    [
+        ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--height", "0"], "--height"),
+        ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--width", "-4"], "--width"),
+        ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--batch-size", "0"], "--batch-size"),
+        ("eval", ["--checkpoint", "RUN", "--data-root", "R", "--workers", "-1"], "--workers"),
+        ("eval", ["--query", "q", "--gallery", "g", "--rerank", "--rerank-k1", "0"], "--rerank-k1"),
+        ("export", ["RUN", "--onnx", "m.onnx", "--height", "0"], "--height"),
+        ("export", ["RUN", "--onnx", "m.onnx", "--opset", "3"], "--opset"),
+        ("export", ["RUN", "--onnx", "m.onnx", "--opset", "99"], "--opset"),
+    ],
+)
 def test_cli_numbers_out_of_range_are_refused(capsys, tool, args, flag):
     main = {"eval": eval_cli.main, "export": export_cli.main}[tool]
     line = argparse_error(capsys, main, args)

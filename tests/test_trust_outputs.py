@@ -1,5 +1,6 @@
 """No silent wrong results from outputs: unique run folders (two runs started in the same
 second), eval_reid's outputs all-or-nothing, and files created with the umask's mode."""
+
 import json
 import os
 import stat
@@ -7,13 +8,12 @@ import subprocess
 import sys
 import time
 
+import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
 import numpy as np
 import pytest
 import yaml
-
 from trust_helpers import REPO, TOOLS, one_line, reid_train_args, save_tiny_model
 
-import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.evaluation.io import save_features
 
@@ -74,9 +74,18 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_market_r
     start_at = time.time() + 10  # time to import torch; a late start still collides (fixed clock)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", script, str(start_at),
-             *reid_train_args(tiny_market_root, out, f"train.seed={seed}", "train.max_batches=1")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path), env=env,
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(start_at),
+                *reid_train_args(tiny_market_root, out, f"train.seed={seed}", "train.max_batches=1"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(tmp_path),
+            env=env,
         )
         for seed in (11, 22)
     ]
@@ -93,8 +102,9 @@ def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_market_r
             assert [json.loads(line)["epoch"] for line in f] == [1, 2]  # each epoch once
     assert sorted(seeds) == [11, 22]  # each folder holds its own run's config
     # Each process printed its own folder.
-    printed = sorted(line.split(": ", 1)[1] for r in results for line in r[0].splitlines()
-                     if line.startswith("run directory: "))
+    printed = sorted(
+        line.split(": ", 1)[1] for r in results for line in r[0].splitlines() if line.startswith("run directory: ")
+    )
     assert printed == [str(out / f) for f in folders]
 
 
@@ -114,8 +124,9 @@ def _listing(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs + [""])
 
 
-@pytest.mark.parametrize("bad", ["plot_is_a_folder", "json_under_a_file", "out_is_a_file", "json_in_proc",
-                                 "same_file_twice"])
+@pytest.mark.parametrize(
+    "bad", ["plot_is_a_folder", "json_under_a_file", "out_is_a_file", "json_in_proc", "same_file_twice"]
+)
 def test_eval_outputs_are_checked_before_computing_and_nothing_is_left(feature_files, tmp_path, capsys, bad):
     q, g = feature_files
     work = tmp_path / "work"
@@ -147,8 +158,20 @@ def test_an_error_after_the_outputs_are_staged_leaves_none_of_them(tmp_path, tin
         raise eval_cli.EvaluationInputError("simulated failure after extraction")
 
     monkeypatch.setattr(eval_cli, "evaluate", failing_evaluate)
-    code = eval_cli.main(["--checkpoint", model, "--data-root", tiny_market_root, "--workers", "0",
-                          "--save-features", str(out / "features"), "--json", str(out / "r.json")])
+    code = eval_cli.main(
+        [
+            "--checkpoint",
+            model,
+            "--data-root",
+            tiny_market_root,
+            "--workers",
+            "0",
+            "--save-features",
+            str(out / "features"),
+            "--json",
+            str(out / "r.json"),
+        ]
+    )
     assert code == 2 and "simulated failure" in one_line(capsys.readouterr().err)
     assert not out.exists()
 
@@ -158,8 +181,10 @@ def test_eval_writes_all_outputs_together_with_the_umask_mode(feature_files, tmp
     out = tmp_path / "out"
     previous = os.umask(0o022)
     try:
-        assert eval_cli.main(["--query", q, "--gallery", g, "--json", str(out / "r.json"),
-                              "--plot", str(out / "cmc.png")]) == 0
+        assert (
+            eval_cli.main(["--query", q, "--gallery", g, "--json", str(out / "r.json"), "--plot", str(out / "cmc.png")])
+            == 0
+        )
     finally:
         os.umask(previous)
     assert sorted(os.listdir(out)) == ["cmc.png", "r.json"]
@@ -174,12 +199,19 @@ def test_every_writer_uses_the_umask_mode(tiny_market_root, tmp_path):
     run's folder (config.yaml, last.pt, final.pt, metrics, CMC plot), feature files and a
     saved gallery."""
     import train as train_cli
+
     from reid_srdl.api import ReIDSearcher
 
     previous = os.umask(0o027)
     try:
-        args = reid_train_args(tiny_market_root, tmp_path / "runs", "train.run_name=run", "train.epochs=1",
-                               "train.max_batches=1", "eval.plot=true")
+        args = reid_train_args(
+            tiny_market_root,
+            tmp_path / "runs",
+            "train.run_name=run",
+            "train.epochs=1",
+            "train.max_batches=1",
+            "eval.plot=true",
+        )
         assert train_cli.main(args) == 0
         save_features(str(tmp_path / "f.npz"), np.eye(2, dtype=np.float32), [1, 2], [0, 1])
         ReIDSearcher(np.eye(2, dtype=np.float32), [1, 2], [0, 1]).save(str(tmp_path / "gallery.npz"))
@@ -187,7 +219,14 @@ def test_every_writer_uses_the_umask_mode(tiny_market_root, tmp_path):
         os.umask(previous)
     run = tmp_path / "runs" / "run"
     names = sorted(os.listdir(run))
-    assert names == ["cmc_deployed.png", "config.yaml", "final.pt", "last.pt", "metrics.json", "metrics.jsonl",
-                     "open_set_deployed.png"]
+    assert names == [
+        "cmc_deployed.png",
+        "config.yaml",
+        "final.pt",
+        "last.pt",
+        "metrics.json",
+        "metrics.jsonl",
+        "open_set_deployed.png",
+    ]
     for path in [run / n for n in names] + [tmp_path / "f.npz", tmp_path / "gallery.npz"]:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o640, path

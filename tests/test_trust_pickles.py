@@ -2,14 +2,18 @@
 line naming the conversion tool, and the payload (it would create a marker file) never runs.
 Also: the files the project writes load with PyTorch's safe loader, and
 tools/convert_checkpoint.py turns a trusted legacy file into one that does."""
+
 import argparse
 import os
 import shutil
 
+import convert_checkpoint as convert_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
+import eval_reid as eval_cli  # noqa: E402
+import export as export_cli  # noqa: E402
 import numpy as np
 import pytest
 import torch
-
+import train as train_cli  # noqa: E402
 from trust_helpers import (
     TRUST_FLAG,
     assert_refused,
@@ -21,19 +25,15 @@ from trust_helpers import (
     write_malicious,
 )
 
-import convert_checkpoint as convert_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
-import eval_reid as eval_cli  # noqa: E402
-import export as export_cli  # noqa: E402
-import train as train_cli  # noqa: E402
 from reid_srdl.api import ReIDSearcher
 from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
-from reid_srdl.models.model_file import load_model_file
-from reid_srdl.engine.trainer import Trainer
-from reid_srdl.engine.loop import TrainingLoop
 from reid_srdl.core.errors import ReidSrdlError
-from reid_srdl.evaluation.io import save_features
 from reid_srdl.core.torch_files import UnsafeFileError
+from reid_srdl.engine.loop import TrainingLoop
+from reid_srdl.engine.trainer import Trainer
+from reid_srdl.evaluation.io import save_features
+from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -197,9 +197,20 @@ def test_conversion_tool_round_trip(tmp_path, capsys):
     net = build_model("small_reid", 5, feature_dim=8)
     old = tmp_path / "legacy.pt"
     # A model file with non-plain metadata: a NumPy scalar, an argparse Namespace, an object.
-    torch.save({"format": ckpt.MODEL_FORMAT, "spec": dict(net.spec), "state_dict": net.state_dict(),
-                "meta": {"task": "reid", "height": np.int64(64), "args": argparse.Namespace(lr=0.1),
-                         "options": LegacyOptions()}}, old)
+    torch.save(
+        {
+            "format": ckpt.MODEL_FORMAT,
+            "spec": dict(net.spec),
+            "state_dict": net.state_dict(),
+            "meta": {
+                "task": "reid",
+                "height": np.int64(64),
+                "args": argparse.Namespace(lr=0.1),
+                "options": LegacyOptions(),
+            },
+        },
+        old,
+    )
     with pytest.raises(UnsafeFileError, match="convert_checkpoint.py"):
         load_model_file(str(old))
     new = tmp_path / "converted.pt"

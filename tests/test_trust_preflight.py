@@ -1,15 +1,15 @@
 """Problems the end-of-run evaluation would meet are found before the first epoch: an
 unreadable, empty or folder-named evaluation image, or a query set without a true match."""
+
 import os
 
+import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
 import numpy as np
 import pytest
-
+import train as train_cli  # noqa: E402
 from fixtures_data import write_market_tree
 from trust_helpers import market_split_dir, one_line, reid_train_args, save_tiny_model, tiny_market_copy
 
-import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
-import train as train_cli  # noqa: E402
 from reid_srdl.engine.preflight import count_valid_queries
 from reid_srdl.evaluation.metrics import evaluate_reid
 
@@ -27,15 +27,19 @@ def _damage(root, split, how) -> str:
     return path
 
 
-@pytest.mark.parametrize("split, how, message", [
-    ("bounding_box_test", "corrupt", "cannot identify image file"),
-    ("bounding_box_test", "zero_bytes", "the file is empty (0 bytes)"),
-    ("bounding_box_test", "folder_named_like_an_image", "it is a folder, not an image file"),
-    ("query", "corrupt", "cannot identify image file"),
-    ("gt_bbox", "zero_bytes", "the file is empty (0 bytes)"),
-])
-def test_an_unreadable_evaluation_image_stops_the_run_before_training(tiny_market_root, tmp_path, capsys,
-                                                                       split, how, message):
+@pytest.mark.parametrize(
+    "split, how, message",
+    [
+        ("bounding_box_test", "corrupt", "cannot identify image file"),
+        ("bounding_box_test", "zero_bytes", "the file is empty (0 bytes)"),
+        ("bounding_box_test", "folder_named_like_an_image", "it is a folder, not an image file"),
+        ("query", "corrupt", "cannot identify image file"),
+        ("gt_bbox", "zero_bytes", "the file is empty (0 bytes)"),
+    ],
+)
+def test_an_unreadable_evaluation_image_stops_the_run_before_training(
+    tiny_market_root, tmp_path, capsys, split, how, message
+):
     root = tiny_market_copy(tiny_market_root, tmp_path / "data")
     bad = _damage(root, split, how)
     out = tmp_path / "runs"
@@ -58,8 +62,12 @@ def test_several_unreadable_images_are_counted(tiny_market_root, tmp_path, capsy
 
 
 NO_TRUE_MATCH = {
-    "bounding_box_train": ["0001_c1s1_000101_01.jpg", "0001_c2s1_000201_01.jpg",
-                           "0002_c1s1_000301_01.jpg", "0002_c3s1_000401_01.jpg"],
+    "bounding_box_train": [
+        "0001_c1s1_000101_01.jpg",
+        "0001_c2s1_000201_01.jpg",
+        "0002_c1s1_000301_01.jpg",
+        "0002_c3s1_000401_01.jpg",
+    ],
     # pid 20's only gallery image is from the query's own camera; pid 31 has no query.
     "query": ["0020_c1s1_001001_00.jpg"],
     "bounding_box_test": ["0020_c1s1_002001_01.jpg", "0031_c2s1_002201_01.jpg", "0000_c3s1_002301_01.jpg"],

@@ -1,5 +1,6 @@
 """Shared helpers of the tests/test_trust_*.py files: malicious pickles, the one-line error
 check, tiny run folders and model files in the real on-disk formats."""
+
 import os
 import shutil
 import sys
@@ -85,9 +86,21 @@ def market_split_dir(root: str, split: str) -> str:
 def reid_train_args(root, out, *extra):
     """tools/train.py arguments of a tiny re-id run on ``root`` (64x32, a few batches)."""
     return [
-        f"data.root={root}", "data.synthetic=false", "data.height=64", "data.width=32", "data.batch_size=8",
-        "data.test_batch_size=32", "data.workers=0", "model.feature_dim=32", "train.epochs=2", "train.max_batches=2",
-        f"train.output_dir={out}", "method.name=vanilla", "eval.multi_query=false", *QUIET, *extra,
+        f"data.root={root}",
+        "data.synthetic=false",
+        "data.height=64",
+        "data.width=32",
+        "data.batch_size=8",
+        "data.test_batch_size=32",
+        "data.workers=0",
+        "model.feature_dim=32",
+        "train.epochs=2",
+        "train.max_batches=2",
+        f"train.output_dir={out}",
+        "method.name=vanilla",
+        "eval.multi_query=false",
+        *QUIET,
+        *extra,
     ]
 
 

@@ -13,6 +13,7 @@ values -> numbers and tensors, objects -> dicts, a pickled nn.Module -> its stat
 writes NEW.pt atomically and checks that NEW.pt loads with the safe loader.  NEW.pt is
 then safe for anyone to load.  Bad input: one line on stderr, exit code 2.
 """
+
 import argparse
 import collections
 import os
@@ -21,9 +22,9 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.core.files import check_output_file  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.files import check_output_file  # noqa: E402
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.torch_files import TRUST_FLAG, UnsafeFileError, convert_to_plain, load_torch_file  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -37,8 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="OLD.pt", help="the trusted file to convert")
     p.add_argument("target", metavar="NEW.pt", help="where to write the plain-data file (may be OLD.pt itself)")
-    p.add_argument(TRUST_FLAG, dest="trusted", action="store_true",
-                   help="load OLD.pt with the unsafe unpickler: it can run code; only for a file you trust")
+    p.add_argument(
+        TRUST_FLAG,
+        dest="trusted",
+        action="store_true",
+        help="load OLD.pt with the unsafe unpickler: it can run code; only for a file you trust",
+    )
     return p.parse_args(argv)
 
 

@@ -27,6 +27,7 @@ A feature file (.npz) holds ``features`` (N x D float32), ``pids`` (N ints), ``c
 table is in percent.  Output files appear only when everything succeeded.  Bad input: a
 one-line message on stderr and exit code 2.
 """
+
 import argparse
 import os
 import sys
@@ -37,11 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.core.files import OutputPathError, check_output_dir, check_output_file  # noqa: E402
 from reid_srdl.config import int_arg  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
-from reid_srdl.core.files import OutputBatch, write_json_atomic  # noqa: E402
+from reid_srdl.core.files import OutputBatch, OutputPathError, check_output_dir, check_output_file, write_json_atomic  # noqa: E402  # noqa: E402
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.evaluation.io import FeatureSet, load_features  # noqa: E402
 from reid_srdl.evaluation.metrics import (  # noqa: E402
     AP_METHODS,
@@ -65,20 +65,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--query", metavar="Q.npz", help="query feature file")
     p.add_argument("--gallery", metavar="G.npz", help="gallery feature file")
-    p.add_argument("--multi-query", metavar="M.npz", nargs="?", const=GT_BBOX,
-                   help="gt_bbox feature file: multi-query protocol (checkpoint mode: no file, the data root's gt_bbox)")
+    p.add_argument(
+        "--multi-query",
+        metavar="M.npz",
+        nargs="?",
+        const=GT_BBOX,
+        help="gt_bbox feature file: multi-query protocol (checkpoint mode: no file, the data root's gt_bbox)",
+    )
     ck = p.add_argument_group("checkpoint mode")
-    ck.add_argument("--checkpoint", metavar="RUN_DIR|MODEL.pt", help="trained re-id model (a run directory or final.pt)")
-    ck.add_argument("--data-root", metavar="ROOT",
-                    help="folder holding the data sets' folders (market1501/, dukemtmc-reid/, ...; "
-                         "see datasets/README.md)")
-    ck.add_argument("--dataset", metavar="NAME",
-                    help="re-id data set to evaluate on (default: the one the run was trained on)")
+    ck.add_argument(
+        "--checkpoint", metavar="RUN_DIR|MODEL.pt", help="trained re-id model (a run directory or final.pt)"
+    )
+    ck.add_argument(
+        "--data-root",
+        metavar="ROOT",
+        help="folder holding the data sets' folders (market1501/, dukemtmc-reid/, ...; see datasets/README.md)",
+    )
+    ck.add_argument(
+        "--dataset", metavar="NAME", help="re-id data set to evaluate on (default: the one the run was trained on)"
+    )
     ck.add_argument("--split-id", type=int_arg(0), default=0, help="split of a random-split set (default: 0)")
     ck.add_argument("--cuhk03-labeled", action="store_true", help="CUHK03: hand-drawn instead of detected boxes")
     ck.add_argument("--cuhk03-classic-split", action="store_true", help="CUHK03: the 20 classic splits")
-    ck.add_argument("--all-splits", action="store_true",
-                    help="evaluate on every split of a random-split set and report the mean")
+    ck.add_argument(
+        "--all-splits", action="store_true", help="evaluate on every split of a random-split set and report the mean"
+    )
     ck.add_argument("--height", type=int_arg(1), help="input height (default: the one the model was trained with)")
     ck.add_argument("--width", type=int_arg(1), help="input width (default: the one the model was trained with)")
     ck.add_argument("--batch-size", type=int_arg(1), default=128)
@@ -86,29 +97,50 @@ def parse_args(argv=None) -> argparse.Namespace:
     ck.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     ck.add_argument("--flip", action="store_true", help="average with horizontally flipped images' features")
     ck.add_argument("--normalize", action="store_true", help="L2-normalise the features")
-    ck.add_argument("--fast", action="store_true",
-                    help="fast extraction: BN folded (on a copy), channels-last, bf16 where native (see docs/deployment.md)")
-    ck.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"),
-                    help="extraction precision (default: fp32, or auto with --fast)")
+    ck.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast extraction: BN folded (on a copy), channels-last, bf16 where native (see docs/deployment.md)",
+    )
+    ck.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        help="extraction precision (default: fp32, or auto with --fast)",
+    )
     ck.add_argument("--save-features", metavar="DIR", help="also write the extracted features as .npz files")
     p.add_argument("--pool", choices=POOLS, default="mean", help="multi-query pooling (default: mean)")
     p.add_argument("--renormalize", action="store_true", help="L2-normalise the pooled multi-query features")
     p.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve (>= 20; default: 50)")
-    p.add_argument("--ap", choices=AP_METHODS, default="torchreid",
-                   help="AP: torchreid (mean precision at hits, default) or official (Market-1501 trapezoid)")
-    p.add_argument("--rerank", action="store_true",
-                   help="k-reciprocal re-ranking (Zhong et al. 2017) of the (pooled) queries against the gallery")
+    p.add_argument(
+        "--ap",
+        choices=AP_METHODS,
+        default="torchreid",
+        help="AP: torchreid (mean precision at hits, default) or official (Market-1501 trapezoid)",
+    )
+    p.add_argument(
+        "--rerank",
+        action="store_true",
+        help="k-reciprocal re-ranking (Zhong et al. 2017) of the (pooled) queries against the gallery",
+    )
     p.add_argument("--rerank-k1", type=int_arg(1), default=20, help="re-ranking k1 (default: 20)")
     p.add_argument("--rerank-k2", type=int_arg(1), default=6, help="re-ranking k2 (default: 6)")
     p.add_argument("--rerank-lambda", type=float, default=0.3, help="re-ranking lambda (default: 0.3)")
     p.add_argument("--json", metavar="OUT.json", help="write the results as JSON (fractions in [0, 1])")
     p.add_argument("--plot", metavar="CMC.png", help="write the CMC curve as a PNG")
-    p.add_argument("--visualize", type=int, default=0, metavar="N",
-                   help="write ranked lists (query + top-10) of N queries; needs paths and --out")
+    p.add_argument(
+        "--visualize",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write ranked lists (query + top-10) of N queries; needs paths and --out",
+    )
     p.add_argument("--out", metavar="DIR", help="folder for the --visualize pictures")
-    p.add_argument("--open-set", action="store_true",
-                   help="open-set thresholds at FAR 1%%, 5%%, 10%% with TAR and DIR (Liao et al. 2014); "
-                        "also written under 'open_set' in --json")
+    p.add_argument(
+        "--open-set",
+        action="store_true",
+        help="open-set thresholds at FAR 1%%, 5%%, 10%% with TAR and DIR (Liao et al. 2014); "
+        "also written under 'open_set' in --json",
+    )
     p.add_argument("--open-set-plot", metavar="DIST.png", help="PNG of the genuine/impostor distances and thresholds")
     args = p.parse_args(argv)
     if args.open_set_plot and not args.open_set:
@@ -125,8 +157,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.split_id < 0:
             p.error(f"--split-id must be >= 0; got {args.split_id}")
         if args.all_splits and (args.split_id or args.multi_query or args.save_features or args.visualize):
-            p.error("--all-splits evaluates every split itself: give no --split-id, --multi-query, "
-                    "--save-features or --visualize with it")
+            p.error(
+                "--all-splits evaluates every split itself: give no --split-id, --multi-query, "
+                "--save-features or --visualize with it"
+            )
     else:
         if args.dataset or args.split_id or args.cuhk03_labeled or args.cuhk03_classic_split or args.all_splits:
             p.error("--dataset, --split-id, --cuhk03-* and --all-splits apply to --checkpoint mode")
@@ -209,8 +243,10 @@ def load_checkpoint(args: argparse.Namespace):
         raise EvaluationInputError(f"{args.checkpoint} is a {meta['task']} model; re-id evaluation needs a re-id model")
     trained_on = str(meta.get("data") or "market1501").split(SOURCE_SEPARATOR)
     if args.dataset is None and len(trained_on) > 1:
-        raise EvaluationInputError(f"{args.checkpoint} was trained on {' + '.join(trained_on)}; name the data set to "
-                                   "evaluate on with --dataset")
+        raise EvaluationInputError(
+            f"{args.checkpoint} was trained on {' + '.join(trained_on)}; name the data set to "
+            "evaluate on with --dataset"
+        )
     dataset = args.dataset or trained_on[0]
     if args.all_splits:
         from reid_srdl.data.reid_sets import accepted_options
@@ -232,8 +268,9 @@ def load_checkpoint(args: argparse.Namespace):
 def _features(model, loader, device, args) -> np.ndarray:
     from reid_srdl.evaluation.features import extract_features
 
-    return extract_features(model, loader, device, flip=args.flip, normalize=args.normalize, fast=args.fast,
-                            precision=args.precision)
+    return extract_features(
+        model, loader, device, flip=args.flip, normalize=args.normalize, fast=args.fast, precision=args.precision
+    )
 
 
 def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
@@ -245,9 +282,17 @@ def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
     from reid_srdl.evaluation.io import save_features
 
     model, device, _trained_on, dataset, height, width = load_checkpoint(args)
-    target = build_reid_target(dataset, args.data_root, height, width, args.batch_size, args.workers,
-                               split_id=args.split_id, cuhk03_labeled=args.cuhk03_labeled,
-                               cuhk03_classic_split=args.cuhk03_classic_split)
+    target = build_reid_target(
+        dataset,
+        args.data_root,
+        height,
+        width,
+        args.batch_size,
+        args.workers,
+        split_id=args.split_id,
+        cuhk03_labeled=args.cuhk03_labeled,
+        cuhk03_classic_split=args.cuhk03_classic_split,
+    )
     splits = {"query": target.query, "gallery": target.gallery}
     if args.multi_query:
         if target.multi_query is None:
@@ -260,8 +305,9 @@ def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
     preflight_splits(target.query, target.gallery, splits.get("gt_bbox"), before="feature extraction")
     sets = {}
     for name, split in splits.items():
-        sets[name] = FeatureSet(_features(model, split.loader, device, args), split.pids, split.camids,
-                                np.asarray(split.paths))
+        sets[name] = FeatureSet(
+            _features(model, split.loader, device, args), split.pids, split.camids, np.asarray(split.paths)
+        )
     if args.save_features:
         for path, fs in zip(feature_file_names(args), sets.values()):
             save_features(batch.path(path), fs.features, fs.pids, fs.camids, fs.paths)
@@ -285,8 +331,12 @@ def evaluate_all_splits(args: argparse.Namespace, rerank: Optional[tuple] = None
     row = {p: i for i, p in enumerate(paths)}
 
     def feature_set(samples) -> FeatureSet:
-        return FeatureSet(feats[[row[s[0]] for s in samples]], np.array([s[1] for s in samples], np.int64),
-                          np.array([s[2] for s in samples], np.int64), np.array([s[0] for s in samples]))
+        return FeatureSet(
+            feats[[row[s[0]] for s in samples]],
+            np.array([s[1] for s in samples], np.int64),
+            np.array([s[2] for s in samples], np.int64),
+            np.array([s[0] for s in samples]),
+        )
 
     per_split = []
     for k, split in enumerate(lists):
@@ -314,8 +364,10 @@ def write_split_outputs(args: argparse.Namespace, mean: ReIDResult, per_split, t
     written = []
     with OutputBatch() as batch:
         if args.json:
-            summary = {"mean": dict(mean.to_dict(), num_splits=len(per_split)),
-                       "splits": [dict(r.to_dict(), split_id=k) for k, r in per_split]}
+            summary = {
+                "mean": dict(mean.to_dict(), num_splits=len(per_split)),
+                "splits": [dict(r.to_dict(), split_id=k) for k, r in per_split],
+            }
             write_json_atomic(batch.path(args.json), summary)
             written.append(args.json)
         if args.plot:
@@ -351,8 +403,9 @@ def query_features(inputs: EvalInputs, pool: str = "mean", renormalize: bool = F
     return pool_multi_query(q.features, q.pids, q.camids, MultiQuery(m.features, m.pids, m.camids), pool, renormalize)
 
 
-def evaluate(inputs: EvalInputs, q_feats: np.ndarray, max_rank: int = 50, ap: str = "torchreid",
-             rerank: Optional[tuple] = None) -> ReIDResult:
+def evaluate(
+    inputs: EvalInputs, q_feats: np.ndarray, max_rank: int = 50, ap: str = "torchreid", rerank: Optional[tuple] = None
+) -> ReIDResult:
     """Rank the gallery by L2 distance, or by the k-reciprocal distance when ``rerank`` is
     ``(k1, k2, lambda)``."""
     q, g = inputs.query, inputs.gallery
@@ -381,8 +434,13 @@ def open_set_outputs(inputs: EvalInputs, q_feats: np.ndarray):
 
 
 def write_outputs(
-    args: argparse.Namespace, inputs: EvalInputs, q_feats: np.ndarray, result: ReIDResult, title: str,
-    batch: OutputBatch, open_set=None,
+    args: argparse.Namespace,
+    inputs: EvalInputs,
+    q_feats: np.ndarray,
+    result: ReIDResult,
+    title: str,
+    batch: OutputBatch,
+    open_set=None,
 ) -> List[str]:
     """JSON, CMC plot, ranked lists and the open-set plot, staged in ``batch`` (renamed
     together at its end)."""
@@ -398,8 +456,9 @@ def write_outputs(
     if open_set is not None and args.open_set_plot:
         scores, os_result = open_set
         taus = {f"FAR {100 * p.far:g}%": p.threshold for p in os_result.points}
-        plot_open_set(scores.genuine, scores.impostor, taus, batch.path(args.open_set_plot),
-                      title=f"Open-set distances ({title})")
+        plot_open_set(
+            scores.genuine, scores.impostor, taus, batch.path(args.open_set_plot), title=f"Open-set distances ({title})"
+        )
         written.append(args.open_set_plot)
     if args.plot:
         plot_cmc({title: result.cmc}, batch.path(args.plot), title=f"CMC ({title})")
@@ -415,8 +474,11 @@ def write_outputs(
             cols = top[row][found]
             picture = os.path.join(args.out, f"query_{qi:05d}_pid{q.pids[qi]}_cam{q.camids[qi]}.png")
             save_ranked_list(
-                batch.path(picture), q.paths[qi], [g.paths[c] for c in cols],
-                g.pids[cols] == q.pids[qi], dist[row][found],
+                batch.path(picture),
+                q.paths[qi],
+                [g.paths[c] for c in cols],
+                g.pids[cols] == q.pids[qi],
+                dist[row][found],
             )
             written.append(picture)
     return written

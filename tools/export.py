@@ -13,16 +13,17 @@ model was trained at), which ReIDSearcher.from_images("model.onnx", ...) uses.
 --verify runs the exported file on a random batch and prints the largest difference from
 PyTorch.  Bad input: a one-line message on stderr and exit code 2; nothing is written.
 """
+
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.core.files import check_output_file, describe_os_error  # noqa: E402
 from reid_srdl.config import int_arg  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.files import check_output_file, describe_os_error  # noqa: E402
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -47,8 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted config overrides (with --config), e.g. model.feature_dim=512")
     p.add_argument("--height", type=int_arg(1), help="input height (default: the training height)")
     p.add_argument("--width", type=int_arg(1), help="input width (default: the training width)")
-    p.add_argument("--opset", type=int_arg(*opset_range()), default=17,
-                   help="ONNX opset, in the range torch exports (default: 17)")
+    p.add_argument(
+        "--opset", type=int_arg(*opset_range()), default=17, help="ONNX opset, in the range torch exports (default: 17)"
+    )
     p.add_argument("--verify", action="store_true", help="compare the exported embedding with PyTorch's")
     # Intermixed: overrides may come after the options (checkpoint --config c.yaml key=value).
     args = p.parse_intermixed_args(argv)
@@ -65,9 +67,9 @@ def model_from_config(checkpoint: str, config_path: str, overrides):
     """The config's network with the checkpoint's weights; an error naming both if they differ."""
     from reid_srdl.config import load_config
     from reid_srdl.core.checkpoint import load_state_dict_checked, resolve_model_file
-    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.export import ExportError
     from reid_srdl.models import build_model
+    from reid_srdl.models.model_file import load_model_file
 
     saved, meta = load_model_file(checkpoint)
     spec = meta["spec"]
@@ -82,7 +84,9 @@ def model_from_config(checkpoint: str, config_path: str, overrides):
         net = build_model(cfg.model.name, spec["num_classes"], feature_dim=cfg.model.feature_dim, **options)
         load_state_dict_checked(net, saved.state_dict(), source)
     except (ReidSrdlError, ValueError) as e:
-        raise ExportError(f"checkpoint {source} holds a {held} that does not fit config {config_path} ({wanted}): {e}") from None
+        raise ExportError(
+            f"checkpoint {source} holds a {held} that does not fit config {config_path} ({wanted}): {e}"
+        ) from None
     return net.eval(), meta
 
 
@@ -108,8 +112,8 @@ def main(argv=None) -> int:
         for path, flag in ((args.onnx, "--onnx"), (args.torchscript, "--torchscript")):
             if path:
                 check_output_file(path, f"{flag} file")
-        from reid_srdl.models.model_file import load_model_file
         from reid_srdl.export import export_onnx, export_torchscript
+        from reid_srdl.models.model_file import load_model_file
 
         if args.config:
             model, meta = model_from_config(args.checkpoint, args.config, args.overrides)

@@ -7,6 +7,7 @@
 The data goes to OUT/market1501/Market-1501-v15.09.15/, so ``data.root=OUT`` (or torchreid's
 ``ImageDataManager(root=OUT, sources='market1501')``) reads it.
 """
+
 import argparse
 import os
 import sys
@@ -23,10 +24,15 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, metavar="ROOT", help="data root to write under")
     p.add_argument("--ids", type=int, default=40, help="number of identities, half train, half test (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    p.add_argument("--images-per-id-camera", type=int, default=4,
-                   help="detector boxes per identity and camera (default 4)")
-    p.add_argument("--gt-bbox-per-id-camera", type=int, default=3,
-                   help="hand-drawn boxes per test identity and camera, the query included (default 3)")
+    p.add_argument(
+        "--images-per-id-camera", type=int, default=4, help="detector boxes per identity and camera (default 4)"
+    )
+    p.add_argument(
+        "--gt-bbox-per-id-camera",
+        type=int,
+        default=3,
+        help="hand-drawn boxes per test identity and camera, the query included (default 3)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     return p.parse_args(argv)
 
@@ -37,8 +43,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         data_dir = make_synthetic_market(
-            args.out, num_ids=args.ids, seed=args.seed, images_per_id_camera=args.images_per_id_camera,
-            gt_bbox_per_id_camera=args.gt_bbox_per_id_camera, overwrite=args.overwrite,
+            args.out,
+            num_ids=args.ids,
+            seed=args.seed,
+            images_per_id_camera=args.images_per_id_camera,
+            gt_bbox_per_id_camera=args.gt_bbox_per_id_camera,
+            overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

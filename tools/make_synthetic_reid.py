@@ -9,6 +9,7 @@ OUT/msmt17/MSMT17_V1/..., OUT/cuhk03/cuhk03_release/cuhk-03.mat + the new-protoc
 files, OUT/viper/VIPeR/..., OUT/market1501/Market-1501-v15.09.15/...), so ``data.root=OUT``
 or torchreid's ``ImageDataManager(root=OUT, sources=...)`` reads it.  Same seed, same bytes.
 """
+
 import argparse
 import json
 import os
@@ -25,8 +26,13 @@ from reid_srdl.data.synthetic_reid import WRITERS, check_writer_args  # noqa: E4
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, metavar="ROOT", help="data root to write under")
-    p.add_argument("--format", nargs="+", required=True, metavar="NAME",
-                   help=f"data sets to write: {', '.join(sorted(WRITERS))}, or all")
+    p.add_argument(
+        "--format",
+        nargs="+",
+        required=True,
+        metavar="NAME",
+        help=f"data sets to write: {', '.join(sorted(WRITERS))}, or all",
+    )
     p.add_argument("--ids", type=int, default=40, help="identities per data set (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing data folders")
@@ -34,8 +40,9 @@ def parse_args(argv=None):
     names = sorted(WRITERS) if args.format == ["all"] else args.format
     unknown = [n for n in names if n not in WRITERS]
     if unknown:
-        p.error(f"--format: no synthetic writer for {', '.join(unknown)}; "
-                f"choose from {', '.join(sorted(WRITERS))}, all")
+        p.error(
+            f"--format: no synthetic writer for {', '.join(unknown)}; choose from {', '.join(sorted(WRITERS))}, all"
+        )
     args.format = list(dict.fromkeys(names))
     return args
 
@@ -58,8 +65,10 @@ def main(argv=None) -> int:
             return 2
         with open(os.path.join(folder, MARKER_FILE), encoding="utf-8") as f:
             counts = json.load(f)["counts"]
-        print(f"wrote {name} at {folder} in {time.perf_counter() - start:.1f} s: "
-              + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        print(
+            f"wrote {name} at {folder} in {time.perf_counter() - start:.1f} s: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+        )
     return 0
 
 

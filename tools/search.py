@@ -18,6 +18,7 @@ The match decision ("is this person in the gallery?") needs a threshold: "calibr
 (stored by `calibrate`, at a false accept rate, Liao et al. 2014) or a distance.
 Bad input: one line on stderr and exit code 2; output files appear only when complete.
 """
+
 import argparse
 import json
 import os
@@ -25,8 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -63,8 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.add_argument("--labels", default="auto")
     a.add_argument("--out", help="write here instead of updating --gallery")
     a.add_argument("--skip-unreadable", action="store_true")
-    a.add_argument("--allow-model-mismatch", action="store_true",
-                   help="accept a model/settings the gallery did not record")
+    a.add_argument(
+        "--allow-model-mismatch", action="store_true", help="accept a model/settings the gallery did not record"
+    )
     _embedding_args(a, False)
 
     c = sub.add_parser("calibrate", help="set the gallery's match threshold from labelled queries")
@@ -86,9 +88,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--threshold", help="'calibrated' or a distance: adds a match / no match decision")
     q.add_argument("--far", type=float, help="the threshold for this false accept rate, from the calibration")
     q.add_argument("--exclude-camera", metavar="cN", help="leave out every gallery image of this camera")
-    q.add_argument("--exclude", choices=("same-camera", "same-person-camera"),
-                   help="with labelled queries: leave out their own camera, or only the same person in the same "
-                        "camera (the evaluation protocol)")
+    q.add_argument(
+        "--exclude",
+        choices=("same-camera", "same-person-camera"),
+        help="with labelled queries: leave out their own camera, or only the same person in the same "
+        "camera (the evaluation protocol)",
+    )
     q.add_argument("--labels", default="auto", help="query labels, for --exclude (default: auto)")
     q.add_argument("--json", metavar="OUT.json")
     q.add_argument("--html", metavar="OUT.html", help="a page of the ranked crops, distances and decisions")
@@ -136,8 +141,9 @@ def _check_output(path, what):
 def _load(args):
     from reid_srdl.search import ReIDSearcher
 
-    return ReIDSearcher.load(args.gallery, model=args.model, allow_mismatch=args.allow_model_mismatch,
-                             **_embedding(args, explicit_only=True))
+    return ReIDSearcher.load(
+        args.gallery, model=args.model, allow_mismatch=args.allow_model_mismatch, **_embedding(args, explicit_only=True)
+    )
 
 
 def _labels(spec, paths):
@@ -153,12 +159,15 @@ def cmd_build(args) -> None:
     _check_output(args.out, "--out")
     paths = list_images(args.images)
     pids, camids, how = _labels(args.labels, paths)
-    s = ReIDSearcher.from_images(args.model, paths, pids, camids, skip_unreadable=args.skip_unreadable,
-                                 **_embedding(args, explicit_only=False))
+    s = ReIDSearcher.from_images(
+        args.model, paths, pids, camids, skip_unreadable=args.skip_unreadable, **_embedding(args, explicit_only=False)
+    )
     s.save(args.out)
     skipped = len(paths) - len(s)
-    print(f"wrote {args.out}: {len(s)} images, {s.dim}-d features, labels {how}"
-          + (f"; skipped {skipped} unreadable (listed above)" if skipped else ""))
+    print(
+        f"wrote {args.out}: {len(s)} images, {s.dim}-d features, labels {how}"
+        + (f"; skipped {skipped} unreadable (listed above)" if skipped else "")
+    )
 
 
 def cmd_add(args) -> None:
@@ -172,8 +181,10 @@ def cmd_add(args) -> None:
     before = len(s)
     added = s.add_images(paths, pids, camids, skip_unreadable=args.skip_unreadable)
     s.save(out)
-    print(f"wrote {out}: {before} + {len(added)} images, labels {how}"
-          + (f"; skipped {len(paths) - len(added)} unreadable (listed above)" if len(added) < len(paths) else ""))
+    print(
+        f"wrote {out}: {before} + {len(added)} images, labels {how}"
+        + (f"; skipped {len(paths) - len(added)} unreadable (listed above)" if len(added) < len(paths) else "")
+    )
 
 
 def cmd_calibrate(args) -> None:
@@ -196,11 +207,18 @@ def cmd_calibrate(args) -> None:
             from reid_srdl.evaluation.plots import plot_open_set
 
             scores = open_set_scores(s.embed_images(paths), s.features, pids, s.pids, camids, s.camids)
-            plot_open_set(scores.genuine, scores.impostor, {f"FAR {100 * args.far:g}%": cal.threshold},
-                          batch.path(args.plot), title="Open-set distances (calibration)")
+            plot_open_set(
+                scores.genuine,
+                scores.impostor,
+                {f"FAR {100 * args.far:g}%": cal.threshold},
+                batch.path(args.plot),
+                title="Open-set distances (calibration)",
+            )
         s.save(batch.path(out))
-    print(f"threshold {cal.threshold:.4f} at FAR {100 * cal.far:g}% (achieved {100 * cal.achieved_far:.2f}% on "
-          f"{cal.num_impostor_probes} absent-person probes; TAR {100 * cal.tar:.1f}%, DIR {100 * cal.dir:.1f}%)")
+    print(
+        f"threshold {cal.threshold:.4f} at FAR {100 * cal.far:g}% (achieved {100 * cal.achieved_far:.2f}% on "
+        f"{cal.num_impostor_probes} absent-person probes; TAR {100 * cal.tar:.1f}%, DIR {100 * cal.dir:.1f}%)"
+    )
     print(f"wrote {out}" + (f" and {args.plot}" if args.plot else ""))
 
 
@@ -246,12 +264,16 @@ def cmd_query(args) -> None:
     s.decision_threshold(**threshold)  # a missing calibration is found before any image is embedded
     results = s.search(paths, k=args.k, **exclusion, **threshold)
     for path, r in zip(paths, results):
-        print(f"query {path}" + (f": {r.decision} (nearest {r.nearest_distance:.4f}, threshold {r.threshold:.4f})"
-                                 if r.decision else ""))
+        print(
+            f"query {path}"
+            + (f": {r.decision} (nearest {r.nearest_distance:.4f}, threshold {r.threshold:.4f})" if r.decision else "")
+        )
         for rank in range(len(r)):
             pid = int(r.pids[rank])
-            print(f"  {rank + 1:3d}  {r.distances[rank]:8.4f}  pid {pid if pid >= 0 else '?':>5}  "
-                  f"{camera_name(int(r.camids[rank])) or '?':>4}  {'' if r.paths is None else r.paths[rank]}")
+            print(
+                f"  {rank + 1:3d}  {r.distances[rank]:8.4f}  pid {pid if pid >= 0 else '?':>5}  "
+                f"{camera_name(int(r.camids[rank])) or '?':>4}  {'' if r.paths is None else r.paths[rank]}"
+            )
     with OutputBatch() as batch:
         if args.json:
             write_json_atomic(batch.path(args.json), [{"query": p, **r.to_dict()} for p, r in zip(paths, results)])
@@ -274,11 +296,18 @@ def gallery_info(path: str) -> dict:
     known = pids[pids >= 0]
     folders = sorted({os.path.dirname(os.path.abspath(p)) for p in g.paths}) if g.paths is not None else []
     return {
-        "file": path, "images": len(g), "dim": g.dim,
-        "identities": int(len(np.unique(known))), "unlabelled": int((pids < 0).sum()),
+        "file": path,
+        "images": len(g),
+        "dim": g.dim,
+        "identities": int(len(np.unique(known))),
+        "unlabelled": int((pids < 0).sum()),
         "cameras": [camera_name(int(c)) for c in np.unique(camids[camids >= 0])],
-        "model": describe_model(g.model), "model_fingerprint": g.model, "settings": g.settings,
-        "calibration": g.calibration, "folders": folders[:20], "num_folders": len(folders),
+        "model": describe_model(g.model),
+        "model_fingerprint": g.model,
+        "settings": g.settings,
+        "calibration": g.calibration,
+        "folders": folders[:20],
+        "num_folders": len(folders),
     }
 
 
@@ -287,15 +316,23 @@ def cmd_info(args) -> None:
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    print(f"{info['file']}: {info['images']} images, {info['dim']}-d features, {info['identities']} identities, "
-          f"{info['unlabelled']} unlabelled, cameras {', '.join(info['cameras']) or 'unknown'}")
+    print(
+        f"{info['file']}: {info['images']} images, {info['dim']}-d features, {info['identities']} identities, "
+        f"{info['unlabelled']} unlabelled, cameras {', '.join(info['cameras']) or 'unknown'}"
+    )
     print(f"model: {info['model']}")
     print(f"settings: {info['settings'] or 'not recorded'}")
     cal = info["calibration"]
-    print("calibration: " + (f"threshold {cal['threshold']:.4f} at FAR {100 * cal['far']:g}% "
-                             f"(TAR {100 * cal['tar']:.1f}%, DIR {100 * cal['dir']:.1f}%; "
-                             f"{cal['source']}; {cal['created']})"
-                             if cal else "none (tools/search.py calibrate)"))
+    print(
+        "calibration: "
+        + (
+            f"threshold {cal['threshold']:.4f} at FAR {100 * cal['far']:g}% "
+            f"(TAR {100 * cal['tar']:.1f}%, DIR {100 * cal['dir']:.1f}%; "
+            f"{cal['source']}; {cal['created']})"
+            if cal
+            else "none (tools/search.py calibrate)"
+        )
+    )
     if info["folders"]:
         print(f"image folders ({info['num_folders']}): " + ", ".join(info["folders"]))
 

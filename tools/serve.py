@@ -10,14 +10,15 @@ stored in --upload-dir (default: uploads/ beside the gallery file) and the galle
 rewritten atomically after each add.  Needs the optional extra: pip install -e ".[serve]".
 Bad input: one line on stderr and exit code 2.
 """
+
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -50,13 +51,19 @@ def main(argv=None) -> int:
 
             from reid_srdl.serve.app import create_app
         except ImportError as e:
-            raise ReidSrdlError(f"the web app needs the serve extra ({e.name} is missing): pip install -e \".[serve]\"")
+            raise ReidSrdlError(
+                f'the web app needs the serve extra ({e.name} is missing): pip install -e ".[serve]"'
+            ) from None  # noqa: E501
         from reid_srdl.search import ReIDSearcher
 
-        searcher = ReIDSearcher.load(args.gallery, model=args.model, allow_mismatch=args.allow_model_mismatch,
-                                     device=args.device)
-        upload_dir = None if args.no_uploads else (
-            args.upload_dir or os.path.join(os.path.dirname(os.path.abspath(args.gallery)), "uploads"))
+        searcher = ReIDSearcher.load(
+            args.gallery, model=args.model, allow_mismatch=args.allow_model_mismatch, device=args.device
+        )
+        upload_dir = (
+            None
+            if args.no_uploads
+            else (args.upload_dir or os.path.join(os.path.dirname(os.path.abspath(args.gallery)), "uploads"))
+        )
         app = create_app(searcher, os.path.abspath(args.gallery), upload_dir, int(args.max_upload_mb * (1 << 20)))
     except (ReidSrdlError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@
 
 Overrides are ``section.key=value`` (see reid_srdl/config.py for every key).
 """
+
 import argparse
 import os
 import sys
@@ -80,7 +81,9 @@ def main(argv=None) -> int:
                 raise CheckpointError(value)
             run_dir = value
         if env.is_main:
-            print(f"run directory: {run_dir}" + (f" ({env.world_size} processes, {env.backend})" if env.enabled else ""))
+            print(
+                f"run directory: {run_dir}" + (f" ({env.world_size} processes, {env.backend})" if env.enabled else "")
+            )
         Trainer(cfg, run_dir, resume=bool(args.resume)).fit()
     except (ReidSrdlError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         print(f"error{_rank_tag(env)}: {_first_line(e)}", file=sys.stderr)

@@ -15,14 +15,15 @@ when it is saved, and is read with PyTorch's safe unpickler: a checkpoint cannot
 Run folders are claimed with ``os.mkdir``, which fails if the folder exists, so two runs
 started in the same second never share one (:func:`create_run_dir`).
 """
+
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
-from reid_srdl.core.files import atomic_path, describe_os_error
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.files import atomic_path, describe_os_error
 from reid_srdl.core.torch_files import load_torch_file, plain_data
 
 MODEL_FORMAT = "reid_srdl.model/1"

@@ -9,10 +9,11 @@ when it cannot, instead of hanging for torch's default 10-30 minutes.
 Without those variables everything here degrades to a single process: rank 0 of 1, no
 collective is ever called, so the single-process code path is unchanged.
 """
+
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -162,7 +163,9 @@ def current_env() -> DistEnv:
     """The running process group's view, or the single-process env when there is none."""
     if not (dist.is_available() and dist.is_initialized()):
         return SINGLE_PROCESS
-    return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0") or 0), dist.get_backend())
+    return DistEnv(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0") or 0), dist.get_backend()
+    )
 
 
 def process_group_active() -> bool:
@@ -258,7 +261,7 @@ def gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
         expected = len(range(rank, total, env.world_size))
         if shard.shape[0] != expected:
             raise RuntimeError(f"rank {rank} returned {shard.shape[0]} rows for its shard of {expected}")
-        out[rank::env.world_size] = shard
+        out[rank :: env.world_size] = shard
     return out
 
 

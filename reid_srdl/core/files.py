@@ -11,6 +11,7 @@ the umask; the temporary file is given the mode a plain ``open()`` would have cr
 written (a folder where a file is expected, a parent that is a file or not writable) before
 the expensive part, so a tool stops with one line instead of after the computation.
 """
+
 import contextlib
 import json
 import os

@@ -5,6 +5,7 @@ Library modules log through ``logging.getLogger(__name__)`` and never print.  A 
 output through ``tqdm.write`` -- so they never tear a progress bar -- and warnings to
 standard error, both as plain messages.
 """
+
 import logging
 import sys
 

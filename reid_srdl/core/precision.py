@@ -2,15 +2,27 @@
 
 ``fp32`` (exact, reproducible bit for bit), ``bf16`` (autocast; on a CPU fast only where
 oneDNN runs it natively: AVX512-BF16 or AMX), ``fp16`` (autocast with a GradScaler for
-training; CUDA only) and ``auto``: bf16 where the hardware runs it natively (a CPU with
-AVX512-BF16/AMX, a CUDA GPU with bf16), fp16 on a CUDA GPU without bf16, fp32 elsewhere
-(emulated bf16 is slower than fp32).
+training; CUDA only) and ``auto``: bf16 on a CUDA GPU with bf16, fp16 on one without, and on
+a CPU bf16 only where it is native *and* measured faster than fp32, else fp32.
+
+Why a measurement and not the CPU flags alone: "native" does not mean "fast".  On a 2-core
+Intel Xeon guest with AVX512-BF16 but no AMX (2026-12-02) a bf16 GEMM ran at 137 GFLOP/s
+against 259 for fp32 and a ResNet-50 training step was no faster in bf16 (4.84 vs 4.83
+img/s), while an AMD EPYC with AVX512-BF16 and an Intel Xeon with AMX ran it 2-3x faster
+(benchmarks/bench_train_step.py, docs/deployment.md).
 """
+
 import contextlib
+import functools
+import logging
+import statistics
+import time
 
 import torch
 
 from reid_srdl.core.errors import ReidSrdlError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -28,6 +40,41 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+#: bf16 must beat fp32 by this factor on the probe GEMM to be chosen by ``auto`` (a margin:
+#: the step also runs non-GEMM work that bf16 does not speed up, plus dtype conversions).
+BF16_PROBE_MARGIN = 1.5
+
+
+def gemm_rate(dtype: torch.dtype, n: int = 1024, repeats: int = 3) -> float:
+    """Measured FLOP/s of an n x n x n matrix product in ``dtype`` (median of ``repeats``,
+    after one warm-up)."""
+    a, b = torch.ones(n, n, dtype=dtype), torch.ones(n, n, dtype=dtype)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / max(statistics.median(times), 1e-9)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_pays() -> bool:
+    """True when this CPU runs bf16 natively and a bf16 GEMM is at least
+    ``BF16_PROBE_MARGIN`` times as fast as an fp32 one (measured once per process, ~0.1 s)."""
+    if not cpu_supports_bf16():
+        return False
+    fp32, bf16 = gemm_rate(torch.float32), gemm_rate(torch.bfloat16)
+    pays = bf16 >= BF16_PROBE_MARGIN * fp32
+    log.info(
+        "bf16 probe: GEMM %.0f GFLOP/s in bf16, %.0f in fp32: precision auto -> %s",
+        bf16 / 1e9,
+        fp32 / 1e9,
+        "bf16" if pays else "fp32",
+    )
+    return pays
+
+
 def cuda_supports_bf16() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
@@ -41,7 +88,7 @@ def resolve_precision(precision: str, device, what: str = "precision") -> str:
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if cuda_supports_bf16() else "fp16"
-        return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_bf16_pays() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise PrecisionError(f"{what} 'fp16' needs a CUDA device (got {device}); use 'bf16' or 'fp32' on a CPU")
     return precision

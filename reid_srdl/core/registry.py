@@ -8,6 +8,7 @@ themselves when their package is imported, and a registry consulted from a lower
 (the config reads the method registry to know each method's options) still sees them
 without that layer importing the upper one.
 """
+
 import importlib
 from typing import Any, Callable, Dict, List, Sequence, TypeVar
 

@@ -8,6 +8,7 @@ order of epoch 1 of seed s would be the order of epoch 0 of seed s+1.  Each stre
 a hash of the run's seed, a purpose name and any further keys, so streams of different
 seeds or purposes are unrelated (a collision needs two 63-bit hashes to agree).
 """
+
 import hashlib
 import random
 

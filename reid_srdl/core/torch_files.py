@@ -11,6 +11,7 @@ with one line that names what it refers to and the explicit conversion command f
 the user trusts (:data:`CONVERT_TOOL`); PyTorch's own advice to retry with
 ``weights_only=False`` is never shown.
 """
+
 import collections
 import pickle
 import re
@@ -216,8 +217,6 @@ def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collecti
             return note(value, walk(fields, at))
         if hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
             return note(value, walk(dict(vars(value)), at))
-        raise TypeError(
-            f"{at} is a {type(value).__module__}.{type(value).__qualname__}, which has no plain-data form"
-        )
+        raise TypeError(f"{at} is a {type(value).__module__}.{type(value).__qualname__}, which has no plain-data form")
 
     return walk(obj, where)

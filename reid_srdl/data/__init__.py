@@ -3,6 +3,7 @@ as loaders for the trainer.
 
 ``build_data(cfg.data)`` is the entry point; the rest is exported for direct use.
 """
+
 from reid_srdl.data.build import DataBundle, ReIDSplit, ReIDTarget, build_data, build_reid_target, default_root
 from reid_srdl.data.classification import ClassificationData, DatasetFormatError
 from reid_srdl.data.indexed import ImageFileDataset, ImageReadError, IndexedDataset, read_rgb_image

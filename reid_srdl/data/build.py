@@ -7,6 +7,7 @@ order with the test transform.  Re-id data sets are listed by torchreid's own cl
 (:mod:`reid_srdl.data.reid_sets`); several training sources are combined with per-source
 label and camera offsets (:mod:`reid_srdl.data.sources`).
 """
+
 import copy
 import os
 from dataclasses import dataclass
@@ -103,8 +104,14 @@ def order_seed(seed: int) -> int:
     return derive_seed(seed, DATA_ORDER)
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False, seed: int = 0,
-            sampler: Optional[IdentitySampler] = None) -> DataLoader:
+def _loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    train: bool = False,
+    seed: int = 0,
+    sampler: Optional[IdentitySampler] = None,
+) -> DataLoader:
     # Training: order and per-sample augmentation seeds from (seed, epoch) only (SeededSampler
     # over a one-replica DistributedSampler: the same permutation a 1-process torchrun run
     # uses, or the given IdentitySampler), so they are reproducible across resume and
@@ -113,7 +120,9 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, train: bool = False
     # (an IdentitySampler only ever yields whole batches).
     drop_last = train and sampler is None and len(dataset) >= 2 * batch_size
     if train and sampler is None:
-        shuffle = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=order_seed(seed), drop_last=False)
+        shuffle = DistributedSampler(
+            dataset, num_replicas=1, rank=0, shuffle=True, seed=order_seed(seed), drop_last=False
+        )
         sampler = SeededSampler(shuffle, seed)
     return DataLoader(
         dataset,
@@ -155,8 +164,9 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
         )
     # Same rule as _loader: drop the last partial batch only when that loses little data.
     drop_last = len(dataset) >= 2 * loader.batch_size
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=order_seed(seed),
-                                 drop_last=False)
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=order_seed(seed), drop_last=False
+    )
     return DataLoader(
         dataset,
         batch_size=per_process,
@@ -196,21 +206,36 @@ def reid_target(lists: ReidSetLists, transform, batch_size: int, workers: int) -
     )
 
 
-def build_reid_target(name: str, root: str, height: int, width: int, batch_size: int, workers: int,
-                      split_id: int = 0, cuhk03_labeled: bool = False,
-                      cuhk03_classic_split: bool = False) -> ReIDTarget:
+def build_reid_target(
+    name: str,
+    root: str,
+    height: int,
+    width: int,
+    batch_size: int,
+    workers: int,
+    split_id: int = 0,
+    cuhk03_labeled: bool = False,
+    cuhk03_classic_split: bool = False,
+) -> ReIDTarget:
     """Query/gallery loaders of one re-id data set (e.g. to evaluate a finished run on it)."""
     if not is_reid_dataset(name):
         raise ConfigError(f"'{name}' is not a re-id data set; valid names: {', '.join(reid_dataset_names())}")
     if is_train_only(name):
         raise ConfigError(f"'{name}' is a training-only data set (no query/gallery split); evaluate on another")
-    lists = read_reid_set(name, root, split_id=split_id, cuhk03_labeled=cuhk03_labeled,
-                          cuhk03_classic_split=cuhk03_classic_split)
+    lists = read_reid_set(
+        name, root, split_id=split_id, cuhk03_labeled=cuhk03_labeled, cuhk03_classic_split=cuhk03_classic_split
+    )
     return reid_target(lists, reid_test_transform(height, width), batch_size, workers)
 
 
-def check_reid_choice(sources: Sequence[str], targets: Sequence[str], split_id: int, cuhk03_labeled: bool,
-                      cuhk03_classic_split: bool, sources_key: str = "data.sources") -> None:
+def check_reid_choice(
+    sources: Sequence[str],
+    targets: Sequence[str],
+    split_id: int,
+    cuhk03_labeled: bool,
+    cuhk03_classic_split: bool,
+    sources_key: str = "data.sources",
+) -> None:
     """Names, roles (training-only / test-only sets) and per-set options, before any reading."""
     valid = reid_dataset_names()
     for key, names in ((sources_key, sources), ("data.targets", targets)):
@@ -221,28 +246,48 @@ def check_reid_choice(sources: Sequence[str], targets: Sequence[str], split_id: 
             raise ConfigError(f"{key} lists a data set twice: {', '.join(names)}")
     for name in sources:
         if is_test_only(name):
-            raise ConfigError(f"{sources_key}: '{name}' is a test-only data set (its training split is its own test "
-                              "images); give it in data.targets")
+            raise ConfigError(
+                f"{sources_key}: '{name}' is a test-only data set (its training split is its own test "
+                "images); give it in data.targets"
+            )
     for name in targets:
         if is_train_only(name):
-            raise ConfigError(f"data.targets: '{name}' is a training-only data set (no query/gallery split); "
-                              "give it in data.sources")
+            raise ConfigError(
+                f"data.targets: '{name}' is a training-only data set (no query/gallery split); give it in data.sources"
+            )
     chosen = set(sources) | set(targets)
     given = {"split_id": split_id != 0, "cuhk03_labeled": cuhk03_labeled, "cuhk03_classic_split": cuhk03_classic_split}
     for option, is_set in given.items():
         takers = [n for n in valid if option in accepted_options(n)]
         if is_set and not chosen & set(takers):
-            raise ConfigError(f"data.{option} applies to {', '.join(takers)} only; none of them is in data.sources "
-                              f"or data.targets ({', '.join(sorted(chosen))})")
+            raise ConfigError(
+                f"data.{option} applies to {', '.join(takers)} only; none of them is in data.sources "
+                f"or data.targets ({', '.join(sorted(chosen))})"
+            )
     if split_id < 0:
         raise ConfigError(f"data.split_id must be >= 0, got {split_id}")
 
 
-def build_reid_data(sources: Sequence[str], targets: Sequence[str], root: str, synthetic: bool, synthetic_ids: int,
-                    synthetic_seed: int, height: int, width: int, batch_size: int, test_batch_size: int,
-                    workers: int, seed: int = 0, split_id: int = 0, cuhk03_labeled: bool = False,
-                    cuhk03_classic_split: bool = False, sampler: str = "random", num_instances: int = 4,
-                    random_erasing: float = 0.0) -> DataBundle:
+def build_reid_data(
+    sources: Sequence[str],
+    targets: Sequence[str],
+    root: str,
+    synthetic: bool,
+    synthetic_ids: int,
+    synthetic_seed: int,
+    height: int,
+    width: int,
+    batch_size: int,
+    test_batch_size: int,
+    workers: int,
+    seed: int = 0,
+    split_id: int = 0,
+    cuhk03_labeled: bool = False,
+    cuhk03_classic_split: bool = False,
+    sampler: str = "random",
+    num_instances: int = 4,
+    random_erasing: float = 0.0,
+) -> DataBundle:
     """Training on ``sources`` (labels and cameras offset per source), evaluation on each of
     ``targets``.  With `synthetic`, a data set that has a synthetic writer and no folder under
     `root` is written first.  ``sampler="identity"``: training batches of P = batch_size /
@@ -292,8 +337,9 @@ def random_subset_indices(total: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
 
 
-def build_classification_data(name: str, root: str, batch_size: int, test_batch_size: int, workers: int,
-                              train_subset: int = 0, seed: int = 0) -> DataBundle:
+def build_classification_data(
+    name: str, root: str, batch_size: int, test_batch_size: int, workers: int, train_subset: int = 0, seed: int = 0
+) -> DataBundle:
     """One of the classification data sets, optionally a fixed random subset of its training set."""
     train_tf, test_tf = classification_transforms(name)
     data = _CLASSIFICATION_LOADERS[name](root, train_transform=train_tf, test_transform=test_tf)
@@ -348,8 +394,14 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
     sources, targets = cfg.source_names, cfg.target_names
     root = cfg.root or default_root(sources[0])
     if reid:
-        check_reid_choice(sources, targets, cfg.split_id, cfg.cuhk03_labeled, cfg.cuhk03_classic_split,
-                          "data.sources" if cfg.sources else "data.name")
+        check_reid_choice(
+            sources,
+            targets,
+            cfg.split_id,
+            cfg.cuhk03_labeled,
+            cfg.cuhk03_classic_split,
+            "data.sources" if cfg.sources else "data.name",
+        )
         if cfg.train_subset:
             raise ConfigError(
                 "data.train_subset is for classification only: a re-id training subset would "
@@ -357,10 +409,26 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
             )
         if cfg.height < 1 or cfg.width < 1:
             raise ConfigError(f"data.height and data.width must be >= 1, got {cfg.height}x{cfg.width}")
-        return build_reid_data(sources, targets, root, cfg.synthetic, cfg.synthetic_ids, cfg.synthetic_seed,
-                               cfg.height, cfg.width, cfg.batch_size, cfg.test_batch_size, cfg.workers, seed,
-                               cfg.split_id, cfg.cuhk03_labeled, cfg.cuhk03_classic_split,
-                               sampler=cfg.sampler, num_instances=cfg.num_instances, random_erasing=cfg.random_erasing)
+        return build_reid_data(
+            sources,
+            targets,
+            root,
+            cfg.synthetic,
+            cfg.synthetic_ids,
+            cfg.synthetic_seed,
+            cfg.height,
+            cfg.width,
+            cfg.batch_size,
+            cfg.test_batch_size,
+            cfg.workers,
+            seed,
+            cfg.split_id,
+            cfg.cuhk03_labeled,
+            cfg.cuhk03_classic_split,
+            sampler=cfg.sampler,
+            num_instances=cfg.num_instances,
+            random_erasing=cfg.random_erasing,
+        )
     if cfg.split_id or cfg.cuhk03_labeled or cfg.cuhk03_classic_split:
         raise ConfigError("data.split_id and data.cuhk03_* apply to re-id data sets only")
     if cfg.sampler != "random" or cfg.random_erasing:
@@ -368,5 +436,6 @@ def build_data(cfg: DataConfig, seed: int = 0) -> DataBundle:
             f"data.sampler=identity and data.random_erasing are for re-id training sets; data.name='{name}' "
             f"is a classification set (use data.sampler=random, data.random_erasing=0)"
         )
-    return build_classification_data(name, root, cfg.batch_size, cfg.test_batch_size, cfg.workers,
-                                     cfg.train_subset, seed)
+    return build_classification_data(
+        name, root, cfg.batch_size, cfg.test_batch_size, cfg.workers, cfg.train_subset, seed
+    )

@@ -15,6 +15,7 @@ Every loader checks the layout first and raises :class:`DatasetFormatError` nami
 or folder it expected.  Datasets yield ``(image, label)`` with ``image`` a transformed PIL
 image and ``label`` a Python int.
 """
+
 import gzip
 import os
 import pickle
@@ -26,8 +27,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from reid_srdl.data.indexed import ImageFileDataset, read_rgb_image
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.data.indexed import ImageFileDataset, read_rgb_image
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -35,8 +36,16 @@ CIFAR100_FOLDER = "cifar-100-python"
 TINY_IMAGENET_FOLDER = "tiny-imagenet-200"
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -77,21 +86,16 @@ class ArrayImageDataset(Dataset):
 # --------------------------------------------------------------------------- helpers
 def _require_files(folder: str, names: Sequence[str], what: str) -> None:
     if not os.path.isdir(folder):
-        raise DatasetFormatError(
-            f"{what}: folder '{folder}' not found; expected it to hold {', '.join(names)}"
-        )
+        raise DatasetFormatError(f"{what}: folder '{folder}' not found; expected it to hold {', '.join(names)}")
     missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
     if missing:
-        raise DatasetFormatError(
-            f"{what}: missing {', '.join(missing)} in '{folder}'; expected {', '.join(names)}"
-        )
+        raise DatasetFormatError(f"{what}: missing {', '.join(missing)} in '{folder}'; expected {', '.join(names)}")
 
 
 def _check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise DatasetFormatError(
-            f"{source}: labels must lie in 0..{num_classes - 1}, "
-            f"found {labels.min()}..{labels.max()}"
+            f"{source}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}"
         )
 
 
@@ -111,19 +115,14 @@ def read_cifar_batch(path: str, label_key: str) -> Tuple[np.ndarray, np.ndarray]
     for key in ("data", label_key):
         if key not in entry:
             raise DatasetFormatError(
-                f"'{path}': key b'{key}' missing; keys present: "
-                f"{', '.join(repr(k) for k in sorted(entry))}"
+                f"'{path}': key b'{key}' missing; keys present: {', '.join(repr(k) for k in sorted(entry))}"
             )
     data = np.asarray(entry["data"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetFormatError(
-            f"'{path}': b'data' must be an N x 3072 uint8 array, got {data.dtype} {data.shape}"
-        )
+        raise DatasetFormatError(f"'{path}': b'data' must be an N x 3072 uint8 array, got {data.dtype} {data.shape}")
     labels = np.asarray(entry[label_key], dtype=np.int64)
     if labels.shape != (len(data),):
-        raise DatasetFormatError(
-            f"'{path}': b'{label_key}' has {labels.size} labels for {len(data)} images"
-        )
+        raise DatasetFormatError(f"'{path}': b'{label_key}' has {labels.size} labels for {len(data)} images")
     # Rows are stored channel-major (1024 red, 1024 green, 1024 blue values).
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
@@ -144,8 +143,9 @@ def _read_cifar_names(path: str, key: str, num_classes: int) -> List[str]:
     return [str(i) for i in range(num_classes)]
 
 
-def _load_cifar(folder: str, train_files, test_files, label_key, num_classes, meta, names_key,
-                what, train_transform, test_transform) -> ClassificationData:
+def _load_cifar(
+    folder: str, train_files, test_files, label_key, num_classes, meta, names_key, what, train_transform, test_transform
+) -> ClassificationData:
     _require_files(folder, list(train_files) + list(test_files), what)
 
     def read(files):
@@ -164,17 +164,32 @@ def _load_cifar(folder: str, train_files, test_files, label_key, num_classes, me
 def load_cifar10(root: str, train_transform=None, test_transform=None) -> ClassificationData:
     """CIFAR-10 from ``root/cifar-10-batches-py/{data_batch_1..5, test_batch}``."""
     return _load_cifar(
-        os.path.join(root, CIFAR10_FOLDER), [f"data_batch_{i}" for i in range(1, 6)],
-        ["test_batch"], "labels", 10, "batches.meta", "label_names", "CIFAR-10",
-        train_transform, test_transform,
+        os.path.join(root, CIFAR10_FOLDER),
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        10,
+        "batches.meta",
+        "label_names",
+        "CIFAR-10",
+        train_transform,
+        test_transform,
     )
 
 
 def load_cifar100(root: str, train_transform=None, test_transform=None) -> ClassificationData:
     """CIFAR-100 (fine labels) from ``root/cifar-100-python/{train, test}``."""
     return _load_cifar(
-        os.path.join(root, CIFAR100_FOLDER), ["train"], ["test"], "fine_labels", 100, "meta",
-        "fine_label_names", "CIFAR-100", train_transform, test_transform,
+        os.path.join(root, CIFAR100_FOLDER),
+        ["train"],
+        ["test"],
+        "fine_labels",
+        100,
+        "meta",
+        "fine_label_names",
+        "CIFAR-100",
+        train_transform,
+        test_transform,
     )
 
 
@@ -193,15 +208,12 @@ def read_idx(path: str, magic: int) -> np.ndarray:
         raise DatasetFormatError(f"'{path}' is too short ({len(raw)} bytes) to be an idx file")
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
-        raise DatasetFormatError(
-            f"'{path}': idx magic number is 0x{found:08x}, expected 0x{magic:08x}"
-        )
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise DatasetFormatError(f"'{path}': idx magic number is 0x{found:08x}, expected 0x{magic:08x}")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(raw) != expected:
         raise DatasetFormatError(
-            f"'{path}': header announces shape {shape} ({expected} bytes in all), "
-            f"file has {len(raw)} bytes"
+            f"'{path}': header announces shape {shape} ({expected} bytes in all), file has {len(raw)} bytes"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
@@ -224,15 +236,14 @@ def _read_idx_pair(root: str, prefix: str, transform) -> ArrayImageDataset:
     images = read_idx(images_path, _IDX_IMAGES_MAGIC)
     labels = read_idx(labels_path, _IDX_LABELS_MAGIC).astype(np.int64)
     if len(images) != len(labels):
-        raise DatasetFormatError(
-            f"'{images_path}' holds {len(images)} images but '{labels_path}' {len(labels)} labels"
-        )
+        raise DatasetFormatError(f"'{images_path}' holds {len(images)} images but '{labels_path}' {len(labels)} labels")
     _check_labels(labels, 10, f"'{labels_path}'")
     return ArrayImageDataset(images, labels, transform=transform)
 
 
-def load_fashion_mnist(root: str = FASHION_MNIST_DEFAULT_ROOT, train_transform=None,
-                       test_transform=None) -> ClassificationData:
+def load_fashion_mnist(
+    root: str = FASHION_MNIST_DEFAULT_ROOT, train_transform=None, test_transform=None
+) -> ClassificationData:
     """Fashion-MNIST from the four idx files in `root` (gzipped or not)."""
     if not os.path.isdir(root):
         raise DatasetFormatError(f"Fashion-MNIST: folder '{root}' not found")
@@ -304,6 +315,7 @@ def load_imagenet(root: str, train_transform=None, test_transform=None) -> Class
     what = "ImageNet"
     train = _image_folder(os.path.join(root, "train"), train_transform, what)
     test = _image_folder(os.path.join(root, "val"), test_transform, what)
-    _same_classes(test.classes, train.classes, os.path.join(root, "val"),
-                  f"the class folders of '{os.path.join(root, 'train')}'")
+    _same_classes(
+        test.classes, train.classes, os.path.join(root, "val"), f"the class folders of '{os.path.join(root, 'train')}'"
+    )
     return ClassificationData(train, test, len(train.classes), 3, list(train.classes))

@@ -12,6 +12,7 @@ which worker got the sample, or on whether the workers were started this epoch o
 alive from the previous one (persistent workers: no start-up cost per epoch), and a
 resumed run replays exactly the augmentations an uninterrupted one would have.
 """
+
 import contextlib
 import os
 from typing import Callable, Iterator, Optional, Sequence, Tuple
@@ -20,9 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from reid_srdl.core.seeding import AUGMENTATION, derive_seed
 from reid_srdl.core.errors import ReidSrdlError
-
+from reid_srdl.core.seeding import AUGMENTATION, derive_seed
 
 # How a DataLoader worker's exception reaches the main process (torch's ExceptionWrapper):
 # "Caught ImageReadError in DataLoader worker process 1.\nOriginal Traceback ...", the

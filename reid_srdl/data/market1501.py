@@ -13,6 +13,7 @@ Conventions (as torchreid and the official evaluation code):
   * training pids are relabelled 0..N-1 in sorted pid order; query, gallery and gt_bbox keep
     the original pids so that they can be matched with each other.
 """
+
 import os
 import re
 import warnings
@@ -23,11 +24,11 @@ with warnings.catch_warnings():
     # torchreid warns at import time that its Cython evaluation is not compiled; we do not
     # use its evaluation for speed, so the warning is noise here.
     warnings.simplefilter("ignore", UserWarning)
-    from torchreid.reid.data import ImageDataset, register_image_dataset
     import torchreid.reid.data.datasets as _torchreid_datasets
+    from torchreid.reid.data import ImageDataset, register_image_dataset
 
-from reid_srdl.data.indexed import read_rgb_image
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.data.indexed import read_rgb_image
 
 MARKET_FOLDER = "market1501"
 VERSION_FOLDER = "Market-1501-v15.09.15"
@@ -108,14 +109,10 @@ def find_market_dir(root: str) -> str:
     Accepts ROOT/market1501/Market-1501-v15.09.15/ and ROOT/market1501/ (as torchreid).
     """
     if not os.path.isdir(root):
-        raise MarketLayoutError(
-            f"Market-1501 root folder '{root}' does not exist; {_layout_help(root)}"
-        )
+        raise MarketLayoutError(f"Market-1501 root folder '{root}' does not exist; {_layout_help(root)}")
     market = os.path.join(root, MARKET_FOLDER)
     for candidate in (os.path.join(market, VERSION_FOLDER), market):
-        if os.path.isdir(candidate) and any(
-            os.path.isdir(os.path.join(candidate, f)) for f in REQUIRED_FOLDERS
-        ):
+        if os.path.isdir(candidate) and any(os.path.isdir(os.path.join(candidate, f)) for f in REQUIRED_FOLDERS):
             missing = [f for f in REQUIRED_FOLDERS if not os.path.isdir(os.path.join(candidate, f))]
             if missing:
                 raise MarketLayoutError(
@@ -124,13 +121,13 @@ def find_market_dir(root: str) -> str:
                 )
             return candidate
     hint = ""
-    if os.path.isdir(os.path.join(root, TRAIN_FOLDER)) or os.path.basename(
-        os.path.normpath(root)
-    ) in (MARKET_FOLDER, VERSION_FOLDER):
+    if os.path.isdir(os.path.join(root, TRAIN_FOLDER)) or os.path.basename(os.path.normpath(root)) in (
+        MARKET_FOLDER,
+        VERSION_FOLDER,
+    ):
         # The commonest mistake: pointing at the data folder itself instead of its root.
         hint = (
-            f" ('{root}' looks like the data folder itself: give the folder that contains "
-            f"{MARKET_FOLDER}/ as the root)"
+            f" ('{root}' looks like the data folder itself: give the folder that contains {MARKET_FOLDER}/ as the root)"
         )
     raise MarketLayoutError(
         f"no Market-1501 data under '{root}': looked for "
@@ -203,9 +200,7 @@ class Market1501SRDL(ImageDataset):
 
     def __init__(self, root: str = "", market1501_500k: bool = False, **kwargs):
         if market1501_500k:
-            raise ValueError(
-                "market1501_500k (the 500k extra distractors) is not supported by 'market1501_srdl'"
-            )
+            raise ValueError("market1501_500k (the 500k extra distractors) is not supported by 'market1501_srdl'")
         # ImageDataManager passes options meant for other data sets (split_id, cuhk03_*).
         for key in ("split_id", "cuhk03_labeled", "cuhk03_classic_split"):
             kwargs.pop(key, None)

@@ -29,6 +29,7 @@ job do not write the same files at once.  torchreid's prints go to this module's
 Lists are sorted by path: torchreid lists folders with ``glob``, whose order depends on the
 file system, and the sample index is what a per-sample logit bank (SRDL) is keyed by.
 """
+
 import contextlib
 import hashlib
 import inspect
@@ -49,9 +50,9 @@ with warnings.catch_warnings():
     import torchreid.reid.data.datasets as _torchreid_datasets
     from torchreid.reid.data.datasets.image import msmt17 as _torchreid_msmt17
 
+from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.data.market1501 import DATASET_NAME as MARKET_SRDL_NAME
 from reid_srdl.data.market1501 import read_market1501
-from reid_srdl.core.errors import ReidSrdlError
 
 logger = logging.getLogger(__name__)
 
@@ -106,40 +107,92 @@ _CUHK02_PAIRS = tuple(f"Dataset/P{i}/cam{c}/" for i in range(1, 6) for c in (1, 
 LAYOUTS: Dict[str, Layout] = {
     # Read by reid_srdl.data.market1501 (its own checks); listed for the names and the layout text.
     "market1501": Layout(
-        "Market-1501", (("Market-1501-v15.09.15/bounding_box_train/", "Market-1501-v15.09.15/bounding_box_test/",
-                         "Market-1501-v15.09.15/query/"), ("bounding_box_train/", "bounding_box_test/", "query/")),
-        "Market-1501-v15.09.15.zip", misplaced=("Market-1501-v15.09.15",)),
+        "Market-1501",
+        (
+            (
+                "Market-1501-v15.09.15/bounding_box_train/",
+                "Market-1501-v15.09.15/bounding_box_test/",
+                "Market-1501-v15.09.15/query/",
+            ),
+            ("bounding_box_train/", "bounding_box_test/", "query/"),
+        ),
+        "Market-1501-v15.09.15.zip",
+        misplaced=("Market-1501-v15.09.15",),
+    ),
     "dukemtmcreid": Layout(
-        "DukeMTMC-reID", (("DukeMTMC-reID/bounding_box_train/", "DukeMTMC-reID/bounding_box_test/",
-                           "DukeMTMC-reID/query/"),),
-        "DukeMTMC-reID.zip", misplaced=("DukeMTMC-reID",)),
-    "msmt17": Layout("MSMT17", _msmt17_alternatives(), "MSMT17_V1.tar.gz (or MSMT17_V2)",
-                     misplaced=tuple(_torchreid_msmt17.VERSION_DICT)),
+        "DukeMTMC-reID",
+        (("DukeMTMC-reID/bounding_box_train/", "DukeMTMC-reID/bounding_box_test/", "DukeMTMC-reID/query/"),),
+        "DukeMTMC-reID.zip",
+        misplaced=("DukeMTMC-reID",),
+    ),
+    "msmt17": Layout(
+        "MSMT17",
+        _msmt17_alternatives(),
+        "MSMT17_V1.tar.gz (or MSMT17_V2)",
+        misplaced=tuple(_torchreid_msmt17.VERSION_DICT),
+    ),
     "cuhk03": Layout(
-        "CUHK03", (("cuhk03_release/cuhk-03.mat", "cuhk03_new_protocol_config_detected.mat",
-                    "cuhk03_new_protocol_config_labeled.mat"),),
-        "cuhk03_release.zip and the two cuhk03_new_protocol_config_*.mat files", misplaced=("cuhk03_release",)),
-    "viper": Layout("VIPeR", (("VIPeR/cam_a/", "VIPeR/cam_b/"),), "VIPeR.v1.0.zip", misplaced=("VIPeR",),
-                    split_file="splits.json"),
+        "CUHK03",
+        (
+            (
+                "cuhk03_release/cuhk-03.mat",
+                "cuhk03_new_protocol_config_detected.mat",
+                "cuhk03_new_protocol_config_labeled.mat",
+            ),
+        ),
+        "cuhk03_release.zip and the two cuhk03_new_protocol_config_*.mat files",
+        misplaced=("cuhk03_release",),
+    ),
+    "viper": Layout(
+        "VIPeR", (("VIPeR/cam_a/", "VIPeR/cam_b/"),), "VIPeR.v1.0.zip", misplaced=("VIPeR",), split_file="splits.json"
+    ),
     "grid": Layout(
-        "GRID", (("underground_reid/probe/", "underground_reid/gallery/",
-                  "underground_reid/features_and_partitions.mat"),),
-        "underground_reid.zip", misplaced=("underground_reid",), split_file="splits.json"),
-    "cuhk01": Layout("CUHK01", (("campus/",), ("CUHK01.zip",)), "CUHK01.zip", misplaced=("campus",),
-                     split_file="splits.json"),
-    "ilids": Layout("QMUL-iLIDS", (("i-LIDS_Pedestrian/Persons/",),), "i-LIDS_Pedestrian.tgz",
-                    misplaced=("i-LIDS_Pedestrian",), split_file="splits.json"),
-    "prid": Layout("PRID (single-shot)", (("prid_2011/single_shot/cam_a/", "prid_2011/single_shot/cam_b/"),),
-                   "prid_2011.zip", misplaced=("prid_2011",), split_file="splits_single_shot.json"),
-    "sensereid": Layout("SenseReID", (("SenseReID/test_probe/", "SenseReID/test_gallery/"),), "SenseReID.zip",
-                        misplaced=("SenseReID",), test_only=True),
+        "GRID",
+        (("underground_reid/probe/", "underground_reid/gallery/", "underground_reid/features_and_partitions.mat"),),
+        "underground_reid.zip",
+        misplaced=("underground_reid",),
+        split_file="splits.json",
+    ),
+    "cuhk01": Layout(
+        "CUHK01", (("campus/",), ("CUHK01.zip",)), "CUHK01.zip", misplaced=("campus",), split_file="splits.json"
+    ),
+    "ilids": Layout(
+        "QMUL-iLIDS",
+        (("i-LIDS_Pedestrian/Persons/",),),
+        "i-LIDS_Pedestrian.tgz",
+        misplaced=("i-LIDS_Pedestrian",),
+        split_file="splits.json",
+    ),
+    "prid": Layout(
+        "PRID (single-shot)",
+        (("prid_2011/single_shot/cam_a/", "prid_2011/single_shot/cam_b/"),),
+        "prid_2011.zip",
+        misplaced=("prid_2011",),
+        split_file="splits_single_shot.json",
+    ),
+    "sensereid": Layout(
+        "SenseReID",
+        (("SenseReID/test_probe/", "SenseReID/test_gallery/"),),
+        "SenseReID.zip",
+        misplaced=("SenseReID",),
+        test_only=True,
+    ),
     "cuhk02": Layout("CUHK02", (_CUHK02_PAIRS,), "CUHK02 (Dataset/P1..P5)", misplaced=("Dataset",)),
-    "cuhksysu": Layout("CUHK-SYSU", (("cropped_images/",),), "CUHK-SYSU person crops (cropped_images/)",
-                       misplaced=("cropped_images",)),
+    "cuhksysu": Layout(
+        "CUHK-SYSU", (("cropped_images/",),), "CUHK-SYSU person crops (cropped_images/)", misplaced=("cropped_images",)
+    ),
     "university1652": Layout(
-        "University-1652", (("University-Release/train/", "University-Release/test/query_drone/",
-                             "University-Release/test/gallery_satellite/"),),
-        "University-1652.zip", misplaced=("University-Release",)),
+        "University-1652",
+        (
+            (
+                "University-Release/train/",
+                "University-Release/test/query_drone/",
+                "University-Release/test/gallery_satellite/",
+            ),
+        ),
+        "University-1652.zip",
+        misplaced=("University-Release",),
+    ),
 }
 
 
@@ -220,10 +273,13 @@ def check_layout(name: str, root: str) -> str:
     layout = LAYOUTS[name]
     if not os.path.isdir(root):
         raise DatasetLayoutError(
-            f"{layout.title}: data root '{root}' does not exist; expected {layout_help(name, root)}")
+            f"{layout.title}: data root '{root}' does not exist; expected {layout_help(name, root)}"
+        )
     base = dataset_dir(name, root)
-    chosen = next((alt for alt in layout.alternatives if os.path.exists(os.path.join(base, alt[0].rstrip("/")))),
-                  layout.alternatives[0])
+    chosen = next(
+        (alt for alt in layout.alternatives if os.path.exists(os.path.join(base, alt[0].rstrip("/")))),
+        layout.alternatives[0],
+    )
     for entry in chosen:
         path = os.path.join(base, entry.rstrip("/"))
         if not _present(path, entry):
@@ -257,7 +313,8 @@ def count_splits(name: str, root: str, cuhk03_labeled: bool = False, cuhk03_clas
             return len(json.load(f))
         except ValueError as e:
             raise DatasetReadError(
-                f"split file '{path}' is not valid json ({e}); delete it to have it drawn again") from None
+                f"split file '{path}' is not valid json ({e}); delete it to have it drawn again"
+            ) from None
 
 
 # --------------------------------------------------------------------------- reading
@@ -319,8 +376,12 @@ def _construct(name: str, root: str, options: Dict[str, object]):
     """(torchreid's dataset object, the data folder); the layout is checked first."""
     cls = dataset_class(name)
     base = check_layout(name, root)
-    with _first_read_lock(base), _seeded_global_rng(SPLIT_SEED), \
-            contextlib.redirect_stdout(_LogWriter(f"torchreid {cls.__name__}")), warnings.catch_warnings():
+    with (
+        _first_read_lock(base),
+        _seeded_global_rng(SPLIT_SEED),
+        contextlib.redirect_stdout(_LogWriter(f"torchreid {cls.__name__}")),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore", UserWarning)  # Market1501: "data structure is deprecated"
         try:
             return cls(root=root, verbose=False, **options), base
@@ -337,8 +398,9 @@ def _as_samples(items: Sequence[tuple]) -> List[Sample]:
     return sorted((str(p), int(pid), int(camid)) for p, pid, camid, *_ in items)
 
 
-def read_reid_set(name: str, root: str, split_id: int = 0, cuhk03_labeled: bool = False,
-                  cuhk03_classic_split: bool = False) -> ReidSetLists:
+def read_reid_set(
+    name: str, root: str, split_id: int = 0, cuhk03_labeled: bool = False, cuhk03_classic_split: bool = False
+) -> ReidSetLists:
     """The splits of data set ``name`` under ``root`` (the same root torchreid is given).
 
     Options a class does not take are not passed to it (the caller checks that a non-default
@@ -349,22 +411,31 @@ def read_reid_set(name: str, root: str, split_id: int = 0, cuhk03_labeled: bool 
     if name == "market1501":
         lists = read_market1501(root)
         return ReidSetLists(name, lists.data_dir, lists.train, lists.query, lists.gallery, lists.gt_bbox)
-    given = {"split_id": int(split_id), "cuhk03_labeled": bool(cuhk03_labeled),
-             "cuhk03_classic_split": bool(cuhk03_classic_split)}
+    given = {
+        "split_id": int(split_id),
+        "cuhk03_labeled": bool(cuhk03_labeled),
+        "cuhk03_classic_split": bool(cuhk03_classic_split),
+    }
     options = {k: given[k] for k in accepted_options(name)}
     if options.get("split_id", 0) > 0:
         # Checked here for a clear message (torchreid's own says "split_id exceeds range").
-        available = count_splits(name, root, cuhk03_labeled=given["cuhk03_labeled"],
-                                 cuhk03_classic_split=given["cuhk03_classic_split"])
+        available = count_splits(
+            name, root, cuhk03_labeled=given["cuhk03_labeled"], cuhk03_classic_split=given["cuhk03_classic_split"]
+        )
         if options["split_id"] >= available:
-            raise DatasetReadError(f"split_id={options['split_id']} is out of range: {LAYOUTS[name].title} under "
-                                   f"'{root}' has {available} split{'s' if available > 1 else ''} "
-                                   f"(0..{available - 1})")
+            raise DatasetReadError(
+                f"split_id={options['split_id']} is out of range: {LAYOUTS[name].title} under "
+                f"'{root}' has {available} split{'s' if available > 1 else ''} "
+                f"(0..{available - 1})"
+            )
     ds, base = _construct(name, root, options)
-    lists = ReidSetLists(name, base, _as_samples(ds.train), _as_samples(ds.query),
-                         _as_samples(ds.gallery), None, options)
+    lists = ReidSetLists(
+        name, base, _as_samples(ds.train), _as_samples(ds.query), _as_samples(ds.gallery), None, options
+    )
     for split in ("train", "query", "gallery"):
         if not getattr(lists, split):
-            raise DatasetReadError(f"{LAYOUTS[name].title} under '{root}': torchreid found no {split} image; "
-                                   f"expected {layout_help(name, root)}")
+            raise DatasetReadError(
+                f"{LAYOUTS[name].title} under '{root}': torchreid found no {split} image; "
+                f"expected {layout_help(name, root)}"
+            )
     return lists

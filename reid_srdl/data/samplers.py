@@ -14,6 +14,7 @@ a multiple of K), so the ranks together see exactly the batches one process woul
 are ``(index, augmentation seed)`` pairs for :class:`~reid_srdl.data.indexed.IndexedDataset`;
 an image drawn twice in an epoch (replacement) gets a different augmentation each time.
 """
+
 from collections import defaultdict
 from typing import Dict, Iterator, List, Sequence, Tuple
 
@@ -38,7 +39,7 @@ def pk_batches(identities: Dict[int, List[int]], p: int, k: int, rng: np.random.
             drawn = rng.choice(indices, size=k, replace=True).tolist()
         else:
             drawn = rng.permutation(indices).tolist()
-        groups[pid] = [drawn[i:i + k] for i in range(0, len(drawn) - k + 1, k)]
+        groups[pid] = [drawn[i : i + k] for i in range(0, len(drawn) - k + 1, k)]
     available = list(groups)
     batches = []
     while len(available) >= p:
@@ -57,13 +58,12 @@ class IdentitySampler(Sampler):
     the epoch; a loop that never calls it gets the next epoch on each pass.
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, num_instances: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, labels: Sequence[int], batch_size: int, num_instances: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         k = int(num_instances)
         if k < 1 or batch_size % k:
-            raise ConfigError(
-                f"data.sampler=identity: data.num_instances={k} must divide data.batch_size={batch_size}"
-            )
+            raise ConfigError(f"data.sampler=identity: data.num_instances={k} must divide data.batch_size={batch_size}")
         if batch_size % world_size:
             raise ConfigError(
                 f"data.batch_size={batch_size} is the global batch and must be divisible by the "
@@ -102,8 +102,7 @@ class IdentitySampler(Sampler):
         """Every ``(index, augmentation seed)`` of the epoch, batch after batch, all ranks."""
         if self._cached[0] != epoch:
             order, augment = np.random.SeedSequence([_STREAM, self.seed, epoch]).spawn(2)
-            batches = pk_batches(self.identities, self.num_identities, self.num_instances,
-                                 np.random.default_rng(order))
+            batches = pk_batches(self.identities, self.num_identities, self.num_instances, np.random.default_rng(order))
             # The n-th draw of the same image in this epoch gets the n-th seed, so repeats
             # (identities with fewer than K images) are augmented differently.
             seeds = [int(s) >> 2 for s in augment.generate_state(self.num_instances, np.uint64)]
@@ -121,7 +120,7 @@ class IdentitySampler(Sampler):
         keys = self.global_keys(epoch)
         share = self.batch_size // self.world_size
         for start in range(0, len(keys), self.batch_size):
-            yield from keys[start + self.rank * share:start + (self.rank + 1) * share]
+            yield from keys[start + self.rank * share : start + (self.rank + 1) * share]
 
     def __len__(self) -> int:
         return len(self.global_keys(self.epoch)) // self.world_size

@@ -7,6 +7,7 @@ the largest camera id of the sources before (torchreid offsets by the *number* o
 the two agree whenever a source's cameras are 0..C-1, and this way two sources' cameras can
 never share an id even when one of them is missing a camera in its training split).
 """
+
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 

@@ -17,6 +17,7 @@ Everything is drawn from ``numpy.random.default_rng`` streams keyed by (seed, wh
 camera, image), so a given seed always gives the same bytes.  The set is written into a
 temporary sibling folder and renamed into place at the end: nothing is ever half-written.
 """
+
 import json
 import os
 import shutil
@@ -58,13 +59,31 @@ BGR = Tuple[int, int, int]
 # Named colours (BGR).  Identities pick from these lists and jitter them a little, so two
 # people may share a shirt colour and differ only in pattern, trousers or bag.
 _SHIRTS: List[BGR] = [
-    (40, 40, 200), (30, 120, 235), (40, 200, 230), (60, 150, 50), (150, 150, 30),
-    (190, 90, 30), (90, 40, 20), (140, 50, 110), (170, 120, 230), (235, 235, 235),
-    (165, 165, 165), (35, 35, 35), (40, 70, 120), (150, 190, 215),
+    (40, 40, 200),
+    (30, 120, 235),
+    (40, 200, 230),
+    (60, 150, 50),
+    (150, 150, 30),
+    (190, 90, 30),
+    (90, 40, 20),
+    (140, 50, 110),
+    (170, 120, 230),
+    (235, 235, 235),
+    (165, 165, 165),
+    (35, 35, 35),
+    (40, 70, 120),
+    (150, 190, 215),
 ]
 _LOWERS: List[BGR] = [
-    (25, 25, 25), (70, 70, 70), (130, 80, 40), (80, 40, 25), (120, 170, 200),
-    (40, 60, 100), (220, 220, 220), (50, 110, 100), (40, 40, 170),
+    (25, 25, 25),
+    (70, 70, 70),
+    (130, 80, 40),
+    (80, 40, 25),
+    (120, 170, 200),
+    (40, 60, 100),
+    (220, 220, 220),
+    (50, 110, 100),
+    (40, 40, 170),
 ]
 _SKINS: List[BGR] = [(140, 170, 220), (100, 140, 195), (70, 100, 150), (50, 70, 110), (170, 195, 235)]
 _HAIRS: List[BGR] = [(20, 20, 25), (30, 45, 70), (40, 70, 120), (90, 170, 210), (150, 150, 150)]
@@ -273,9 +292,9 @@ class _Layer:
         if pattern == "logo" and facing == "front":
             cv2.circle(cloth, (w // 2, h // 3), max(2, w // 5), second, -1, cv2.LINE_AA)
         alpha = region[..., None].astype(np.float32) / 255.0
-        box = self.image[y0: y0 + h, x0: x0 + w]
+        box = self.image[y0 : y0 + h, x0 : x0 + w]
         box[:] = (cloth * alpha + box * (1 - alpha)).astype(np.uint8)
-        mask_box = self.mask[y0: y0 + h, x0: x0 + w]
+        mask_box = self.mask[y0 : y0 + h, x0 : x0 + w]
         np.maximum(mask_box, region, out=mask_box)
 
 
@@ -310,8 +329,9 @@ def _draw_background(camera: Camera, rng: np.random.Generator) -> np.ndarray:
     return np.clip(canvas * ramp[None, :, None], 0, 255).astype(np.uint8)
 
 
-def _draw_person(ident: Identity, camera: Camera, shot: Shot, x_centre: float = 0.5,
-                 extra_scale: float = 1.0, extra_y: float = 0.0) -> _Layer:
+def _draw_person(
+    ident: Identity, camera: Camera, shot: Shot, x_centre: float = 0.5, extra_scale: float = 1.0, extra_y: float = 0.0
+) -> _Layer:
     layer = _Layer()
     hf = ident.height * camera.scale * shot.scale * extra_scale * _H  # body height, pixels
     top = (_H - hf) / 2 + (camera.y_offset + shot.y_shift + extra_y) * _H
@@ -338,13 +358,25 @@ def _draw_person(ident: Identity, camera: Camera, shot: Shot, x_centre: float = 
 
     # A backpack seen from the side sticks out behind the body: draw it first.
     if ident.bag == "backpack" and side:
-        layer.poly([(cx - sw - 0.1 * hf, shoulder_y + 0.02 * hf), (cx - sw + 2, shoulder_y + 0.02 * hf),
-                    (cx - sw + 2, shoulder_y + 0.22 * hf), (cx - sw - 0.1 * hf, shoulder_y + 0.22 * hf)],
-                   ident.bag_colour)
+        layer.poly(
+            [
+                (cx - sw - 0.1 * hf, shoulder_y + 0.02 * hf),
+                (cx - sw + 2, shoulder_y + 0.02 * hf),
+                (cx - sw + 2, shoulder_y + 0.22 * hf),
+                (cx - sw - 0.1 * hf, shoulder_y + 0.22 * hf),
+            ],
+            ident.bag_colour,
+        )
     if ident.long_hair and shot.facing == "front":
-        layer.poly([(cx - head_r * 1.05, head_c[1]), (cx + head_r * 1.05, head_c[1]),
-                    (cx + head_r * 1.0, shoulder_y + 0.05 * hf), (cx - head_r * 1.0, shoulder_y + 0.05 * hf)],
-                   ident.hair)
+        layer.poly(
+            [
+                (cx - head_r * 1.05, head_c[1]),
+                (cx + head_r * 1.05, head_c[1]),
+                (cx + head_r * 1.0, shoulder_y + 0.05 * hf),
+                (cx - head_r * 1.0, shoulder_y + 0.05 * hf),
+            ],
+            ident.hair,
+        )
 
     for hip_x, knee, foot in zip(hips_x, knees, feet):
         hip = (hip_x, hip_y)
@@ -358,16 +390,25 @@ def _draw_person(ident: Identity, camera: Camera, shot: Shot, x_centre: float = 
                 layer.line(hip, ((hip[0] + knee[0]) / 2, bare_from), leg_t * 1.1, ident.lower)
         layer.ellipse((foot[0] + (0.025 * hf if side else 0), foot[1]), (0.04 * hf, 0.018 * hf), ident.shoes)
     if ident.lower_kind == "skirt":
-        layer.poly([(cx - hw, hip_y - 0.02 * hf), (cx + hw, hip_y - 0.02 * hf),
-                    (cx + hw * 1.5, knee_y + 0.02 * hf), (cx - hw * 1.5, knee_y + 0.02 * hf)], ident.lower)
+        layer.poly(
+            [
+                (cx - hw, hip_y - 0.02 * hf),
+                (cx + hw, hip_y - 0.02 * hf),
+                (cx + hw * 1.5, knee_y + 0.02 * hf),
+                (cx - hw * 1.5, knee_y + 0.02 * hf),
+            ],
+            ident.lower,
+        )
 
     # Arms behind the torso in a side view only for the far arm; both hang beside it otherwise.
     swing = -shot.stride * (0.12 if side else 0.03) * hf
     shoulders = [(cx - sw, shoulder_y + arm_t / 2), (cx + sw, shoulder_y + arm_t / 2)]
     if side:
         shoulders = [(cx, shoulder_y + arm_t / 2)] * 2
-    hands = [(shoulders[0][0] - 0.03 * hf + swing, hip_y + 0.02 * hf),
-             (shoulders[1][0] + 0.03 * hf - swing, hip_y + 0.02 * hf)]
+    hands = [
+        (shoulders[0][0] - 0.03 * hf + swing, hip_y + 0.02 * hf),
+        (shoulders[1][0] + 0.03 * hf - swing, hip_y + 0.02 * hf),
+    ]
     elbows = [((s[0] + h[0]) / 2, (s[1] + h[1]) / 2) for s, h in zip(shoulders, hands)]
 
     def arm(i):
@@ -389,22 +430,43 @@ def _draw_person(ident: Identity, camera: Camera, shot: Shot, x_centre: float = 
 
     # Bags: a backpack covers the back; from the front only its straps show.
     if ident.bag == "backpack" and shot.facing == "back":
-        layer.poly([(cx - sw * 0.75, shoulder_y + 0.03 * hf), (cx + sw * 0.75, shoulder_y + 0.03 * hf),
-                    (cx + sw * 0.8, shoulder_y + 0.24 * hf), (cx - sw * 0.8, shoulder_y + 0.24 * hf)],
-                   ident.bag_colour)
+        layer.poly(
+            [
+                (cx - sw * 0.75, shoulder_y + 0.03 * hf),
+                (cx + sw * 0.75, shoulder_y + 0.03 * hf),
+                (cx + sw * 0.8, shoulder_y + 0.24 * hf),
+                (cx - sw * 0.8, shoulder_y + 0.24 * hf),
+            ],
+            ident.bag_colour,
+        )
     elif ident.bag == "backpack" and shot.facing == "front":
         for s in (-1, 1):
-            layer.line((cx + s * sw * 0.6, shoulder_y), (cx + s * sw * 0.7, shoulder_y + 0.2 * hf),
-                       0.02 * hf, ident.bag_colour)
+            layer.line(
+                (cx + s * sw * 0.6, shoulder_y), (cx + s * sw * 0.7, shoulder_y + 0.2 * hf), 0.02 * hf, ident.bag_colour
+            )
     elif ident.bag == "shoulder":
         layer.line((cx - sw * 0.8, shoulder_y), (cx + hw * 1.1, hip_y - 0.03 * hf), 0.018 * hf, ident.bag_colour)
         bx, by = cx + hw * 1.15, hip_y - 0.04 * hf
-        layer.poly([(bx - 0.05 * hf, by), (bx + 0.05 * hf, by), (bx + 0.05 * hf, by + 0.09 * hf),
-                    (bx - 0.05 * hf, by + 0.09 * hf)], ident.bag_colour)
+        layer.poly(
+            [
+                (bx - 0.05 * hf, by),
+                (bx + 0.05 * hf, by),
+                (bx + 0.05 * hf, by + 0.09 * hf),
+                (bx - 0.05 * hf, by + 0.09 * hf),
+            ],
+            ident.bag_colour,
+        )
     elif ident.bag == "hand":
         hx, hy = hands[1]
-        layer.poly([(hx - 0.045 * hf, hy + 0.01 * hf), (hx + 0.045 * hf, hy + 0.01 * hf),
-                    (hx + 0.05 * hf, hy + 0.11 * hf), (hx - 0.05 * hf, hy + 0.11 * hf)], ident.bag_colour)
+        layer.poly(
+            [
+                (hx - 0.045 * hf, hy + 0.01 * hf),
+                (hx + 0.045 * hf, hy + 0.01 * hf),
+                (hx + 0.05 * hf, hy + 0.11 * hf),
+                (hx - 0.05 * hf, hy + 0.11 * hf),
+            ],
+            ident.bag_colour,
+        )
 
     # Head and hair: the face shows from the front, the back of the head from behind.
     layer.line((cx, head_c[1] + head_r * 0.8), (cx, shoulder_y + 2), head_r * 0.7, ident.skin)
@@ -412,15 +474,25 @@ def _draw_person(ident: Identity, camera: Camera, shot: Shot, x_centre: float = 
     if shot.facing == "back":
         layer.ellipse(head_c, (head_r * 0.9, head_r * 1.05), ident.hair)
         if ident.long_hair:
-            layer.poly([(cx - head_r * 0.9, head_c[1]), (cx + head_r * 0.9, head_c[1]),
-                        (cx + head_r * 0.95, shoulder_y + 0.06 * hf), (cx - head_r * 0.95, shoulder_y + 0.06 * hf)],
-                       ident.hair)
+            layer.poly(
+                [
+                    (cx - head_r * 0.9, head_c[1]),
+                    (cx + head_r * 0.9, head_c[1]),
+                    (cx + head_r * 0.95, shoulder_y + 0.06 * hf),
+                    (cx - head_r * 0.95, shoulder_y + 0.06 * hf),
+                ],
+                ident.hair,
+            )
     else:
         layer.ellipse((head_c[0], head_c[1] - head_r * 0.15), (head_r * 0.92, head_r * 0.9), ident.hair, 180, 360)
     if ident.hat is not None:
         layer.ellipse((head_c[0], head_c[1] - head_r * 0.35), (head_r * 0.95, head_r * 0.7), ident.hat, 180, 360)
-        layer.line((head_c[0] - head_r, head_c[1] - head_r * 0.35), (head_c[0] + head_r * 1.3, head_c[1] - head_r * 0.35),
-                   head_r * 0.2, ident.hat)
+        layer.line(
+            (head_c[0] - head_r, head_c[1] - head_r * 0.35),
+            (head_c[0] + head_r * 1.3, head_c[1] - head_r * 0.35),
+            head_r * 0.2,
+            ident.hat,
+        )
     return layer
 
 
@@ -477,8 +549,9 @@ def render_junk(ident: Identity, camera: Camera, shot: Shot, rng: np.random.Gene
         layer = _draw_person(ident, camera, shot, x_centre=x_centre)
     else:  # box far too tight or too low: only a part of the body
         x_centre = 0.5
-        layer = _draw_person(ident, camera, shot, extra_scale=float(rng.uniform(1.6, 2.2)),
-                             extra_y=float(rng.choice([-0.45, 0.45])))
+        layer = _draw_person(
+            ident, camera, shot, extra_scale=float(rng.uniform(1.6, 2.2)), extra_y=float(rng.choice([-0.45, 0.45]))
+        )
     img = _compose(background, [(layer, x_centre * _W, ident.shoulder * _H / 2)])
     return _apply_camera(img, camera, shot.light, rng)
 
@@ -514,17 +587,20 @@ def _track_frames(rng: np.random.Generator, count: int) -> Tuple[int, List[int]]
     return sequence, [int(f) for f in frames]
 
 
-def plan_synthetic_market(num_ids: int, seed: int, images_per_id_camera: int,
-                          gt_bbox_per_id_camera: int) -> Tuple[List[_ImageSpec], Dict[str, List[int]]]:
+def plan_synthetic_market(
+    num_ids: int, seed: int, images_per_id_camera: int, gt_bbox_per_id_camera: int
+) -> Tuple[List[_ImageSpec], Dict[str, List[int]]]:
     """Every file to write (folder, Market name, what to draw), and the train/test pids."""
     rng = _rng(seed, _LAYOUT)
     pids = np.sort(rng.choice(np.arange(1, 1502), size=num_ids, replace=False))
     shuffled = rng.permutation(pids)
     train_pids = sorted(int(p) for p in shuffled[: num_ids // 2])
-    test_pids = sorted(int(p) for p in shuffled[num_ids // 2:])
+    test_pids = sorted(int(p) for p in shuffled[num_ids // 2 :])
     camera_counts = rng.choice([2, 3, 4, 5, 6], size=num_ids, p=[0.25, 0.3, 0.25, 0.12, 0.08])
-    cameras_of = {int(p): sorted(int(c) for c in rng.choice(NUM_CAMERAS, size=k, replace=False))
-                  for p, k in zip(pids, camera_counts)}
+    cameras_of = {
+        int(p): sorted(int(c) for c in rng.choice(NUM_CAMERAS, size=k, replace=False))
+        for p, k in zip(pids, camera_counts)
+    }
     # Every camera must appear in both the training and the test identities (as in
     # Market-1501), even in a tiny set: give a missing camera to the least-seen identity.
     for group in (train_pids, test_pids):
@@ -559,14 +635,18 @@ def plan_synthetic_market(num_ids: int, seed: int, images_per_id_camera: int,
         for j in range(extra):
             r = _rng(seed, _TRACK, 0 if kind == "junk" else 1, 10_000 + j)
             while True:
-                name = MarketName(label, int(r.integers(NUM_CAMERAS)), int(r.integers(1, 7)),
-                                  int(r.integers(100, 150000)), int(r.integers(1, 9)))
+                name = MarketName(
+                    label,
+                    int(r.integers(NUM_CAMERAS)),
+                    int(r.integers(1, 7)),
+                    int(r.integers(100, 150000)),
+                    int(r.integers(1, 9)),
+                )
                 if name.filename() not in used_names:
                     break
             used_names.add(name.filename())
             drawn = int(test_pids[int(r.integers(len(test_pids)))])
-            specs.append(_ImageSpec(GALLERY_FOLDER, name, kind, drawn, (drawn, name.camid),
-                                    (label + 2, name.camid, j)))
+            specs.append(_ImageSpec(GALLERY_FOLDER, name, kind, drawn, (drawn, name.camid), (label + 2, name.camid, j)))
     return specs, {"train": train_pids, "test": test_pids}
 
 
@@ -593,8 +673,9 @@ def _write_jpeg(path: str, image: np.ndarray, quality: int) -> None:
         f.write(buf.tobytes())
 
 
-def _write_dataset(data_dir: str, num_ids: int, seed: int, images_per_id_camera: int,
-                   gt_bbox_per_id_camera: int) -> Dict[str, int]:
+def _write_dataset(
+    data_dir: str, num_ids: int, seed: int, images_per_id_camera: int, gt_bbox_per_id_camera: int
+) -> Dict[str, int]:
     specs, split = plan_synthetic_market(num_ids, seed, images_per_id_camera, gt_bbox_per_id_camera)
     identities = {pid: sample_identity(_rng(seed, _IDENTITY, pid)) for pid in split["train"] + split["test"]}
     cameras = [sample_camera(_rng(seed, _CAMERA, c)) for c in range(NUM_CAMERAS)]
@@ -608,8 +689,9 @@ def _write_dataset(data_dir: str, num_ids: int, seed: int, images_per_id_camera:
         _write_jpeg(os.path.join(data_dir, spec.folder, filename), image, quality)
         counts[spec.folder] += 1
         if spec.folder == QUERY_FOLDER:  # Market-1501's queries are among the gt_bbox boxes
-            shutil.copyfile(os.path.join(data_dir, QUERY_FOLDER, filename),
-                            os.path.join(data_dir, GT_BBOX_FOLDER, filename))
+            shutil.copyfile(
+                os.path.join(data_dir, QUERY_FOLDER, filename), os.path.join(data_dir, GT_BBOX_FOLDER, filename)
+            )
             counts[GT_BBOX_FOLDER] += 1
     marker = {
         "generator": "reid_srdl.data.synthetic",
@@ -632,8 +714,14 @@ def synthetic_market_dir(root: str) -> str:
     return os.path.join(root, MARKET_FOLDER, VERSION_FOLDER)
 
 
-def make_synthetic_market(root: str, num_ids: int = 40, seed: int = 0, images_per_id_camera: int = 4,
-                          gt_bbox_per_id_camera: int = 3, overwrite: bool = False) -> str:
+def make_synthetic_market(
+    root: str,
+    num_ids: int = 40,
+    seed: int = 0,
+    images_per_id_camera: int = 4,
+    gt_bbox_per_id_camera: int = 3,
+    overwrite: bool = False,
+) -> str:
     """Write a synthetic Market-1501 set under `root`; returns the data folder.
 
     Half the identities (rounded down) are training identities, the rest test identities.
@@ -694,8 +782,9 @@ def ensure_synthetic_market(root: str, num_ids: int = 40, seed: int = 0) -> str:
     """
     market = os.path.join(root, MARKET_FOLDER)
     has_something = os.path.isdir(synthetic_market_dir(root)) or (
-        os.path.isdir(market) and any(os.path.isdir(os.path.join(market, f))
-                                      for f in (TRAIN_FOLDER, QUERY_FOLDER, GALLERY_FOLDER)))
+        os.path.isdir(market)
+        and any(os.path.isdir(os.path.join(market, f)) for f in (TRAIN_FOLDER, QUERY_FOLDER, GALLERY_FOLDER))
+    )
     if not has_something:
         try:
             return make_synthetic_market(root, num_ids=num_ids, seed=seed)
@@ -711,7 +800,7 @@ def ensure_synthetic_market(root: str, num_ids: int = 40, seed: int = 0) -> str:
         ) from None
     marker = read_marker(data_dir)
     if marker is not None and (marker.get("num_ids"), marker.get("seed")) != (num_ids, seed):
-        warnings.warn(
+        warnings.warn(  # noqa: B028  (the caller's line is not more useful than this one)
             f"using the synthetic data set already in '{data_dir}' (num_ids={marker.get('num_ids')}, "
             f"seed={marker.get('seed')}), not the one asked for (num_ids={num_ids}, seed={seed}); "
             "delete the folder to regenerate it"

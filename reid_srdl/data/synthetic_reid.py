@@ -28,6 +28,7 @@ modulo the number of cameras), so the counts of every split follow from the para
 temporary sibling folder and renamed into place: nothing is ever half-written.  A
 ``synthetic.json`` in the data set's folder records the parameters and counts.
 """
+
 import json
 import logging
 import os
@@ -47,10 +48,10 @@ from reid_srdl.data.synthetic import (
     make_synthetic_market,
     render_person,
     sample_camera,
-    synthetic_market_dir,
     sample_identity,
     sample_shot,
     sample_track_facing,
+    synthetic_market_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,8 +69,13 @@ CUHK03_CELLS = 10  # per person: 5 images per view
 CUHK03_CLASSIC_SPLITS = 20
 MSMT_TIMES = ("morning", "noon", "afternoon")
 # Identities each writer accepts (at most the real set's; enough for every split to exist).
-ID_RANGES = {"market1501": (4, 1501), "dukemtmcreid": (4, 3000), "msmt17": (4, 4101),
-             "cuhk03": (2 * CUHK03_PAIRS, 1467), "viper": (2, 632)}
+ID_RANGES = {
+    "market1501": (4, 1501),
+    "dukemtmcreid": (4, 3000),
+    "msmt17": (4, 4101),
+    "cuhk03": (2 * CUHK03_PAIRS, 1467),
+    "viper": (2, 632),
+}
 VIPER_ANGLES = (0, 45, 90, 135, 180)
 
 
@@ -113,8 +119,12 @@ def _frames(seed: int, tag: int, person: int, cam: int, count: int) -> List[int]
 
 
 def _write_marker(folder: str, generator: str, params: dict, counts: dict) -> None:
-    marker = {"generator": f"reid_srdl.data.synthetic_reid:{generator}", "version": GENERATOR_VERSION,
-              **params, "counts": counts}
+    marker = {
+        "generator": f"reid_srdl.data.synthetic_reid:{generator}",
+        "version": GENERATOR_VERSION,
+        **params,
+        "counts": counts,
+    }
     with open(os.path.join(folder, MARKER_FILE), "w", encoding="utf-8") as f:
         json.dump(marker, f, indent=1)
 
@@ -159,9 +169,15 @@ def _check(num_ids: int, minimum: int, maximum: int, seed: int, **positive: int)
 
 
 # --------------------------------------------------------------------------- DukeMTMC-reID
-def make_synthetic_duke(root: str, num_ids: int = 40, seed: int = 0, cameras_per_id: int = 3,
-                        images_per_id_camera: int = 3, num_distractors: Optional[int] = None,
-                        overwrite: bool = False) -> str:
+def make_synthetic_duke(
+    root: str,
+    num_ids: int = 40,
+    seed: int = 0,
+    cameras_per_id: int = 3,
+    images_per_id_camera: int = 3,
+    num_distractors: Optional[int] = None,
+    overwrite: bool = False,
+) -> str:
     """DukeMTMC-reID under ``root`` (returns ROOT/dukemtmc-reid).
 
     ``num_ids // 2`` training identities, the rest test identities, plus ``num_distractors``
@@ -170,9 +186,14 @@ def make_synthetic_duke(root: str, num_ids: int = 40, seed: int = 0, cameras_per
     train T*k*m images; query Q*k (one per test identity and camera); gallery Q*k*(m-1) + D*m.
     """
     distractors = num_ids // 4 if num_distractors is None else num_distractors
-    _check(num_ids, *ID_RANGES["dukemtmcreid"], seed, cameras_per_id=(cameras_per_id, 2),
-           images_per_id_camera=(images_per_id_camera, 2),
-           num_distractors=(distractors, 0))
+    _check(
+        num_ids,
+        *ID_RANGES["dukemtmcreid"],
+        seed,
+        cameras_per_id=(cameras_per_id, 2),
+        images_per_id_camera=(images_per_id_camera, 2),
+        num_distractors=(distractors, 0),
+    )
     if cameras_per_id > DUKE_CAMERAS:
         raise ValueError(f"cameras_per_id must be <= {DUKE_CAMERAS}, got {cameras_per_id}")
     folder = LAYOUTS["dukemtmcreid"].alternatives[0][0].split("/")[0]  # DukeMTMC-reID
@@ -181,7 +202,7 @@ def make_synthetic_duke(root: str, num_ids: int = 40, seed: int = 0, cameras_per
         rng = _rng(seed, _DUKE, _LAYOUT)
         pids = rng.permutation(rng.choice(np.arange(1, 7141), size=num_ids + distractors, replace=False))
         train = sorted(int(p) for p in pids[: num_ids // 2])
-        test = sorted(int(p) for p in pids[num_ids // 2: num_ids])
+        test = sorted(int(p) for p in pids[num_ids // 2 : num_ids])
         extra = sorted(int(p) for p in pids[num_ids:])
         painter = _Painter(seed, _DUKE, DUKE_CAMERAS)
         split_dirs = {s: os.path.join(tmp, folder, s) for s in ("bounding_box_train", "bounding_box_test", "query")}
@@ -203,24 +224,47 @@ def make_synthetic_duke(root: str, num_ids: int = 40, seed: int = 0, cameras_per
             cam = j % DUKE_CAMERAS
             for k, frame in enumerate(_frames(seed, _DUKE, pid, cam, images_per_id_camera)):
                 put("bounding_box_test", pid, cam, frame, k)
-        _write_marker(tmp, "duke", dict(num_ids=num_ids, seed=seed, cameras_per_id=cameras_per_id,
-                                        images_per_id_camera=images_per_id_camera, num_distractors=distractors,
-                                        train_pids=train, test_pids=test, distractor_pids=extra), counts)
+        _write_marker(
+            tmp,
+            "duke",
+            dict(
+                num_ids=num_ids,
+                seed=seed,
+                cameras_per_id=cameras_per_id,
+                images_per_id_camera=images_per_id_camera,
+                num_distractors=distractors,
+                train_pids=train,
+                test_pids=test,
+                distractor_pids=extra,
+            ),
+            counts,
+        )
 
     return _write_atomically(dataset_dir("dukemtmcreid", root), write, overwrite)
 
 
 # --------------------------------------------------------------------------- MSMT17
-def make_synthetic_msmt17(root: str, num_ids: int = 40, seed: int = 0, cameras_per_id: int = 3,
-                          images_per_id_camera: int = 3, overwrite: bool = False) -> str:
+def make_synthetic_msmt17(
+    root: str,
+    num_ids: int = 40,
+    seed: int = 0,
+    cameras_per_id: int = 3,
+    images_per_id_camera: int = 3,
+    overwrite: bool = False,
+) -> str:
     """MSMT17 (V1 layout) under ``root`` (returns ROOT/msmt17).
 
     With T = num_ids // 2 training ids, Q the rest, k = cameras_per_id, m = images_per_id_camera:
     list_train T*k*m - T lines, list_val T (one image per training id), list_query Q*k,
     list_gallery Q*k*(m-1).
     """
-    _check(num_ids, *ID_RANGES["msmt17"], seed, cameras_per_id=(cameras_per_id, 2),
-           images_per_id_camera=(images_per_id_camera, 2))
+    _check(
+        num_ids,
+        *ID_RANGES["msmt17"],
+        seed,
+        cameras_per_id=(cameras_per_id, 2),
+        images_per_id_camera=(images_per_id_camera, 2),
+    )
     if cameras_per_id > MSMT_CAMERAS:
         raise ValueError(f"cameras_per_id must be <= {MSMT_CAMERAS}, got {cameras_per_id}")
     version = LAYOUTS["msmt17"].alternatives[0][0].rstrip("/")  # MSMT17_V1
@@ -254,9 +298,12 @@ def make_synthetic_msmt17(root: str, num_ids: int = 40, seed: int = 0, cameras_p
         for key, lines in lists.items():
             with open(os.path.join(base, f"list_{key}.txt"), "w", encoding="utf-8") as f:
                 f.write("".join(line + "\n" for line in lines))
-        _write_marker(tmp, "msmt17", dict(num_ids=num_ids, seed=seed, cameras_per_id=cameras_per_id,
-                                          images_per_id_camera=images_per_id_camera),
-                      {k: len(v) for k, v in lists.items()})
+        _write_marker(
+            tmp,
+            "msmt17",
+            dict(num_ids=num_ids, seed=seed, cameras_per_id=cameras_per_id, images_per_id_camera=images_per_id_camera),
+            {k: len(v) for k, v in lists.items()},
+        )
 
     return _write_atomically(dataset_dir("msmt17", root), write, overwrite)
 
@@ -268,8 +315,14 @@ def cuhk03_image_name(pair: int, person: int, cell: int) -> str:
     return f"{pair + 1:01d}_{person + 1:03d}_{view:01d}_{cell + 1:02d}.png"
 
 
-def make_synthetic_cuhk03(root: str, num_ids: int = 40, seed: int = 0, images_per_view: int = 2,
-                          num_classic_test: Optional[int] = None, overwrite: bool = False) -> str:
+def make_synthetic_cuhk03(
+    root: str,
+    num_ids: int = 40,
+    seed: int = 0,
+    images_per_view: int = 2,
+    num_classic_test: Optional[int] = None,
+    overwrite: bool = False,
+) -> str:
     """CUHK03 in its downloaded form under ``root`` (returns ROOT/cuhk03).
 
     ``num_ids`` people over the 5 camera pairs (as evenly as possible), ``images_per_view``
@@ -355,10 +408,24 @@ def make_synthetic_cuhk03(root: str, num_ids: int = 40, seed: int = 0, images_pe
         for path in layout[1:]:
             savemat(os.path.join(tmp, path), config)
         images = len(people) * len(filled)
-        _write_marker(tmp, "cuhk03", dict(num_ids=num_ids, seed=seed, images_per_view=images_per_view,
-                                          num_classic_test=classic, people_per_pair=sizes),
-                      {"detected": images, "labeled": images, "new_train": len(train_idx), "new_query": len(query_idx),
-                       "new_gallery": len(gallery_idx)})
+        _write_marker(
+            tmp,
+            "cuhk03",
+            dict(
+                num_ids=num_ids,
+                seed=seed,
+                images_per_view=images_per_view,
+                num_classic_test=classic,
+                people_per_pair=sizes,
+            ),
+            {
+                "detected": images,
+                "labeled": images,
+                "new_train": len(train_idx),
+                "new_query": len(query_idx),
+                "new_gallery": len(gallery_idx),
+            },
+        )
 
     return _write_atomically(dataset_dir("cuhk03", root), write, overwrite)
 

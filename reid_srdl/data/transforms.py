@@ -1,4 +1,5 @@
 """Train / test transforms per task, as in the papers the methods come from."""
+
 from typing import Callable, Tuple
 
 import torchvision.transforms as T
@@ -47,9 +48,7 @@ def reid_train_transform(height: int, width: int, erasing: float = 0.0) -> Calla
 
 
 def reid_test_transform(height: int, width: int) -> Callable:
-    return T.Compose(
-        [T.Resize((height, width)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    )
+    return T.Compose([T.Resize((height, width)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def classification_transforms(name: str) -> Tuple[Callable, Callable]:

@@ -6,6 +6,7 @@ FAR 1/5/10% with TAR and DIR (``"open_set"``, from the single-query features; di
 PNG); with several evaluation data sets (``data.targets``), each one apart and the mean over
 them.  Classification: top-1/top-5.
 """
+
 import dataclasses
 import logging
 import os
@@ -23,7 +24,9 @@ _REID_COLUMNS = (("rank1", "Rank-1"), ("rank5", "Rank-5"), ("rank10", "Rank-10")
 _CLS_COLUMNS = (("top1", "Top-1"), ("top5", "Top-5"))
 
 
-def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True, extract=None) -> Dict[str, dict]:
+def evaluate_model(
+    model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True, extract=None
+) -> Dict[str, dict]:
     """{"single_query": {...}, "multi_query": {...}} for re-id, {"test": {...}} for classification.
 
     ``extract``: replaces ``extract_features`` (same signature), e.g. the sharded extractor of
@@ -35,8 +38,15 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
 
     def features(split):
         return extract(
-            model, split.loader, device, flip=eval_cfg.flip, normalize=eval_cfg.normalize, progress=progress,
-            precision=eval_cfg.precision, channels_last=eval_cfg.channels_last, fold_bn=eval_cfg.fold_bn,
+            model,
+            split.loader,
+            device,
+            flip=eval_cfg.flip,
+            normalize=eval_cfg.normalize,
+            progress=progress,
+            precision=eval_cfg.precision,
+            channels_last=eval_cfg.channels_last,
+            fold_bn=eval_cfg.fold_bn,
         )
 
     q, g = features(data.query), features(data.gallery)
@@ -50,13 +60,25 @@ def evaluate_model(model, data, device, eval_cfg, out_dir: str, tag: str, progre
     if eval_cfg.multi_query and data.multi_query is not None:
         mq = MultiQuery(features(data.multi_query), data.multi_query.pids, data.multi_query.camids)
         multi = evaluate_reid(
-            q, g, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap, multi_query=mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize
+            q,
+            g,
+            *ids,
+            max_rank=eval_cfg.max_rank,
+            ap=eval_cfg.ap,
+            multi_query=mq,
+            pool=eval_cfg.pool,
+            normalize=eval_cfg.normalize,
         )
         results["multi_query"], curves[f"multi query ({eval_cfg.pool})"] = multi.to_dict(), multi.cmc
         if eval_cfg.rerank:
-            pooled = pool_multi_query(q, data.query.pids, data.query.camids, mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize)
+            pooled = pool_multi_query(
+                q, data.query.pids, data.query.camids, mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize
+            )
             reranked = _reranked(pooled, g, ids, eval_cfg)
-            results["multi_query_rerank"], curves[f"multi query ({eval_cfg.pool}), re-ranked"] = reranked.to_dict(), reranked.cmc
+            results["multi_query_rerank"], curves[f"multi query ({eval_cfg.pool}), re-ranked"] = (
+                reranked.to_dict(),
+                reranked.cmc,
+            )
     open_set = _open_set(q, g, ids, os.path.join(out_dir, f"open_set_{tag}.png") if eval_cfg.plot else None, tag)
     if open_set is not None:
         results["open_set"] = open_set
@@ -89,8 +111,9 @@ MEAN_TARGET = "mean"  # the protocol prefix of the mean over several evaluation 
 _MEAN_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
 
-def evaluate_targets(model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True,
-                     extract=None) -> Dict[str, dict]:
+def evaluate_targets(
+    model, data, device, eval_cfg, out_dir: str, tag: str, progress: bool = True, extract=None
+) -> Dict[str, dict]:
     """:func:`evaluate_model` on each of ``data.targets`` (cross-domain evaluation).
 
     One target (or a bundle without targets): exactly :func:`evaluate_model`'s results.
@@ -104,8 +127,9 @@ def evaluate_targets(model, data, device, eval_cfg, out_dir: str, tag: str, prog
     per_target: Dict[str, Dict[str, dict]] = {}
     for target in targets:
         view = dataclasses.replace(data, query=target.query, gallery=target.gallery, multi_query=target.multi_query)
-        per_target[target.name] = evaluate_model(model, view, device, eval_cfg, out_dir, f"{tag}_{target.name}",
-                                                 progress=progress, extract=extract)
+        per_target[target.name] = evaluate_model(
+            model, view, device, eval_cfg, out_dir, f"{tag}_{target.name}", progress=progress, extract=extract
+        )
     results = {f"{name}/{protocol}": values for name, res in per_target.items() for protocol, values in res.items()}
     results.update({f"{MEAN_TARGET}/{protocol}": values for protocol, values in mean_over_targets(per_target).items()})
     return results
@@ -142,10 +166,14 @@ def results_table(summary: dict) -> str:
         for protocol, values in protocols.items():
             if not any(k in values for k, _ in columns):
                 continue  # e.g. the open-set thresholds: not a ranking protocol
-            rows.append([model_name, protocol.replace("_", " ")] + [f"{100 * values[k]:.2f}" for k, _ in columns if k in values])
+            rows.append(
+                [model_name, protocol.replace("_", " ")] + [f"{100 * values[k]:.2f}" for k, _ in columns if k in values]
+            )
     header = ["network", "protocol"] + [name for _, name in columns]
     widths = [max(len(str(r[i])) for r in rows + [header]) + 2 for i in range(len(header))]
-    line = lambda cells: "".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "".join(
+        str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
     targets = summary.get("targets") or []
     tested = f" -> {', '.join(targets)}" if targets and list(targets) != summary["data"].split(SOURCE_SEPARATOR) else ""
     title = (
@@ -155,7 +183,9 @@ def results_table(summary: dict) -> str:
     )
     notes = diagnostics_lines(summary.get("diagnostics", {}))
     rule = "-" * max([len(title), sum(widths)] + [len(n) for n in notes])
-    return "\n".join([rule, title, rule, line(header)] + [line(r) for r in rows] + [rule] + notes + ([rule] if notes else []))
+    return "\n".join(
+        [rule, title, rule, line(header)] + [line(r) for r in rows] + [rule] + notes + ([rule] if notes else [])
+    )
 
 
 def diagnostics_lines(diagnostics: dict) -> list:
@@ -168,5 +198,7 @@ def diagnostics_lines(diagnostics: dict) -> list:
         )
     kl = diagnostics.get("stage2_kl") or []
     if kl:
-        lines.append(f"stage-2 KL per epoch: first {kl[0]:.4f}, last {kl[-1]:.4f}, min {min(kl):.4f} ({len(kl)} epochs)")
+        lines.append(
+            f"stage-2 KL per epoch: first {kl[0]:.4f}, last {kl[-1]:.4f}, min {min(kl):.4f} ({len(kl)} epochs)"
+        )
     return lines

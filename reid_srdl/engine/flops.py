@@ -3,6 +3,7 @@
 FlopCounterMode counts 2 FLOPs per multiply-accumulate of convolutions and matrix
 products (the cost that dominates); element-wise work (BN, ReLU, pooling) is not counted.
 """
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

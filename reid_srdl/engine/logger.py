@@ -1,4 +1,5 @@
 """Per-epoch metrics: one JSON line each in metrics.jsonl, TensorBoard scalars, a console line."""
+
 import json
 import os
 from typing import Dict, List, Optional

@@ -7,6 +7,7 @@ every epoch.  Under torchrun the whole method runs inside DistributedDataParalle
 at each stage: SRDL replaces its network at the boundary), so a method's forward is the
 same code in one process and in many.
 """
+
 import logging
 import os
 import time
@@ -95,8 +96,13 @@ class TrainingLoop:
         if hasattr(loader.sampler, "set_epoch"):  # order and augmentation seeds of this epoch
             loader.sampler.set_epoch(epoch)
         total = len(loader) if cfg.train.max_batches <= 0 else min(len(loader), cfg.train.max_batches)
-        bar = tqdm(loader, total=total, desc=f"stage {stage + 1} epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not (cfg.train.progress and run.dist.is_main), leave=False)
+        bar = tqdm(
+            loader,
+            total=total,
+            desc=f"stage {stage + 1} epoch {epoch + 1}/{cfg.train.epochs}",
+            disable=not (cfg.train.progress and run.dist.is_main),
+            leave=False,
+        )
         sums = self._run_batches(bar, total, epoch, stage)
         bar.close()
         if run.dist.enabled:
@@ -144,11 +150,11 @@ class TrainingLoop:
     def _diverged(self, loss: torch.Tensor, epoch: int, batch_idx: int, stage: int) -> str:
         last = os.path.join(self.run.run_dir, ckpt.LAST_FILE)
         kept = (
-            f"keeping the last good checkpoint {last} (after epoch {epoch})" if os.path.isfile(last)
+            f"keeping the last good checkpoint {last} (after epoch {epoch})"
+            if os.path.isfile(last)
             else "no checkpoint exists yet (none is written before the first epoch ends)"
         )
-        return (f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1} (stage {stage + 1}); "
-                f"stopped, {kept}")
+        return f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch_idx + 1} (stage {stage + 1}); stopped, {kept}"
 
     # ------------------------------------------------------------------ all epochs
     def run_epochs(self, logger) -> None:
@@ -162,7 +168,8 @@ class TrainingLoop:
                 self.optimizer = build_optimizer(run.method.trainable, cfg.optim)
             if len(run.state.stage_flops) <= stage:
                 run.state.stage_flops.append(
-                    training_forward_flops(run.method, run.data.train_eval_loader.dataset, run.device))
+                    training_forward_flops(run.method, run.data.train_eval_loader.dataset, run.device)
+                )
             record = self.train_epoch(epoch)
             run.state.history["train_seconds"] += record["seconds"]
             if epoch + 1 == starts[stage + 1]:
@@ -189,5 +196,6 @@ class TrainingLoop:
         """last.pt after ``epochs_done`` epochs (rank 0; atomic)."""
         run = self.run
         if run.dist.is_main:
-            ckpt.atomic_save(training_state_dict(run, epochs_done, self.optimizer),
-                             os.path.join(run.run_dir, ckpt.LAST_FILE))
+            ckpt.atomic_save(
+                training_state_dict(run, epochs_done, self.optimizer), os.path.join(run.run_dir, ckpt.LAST_FILE)
+            )

@@ -7,13 +7,14 @@ unreadable gallery image or a query set without a true match costs seconds, not 
 training run.  (A classification test set is checked by its own loader, which reads the
 whole set into memory when it is built.)
 """
+
 import time
 from typing import Dict, Iterable, Sequence
 
 import numpy as np
 
-from reid_srdl.data.indexed import ImageReadError, check_image_header
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.data.indexed import ImageReadError, check_image_header
 
 JUNK_PID = -1
 
@@ -22,8 +23,9 @@ class PreflightError(ReidSrdlError, ValueError):
     """The evaluation data cannot give a result: found before training."""
 
 
-def count_valid_queries(q_pids: Sequence[int], q_camids: Sequence[int], g_pids: Sequence[int],
-                        g_camids: Sequence[int]) -> int:
+def count_valid_queries(
+    q_pids: Sequence[int], q_camids: Sequence[int], g_pids: Sequence[int], g_camids: Sequence[int]
+) -> int:
     """Queries with a true match under the Market-1501 protocol: a gallery item of the same
     pid (not junk, -1) seen by another camera (same-camera items are not counted)."""
     cameras: Dict[int, set] = {}

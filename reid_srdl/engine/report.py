@@ -1,5 +1,6 @@
 """The end of a training run: the deployed network saved, every network evaluated on every
 target, ``metrics.json`` written, TensorBoard told, the result table logged."""
+
 import dataclasses
 import json
 import logging
@@ -45,8 +46,16 @@ def finish_run(run: Run, logger) -> dict:
     eval_cfg = cfg.eval if main else dataclasses.replace(cfg.eval, plot=False)
     extract = sharded_feature_extractor() if run.dist.enabled else None
     results = {
-        name: evaluate_targets(model, run.data, run.device, eval_cfg, out_dir=run.run_dir, tag=name,
-                               progress=cfg.train.progress and main, extract=extract)
+        name: evaluate_targets(
+            model,
+            run.data,
+            run.device,
+            eval_cfg,
+            out_dir=run.run_dir,
+            tag=name,
+            progress=cfg.train.progress and main,
+            extract=extract,
+        )
         for name, model in models.items()
     }
     if not main:

@@ -3,6 +3,7 @@
 The trainer sets the optimizer's learning rate from this list at the start of every epoch,
 so a resumed run needs no scheduler state: the epoch number is enough.
 """
+
 import math
 from typing import List, Sequence
 
@@ -44,8 +45,14 @@ def warm_up(lrs: Sequence[float], warmup_epochs: int) -> List[float]:
     return [lr * min(1.0, (e + 1) / warmup_epochs) if warmup_epochs else lr for e, lr in enumerate(lrs)]
 
 
-def span_learning_rates(span_epochs: int, base_lr: float, milestones: Sequence[float], gamma: float,
-                        schedule: str = "step", warmup_epochs: int = 0) -> List[float]:
+def span_learning_rates(
+    span_epochs: int,
+    base_lr: float,
+    milestones: Sequence[float],
+    gamma: float,
+    schedule: str = "step",
+    warmup_epochs: int = 0,
+) -> List[float]:
     """One span (a stage, or the whole run): warm-up, then step decay (milestones counted from
     the span's start, as BoT's 40/70 of 120) or cosine decay (over the epochs after the warm-up)."""
     if schedule == "step":

@@ -6,6 +6,7 @@ rank builds the same Trainer: the training step runs in DistributedDataParallel 
 of each global batch, rank 0 alone writes checkpoints, logs and results, and per-sample
 inference (SRDL's logit bank, evaluation features) is sharded across ranks and gathered.
 """
+
 from typing import Dict
 
 from reid_srdl.config import Config
@@ -66,8 +67,11 @@ class Trainer:
 
     def fit(self) -> dict:
         run = self.run
-        logger = (RunLogger(run.run_dir, run.cfg.train.tensorboard, start_epoch=run.state.start_epoch)
-                  if run.dist.is_main else _NoLogger())
+        logger = (
+            RunLogger(run.run_dir, run.cfg.train.tensorboard, start_epoch=run.state.start_epoch)
+            if run.dist.is_main
+            else _NoLogger()
+        )
         try:
             self.loop.run_epochs(logger)
             return finish_run(run, logger)

@@ -13,6 +13,7 @@ classification  top-k accuracy (torch)
 Names are imported lazily so that numpy-only users (tools/eval_reid.py on feature files)
 do not pay for importing torch.
 """
+
 import importlib
 
 _EXPORTS = {

@@ -1,4 +1,5 @@
 """Top-k accuracy of a classifier."""
+
 from typing import Dict, Sequence
 
 import torch

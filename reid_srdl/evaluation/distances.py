@@ -6,6 +6,7 @@ bundled BLAS was 4-8x slower than numpy's OpenBLAS for the dense query x gallery
 the 2-core benchmark machine (docs/evaluation.md).  The GPU variant lives in
 :mod:`reid_srdl.evaluation.exact_index` (faiss), which falls back to this one on CPU.
 """
+
 from typing import Iterator, Optional, Tuple
 
 import numpy as np

@@ -11,6 +11,7 @@ distances and ``(D, I)`` pairs with ``I == -1`` where fewer than ``k`` items wer
 Ties are broken by the smaller gallery index (faiss' heaps compare ids on equal distances).
 The approximate (IVF) indexes are in :mod:`reid_srdl.evaluation.ivf_index`.
 """
+
 from typing import Optional, Tuple
 
 import faiss
@@ -38,9 +39,7 @@ def _gpu_resources():
     return _GPU_RESOURCES
 
 
-def pairwise_squared_l2(
-    xq: np.ndarray, xb: np.ndarray, xb_sqnorms: Optional[np.ndarray] = None
-) -> np.ndarray:
+def pairwise_squared_l2(xq: np.ndarray, xb: np.ndarray, xb_sqnorms: Optional[np.ndarray] = None) -> np.ndarray:
     """Squared L2 distances ``(len(xq), len(xb))`` float32, clamped at 0: faiss' GPU kernels
     when a GPU is visible, else :func:`reid_srdl.evaluation.distances.pairwise_squared_l2`."""
     if not use_gpu():
@@ -88,9 +87,7 @@ class ExactL2Index:
             self._gpu = faiss.index_cpu_to_all_gpus(self._cpu)
         return self._gpu
 
-    def search(
-        self, xq: np.ndarray, k: int, exclude: Optional[np.ndarray] = None
-    ) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, xq: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """``(squared distances, ids)``, each ``(len(xq), k)``; ids -1 pad missing results.
 
         ``exclude``: optional boolean mask over the stored vectors; those are never returned.

@@ -13,6 +13,7 @@ Two paths share one loop:
 Images are decoded where the loader decodes them: give it ``num_workers`` to decode in
 worker processes (see :func:`image_files_loader`).
 """
+
 import contextlib
 import logging
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
@@ -28,7 +29,6 @@ from reid_srdl.core.precision import PRECISIONS, autocast_for, cpu_supports_bf16
 from reid_srdl.evaluation.metrics import EvaluationInputError
 
 log = logging.getLogger(__name__)
-
 
 
 @contextlib.contextmanager
@@ -208,14 +208,23 @@ def image_files_loader(paths: Sequence[str], transform, batch_size: int = 64, wo
     """A loader of ``(images, indices, errors)`` over image files, decoded in ``workers``
     processes."""
     return DataLoader(
-        ImageFiles(paths, transform), batch_size=batch_size, shuffle=False,
-        num_workers=workers, collate_fn=collate_readable,
+        ImageFiles(paths, transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_readable,
     )
 
 
 def embed_image_files(
-    model: nn.Module, paths: Sequence[str], transform, batch_size: int = 64, workers: int = 0,
-    skip_unreadable: bool = False, device="cpu", **options,
+    model: nn.Module,
+    paths: Sequence[str],
+    transform,
+    batch_size: int = 64,
+    workers: int = 0,
+    skip_unreadable: bool = False,
+    device="cpu",
+    **options,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """``(features (N, D), kept)``: the features of the readable files and their indices in
     ``paths``.  An unreadable file is an :class:`UnreadableImageError` naming it, unless

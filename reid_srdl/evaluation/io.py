@@ -8,6 +8,7 @@ and optionally ``paths`` (N strings, the images the features came from).  It is 
 
 Files are written through reid_srdl.core.files (atomic, with the umask's mode).
 """
+
 import os
 import zipfile
 from dataclasses import dataclass

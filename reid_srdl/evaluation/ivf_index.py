@@ -5,6 +5,7 @@ trained on the gallery itself, sharded across all GPUs when present, saved atomi
 :func:`save_index` and memory-mapped by :func:`load_index`, which refuses a file of another
 dimension or metric.  Same conventions as :mod:`reid_srdl.evaluation.exact_index`.
 """
+
 import os
 from typing import Tuple, Union
 
@@ -35,8 +36,16 @@ class IVFIndex:
     Train it on (a sample of) the gallery itself, then ``add`` the gallery.
     """
 
-    def __init__(self, dim: int, kind: str = "ivf_flat", nlist: int = 1024, pq_m: int = 64, nprobe: int = 16,
-                 pq_nbits: int = 8, rescore: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "ivf_flat",
+        nlist: int = 1024,
+        pq_m: int = 64,
+        nprobe: int = 16,
+        pq_nbits: int = 8,
+        rescore: int = 0,
+    ):
         if kind not in IVF_KINDS:
             raise SearchIndexError(f"index kind must be one of {', '.join(IVF_KINDS)}; got {kind!r}")
         if kind == "ivf_pq" and dim % pq_m:
@@ -147,9 +156,8 @@ def load_index(path: str, dim: int, mmap: bool = True) -> AnyIndex:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
         raise SearchIndexError(f"{path} is not a faiss index file ({first})") from None
     if index.metric_type != faiss.METRIC_L2:
-        raise SearchIndexError(
-            f"{path}: index metric is {'inner product' if index.metric_type == faiss.METRIC_INNER_PRODUCT else index.metric_type}, expected L2"
-        )
+        metric = "inner product" if index.metric_type == faiss.METRIC_INNER_PRODUCT else index.metric_type
+        raise SearchIndexError(f"{path}: index metric is {metric}, expected L2")
     if index.d != int(dim):
         raise SearchIndexError(f"{path}: index holds {index.d}-dimensional vectors, expected {dim}")
     if isinstance(index, faiss.IndexFlatL2) or type(index) is faiss.IndexFlat:
@@ -159,5 +167,7 @@ def load_index(path: str, dim: int, mmap: bool = True) -> AnyIndex:
     try:
         faiss.extract_index_ivf(index)
     except RuntimeError:
-        raise SearchIndexError(f"{path}: a {type(index).__name__} index, expected IndexFlatL2, IVF-Flat or IVF-PQ") from None
+        raise SearchIndexError(
+            f"{path}: a {type(index).__name__} index, expected IndexFlatL2, IVF-Flat or IVF-PQ"
+        ) from None
     return IVFIndex._wrap(index)

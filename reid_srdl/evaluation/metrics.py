@@ -15,12 +15,14 @@ query x gallery index matrix is ever built.  A true match's rank is one plus the
 valid items closer to the query, counted among the items no farther than the query's farthest
 true match -- no sort of the whole gallery -- so CMC, mAP and mINP are exact.
 """
+
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from reid_srdl.core.errors import ReidSrdlError
+
 # numpy only (no faiss): the metrics import on a machine without faiss.
 from reid_srdl.evaluation.distances import pairwise_squared_l2, squared_norms
 
@@ -56,9 +58,7 @@ def check_features(x, what: str) -> np.ndarray:
     finite = np.isfinite(arr)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise EvaluationInputError(
-            f"{what}: contains NaN or inf ({int((~finite).sum())} values; first in row {row})"
-        )
+        raise EvaluationInputError(f"{what}: contains NaN or inf ({int((~finite).sum())} values; first in row {row})")
     return arr
 
 
@@ -229,9 +229,7 @@ def positive_ranks(sq_dist_row: np.ndarray, positives: np.ndarray) -> np.ndarray
     pos_dist = sq_dist_row[positives]
     farthest = pos_dist.max()
     if not np.isfinite(farthest):
-        raise EvaluationInputError(
-            "squared distances overflow float32; the features are too large (scale them down)"
-        )
+        raise EvaluationInputError("squared distances overflow float32; the features are too large (scale them down)")
     closer = np.sort(sq_dist_row[sq_dist_row <= farthest])
     ranks = np.searchsorted(closer, pos_dist, side="left") + 1
     # Float32 distances do tie now and then (tens of millions of pairs, 24-bit mantissas).
@@ -362,9 +360,7 @@ def evaluate_reid(
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise EvaluationInputError(f"max_rank must be a positive integer; got {max_rank!r}")
     _check_choice(ap, AP_METHODS, "ap")
-    q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(
-        q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
-    )
+    q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
     if multi_query is not None:
         q = pool_multi_query(q, q_pids, q_camids, multi_query, pool=pool, normalize=normalize)
     elif normalize:
@@ -387,9 +383,7 @@ def evaluate_reid(
     return summarise_ranks(rank_lists(), len(q), max_rank, ap)
 
 
-def ranked_gallery(
-    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, k: int = 10
-) -> Tuple[np.ndarray, np.ndarray]:
+def ranked_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
     """The top-``k`` of each query's protocol ranking (removed items left out).
 
     Returns ``(indices, distances)``, each ``(Nq, k)``: gallery indices ordered by
@@ -398,9 +392,7 @@ def ranked_gallery(
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise EvaluationInputError(f"k must be a positive integer; got {k!r}")
-    q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(
-        q_feats, g_feats, q_pids, g_pids, q_camids, g_camids
-    )
+    q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
     gallery = _GalleryIds(g_pids, g_camids)
     indices = np.full((len(q), k), -1, dtype=np.int64)
     distances = np.full((len(q), k), np.inf, dtype=np.float64)
@@ -430,4 +422,3 @@ def format_results_table(result: ReIDResult, title: str = "") -> str:
     lines.append("".join(f"{100 * values[k]:.2f}".rjust(width) for k in keys))
     lines.append(f"({result.num_valid_queries} of {result.num_queries} queries have a true match in the gallery)")
     return "\n".join(lines)
-

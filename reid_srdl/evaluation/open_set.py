@@ -36,6 +36,7 @@ Ties between a true match and another item at the same distance go to the smalle
 index, as everywhere in reid_srdl (bob.measure counts a tie against the true match).
 Pure numpy; distances are computed in memory-bounded blocks.
 """
+
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -116,8 +117,9 @@ class OpenSetResult:
 
 
 # ------------------------------------------------------------------------- distances
-def open_set_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
-                    chunk_size: Optional[int] = None) -> OpenSetScores:
+def open_set_scores(
+    q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, chunk_size: Optional[int] = None
+) -> OpenSetScores:
     """Genuine, impostor and rank-1 distances of a labelled query/gallery split (see the
     module docstring for which query counts where).  Queries with pid -1 are ignored."""
     q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
@@ -221,14 +223,25 @@ def operating_point(scores: OpenSetScores, far: float) -> OperatingPoint:
     """Threshold at ``far`` and the FAR, TAR and DIR it gives on the same probes."""
     tau = threshold_at_far(scores.impostor, far)
     return OperatingPoint(
-        far=float(far), threshold=tau, achieved_far=false_accept_rate(scores.impostor, tau),
-        tar=true_accept_rate(scores.genuine, tau), dir=detection_identification_rate(scores, tau),
+        far=float(far),
+        threshold=tau,
+        achieved_far=false_accept_rate(scores.impostor, tau),
+        tar=true_accept_rate(scores.genuine, tau),
+        dir=detection_identification_rate(scores, tau),
     )
 
 
-def evaluate_open_set(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids,
-                      fars: Sequence[float] = REPORTED_FARS, chunk_size: Optional[int] = None,
-                      scores: Optional[OpenSetScores] = None) -> OpenSetResult:
+def evaluate_open_set(
+    q_feats,
+    g_feats,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    fars: Sequence[float] = REPORTED_FARS,
+    chunk_size: Optional[int] = None,
+    scores: Optional[OpenSetScores] = None,
+) -> OpenSetResult:
     """Thresholds, TAR and DIR at each FAR in ``fars`` for a labelled query/gallery split.
 
     Raises EvaluationInputError when no query has a true match in another camera or no
@@ -260,8 +273,13 @@ def format_open_set_table(result: OpenSetResult, title: str = "") -> str:
     header = ["FAR", "threshold", "achieved FAR", "TAR", "DIR"]
     lines.append("".join(h.rjust(14) for h in header))
     for p in result.points:
-        cells = [f"{100 * p.far:g}%", f"{p.threshold:.4f}", f"{100 * p.achieved_far:.2f}", f"{100 * p.tar:.2f}",
-                 f"{100 * p.dir:.2f}"]
+        cells = [
+            f"{100 * p.far:g}%",
+            f"{p.threshold:.4f}",
+            f"{100 * p.achieved_far:.2f}",
+            f"{100 * p.tar:.2f}",
+            f"{100 * p.dir:.2f}",
+        ]
         lines.append("".join(c.rjust(14) for c in cells))
     lines.append(
         f"({result.num_known_probes} known-person probes, {result.num_impostor_probes} absent-person probes, "

@@ -5,6 +5,7 @@ All are written atomically (PNG bytes rendered in memory, then one temp-file ren
 curves use matplotlib's Agg canvas directly, so no pyplot state or GUI backend is touched;
 ranked lists are composed with OpenCV.
 """
+
 import io
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
@@ -93,9 +94,7 @@ def render_ranked_list(
     caption is the rank and, when given, the distance.
     """
     if len(gallery_paths) != len(is_match):
-        raise EvaluationInputError(
-            f"ranked list: {len(gallery_paths)} gallery images but {len(is_match)} match flags"
-        )
+        raise EvaluationInputError(f"ranked list: {len(gallery_paths)} gallery images but {len(is_match)} match flags")
     gap = np.full((size[0] + 2 * border + 18, 6, 3), BACKGROUND, dtype=np.uint8)
     tiles = [_tile(_read_image(query_path, size), QUERY_COLOUR, border, "query"), gap, gap]
     for rank, (path, match) in enumerate(zip(gallery_paths, is_match), start=1):
@@ -150,15 +149,32 @@ def plot_open_set(
     ax = fig.add_subplot(1, 1, 1)
     # One set of bins for both, so that the two densities are comparable bar by bar.
     bins = np.histogram_bin_edges(np.concatenate([genuine, impostor]), bins=40)
-    ax.hist(genuine, bins=bins, density=True, alpha=0.55, color="tab:green",
-            label=f"genuine: query to a true match ({genuine.size})")
-    ax.hist(impostor, bins=bins, density=True, alpha=0.55, color="tab:red",
-            label=f"impostor: query to the nearest other identity ({impostor.size})")
+    ax.hist(
+        genuine,
+        bins=bins,
+        density=True,
+        alpha=0.55,
+        color="tab:green",
+        label=f"genuine: query to a true match ({genuine.size})",
+    )
+    ax.hist(
+        impostor,
+        bins=bins,
+        density=True,
+        alpha=0.55,
+        color="tab:red",
+        label=f"impostor: query to the nearest other identity ({impostor.size})",
+    )
     styles = ("--", "-.", ":", (0, (5, 1)))
     for i, (label, tau) in enumerate(thresholds.items()):
         if np.isfinite(tau):
-            ax.axvline(tau, color="black", linestyle=styles[i % len(styles)], linewidth=1.2,
-                       label=f"threshold {label}: {tau:.3f}")
+            ax.axvline(
+                tau,
+                color="black",
+                linestyle=styles[i % len(styles)],
+                linewidth=1.2,
+                label=f"threshold {label}: {tau:.3f}",
+            )
     ax.set_xlabel("L2 distance (accept a match when distance <= threshold)")
     ax.set_ylabel("density")
     ax.set_title(title)

@@ -17,6 +17,7 @@ Distances follow torchreid's convention: the input distance is Euclidean, square
 equals ``torchreid.reid.utils.rerank.re_ranking`` fed with Euclidean distance matrices.
 Memory: O(N k1 + nnz(V)) plus the ``(Nq, Ng)`` result and one block of distance rows.
 """
+
 from typing import Optional
 
 import numpy as np
@@ -84,7 +85,9 @@ def query_expansion(v: sp.csr_matrix, neighbours: np.ndarray, k2: int) -> sp.csr
     if k2 == 1:
         return v
     rows = np.repeat(np.arange(n), k2)
-    avg = sp.csr_matrix((np.full(n * k2, 1.0 / k2, dtype=np.float32), (rows, neighbours[:, :k2].reshape(-1))), shape=(n, n))
+    avg = sp.csr_matrix(
+        (np.full(n * k2, 1.0 / k2, dtype=np.float32), (rows, neighbours[:, :k2].reshape(-1))), shape=(n, n)
+    )
     return (avg @ v).tocsr()
 
 
@@ -109,12 +112,16 @@ def k_reciprocal_distances(
     q = check_features(q_feats, "query features")
     g = check_features(g_feats, "gallery features")
     if q.shape[1] != g.shape[1]:
-        raise EvaluationInputError(f"query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}")
+        raise EvaluationInputError(
+            f"query features have {q.shape[1]} dimensions but gallery features have {g.shape[1]}"
+        )
     x = np.ascontiguousarray(np.concatenate([q, g]))
     n, nq = len(x), len(q)
     k = min(n, max(k1 + 1, k2))
     if k < k1 + 1 or k < k2:
-        raise EvaluationInputError(f"re-ranking needs more than k1={k1} and at least k2={k2} items; query + gallery hold {n}")
+        raise EvaluationInputError(
+            f"re-ranking needs more than k1={k1} and at least k2={k2} items; query + gallery hold {n}"
+        )
     rows = block_rows or max(1, _BLOCK_ELEMENTS // n)
     row_max = _row_max_squared(x, rows)
     index = ExactL2Index(x.shape[1])

@@ -7,6 +7,7 @@
 
 Existing imports (``from reid_srdl.evaluation.search import ExactL2Index``) keep working.
 """
+
 from reid_srdl.evaluation.exact_index import (  # noqa: F401
     ExactL2Index,
     _search_overfetch,

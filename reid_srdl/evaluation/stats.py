@@ -5,6 +5,7 @@ their first network and the data order, so the per-seed differences ``a_s - b_s`
 noise than the two means; their mean gets a two-sided 95% interval from Student's t with
 n - 1 degrees of freedom (the paired t interval).
 """
+
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -23,8 +24,9 @@ class PairedDifference:
     p_value: float  # two-sided paired t-test (nan for n < 2 or identical differences)
 
     def to_dict(self) -> dict:
-        return dict(n=self.n, mean=self.mean, std=self.std, ci_low=self.ci_low, ci_high=self.ci_high,
-                    p_value=self.p_value)
+        return dict(
+            n=self.n, mean=self.mean, std=self.std, ci_low=self.ci_low, ci_high=self.ci_high, p_value=self.p_value
+        )
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> PairedDifference:

@@ -15,20 +15,21 @@ from a full row: CMC, mAP and mINP come out identical to the in-memory path.  Me
 query features, the gallery ids, one shard, and one ``(query block x shard)`` distance block.
 Both passes cut the same blocks, so a distance is computed the same way both times.
 """
+
 from typing import Optional
 
 import numpy as np
 
 from reid_srdl.evaluation.metrics import (
     AP_METHODS,
+    JUNK_PID,
+    EvaluationInputError,
+    ReIDResult,
     _check_choice,
+    _GalleryIds,
     check_features,
     check_ids,
-    EvaluationInputError,
-    _GalleryIds,
-    JUNK_PID,
     positive_ranks,
-    ReIDResult,
     summarise_ranks,
 )
 from reid_srdl.evaluation.search import pairwise_squared_l2, squared_norms
@@ -43,7 +44,9 @@ def _check_max_rank(max_rank) -> None:
 
 
 # --------------------------------------------------------------------------- distances given
-def evaluate_distances(dist, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, ap: str = "torchreid") -> ReIDResult:
+def evaluate_distances(
+    dist, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, ap: str = "torchreid"
+) -> ReIDResult:
     """CMC/mAP/mINP from a ``(Nq, Ng)`` distance matrix (any monotone distance: re-ranked,
     cosine, ...), with the protocol of ``metrics.evaluate_reid`` (same-camera duplicates and
     junk removed, ties broken by the smaller gallery index)."""

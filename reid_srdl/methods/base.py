@@ -19,6 +19,7 @@ A method is an ``nn.Module`` so that ``.to(device)``, ``.train()`` and ``.eval()
 everything it holds (including a frozen teacher).  What is optimised and checkpointed is
 ``method.trainable`` only: a frozen teacher lives beside it, never inside it.
 """
+
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -27,7 +28,6 @@ import torch.nn as nn
 
 from reid_srdl.core.registry import METHODS
 from reid_srdl.methods.recipe import PLAIN, Recipe
-
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -103,8 +103,16 @@ class Method(nn.Module):
         return method
 
     @classmethod
-    def create(cls, model_factory: ModelFactory, total_epochs: int, *, num_classes: int = 0, seed: int = 0,
-               recipe: Recipe = PLAIN, **options) -> "Method":
+    def create(
+        cls,
+        model_factory: ModelFactory,
+        total_epochs: int,
+        *,
+        num_classes: int = 0,
+        seed: int = 0,
+        recipe: Recipe = PLAIN,
+        **options,
+    ) -> "Method":
         """Direct construction (tests, scripts): options by keyword, the rest at their defaults."""
         run = RunInfo(total_epochs, num_classes, seed, recipe)
         return cls.from_config(options_class(cls)(**options), model_factory, run)

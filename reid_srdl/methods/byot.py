@@ -26,6 +26,7 @@ lambda = 0.03, where:
 
 The side exits are dropped at deployment: the deepest exit is the plain Net.
 """
+
 import copy
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -206,7 +207,7 @@ class BYOT(Method):
         ce = self.recipe.id_loss(logits, labels)
         out = {}
         exit_ce, kd, hint = [], [], []
-        for i, (z, f) in enumerate(exits):
+        for i, (z, _features) in enumerate(exits):
             exit_ce.append(self.recipe.id_loss(z, labels))
             kd.append(self.distillation(z, teacher_logits))
             out[f"acc_exit{i + 1}"] = accuracy(z, labels)

@@ -21,6 +21,7 @@ upsampling (top-down) or a 3x3 stride-2 "same" max pooling (bottom-up).  ``bifpn
 is a lighter variant of this project's own (every level ``width`` channels, one separable
 convolution per node, the lateral maps reused bottom-up).
 """
+
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
@@ -152,8 +153,9 @@ def grow_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def pointwise_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """1x1 convolution, BN, ReLU (the official DepthConvBlock with kernel 1)."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)
+    )
 
 
 def separable_block(channels: int, depth: int) -> nn.Sequential:
@@ -239,9 +241,7 @@ def attention_map(feature_map: torch.Tensor) -> torch.Tensor:
 
 def attention_loss(student_maps: List[torch.Tensor], teacher_maps: List[torch.Tensor]) -> torch.Tensor:
     """Sum over stages of the mean squared difference of attention maps (teacher detached)."""
-    return sum(
-        (attention_map(s) - attention_map(t.detach())).pow(2).mean() for s, t in zip(student_maps, teacher_maps)
-    )
+    return sum((attention_map(s) - attention_map(t.detach())).pow(2).mean() for s, t in zip(student_maps, teacher_maps))
 
 
 BIFPNS = ("bifpnc", "uniform")

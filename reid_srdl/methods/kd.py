@@ -7,6 +7,7 @@ The teacher is a submodule of the method (so ``.to()`` reaches it) but not of
 require gradients, it runs under ``no_grad`` and it stays in eval mode whatever mode the
 trainer sets, so its BatchNorm statistics never move.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +27,7 @@ def load_teacher(path: str, num_classes: int, expected_arch: str = "") -> nn.Mod
     teacher, meta = load_model_file(path)
     arch = meta["spec"].get("name")
     if expected_arch and arch != expected_arch:
-        raise CheckpointError(
-            f"teacher {path} is a '{arch}' network but method.kd.teacher_model is '{expected_arch}'"
-        )
+        raise CheckpointError(f"teacher {path} is a '{arch}' network but method.kd.teacher_model is '{expected_arch}'")
     teacher_classes = meta["spec"].get("num_classes")
     if teacher_classes != num_classes:
         raise CheckpointError(

@@ -1,4 +1,5 @@
 """Pure loss functions shared by the methods and the strong-baseline recipe."""
+
 from typing import Optional
 
 import torch

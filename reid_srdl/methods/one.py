@@ -14,6 +14,7 @@ Branch 1 together with the shared layers is an ordinary :class:`Net` (the first 
 factory built), so deploying costs nothing: it is that net, with the plain net's shape,
 parameter count and ``spec``.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -70,7 +71,9 @@ class ONENetwork(nn.Module):
         super().__init__()
         first = nets[0]
         if len(first.stages) < 2:
-            raise ConfigError(f"ONE needs a net with at least 2 stages to share the low ones; {first.arch} has {len(first.stages)}")
+            raise ConfigError(
+                f"ONE needs a net with at least 2 stages to share the low ones; {first.arch} has {len(first.stages)}"
+            )
         self.net = first
         # The other branches take the last stage and head of independently built nets: each
         # branch starts from its own initialisation (identical copies would learn alike),

@@ -14,6 +14,7 @@ The default recipe is plain cross-entropy and no metric term: a method computes 
 it did before the recipe existed.  BoT (Luo et al., CVPR-W 2019) is ``label_smoothing=0.1,
 triplet_weight=1, triplet_margin=0.3`` with identity-balanced batches (data.sampler=identity).
 """
+
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Union
 

@@ -20,6 +20,7 @@ Diagnostics (metrics.json, the result table): the stage-1 bank's accuracy on the
 set, the mean entropy of its softened distribution softmax(z1/T), and the stage-2 KL of
 every epoch.
 """
+
 import copy
 import math
 import os
@@ -32,12 +33,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid_srdl.config import ConfigError, check_choice, check_range
-from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.core.checkpoint import CheckpointError, atomic_save, load_plain_file, save_model_file
-from reid_srdl.models.model_file import load_model_file
 from reid_srdl.core.distributed import is_main_process, sharded_map
+from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
 from reid_srdl.methods.losses import accuracy, soft_kl
+from reid_srdl.models.model_file import load_model_file
 
 STAGE1_MODEL = "stage1.pt"
 STAGE1_LOGITS = "stage1_logits.pt"
@@ -45,8 +46,16 @@ TEACHER_VIEWS = ("clean", "augmented")
 
 
 @torch.inference_mode()
-def extract_logits(model: nn.Module, loader, num_samples: int, device, progress: bool = True, channels_last: bool = False,
-                   sample_ids: Optional[List[int]] = None, with_labels: bool = False):
+def extract_logits(
+    model: nn.Module,
+    loader,
+    num_samples: int,
+    device,
+    progress: bool = True,
+    channels_last: bool = False,
+    sample_ids: Optional[List[int]] = None,
+    with_labels: bool = False,
+):
     """Per-sample logits of `model` in eval mode, as a [num_samples, C] tensor by dataset index
     (and, with ``with_labels``, the [num_samples] labels the loader gave, in the same order).
 
@@ -89,8 +98,16 @@ def sharded_logits(model: nn.Module, loader, device, progress: bool = True, chan
 
     def run(part):
         shard_ids = getattr(part.dataset, "indices", None) if part is not loader else None
-        bank, labels = extract_logits(model, part, len(part.dataset), device, progress and is_main_process(),
-                                      channels_last, sample_ids=shard_ids, with_labels=True)
+        bank, labels = extract_logits(
+            model,
+            part,
+            len(part.dataset),
+            device,
+            progress and is_main_process(),
+            channels_last,
+            sample_ids=shard_ids,
+            with_labels=True,
+        )
         # One tensor per row for the ordered gather: labels ride along as an exact float32
         # column (class indices are far below 2^24).
         return torch.cat([bank, labels[:, None].float()], dim=1)
@@ -213,7 +230,9 @@ class SRDL(Method):
         if stage != 0:
             return
         data = ctx.data
-        bank, labels = sharded_logits(self.trainable, data.train_eval_loader, ctx.device, ctx.progress, ctx.channels_last)
+        bank, labels = sharded_logits(
+            self.trainable, data.train_eval_loader, ctx.device, ctx.progress, ctx.channels_last
+        )
         self.bank_stats = bank_statistics(bank, labels, self.temperature)
         if is_main_process():  # under torchrun every rank holds the gathered bank; one writes it
             atomic_save({"logits": bank, "temperature": self.temperature}, os.path.join(ctx.run_dir, STAGE1_LOGITS))

@@ -1,4 +1,5 @@
 """Plain cross-entropy training: the baseline every method is compared with."""
+
 from reid_srdl.methods.base import METHODS, Method
 from reid_srdl.methods.losses import accuracy
 

@@ -103,14 +103,9 @@ class Net(nn.Module):
     ):
         super().__init__()
         if len(stages) != len(stage_channels):
-            raise ValueError(
-                f"{arch}: {len(stages)} stages but {len(stage_channels)} stage_channels"
-            )
+            raise ValueError(f"{arch}: {len(stages)} stages but {len(stage_channels)} stage_channels")
         if head.in_channels != stage_channels[-1]:
-            raise ValueError(
-                f"{arch}: head expects {head.in_channels} channels, "
-                f"last stage gives {stage_channels[-1]}"
-            )
+            raise ValueError(f"{arch}: head expects {head.in_channels} channels, last stage gives {stage_channels[-1]}")
         self.arch = arch
         # Image channels the stem takes; checked on entry so that a grey batch fed to an RGB
         # net fails here, naming the model, not deep inside the first convolution.
@@ -126,8 +121,9 @@ class Net(nn.Module):
     def set_head(self, head: EmbeddingHead) -> None:
         """Replace the head (same input width), e.g. by a BNNeck head."""
         if head.in_channels != self.stage_channels[-1]:
-            raise ValueError(f"{self.arch}: head expects {head.in_channels} channels, last stage gives "
-                             f"{self.stage_channels[-1]}")
+            raise ValueError(
+                f"{self.arch}: head expects {head.in_channels} channels, last stage gives {self.stage_channels[-1]}"
+            )
         self.head = head
         self.num_classes = head.classifier.out_features
         self.feature_dim = head.out_dim

@@ -1,4 +1,5 @@
 """``build_model``: a registered architecture, initialised, optionally with ImageNet weights."""
+
 import inspect
 from typing import List, Optional
 
@@ -21,7 +22,7 @@ def _builder(name: str):
     if name not in MODELS:
         for prefix, family in MODEL_FAMILIES.items():
             if name.startswith(prefix):
-                return family(name[len(prefix):])
+                return family(name[len(prefix) :])
     return MODELS.get(name)  # an unknown name: the registry's error lists the valid ones
 
 
@@ -59,8 +60,7 @@ def build_model(
     unknown = sorted(set(options) - set(valid_options))
     if unknown:
         raise ValueError(
-            f"model '{name}' has no option(s) {', '.join(unknown)}; "
-            f"its options: {', '.join(valid_options) or 'none'}"
+            f"model '{name}' has no option(s) {', '.join(unknown)}; its options: {', '.join(valid_options) or 'none'}"
         )
     loads_weights = "weights" in signature.parameters
     common = dict(num_classes=num_classes, feature_dim=feature_dim, in_channels=in_channels)

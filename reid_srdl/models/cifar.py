@@ -27,9 +27,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(
-                f"ZeroPadShortcut cannot shrink {in_channels} to {out_channels} channels"
-            )
+            raise ValueError(f"ZeroPadShortcut cannot shrink {in_channels} to {out_channels} channels")
         self.extra = out_channels - in_channels
         self.stride = stride
 
@@ -57,15 +55,11 @@ def _cifar_resnet(arch: str, depth: int, num_classes: int, in_channels: int) -> 
         blocks = []
         for j in range(n):
             stride = 2 if (i > 0 and j == 0) else 1
-            shortcut = (
-                ZeroPadShortcut(prev, width, stride) if (stride != 1 or prev != width) else None
-            )
+            shortcut = ZeroPadShortcut(prev, width, stride) if (stride != 1 or prev != width) else None
             blocks.append(BasicBlock(prev, width, stride=stride, downsample=shortcut))
             prev = width
         stages.append(nn.Sequential(*blocks))
-    return Net(
-        arch, stem, stages, widths, EmbeddingHead(widths[-1], num_classes, None), in_channels
-    )
+    return Net(arch, stem, stages, widths, EmbeddingHead(widths[-1], num_classes, None), in_channels)
 
 
 def _register_resnet(depth: int) -> None:
@@ -75,9 +69,7 @@ def _register_resnet(depth: int) -> None:
         return _cifar_resnet(arch, depth, num_classes, in_channels)
 
     build.__name__ = arch
-    build.__doc__ = (
-        f"CIFAR ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage, option-A shortcuts)."
-    )
+    build.__doc__ = f"CIFAR ResNet-{depth} ({(depth - 2) // 6} BasicBlocks per stage, option-A shortcuts)."
     MODELS.register(arch)(build)
 
 
@@ -115,9 +107,7 @@ class PreActBlock(nn.Module):
         return self.conv2(out) + identity
 
 
-def _wide_resnet(
-    arch: str, depth: int, widen: int, num_classes: int, in_channels: int, dropout: float
-) -> Net:
+def _wide_resnet(arch: str, depth: int, widen: int, num_classes: int, in_channels: int, dropout: float) -> Net:
     if (depth - 4) % 6:
         raise ValueError(f"{arch}: Wide ResNet depth must be 6n+4, got {depth}")
     if not 0.0 <= dropout < 1.0:
@@ -136,9 +126,7 @@ def _wide_resnet(
     # that its map (what the head, BYOT and FRSKD see) is activated like the others.
     stages[-1].append(nn.BatchNorm2d(widths[-1]))
     stages[-1].append(nn.ReLU(inplace=True))
-    return Net(
-        arch, stem, stages, widths, EmbeddingHead(widths[-1], num_classes, None), in_channels
-    )
+    return Net(arch, stem, stages, widths, EmbeddingHead(widths[-1], num_classes, None), in_channels)
 
 
 @MODELS.register("wrn28_10")
@@ -157,16 +145,12 @@ def densenet_bc_190_40(num_classes: int, feature_dim, in_channels: int) -> Net:
     with a single 3x3 convolution to 2k channels, no pooling.
     """
     growth, layers = 40, (190 - 4) // 6
-    f = DenseNet(
-        growth_rate=growth, block_config=(layers,) * 3, num_init_features=2 * growth, bn_size=4
-    ).features
+    f = DenseNet(growth_rate=growth, block_config=(layers,) * 3, num_init_features=2 * growth, bn_size=4).features
     stem = nn.Conv2d(in_channels, 2 * growth, 3, padding=1, bias=False)
     stages = [
         nn.Sequential(OrderedDict(denseblock1=f.denseblock1, transition1=f.transition1)),
         nn.Sequential(OrderedDict(denseblock2=f.denseblock2, transition2=f.transition2)),
-        nn.Sequential(
-            OrderedDict(denseblock3=f.denseblock3, norm5=f.norm5, relu5=nn.ReLU(inplace=True))
-        ),
+        nn.Sequential(OrderedDict(denseblock3=f.denseblock3, norm5=f.norm5, relu5=nn.ReLU(inplace=True))),
     ]
     c1 = (2 * growth + layers * growth) // 2
     c2 = (c1 + layers * growth) // 2

@@ -9,6 +9,7 @@ folds a BN whose input is a conv/linear output used nowhere else, so the result 
 to float rounding.  A module that fx cannot trace as a whole (e.g. :class:`Net`, whose
 forward checks the input shape) is folded child by child.
 """
+
 import copy
 
 from torch import nn

@@ -1,5 +1,6 @@
 """A deployable network from its model file: the spec rebuilds the architecture, the state
 dict fills it.  The file itself (format, safe loading, atomic saving) is reid_srdl.core.checkpoint's."""
+
 from typing import Any, Dict, Tuple
 
 import torch.nn as nn

@@ -38,9 +38,7 @@ RESNET50_IMAGENET = ImageNetLayout(
 
 
 @MODELS.register("resnet50", imagenet=RESNET50_IMAGENET)
-def resnet50(
-    num_classes: int, feature_dim: Optional[int], in_channels: int, last_stride: int = 1
-) -> Net:
+def resnet50(num_classes: int, feature_dim: Optional[int], in_channels: int, last_stride: int = 1) -> Net:
     """ResNet-50 (torchvision) with a re-id head.
 
     ``last_stride=1`` removes the downsampling of layer4, the standard re-id choice: the last
@@ -55,9 +53,7 @@ def resnet50(
         block.conv2.stride = (1, 1)
         block.downsample[0].stride = (1, 1)
     stem = nn.Sequential(
-        OrderedDict(
-            conv1=_first_conv(tv.conv1, in_channels), bn1=tv.bn1, relu=tv.relu, maxpool=tv.maxpool
-        )
+        OrderedDict(conv1=_first_conv(tv.conv1, in_channels), bn1=tv.bn1, relu=tv.relu, maxpool=tv.maxpool)
     )
     stages = [tv.layer1, tv.layer2, tv.layer3, tv.layer4]
     channels = [256, 512, 1024, 2048]
@@ -77,12 +73,8 @@ DENSENET121_IMAGENET = ImageNetLayout(
         ("features.conv0.", "stem.conv0."),
         ("features.norm0.", "stem.norm0."),
     )
-    + tuple(
-        (f"features.denseblock{i + 1}.", f"stages.{i}.denseblock{i + 1}.") for i in range(4)
-    )
-    + tuple(
-        (f"features.transition{i + 1}.", f"stages.{i}.transition{i + 1}.") for i in range(3)
-    )
+    + tuple((f"features.denseblock{i + 1}.", f"stages.{i}.denseblock{i + 1}.") for i in range(4))
+    + tuple((f"features.transition{i + 1}.", f"stages.{i}.transition{i + 1}.") for i in range(3))
     + (("features.norm5.", "stages.3.norm5."),),
     skipped=("classifier.",),
 )
@@ -97,9 +89,7 @@ def densenet121(num_classes: int, feature_dim: Optional[int], in_channels: int) 
     """
     f = tvm.densenet121(weights=None).features
     stem = nn.Sequential(
-        OrderedDict(
-            conv0=_first_conv(f.conv0, in_channels), norm0=f.norm0, relu0=f.relu0, pool0=f.pool0
-        )
+        OrderedDict(conv0=_first_conv(f.conv0, in_channels), norm0=f.norm0, relu0=f.relu0, pool0=f.pool0)
     )
     stages = [
         nn.Sequential(
@@ -112,11 +102,7 @@ def densenet121(num_classes: int, feature_dim: Optional[int], in_channels: int) 
         )
         for i in (1, 2, 3)
     ]
-    stages.append(
-        nn.Sequential(
-            OrderedDict(denseblock4=f.denseblock4, norm5=f.norm5, relu5=nn.ReLU(inplace=True))
-        )
-    )
+    stages.append(nn.Sequential(OrderedDict(denseblock4=f.denseblock4, norm5=f.norm5, relu5=nn.ReLU(inplace=True))))
     channels = [128, 256, 512, 1024]
     return Net(
         "densenet121",
@@ -152,9 +138,7 @@ def small_reid(num_classes: int, feature_dim: Optional[int], in_channels: int) -
         downsample = None
         if stride != 1 or prev != width:
             # Projection shortcut (option B): a 1x1 conv + BN where the shape changes.
-            downsample = nn.Sequential(
-                nn.Conv2d(prev, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width)
-            )
+            downsample = nn.Sequential(nn.Conv2d(prev, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
         stages.append(BasicBlock(prev, width, stride=stride, downsample=downsample))
         prev = width
     return Net(

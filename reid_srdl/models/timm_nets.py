@@ -14,6 +14,7 @@ that ``features_only`` ends at the last feature level (e.g. without a classifica
 EfficientNets, ...) is one body that returns timm's pooled pre-logits features as a 1x1 map:
 plain and distillation-from-logits methods train it, ONE / BYOT / FRSKD stop with an error.
 """
+
 import copy
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
@@ -22,9 +23,9 @@ import torch
 from torch import nn
 
 from reid_srdl.config import ConfigError
+from reid_srdl.core.registry import UnknownNameError
 from reid_srdl.models.base import MODEL_FAMILIES, EmbeddingHead, Net
 from reid_srdl.models.weights import WeightsMismatchError, _describe, read_weights_file
-from reid_srdl.core.registry import UnknownNameError
 
 PREFIX = "timm/"
 
@@ -68,10 +69,10 @@ def _split(features: nn.Module) -> Tuple[nn.Module, List[nn.Module], List[int]]:
     modules = list(features.items())
     ends = [next(i for i, (name, _m) in enumerate(modules) if closing.get(name) == level) for level in levels]
     # The stem: everything before the module that closes the first stage level.
-    stem = nn.Sequential(OrderedDict(modules[:ends[0]]))
+    stem = nn.Sequential(OrderedDict(modules[: ends[0]]))
     stages, start = [], ends[0]
     for end in ends:
-        stages.append(nn.Sequential(OrderedDict(modules[start:end + 1])))
+        stages.append(nn.Sequential(OrderedDict(modules[start : end + 1])))
         start = end + 1
     channels = [int(info.channels()[level]) for level in levels]
     return stem, stages, channels

@@ -13,6 +13,7 @@ conv5 changes no resolution, so it closes the last stage), the ResNets layer1-4.
 embedding mixes the pooled last map with the factor selections of every block, so it has no
 well-defined last stage: it is one stage (ONE, BYOT and FRSKD stop with an error).
 """
+
 import copy
 from collections import OrderedDict
 from dataclasses import dataclass

@@ -19,6 +19,7 @@ from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.torch_files import UnreadableFileError, load_torch_file
 from reid_srdl.models.base import MODELS, Net
 
+
 @dataclass(frozen=True)
 class ImageNetLayout:
     """Where a torchvision ImageNet checkpoint's tensors go in our re-organised net."""
@@ -49,9 +50,7 @@ def _read_state_dict(path: str) -> Dict[str, Tensor]:
     # Training scripts often save {'state_dict': ..., 'epoch': ...}.
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
+    if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         raise WeightsMismatchError(
             f"{path} does not hold a state dict (a mapping of parameter names to tensors, "
             f"possibly under 'state_dict'); got {type(obj).__name__}"
@@ -124,17 +123,11 @@ def load_imagenet_weights(model: Net, path: str) -> None:
     if missing or unexpected or wrong_shape:
         problems = []
         if missing:
-            problems.append(
-                f"{len(missing)} backbone tensors missing from the file: {_describe(missing)}"
-            )
+            problems.append(f"{len(missing)} backbone tensors missing from the file: {_describe(missing)}")
         if unexpected:
-            problems.append(
-                f"{len(unexpected)} keys of the file fit no backbone tensor: {_describe(unexpected)}"
-            )
+            problems.append(f"{len(unexpected)} keys of the file fit no backbone tensor: {_describe(unexpected)}")
         if wrong_shape:
-            problems.append(
-                f"{len(wrong_shape)} shape mismatches (file vs model): {_describe(wrong_shape)}"
-            )
+            problems.append(f"{len(wrong_shape)} shape mismatches (file vs model): {_describe(wrong_shape)}")
         raise WeightsMismatchError(
             f"{path} does not hold torchvision ImageNet weights for {model.arch} "
             f"(in_channels={model.in_channels}): " + "; ".join(problems)
@@ -169,8 +162,9 @@ def read_weights_file(path: str, arch: str, how_to_get: str) -> Dict[str, Tensor
     return {_canonical_key(k): v for k, v in state.items()}
 
 
-def load_backbone_state(module: torch.nn.Module, state: Mapping[str, Tensor], path: str, arch: str,
-                        skipped: Tuple[str, ...] = ()) -> None:
+def load_backbone_state(
+    module: torch.nn.Module, state: Mapping[str, Tensor], path: str, arch: str, skipped: Tuple[str, ...] = ()
+) -> None:
     """Copy ``state`` into ``module`` by its own key names, all or nothing.
 
     Keys starting with one of ``skipped`` (the library's classifier / projection layers, which
@@ -182,7 +176,8 @@ def load_backbone_state(module: torch.nn.Module, state: Mapping[str, Tensor], pa
     missing = [k for k in target if k not in given and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in given if k not in target]
     wrong_shape = [
-        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in given.items()
+        f"{k} {tuple(v.shape)} vs {tuple(target[k].shape)}"
+        for k, v in given.items()
         if k in target and v.shape != target[k].shape
     ]
     if missing or unexpected or wrong_shape:

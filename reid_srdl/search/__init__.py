@@ -8,6 +8,7 @@ searcher     ReIDSearcher: the two together, with decisions
 
 Names are imported lazily (torch and faiss load only when needed).
 """
+
 import importlib
 
 _EXPORTS = {

@@ -10,6 +10,7 @@ The impostor distance of a probe is its distance to the nearest gallery item of 
 identity, so it shrinks as the gallery grows: calibrate on a gallery of the size and kind
 you will search (the gallery itself when it is labelled).
 """
+
 import datetime
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
@@ -17,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from reid_srdl.evaluation.metrics import EvaluationInputError
-from reid_srdl.evaluation.open_set import REFERENCE, operating_point, open_set_scores, threshold_at_far
+from reid_srdl.evaluation.open_set import REFERENCE, open_set_scores, operating_point, threshold_at_far
 
 DEFAULT_FAR = 0.01
 
@@ -43,32 +44,59 @@ class Calibration:
         return threshold_at_far(self.impostor, far)
 
     def describe(self) -> str:
-        return (f"FAR {100 * self.far:g}% on {self.num_impostor_probes} absent-person probes "
-                f"(TAR {100 * self.tar:.1f}%, DIR {100 * self.dir:.1f}%): {self.source}")
+        return (
+            f"FAR {100 * self.far:g}% on {self.num_impostor_probes} absent-person probes "
+            f"(TAR {100 * self.tar:.1f}%, DIR {100 * self.dir:.1f}%): {self.source}"
+        )
 
     def to_meta(self) -> Dict[str, Any]:
         """JSON-ready fields (the impostor distances are stored as an array beside them)."""
-        return {"far": self.far, "threshold": self.threshold, "achieved_far": self.achieved_far, "tar": self.tar,
-                "dir": self.dir, "num_known_probes": self.num_known_probes,
-                "num_impostor_probes": self.num_impostor_probes, "source": self.source, "created": self.created,
-                "reference": REFERENCE, "model": self.model, "rule": "match when distance <= threshold"}
+        return {
+            "far": self.far,
+            "threshold": self.threshold,
+            "achieved_far": self.achieved_far,
+            "tar": self.tar,
+            "dir": self.dir,
+            "num_known_probes": self.num_known_probes,
+            "num_impostor_probes": self.num_impostor_probes,
+            "source": self.source,
+            "created": self.created,
+            "reference": REFERENCE,
+            "model": self.model,
+            "rule": "match when distance <= threshold",
+        }
 
     @classmethod
     def from_meta(cls, meta: Dict[str, Any], impostor: Optional[np.ndarray], where: str) -> "Calibration":
         try:
             return cls(
-                far=float(meta["far"]), threshold=float(meta["threshold"]), achieved_far=float(meta["achieved_far"]),
-                tar=float(meta["tar"]), dir=float(meta["dir"]), num_known_probes=int(meta["num_known_probes"]),
-                num_impostor_probes=int(meta["num_impostor_probes"]), source=str(meta["source"]),
-                created=str(meta["created"]), model=meta.get("model"),
+                far=float(meta["far"]),
+                threshold=float(meta["threshold"]),
+                achieved_far=float(meta["achieved_far"]),
+                tar=float(meta["tar"]),
+                dir=float(meta["dir"]),
+                num_known_probes=int(meta["num_known_probes"]),
+                num_impostor_probes=int(meta["num_impostor_probes"]),
+                source=str(meta["source"]),
+                created=str(meta["created"]),
+                model=meta.get("model"),
                 impostor=np.sort(np.asarray(impostor if impostor is not None else [], dtype=np.float64)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise EvaluationInputError(f"{where}: the stored calibration is incomplete ({e})") from None
 
 
-def calibrate(q_feats, q_pids, q_camids, g_feats, g_pids, g_camids, far: float = DEFAULT_FAR, source: str = "",
-              model: Optional[Dict[str, Any]] = None) -> Calibration:
+def calibrate(
+    q_feats,
+    q_pids,
+    q_camids,
+    g_feats,
+    g_pids,
+    g_camids,
+    far: float = DEFAULT_FAR,
+    source: str = "",
+    model: Optional[Dict[str, Any]] = None,
+) -> Calibration:
     """The open-set threshold at ``far`` for a labelled query/gallery split.
 
     ``source`` says where the split came from (kept with the threshold); ``model`` is the
@@ -86,15 +114,23 @@ def calibrate(q_feats, q_pids, q_camids, g_feats, g_pids, g_camids, far: float =
     when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     where = source or "a labelled query/gallery split"
     return Calibration(
-        far=point.far, threshold=point.threshold, achieved_far=point.achieved_far, tar=point.tar, dir=point.dir,
-        num_known_probes=scores.num_known, num_impostor_probes=len(scores.impostor),
+        far=point.far,
+        threshold=point.threshold,
+        achieved_far=point.achieved_far,
+        tar=point.tar,
+        dir=point.dir,
+        num_known_probes=scores.num_known,
+        num_impostor_probes=len(scores.impostor),
         source=f"{where}; {scores.num_known} known-person probes, {len(np.asarray(g_feats))} gallery items",
-        created=when, impostor=np.sort(scores.impostor), model=model,
+        created=when,
+        impostor=np.sort(scores.impostor),
+        model=model,
     )
 
 
-def resolve_threshold(calibration: Optional[Calibration], threshold=None,
-                      far: Optional[float] = None) -> Tuple[Optional[float], Optional[str]]:
+def resolve_threshold(
+    calibration: Optional[Calibration], threshold=None, far: Optional[float] = None
+) -> Tuple[Optional[float], Optional[str]]:
     """``(threshold, where it came from)``: ``threshold="calibrated"`` (the calibration's own),
     ``far=f`` (read off the calibration's impostor distances), a distance, or neither
     (``(None, None)``: no decision)."""

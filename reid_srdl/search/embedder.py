@@ -10,6 +10,7 @@ Settings that change the features, recorded in a gallery and compared on load:
 that only change speed (``batch_size``, ``workers``, ``device``, ``fast``'s BN folding and
 channels-last layout, ``progress``) are not compared.
 """
+
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -20,8 +21,19 @@ from reid_srdl.evaluation.metrics import EvaluationInputError
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 256, 128
 DEFAULT_TRANSFORM = "reid_test_transform"
 FEATURE_SETTINGS = ("normalize", "flip", "precision", "height", "width", "transform")
-OPTIONS = ("transform", "batch_size", "device", "height", "width", "flip", "normalize", "workers", "progress",
-           "fast", "precision")
+OPTIONS = (
+    "transform",
+    "batch_size",
+    "device",
+    "height",
+    "width",
+    "flip",
+    "normalize",
+    "workers",
+    "progress",
+    "fast",
+    "precision",
+)
 
 
 def check_option_names(options: Dict[str, Any]) -> None:
@@ -36,8 +48,8 @@ def resolve_model(model) -> Tuple[Any, Dict[str, Any]]:
     (.onnx / TorchScript from tools/export.py).  ``meta`` may hold the trained image size."""
     if not isinstance(model, (str, os.PathLike)):
         return model, {}
-    from reid_srdl.models.model_file import load_model_file
     from reid_srdl.export import exported_format, load_exported
+    from reid_srdl.models.model_file import load_model_file
 
     if exported_format(model) is not None:
         net = load_exported(model)
@@ -61,10 +73,21 @@ class Embedder:
     ``fast`` and ``precision`` are those of :func:`reid_srdl.evaluation.features.extract_features`.
     """
 
-    def __init__(self, model, transform: Optional[Callable] = None, batch_size: int = 64, device="cpu",
-                 height: Optional[int] = None, width: Optional[int] = None, flip: bool = False,
-                 normalize: bool = False, workers: int = 0, progress: bool = False, fast: bool = False,
-                 precision: Optional[str] = None):
+    def __init__(
+        self,
+        model,
+        transform: Optional[Callable] = None,
+        batch_size: int = 64,
+        device="cpu",
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        flip: bool = False,
+        normalize: bool = False,
+        workers: int = 0,
+        progress: bool = False,
+        fast: bool = False,
+        precision: Optional[str] = None,
+    ):
         from reid_srdl.evaluation.features import resolve_precision
         from reid_srdl.search.fingerprint import model_fingerprint
 
@@ -78,9 +101,17 @@ class Embedder:
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
             raise EvaluationInputError(f"workers must be an integer >= 0; got {workers!r}")
         self.options: Dict[str, Any] = dict(
-            transform=transform, batch_size=int(batch_size), device=device, height=int(height), width=int(width),
-            flip=bool(flip), normalize=bool(normalize), workers=int(workers), progress=bool(progress),
-            fast=bool(fast), precision=precision,
+            transform=transform,
+            batch_size=int(batch_size),
+            device=device,
+            height=int(height),
+            width=int(width),
+            flip=bool(flip),
+            normalize=bool(normalize),
+            workers=int(workers),
+            progress=bool(progress),
+            fast=bool(fast),
+            precision=precision,
         )
         # Resolved once: "auto" picks per machine, and the gallery must record what was used.
         self.precision = resolve_precision(precision or ("auto" if fast else "fp32"), device)
@@ -95,13 +126,25 @@ class Embedder:
     def settings(self) -> Dict[str, Any]:
         """The options that change the features (what a gallery records and compares)."""
         o = self.options
-        return {"normalize": o["normalize"], "flip": o["flip"], "precision": self.precision,
-                "height": o["height"], "width": o["width"], "transform": transform_kind(o["transform"])}
+        return {
+            "normalize": o["normalize"],
+            "flip": o["flip"],
+            "precision": self.precision,
+            "height": o["height"],
+            "width": o["width"],
+            "transform": transform_kind(o["transform"]),
+        }
 
     def _extract_options(self) -> Dict[str, Any]:
         o = self.options
-        return dict(device=o["device"], flip=o["flip"], normalize=o["normalize"], progress=o["progress"],
-                    fast=o["fast"], precision=self.precision)
+        return dict(
+            device=o["device"],
+            flip=o["flip"],
+            normalize=o["normalize"],
+            progress=o["progress"],
+            fast=o["fast"],
+            precision=self.precision,
+        )
 
     def embed_files(self, paths: Sequence[str], skip_unreadable: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """``(features (N, D), kept)``: features of the readable files and their positions in
@@ -110,8 +153,15 @@ class Embedder:
         from reid_srdl.evaluation.features import embed_image_files
 
         o = self.options
-        return embed_image_files(self.model, [os.fspath(p) for p in paths], self.transform, batch_size=o["batch_size"],
-                                 workers=o["workers"], skip_unreadable=skip_unreadable, **self._extract_options())
+        return embed_image_files(
+            self.model,
+            [os.fspath(p) for p in paths],
+            self.transform,
+            batch_size=o["batch_size"],
+            workers=o["workers"],
+            skip_unreadable=skip_unreadable,
+            **self._extract_options(),
+        )
 
     def embed_pil(self, images: List) -> np.ndarray:
         """Features ``(N, D)`` of decoded RGB PIL images (e.g. uploads), in one batch per
@@ -123,6 +173,7 @@ class Embedder:
         if not images:
             raise EvaluationInputError("no image given")
         size = self.options["batch_size"]
-        batches = [(torch.stack([self.transform(im) for im in images[i : i + size]]),)
-                   for i in range(0, len(images), size)]
+        batches = [
+            (torch.stack([self.transform(im) for im in images[i : i + size]]),) for i in range(0, len(images), size)
+        ]
         return extract_features(self.model, batches, **{**self._extract_options(), "progress": False})

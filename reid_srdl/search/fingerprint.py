@@ -11,6 +11,7 @@ ranking.
   stored in it, and the sha256 of the file (the weights are frozen inside);
 * any other ``nn.Module``: its class and the sha256 of its ``state_dict``.
 """
+
 import hashlib
 import json
 from typing import Any, Dict, Optional
@@ -53,20 +54,33 @@ def _fingerprint(model: nn.Module) -> Dict[str, Any]:
 
     if isinstance(model, ExportedEmbedding):
         spec = model.meta.get("spec")
-        return {"kind": model.kind, "architecture": spec if spec is not None else model.kind,
-                "weights_sha256": file_sha256(model.path)}
+        return {
+            "kind": model.kind,
+            "architecture": spec if spec is not None else model.kind,
+            "weights_sha256": file_sha256(model.path),
+        }
     spec = getattr(model, "spec", None)
     if spec:
-        return {"kind": "reid_srdl", "architecture": dict(spec),
-                "weights_sha256": state_dict_sha256(model.state_dict())}
+        return {
+            "kind": "reid_srdl",
+            "architecture": dict(spec),
+            "weights_sha256": state_dict_sha256(model.state_dict()),
+        }
     cls = type(model)
-    return {"kind": "module", "architecture": f"{cls.__module__}.{cls.__qualname__}",
-            "weights_sha256": state_dict_sha256(model.state_dict())}
+    return {
+        "kind": "module",
+        "architecture": f"{cls.__module__}.{cls.__qualname__}",
+        "weights_sha256": state_dict_sha256(model.state_dict()),
+    }
 
 
 def same_model(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]]) -> bool:
-    return a is not None and b is not None and a.get("architecture") == b.get("architecture") \
+    return (
+        a is not None
+        and b is not None
+        and a.get("architecture") == b.get("architecture")
         and a.get("weights_sha256") == b.get("weights_sha256")
+    )
 
 
 def describe_model(fp: Optional[Dict[str, Any]]) -> str:

@@ -21,6 +21,7 @@ features, the extraction settings, and the open-set calibration (threshold, FAR,
 obtained), whose impostor distances are stored as ``calibration_impostor``.  It is written
 atomically (temporary file beside it, then a rename): a save killed midway leaves the old file.
 """
+
 import json
 import os
 import threading
@@ -29,8 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from reid_srdl.evaluation.exact_index import ExactL2Index
 from reid_srdl.core.files import atomic_path
+from reid_srdl.evaluation.exact_index import ExactL2Index
 from reid_srdl.evaluation.io import load_features
 from reid_srdl.evaluation.metrics import EvaluationInputError, check_features, check_ids
 
@@ -183,8 +184,9 @@ class GalleryIndex:
             return self._pids[ids], self._camids[ids], None if self._paths is None else [self._paths[i] for i in ids]
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, k: int, exclude_camid=None,
-               exclude_pid_camid=None) -> Tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude_camid=None, exclude_pid_camid=None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """``(distances, ids)``, each ``(len(queries), k)``: L2 distances (float64) and gallery
         indices, nearest first, padded with inf / -1 when fewer items remain.
 
@@ -212,8 +214,10 @@ class GalleryIndex:
                 # One search per distinct exclusion: queries that share it share one mask.
                 groups: Dict[tuple, List[int]] = {}
                 for row in range(n):
-                    key = (None if cams is None else int(cams[row]),
-                           None if pairs is None else (int(pairs[0][row]), int(pairs[1][row])))
+                    key = (
+                        None if cams is None else int(cams[row]),
+                        None if pairs is None else (int(pairs[0][row]), int(pairs[1][row])),
+                    )
                     groups.setdefault(key, []).append(row)
                 for (cam, pair), rows in groups.items():
                     mask = np.zeros(len(self), dtype=bool)
@@ -233,8 +237,13 @@ class GalleryIndex:
     def meta(self) -> Dict[str, Any]:
         from reid_srdl import __version__
 
-        return {"format": GALLERY_FORMAT, "written_by": f"reid_srdl {__version__}", "model": self.model,
-                "settings": self.settings, "calibration": self.calibration}
+        return {
+            "format": GALLERY_FORMAT,
+            "written_by": f"reid_srdl {__version__}",
+            "model": self.model,
+            "settings": self.settings,
+            "calibration": self.calibration,
+        }
 
     def save(self, path: PathLike) -> None:
         """Write the gallery file (see the module docstring), atomically."""
@@ -261,8 +270,9 @@ class GalleryIndex:
         None).  Problems are an EvaluationInputError naming the file."""
         path = os.fspath(path)
         stored = load_features(path)
-        index = cls.from_arrays(stored.features, stored.pids, stored.camids,
-                                None if stored.paths is None else list(stored.paths))
+        index = cls.from_arrays(
+            stored.features, stored.pids, stored.camids, None if stored.paths is None else list(stored.paths)
+        )
         try:
             with np.load(path, allow_pickle=False) as npz:
                 meta_text = str(npz["meta"]) if "meta" in npz.files else None

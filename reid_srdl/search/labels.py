@@ -12,6 +12,7 @@
 
 Unlabelled images get pid/camid -1.
 """
+
 import csv
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -76,8 +77,10 @@ def csv_labels(csv_path: str, paths: Sequence[str]) -> Tuple[np.ndarray, np.ndar
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or [])
         if "path" not in fields or "pid" not in fields or not ({"camera", "camid"} & fields):
-            raise LabelError(f"{csv_path}: expected a header path,pid,camera (c1, c2...) or path,pid,camid (0-based); "
-                             f"got {', '.join(reader.fieldnames or []) or 'nothing'}")
+            raise LabelError(
+                f"{csv_path}: expected a header path,pid,camera (c1, c2...) or path,pid,camid (0-based); "
+                f"got {', '.join(reader.fieldnames or []) or 'nothing'}"
+            )
         for line, row in enumerate(reader, start=2):
             try:
                 pid = int(row["pid"])
@@ -116,6 +119,8 @@ def resolve_labels(spec: str, paths: Sequence[str]) -> Tuple[Optional[np.ndarray
         if not any(parsed):
             return None, None, "none: the file names are not Market-1501 names (pid/camid -1)"
         odd = paths[parsed.index(False)]
-        raise LabelError(f"some file names are Market-1501 names and some are not (e.g. {odd}); "
-                         f"pass --labels market, --labels none or --labels FILE.csv")
+        raise LabelError(
+            f"some file names are Market-1501 names and some are not (e.g. {odd}); "
+            f"pass --labels market, --labels none or --labels FILE.csv"
+        )
     return (*csv_labels(spec, paths), f"from {spec}")

@@ -1,6 +1,7 @@
 """A self-contained HTML page of search results: each query, its ranked crops with distances,
 and the match decision.  Crops are embedded as small JPEG data URIs, so the page can be
 opened or mailed anywhere without the gallery folders."""
+
 import base64
 import html
 import io
@@ -50,16 +51,19 @@ def decision_html(result: SearchResult) -> str:
     if result.decision is None:
         return '<div class="decision none">no decision (no threshold given)</div>'
     css = "match" if result.decision == "match" else "nomatch"
-    return (f'<div class="decision {css}">{html.escape(result.decision)}: nearest distance '
-            f'{result.nearest_distance:.3f} vs threshold {result.threshold:.3f}</div>'
-            f'<div class="note">threshold: {html.escape(result.threshold_source or "")}</div>')
+    return (
+        f'<div class="decision {css}">{html.escape(result.decision)}: nearest distance '
+        f"{result.nearest_distance:.3f} vs threshold {result.threshold:.3f}</div>"
+        f'<div class="note">threshold: {html.escape(result.threshold_source or "")}</div>'
+    )
 
 
-def results_html(queries: Sequence[Tuple[str, SearchResult]], title: str = "reid_srdl search",
-                 note: str = "") -> str:
+def results_html(queries: Sequence[Tuple[str, SearchResult]], title: str = "reid_srdl search", note: str = "") -> str:
     """The page for ``(query image path, result)`` pairs."""
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
     if note:
         parts.append(f'<p class="note">{html.escape(note)}</p>')
     for query_path, result in queries:
@@ -69,7 +73,7 @@ def results_html(queries: Sequence[Tuple[str, SearchResult]], title: str = "reid
         for r in range(len(result)):
             cam = camera_name(int(result.camids[r])) or "camera ?"
             pid = int(result.pids[r])
-            caption = (f"#{r + 1} d={result.distances[r]:.3f}<br>pid {pid if pid >= 0 else '?'}, {cam}")
+            caption = f"#{r + 1} d={result.distances[r]:.3f}<br>pid {pid if pid >= 0 else '?'}, {cam}"
             css = "" if result.accepted is None else ("within" if result.accepted[r] else "beyond")
             parts.append(_figure(None if result.paths is None else result.paths[r], caption, css))
         parts.append("</div></div>")

@@ -8,6 +8,7 @@ The searcher checks that the two fit (same model fingerprint, same settings, sam
 dimension) and turns distances into decisions with a calibrated threshold
 (:mod:`reid_srdl.search.calibration`).
 """
+
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -58,14 +59,25 @@ class SearchResult:
         file-name camera ``c1``...)."""
         hits = []
         for r in range(len(self)):
-            hit = {"rank": r + 1, "index": int(self.indices[r]), "distance": float(self.distances[r]),
-                   "pid": int(self.pids[r]), "camid": int(self.camids[r]), "camera": camera_name(int(self.camids[r])),
-                   "path": None if self.paths is None else self.paths[r]}
+            hit = {
+                "rank": r + 1,
+                "index": int(self.indices[r]),
+                "distance": float(self.distances[r]),
+                "pid": int(self.pids[r]),
+                "camid": int(self.camids[r]),
+                "camera": camera_name(int(self.camids[r])),
+                "path": None if self.paths is None else self.paths[r],
+            }
             if self.accepted is not None:
                 hit["within_threshold"] = bool(self.accepted[r])
             hits.append(hit)
-        return {"decision": self.decision, "nearest_distance": None if not len(self) else self.nearest_distance,
-                "threshold": self.threshold, "threshold_source": self.threshold_source, "hits": hits}
+        return {
+            "decision": self.decision,
+            "nearest_distance": None if not len(self) else self.nearest_distance,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "hits": hits,
+        }
 
 
 def _ids_of_images(n: int, pids, camids):
@@ -144,9 +156,20 @@ class ReIDSearcher:
         An image that cannot be decoded is an error naming it, unless ``skip_unreadable``:
         then it is reported on stderr and left out of the gallery (with its pid and camid).
         """
-        embedder = Embedder(model, transform=transform, batch_size=batch_size, device=device, height=height,
-                            width=width, flip=flip, normalize=normalize, workers=workers, progress=progress,
-                            fast=fast, precision=precision)
+        embedder = Embedder(
+            model,
+            transform=transform,
+            batch_size=batch_size,
+            device=device,
+            height=height,
+            width=width,
+            flip=flip,
+            normalize=normalize,
+            workers=workers,
+            progress=progress,
+            fast=fast,
+            precision=precision,
+        )
         paths = [os.fspath(p) for p in paths]
         pids, camids = _ids_of_images(len(paths), pids, camids)
         feats, kept = embedder.embed_files(paths, skip_unreadable)
@@ -305,15 +328,17 @@ class ReIDSearcher:
         >>> [r.decision for r in s.search(np.array([[0.2], [20.0]]), k=1, threshold=0.5)]
         ['match', 'no match']
         """
-        if max_distance is not None and (isinstance(max_distance, bool) or not np.isscalar(max_distance)
-                                         or not float(max_distance) >= 0):
+        if max_distance is not None and (
+            isinstance(max_distance, bool) or not np.isscalar(max_distance) or not float(max_distance) >= 0
+        ):
             raise EvaluationInputError(f"max_distance must be a non-negative number or None; got {max_distance!r}")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise EvaluationInputError(f"k must be a positive integer; got {k!r}")
         tau, source = self.decision_threshold(threshold, far)  # before any image is embedded
         q = self._query_features(queries)
-        dist, ids = self._gallery.search(q, min(int(k), max(1, len(self))), exclude_camid=exclude_camid,
-                                         exclude_pid_camid=exclude_pid_camid)
+        dist, ids = self._gallery.search(
+            q, min(int(k), max(1, len(self))), exclude_camid=exclude_camid, exclude_pid_camid=exclude_pid_camid
+        )
         return [self._result(dist[i], ids[i], max_distance, tau, source) for i in range(len(q))]
 
     def _result(self, dist: np.ndarray, ids: np.ndarray, max_distance, tau, source) -> SearchResult:
@@ -327,8 +352,17 @@ class ReIDSearcher:
         if tau is not None:
             accepted = dist <= tau
             decision = MATCH if len(ids) and dist[0] <= tau else NO_MATCH
-        return SearchResult(distances=dist, pids=pids, camids=camids, paths=paths, indices=ids, decision=decision,
-                            threshold=tau, threshold_source=source, accepted=accepted)
+        return SearchResult(
+            distances=dist,
+            pids=pids,
+            camids=camids,
+            paths=paths,
+            indices=ids,
+            decision=decision,
+            threshold=tau,
+            threshold_source=source,
+            accepted=accepted,
+        )
 
     # ------------------------------------------------------------------ calibration
     def calibrate(self, queries, pids, camids, far: float = DEFAULT_FAR, source: str = "") -> Calibration:
@@ -343,8 +377,17 @@ class ReIDSearcher:
         pids = check_ids(pids, len(q), "calibration query pids")
         camids = check_ids(camids, len(q), "calibration query camids")
         g = self._gallery
-        cal = calibrate(q, pids, camids, g.features, g.pids, g.camids, far=far,
-                        source=source or f"{len(q)} labelled queries against this gallery", model=g.model)
+        cal = calibrate(
+            q,
+            pids,
+            camids,
+            g.features,
+            g.pids,
+            g.camids,
+            far=far,
+            source=source or f"{len(q)} labelled queries against this gallery",
+            model=g.model,
+        )
         self.set_calibration(cal)
         return cal
 

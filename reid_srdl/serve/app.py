@@ -17,6 +17,7 @@ or in the upload folder; uploads that are empty, larger than ``max_upload_bytes`
 decodable image get a 4xx with a message; adds and saves are serialised by a lock while
 searches go on (the gallery index has its own lock), and the file is replaced atomically.
 """
+
 import io
 import logging
 import os
@@ -46,8 +47,13 @@ def _within(path: str, roots: List[str]) -> bool:
 class GalleryService:
     """The state behind the app: the searcher, its file, the served folders, counters."""
 
-    def __init__(self, searcher, gallery_path: Optional[str], upload_dir: Optional[str] = None,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES):
+    def __init__(
+        self,
+        searcher,
+        gallery_path: Optional[str],
+        upload_dir: Optional[str] = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    ):
         self.searcher = searcher
         self.gallery_path = gallery_path
         self.max_upload_bytes = int(max_upload_bytes)
@@ -86,8 +92,15 @@ class GalleryService:
             raise UploadError(415, f"{name}: not a readable image ({e})") from None
 
     # ------------------------------------------------------------------ operations
-    def search(self, image=None, gallery_index: Optional[int] = None, k: int = 10, threshold: str = "",
-               far: Optional[float] = None, exclude_camera: str = "") -> dict:
+    def search(
+        self,
+        image=None,
+        gallery_index: Optional[int] = None,
+        k: int = 10,
+        threshold: str = "",
+        far: Optional[float] = None,
+        exclude_camera: str = "",
+    ) -> dict:
         s = self.searcher
         if isinstance(k, bool) or not 1 <= int(k) <= MAX_K:
             raise UploadError(422, f"k must be in 1..{MAX_K}; got {k}")
@@ -151,11 +164,16 @@ class GalleryService:
         from reid_srdl.search.fingerprint import describe_model
 
         return {
-            "images": len(s), "dim": s.dim, "identities": int(len(np.unique(pids[pids >= 0]))),
+            "images": len(s),
+            "dim": s.dim,
+            "identities": int(len(np.unique(pids[pids >= 0]))),
             "cameras": [camera_name(int(c)) for c in np.unique(camids[camids >= 0])],
-            "model": describe_model(s.gallery.model), "settings": s.gallery.settings,
+            "model": describe_model(s.gallery.model),
+            "settings": s.gallery.settings,
             "calibration": None if cal is None else {k: cal[k] for k in ("threshold", "far", "tar", "dir", "source")},
-            "queries_served": self.queries, "images_added": self.adds, "uptime_seconds": time.time() - self.started,
+            "queries_served": self.queries,
+            "images_added": self.adds,
+            "uptime_seconds": time.time() - self.started,
             "can_add": bool(self.upload_dir) and s.embedder is not None,
         }
 
@@ -174,11 +192,16 @@ def _subset(result, keep: np.ndarray, k: int):
 
     idx = np.flatnonzero(keep)[:k]
     return replace(
-        result, distances=result.distances[idx], pids=result.pids[idx], camids=result.camids[idx],
-        paths=None if result.paths is None else [result.paths[i] for i in idx], indices=result.indices[idx],
+        result,
+        distances=result.distances[idx],
+        pids=result.pids[idx],
+        camids=result.camids[idx],
+        paths=None if result.paths is None else [result.paths[i] for i in idx],
+        indices=result.indices[idx],
         accepted=None if result.accepted is None else result.accepted[idx],
-        decision=None if result.decision is None else (
-            "match" if len(idx) and result.distances[idx[0]] <= result.threshold else "no match"),
+        decision=None
+        if result.decision is None
+        else ("match" if len(idx) and result.distances[idx[0]] <= result.threshold else "no match"),
     )
 
 
@@ -202,8 +225,12 @@ def _ids(text: Optional[str], n: int, what: str, parse) -> Optional[List[int]]:
         raise UploadError(422, f"{what}: {e}") from None
 
 
-def create_app(searcher, gallery_path: Optional[str] = None, upload_dir: Optional[str] = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES):
+def create_app(
+    searcher,
+    gallery_path: Optional[str] = None,
+    upload_dir: Optional[str] = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+):
     """The FastAPI app over ``searcher`` (saved to ``gallery_path`` after adds; uploads stored
     in ``upload_dir``, None disables POST /gallery)."""
     from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -245,9 +272,14 @@ def create_app(searcher, gallery_path: Optional[str] = None, upload_dir: Optiona
         return FileResponse(service.image_path(index))
 
     @app.post("/search")
-    async def search(file: Optional[UploadFile] = File(None), gallery_index: Optional[int] = Form(None),
-                     k: int = Form(10), threshold: str = Form(""), far: Optional[float] = Form(None),
-                     exclude_camera: str = Form("")):
+    async def search(
+        file: Optional[UploadFile] = File(None),
+        gallery_index: Optional[int] = Form(None),
+        k: int = Form(10),
+        threshold: str = Form(""),
+        far: Optional[float] = Form(None),
+        exclude_camera: str = Form(""),
+    ):
         from starlette.concurrency import run_in_threadpool
 
         if (file is None) == (gallery_index is None):
