@@ -140,3 +140,21 @@ def test_fp32_training_is_bit_for_bit_reproducible(tiny_market_root, tmp_path):
     # Not vacuous: another seed ends elsewhere.
     other = trained("c", "train.seed=1")
     assert any(not torch.equal(v, other[k]) for k, v in first.items() if v.is_floating_point())
+
+
+def test_result_table_header_names_the_precision_and_layout_used():
+    from reid_srdl.engine.evaluate import results_table
+
+    summary = {
+        "task": "classification",
+        "method": "srdl",
+        "model": "resnet8",
+        "data": "fashion_mnist",
+        "epochs": 4,
+        "train_seconds": 12.4,
+        "train_flops": 2.5e12,
+        "results": {"deployed": {"test": {"top1": 0.8512, "top5": 0.99}}},
+    }
+    title = results_table(dict(summary, precision="fp32", channels_last=True)).splitlines()[1]
+    assert title == "srdl | resnet8 on fashion_mnist | 4 epochs | fp32 channels-last | train 12s, 2.500 TFLOPs"
+    assert " | bf16 | " in results_table(dict(summary, precision="bf16", channels_last=False))

@@ -178,7 +178,8 @@ def results_table(summary: dict) -> str:
     tested = f" -> {', '.join(targets)}" if targets and list(targets) != summary["data"].split(SOURCE_SEPARATOR) else ""
     title = (
         f"{summary['method']} | {summary['model']} on {summary['data']}{tested} | {summary['epochs']} epochs | "
-        f"{summary.get('precision', 'fp32')} | train {summary['train_seconds']:.0f}s, "
+        f"{summary.get('precision', 'fp32')}{' channels-last' if summary.get('channels_last') else ''} | "
+        f"train {summary['train_seconds']:.0f}s, "
         f"{summary['train_flops'] / 1e12:.3f} TFLOPs"
     )
     notes = diagnostics_lines(summary.get("diagnostics", {}))

@@ -72,6 +72,7 @@ def format_epoch(record: Dict[str, float], terms: Optional[List[str]] = None) ->
     parts = [f"stage {record['stage']} epoch {record['epoch']}", f"lr {record['lr']:.4g}", f"loss {record['loss']:.4f}"]
     for t in terms or []:
         parts.append(f"{t} {record[t]:.4f}")
-    parts.append(f"train acc {100 * record['train_acc']:.2f}%")
+    if "train_acc" in record:  # a method need not report an accuracy
+        parts.append(f"train acc {100 * record['train_acc']:.2f}%")
     parts.append(f"{record['seconds']:.1f}s")
     return " | ".join(parts)
