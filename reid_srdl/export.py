@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.files import atomic_path
 
 EXPORT_FORMAT = "reid_srdl.embedding/1"
 METADATA_KEY = "reid_srdl"
@@ -71,11 +72,10 @@ def _deployable(model: nn.Module, description: Dict[str, Any]):
     return net, example
 
 
-def _temp_path(path: str) -> str:
+def _check_folder(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ExportError(f"cannot write {path}: folder {folder} does not exist")
-    return os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
 
 
 def export_onnx(
@@ -92,8 +92,8 @@ def export_onnx(
 
     description = _description(model, height, width, meta)
     net, example = _deployable(model, description)
-    tmp = _temp_path(path)
-    try:
+    _check_folder(path)
+    with atomic_path(path, suffix=".onnx") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter warns it is legacy
             # dynamo=False: the TorchScript-based exporter needs no onnxscript and handles
@@ -113,10 +113,6 @@ def export_onnx(
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(description)
         onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return description
 
 
@@ -127,18 +123,14 @@ def export_torchscript(
     the description stored beside it as the extra file ``reid_srdl.json``."""
     description = _description(model, height, width, meta)
     net, example = _deployable(model, description)
-    tmp = _temp_path(path)
-    try:
+    _check_folder(path)
+    with atomic_path(path, suffix=".ts") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit is in maintenance mode and says so
             # check_trace=False: the check re-runs and re-traces the net (seconds on ResNet-50);
             # parity with PyTorch is verified on the loaded file instead (tools/export.py --verify).
             traced = torch.jit.trace(net, example, check_trace=False)
             torch.jit.save(traced, tmp, _extra_files={TORCHSCRIPT_EXTRA: json.dumps(description)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return description
 
 

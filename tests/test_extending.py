@@ -7,11 +7,11 @@ import os
 import textwrap
 
 import pytest
+from trainer_helpers import run_dir_of, tiny_cfg
 
 from reid_srdl.config import ConfigError, load_config
 from reid_srdl.engine.trainer import Trainer
 from reid_srdl.methods import METHODS
-from trainer_helpers import run_dir_of, tiny_cfg
 
 TOY_METHOD = '''
 """A toy method: cross-entropy scaled by an option, plus the mean logit norm as a logged term."""
@@ -80,5 +80,7 @@ def test_a_new_methods_options_are_checked_like_the_built_in_ones(toy_method, ti
 
 def test_an_unregistered_method_is_gone_from_the_config(tiny_market_root, tmp_path, toy_method):
     METHODS.unregister("scaled_ce")  # (the fixture's own unregister is then a no-op)
-    with pytest.raises(ConfigError, match=r"method.name='scaled_ce' is not one of: byot, frskd, kd, one, srdl, vanilla"):
+    with pytest.raises(
+        ConfigError, match=r"method.name='scaled_ce' is not one of: byot, frskd, kd, one, srdl, vanilla"
+    ):
         tiny_cfg(tiny_market_root, tmp_path, "method.name=scaled_ce")

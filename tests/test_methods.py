@@ -1,12 +1,12 @@
 """Vanilla, KD and SRDL: losses against hand computations, the logit bank, the restart,
 the frozen teacher."""
 
-import math
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import hand_kl
 from srdl_helpers import NUM_CLASSES, TinyIndexed, _ctx, factory
 
 from reid_srdl.config import load_config
@@ -17,18 +17,6 @@ from reid_srdl.methods import METHODS, RunInfo, build_method
 from reid_srdl.methods.kd import KDOptions, KnowledgeDistillation, load_teacher
 from reid_srdl.methods.srdl import SRDL, EnsembleNet
 from reid_srdl.models import build_model
-
-
-def hand_kl(student, teacher, T):
-    """T^2 * mean_i sum_c p_t log(p_t / p_s), written out element by element."""
-    total = 0.0
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
-        ps = [math.exp(v / T) for v in s_row]
-        pt = [math.exp(v / T) for v in t_row]
-        ps = [v / sum(ps) for v in ps]
-        pt = [v / sum(pt) for v in pt]
-        total += sum(a * math.log(a / b) for a, b in zip(pt, ps))
-    return T * T * total / len(student)
 
 
 def test_unknown_method_lists_the_valid_ones():

@@ -4,6 +4,8 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from reid_srdl.core.files import atomic_path
+
 METRICS_LINES = "metrics.jsonl"
 
 
@@ -30,10 +32,9 @@ class RunLogger:
                         keep.append(line if line.endswith("\n") else line + "\n")
                 except (ValueError, KeyError):
                     continue  # a line cut by a kill mid-write
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(keep)
 
     def log_epoch(self, record: Dict[str, float]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

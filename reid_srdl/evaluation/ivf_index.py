@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.files import atomic_path
 from reid_srdl.evaluation.exact_index import ExactL2Index, as_float32_matrix, use_gpu
 
 IVF_KINDS = ("ivf_flat", "ivf_pq")
@@ -131,13 +132,8 @@ AnyIndex = Union[ExactL2Index, IVFIndex]
 
 def save_index(index: AnyIndex, path: str) -> None:
     """Write the (CPU) index to ``path`` atomically: a temp file in the same folder, renamed."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         faiss.write_index(index._cpu, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_index(path: str, dim: int, mmap: bool = True) -> AnyIndex:

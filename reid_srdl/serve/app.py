@@ -29,6 +29,7 @@ from typing import List, Optional
 import numpy as np
 
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.files import atomic_path
 from reid_srdl.search.gallery import camera_name
 from reid_srdl.search.labels import LabelError, parse_camera
 
@@ -147,9 +148,8 @@ class GalleryService:
             for im in images:
                 # Our own names (never the client's): nothing from the request reaches a path.
                 target = os.path.join(self.upload_dir, f"{uuid.uuid4().hex}.png")
-                tmp = target + ".tmp"
-                im.save(tmp, format="PNG")
-                os.replace(tmp, target)
+                with atomic_path(target, suffix=".png") as tmp:
+                    im.save(tmp, format="PNG")
                 paths.append(target)
             added = self.searcher.add_images(paths, pids, camids)
             if self.gallery_path:
