@@ -50,11 +50,11 @@ from reid_srdl.evaluation.metrics import (  # noqa: E402
     EvaluationInputError,
     MultiQuery,
     ReIDResult,
-    evaluate_reid,
     format_results_table,
     pool_multi_query,
     ranked_gallery,
 )
+from reid_srdl.evaluation.ranking import Rerank, evaluate_ranking  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 RANKED_LIST_LENGTH = 10
@@ -122,9 +122,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="k-reciprocal re-ranking (Zhong et al. 2017) of the (pooled) queries against the gallery",
     )
-    p.add_argument("--rerank-k1", type=int_arg(1), default=20, help="re-ranking k1 (default: 20)")
-    p.add_argument("--rerank-k2", type=int_arg(1), default=6, help="re-ranking k2 (default: 6)")
-    p.add_argument("--rerank-lambda", type=float, default=0.3, help="re-ranking lambda (default: 0.3)")
+    paper = Rerank()
+    p.add_argument("--rerank-k1", type=int_arg(1), default=paper.k1, help=f"re-ranking k1 (default: {paper.k1})")
+    p.add_argument("--rerank-k2", type=int_arg(1), default=paper.k2, help=f"re-ranking k2 (default: {paper.k2})")
+    p.add_argument(
+        "--rerank-lambda",
+        type=float,
+        default=paper.lambda_value,
+        help=f"re-ranking lambda (default: {paper.lambda_value:g})",
+    )
     p.add_argument("--json", metavar="OUT.json", help="write the results as JSON (fractions in [0, 1])")
     p.add_argument("--plot", metavar="CMC.png", help="write the CMC curve as a PNG")
     p.add_argument(
@@ -178,7 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--visualize needs --out DIR for the pictures")
     if args.visualize and args.rerank:
         p.error("--visualize draws feature-distance rankings; run it without --rerank")
-    if not args.rerank and (args.rerank_k1, args.rerank_k2, args.rerank_lambda) != (20, 6, 0.3):
+    if not args.rerank and rerank_of(args, always=True) != Rerank():
         p.error("--rerank-k1/--rerank-k2/--rerank-lambda apply to --rerank only")
     if args.multi_query is None and (args.pool != "mean" or args.renormalize):
         p.error("--pool and --renormalize apply to --multi-query only")
@@ -314,7 +320,14 @@ def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:
     return EvalInputs(sets["query"], sets["gallery"], sets.get("gt_bbox"), "query", "gallery", "gt_bbox")
 
 
-def evaluate_all_splits(args: argparse.Namespace, rerank: Optional[tuple] = None):
+def rerank_of(args: argparse.Namespace, always: bool = False) -> Optional[Rerank]:
+    """The re-ranking settings asked for (None without --rerank, unless ``always``)."""
+    if not (args.rerank or always):
+        return None
+    return Rerank(args.rerank_k1, args.rerank_k2, args.rerank_lambda)
+
+
+def evaluate_all_splits(args: argparse.Namespace, rerank: Optional[Rerank] = None):
     """--all-splits: (mean result, [(split_id, result)], data set name) over every split torchreid's
     split file holds; each image is embedded once, whichever splits it is in."""
     from reid_srdl.data.build import reid_split
@@ -404,18 +417,14 @@ def query_features(inputs: EvalInputs, pool: str = "mean", renormalize: bool = F
 
 
 def evaluate(
-    inputs: EvalInputs, q_feats: np.ndarray, max_rank: int = 50, ap: str = "torchreid", rerank: Optional[tuple] = None
+    inputs: EvalInputs, q_feats: np.ndarray, max_rank: int = 50, ap: str = "torchreid", rerank: Optional[Rerank] = None
 ) -> ReIDResult:
-    """Rank the gallery by L2 distance, or by the k-reciprocal distance when ``rerank`` is
-    ``(k1, k2, lambda)``."""
+    """Rank the gallery by L2 distance of the (already pooled) query features, or by the
+    k-reciprocal distance with ``rerank``."""
     q, g = inputs.query, inputs.gallery
-    if rerank is None:
-        return evaluate_reid(q_feats, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=max_rank, ap=ap)
-    from reid_srdl.evaluation.rerank import k_reciprocal_distances
-    from reid_srdl.evaluation.streaming import evaluate_distances
-
-    dist = k_reciprocal_distances(q_feats, g.features, *rerank)
-    return evaluate_distances(dist, q.pids, g.pids, q.camids, g.camids, max_rank=max_rank, ap=ap)
+    return evaluate_ranking(
+        q_feats, g.features, q.pids, g.pids, q.camids, g.camids, max_rank=max_rank, ap=ap, rerank=rerank
+    )
 
 
 def pick_queries(num_queries: int, n: int) -> List[int]:
@@ -493,11 +502,11 @@ def main_all_splits(args: argparse.Namespace) -> int:
     """--all-splits: each split's Rank-1/mAP, then the table of the mean."""
     try:
         check_outputs(args)
-        rerank = (args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None
+        rerank = rerank_of(args)
         result, per_split, dataset = evaluate_all_splits(args, rerank)
         title = f"{dataset}, single-query, mean over {len(per_split)} splits"
         if rerank:
-            title += f", re-ranked k1={rerank[0]} k2={rerank[1]} lambda={rerank[2]}"
+            title += f", {rerank.describe()}"
         written = write_split_outputs(args, result, per_split, title)
     except (ReidSrdlError, OSError) as e:
         print(f"error: {first_line(e)}", file=sys.stderr)
@@ -522,12 +531,12 @@ def main(argv=None) -> int:
         with OutputBatch() as batch:
             inputs = extract_inputs(args, batch) if args.checkpoint else load_inputs(args)
             q_feats = query_features(inputs, args.pool, args.renormalize)
-            rerank = (args.rerank_k1, args.rerank_k2, args.rerank_lambda) if args.rerank else None
+            rerank = rerank_of(args)
             result = evaluate(inputs, q_feats, args.max_rank, args.ap, rerank)
             open_set = open_set_outputs(inputs, q_feats) if args.open_set else None
             title = f"multi-query, {args.pool}" if inputs.multi_query is not None else "single-query"
             if rerank:
-                title += f", re-ranked k1={rerank[0]} k2={rerank[1]} lambda={rerank[2]}"
+                title += f", {rerank.describe()}"
             written = write_outputs(args, inputs, q_feats, result, title, batch, open_set)
             if args.save_features:
                 written = feature_file_names(args) + written

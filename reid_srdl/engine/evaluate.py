@@ -15,8 +15,9 @@ from typing import Dict, List
 from reid_srdl.config import SOURCE_SEPARATOR
 from reid_srdl.evaluation.classification import evaluate_classifier
 from reid_srdl.evaluation.features import extract_features
-from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery, evaluate_reid, pool_multi_query
+from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery
 from reid_srdl.evaluation.plots import plot_cmc
+from reid_srdl.evaluation.ranking import Rerank, evaluate_ranking
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +52,27 @@ def evaluate_model(
 
     q, g = features(data.query), features(data.gallery)
     ids = (data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids)
-    results, curves = {}, {}
-    single = evaluate_reid(q, g, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap)
-    results["single_query"], curves["single query"] = single.to_dict(), single.cmc
-    if eval_cfg.rerank:
-        reranked = _reranked(q, g, ids, eval_cfg)
-        results["single_query_rerank"], curves["single query, re-ranked"] = reranked.to_dict(), reranked.cmc
+    rerank = Rerank(eval_cfg.rerank_k1, eval_cfg.rerank_k2, eval_cfg.rerank_lambda) if eval_cfg.rerank else None
+    protocols = [("single_query", "single query", None)]
     if eval_cfg.multi_query and data.multi_query is not None:
         mq = MultiQuery(features(data.multi_query), data.multi_query.pids, data.multi_query.camids)
-        multi = evaluate_reid(
-            q,
-            g,
-            *ids,
-            max_rank=eval_cfg.max_rank,
-            ap=eval_cfg.ap,
-            multi_query=mq,
-            pool=eval_cfg.pool,
-            normalize=eval_cfg.normalize,
-        )
-        results["multi_query"], curves[f"multi query ({eval_cfg.pool})"] = multi.to_dict(), multi.cmc
-        if eval_cfg.rerank:
-            pooled = pool_multi_query(
-                q, data.query.pids, data.query.camids, mq, pool=eval_cfg.pool, normalize=eval_cfg.normalize
+        protocols.append(("multi_query", f"multi query ({eval_cfg.pool})", mq))
+    results, curves = {}, {}
+    for key, label, multi_query in protocols:
+        for reranking in (None, rerank) if rerank else (None,):
+            result = evaluate_ranking(
+                q,
+                g,
+                *ids,
+                max_rank=eval_cfg.max_rank,
+                ap=eval_cfg.ap,
+                multi_query=multi_query,
+                pool=eval_cfg.pool,
+                normalize=eval_cfg.normalize,
+                rerank=reranking,
             )
-            reranked = _reranked(pooled, g, ids, eval_cfg)
-            results["multi_query_rerank"], curves[f"multi query ({eval_cfg.pool}), re-ranked"] = (
-                reranked.to_dict(),
-                reranked.cmc,
-            )
+            suffix = ("_rerank", ", re-ranked") if reranking else ("", "")
+            results[key + suffix[0]], curves[label + suffix[1]] = result.to_dict(), result.cmc
     open_set = _open_set(q, g, ids, os.path.join(out_dir, f"open_set_{tag}.png") if eval_cfg.plot else None, tag)
     if open_set is not None:
         results["open_set"] = open_set
@@ -147,15 +141,6 @@ def mean_over_targets(per_target: Dict[str, Dict[str, dict]]) -> Dict[str, dict]
         out[protocol] = {k: float(sum(r[protocol][k] for r in results) / len(results)) for k in keys}
         out[protocol]["num_targets"] = len(results)
     return out
-
-
-def _reranked(q, g, ids, eval_cfg):
-    """k-reciprocal re-ranking of ``q`` against ``g``, scored under the same protocol."""
-    from reid_srdl.evaluation.rerank import k_reciprocal_distances
-    from reid_srdl.evaluation.streaming import evaluate_distances
-
-    dist = k_reciprocal_distances(q, g, eval_cfg.rerank_k1, eval_cfg.rerank_k2, eval_cfg.rerank_lambda)
-    return evaluate_distances(dist, *ids, max_rank=eval_cfg.max_rank, ap=eval_cfg.ap)
 
 
 def results_table(summary: dict) -> str:
