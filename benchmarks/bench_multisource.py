@@ -111,7 +111,7 @@ def main() -> None:
     if args.batches <= 0:
         args.batches = len(sides["single"].data.train_loader)
     for t in sides.values():  # equal work: the same number of batches on both sides
-        t.cfg = dataclasses.replace(t.cfg, train=dataclasses.replace(t.cfg.train, max_batches=args.batches))
+        t.run.cfg = dataclasses.replace(t.cfg, train=dataclasses.replace(t.cfg.train, max_batches=args.batches))
         if len(t.data.train_loader) < args.batches:
             raise SystemExit(
                 f"--batches {args.batches} is more than an epoch of {t.data.name} ({len(t.data.train_loader)} batches)"

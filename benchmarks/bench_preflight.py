@@ -63,13 +63,13 @@ def main(argv=None) -> int:
 
     trainer.optimizer = build_optimizer(trainer.method.trainable, cfg.optim)
     stamps = []
-    original = trainer._autocast
+    original = trainer.loop.optimizer_step
 
-    def timed_autocast():
+    def timed_step(loss):  # called once per batch, after its forward
         stamps.append(time.perf_counter())
-        return original()
+        return original(loss)
 
-    trainer._autocast = timed_autocast
+    trainer.loop.optimizer_step = timed_step
     trainer.train_epoch(0)
     per_batch = (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # batch 1 (warm-up, workers starting) left out
     batches_per_epoch = len(trainer.data.train_loader)

@@ -56,7 +56,8 @@ def trainer(root, model, batch, workers, extra, max_batches):
             f"data.workers={workers}",
             f"model.name={model}",
             "method.name=vanilla",
-            "train.epochs=1",
+            # one epoch per repeat: each repeat draws its own epoch's batches
+            "train.epochs=16",
             f"train.max_batches={max_batches}",
             "train.progress=false",
             "train.tensorboard=false",
