@@ -34,7 +34,8 @@ def finite_positive(x):
 
 def test_bench_preflight(tmp_path):
     out = tmp_path / "preflight.json"
-    run_script("bench_preflight.py", "--root", str(tmp_path / "data"), "--batches", "2", "--repeats", "1", "--out", str(out))
+    root = str(tmp_path / "data")
+    run_script("bench_preflight.py", "--root", root, "--batches", "2", "--repeats", "1", "--out", str(out))
     result = json.loads(out.read_text())
     assert result["images_checked"] > 0 and finite_positive(result["fraction_of_epoch"])
 
@@ -64,7 +65,7 @@ def test_bench_train(tmp_path):
     out = tmp_path / "train.json"
     stdout = run_script(
         "bench_train.py",
-        *("--models", "small_reid", "--repeats", "1", "--ids", "8", "--overhead-epochs", "0", "--workers", "0"),
+        *("--models", "small_reid", "--repeats", "1", "--overhead-epochs", "0", "--workers", "0"),
         *("--root", str(tmp_path / "data"), "--json", str(out)),
     )
     (row,) = json.loads(out.read_text())["throughput"]

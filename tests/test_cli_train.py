@@ -44,6 +44,7 @@ def tiny_fashion_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_reid_srdl_run_as_a_user_would(tiny_market_root, tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "train.py"), *reid_args(tiny_market_root, tmp_path, "cli")],

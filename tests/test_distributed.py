@@ -150,6 +150,7 @@ def _torchrun(nproc, root, out, *extra, timeout=240):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_torchrun_srdl_end_to_end(tiny_market_root, tmp_path):
     proc = _torchrun(2, tiny_market_root, str(tmp_path), "method.name=srdl")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -194,6 +195,7 @@ def _launch_by_hand(rank, world, port, tmp_path, timeout_s="2"):
     )
 
 
+@pytest.mark.slow
 def test_missing_rank_fails_within_the_timeout_with_a_clear_message(tmp_path):
     # WORLD_SIZE=2 but only rank 0 is started: it must not wait forever for rank 1.
     start = time.time()
@@ -208,6 +210,7 @@ def test_missing_rank_fails_within_the_timeout_with_a_clear_message(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_unreachable_master_fails_within_the_timeout(tmp_path):
     proc = _launch_by_hand(1, 2, free_port(), tmp_path)  # nobody listens on that port
     _out, err = proc.communicate(timeout=60)

@@ -106,6 +106,7 @@ def run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_exports_a_checkpoint_and_refuses_a_config_of_another_architecture(tmp_path, capsys):
     net = trained_like_net()
     checkpoint = str(tmp_path / "final.pt")

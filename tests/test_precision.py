@@ -126,6 +126,7 @@ def test_grad_scaler_skips_an_overflowing_step_and_halves_the_scale():
     assert loop.scaler.get_scale() == 2.0**9
 
 
+@pytest.mark.slow
 def test_fp32_training_is_bit_for_bit_reproducible(tiny_market_root, tmp_path):
     def trained(name, *extra):
         cfg = tiny_cfg(tiny_market_root, tmp_path / name, "train.epochs=2", "method.name=srdl", *extra)

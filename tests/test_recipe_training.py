@@ -126,6 +126,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_bot_srdl_resumes_bit_exactly(tiny_market_root, tmp_path, monkeypatch):
     reference = Trainer(_bot_srdl_config(tiny_market_root, tmp_path / "a"), os.path.join(tmp_path, "a", "run"))
     reference.fit()

@@ -53,6 +53,7 @@ def test_ivf_pq_recall_and_nprobe(data):
     assert high > low and high >= 0.25
 
 
+@pytest.mark.slow
 def test_ivf_pq_exact_rescoring_lifts_recall_and_gives_exact_distances(data, tmp_path):
     xb, xq, truth = data
     plain = IVFIndex(32, "ivf_pq", nlist=16, pq_m=8, nprobe=16, pq_nbits=6)

@@ -64,6 +64,7 @@ def server(tiny_market_root, tmp_path):
     thread.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_upload_a_query_and_see_ranked_results_and_the_decision(server):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

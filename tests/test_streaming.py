@@ -18,6 +18,7 @@ def case(seed=1, nq=60, ng=2000, d=32):
     return q, g, qp, gp, rng.integers(0, 6, nq), rng.integers(0, 6, ng)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shard_rows", [1, 333, 2000, 5000])
 def test_streamed_memmap_equals_in_memory(tmp_path, shard_rows):
     q, g, qp, gp, qc, gc = case()

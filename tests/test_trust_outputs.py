@@ -67,6 +67,7 @@ sys.exit(train.main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_market_root, tmp_path):
     out = tmp_path / "runs"
     script = _SYNCED_START.format(tools=TOOLS, stamp=STAMP)

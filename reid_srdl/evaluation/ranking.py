@@ -60,7 +60,8 @@ def evaluate_ranking(
             ap=ap,
             multi_query=multi_query,
             pool=pool,
-            normalize=normalize,
+            # normalize applies to the pooled features only (single-query features are ranked as given)
+            normalize=normalize and multi_query is not None,
         )
     from reid_srdl.evaluation.rerank import k_reciprocal_distances
     from reid_srdl.evaluation.streaming import evaluate_distances
