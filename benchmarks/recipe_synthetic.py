@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from fashion_mnist_methods import mean_std, run  # noqa: E402  (cached runs, one process each)
+from experiment_runs import mean_std, run  # noqa: E402  (cached runs, one process each)
 
 RECIPES = {
     "ce": [],
