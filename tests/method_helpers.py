@@ -5,6 +5,7 @@ import functools
 
 import torch
 from torch.utils.data import Dataset
+from trainer_helpers import tiny_overrides
 
 from reid_srdl.config import load_config
 from reid_srdl.models import EmbeddingHead, build_model
@@ -66,27 +67,6 @@ class OneSample(Dataset):
 
 def tiny_trainer_config(root, out, *method_overrides):
     """One epoch of two batches of small_reid on the tiny synthetic set, run folder out/run."""
-    return load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.synthetic=false",
-            "data.height=64",
-            "data.width=32",
-            "data.batch_size=8",
-            "data.test_batch_size=32",
-            "data.workers=0",
-            "model.name=small_reid",
-            "model.feature_dim=32",
-            "train.epochs=1",
-            "train.max_batches=2",
-            "train.progress=false",
-            "train.precision=fp32",
-            "train.tensorboard=false",
-            f"train.output_dir={out}",
-            "train.run_name=run",
-            "eval.plot=false",
-            "eval.multi_query=false",
-            *method_overrides,  # last, so that they may also replace the settings above
-        ],
-    )
+    overrides = tiny_overrides(root, out, epochs=1, max_batches=2)
+    # method overrides last, so that they may also replace the settings above
+    return load_config(None, [*overrides, "eval.multi_query=false", *method_overrides])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS
-from trainer_helpers import free_port, interrupted_then_resumed
+from trainer_helpers import free_port, interrupted_then_resumed, tiny_overrides
 
 from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
@@ -30,30 +30,7 @@ SOURCES = "data.sources=[market1501,dukemtmcreid]"
 
 
 def multi_cfg(root, out, *extra):
-    return load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.synthetic=false",
-            SOURCES,
-            "data.height=64",
-            "data.width=32",
-            "data.batch_size=8",
-            "data.test_batch_size=32",
-            "data.workers=0",
-            "model.name=small_reid",
-            "model.feature_dim=32",
-            "train.epochs=2",
-            "train.max_batches=2",
-            "train.progress=false",
-            "train.precision=fp32",
-            "train.tensorboard=false",
-            f"train.output_dir={out}",
-            "train.run_name=run",
-            "eval.plot=false",
-            *extra,
-        ],
-    )
+    return load_config(None, [*tiny_overrides(root, out, epochs=2, max_batches=2), SOURCES, *extra])
 
 
 def _run_dir(cfg):

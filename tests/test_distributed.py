@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
-from trainer_helpers import free_port, tiny_cfg
+from trainer_helpers import free_port, tiny_cfg, tiny_overrides
 
 from reid_srdl.core import distributed as ddp
 from reid_srdl.engine.trainer import Trainer, build_optimizer
@@ -128,22 +128,7 @@ def _torchrun(nproc, root, out, *extra, timeout=240):
         f"--nproc_per_node={nproc}",
         f"--master_port={free_port()}",
         TRAIN,
-        f"data.root={root}",
-        "data.synthetic=false",
-        "data.height=64",
-        "data.width=32",
-        "data.batch_size=8",
-        "data.test_batch_size=32",
-        "data.workers=0",
-        "model.feature_dim=32",
-        "train.epochs=2",
-        "train.max_batches=2",
-        "train.progress=false",
-        "train.precision=fp32",
-        "train.tensorboard=false",
-        f"train.output_dir={out}",
-        "train.run_name=run",
-        "eval.plot=false",
+        *tiny_overrides(root, out, epochs=2, max_batches=2),
         "train.device=cpu",
         *extra,
     ]

@@ -12,30 +12,32 @@ from reid_srdl.engine.loop import TrainingLoop
 from reid_srdl.engine.trainer import Trainer
 
 
+def tiny_overrides(root, out, epochs: int = 4, max_batches: int = 3):
+    """The overrides of a tiny run: small_reid at 64x32 on the tiny synthetic set, batches of 8,
+    fp32, no workers, no plots, run folder out/run.  Callers append their own (a later key wins)."""
+    return [
+        f"data.root={root}",
+        "data.synthetic=false",
+        "data.height=64",
+        "data.width=32",
+        "data.batch_size=8",
+        "data.test_batch_size=32",
+        "data.workers=0",
+        "model.name=small_reid",
+        "model.feature_dim=32",
+        f"train.epochs={epochs}",
+        f"train.max_batches={max_batches}",
+        "train.progress=false",
+        "train.precision=fp32",
+        "train.tensorboard=false",
+        f"train.output_dir={out}",
+        "train.run_name=run",
+        "eval.plot=false",
+    ]
+
+
 def tiny_cfg(root, out, *extra):
-    return load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.synthetic=false",
-            "data.height=64",
-            "data.width=32",
-            "data.batch_size=8",
-            "data.test_batch_size=32",
-            "data.workers=0",
-            "model.name=small_reid",
-            "model.feature_dim=32",
-            "train.epochs=4",
-            "train.max_batches=3",
-            "train.progress=false",
-            "train.precision=fp32",
-            "train.tensorboard=false",
-            f"train.output_dir={out}",
-            "train.run_name=run",
-            "eval.plot=false",
-            *extra,
-        ],
-    )
+    return load_config(None, [*tiny_overrides(root, out), *extra])
 
 
 def run_dir_of(cfg):
