@@ -12,6 +12,7 @@ on a fixed batch -- no data loading, so only the arithmetic differs -- in:
     fp32 again       a second copy of fp32: the spread between the two is the noise floor
     fp32+compile     torch.compile of the network (fp32)    [--compile]
     fp32+cl+compile  torch.compile with channels-last       [--compile]
+    bf16+cl+compile  torch.compile of the bf16+cl step       [--compile, native bf16 only]
 
 Median img/s of --steps steps after --warmup steps, variants alternating over --repeats.
 Also the CPU's measured matmul peak (fp32 and bf16, 2048^3 GEMMs) and the fraction of it a
@@ -41,7 +42,7 @@ from reid_srdl.models import build_model  # noqa: E402
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}
 BASE = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+fused", "fp32 again")
-COMPILED = ("fp32+compile", "fp32+cl+compile")
+COMPILED = ("fp32+compile", "fp32+cl+compile", "bf16+cl+compile")
 
 
 def cpu_name() -> str:

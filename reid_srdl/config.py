@@ -64,7 +64,10 @@ class DataConfig:
     width: int = 64
     batch_size: int = 32
     test_batch_size: int = 128
-    workers: int = 2
+    # DataLoader worker processes; -1 = auto: 0 when the run trains on a CPU with at most 2
+    # cores (workers there compete with the training threads for the same cores: the demo
+    # trains in 58 s with 0 workers vs 73 s with 2 on a 2-core Xeon), else 2.
+    workers: int = -1
     # Train on a fixed-seed random subset of N samples (0 = all); classification only.
     train_subset: int = 0
     # Training batches: random (a seeded shuffle) | identity (P identities x K images each,
@@ -526,7 +529,7 @@ _RANGES = (
     ("data.width", dict(minimum=1)),
     ("data.batch_size", dict(minimum=1)),
     ("data.test_batch_size", dict(minimum=1)),
-    ("data.workers", dict(minimum=0)),
+    ("data.workers", dict(minimum=-1, why="-1 = auto")),
     ("data.train_subset", dict(minimum=0, why="0 = all")),
     ("data.split_id", dict(minimum=0)),
     ("model.feature_dim", dict(minimum=0, why="0 = no feature layer")),

@@ -11,6 +11,7 @@ from conftest import TINY_MARKET
 from fixtures_data import write_cifar10, write_fashion_mnist
 from torch.utils.data import SequentialSampler
 
+import reid_srdl.data.build as build_module
 from reid_srdl.config import DataConfig
 from reid_srdl.data import DataBundle, ImageReadError, ReIDSplit, build_data, default_root
 from reid_srdl.data.indexed import SeededSampler
@@ -227,7 +228,7 @@ def test_empty_root_means_the_default_root():
     "kw, message",
     [
         (dict(name="mnist"), "data.name='mnist' is not one of"),
-        (dict(workers=-1), "data.workers must be >= 0"),
+        (dict(workers=-2), r"data.workers must be >= 0 \(or -1 = auto\), got -2"),
         (dict(train_subset=-1), "data.train_subset must be >= 0"),
         (dict(batch_size=0), "data.batch_size"),
     ],
@@ -235,6 +236,31 @@ def test_empty_root_means_the_default_root():
 def test_bad_config_values(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
         build_data(_cifar_cfg(str(tmp_path), **kw))
+
+
+@pytest.mark.parametrize(
+    "setting, device, cores, expected",
+    [
+        (-1, "cpu", 2, 0),  # a 2-core CPU run: the step already uses every core
+        (-1, "cpu", 1, 0),
+        (-1, "cpu", 8, 2),
+        (-1, "cuda", 2, 2),  # decoding beside a GPU step costs the step nothing
+        (3, "cpu", 2, 3),  # a number is taken as given
+        (0, "cuda", 8, 0),
+    ],
+)
+def test_auto_loader_workers(monkeypatch, setting, device, cores, expected):
+    monkeypatch.setattr(build_module, "usable_cores", lambda: cores)
+    assert build_module.loader_workers(setting, device) == expected
+
+
+def test_auto_workers_reach_the_loaders(monkeypatch, tiny_market_root):
+    monkeypatch.setattr(build_module, "usable_cores", lambda: 2)
+    cfg = _reid_cfg(tiny_market_root, workers=-1)
+    on_cpu = build_data(cfg, seed=0)
+    assert on_cpu.train_loader.num_workers == 0 and cfg.workers == -1  # the config is not changed
+    monkeypatch.setattr(build_module, "usable_cores", lambda: 4)
+    assert build_data(cfg, seed=0).train_loader.num_workers == 2
 
 
 def _epoch(loader, epoch):

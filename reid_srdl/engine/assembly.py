@@ -165,7 +165,7 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     dist = ddp.current_env()
     device = resolve_device(cfg.train.device, dist.local_rank if dist.enabled else None)
     precision = training_precision(cfg.train.precision, cfg.train.channels_last, device)
-    data = build_data(cfg.data, seed=cfg.train.seed)
+    data = build_data(cfg.data, seed=cfg.train.seed, device_type=device.type)
     # Before anything expensive (teachers, training): every evaluation image is readable
     # and the protocol has a valid query, or the run stops here in one line.
     preflight_evaluation_data(data)
@@ -214,6 +214,7 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     ddp.barrier()  # the run folder exists for every rank from here on
     run.place()
     log.info("training precision: %s%s", precision.mode, ", channels-last" if precision.channels_last else "")
+    log.info("data loader workers: %d", data.train_loader.num_workers)
     return run
 
 
