@@ -73,7 +73,8 @@ def main():
     rows = {prec: [record(args, prec, s) for s in args.seeds] for prec in precisions}
     cmd = (
         f"python benchmarks/precision_accuracy.py --seeds {' '.join(map(str, args.seeds))} "
-        f"--precisions {' '.join(args.precisions)} --jobs {args.jobs} --threads {args.threads}"
+        f"--precisions {' '.join(args.precisions)} --jobs {args.jobs} --threads {args.threads} "
+        f"--out {os.path.relpath(args.out, REPO)} --table {os.path.relpath(args.table, REPO)}"
     )
     lines = [
         "# Training precision and accuracy: the main job in fp32, auto and bf16",
