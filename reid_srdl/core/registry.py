@@ -10,6 +10,7 @@ without that layer importing the upper one.
 """
 
 import importlib
+import threading
 from typing import Any, Callable, Dict, List, Sequence, TypeVar
 
 from reid_srdl.core.errors import ReidSrdlError
@@ -28,12 +29,25 @@ class Registry:
         self._info: Dict[str, Dict[str, Any]] = {}
         self._modules = tuple(modules)
         self._loaded = not self._modules
+        self._loading = False
+        # Held while the modules import: another thread's first lookup waits for the whole
+        # registry instead of seeing it half-filled (two experiment jobs reading saved
+        # configs at once did).  Re-entrant: the modules' own registrations look names up.
+        self._lock = threading.RLock()
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True  # first: the modules' own registrations look names up
-            for name in self._modules:
-                importlib.import_module(name)
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded or self._loading:  # done meanwhile, or our own import's lookup
+                return
+            self._loading = True
+            try:
+                for name in self._modules:
+                    importlib.import_module(name)
+            finally:
+                self._loading = False
+                self._loaded = True
 
     def register(self, name: str, **info: Any) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
