@@ -1,8 +1,8 @@
 """The registry's lazy import of its built-in modules, seen from several threads."""
 
 import sys
-import threading
 import textwrap
+import threading
 
 from reid_srdl.core.registry import Registry
 
