@@ -66,7 +66,7 @@ class DataConfig:
     test_batch_size: int = 128
     # DataLoader worker processes; -1 = auto: 0 when the run trains on a CPU with at most 2
     # cores (workers there compete with the training threads for the same cores: the demo
-    # trains in 58 s with 0 workers vs 73 s with 2 on a 2-core Xeon), else 2.
+    # trained in 58-81 s with 0 workers vs 73-96 s with 2, four runs each, on a 2-core Xeon), else 2.
     workers: int = -1
     # Train on a fixed-seed random subset of N samples (0 = all); classification only.
     train_subset: int = 0

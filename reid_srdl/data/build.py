@@ -391,7 +391,7 @@ def loader_workers(setting: int, device_type: str = "cpu") -> int:
 
     Auto (-1) gives 0 for training on a CPU with at most 2 cores: the training step already
     uses every core, so worker processes only take turns with it (measured: the demo's
-    training phase 58 s with 0 workers vs 73 s with 2 on a 2-core Xeon).  Elsewhere 2, the
+    training phase 58-81 s with 0 workers vs 73-96 s with 2, four runs each, on a 2-core Xeon).  Elsewhere 2, the
     earlier default (more cores or a GPU leave room for decoding beside the step).
     """
     if setting != AUTO_WORKERS:
