@@ -158,6 +158,45 @@ def paired_cell(a, b, scale=100.0):
     return f"{d.mean:+.2f} ± {d.std:.2f} [{d.ci_low:+.2f}, {d.ci_high:+.2f}]"
 
 
+NOTES_BEGIN = "<!-- notes: written by hand, kept when the script rewrites this file -->"
+NOTES_END = "<!-- /notes -->"
+
+
+def kept_notes(path):
+    """The hand-written block of a generated table (between NOTES_BEGIN and NOTES_END, the
+    markers included), so that regenerating the table does not lose what only a person
+    knows (which machine ran the runs that predate metrics.json's ``environment``, whether
+    the cores were shared); ``[]`` when the file or the block does not exist."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    start, end = text.find(NOTES_BEGIN), text.find(NOTES_END)
+    if start < 0 or end < start:
+        return []
+    return text[start : end + len(NOTES_END)].split("\n") + [""]
+
+
+def machines_line(out_dir, names):
+    """``CPUs (from each run's metrics.json): AMD EPYC: one seeds 0-4; not recorded: vanilla
+    seeds 0 1`` -- which machine finished which of the runs named ``<variant>_seed<s>``."""
+    by_cpu = {}
+    for name in names:
+        try:
+            with open(os.path.join(out_dir, name, "metrics.json")) as f:
+                cpu = json.load(f).get("environment", {}).get("cpu", "not recorded")
+        except FileNotFoundError:
+            continue
+        variant, _, seed = name.rpartition("_seed")
+        by_cpu.setdefault(cpu, {}).setdefault(variant or name, []).append(seed)
+    parts = [
+        f"{cpu}: " + ", ".join(f"{variant} seeds {' '.join(seeds)}" for variant, seeds in variants.items())
+        for cpu, variants in sorted(by_cpu.items())
+    ]
+    return "CPUs (from each run's metrics.json): " + "; ".join(parts) + "."
+
+
 def write_text_atomic(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"

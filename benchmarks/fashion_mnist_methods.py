@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from experiment_runs import (  # noqa: E402
     REPO,
     cached_record,
+    kept_notes,
+    machines_line,
     mean_std,
     paired_cell,
     run_all,
@@ -44,7 +46,7 @@ VARIANTS = {
     "srdl_incomplete": ["method.name=srdl", "method.srdl.schedule=incomplete"],
     "srdl_no_restart": ["method.name=srdl", "method.srdl.restart=false"],
     "srdl_augmented": ["method.name=srdl", "method.srdl.teacher_view=augmented"],
-    "kd": ["method.name=kd"],  # teacher: the resnet20 trained by the 'teacher' variant, same seed
+    "kd": ["method.name=kd"],  # teacher: a cross-entropy run of its own, same seed (teacher_run)
     "one": ["method.name=one"],
     "byot": ["method.name=byot"],
     "frskd": ["method.name=frskd"],
@@ -98,18 +100,35 @@ def stage1_accuracy(run_dir, args):
 
 
 def teacher_run(args, seed):
-    """``(run name, overrides)`` of KD's teacher for ``seed``.  A teacher of the student's own
-    architecture is the cross-entropy run of the same seed (nothing extra to train: KD then
-    costs one full budget more than vanilla, SRDL half of one); another architecture is a
-    vanilla run of its own."""
-    if args.teacher_model == args.model:
-        name = f"vanilla_seed{seed}"
-        return name, common_overrides(args, seed, args.out, name) + VARIANTS["vanilla"]
+    """``(run name, overrides)`` of KD's teacher for ``seed``: a cross-entropy run of its own
+    (``teacher_<model>_seed<s>``), also when it has the student's architecture.  Reusing the
+    ``vanilla`` run would save one budget, but git keeps no checkpoints, so in a later session
+    that run is finished and its network gone; a teacher run of its own is trained when KD
+    needs it, and its accuracy beside the cross-entropy row of the same settings shows how far
+    a rerun (on another machine, in fp32) moves the result."""
     name = f"teacher_{args.teacher_model}_seed{seed}"
     return name, common_overrides(args, seed, args.out, name) + [
         "method.name=vanilla",
         f"model.name={args.teacher_model}",
     ]
+
+
+def check_teachers(args, plan):
+    """Before any training: a KD run still to train needs its teacher's network; a finished
+    teacher run without ``final.pt`` (a fresh clone keeps only the small files) is found here,
+    not after the other runs."""
+    for name, _overrides, deps in plan:
+        if not name.startswith("kd_") or os.path.isfile(os.path.join(args.out, name, "metrics.json")):
+            continue
+        for teacher in deps:
+            t_dir = os.path.join(args.out, teacher)
+            if os.path.isfile(os.path.join(t_dir, "metrics.json")) and not os.path.isfile(
+                os.path.join(t_dir, "final.pt")
+            ):
+                raise SystemExit(
+                    f"error: {name} needs the network of its teacher {t_dir}, which finished but has no final.pt "
+                    "(git keeps only the small files): move that folder away to retrain the teacher"
+                )
 
 
 def planned_runs(args):
@@ -132,10 +151,10 @@ def planned_runs(args):
 
 def collect(args, variant, seed):
     run_dir = os.path.join(args.out, f"{variant}_seed{seed}")
-    return cached_record(run_dir, lambda: compute_record(args, variant, run_dir))
+    return cached_record(run_dir, lambda: compute_record(args, variant, seed, run_dir))
 
 
-def compute_record(args, variant, run_dir):
+def compute_record(args, variant, seed, run_dir):
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
     rec = {
@@ -145,6 +164,9 @@ def compute_record(args, variant, run_dir):
     }
     if "ensemble" in m["results"]:
         rec["ensemble_top1"] = m["results"]["ensemble"]["test"]["top1"]
+    if variant == "kd":
+        with open(os.path.join(args.out, teacher_run(args, seed)[0], "metrics.json")) as f:
+            rec["teacher_top1"] = json.load(f)["results"]["deployed"]["test"]["top1"]
     if variant.startswith("srdl"):
         rec["stage1_top1"] = stage1_accuracy(run_dir, args)
         rec["diagnostics"] = m.get("diagnostics", {})
@@ -184,7 +206,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     log = os.path.join(args.out, "train.log")
     started = time.time()
-    run_all(planned_runs(args), args.out, log, args.jobs, args.threads)
+    plan = planned_runs(args)
+    check_teachers(args, plan)
+    run_all(plan, args.out, log, args.jobs, args.threads)
     rows = {}
     for variant in args.variants:
         for seed in args.seeds:
@@ -236,6 +260,7 @@ def write_table(args, rows, elapsed):
         cmd,
         "```",
         "",
+        *kept_notes(args.table),
         "Paired difference: per seed, the variant minus cross-entropy (points); mean ± std and the",
         "paired-t 95% interval of the mean in brackets.",
         "",
@@ -283,6 +308,24 @@ def write_table(args, rows, elapsed):
         lines.append(f"| {describe(variant, args)} | " + " | ".join(cells) + " |")
     if "vanilla" in rows and "srdl" in rows:
         lines += srdl_analysis(args, rows)
+    if "kd" in rows:
+        teachers = [r["teacher_top1"] for r in rows["kd"]]
+        lines += [
+            "",
+            f"KD's teachers (cross-entropy, {args.teacher_model}, trained as runs of their own): top-1 "
+            + "{:.2f} ± {:.2f} %".format(*mean_std([100 * t for t in teachers]))
+            + (
+                "; teacher minus the cross-entropy row (same seed and settings, retrained): "
+                + paired_cell(teachers, base)
+                + "."
+                if args.teacher_model == args.model and len(teachers) == len(base)
+                else "."
+            ),
+        ]
+    names = [f"{v}_seed{s}" for v in rows for s in args.seeds]
+    if "kd" in rows:
+        names += [teacher_run(args, s)[0] for s in args.seeds]
+    lines += ["", machines_line(args.out, names)]
     lines += ["", f"Total wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)."]
     write_text_atomic(args.table, "\n".join(lines) + "\n")
     print("\n".join(lines))

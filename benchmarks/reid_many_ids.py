@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from experiment_runs import (  # noqa: E402
     REPO,
     cached_record,
+    kept_notes,
+    machines_line,
     mean_std,
     paired_cell,
     run_all,
@@ -143,6 +145,7 @@ def write_table(args, rows, elapsed, counts):
         cmd,
         "```",
         "",
+        *kept_notes(args.table),
         "| network | Rank-1 (%) | Rank-1 minus CE | mAP (%) | mAP minus CE | train time (s) |",
         "|---|---|---|---|---|---|",
     ]
@@ -191,6 +194,7 @@ def write_table(args, rows, elapsed, counts):
                 for v, recs in rows.items()
             ),
         ]
+    lines += ["", machines_line(args.out, [f"{v}_seed{s}" for v in rows for s in args.seeds])]
     lines += [
         "",
         f"Wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0); train times "

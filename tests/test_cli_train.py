@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from fixtures_data import write_fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +61,12 @@ def test_reid_srdl_run_as_a_user_would(tiny_market_root, tmp_path):
     sq = metrics["results"]["deployed"]["single_query"]
     assert 0.0 <= sq["rank1"] <= sq["rank5"] <= sq["rank10"] <= 1.0
     assert f"{100 * sq['rank1']:.2f}" in proc.stdout  # the table shows what the JSON holds
+    # the machine that trained it, so that tables mixing machines can say which ran what
+    env = metrics["environment"]
+    assert env["torch"] == torch.__version__ and env["cpus"] == os.cpu_count()
+    if os.path.isfile("/proc/cpuinfo"):
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        assert env["cpu"] == names[0]
 
 
 def test_classification_srdl_then_kd_from_it(tiny_fashion_root, tmp_path, capsys):

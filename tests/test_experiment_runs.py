@@ -55,3 +55,60 @@ def test_a_finished_run_with_other_settings_is_named_not_reused(finished_run):
     result = _check_in_fresh_process(finished_run, [*OVERRIDES[:2], "optim.lr=0.05", OVERRIDES[3]])
     assert result.returncode == 1
     assert "optim.lr: 0.1 there, 0.05 asked" in result.stderr
+
+
+def _bench(module):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        return __import__(module)
+    finally:
+        sys.path.pop(0)
+
+
+def test_hand_written_notes_survive_a_rewrite_of_the_table(tmp_path):
+    runs = _bench("experiment_runs")
+    table = tmp_path / "table.md"
+    assert runs.kept_notes(str(table)) == []  # no file yet
+    note = f"{runs.NOTES_BEGIN}\nMachines: seeds 0-1 on an Intel Xeon.\n{runs.NOTES_END}"
+    table.write_text(f"# old table\n\n{note}\n\n| a | b |\n")
+    kept = runs.kept_notes(str(table))
+    assert kept == [runs.NOTES_BEGIN, "Machines: seeds 0-1 on an Intel Xeon.", runs.NOTES_END, ""]
+    table.write_text("# a table whose notes were deleted by hand\n")
+    assert runs.kept_notes(str(table)) == []
+
+
+def test_machines_line_groups_runs_by_the_cpu_their_metrics_name(tmp_path):
+    import json
+
+    runs = _bench("experiment_runs")
+    cpus = {"one_seed0": "AMD EPYC", "one_seed1": "AMD EPYC", "vanilla_seed0": None, "vanilla_seed1": "AMD EPYC"}
+    for name, cpu in cpus.items():
+        (tmp_path / name).mkdir()
+        metrics = {"results": {}} if cpu is None else {"environment": {"cpu": cpu}, "results": {}}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    line = runs.machines_line(str(tmp_path), [*cpus, "one_seed2"])  # one_seed2: not trained yet
+    assert line == (
+        "CPUs (from each run's metrics.json): AMD EPYC: one seeds 0 1, vanilla seeds 1; not recorded: vanilla seeds 0."
+    )
+
+
+def test_a_kd_run_whose_finished_teacher_lost_its_network_stops_before_training(tmp_path):
+    fm = _bench("fashion_mnist_methods")
+
+    class Args:
+        variants, seeds, model, teacher_model = ["vanilla", "kd"], [0, 1], "resnet8", "resnet8"
+        root, subset, batch_size, workers, epochs, precision, out = "/x", 100, 32, 0, 4, "fp32", str(tmp_path)
+
+    plan = fm.planned_runs(Args)
+    deps = {name: d for name, _o, d in plan}
+    # the teacher is its own run, not the cross-entropy run of the table
+    assert deps["kd_seed0"] == ["teacher_resnet8_seed0"] and deps["kd_seed1"] == ["teacher_resnet8_seed1"]
+    teacher_over = dict(o.split("=", 1) for o in next(o for n, o, _d in plan if n == "teacher_resnet8_seed1"))
+    assert teacher_over["method.name"] == "vanilla" and teacher_over["train.seed"] == "1"
+    fm.check_teachers(Args, plan)  # nothing trained yet: fine
+    (tmp_path / "teacher_resnet8_seed1").mkdir()
+    (tmp_path / "teacher_resnet8_seed1" / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit, match="kd_seed1 needs the network of its teacher .*teacher_resnet8_seed1.*final.pt"):
+        fm.check_teachers(Args, plan)
+    (tmp_path / "teacher_resnet8_seed1" / "final.pt").write_bytes(b"")
+    fm.check_teachers(Args, plan)  # the network is there

@@ -8,6 +8,7 @@ import os
 
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
+from reid_srdl.core.environment import run_environment
 from reid_srdl.core.files import write_bytes_atomic
 from reid_srdl.engine.assembly import Run
 from reid_srdl.engine.evaluate import evaluate_targets, results_table
@@ -74,6 +75,7 @@ def finish_run(run: Run, logger) -> dict:
         "deployed_parameters": parameter_count(deployed),
         "train_flops": training_flops(run),
         "train_seconds": run.state.history["train_seconds"],
+        "environment": run_environment(),
         "results": results,
     }
     diagnostics = run.method.diagnostics(read_epoch_records(run.run_dir))
