@@ -25,7 +25,6 @@ again, so an interrupted experiment continues where it stopped.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -101,10 +100,12 @@ def machine(args):
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     import torch
 
+    from reid_srdl.core.environment import cpu_model
+
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "commit": git.stdout.strip(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_model(),
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "jobs": args.jobs,
