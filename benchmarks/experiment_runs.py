@@ -39,15 +39,25 @@ def run(overrides, run_dir, log, env=None):
         raise SystemExit(f"run failed (exit {result.returncode}): see {os.path.join(run_dir, 'train.log')}")
 
 
+def trained_in(output_dir):
+    """The checkout a run was trained in, read off its saved ``train.output_dir``
+    (``<checkout>/benchmarks/results/...``): runs trained in a frozen worktree and copied into
+    main, or into a clone elsewhere, name their data under that checkout's path."""
+    marker = os.sep + os.path.join("benchmarks", "results") + os.sep
+    head, found, _tail = os.path.abspath(output_dir).partition(marker)
+    return head if found else REPO
+
+
 def check_cached(run_dir, overrides):
     """A finished run is reused only if it was trained with exactly these settings."""
     from reid_srdl.config import load_config, to_dict
 
-    def relative(cfg):  # paths inside the repository may be spelled relative or absolute
-        return json.loads(json.dumps(to_dict(cfg)).replace(REPO + os.sep, ""))
+    def relative(cfg, repo):  # paths inside the repository may be spelled relative or absolute
+        return json.loads(json.dumps(to_dict(cfg)).replace(repo + os.sep, ""))
 
-    stored = relative(load_config(os.path.join(run_dir, "config.yaml")))
-    wanted = relative(load_config(None, overrides))
+    saved = load_config(os.path.join(run_dir, "config.yaml"))
+    stored = relative(saved, trained_in(saved.train.output_dir))
+    wanted = relative(load_config(None, overrides), REPO)
     differ = [
         f"{section}.{key}: {stored[section][key]!r} there, {value!r} asked"
         for section, values in wanted.items()

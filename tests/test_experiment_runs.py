@@ -112,3 +112,24 @@ def test_a_kd_run_whose_finished_teacher_lost_its_network_stops_before_training(
         fm.check_teachers(Args, plan)
     (tmp_path / "teacher_resnet8_seed1" / "final.pt").write_bytes(b"")
     fm.check_teachers(Args, plan)  # the network is there
+
+
+def _saved_in(tmp_path, checkout, name):
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    results = os.path.join(checkout, "benchmarks", "results", "recipe")
+    over = [*OVERRIDES, f"data.root={results}/data", f"train.output_dir={results}"]
+    save_config(load_config(None, over), str(run_dir / "config.yaml"))
+    return run_dir
+
+
+def test_a_run_trained_in_another_checkout_is_reused_where_its_data_moved_with_it(tmp_path):
+    # trained in a frozen worktree, copied into this checkout: its paths name the worktree
+    run_dir = _saved_in(tmp_path, "/work/frozen", "moved")
+    here = os.path.join(REPO, "benchmarks", "results", "recipe")
+    result = _check_in_fresh_process(run_dir, [*OVERRIDES, f"data.root={here}/data", f"train.output_dir={here}"])
+    assert result.returncode == 0, result.stderr
+    # the same run asked with data somewhere else is not the same run
+    result = _check_in_fresh_process(run_dir, [*OVERRIDES, "data.root=/data/other", f"train.output_dir={here}"])
+    assert result.returncode == 1
+    assert "data.root: 'benchmarks/results/recipe/data' there, '/data/other' asked" in result.stderr
