@@ -188,6 +188,15 @@ def kept_notes(path):
     return text[start : end + len(NOTES_END)].split("\n") + [""]
 
 
+def run_cpu(out_dir, name):
+    """The CPU a finished run names in its metrics.json; ``None`` if not recorded or not run."""
+    try:
+        with open(os.path.join(out_dir, name, "metrics.json")) as f:
+            return json.load(f).get("environment", {}).get("cpu")
+    except FileNotFoundError:
+        return None
+
+
 def machines_line(out_dir, names):
     """``CPUs (from each run's metrics.json): AMD EPYC: one seeds 0-4; not recorded: vanilla
     seeds 0 1`` -- which machine finished which of the runs named ``<variant>_seed<s>``."""

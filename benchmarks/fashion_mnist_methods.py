@@ -35,6 +35,7 @@ from experiment_runs import (  # noqa: E402
     mean_std,
     paired_cell,
     run_all,
+    run_cpu,
     stage_history,
     write_text_atomic,
 )
@@ -322,6 +323,7 @@ def write_table(args, rows, elapsed):
                 else "."
             ),
         ]
+    lines += machine_checks(args, rows)
     names = [f"{v}_seed{s}" for v in rows for s in args.seeds]
     if "kd" in rows:
         names += [teacher_run(args, s)[0] for s in args.seeds]
@@ -329,6 +331,44 @@ def write_table(args, rows, elapsed):
     lines += ["", f"Total wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)."]
     write_text_atomic(args.table, "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def machine_checks(args, rows):
+    """fp32 is exact on one CPU, not across CPUs, so where the runs came from several: (1) the
+    spread a change of CPU alone causes, from a configuration trained twice (SRDL's stage 1 is
+    the same in the ``srdl`` and ``srdl_no_restart`` runs: 0.00 on one CPU); (2) every variant
+    trained on the CPU of KD's teachers, against those teachers (cross-entropy, same seeds,
+    same CPU) instead of the table's cross-entropy row."""
+    lines = []
+    if "srdl" in rows and "srdl_no_restart" in rows:
+        a = [r["stage1_top1"] for r in rows["srdl_no_restart"]]
+        b = [r["stage1_top1"] for r in rows["srdl"]]
+        lines += [
+            "",
+            "Same configuration, trained twice (SRDL's stage 1 of the `srdl_no_restart` runs minus that of the "
+            f"`srdl` runs; 0.00 when both ran on one CPU): {paired_cell(a, b)}; per seed "
+            + ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(a, b))
+            + ".",
+        ]
+    if "kd" not in rows or args.teacher_model != args.model:
+        return lines
+    teacher_cpus = {run_cpu(args.out, teacher_run(args, s)[0]) for s in args.seeds}
+    if len(teacher_cpus) != 1 or None in teacher_cpus:
+        return lines
+    cpu = teacher_cpus.pop()
+    teachers = [r["teacher_top1"] for r in rows["kd"]]
+    same = [
+        f"{describe(v, args)} {paired_cell([r['top1'] for r in recs], teachers)}"
+        for v, recs in rows.items()
+        if v != "vanilla" and all(run_cpu(args.out, f"{v}_seed{s}") == cpu for s in args.seeds)
+    ]
+    if same:
+        lines += [
+            "",
+            f"Against cross-entropy on the same CPU ({cpu}: KD's teachers, the cross-entropy setting retrained), "
+            "top-1 minus teacher per seed: " + "; ".join(same) + ".",
+        ]
+    return lines
 
 
 def srdl_analysis(args, rows):
