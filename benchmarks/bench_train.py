@@ -31,9 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from bench_train_step import commit, cpu_name  # noqa: E402
+from bench_train_step import commit  # noqa: E402
 
 from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl.core.environment import cpu_model  # noqa: E402
 from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
 from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
@@ -218,7 +219,7 @@ def main():
     warnings.filterwarnings("ignore")
     ensure_synthetic_market(args.root, num_ids=args.ids, seed=0)
     info = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "bf16_native": cpu_supports_bf16(),
         "torch": torch.__version__,

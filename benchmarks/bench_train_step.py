@@ -25,7 +25,6 @@ training step reaches (3 x forward FLOPs per image: forward + two backward produ
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,23 +36,13 @@ sys.path.insert(0, REPO)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from reid_srdl.core.environment import cpu_model  # noqa: E402
 from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
 from reid_srdl.models import build_model  # noqa: E402
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}
 BASE = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+fused", "fp32 again")
 COMPILED = ("fp32+compile", "fp32+cl+compile", "bf16+cl+compile")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def commit() -> str:
@@ -164,7 +153,7 @@ def main():
     args = p.parse_args()
     peaks = {"fp32_gflop_s": matmul_peak(torch.float32), "bf16_gflop_s": matmul_peak(torch.bfloat16)}
     info = {
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "bf16_native": cpu_supports_bf16(),
         "torch": torch.__version__,

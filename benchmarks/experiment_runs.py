@@ -202,11 +202,9 @@ def machines_line(out_dir, names):
     seeds 0 1`` -- which machine finished which of the runs named ``<variant>_seed<s>``."""
     by_cpu = {}
     for name in names:
-        try:
-            with open(os.path.join(out_dir, name, "metrics.json")) as f:
-                cpu = json.load(f).get("environment", {}).get("cpu", "not recorded")
-        except FileNotFoundError:
-            continue
+        if not os.path.isfile(os.path.join(out_dir, name, "metrics.json")):
+            continue  # not trained yet
+        cpu = run_cpu(out_dir, name) or "not recorded"
         variant, _, seed = name.rpartition("_seed")
         by_cpu.setdefault(cpu, {}).setdefault(variant or name, []).append(seed)
     parts = [
