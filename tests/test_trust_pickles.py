@@ -1,13 +1,11 @@
 """A crafted .pt file never runs code: every entry point that reads one refuses it in one
 line naming the conversion tool, and the payload (it would create a marker file) never runs.
-Also: the files the project writes load with PyTorch's safe loader, and
-tools/convert_checkpoint.py turns a trusted legacy file into one that does."""
+Also: the files the project writes load with PyTorch's safe loader (the conversion tool
+is tested in test_convert_checkpoint.py)."""
 
-import argparse
 import os
 import shutil
 
-import convert_checkpoint as convert_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
 import eval_reid as eval_cli  # noqa: E402
 import export as export_cli  # noqa: E402
 import numpy as np
@@ -15,7 +13,6 @@ import pytest
 import torch
 import train as train_cli  # noqa: E402
 from trust_helpers import (
-    TRUST_FLAG,
     assert_refused,
     malicious_model_file,
     malicious_run_dir,
@@ -33,7 +30,6 @@ from reid_srdl.core.torch_files import UnsafeFileError
 from reid_srdl.engine.loop import TrainingLoop
 from reid_srdl.engine.trainer import Trainer
 from reid_srdl.evaluation.io import save_features
-from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -179,68 +175,3 @@ def test_truncated_model_file_is_one_line(tmp_path, capsys):
     assert export_cli.main([path, "--onnx", str(tmp_path / "m.onnx")]) == 2
     line = one_line(capsys.readouterr().err)
     assert "cannot read model file" in line and "final.pt" in line and "weights_only" not in line
-
-
-# ----------------------------------------------------------------------------- conversion tool
-class LegacyOptions:
-    """A plain Python object, as older code pickled into a file's metadata."""
-
-    def __init__(self):
-        self.margin = np.float32(0.25)
-        self.tags = ("a", "b")
-
-
-def test_conversion_tool_round_trip(tmp_path, capsys):
-    from reid_srdl.models import build_model
-
-    torch.manual_seed(3)
-    net = build_model("small_reid", 5, feature_dim=8)
-    old = tmp_path / "legacy.pt"
-    # A model file with non-plain metadata: a NumPy scalar, an argparse Namespace, an object.
-    torch.save(
-        {
-            "format": ckpt.MODEL_FORMAT,
-            "spec": dict(net.spec),
-            "state_dict": net.state_dict(),
-            "meta": {
-                "task": "reid",
-                "height": np.int64(64),
-                "args": argparse.Namespace(lr=0.1),
-                "options": LegacyOptions(),
-            },
-        },
-        old,
-    )
-    with pytest.raises(UnsafeFileError, match="convert_checkpoint.py"):
-        load_model_file(str(old))
-    new = tmp_path / "converted.pt"
-
-    assert convert_cli.main([str(old), str(new)]) == 2  # no trust flag: refused, nothing written
-    line = one_line(capsys.readouterr().err)
-    assert TRUST_FLAG in line and "unsafe unpickler" in line and not new.exists()
-
-    assert convert_cli.main([str(old), str(new), TRUST_FLAG]) == 0
-    assert "loads with the safe loader" in capsys.readouterr().out
-    raw = torch.load(new, weights_only=True)  # torch's safe loader is the oracle
-    assert raw["meta"]["height"] == 64 and type(raw["meta"]["height"]) is int
-    assert raw["meta"]["args"] == {"lr": 0.1}
-    assert raw["meta"]["options"] == {"margin": 0.25, "tags": ("a", "b")}
-    model, meta = load_model_file(str(new))
-    x = torch.randn(2, 3, 32, 16)
-    with torch.no_grad():
-        assert torch.equal(model(x)[1], net.eval()(x)[1])  # the same network, bit for bit
-    assert meta["height"] == 64 and sorted(os.listdir(tmp_path)) == ["converted.pt", "legacy.pt"]  # no temp file
-
-
-def test_conversion_tool_says_when_nothing_needs_converting(tmp_path, capsys):
-    path = save_tiny_model(tmp_path / "final.pt")
-    assert convert_cli.main([path, str(tmp_path / "new.pt")]) == 0
-    assert "already holds plain data" in capsys.readouterr().out and not (tmp_path / "new.pt").exists()
-
-
-def test_conversion_tool_names_what_cannot_be_data(tmp_path, capsys):
-    path = tmp_path / "fn.pt"
-    torch.save({"hook": np.linalg.norm}, path)  # a function: no plain-data form
-    assert convert_cli.main([str(path), str(tmp_path / "new.pt"), TRUST_FLAG]) == 2
-    line = one_line(capsys.readouterr().err)
-    assert "fn.pt" in line and "['hook']" in line and not (tmp_path / "new.pt").exists()

@@ -11,7 +11,7 @@ A run directory holds::
 
 Every file here holds plain data only (tensors, dicts, lists, str, numbers, None), checked
 when it is saved, and is read with PyTorch's safe unpickler: a checkpoint cannot run code
-(see reid_srdl.core.torch_files; tools/convert_checkpoint.py converts a trusted legacy file).
+(see reid_srdl.core.torch_files; tools/convert_checkpoint.py converts a legacy file without running it).
 Run folders are claimed with ``os.mkdir``, which fails if the folder exists, so two runs
 started in the same second never share one (:func:`create_run_dir`).
 """

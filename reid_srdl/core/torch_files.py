@@ -7,9 +7,9 @@ and None only.  What the project writes is checked against the same rule at save
 :func:`plain_data`, so every file it writes loads safely again.
 
 A file that needs the unsafe unpickler (it refers to Python classes or functions) is refused
-with one line that names what it refers to and the explicit conversion command for a file
-the user trusts (:data:`CONVERT_TOOL`); PyTorch's own advice to retry with
-``weights_only=False`` is never shown.
+with one line that names what it refers to and the conversion command (:data:`CONVERT_TOOL`,
+which reads the file with inert stand-ins and runs nothing it names); PyTorch's own advice
+to retry with ``weights_only=False`` is never shown.
 """
 
 import collections
@@ -24,7 +24,6 @@ import torch
 from reid_srdl.core.errors import ReidSrdlError
 
 CONVERT_TOOL = "tools/convert_checkpoint.py"
-TRUST_FLAG = "--i-trust-this-file"
 
 # Scalars the safe unpickler rebuilds without any global (exact types: a subclass such as
 # numpy.float64 or an IntEnum is pickled with a reference to its class).
@@ -50,7 +49,7 @@ class UnreadableFileError(ReidSrdlError, ValueError):
 
 
 def convert_command(path: str) -> str:
-    return f"python {CONVERT_TOOL} {path} NEW.pt {TRUST_FLAG}"
+    return f"python {CONVERT_TOOL} {path} NEW.pt"
 
 
 def _refers_to(message: str) -> Optional[str]:
@@ -99,8 +98,8 @@ def load_torch_file(path: str, what: str = "PyTorch file") -> Any:
         if refers is not None:
             raise UnsafeFileError(
                 f"refusing to load {what} {path}: it refers to {refers}, which the safe loader does not "
-                f"rebuild because loading it could run code; if you trust where this file came from, "
-                f"convert it once to plain data with: {convert_command(path)}"
+                f"rebuild because loading it could run code; convert it to plain data (read without "
+                f"running anything) with: {convert_command(path)}"
             ) from None
         reason = "not a file written by torch.save, or corrupt"
     except RuntimeError as e:
@@ -156,67 +155,60 @@ def plain_data(obj: Any, where: str = "value") -> Any:
 
 
 def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collections.Counter] = None) -> Any:
-    """A trusted object (already unpickled) turned into plain data, for tools/convert_checkpoint.py.
+    """What :func:`reid_srdl.core.inert_pickle.load_inert` read, turned into plain data, for
+    tools/convert_checkpoint.py.
 
-    Beyond :func:`plain_data`: NumPy arrays become tensors; dataclasses, namespaces and
-    other objects with a ``__dict__`` of plain values become dicts; ``nn.Module`` and
-    optimizers their ``state_dict()``; enums their value; paths strings; sets sorted lists.
-    ``converted`` (a Counter) counts the conversions by type name.  What cannot be expressed
-    as data is a ``TypeError`` naming where it is.
+    Beyond :func:`plain_data`: NumPy arrays become tensors (numeric) or lists, NumPy scalars
+    numbers, Parameters plain tensors, sets sorted lists, ``Counter`` a dict, and each inert
+    stand-in its data meaning (:func:`~reid_srdl.core.inert_pickle.inert_as_data`: an
+    object's state a dict, a pickled ``nn.Module`` its state dict, a path a string).
+    ``converted`` (a Counter) counts the conversions by type name.  What has no plain-data
+    form (a call, a reference to a class or function) is a ``TypeError`` naming where it is.
     """
-    import dataclasses
-    import enum
-    import pathlib
+    from reid_srdl.core.inert_pickle import InertObject, inert_as_data
 
     counts = converted if converted is not None else collections.Counter()
 
-    def note(value, out):
-        counts[f"{type(value).__module__}.{type(value).__qualname__}"] += 1
+    def note(name, out):
+        counts[name] += 1
         return out
 
+    def type_name(value):
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+
     def walk(value, at):
+        if isinstance(value, InertObject):
+            return note(value.qualified_name, walk(inert_as_data(value, at), at))
+        if isinstance(value, type) and issubclass(value, InertObject):
+            what = f"a reference to {value.qualified_name} (a class or function)"
+            raise TypeError(f"{at} is {what}, which has no plain-data form")
         if isinstance(value, np.generic):
-            return note(value, value.item())
+            return note(type_name(value), value.item())
         if isinstance(value, torch.Tensor):
             # A Tensor subclass (e.g. Parameter) is saved as a plain tensor.
             if type(value) is torch.Tensor:
                 return value
-            return note(value, value.detach().clone().as_subclass(torch.Tensor))
+            return note(type_name(value), value.detach().clone().as_subclass(torch.Tensor))
         if type(value) in _PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
             return value
-        if isinstance(value, enum.Enum):
-            return note(value, walk(value.value, at))
-        if isinstance(value, (bool, int, float, str)):  # subclasses of the scalars
-            for base in (bool, int, float, str):
-                if isinstance(value, base):
-                    return note(value, base(value))
         if isinstance(value, np.ndarray):
             if value.dtype.kind in "biuf":
-                return note(value, torch.from_numpy(np.ascontiguousarray(value).copy()))
-            return note(value, walk(value.tolist(), at))
-        if isinstance(value, pathlib.PurePath):
-            return note(value, str(value))
-        if isinstance(value, torch.nn.Module) or isinstance(value, torch.optim.Optimizer):
-            return note(value, walk(value.state_dict(), at))
+                return note(type_name(value), torch.from_numpy(np.ascontiguousarray(value).copy()))
+            return note(type_name(value), walk(value.tolist(), at))
         if isinstance(value, dict):
             out = {walk(k, f"{at} key"): walk(v, f"{at}[{k!r}]") for k, v in value.items()}
-            if isinstance(value, collections.OrderedDict):
+            if type(value) is collections.OrderedDict:
                 out = collections.OrderedDict(out)
                 if hasattr(value, "_metadata"):
                     out._metadata = walk(value._metadata, f"{at}._metadata")
+            elif type(value) is not dict:
+                note(type_name(value), None)  # e.g. a Counter: kept as its items
             return out
         if isinstance(value, (list, tuple)):
             items = [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
-            if type(value) not in (list, tuple):
-                note(value, None)  # a namedtuple or list subclass: kept as its items
             return list(items) if isinstance(value, list) else tuple(items)
         if isinstance(value, (set, frozenset)):
-            return note(value, walk(sorted(value, key=repr), at))
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-            return note(value, walk(fields, at))
-        if hasattr(value, "__dict__") and not isinstance(value, type) and not callable(value):
-            return note(value, walk(dict(vars(value)), at))
-        raise TypeError(f"{at} is a {type(value).__module__}.{type(value).__qualname__}, which has no plain-data form")
+            return note(type_name(value), walk(sorted(value, key=repr), at))
+        raise TypeError(f"{at} is a {type_name(value)}, which has no plain-data form")
 
     return walk(obj, where)

@@ -1,0 +1,188 @@
+"""Read a PyTorch file that refers to Python classes or functions without running any of them.
+
+PyTorch's safe unpickler (``torch.load(weights_only=True)``) refuses every global it does not
+know.  Here each such global is allow-listed, under its own name, as an *inert stand-in*: a
+class of ours that records how the file asked to rebuild the object (the arguments of a call,
+the state it would set) and does nothing else.  No module the file names is imported and no
+function it names is called; the only real constructors used are NumPy's array, dtype and
+scalar builders, which build values from bytes.  The file is still read by PyTorch's safe
+unpickler, so tensors and storages are rebuilt exactly as the safe loader rebuilds them.
+
+:func:`inert_as_data` turns what a stand-in recorded into plain data where that has one
+meaning (an object's state -> a dict, a pickled ``nn.Module`` -> its state dict, a path ->
+a string, a namedtuple -> a tuple); a *call* of anything else (``open(...)``,
+``os.system(...)``, an Enum lookup) has no data meaning and is refused by name.
+"""
+
+import collections
+import pickle
+import re
+import warnings
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+
+# How often an unknown global may be discovered while loading (each discovery reloads the
+# pickle; a zip-format file names all of them up front, so this bounds legacy files only).
+_MAX_ROUNDS = 256
+_UNKNOWN_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_PATH_CLASS = re.compile(r"pathlib(?:\._local)?\.(Pure)?(Posix|Windows)?Path$")
+
+
+class InertObject:
+    """Stands in for a Python class or function a file refers to.
+
+    ``NEWOBJ`` (an instance of a class) reaches ``__new__`` only; ``REDUCE`` (a call) reaches
+    ``__new__`` and ``__init__``; ``BUILD`` (the state to set) reaches ``__setstate__``.  Each
+    records and returns; the recorded values are themselves data or other stand-ins.
+    """
+
+    qualified_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        self.__dict__.update(inert_args=args, inert_kwargs=kwargs, inert_state=None, inert_called=False)
+        return self
+
+    def __init__(self, *args, **kwargs):
+        self.inert_called = True
+
+    def __setstate__(self, state):
+        self.inert_state = state
+
+    def __repr__(self):
+        return f"<inert {self.qualified_name}>"
+
+
+class InertLoadError(ValueError):
+    """The file cannot be read even with stand-ins (``reason`` is one line)."""
+
+
+def _numpy_constructors() -> Dict[str, Any]:
+    """NumPy's own array/dtype/scalar builders under the names pickles use: files written
+    with NumPy 1 name ``numpy.core.multiarray``, with NumPy 2 ``numpy._core.multiarray``."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    found = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    # A dtype is rebuilt as ``numpy.dtype(...)`` and then given its state (BUILD), which the
+    # safe unpickler allows only on allow-listed types: the concrete dtype classes.
+    for name in dir(getattr(np, "dtypes", None)):
+        dtype_class = getattr(np.dtypes, name)
+        if isinstance(dtype_class, type) and issubclass(dtype_class, np.dtype):
+            found[f"numpy.dtypes.{name}"] = dtype_class
+    for module_name in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        found[f"{module_name}._reconstruct"] = multiarray._reconstruct
+        found[f"{module_name}.scalar"] = multiarray.scalar
+    return found
+
+
+_NUMPY = _numpy_constructors()
+
+
+def _stand_in(name: str) -> Any:
+    if name in _NUMPY:
+        return _NUMPY[name]
+    module, _, qualname = name.rpartition(".")
+    # Named like the original, so that messages read "<class 'collections.defaultdict'>".
+    return type(qualname, (InertObject,), {"qualified_name": name, "__module__": module, "__qualname__": qualname})
+
+
+def _qualified(name_in_message: str) -> str:
+    # torch's message drops the "builtins." prefix ("GLOBAL open was not ...").
+    return name_in_message if "." in name_in_message else f"builtins.{name_in_message}"
+
+
+def _reason(e: BaseException) -> str:
+    """The safe unpickler's own complaint, without torch's wrapper text and advice."""
+    text = str(e)
+    if "Only persistent_load of storage is allowed" in text:
+        # The pre-1.6 format stores a pickled module's class with its source code.
+        return "it holds a whole nn.Module in PyTorch's pre-1.6 file format, which stores the class's source code"
+    # torch wraps the complaint in advice (retry with weights_only=False, file an issue,
+    # read the docs): the complaint is the first line that is none of those.
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6")
+    lines = [line.replace("WeightsUnpickler error:", "").strip() for line in text.splitlines()]
+    line = next((line for line in lines if line and not line.startswith(boilerplate)), type(e).__name__)
+    return line.split(". Please use")[0][:200]
+
+
+def load_inert(path: str) -> Any:
+    """The object a ``torch.save`` file holds, with every global PyTorch's safe unpickler does
+    not know replaced by an :class:`InertObject` (nothing the file names is run or imported).
+    Raises :class:`InertLoadError` for what the safe unpickler cannot read even so (a module
+    PyTorch blocks outright such as ``os``, pickle protocol 4 objects, a dict subclass filled
+    item by item)."""
+    names: List[str] = []
+    try:  # a zip-format file lists its globals without being unpickled
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (ValueError, RuntimeError, OSError, pickle.UnpicklingError):
+        pass  # legacy format: globals are discovered one by one below
+    stand_ins: Dict[str, Any] = {}
+    for _ in range(_MAX_ROUNDS):
+        for name in names:
+            stand_ins.setdefault(name, _stand_in(name))
+        try:
+            allowed = {**_NUMPY, **stand_ins}
+            with (
+                warnings.catch_warnings(),
+                torch.serialization.safe_globals([(obj, name) for name, obj in allowed.items()]),
+            ):
+                warnings.simplefilter("ignore", UserWarning)
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            m = _UNKNOWN_GLOBAL.search(str(e))
+            if m is None or _qualified(m.group(1)) in stand_ins:
+                raise InertLoadError(_reason(e)) from None
+            names = [_qualified(m.group(1))]
+    raise InertLoadError(f"the file refers to more than {_MAX_ROUNDS} Python objects")
+
+
+def _module_state_dict(state: dict, prefix: str, out: "collections.OrderedDict") -> None:
+    """What ``nn.Module.state_dict()`` returns, from a pickled module's recorded ``__dict__``:
+    own parameters, then persistent buffers, then each child under ``name.``."""
+    for name, value in (state.get("_parameters") or {}).items():
+        if value is not None:
+            out[prefix + name] = value
+    non_persistent = state.get("_non_persistent_buffers_set") or set()
+    for name, value in (state.get("_buffers") or {}).items():
+        if value is not None and name not in non_persistent:
+            out[prefix + name] = value
+    for name, child in (state.get("_modules") or {}).items():
+        if isinstance(child, InertObject) and isinstance(child.inert_state, dict):
+            _module_state_dict(child.inert_state, f"{prefix}{name}.", out)
+
+
+def _short(args: tuple) -> str:
+    text = ", ".join(repr(a) for a in args)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def inert_as_data(obj: InertObject, where: str) -> Any:
+    """The plain-data meaning of what ``obj`` recorded (its parts may still hold NumPy values
+    or other stand-ins for the caller to walk); ``TypeError`` naming ``where`` if it has none."""
+    name, args, state = obj.qualified_name, obj.inert_args, obj.inert_state
+    if obj.inert_called:
+        m = _PATH_CLASS.match(name)
+        if m and state is None and all(isinstance(a, str) for a in args):
+            import pathlib
+
+            flavour = pathlib.PureWindowsPath if m.group(2) == "Windows" else pathlib.PurePosixPath
+            return str(flavour(*args))
+        raise TypeError(
+            f"{where} is a call of {name}({_short(args)}), which the converter never runs; it has no plain-data form"
+        )
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+        state = {**(state[0] or {}), **state[1]}  # (__dict__, __slots__ values)
+    if isinstance(state, dict):
+        if "_parameters" in state and "_modules" in state:  # a whole nn.Module was pickled
+            out: collections.OrderedDict = collections.OrderedDict()
+            _module_state_dict(state, "", out)
+            return out
+        return dict(state)
+    if state is None:
+        # An instance with nothing set, or a namedtuple (rebuilt from its fields alone).
+        return tuple(args) if args else {}
+    raise TypeError(f"{where} is a {name} whose state is a {type(state).__name__}; it has no plain-data form")
