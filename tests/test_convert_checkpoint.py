@@ -39,6 +39,10 @@ class LegacyOptions:
         self.tags = ("a", "b")
 
 
+class NotAnArray:
+    """What a crafted file asks NumPy's array builder to build."""
+
+
 class Slotted:
     __slots__ = ("a", "b")
 
@@ -164,6 +168,19 @@ def test_a_module_pytorch_blocks_is_one_line(tmp_path, capsys):
     torch.save({"x": CallsSystem()}, old)
     code, line = convert(old, tmp_path / "new.pt", capsys)
     assert code == 2 and "without running code" in line and "is blocked" in line and "posix.system" in line
+
+
+def test_numpy_builders_given_a_stand_in_are_one_line(tmp_path, capsys):
+    from numpy._core.multiarray import _reconstruct
+
+    class Crafted:
+        def __reduce__(self):  # NumPy's real builder, asked to build a foreign class
+            return (_reconstruct, (NotAnArray, (0,), b"b"))
+
+    old = tmp_path / "np.pt"
+    torch.save({"x": Crafted()}, old)
+    code, line = convert(old, tmp_path / "new.pt", capsys)
+    assert code == 2 and "without running code" in line and "sub-type of ndarray" in line
 
 
 def test_a_reference_to_a_function_is_named(tmp_path, capsys):

@@ -56,7 +56,7 @@ class InertObject:
 
 
 class InertLoadError(ValueError):
-    """The file cannot be read even with stand-ins (``reason`` is one line)."""
+    """The file cannot be read even with stand-ins; the message is one line."""
 
 
 def _numpy_constructors() -> Dict[str, Any]:
@@ -137,6 +137,8 @@ def load_inert(path: str) -> Any:
             if m is None or _qualified(m.group(1)) in stand_ins:
                 raise InertLoadError(_reason(e)) from None
             names = [_qualified(m.group(1))]
+        except Exception as e:  # noqa: BLE001 - e.g. NumPy refusing a stand-in as an array type
+            raise InertLoadError(_reason(e)) from None
     raise InertLoadError(f"the file refers to more than {_MAX_ROUNDS} Python objects")
 
 
