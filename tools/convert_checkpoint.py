@@ -18,6 +18,7 @@ input: one line on stderr, exit code 2.
 """
 
 import argparse
+import collections
 import os
 import sys
 
@@ -25,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 from reid_srdl.core.files import check_output_file  # noqa: E402
-from reid_srdl.core.inert_pickle import InertLoadError, load_inert  # noqa: E402
+from reid_srdl.core.inert_pickle import InertLoadError, convert_to_plain, load_inert  # noqa: E402
 from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.core.torch_files import UnreadableFileError, UnsafeFileError, convert_to_plain, load_torch_file  # noqa: E402
+from reid_srdl.core.torch_files import UnreadableFileError, UnsafeFileError, load_torch_file  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -48,8 +49,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def convert(source: str, target: str) -> str:
     """Write ``target`` from ``source``; returns a one-line summary."""
-    import collections
-
     from reid_srdl.core.checkpoint import atomic_save
 
     if not os.path.isfile(source):

@@ -8,9 +8,9 @@ function it names is called; the only real constructors used are NumPy's array, 
 scalar builders, which build values from bytes.  The file is still read by PyTorch's safe
 unpickler, so tensors and storages are rebuilt exactly as the safe loader rebuilds them.
 
-:func:`inert_as_data` turns what a stand-in recorded into plain data where that has one
-meaning (an object's state -> a dict, a pickled ``nn.Module`` -> its state dict, a path ->
-a string, a namedtuple -> a tuple); a *call* of anything else (``open(...)``,
+:func:`convert_to_plain` (through :func:`inert_as_data`) turns what was read into plain
+data where that has one meaning (an object's state -> a dict, a pickled ``nn.Module`` -> its
+state dict, a path -> a string, a namedtuple -> a tuple); a *call* of anything else (``open(...)``,
 ``os.system(...)``, an Enum lookup) has no data meaning and is refused by name.
 """
 
@@ -18,15 +18,17 @@ import collections
 import pickle
 import re
 import warnings
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
+from reid_srdl.core.torch_files import PLAIN_SCALARS, UNKNOWN_GLOBAL
+
 # How often an unknown global may be discovered while loading (each discovery reloads the
 # pickle; a zip-format file names all of them up front, so this bounds legacy files only).
 _MAX_ROUNDS = 256
-_UNKNOWN_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_UNKNOWN_GLOBAL = re.compile(UNKNOWN_GLOBAL)
 _PATH_CLASS = re.compile(r"pathlib(?:\._local)?\.(Pure)?(Posix|Windows)?Path$")
 
 
@@ -42,7 +44,8 @@ class InertObject:
 
     def __new__(cls, *args, **kwargs):
         self = object.__new__(cls)
-        self.__dict__.update(inert_args=args, inert_kwargs=kwargs, inert_state=None, inert_called=False)
+        # (keyword arguments only come with NEWOBJ_EX, which the safe unpickler rejects)
+        self.__dict__.update(inert_args=args, inert_state=None, inert_called=False)
         return self
 
     def __init__(self, *args, **kwargs):
@@ -101,7 +104,7 @@ def _reason(e: BaseException) -> str:
     if "Only persistent_load of storage is allowed" in text:
         # The pre-1.6 format stores a pickled module's class with its source code.
         return "it holds a whole nn.Module in PyTorch's pre-1.6 file format, which stores the class's source code"
-    # torch wraps the complaint in advice (retry with weights_only=False, file an issue,
+    # torch wraps the complaint in advice (retry with the unsafe unpickler, file an issue,
     # read the docs): the complaint is the first line that is none of those.
     boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "In PyTorch 2.6")
     lines = [line.replace("WeightsUnpickler error:", "").strip() for line in text.splitlines()]
@@ -188,3 +191,60 @@ def inert_as_data(obj: InertObject, where: str) -> Any:
         # An instance with nothing set, or a namedtuple (rebuilt from its fields alone).
         return tuple(args) if args else {}
     raise TypeError(f"{where} is a {name} whose state is a {type(state).__name__}; it has no plain-data form")
+
+
+def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collections.Counter] = None) -> Any:
+    """What :func:`load_inert` read, turned into plain data, for tools/convert_checkpoint.py.
+
+    Beyond :func:`reid_srdl.core.torch_files.plain_data`: NumPy arrays become tensors (numeric) or lists, NumPy scalars
+    numbers, Parameters plain tensors, sets sorted lists, ``Counter`` a dict, and each inert
+    stand-in its data meaning (:func:`inert_as_data`: an
+    object's state a dict, a pickled ``nn.Module`` its state dict, a path a string).
+    ``converted`` (a Counter) counts the conversions by type name.  What has no plain-data
+    form (a call, a reference to a class or function) is a ``TypeError`` naming where it is.
+    """
+    counts = converted if converted is not None else collections.Counter()
+
+    def note(name, out):
+        counts[name] += 1
+        return out
+
+    def type_name(value):
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+
+    def walk(value, at):
+        if isinstance(value, InertObject):
+            return note(value.qualified_name, walk(inert_as_data(value, at), at))
+        if isinstance(value, type) and issubclass(value, InertObject):
+            what = f"a reference to {value.qualified_name} (a class or function)"
+            raise TypeError(f"{at} is {what}, which has no plain-data form")
+        if isinstance(value, np.generic):
+            return note(type_name(value), value.item())
+        if isinstance(value, torch.Tensor):
+            # A Tensor subclass (e.g. Parameter) is saved as a plain tensor.
+            if type(value) is torch.Tensor:
+                return value
+            return note(type_name(value), value.detach().clone().as_subclass(torch.Tensor))
+        if type(value) in PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
+            return value
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "biuf":
+                return note(type_name(value), torch.from_numpy(np.ascontiguousarray(value).copy()))
+            return note(type_name(value), walk(value.tolist(), at))
+        if isinstance(value, dict):
+            out = {walk(k, f"{at} key"): walk(v, f"{at}[{k!r}]") for k, v in value.items()}
+            if type(value) is collections.OrderedDict:
+                out = collections.OrderedDict(out)
+                if hasattr(value, "_metadata"):
+                    out._metadata = walk(value._metadata, f"{at}._metadata")
+            elif type(value) is not dict:
+                note(type_name(value), None)  # e.g. a Counter: kept as its items
+            return out
+        if isinstance(value, (list, tuple)):
+            items = [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
+            return list(items) if isinstance(value, list) else tuple(items)
+        if isinstance(value, (set, frozenset)):
+            return note(type_name(value), walk(sorted(value, key=repr), at))
+        raise TypeError(f"{at} is a {type_name(value)}, which has no plain-data form")
+
+    return walk(obj, where)

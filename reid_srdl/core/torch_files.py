@@ -9,7 +9,7 @@ and None only.  What the project writes is checked against the same rule at save
 A file that needs the unsafe unpickler (it refers to Python classes or functions) is refused
 with one line that names what it refers to and the conversion command (:data:`CONVERT_TOOL`,
 which reads the file with inert stand-ins and runs nothing it names); PyTorch's own advice
-to retry with ``weights_only=False`` is never shown.
+to retry with the unsafe unpickler is never shown.
 """
 
 import collections
@@ -27,12 +27,15 @@ CONVERT_TOOL = "tools/convert_checkpoint.py"
 
 # Scalars the safe unpickler rebuilds without any global (exact types: a subclass such as
 # numpy.float64 or an IntEnum is pickled with a reference to its class).
-_PLAIN_SCALARS = (str, bytes, bool, int, float, type(None))
+PLAIN_SCALARS = (str, bytes, bool, int, float, type(None))
 # Pickle opcodes the safe unpickler rejects as "Unsupported operand" although they only
 # occur when an object is pickled (STACK_GLOBAL, NEWOBJ_EX, EXT1/2/4): a protocol-4 pickle
 # of a class instance.  Text-like opcodes (INST 'i', OBJ 'o') are left out: a text file
 # starting with those letters is garbage, not a pickle.
 _OBJECT_OPCODES = {0x93, 0x92, 0x82, 0x83, 0x84}
+# How the safe unpickler names a global it does not know (group 1: the global; a builtin
+# comes without its "builtins." prefix).
+UNKNOWN_GLOBAL = r"GLOBAL (\S+) was not an allowed global"
 
 
 class UnsafeFileError(ReidSrdlError, ValueError):
@@ -56,7 +59,7 @@ def _refers_to(message: str) -> Optional[str]:
     """What a safe-unpickler refusal says the file refers to; None when the message is not
     about Python objects (then the file is garbage rather than a foreign pickle)."""
     patterns = (
-        (r"GLOBAL (\S+) was not an allowed global", "the Python object {}"),
+        (UNKNOWN_GLOBAL, "the Python object {}"),
         (r"GLOBAL (\S+) whose module \S+ is blocked", "the Python object {}"),
         (r"reduce for unrecognized function (.+?)(?: which belongs|$)", "a call of {}"),
         (r"Can only (?:create new object|build) .* but got (.+)", "an instance of {}"),
@@ -126,7 +129,7 @@ def plain_data(obj: Any, where: str = "value") -> Any:
     """
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN_SCALARS:
+    if isinstance(obj, torch.Tensor) or type(obj) in PLAIN_SCALARS:
         return obj
     if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
         return obj
@@ -152,63 +155,3 @@ def plain_data(obj: Any, where: str = "value") -> Any:
         f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which the safe loader cannot read back; "
         f"save plain data (tensors, dicts, lists, str, int, float, bool, None)"
     )
-
-
-def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collections.Counter] = None) -> Any:
-    """What :func:`reid_srdl.core.inert_pickle.load_inert` read, turned into plain data, for
-    tools/convert_checkpoint.py.
-
-    Beyond :func:`plain_data`: NumPy arrays become tensors (numeric) or lists, NumPy scalars
-    numbers, Parameters plain tensors, sets sorted lists, ``Counter`` a dict, and each inert
-    stand-in its data meaning (:func:`~reid_srdl.core.inert_pickle.inert_as_data`: an
-    object's state a dict, a pickled ``nn.Module`` its state dict, a path a string).
-    ``converted`` (a Counter) counts the conversions by type name.  What has no plain-data
-    form (a call, a reference to a class or function) is a ``TypeError`` naming where it is.
-    """
-    from reid_srdl.core.inert_pickle import InertObject, inert_as_data
-
-    counts = converted if converted is not None else collections.Counter()
-
-    def note(name, out):
-        counts[name] += 1
-        return out
-
-    def type_name(value):
-        return f"{type(value).__module__}.{type(value).__qualname__}"
-
-    def walk(value, at):
-        if isinstance(value, InertObject):
-            return note(value.qualified_name, walk(inert_as_data(value, at), at))
-        if isinstance(value, type) and issubclass(value, InertObject):
-            what = f"a reference to {value.qualified_name} (a class or function)"
-            raise TypeError(f"{at} is {what}, which has no plain-data form")
-        if isinstance(value, np.generic):
-            return note(type_name(value), value.item())
-        if isinstance(value, torch.Tensor):
-            # A Tensor subclass (e.g. Parameter) is saved as a plain tensor.
-            if type(value) is torch.Tensor:
-                return value
-            return note(type_name(value), value.detach().clone().as_subclass(torch.Tensor))
-        if type(value) in _PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
-            return value
-        if isinstance(value, np.ndarray):
-            if value.dtype.kind in "biuf":
-                return note(type_name(value), torch.from_numpy(np.ascontiguousarray(value).copy()))
-            return note(type_name(value), walk(value.tolist(), at))
-        if isinstance(value, dict):
-            out = {walk(k, f"{at} key"): walk(v, f"{at}[{k!r}]") for k, v in value.items()}
-            if type(value) is collections.OrderedDict:
-                out = collections.OrderedDict(out)
-                if hasattr(value, "_metadata"):
-                    out._metadata = walk(value._metadata, f"{at}._metadata")
-            elif type(value) is not dict:
-                note(type_name(value), None)  # e.g. a Counter: kept as its items
-            return out
-        if isinstance(value, (list, tuple)):
-            items = [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
-            return list(items) if isinstance(value, list) else tuple(items)
-        if isinstance(value, (set, frozenset)):
-            return note(type_name(value), walk(sorted(value, key=repr), at))
-        raise TypeError(f"{at} is a {type_name(value)}, which has no plain-data form")
-
-    return walk(obj, where)
