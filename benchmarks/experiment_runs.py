@@ -188,13 +188,19 @@ def kept_notes(path):
     return text[start : end + len(NOTES_END)].split("\n") + [""]
 
 
-def run_cpu(out_dir, name):
-    """The CPU a finished run names in its metrics.json; ``None`` if not recorded or not run."""
+def _run_environment(out_dir, name):
+    """The ``environment`` a finished run's metrics.json records (``{}`` if it predates the
+    field); ``None`` if the run has not finished."""
     try:
         with open(os.path.join(out_dir, name, "metrics.json")) as f:
-            return json.load(f).get("environment", {}).get("cpu")
+            return json.load(f).get("environment", {})
     except FileNotFoundError:
         return None
+
+
+def run_cpu(out_dir, name):
+    """The CPU a finished run names in its metrics.json; ``None`` if not recorded or not run."""
+    return (_run_environment(out_dir, name) or {}).get("cpu")
 
 
 def machines_line(out_dir, names):
@@ -202,9 +208,10 @@ def machines_line(out_dir, names):
     seeds 0 1`` -- which machine finished which of the runs named ``<variant>_seed<s>``."""
     by_cpu = {}
     for name in names:
-        if not os.path.isfile(os.path.join(out_dir, name, "metrics.json")):
+        environment = _run_environment(out_dir, name)
+        if environment is None:
             continue  # not trained yet
-        cpu = run_cpu(out_dir, name) or "not recorded"
+        cpu = environment.get("cpu", "not recorded")
         variant, _, seed = name.rpartition("_seed")
         by_cpu.setdefault(cpu, {}).setdefault(variant or name, []).append(seed)
     parts = [
