@@ -10,18 +10,16 @@ import os
 import pathlib
 import sys
 
+import convert_checkpoint as convert_cli
 import numpy as np
 import pytest
 import torch
-from trust_helpers import TOOLS, MarkerPayload, one_line, save_tiny_model
+from trust_helpers import MarkerPayload, one_line, save_tiny_model
 
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core.inert_pickle import load_inert
 from reid_srdl.core.torch_files import UnsafeFileError
 from reid_srdl.models.model_file import load_model_file
-
-sys.path.insert(0, TOOLS) if TOOLS not in sys.path else None
-import convert_checkpoint as convert_cli  # noqa: E402
 
 Point = collections.namedtuple("Point", "x y")
 
