@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+import train as train_cli
 from fixtures_data import write_fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import train as train_cli  # noqa: E402
 
 QUIET = ["train.progress=false", "train.precision=fp32", "train.tensorboard=false", "data.workers=0"]
 

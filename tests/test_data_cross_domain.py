@@ -8,13 +8,14 @@ import contextlib
 import io
 import json
 import os
-import sys
 import warnings
 from types import SimpleNamespace
 
+import eval_reid as eval_cli
 import numpy as np
 import pytest
 import torch
+import train as train_cli
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
@@ -43,11 +44,6 @@ TINY = [
     "train.progress=false",
     "train.precision=fp32",
 ]
-
-
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import eval_reid as eval_cli  # noqa: E402
-import train as train_cli  # noqa: E402
 
 
 def _run(tool, *argv, cwd):

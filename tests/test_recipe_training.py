@@ -3,10 +3,10 @@ with each logged term adding up to the loss; and a BoT-recipe SRDL run that resu
 
 import json
 import os
-import sys
 
 import pytest
 import torch
+import train as train_cli
 
 from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
@@ -14,8 +14,6 @@ from reid_srdl.engine.loop import TrainingLoop
 from reid_srdl.engine.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import train as train_cli  # noqa: E402
 
 TINY = [
     "data.synthetic=false",

@@ -3,7 +3,6 @@ guarantees (same batches for any number of workers, after a resume, across DDP r
 
 import collections
 import os
-import sys
 
 import pytest
 import torch
@@ -197,7 +196,6 @@ def test_random_erasing_erases_with_the_imagenet_mean(tiny_market_root):
 
 
 def test_too_few_identities_is_one_line_from_the_cli(tiny_market_root, tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
     import train as train_cli
 
     args = [

@@ -5,11 +5,11 @@ as Python reads them; the NaN stop and a changed config on resume say what happe
 import os
 import pickle
 
-import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
-import export as export_cli  # noqa: E402
+import eval_reid as eval_cli
+import export as export_cli
 import pytest
 import torch
-import train as train_cli  # noqa: E402
+import train as train_cli
 import yaml
 from trust_helpers import market_split_dir, one_line, reid_train_args, save_tiny_model, tiny_market_copy
 

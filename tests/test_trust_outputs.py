@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
+import eval_reid as eval_cli
 import numpy as np
 import pytest
 import yaml

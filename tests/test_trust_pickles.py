@@ -6,12 +6,12 @@ is tested in test_convert_checkpoint.py)."""
 import os
 import shutil
 
-import eval_reid as eval_cli  # noqa: E402
-import export as export_cli  # noqa: E402
+import eval_reid as eval_cli
+import export as export_cli
 import numpy as np
 import pytest
 import torch
-import train as train_cli  # noqa: E402
+import train as train_cli
 from trust_helpers import (
     assert_refused,
     malicious_model_file,

@@ -3,10 +3,10 @@ unreadable, empty or folder-named evaluation image, or a query set without a tru
 
 import os
 
-import eval_reid as eval_cli  # noqa: E402  (tools/, on sys.path via trust_helpers)
+import eval_reid as eval_cli
 import numpy as np
 import pytest
-import train as train_cli  # noqa: E402
+import train as train_cli
 from fixtures_data import write_market_tree
 from trust_helpers import market_split_dir, one_line, reid_train_args, save_tiny_model, tiny_market_copy
 

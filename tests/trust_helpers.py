@@ -3,7 +3,6 @@ check, tiny run folders and model files in the real on-disk formats."""
 
 import os
 import shutil
-import sys
 
 import torch
 
@@ -11,8 +10,6 @@ from reid_srdl.core import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")
-if TOOLS not in sys.path:
-    sys.path.insert(0, TOOLS)
 
 CONVERT_COMMAND = "python tools/convert_checkpoint.py"
 QUIET = ["train.progress=false", "train.precision=fp32", "train.tensorboard=false", "eval.plot=false"]
