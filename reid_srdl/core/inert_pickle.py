@@ -15,6 +15,7 @@ state dict, a path -> a string, a namedtuple -> a tuple); a *call* of anything e
 """
 
 import collections
+import pathlib
 import pickle
 import re
 import warnings
@@ -172,8 +173,6 @@ def inert_as_data(obj: InertObject, where: str) -> Any:
     if obj.inert_called:
         m = _PATH_CLASS.match(name)
         if m and state is None and all(isinstance(a, str) for a in args):
-            import pathlib
-
             flavour = pathlib.PureWindowsPath if m.group(2) == "Windows" else pathlib.PurePosixPath
             return str(flavour(*args))
         raise TypeError(
