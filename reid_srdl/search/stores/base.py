@@ -190,8 +190,9 @@ class GalleryStore(abc.ABC):
     def set_meta(self, meta: Dict[str, Any]) -> None:
         """Replace the gallery's metadata (durably, atomically)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        """Release files and connections (the default holds none)."""
+        """Release files and connections; the store is not used afterwards."""
 
     def __enter__(self) -> "GalleryStore":
         return self
