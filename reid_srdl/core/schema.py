@@ -47,9 +47,10 @@ def clip_path(where: str, width: int = 100) -> str:
 
 
 def _child(where: str, key: Any) -> str:
+    """``where.key`` (``where key`` after a colon: ``f.pt: spec``), ``where['odd key']``."""
     if isinstance(key, str) and key.isidentifier():
-        return f"{where}.{key}"
-    return f"{where}[{key!r}]"
+        return f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+    return f"{where}[{short_repr(key)}]"
 
 
 class _Walk:
