@@ -188,7 +188,7 @@ class _InertUnpickler(pickle._Unpickler):
         return self.scan.persistent(pid)
 
 
-class _ChunkedReader:
+class ChunkedReader:
     """A binary file whose ``read(n)`` never allocates ``n`` bytes up front (a declared
     length is only read as far as the file goes), and whose lines are bounded."""
 
@@ -223,29 +223,35 @@ class _ChunkedReader:
 
 
 # ----------------------------------------------------------------------------- one pickle
-def _check_object_memory(stream) -> None:
-    """Refuse a pickle whose opcodes would build more than ``limits.MAX_PICKLE_OBJECT_BYTES``
-    of objects (estimated without building any); the stream is consumed up to STOP."""
+def pickle_memory_problem(stream) -> Optional[str]:
+    """Why the pickle at ``stream``'s position would build too much (more than
+    ``limits.MAX_PICKLE_OBJECT_BYTES`` of Python objects, estimated from its opcodes without
+    building any), or None.  The stream is consumed up to STOP; a malformed pickle raises
+    ValueError (or EOFError, UnicodeDecodeError...)."""
     total = 0
+    for opcode, arg, _ in pickletools.genops(stream):
+        total += _BYTES_PER_OPCODE
+        if isinstance(arg, (bytes, bytearray)):
+            total += len(arg)
+        elif isinstance(arg, str):
+            total += 4 * len(arg)
+        elif isinstance(arg, int) and opcode.name.startswith("LONG"):
+            total += arg.bit_length() // 8
+        if total > limits.MAX_PICKLE_OBJECT_BYTES:
+            return (
+                f"its pickle would build more than {limits.human_bytes(limits.MAX_PICKLE_OBJECT_BYTES)} of "
+                f"Python objects (reid_srdl.core.limits.MAX_PICKLE_OBJECT_BYTES)"
+            )
+    return None
+
+
+def _check_object_memory(stream) -> None:
     try:
-        for opcode, arg, _ in pickletools.genops(stream):
-            total += _BYTES_PER_OPCODE
-            if isinstance(arg, (bytes, bytearray)):
-                total += len(arg)
-            elif isinstance(arg, str):
-                total += 4 * len(arg)
-            elif isinstance(arg, int) and opcode.name.startswith("LONG"):
-                total += arg.bit_length() // 8
-            if total > limits.MAX_PICKLE_OBJECT_BYTES:
-                raise ScanRefusal(
-                    f"its pickle would build more than {limits.human_bytes(limits.MAX_PICKLE_OBJECT_BYTES)} of "
-                    f"Python objects (reid_srdl.core.limits.MAX_PICKLE_OBJECT_BYTES)",
-                    over_limit=True,
-                )
-    except ScanRefusal:
-        raise
+        problem = pickle_memory_problem(stream)
     except (ValueError, EOFError, KeyError, IndexError, UnicodeDecodeError) as e:
         raise ScanRefusal(f"not a file written by torch.save, or corrupt ({_first_line(e)})") from None
+    if problem:
+        raise ScanRefusal(problem, over_limit=True)
 
 
 def _first_line(e: BaseException) -> str:
@@ -443,7 +449,7 @@ def _scan_legacy(path: str) -> None:
     the object, the storage keys, then each storage's 8-byte length and bytes."""
     size = os.path.getsize(path)
     with open(path, "rb") as raw:
-        stream = _ChunkedReader(raw)
+        stream = ChunkedReader(raw)
         header = _Scan()
         if _scan_pickle(stream, header) != LEGACY_MAGIC:
             raise ScanRefusal("not a file written by torch.save, or corrupt")
