@@ -145,8 +145,23 @@ def write_deflate_bomb(path, members) -> int:
         central.append(
             struct.pack(
                 "<IHHHHHHIIIHHHHHII",
-                0x02014B50, 45, 45, 0, 8, 0, 0, crc, 0xFFFFFFFF, 0xFFFFFFFF,
-                len(encoded), len(extra), 0, 0, 0, 0, 0xFFFFFFFF,
+                0x02014B50,
+                45,
+                45,
+                0,
+                8,
+                0,
+                0,
+                crc,
+                0xFFFFFFFF,
+                0xFFFFFFFF,
+                len(encoded),
+                len(extra),
+                0,
+                0,
+                0,
+                0,
+                0xFFFFFFFF,
             )
             + encoded
             + extra
@@ -171,15 +186,19 @@ def npy_header(shape, dtype="<f4") -> bytes:
 
 
 # ----------------------------------------------------------------------------- subprocesses
-def run_limited(code: str, address_space_gib: float = 3.0, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run ``code`` (Python, dedented) from the repository root in a subprocess whose address
-    space is limited to ``address_space_gib`` (RLIMIT_AS): an allocation of more raises
-    MemoryError there instead of filling the machine.  Returns the completed process."""
+def run_limited(code: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``code`` (Python, dedented) from the repository root in a subprocess; the code
+    calls ``limit_address_space(extra_gib)`` after its imports to cap the process's address
+    space (RLIMIT_AS) at its current size plus ``extra_gib``: an allocation of more raises
+    MemoryError there instead of filling the machine (torch alone maps ~3 GB of address
+    space, so the cap is set after importing it)."""
     prelude = (
         "import resource, sys\n"
         f"sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}, {os.path.join(REPO, 'tools')!r}]\n"
-        f"_limit = int({address_space_gib} * (1 << 30))\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (_limit, _limit))\n"
+        "def limit_address_space(extra_gib):\n"
+        "    size_kb = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0])\n"
+        "    limit = size_kb * 1024 + int(extra_gib * (1 << 30))\n"
+        "    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
     )
     return subprocess.run(
         [sys.executable, "-c", prelude + textwrap.dedent(code)],
@@ -187,7 +206,7 @@ def run_limited(code: str, address_space_gib: float = 3.0, timeout: float = 120)
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
 
 
