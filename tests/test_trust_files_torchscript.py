@@ -58,7 +58,6 @@ def setup(tmp_path):
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated and says so
         scripted = torch.jit.script(TouchesMarker(str(marker)))
         torch.jit.save(scripted, str(program), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(description)})
-    )
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
