@@ -39,17 +39,21 @@ class CifarPickleError(ReidSrdlError, ValueError):
         self.refused = refused
 
 
-class _NDArrayName:
-    """Stands for ``numpy.ndarray`` as the first argument of ``_reconstruct`` (never called)."""
-
-
-_NDARRAY = _NDArrayName()
-
-
 class _Refused(Exception):
     def __init__(self, what: str):
         super().__init__(what)
         self.what = what
+
+
+class _NDArrayName:
+    """Stands for ``numpy.ndarray`` as the first argument of ``_reconstruct``; a call of it
+    (an array of any declared shape, allocated before any data) is refused."""
+
+    def __call__(self, *args, **kwargs):
+        raise _Refused(f"a call of numpy.ndarray{args!r:.60} (only as _reconstruct's argument)")
+
+
+_NDARRAY = _NDArrayName()
 
 
 def _reconstruct(subtype, shape, typecode):
