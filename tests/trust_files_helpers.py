@@ -212,3 +212,33 @@ def run_limited(code: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 def last_json_line(text: str):
     return json.loads(text.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- images
+def write_png_bomb(path, side: int, decodable: bool = True) -> int:
+    """A real greyscale PNG of ``side`` x ``side`` black pixels: a few hundred KB that decode
+    to side^2 bytes (x3 as RGB).  ``decodable=False`` writes the header only (with an empty
+    image stream): enough for anything that checks the size before decoding.  Returns the
+    file size."""
+    compressor = zlib.compressobj(9)
+    if not decodable:
+        side_rows = 0
+    else:
+        side_rows = side
+    row = bytes(side + 1)  # filter byte 0, then the row's pixels
+    rows_per_chunk = max(1, (8 << 20) // len(row))
+    parts, done = [], 0
+    while done < side_rows:
+        n = min(rows_per_chunk, side_rows - done)
+        parts.append(compressor.compress(row * n))
+        done += n
+    parts.append(compressor.flush())
+    idat = b"".join(parts)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return os.path.getsize(path)
