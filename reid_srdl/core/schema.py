@@ -42,8 +42,14 @@ def short_repr(value: Any, width: int = 60) -> str:
 
 
 def clip_path(where: str, width: int = 100) -> str:
-    """A long path (deep nesting) cut in the middle, for a one-line message."""
-    return where if len(where) <= width else f"{where[: width // 2]}...{where[-width // 2 + 3 :]}"
+    """A long path (deep nesting) cut in the middle, for a one-line message; the file part
+    before the first ``": "`` is always kept whole."""
+    head, sep, path = where.partition(": ")
+    if not sep:
+        head, path = "", where
+    if len(path) > width:
+        path = f"{path[: width // 2]}...{path[-width // 2 + 3 :]}"
+    return f"{head}{sep}{path}"
 
 
 def _child(where: str, key: Any) -> str:
