@@ -100,13 +100,10 @@ def read_model_file(path: str) -> Dict[str, Any]:
     if obj.get("format") != MODEL_FORMAT:
         hint = " (this is a training state; use the run's final.pt)" if obj.get("format") == TRAIN_STATE_FORMAT else ""
         raise CheckpointError(f"{path} is not a reid_srdl model file{hint}")
-    spec, state = obj.get("spec"), obj.get("state_dict")
-    if not isinstance(spec, dict) or not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a complete reid_srdl model file (no spec or state_dict)")
     # Every field typed and bounded before anything is built from it.
     checked = check(obj, MODEL_FILE, f"model file {path}:")
     # The state dict as saved (an OrderedDict with the version _metadata load_state_dict reads).
-    return dict(checked, state_dict=state, meta=checked.get("meta", {}), path=path)
+    return dict(checked, state_dict=obj["state_dict"], meta=checked.get("meta", {}), path=path)
 
 
 def state_dict_problems(own: Dict[str, Tuple[int, ...]], state: Dict[str, torch.Tensor]) -> str:

@@ -52,6 +52,11 @@ def clip_path(where: str, width: int = 100) -> str:
     return f"{head}{sep}{path}"
 
 
+def _at(where: str) -> str:
+    """``where`` followed by one colon (a file part ``"f.pt:"`` already has it)."""
+    return where if where.endswith(":") else f"{where}:"
+
+
 def _child(where: str, key: Any) -> str:
     """``where.key`` (``where key`` after a colon: ``f.pt: spec``), ``where['odd key']``."""
     if isinstance(key, str) and key.isidentifier():
@@ -74,9 +79,9 @@ class _Walk:
         if key in self.done:
             return False
         if id(value) in self.open:
-            raise SchemaError(f"{clip_path(where)}: contains itself (a cycle); expected plain nested data")
+            raise SchemaError(f"{_at(clip_path(where))} contains itself (a cycle); expected plain nested data")
         if self.depth >= limits.MAX_NESTING_DEPTH:
-            raise SchemaError(f"{clip_path(where)}: nested more than {limits.MAX_NESTING_DEPTH} levels deep")
+            raise SchemaError(f"{_at(clip_path(where))} nested more than {limits.MAX_NESTING_DEPTH} levels deep")
         self.open.add(id(value))
         self.depth += 1
         return True
@@ -97,7 +102,7 @@ class Spec:
         raise NotImplementedError
 
     def fail(self, value: Any, where: str) -> SchemaError:
-        return SchemaError(f"{clip_path(where)}: expected {self.describe()}, got {short_repr(value)}")
+        return SchemaError(f"{_at(clip_path(where))} expected {self.describe()}, got {short_repr(value)}")
 
 
 def _range(lo, hi) -> str:
@@ -251,9 +256,9 @@ class List(Spec):
             raise self.fail(value, where)
         if len(value) < self.min_items or (self.max_items is not None and len(value) > self.max_items):
             raise SchemaError(
-                f"{where}: expected {self.min_items}..{self.max_items} items, got {len(value)}"
+                f"{_at(where)} expected {self.min_items}..{self.max_items} items, got {len(value)}"
                 if self.max_items is not None
-                else f"{where}: expected at least {self.min_items} items, got {len(value)}"
+                else f"{_at(where)} expected at least {self.min_items} items, got {len(value)}"
             )
         if not walk.enter(value, self, where):
             return value
@@ -292,10 +297,10 @@ class Dict(Spec):
         if not self.accepts_type(value):
             raise self.fail(value, where)
         if self.max_items is not None and len(value) > self.max_items:
-            raise SchemaError(f"{where}: expected at most {self.max_items} keys, got {len(value)}")
+            raise SchemaError(f"{_at(where)} expected at most {self.max_items} keys, got {len(value)}")
         missing = [k for k in self.required if k not in value]
         if missing:
-            raise SchemaError(f"{where}: missing {', '.join(missing)}")
+            raise SchemaError(f"{_at(where)} missing {', '.join(missing)}")
         if not walk.enter(value, self, where):
             return value
         out = {}
@@ -304,7 +309,7 @@ class Dict(Spec):
             spec = self.fields.get(k, self.extra)
             if spec is None:
                 known = ", ".join(self.fields) or "none"
-                raise SchemaError(f"{where}: unexpected key {short_repr(k)} (known: {known})")
+                raise SchemaError(f"{_at(where)} unexpected key {short_repr(k)} (known: {known})")
             out[k] = spec.check(v, _child(where, k), walk)
         walk.leave(value, self)
         return out
@@ -340,7 +345,7 @@ class Predicate(Spec):
     def check(self, value, where, walk):
         problem = self.test(value)
         if problem:
-            raise SchemaError(f"{where}: expected {self.description}, got {problem}")
+            raise SchemaError(f"{_at(where)} expected {self.description}, got {problem}")
         return value
 
 

@@ -429,7 +429,7 @@ def _scan_zip(path: str, archive: zipfile.ZipFile) -> None:
     if bad is not None:
         raise ScanRefusal(f"it is corrupt: the CRC-32 checksum of its record {bad} does not match its data")
     scan = _Scan()
-    _scan_pickle(io.BytesIO(archive.read(f"{prefix}data.pkl")), scan)
+    _scan_pickle(io.BytesIO(archives.read_member(archive, f"{prefix}data.pkl")), scan)
     for key, ref in scan.storages.items():
         record = f"{prefix}data/{key}"
         if record not in names:
