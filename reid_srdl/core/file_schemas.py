@@ -57,6 +57,12 @@ def _tensor_problem(value) -> str:
 
 INPUT_SIDE = _Bounded(1, "MAX_INPUT_SIDE")
 TENSOR = Predicate(_tensor_problem, "a dense tensor")
+# What else plain data saved by the project may hold (reid_srdl.core.torch_files.plain_data).
+_TORCH_VALUE = Predicate(
+    lambda v: "" if isinstance(v, (torch.dtype, torch.device, torch.Size)) or not _tensor_problem(v) else "it",
+    "a tensor, dtype, device or size",
+)
+PLAIN = JSON(leaf=_TORCH_VALUE)
 NAME = Str(max_chars=200)
 
 # The options of a registered architecture besides the common ones: numbers, switches and
@@ -87,7 +93,7 @@ MODEL_SPEC = Dict(
 # Descriptive metadata saved with a network (reid_srdl.core.checkpoint.save_model_file).
 MODEL_META = Dict(
     {"task": NAME, "data": Str(max_chars=1000), "method": NAME, "height": INPUT_SIDE, "width": INPUT_SIDE},
-    extra=JSON(),
+    extra=PLAIN,
 )
 
 # A model file (final.pt, stage1.pt): format tag, spec, weights, metadata.
@@ -99,7 +105,7 @@ MODEL_FILE = Dict(
         "meta": MODEL_META,
     },
     required=("format", "spec", "state_dict"),
-    extra=JSON(),
+    extra=PLAIN,
 )
 
 # The description stored in an exported embedding (ONNX metadata_props, TorchScript extra

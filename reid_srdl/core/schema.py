@@ -316,11 +316,13 @@ class Dict(Spec):
 
 
 class JSON(Spec):
-    """Any JSON-like value: dicts with string keys, lists, and :class:`Scalar` values."""
+    """Any JSON-like value: dicts with string keys, lists, and :class:`Scalar` values (or
+    values ``leaf`` accepts, e.g. tensors in a model file's metadata)."""
 
-    def __init__(self):
+    def __init__(self, leaf: OptionalT[Spec] = None):
         # One node of each kind, reused: a shared part is then recognised as checked.
         self._dict, self._list, self._scalar = Dict(extra=self), List(self), Scalar()
+        self._leaf = OneOf(self._scalar, leaf) if leaf is not None else self._scalar
 
     def describe(self) -> str:
         return "plain data (mappings, lists, strings, numbers, true/false, null)"
@@ -328,9 +330,9 @@ class JSON(Spec):
     def check(self, value, where, walk):
         if isinstance(value, dict):
             return self._dict.check(value, where, walk)
-        if isinstance(value, (list, tuple)):
+        if type(value) in (list, tuple):  # not a tuple subclass such as torch.Size
             return self._list.check(value, where, walk)
-        return self._scalar.check(value, where, walk)
+        return self._leaf.check(value, where, walk)
 
 
 class Predicate(Spec):
