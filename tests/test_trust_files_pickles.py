@@ -154,6 +154,17 @@ def test_a_tensor_view_larger_than_its_storage_is_refused(tmp_path):
     assert "a tensor of size [1073741824] needs 4.0 GiB but its stored data (data/0) holds 16 bytes" in str(e.value)
 
 
+class Sub(torch.Tensor):
+    """A tensor subclass: torch pickles it as _rebuild_from_type_v2(_rebuild_tensor_v2, ...)."""
+
+
+def test_an_oversized_view_inside_a_subclass_rebuild_is_refused(tmp_path):
+    torch.save({"t": torch.arange(4.0).as_subclass(Sub)}, str(tmp_path / "s.pt"))
+    _rewrite_pickle(tmp_path / "s.pt", tmp_path / "big.pt", b"K\x04\x85", b"J\x00\x00\x00\x40\x85")
+    with pytest.raises(LimitExceededError, match=r"a tensor of size \[1073741824\] needs 4.0 GiB"):
+        load_torch_file(str(tmp_path / "big.pt"))
+
+
 def test_a_storage_declaring_more_than_its_record_is_refused(tmp_path):
     torch.save(torch.arange(4.0), str(tmp_path / "v.pt"))
     # the storage's numel (4 -> 2**30) follows 'cpu' in the persistent id

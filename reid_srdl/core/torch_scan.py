@@ -272,7 +272,7 @@ def _replay(stream, scan: _Scan) -> Any:
 
 
 def _scan_pickle(stream, scan: _Scan) -> Any:
-    start = stream.tell() if hasattr(stream, "tell") else None
+    start = stream.tell()
     _check_object_memory(stream)
     stream.seek(start)
     return _replay(stream, scan)
@@ -344,11 +344,14 @@ def _call_text(name: str, args: tuple) -> str:
     return f"{name}({shown[:60]})"
 
 
-def _check_call(name: str, args: tuple) -> None:
-    if name == "torch._tensor._rebuild_from_type_v2" and len(args) >= 3 and isinstance(args[2], tuple):
+def _check_call(name: str, args: tuple, depth: int = 0) -> None:
+    if name == "torch._tensor._rebuild_from_type_v2" and len(args) >= 3 and isinstance(args[2], (tuple, list)):
+        # torch calls args[0](*args[2]) while loading: check that call as well.
+        if depth > limits.MAX_NESTING_DEPTH:
+            raise ScanRefusal(f"tensor rebuilds nested more than {limits.MAX_NESTING_DEPTH} levels deep")
         inner = getattr(args[0], "qualified_name", None)
         if inner:
-            _check_call(inner, args[2])
+            _check_call(inner, tuple(args[2]), depth + 1)
         return
     if name in _TENSOR_REBUILDS and len(args) >= 4:
         _check_view(name, *args[:4])
@@ -385,7 +388,7 @@ def _check_scan(scan: _Scan) -> None:
     for name, state in scan.builds:
         # BUILD on a tensor with a legacy state is ``tensor.set_(storage, offset, size, stride)``.
         if _is_constructor(name) or name == "torch.nn.parameter.Parameter":
-            if isinstance(state, tuple) and len(state) == 4:
+            if isinstance(state, (tuple, list)) and len(state) == 4:
                 _check_view(name, *state)
 
 
