@@ -136,6 +136,8 @@ def main(argv=None) -> int:
             line = f"wrote {path} ({height}x{width}, {model.feature_dim}-d features)"
             if args.verify:
                 line += f"; max |exported - PyTorch| = {verify(model, path, height, width):.2e}"
+            if path == args.torchscript and not path.lower().endswith(".ts"):
+                line += " (TorchScript not named *.ts: loading it needs --trust-torchscript)"
             print(line)
     except ReidSrdlError as e:
         print(f"error: {e}", file=sys.stderr)
