@@ -9,6 +9,7 @@ import collections
 import os
 import pickle
 import time
+import warnings
 import zipfile
 
 import convert_checkpoint as convert_cli
@@ -212,8 +213,9 @@ def test_a_zip_bomb_record_is_refused_before_it_is_inflated(tmp_path, monkeypatc
 
 
 def test_torchscript_and_tar_files_are_named(tmp_path):
-    scripted = torch.jit.script(torch.nn.Linear(2, 2))
-    torch.jit.save(scripted, str(tmp_path / "prog.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated and says so
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "prog.pt"))
     with pytest.raises(UnreadableFileError, match="prog.pt: it is a TorchScript program, not a data file"):
         load_torch_file(str(tmp_path / "prog.pt"))
     import tarfile
