@@ -1,4 +1,4 @@
-"""The experiment scripts' run cache (benchmarks/experiment_runs.py): a finished run is reused
+"""The experiment scripts' run cache (experiments/experiment_runs.py): a finished run is reused
 only with the settings it was trained with, read back from its saved config.yaml."""
 
 import os
@@ -20,7 +20,7 @@ def _check_in_fresh_process(run_dir, overrides):
     code = textwrap.dedent(
         f"""
         import sys, threading
-        sys.path.insert(0, 'benchmarks')
+        sys.path.insert(0, 'experiments')
         from experiment_runs import check_cached
         errors = []
         def check():
@@ -58,7 +58,7 @@ def test_a_finished_run_with_other_settings_is_named_not_reused(finished_run):
 
 
 def _bench(module):
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
     try:
         return __import__(module)
     finally:
