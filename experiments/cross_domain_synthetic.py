@@ -3,78 +3,92 @@
 
 Trains on the synthetic Market-1501 (and, for comparison, on Market-1501 + DukeMTMC-reID)
 and evaluates each run on both: Market-1501 is in-domain, DukeMTMC-reID (other people,
-other cameras, 8 instead of 6) is cross-domain.  Writes the raw results as JSON and prints
-the Markdown table quoted in docs/datasets.md, with machine, date and commit.
+other cameras, 8 instead of 6) is cross-domain.  Each finished run is a row of
+experiments/results/cross_domain_synthetic.jsonl (a run with a row is not trained again);
+the table, with the machines of the runs, is the generated block of
+experiments/cross_domain_synthetic.md, rewritten from the results file alone.
 
-    python benchmarks/cross_domain_synthetic.py                       # demo recipe: 120 ids, 30 epochs
-    python benchmarks/cross_domain_synthetic.py --methods vanilla srdl --seeds 0 1 2
-    python benchmarks/cross_domain_synthetic.py --ids 12 --epochs 2 --max-batches 2 --height 64 --width 32  # smoke
+    python experiments/cross_domain_synthetic.py                       # demo recipe: 120 ids, 30 epochs
+    python experiments/cross_domain_synthetic.py --methods vanilla srdl --seeds 0 1 2
+    python experiments/cross_domain_synthetic.py --ids 12 --epochs 2 --max-batches 2 --height 64 --width 32 \
+        --series smoke --results /tmp/smoke.jsonl --table /tmp/smoke.md                # smoke
 """
 
 import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
-import time
 import warnings
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
+from experiment_runs import (  # noqa: E402
+    command_line,
+    doc_file,
+    folder_row,
+    guarded,
+    machines_line,
+    recorded,
+    results_file,
+    runs_folder,
+    save_row,
+    write_section,
+)
 
-from reid_srdl.config import load_config  # noqa: E402
-from reid_srdl.data.synthetic_reid import ensure_synthetic  # noqa: E402
-from reid_srdl.engine.trainer import Trainer  # noqa: E402
-
+STUDY = "cross_domain_synthetic"
 TARGETS = ("market1501", "dukemtmcreid")
 TRAINING = {"market1501": "[market1501]", "market1501+dukemtmcreid": "[market1501,dukemtmcreid]"}
 
 
-def machine() -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": commit,
-    }
+def run_name(method, label, seed):
+    return f"{method}_{label}_seed{seed}"
 
 
-def run(args, sources: str, method: str, seed: int, out: str) -> dict:
-    cfg = load_config(
-        None,
-        [
-            f"data.root={args.root}",
-            "data.synthetic=false",
-            f"data.sources={sources}",
-            f"data.targets=[{','.join(TARGETS)}]",
-            f"data.height={args.height}",
-            f"data.width={args.width}",
-            f"data.workers={args.workers}",
-            f"model.name={args.model}",
-            f"method.name={method}",
-            f"train.epochs={args.epochs}",
-            f"train.max_batches={args.max_batches}",
-            f"train.seed={seed}",
-            "train.progress=false",
-            "train.tensorboard=false",
-            f"train.output_dir={out}",
-            f"train.run_name={method}_{sources.strip('[]').replace(',', '+')}_s{seed}",
-            "eval.plot=false",
-        ],
-    )
-    summary = Trainer(cfg, os.path.join(out, cfg.train.run_name)).fit()
-    deployed = summary["results"]["deployed"]
+def overrides(args, sources, method, seed, name):
+    return [
+        f"data.root={args.root}",
+        "data.synthetic=false",
+        f"data.sources={sources}",
+        f"data.targets=[{','.join(TARGETS)}]",
+        f"data.height={args.height}",
+        f"data.width={args.width}",
+        f"data.workers={args.workers}",
+        f"model.name={args.model}",
+        f"method.name={method}",
+        f"train.epochs={args.epochs}",
+        f"train.max_batches={args.max_batches}",
+        f"train.seed={seed}",
+        "train.progress=false",
+        "train.tensorboard=false",
+        f"train.output_dir={args.runs}",
+        f"train.run_name={name}",
+        "eval.plot=false",
+    ]
+
+
+def planned(args):
+    return [
+        (run_name(method, label, seed), overrides(args, sources, method, seed, run_name(method, label, seed)), [])
+        for method in args.methods
+        for label, sources in TRAINING.items()
+        for seed in args.seeds
+    ]
+
+
+def train(run_dir, over):
+    """One run in this process (the trainer writes config.yaml, metrics.json and metrics.jsonl)."""
+    from reid_srdl.config import load_config
+    from reid_srdl.engine.trainer import Trainer
+
+    Trainer(load_config(None, over), run_dir).fit()
+
+
+def folder_record(run_dir):
+    """Single-query Rank-1 / mAP of the deployed network on each target set."""
+    import json
+
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        deployed = json.load(f)["results"]["deployed"]
     return {t: {k: deployed[f"{t}/single_query"][k] for k in ("rank1", "mAP")} for t in TARGETS}
 
 
@@ -90,53 +104,72 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ids", type=int, default=120, help="synthetic identities per data set (the demo's 120)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_cross_domain"))
-    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "cross_domain_synthetic.json"))
-    args = p.parse_args()
-    warnings.filterwarnings("ignore")
-    for name in TARGETS:
-        ensure_synthetic(name, args.root, num_ids=args.ids, seed=0)
-    out = tempfile.mkdtemp(prefix="cross_domain-")
-    rows = []
-    for method in args.methods:
-        for label, sources in TRAINING.items():
-            per_seed = [run(args, sources, method, seed, out) for seed in args.seeds]
-            mean = {t: {k: sum(r[t][k] for r in per_seed) / len(per_seed) for k in ("rank1", "mAP")} for t in TARGETS}
-            rows.append(
-                {"method": method, "trained_on": label, "seeds": args.seeds, "mean": mean, "per_seed": per_seed}
-            )
-            print(
-                f"  {method} on {label}: "
-                + ", ".join(f"{t} Rank-1 {100 * mean[t]['rank1']:.1f} mAP {100 * mean[t]['mAP']:.1f}" for t in TARGETS),
-                flush=True,
-            )
-    result = {
-        **machine(),
-        "ids_per_set": args.ids,
-        "model": args.model,
-        "input": f"{args.height}x{args.width}",
-        "epochs": args.epochs,
-        "max_batches": args.max_batches,
-        "rows": rows,
-    }
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.json)
-    print(
-        f"\nSynthetic data ({args.ids} identities per set), {args.model} {args.height}x{args.width}, "
-        f"{args.epochs} epochs, seeds {args.seeds}; {result['machine']}, {result['date']}, "
-        f"commit {result['commit']}\n"
+    p.add_argument("--series", default="ids120", help="the set of runs these settings make (a row's key, with the run)")
+    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
+    p.add_argument("--runs", help=f"run folders (default: experiments/runs/{STUDY}/SERIES)")
+    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
+    p.add_argument(
+        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
     )
-    print("| method | trained on | Market-1501 (in-domain) R1 / mAP | DukeMTMC-reID (cross-domain) R1 / mAP |")
-    print("|---|---|---|---|")
-    for r in rows:
-        m, d = r["mean"]["market1501"], r["mean"]["dukemtmcreid"]
-        print(
-            f"| {r['method']} | {r['trained_on']} | {100 * m['rank1']:.1f} / {100 * m['mAP']:.1f} | "
-            f"{100 * d['rank1']:.1f} / {100 * d['mAP']:.1f} |"
-        )
+    args = p.parse_args()
+    args.runs = args.runs or runs_folder(STUDY, args.series)
+    warnings.filterwarnings("ignore")
+    plan = planned(args)
+    rows = recorded(args.results, args.series, plan, args.tables_only)
+    if not args.tables_only and len(rows) < len(plan):
+        from reid_srdl.data.synthetic_reid import ensure_synthetic
+
+        for name in TARGETS:
+            ensure_synthetic(name, args.root, num_ids=args.ids, seed=0)
+        for name, over, _deps in plan:
+            if name in rows:
+                continue
+            run_dir = os.path.join(args.runs, name)
+            train(run_dir, over)
+            save_row(args.results, folder_row(run_dir, args.series, name, folder_record(run_dir)))
+            rows = recorded(args.results, args.series, plan, False)
+    write_table(args, rows)
+
+
+def write_table(args, rows):
+    """The series' generated block of the doc, from ``rows`` (run name -> results-file row) alone."""
+    cmd = command_line(
+        STUDY,
+        [
+            f"--methods {' '.join(args.methods)}",
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"--model {args.model}",
+            f"--height {args.height}",
+            f"--width {args.width}",
+            f"--epochs {args.epochs}",
+            f"--max-batches {args.max_batches}",
+            f"--ids {args.ids}",
+        ],
+        args,
+    )
+    lines = [
+        f"Synthetic data ({args.ids} identities per set), {args.model} {args.height}x{args.width}, "
+        f"{args.epochs} epochs, single query; mean over seeds {', '.join(map(str, args.seeds))}.",
+        "",
+        "```",
+        cmd,
+        "```",
+        "",
+        "| method | trained on | Market-1501 (in-domain) R1 / mAP | DukeMTMC-reID (cross-domain) R1 / mAP |",
+        "|---|---|---|---|",
+    ]
+    for method in args.methods:
+        for label in TRAINING:
+            recs = [rows[run_name(method, label, s)]["record"] for s in args.seeds]
+            cells = [
+                " / ".join(f"{100 * sum(r[t][k] for r in recs) / len(recs):.1f}" for k in ("rank1", "mAP"))
+                for t in TARGETS
+            ]
+            lines.append(f"| {method} | {label} | {cells[0]} | {cells[1]} |")
+    lines += ["", machines_line(rows, [name for name, _o, _d in planned(args)])]
+    write_section(args.table, f"series {args.series}", lines)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

@@ -11,11 +11,14 @@ at M minus at M/2 = SRDL's stage 1) and the self-reference gain (SRDL's stage 2 
 stage 1).  The defaults are the regime where SRDL's premise holds: ResNet-8, 1,000 training
 images, 240 epochs, KD's teacher = the vanilla network of the same seed.
 
-    python benchmarks/fashion_mnist_methods.py                       # the documented run
-    python benchmarks/fashion_mnist_methods.py --variants vanilla srdl --seeds 0 1 2
+    python experiments/fashion_mnist_methods.py                      # the documented run
+    python experiments/fashion_mnist_methods.py --variants vanilla srdl --seeds 0 1 2 --series probe
+    python experiments/fashion_mnist_methods.py --tables-only        # the table from the results alone
 
-Runs are cached: a variant/seed whose run directory has metrics.json is not trained
-again, so an interrupted experiment continues where it stopped.
+Each finished run is a row of experiments/results/fashion_mnist_methods.jsonl (a series
+groups the runs of one setting); a run with a row is not trained again, so an interrupted
+experiment continues where it stopped.  The run folders (checkpoints, logs) live under
+experiments/runs/fashion_mnist_methods/<series>/, outside git.
 """
 
 import argparse
@@ -23,23 +26,32 @@ import json
 import os
 import statistics
 import sys
-import time
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from experiment_runs import (  # noqa: E402
-    REPO,
-    cached_record,
-    kept_notes,
+    ExperimentError,
+    command_line,
+    doc_file,
+    folder_row,
+    guarded,
     machines_line,
     mean_std,
     paired_cell,
+    recorded,
+    repo_relative,
+    results_file,
     run_all,
     run_cpu,
+    runs_folder,
+    save_row,
+    series_rows,
     stage_history,
-    write_text_atomic,
+    write_section,
 )
 
+STUDY = "fashion_mnist_methods"
 # name -> overrides on top of the common settings
 VARIANTS = {
     "vanilla": ["method.name=vanilla"],
@@ -87,7 +99,7 @@ def common_overrides(args, seed, out_dir, name):
     ]
 
 
-def stage1_accuracy(run_dir, args):
+def stage1_accuracy(run_dir):
     """Test top-1 of the stage-1 network of an SRDL run (the self-reference)."""
     from reid_srdl.config import load_config
     from reid_srdl.data import build_data
@@ -108,27 +120,27 @@ def teacher_run(args, seed):
     needs it, and its accuracy beside the cross-entropy row of the same settings shows how far
     a rerun (on another machine, in fp32) moves the result."""
     name = f"teacher_{args.teacher_model}_seed{seed}"
-    return name, common_overrides(args, seed, args.out, name) + [
+    return name, common_overrides(args, seed, args.runs, name) + [
         "method.name=vanilla",
         f"model.name={args.teacher_model}",
     ]
 
 
-def check_teachers(args, plan):
+def check_teachers(args, plan, rows):
     """Before any training: a KD run still to train needs its teacher's network; a finished
-    teacher run without ``final.pt`` (a fresh clone keeps only the small files) is found here,
-    not after the other runs."""
+    teacher (a row of the results file) whose folder has no ``final.pt`` (a fresh clone keeps
+    only the results file) is found here, not after the other runs."""
     for name, _overrides, deps in plan:
-        if not name.startswith("kd_") or os.path.isfile(os.path.join(args.out, name, "metrics.json")):
+        if not name.startswith("kd_") or name in rows:
             continue
         for teacher in deps:
-            t_dir = os.path.join(args.out, teacher)
-            if os.path.isfile(os.path.join(t_dir, "metrics.json")) and not os.path.isfile(
-                os.path.join(t_dir, "final.pt")
-            ):
-                raise SystemExit(
-                    f"error: {name} needs the network of its teacher {t_dir}, which finished but has no final.pt "
-                    "(git keeps only the small files): move that folder away to retrain the teacher"
+            t_dir = os.path.join(args.runs, teacher)
+            finished = teacher in rows or os.path.isfile(os.path.join(t_dir, "metrics.json"))
+            if finished and not os.path.isfile(os.path.join(t_dir, "final.pt")):
+                raise ExperimentError(
+                    f"{name} needs the network of its teacher {teacher}, which finished but has no "
+                    f"{os.path.join(t_dir, 'final.pt')} (git keeps only the results): remove the teacher's row "
+                    f"from {repo_relative(args.results)} and its folder to retrain it"
                 )
 
 
@@ -139,25 +151,30 @@ def planned_runs(args):
     for seed in args.seeds:
         for variant in args.variants:
             name = f"{variant}_seed{seed}"
-            overrides = common_overrides(args, seed, args.out, name) + VARIANTS[variant]
+            overrides = common_overrides(args, seed, args.runs, name) + VARIANTS[variant]
             deps = []
             if variant == "kd":
                 teacher, t_over = teacher_run(args, seed)
                 plan.setdefault(teacher, (t_over, []))
-                overrides += [f"method.kd.teacher={os.path.join(args.out, teacher)}"]
+                overrides += [f"method.kd.teacher={os.path.join(args.runs, teacher)}"]
                 deps = [teacher]
             plan.setdefault(name, (overrides, deps))
     return [(name, overrides, deps) for name, (overrides, deps) in plan.items()]
 
 
-def collect(args, variant, seed):
-    run_dir = os.path.join(args.out, f"{variant}_seed{seed}")
-    return cached_record(run_dir, lambda: compute_record(args, variant, seed, run_dir))
+def variant_of(name):
+    """``kd_seed3`` -> ``kd``; a teacher run (``teacher_resnet8_seed3``) -> ``teacher``."""
+    variant = name.rpartition("_seed")[0]
+    return "teacher" if variant.startswith("teacher_") else variant
 
 
-def compute_record(args, variant, seed, run_dir):
+def folder_record(run_dir, name, teacher_top1=None):
+    """The table record of a finished run folder: test top-1, train time and FLOPs, the
+    ensemble's top-1, KD's teacher's top-1, SRDL's stage-1 top-1 (which evaluates stage1.pt)
+    and diagnostics, and the convergence of each stage."""
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
+    variant = variant_of(name)
     rec = {
         "top1": m["results"]["deployed"]["test"]["top1"],
         "seconds": m["train_seconds"],
@@ -166,13 +183,27 @@ def compute_record(args, variant, seed, run_dir):
     if "ensemble" in m["results"]:
         rec["ensemble_top1"] = m["results"]["ensemble"]["test"]["top1"]
     if variant == "kd":
-        with open(os.path.join(args.out, teacher_run(args, seed)[0], "metrics.json")) as f:
-            rec["teacher_top1"] = json.load(f)["results"]["deployed"]["test"]["top1"]
+        rec["teacher_top1"] = teacher_top1
     if variant.startswith("srdl"):
-        rec["stage1_top1"] = stage1_accuracy(run_dir, args)
+        rec["stage1_top1"] = stage1_accuracy(run_dir)
         rec["diagnostics"] = m.get("diagnostics", {})
-    rec["stages"] = stage_history(run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rec["stages"] = stage_history([json.loads(line) for line in f])
     return rec
+
+
+_RECORD_LOCK = threading.Lock()  # one evaluation of a stage-1 network at a time
+
+
+def record_finished(args, plan, name):
+    """Write the row of a run that just finished (its teacher's row is already there)."""
+    deps = dict((n, d) for n, _o, d in plan)[name]
+    with _RECORD_LOCK:
+        teacher_top1 = None
+        if deps:
+            teacher_top1 = series_rows(args.results, args.series)[deps[0]]["record"]["top1"]
+        run_dir = os.path.join(args.runs, name)
+        save_row(args.results, folder_row(run_dir, args.series, name, folder_record(run_dir, name, teacher_top1)))
 
 
 def main():
@@ -184,9 +215,7 @@ def main():
         "--subset", type=int, default=1000, help="training images (subset of the 60,000 drawn with each run's seed)"
     )
     p.add_argument("--model", default="resnet8")
-    p.add_argument(
-        "--teacher-model", default="resnet8", help="KD's teacher; the student's own architecture reuses the vanilla run"
-    )
+    p.add_argument("--teacher-model", default="resnet8", help="KD's teacher (a cross-entropy run of its own)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--workers", type=int, default=0, help="decoding workers per run (0: the 28x28 tensors are in memory)"
@@ -200,36 +229,37 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fashion_mnist_paired"))
-    p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_fashion_mnist_paired.md"))
-    args = p.parse_args()
-
-    os.makedirs(args.out, exist_ok=True)
-    log = os.path.join(args.out, "train.log")
-    started = time.time()
-    plan = planned_runs(args)
-    check_teachers(args, plan)
-    run_all(plan, args.out, log, args.jobs, args.threads)
-    rows = {}
-    for variant in args.variants:
-        for seed in args.seeds:
-            rec = collect(args, variant, seed)
-            rows.setdefault(variant, []).append(rec)
-            print(f"{variant}_seed{seed}: {json.dumps(rec)}", flush=True)
-
-    write_text_atomic(
-        os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"),
-        json.dumps(rows, indent=2) + "\n",
+    p.add_argument("--series", default="paired", help="the set of runs these settings make (a row's key, with the run)")
+    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
+    p.add_argument("--runs", help=f"run folders (default: experiments/runs/{STUDY}/SERIES)")
+    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
+    p.add_argument(
+        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
     )
-    write_table(args, rows, time.time() - started)
+    args = p.parse_args()
+    args.runs = args.runs or runs_folder(STUDY, args.series)
+
+    plan = planned_runs(args)
+    rows = recorded(args.results, args.series, plan, args.tables_only)
+    if not args.tables_only:
+        check_teachers(args, plan, rows)
+        log = os.path.join(args.runs, "train.log")
+        finished = lambda name: record_finished(args, plan, name)  # noqa: E731
+        run_all(plan, args.runs, log, args.jobs, args.threads, done=set(rows), finished=finished)
+        rows = series_rows(args.results, args.series)
+    records = {v: [rows[f"{v}_seed{s}"]["record"] for s in args.seeds] for v in args.variants}
+    write_table(args, records, rows)
 
 
 def describe(variant, args):
     return DESCRIPTIONS[variant].format(teacher=args.teacher_model)
 
 
-def write_table(args, rows, elapsed):
-    cmd = "python benchmarks/fashion_mnist_methods.py " + " ".join(
+def write_table(args, rows, by_name):
+    """The series' generated block of the doc, from ``rows`` (variant -> records, seed order)
+    and ``by_name`` (run name -> results-file row) alone."""
+    cmd = command_line(
+        STUDY,
         [
             f"--variants {' '.join(args.variants)}",
             f"--seeds {' '.join(map(str, args.seeds))}",
@@ -241,13 +271,10 @@ def write_table(args, rows, elapsed):
             f"--precision {args.precision}",
             f"--jobs {args.jobs}",
             f"--threads {args.threads}",
-            f"--out {os.path.relpath(args.out, REPO)}",
-            f"--table {os.path.relpath(args.table, REPO)}",
-        ]
+        ],
+        args,
     )
     lines = [
-        "# Fashion-MNIST: self-distillation methods side by side",
-        "",
         f"{args.model} (CIFAR-style ResNet, 1 input channel), {args.subset} training images (a random subset of the",
         "60,000 drawn with the run's seed, so every variant of a seed sees the same images), the full",
         f"10,000-image test set, {args.epochs} epochs for every variant (SRDL: two stages of",
@@ -261,7 +288,6 @@ def write_table(args, rows, elapsed):
         cmd,
         "```",
         "",
-        *kept_notes(args.table),
         "Paired difference: per seed, the variant minus cross-entropy (points); mean ± std and the",
         "paired-t 95% interval of the mean in brackets.",
         "",
@@ -323,17 +349,16 @@ def write_table(args, rows, elapsed):
                 else "."
             ),
         ]
-    lines += machine_checks(args, rows)
+    lines += machine_checks(args, rows, by_name)
     names = [f"{v}_seed{s}" for v in rows for s in args.seeds]
     if "kd" in rows:
         names += [teacher_run(args, s)[0] for s in args.seeds]
-    lines += ["", machines_line(args.out, names)]
-    lines += ["", f"Total wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)."]
-    write_text_atomic(args.table, "\n".join(lines) + "\n")
+    lines += ["", machines_line(by_name, names)]
+    write_section(args.table, f"series {args.series}", lines)
     print("\n".join(lines))
 
 
-def machine_checks(args, rows):
+def machine_checks(args, rows, by_name):
     """fp32 is exact on one CPU, not across CPUs, so where the runs came from several: (1) the
     spread a change of CPU alone causes, from a configuration trained twice (SRDL's stage 1 is
     the same in the ``srdl`` and ``srdl_no_restart`` runs: 0.00 on one CPU); (2) every variant
@@ -352,7 +377,7 @@ def machine_checks(args, rows):
         ]
     if "kd" not in rows or args.teacher_model != args.model:
         return lines
-    teacher_cpus = {run_cpu(args.out, teacher_run(args, s)[0]) for s in args.seeds}
+    teacher_cpus = {run_cpu(by_name, teacher_run(args, s)[0]) for s in args.seeds}
     if len(teacher_cpus) != 1 or None in teacher_cpus:
         return lines
     cpu = teacher_cpus.pop()
@@ -360,7 +385,7 @@ def machine_checks(args, rows):
     same = [
         f"{describe(v, args)} {paired_cell([r['top1'] for r in recs], teachers)}"
         for v, recs in rows.items()
-        if v != "vanilla" and all(run_cpu(args.out, f"{v}_seed{s}") == cpu for s in args.seeds)
+        if v != "vanilla" and all(run_cpu(by_name, f"{v}_seed{s}") == cpu for s in args.seeds)
     ]
     if same:
         lines += [
@@ -405,4 +430,4 @@ def srdl_analysis(args, rows):
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

@@ -8,32 +8,52 @@ mean +- std, and the paired difference to fp32 per seed with its paired-t 95% in
 where bf16 does not pay, bf16 + channels-last where it does); ``bf16`` forces bf16 autocast
 (only where the CPU runs it natively: emulated bf16 takes hours).
 
-    python benchmarks/precision_accuracy.py                     # seeds 0 1 2, fp32 / auto / bf16
-    python benchmarks/precision_accuracy.py --seeds 0 1 2 3 4 --precisions fp32 bf16
+    python experiments/precision_accuracy.py                     # seeds 0 1 2, fp32 / auto / bf16
+    python experiments/precision_accuracy.py --seeds 0 1 2 3 4 --precisions fp32 bf16
 
-Runs are cached under --out (a finished run is not trained again).
+Each finished run is a row of experiments/results/precision_accuracy.jsonl, in a series named
+by default after this machine's CPU (e.g. ``intel-xeon-amx``: the question is asked per CPU);
+a run with a row is not trained again.  The run folders live under
+experiments/runs/precision_accuracy/<series>/, outside git.  ``--tables-only`` rewrites the
+table from the results file alone.
 """
 
 import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import REPO, mean_std, paired_cell, run_all, write_text_atomic  # noqa: E402
+from experiment_runs import (  # noqa: E402
+    command_line,
+    doc_file,
+    folder_row,
+    guarded,
+    mean_std,
+    paired_cell,
+    recorded,
+    results_file,
+    run_all,
+    runs_folder,
+    save_row,
+    series_rows,
+    write_section,
+)
 
+from reid_srdl.core.environment import cpu_slug  # noqa: E402
 from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
 
+STUDY = "precision_accuracy"
 METRICS = (("rank1", "Rank-1"), ("mAP", "mAP"))
 
 
 def overrides(args, precision, seed, name):
     return [
         f"train.precision={precision}",
+        f"data.workers={args.workers}",
         f"train.seed={seed}",
-        f"train.output_dir={args.out}",
+        f"train.output_dir={args.runs}",
         f"train.run_name={name}",
         "train.progress=false",
         "train.tensorboard=false",
@@ -41,8 +61,10 @@ def overrides(args, precision, seed, name):
     ]
 
 
-def record(args, precision, seed):
-    with open(os.path.join(args.out, f"{precision}_seed{seed}", "metrics.json")) as f:
+def folder_record(run_dir):
+    """The table record of a finished run folder: single-query Rank-1 / mAP of the deployed
+    network, train time, and the precision it ran as."""
+    with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
     single = m["results"]["deployed"]["single_query"]
     used = m["precision"] + (" + channels-last" if m.get("channels_last") else "")
@@ -55,30 +77,58 @@ def main():
     p.add_argument("--precisions", nargs="+", default=["fp32", "auto", "bf16"], choices=["fp32", "auto", "bf16"])
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (1: the train times are comparable)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "precision_accuracy"))
-    p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_precision.md"))
+    p.add_argument("--workers", type=int, default=-1, help="data.workers of every run (-1: the trainer's choice)")
+    p.add_argument("--series", default=cpu_slug(), help="the set of runs (default: this CPU, %(default)s)")
+    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
+    p.add_argument("--runs", help=f"run folders (default: experiments/runs/{STUDY}/SERIES)")
+    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
+    p.add_argument(
+        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
+    )
     args = p.parse_args()
+    args.runs = args.runs or runs_folder(STUDY, args.series)
     if "fp32" not in args.precisions:
         p.error("--precisions must include fp32 (the reference of the paired differences)")
-    precisions = [x for x in args.precisions if x != "bf16" or cpu_supports_bf16()]
-    skipped = sorted(set(args.precisions) - set(precisions))
-    os.makedirs(args.out, exist_ok=True)
+    # bf16 only where the CPU runs it natively (emulated bf16 takes hours); with --tables-only,
+    # the precisions the results file holds for this series.
+    rows = series_rows(args.results, args.series)
+    if args.tables_only:
+        precisions = [x for x in args.precisions if f"{x}_seed{args.seeds[0]}" in rows or x == "fp32"]
+    else:
+        precisions = [x for x in args.precisions if x != "bf16" or cpu_supports_bf16()]
+    skipped = [x for x in args.precisions if x not in precisions]
     plan = [
         (f"{prec}_seed{seed}", overrides(args, prec, seed, f"{prec}_seed{seed}"), [])
         for seed in args.seeds
         for prec in precisions
     ]
-    started = time.time()
-    run_all(plan, args.out, os.path.join(args.out, "train.log"), args.jobs, args.threads)
-    rows = {prec: [record(args, prec, s) for s in args.seeds] for prec in precisions}
-    cmd = (
-        f"python benchmarks/precision_accuracy.py --seeds {' '.join(map(str, args.seeds))} "
-        f"--precisions {' '.join(args.precisions)} --jobs {args.jobs} --threads {args.threads} "
-        f"--out {os.path.relpath(args.out, REPO)} --table {os.path.relpath(args.table, REPO)}"
+    rows = recorded(args.results, args.series, plan, args.tables_only)
+    if not args.tables_only:
+
+        def finished(name):
+            run_dir = os.path.join(args.runs, name)
+            save_row(args.results, folder_row(run_dir, args.series, name, folder_record(run_dir)))
+
+        run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads, set(rows), finished)
+        rows = series_rows(args.results, args.series)
+    records = {prec: [rows[f"{prec}_seed{s}"]["record"] for s in args.seeds] for prec in precisions}
+    write_table(args, records, skipped)
+
+
+def write_table(args, rows, skipped):
+    """The series' generated block of the doc, from ``rows`` (precision -> records, seed order) alone."""
+    cmd = command_line(
+        STUDY,
+        [
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"--precisions {' '.join(args.precisions)}",
+            f"--jobs {args.jobs}",
+            f"--threads {args.threads}",
+            f"--workers {args.workers}",
+        ],
+        args,
     )
     lines = [
-        "# Training precision and accuracy: the main job in fp32, auto and bf16",
-        "",
         "`python tools/train.py` (SRDL, small_reid, the embedded **synthetic** Market-1501 set, 2 x 15 epochs)",
         f"with `train.precision` = each setting below, seeds {', '.join(map(str, args.seeds))} (seed s of every",
         "setting starts from the same weights and sees the same batches); single-query Rank-1 / mAP of the",
@@ -103,10 +153,9 @@ def main():
         lines.append(f"| {prec} | {used} | " + " | ".join(cells) + f" | {seconds[0]:.0f} ± {seconds[1]:.0f} |")
     if skipped:
         lines += ["", f"Not run: {', '.join(skipped)} (this CPU has no native bf16)."]
-    lines += ["", f"Wall time of the whole experiment: {(time.time() - started) / 60:.1f} min."]
-    write_text_atomic(args.table, "\n".join(lines) + "\n")
+    write_section(args.table, f"series {args.series}", lines)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

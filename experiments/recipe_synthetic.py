@@ -17,27 +17,41 @@ single-query Rank-1 / mAP as mean +- std; SRDL also its stage-1 + stage-2 ensemb
        BNNeck) with ce's optimiser and schedule.
 Both are evaluated alike (cosine distance: eval.normalize=true, as BoT tests).
 
-    python benchmarks/recipe_synthetic.py                                   # the documented run
-    python benchmarks/recipe_synthetic.py --models small_reid --seeds 0 --epochs 2 --ids 16   # smoke
+    python experiments/recipe_synthetic.py                                   # the documented run
+    python experiments/recipe_synthetic.py --models small_reid --seeds 0 --epochs 2 --ids 16 --series smoke
 
-Runs are cached: a run whose folder has metrics.json (with the same settings) is not trained
-again, so an interrupted experiment continues where it stopped.
+Each finished run is a row of experiments/results/recipe_synthetic.jsonl (a run with a row, or
+a finished run folder with the same settings, is not trained again, so an interrupted
+experiment continues where it stopped); the run folders and the rendered data live under
+experiments/runs/recipe_synthetic/<series>/, outside git.  ``--tables-only`` rewrites the
+table from the results file alone.
 """
 
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "experiments"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import mean_std, run  # noqa: E402  (cached runs, one process each)
+from experiment_runs import (  # noqa: E402
+    command_line,
+    doc_file,
+    folder_row,
+    guarded,
+    machines_line,
+    mean_std,
+    paired_cell,
+    recorded,
+    results_file,
+    run_all,
+    runs_folder,
+    save_row,
+    series_rows,
+    write_section,
+)
 
+STUDY = "recipe_synthetic"
 RECIPES = {
     "ce": [],
     "bot": [
@@ -72,7 +86,7 @@ def overrides(args, model, recipe, method, seed, name):
         stage_epochs = args.epochs // 2 if method == "srdl" else args.epochs
         extra.append(f"optim.warmup_epochs={max(1, round(stage_epochs / 12))}")
     return [
-        f"data.root={os.path.join(args.out, 'data')}",
+        f"data.root={os.path.join(args.runs, 'data')}",
         "data.synthetic=true",
         f"data.synthetic_ids={args.ids}",
         f"data.height={height}",
@@ -83,7 +97,7 @@ def overrides(args, model, recipe, method, seed, name):
         f"method.name={method}",
         f"train.epochs={args.epochs}",
         f"train.seed={seed}",
-        f"train.output_dir={os.path.join(args.out, model)}",
+        f"train.output_dir={os.path.join(args.runs, model)}",
         f"train.run_name={name}",
         "train.progress=false",
         "train.tensorboard=false",
@@ -94,32 +108,24 @@ def overrides(args, model, recipe, method, seed, name):
 
 
 def planned(args):
-    for model in args.models:
-        for seed in args.seeds:
-            for recipe in args.recipes:
-                for method in METHODS:
-                    name = f"{method}_{recipe}_seed{seed}"
-                    yield model, recipe, method, seed, name
+    """``[(run, overrides, dependencies)]``: every model x seed x recipe x method; a run is
+    named ``<model>/<method>_<recipe>_seed<s>`` (its folder: ``<runs>/<model>/<name>``)."""
+    return [
+        (
+            f"{model}/{method}_{recipe}_seed{seed}",
+            overrides(args, model, recipe, method, seed, f"{method}_{recipe}_seed{seed}"),
+            [],
+        )
+        for model in args.models
+        for seed in args.seeds
+        for recipe in args.recipes
+        for method in METHODS
+    ]
 
 
-def machine(args):
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    import torch
-
-    from reid_srdl.core.environment import cpu_model
-
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": git.stdout.strip(),
-        "machine": cpu_model(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "jobs": args.jobs,
-        "threads_per_run": args.threads,
-    }
-
-
-def collect(run_dir):
+def folder_record(run_dir):
+    """The table record of a finished run folder: single-query Rank-1 / mAP of the deployed
+    network and of SRDL's ensemble, train time and the deployed network's parameters."""
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
     sq = m["results"]["deployed"]["single_query"]
@@ -146,53 +152,91 @@ def main():
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "recipe_synthetic"))
+    p.add_argument("--series", default="ids120", help="the set of runs these settings make (a row's key, with the run)")
+    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
+    p.add_argument("--runs", help=f"run folders and data (default: experiments/runs/{STUDY}/SERIES)")
+    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
+    p.add_argument(
+        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
+    )
     args = p.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    from reid_srdl.data.synthetic import ensure_synthetic_market
+    args.runs = args.runs or runs_folder(STUDY, args.series)
+    plan = planned(args)
+    rows = recorded(args.results, args.series, plan, args.tables_only)
+    if not args.tables_only and len(rows) < len(plan):
+        from reid_srdl.data.synthetic import ensure_synthetic_market
 
-    ensure_synthetic_market(os.path.join(args.out, "data"), num_ids=args.ids, seed=0)  # once, before the jobs
-    log = os.path.join(args.out, "train.log")
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    plan = list(planned(args))
-    started = time.time()
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = [
-            pool.submit(run, overrides(args, m, r, meth, s, n), os.path.join(args.out, m, n), log, env)
-            for m, r, meth, s, n in plan
-        ]
-        for job in jobs:
-            job.result()  # the first failed run stops the script with its message
+        os.makedirs(args.runs, exist_ok=True)
+        ensure_synthetic_market(os.path.join(args.runs, "data"), num_ids=args.ids, seed=0)  # once, before the jobs
 
-    rows = {}
-    for model, recipe, method, _seed, name in plan:
-        rows.setdefault(f"{model}/{method}/{recipe}", []).append(collect(os.path.join(args.out, model, name)))
-    summary = {"machine": machine(args), "epochs": args.epochs, "ids": args.ids, "seeds": args.seeds, "rows": rows}
-    path = os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, path)
+        def finished(name):
+            run_dir = os.path.join(args.runs, name)
+            save_row(args.results, folder_row(run_dir, args.series, name, folder_record(run_dir)))
+
+        run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads, set(rows), finished)
+        rows = series_rows(args.results, args.series)
+    write_table(args, rows)
+
+
+def write_table(args, rows):
+    """The series' generated block of the doc, from ``rows`` (run name -> results-file row) alone."""
+
+    def records(model, method, recipe):
+        return [rows[f"{model}/{method}_{recipe}_seed{s}"]["record"] for s in args.seeds]
 
     def cell(recs, key, fmt="{:.2f} ± {:.2f}", scale=100.0):
         vals = [r[key] * scale for r in recs if r.get(key) is not None]
         return fmt.format(*mean_std(vals)) if vals else "-"
 
-    print(
-        f"\nSynthetic re-id set ({args.ids} identities), {args.epochs} epochs, seeds {args.seeds}; "
-        f"{summary['machine']}\n"
+    def minus(recs, base, same):
+        return "-" if same else paired_cell([r["rank1"] for r in recs], [r["rank1"] for r in base])
+
+    cmd = command_line(
+        STUDY,
+        [
+            f"--models {' '.join(args.models)}",
+            f"--recipes {' '.join(args.recipes)}",
+            f"--seeds {' '.join(map(str, args.seeds))}",
+            f"--epochs {args.epochs}",
+            f"--ids {args.ids}",
+            f"--batch-size {args.batch_size}",
+            f"--jobs {args.jobs}",
+            f"--threads {args.threads}",
+        ],
+        args,
     )
-    print("| model | method | recipe | Rank-1 (%) | mAP (%) | ensemble Rank-1 | ensemble mAP | train s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for key, recs in rows.items():
-        model, method, recipe = key.split("/")
-        print(
-            f"| {model} | {method} | {recipe} | {cell(recs, 'rank1')} | {cell(recs, 'mAP')} | "
-            f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | "
-            f"{cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |"
-        )
-    print(f"\nwall time of this run of the script: {(time.time() - started) / 60:.1f} min (cached runs count 0)")
+    lines = [
+        f"Synthetic re-id set ({args.ids} identities, half of them to train on), {args.epochs} epochs from random",
+        f"initialisation (SRDL: two stages of {args.epochs // 2}), batch {args.batch_size}, single query, cosine "
+        "distance; mean ± std over seeds",
+        f"{', '.join(map(str, args.seeds))}; paired differences of Rank-1 per seed (points, mean ± std [paired-t 95% "
+        f"interval]); train times per run, {args.jobs} run(s) at a time, {args.threads} thread(s) each.",
+        "",
+        "```",
+        cmd,
+        "```",
+        "",
+        "| model | method | recipe | Rank-1 (%) | mAP (%) | ensemble Rank-1 (%) | ensemble mAP (%) | Rank-1 minus "
+        "vanilla ce | Rank-1 minus vanilla, same recipe | train time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in args.models:
+        for recipe in args.recipes:
+            for method in METHODS:
+                recs = records(model, method, recipe)
+                ce = records(model, "vanilla", "ce")
+                same = records(model, "vanilla", recipe)
+                lines.append(
+                    f"| {model} | {method} | {recipe} | {cell(recs, 'rank1')} | {cell(recs, 'mAP')} | "
+                    f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | "
+                    f"{minus(recs, ce, method == 'vanilla' and recipe == 'ce')} | "
+                    f"{minus(recs, same, method == 'vanilla')} | {cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |"
+                )
+    names = [name for name, _o, _d in planned(args)]
+    lines += ["", machines_line(rows, names)]
+    write_section(args.table, f"series {args.series}", lines)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

@@ -10,43 +10,52 @@ cross-entropy and its 95% interval (paired t), SRDL's stage-1+2 ensemble, and th
 check: SRDL's stage 1 is cross-entropy at M/2 epochs (same initialisation, data order and
 schedule), so the halving cost and the self-reference gain come per seed for free.
 
-    python benchmarks/reid_many_ids.py          # the documented run (M = 120)
-    python benchmarks/reid_many_ids.py --seeds 0 1 --epochs 60 --out benchmarks/results/reid_many_ids \
-        --table docs/experiments_reid_many_ids_m60.md   # the convergence probe that chose M
+    python experiments/reid_many_ids.py          # the documented run (M = 120)
+    python experiments/reid_many_ids.py --seeds 0 1 --epochs 60 --series m60   # the convergence probe that chose M
 
 The probe found M = 60 too short (cross-entropy at 30 epochs 5 Rank-1 points below 60), so
 the default is M = 120: each of SRDL's halves then trains as long as the probe's full run.
 
-Runs are cached and resumable (a finished run is reused only with identical settings).
+Each finished run is a row of experiments/results/reid_many_ids.jsonl (a run with a row is
+not trained again; a finished run is reused only with identical settings); the run folders
+and the rendered data live under experiments/runs/reid_many_ids/<series>/, outside git.
+``--tables-only`` rewrites the table from the results file alone.
 """
 
 import argparse
 import json
 import os
 import sys
-import time
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from experiment_runs import (  # noqa: E402
-    REPO,
-    cached_record,
-    kept_notes,
+    command_line,
+    doc_file,
+    folder_row,
+    guarded,
     machines_line,
     mean_std,
     paired_cell,
+    recorded,
+    results_file,
     run_all,
+    runs_folder,
+    save_row,
+    series_rows,
     stage_history,
-    write_text_atomic,
+    write_section,
 )
 
+STUDY = "reid_many_ids"
 VARIANTS = {"vanilla": ["method.name=vanilla"], "srdl": ["method.name=srdl"]}
 DESCRIPTIONS = {"vanilla": "cross-entropy", "srdl": "SRDL (deployed stage-2 network)"}
 METRICS = (("rank1", "Rank-1"), ("mAP", "mAP"))
 
 
 def data_root(args):
-    return os.path.join(args.out, "data")
+    return os.path.join(args.runs, "data")
 
 
 def common_overrides(args, seed, name):
@@ -63,7 +72,7 @@ def common_overrides(args, seed, name):
         f"model.feature_dim={args.feature_dim}",
         f"train.epochs={args.epochs}",
         f"train.seed={seed}",
-        f"train.output_dir={args.out}",
+        f"train.output_dir={args.runs}",
         f"train.run_name={name}",
         "train.progress=false",
         "train.tensorboard=false",
@@ -94,15 +103,15 @@ def stage1_metrics(run_dir):
     return evaluate_model(model, data, "cpu", cfg.eval, out_dir=run_dir, tag="stage1", progress=False)["single_query"]
 
 
-def collect(args, variant, seed):
-    run_dir = os.path.join(args.out, f"{variant}_seed{seed}")
-    return cached_record(run_dir, lambda: compute_record(args, variant, run_dir))
-
-
-def compute_record(args, variant, run_dir):
+def folder_record(run_dir, variant, counts):
+    """The table record of a finished run folder: single-query Rank-1 / mAP of the deployed
+    network and of SRDL's ensemble and stage-1 network (which evaluates stage1.pt), train
+    time and FLOPs, SRDL's diagnostics, the convergence of each stage and the data's counts."""
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
-    rec = {"seconds": m["train_seconds"], "tflops": m["train_flops"] / 1e12, "stages": stage_history(run_dir)}
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        stages = stage_history([json.loads(line) for line in f])
+    rec = {"seconds": m["train_seconds"], "tflops": m["train_flops"] / 1e12, "stages": stages}
     for key, _ in METRICS:
         rec[key] = m["results"]["deployed"]["single_query"][key]
         if "ensemble" in m["results"]:
@@ -112,11 +121,26 @@ def compute_record(args, variant, run_dir):
         for key, _ in METRICS:
             rec[f"stage1_{key}"] = stage1[key]
         rec["diagnostics"] = m.get("diagnostics", {})
+    rec["data_counts"] = counts
     return rec
 
 
-def write_table(args, rows, elapsed, counts):
-    cmd = "python benchmarks/reid_many_ids.py " + " ".join(
+_RECORD_LOCK = threading.Lock()  # one evaluation of a stage-1 network at a time
+
+
+def record_finished(args, name, counts):
+    run_dir = os.path.join(args.runs, name)
+    with _RECORD_LOCK:
+        rec = folder_record(run_dir, name.rpartition("_seed")[0], counts)
+        save_row(args.results, folder_row(run_dir, args.series, name, rec))
+
+
+def write_table(args, rows, by_name):
+    """The series' generated block of the doc, from ``rows`` (variant -> records, seed order)
+    and ``by_name`` (run name -> results-file row) alone."""
+    counts = rows[args.variants[0]][0]["data_counts"]
+    cmd = command_line(
+        STUDY,
         [
             f"--seeds {' '.join(map(str, args.seeds))}",
             f"--epochs {args.epochs}",
@@ -126,13 +150,10 @@ def write_table(args, rows, elapsed, counts):
             f"--threads {args.threads}",
             f"--workers {args.workers}",
             f"--precision {args.precision}",
-            f"--out {os.path.relpath(args.out, REPO)}",
-            f"--table {os.path.relpath(args.table, REPO)}",
-        ]
+        ],
+        args,
     )
     lines = [
-        "# Re-id with many identities (synthetic Market-1501 format): cross-entropy vs SRDL",
-        "",
         "**The images are synthetic** (rendered people on rendered backgrounds, "
         "tools/make_synthetic_market.py), in the exact Market-1501 layout; the figures say how the",
         "methods behave with many classes on this task's protocol, not what they reach on the real set.",
@@ -149,7 +170,6 @@ def write_table(args, rows, elapsed, counts):
         cmd,
         "```",
         "",
-        *kept_notes(args.table),
         "| network | Rank-1 (%) | Rank-1 minus CE | mAP (%) | mAP minus CE | train time (s) |",
         "|---|---|---|---|---|---|",
     ]
@@ -198,13 +218,12 @@ def write_table(args, rows, elapsed, counts):
                 for v, recs in rows.items()
             ),
         ]
-    lines += ["", machines_line(args.out, [f"{v}_seed{s}" for v in rows for s in args.seeds])]
+    lines += ["", machines_line(by_name, [f"{v}_seed{s}" for v in rows for s in args.seeds])]
     lines += [
         "",
-        f"Wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0); train times "
-        f"are per run with {args.jobs} run(s) at a time, {args.threads} thread(s) each.",
+        f"Train times are per run with {args.jobs} run(s) at a time, {args.threads} thread(s) each.",
     ]
-    write_text_atomic(args.table, "\n".join(lines) + "\n")
+    write_section(args.table, f"series {args.series}", lines)
     print("\n".join(lines))
 
 
@@ -228,29 +247,30 @@ def main():
     )
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "reid_many_ids_m120"))
-    p.add_argument("--table", default=os.path.join(REPO, "docs", "experiments_reid_many_ids.md"))
-    args = p.parse_args()
-
-    from reid_srdl.data.synthetic import ensure_synthetic_market, read_marker
-
-    os.makedirs(args.out, exist_ok=True)
-    # Written once, before any run starts (parallel runs must not race to create it).
-    counts = read_marker(ensure_synthetic_market(data_root(args), num_ids=args.ids, seed=0))["counts"]
-    started = time.time()
-    run_all(planned_runs(args), args.out, os.path.join(args.out, "train.log"), args.jobs, args.threads)
-    rows = {}
-    for variant in args.variants:
-        for seed in args.seeds:
-            rec = collect(args, variant, seed)
-            rows.setdefault(variant, []).append(rec)
-            print(f"{variant}_seed{seed}: {json.dumps(rec)}", flush=True)
-    write_text_atomic(
-        os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json"),
-        json.dumps(rows, indent=2) + "\n",
+    p.add_argument("--series", default="m120", help="the set of runs these settings make (a row's key, with the run)")
+    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
+    p.add_argument("--runs", help=f"run folders and data (default: experiments/runs/{STUDY}/SERIES)")
+    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
+    p.add_argument(
+        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
     )
-    write_table(args, rows, time.time() - started, counts)
+    args = p.parse_args()
+    args.runs = args.runs or runs_folder(STUDY, args.series)
+
+    plan = planned_runs(args)
+    rows = recorded(args.results, args.series, plan, args.tables_only)
+    if not args.tables_only and len(rows) < len(plan):
+        from reid_srdl.data.synthetic import ensure_synthetic_market, read_marker
+
+        os.makedirs(args.runs, exist_ok=True)
+        # Written once, before any run starts (parallel runs must not race to create it).
+        counts = read_marker(ensure_synthetic_market(data_root(args), num_ids=args.ids, seed=0))["counts"]
+        finished = lambda name: record_finished(args, name, counts)  # noqa: E731
+        run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads, set(rows), finished)
+        rows = series_rows(args.results, args.series)
+    records = {v: [rows[f"{v}_seed{s}"]["record"] for s in args.seeds] for v in args.variants}
+    write_table(args, records, rows)
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)
