@@ -27,11 +27,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import cross_domain_synthetic  # noqa: E402,F401  (the studies, for their folder_record)
-import fashion_mnist_methods  # noqa: E402
+import fashion_mnist_methods  # noqa: E402  (the studies, for their folder_record)
 import precision_accuracy  # noqa: E402
 import recipe_synthetic  # noqa: E402
-import reid_many_ids  # noqa: E402
 from experiment_runs import REPO, folder_row, results_file, runs_folder, write_text_atomic  # noqa: E402
 
 # old folder under --source -> (study, series, run-folder depth: 2 when runs nest as model/run)

@@ -23,16 +23,15 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from experiment_runs import (  # noqa: E402
+    add_record_options,
     command_line,
-    doc_file,
+    finish_options,
     folder_row,
     guarded,
     machines_line,
+    publish,
     recorded,
-    results_file,
-    runs_folder,
     save_row,
-    write_section,
 )
 
 STUDY = "cross_domain_synthetic"
@@ -104,15 +103,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ids", type=int, default=120, help="synthetic identities per data set (the demo's 120)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_cross_domain"))
-    p.add_argument("--series", default="ids120", help="the set of runs these settings make (a row's key, with the run)")
-    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
-    p.add_argument("--runs", help=f"run folders (default: experiments/runs/{STUDY}/SERIES)")
-    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
-    p.add_argument(
-        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
-    )
-    args = p.parse_args()
-    args.runs = args.runs or runs_folder(STUDY, args.series)
+    add_record_options(p, STUDY, "ids120")
+    args = finish_options(p.parse_args(), STUDY)
     warnings.filterwarnings("ignore")
     plan = planned(args)
     rows = recorded(args.results, args.series, plan, args.tables_only)
@@ -167,8 +159,7 @@ def write_table(args, rows):
             ]
             lines.append(f"| {method} | {label} | {cells[0]} | {cells[1]} |")
     lines += ["", machines_line(rows, [name for name, _o, _d in planned(args)])]
-    write_section(args.table, f"series {args.series}", lines)
-    print("\n".join(lines))
+    publish(args, lines)
 
 
 if __name__ == "__main__":

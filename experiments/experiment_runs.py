@@ -346,6 +346,40 @@ def machines_line(rows, names):
     return "CPUs (from each run's metrics.json): " + "; ".join(parts) + "."
 
 
+def add_record_options(parser, study, series):
+    """The options every driver shares: which series, results file, run folders and doc, and
+    whether to train or only rewrite (or check) the table from the results file."""
+    parser.add_argument("--series", default=series, help="the set of runs these settings make (default %(default)s)")
+    parser.add_argument("--results", default=results_file(study), help="the compact results file (one row per run)")
+    parser.add_argument("--runs", help=f"run folders (default: experiments/runs/{study}/SERIES; not in git)")
+    parser.add_argument("--table", default=doc_file(study), help="the doc whose block of this series is rewritten")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="with --tables-only: fail if the doc's block differs; write nothing"
+    )
+
+
+def finish_options(args, study):
+    args.runs = args.runs or runs_folder(study, args.series)
+    if args.check and not args.tables_only:
+        raise ExperimentError("--check compares the table rebuilt from the results file: give --tables-only too")
+    return args
+
+
+def publish(args, lines):
+    """Write the series' generated block of the doc (or, with ``--check``, compare it)."""
+    key = f"series {args.series}"
+    if args.check:
+        if read_section(args.table, key) != lines:
+            raise ExperimentError(f"{repo_relative(args.table)}: block '{key}' differs from its results file")
+        print(f"{repo_relative(args.table)}: block '{key}' regenerates identically")
+        return
+    write_section(args.table, key, lines)
+    print("\n".join(lines))
+
+
 def command_line(study, parts, args):
     """The command a doc shows above a table: the driver, its settings (``parts``), the series
     and the results file and doc where they are not the defaults."""

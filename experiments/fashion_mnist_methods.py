@@ -32,23 +32,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from experiment_runs import (  # noqa: E402
     ExperimentError,
+    add_record_options,
     command_line,
-    doc_file,
+    finish_options,
     folder_row,
     guarded,
     machines_line,
     mean_std,
     paired_cell,
+    publish,
     recorded,
     repo_relative,
-    results_file,
     run_all,
     run_cpu,
-    runs_folder,
     save_row,
     series_rows,
     stage_history,
-    write_section,
 )
 
 STUDY = "fashion_mnist_methods"
@@ -229,15 +228,8 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--series", default="paired", help="the set of runs these settings make (a row's key, with the run)")
-    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
-    p.add_argument("--runs", help=f"run folders (default: experiments/runs/{STUDY}/SERIES)")
-    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
-    p.add_argument(
-        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
-    )
-    args = p.parse_args()
-    args.runs = args.runs or runs_folder(STUDY, args.series)
+    add_record_options(p, STUDY, "paired")
+    args = finish_options(p.parse_args(), STUDY)
 
     plan = planned_runs(args)
     rows = recorded(args.results, args.series, plan, args.tables_only)
@@ -354,8 +346,7 @@ def write_table(args, rows, by_name):
     if "kd" in rows:
         names += [teacher_run(args, s)[0] for s in args.seeds]
     lines += ["", machines_line(by_name, names)]
-    write_section(args.table, f"series {args.series}", lines)
-    print("\n".join(lines))
+    publish(args, lines)
 
 
 def machine_checks(args, rows, by_name):

@@ -26,19 +26,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from experiment_runs import (  # noqa: E402
+    add_record_options,
     command_line,
-    doc_file,
+    finish_options,
     folder_row,
     guarded,
     mean_std,
     paired_cell,
+    publish,
     recorded,
-    results_file,
     run_all,
-    runs_folder,
     save_row,
     series_rows,
-    write_section,
 )
 
 from reid_srdl.core.environment import cpu_slug  # noqa: E402
@@ -78,15 +77,8 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (1: the train times are comparable)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workers", type=int, default=-1, help="data.workers of every run (-1: the trainer's choice)")
-    p.add_argument("--series", default=cpu_slug(), help="the set of runs (default: this CPU, %(default)s)")
-    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
-    p.add_argument("--runs", help=f"run folders (default: experiments/runs/{STUDY}/SERIES)")
-    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
-    p.add_argument(
-        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
-    )
-    args = p.parse_args()
-    args.runs = args.runs or runs_folder(STUDY, args.series)
+    add_record_options(p, STUDY, cpu_slug())
+    args = finish_options(p.parse_args(), STUDY)
     if "fp32" not in args.precisions:
         p.error("--precisions must include fp32 (the reference of the paired differences)")
     # bf16 only where the CPU runs it natively (emulated bf16 takes hours); with --tables-only,
@@ -153,8 +145,7 @@ def write_table(args, rows, skipped):
         lines.append(f"| {prec} | {used} | " + " | ".join(cells) + f" | {seconds[0]:.0f} ± {seconds[1]:.0f} |")
     if skipped:
         lines += ["", f"Not run: {', '.join(skipped)} (this CPU has no native bf16)."]
-    write_section(args.table, f"series {args.series}", lines)
-    print("\n".join(lines))
+    publish(args, lines)
 
 
 if __name__ == "__main__":

@@ -35,20 +35,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from experiment_runs import (  # noqa: E402
+    add_record_options,
     command_line,
-    doc_file,
+    finish_options,
     folder_row,
     guarded,
     machines_line,
     mean_std,
     paired_cell,
+    publish,
     recorded,
-    results_file,
     run_all,
-    runs_folder,
     save_row,
     series_rows,
-    write_section,
 )
 
 STUDY = "recipe_synthetic"
@@ -152,15 +151,8 @@ def main():
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--series", default="ids120", help="the set of runs these settings make (a row's key, with the run)")
-    p.add_argument("--results", default=results_file(STUDY), help="the compact results file (one row per run)")
-    p.add_argument("--runs", help=f"run folders and data (default: experiments/runs/{STUDY}/SERIES)")
-    p.add_argument("--table", default=doc_file(STUDY), help="the doc whose generated block of this series is rewritten")
-    p.add_argument(
-        "--tables-only", action="store_true", help="rewrite the table from the results file alone; train nothing"
-    )
-    args = p.parse_args()
-    args.runs = args.runs or runs_folder(STUDY, args.series)
+    add_record_options(p, STUDY, "ids120")
+    args = finish_options(p.parse_args(), STUDY)
     plan = planned(args)
     rows = recorded(args.results, args.series, plan, args.tables_only)
     if not args.tables_only and len(rows) < len(plan):
@@ -234,8 +226,7 @@ def write_table(args, rows):
                 )
     names = [name for name, _o, _d in planned(args)]
     lines += ["", machines_line(rows, names)]
-    write_section(args.table, f"series {args.series}", lines)
-    print("\n".join(lines))
+    publish(args, lines)
 
 
 if __name__ == "__main__":
