@@ -8,14 +8,14 @@ run's metrics.json names its CPU and the commit of the code that trained it, and
 benchmark's result file names its CPU (:func:`cpu_slug`) and carries :func:`machine_metadata`.
 """
 
+import importlib.metadata
 import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from typing import Optional
-
-import torch
 
 
 def cpu_model() -> str:
@@ -72,18 +72,26 @@ def code_commit(path: Optional[str] = None) -> Optional[str]:
     return head.stdout.strip() + ("-dirty" if dirty.returncode == 1 else "")
 
 
+def _version(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def machine_metadata() -> dict:
     """What a benchmark's result file records of where and when it was measured: the CPU (its
-    name and slug), cores, the platform, torch and numpy versions, the date and the commit."""
-    import numpy
-
+    name and slug), cores, the platform, the torch, numpy and faiss versions, the date and the
+    commit.  Imports none of them: a benchmark of peak memory must not load torch for this."""
     return {
         "cpu": cpu_model(),
         "cpu_slug": cpu_slug(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
+        # torch's own string where it is loaded (it carries the build: "2.1.0+cpu")
+        "torch": sys.modules["torch"].__version__ if "torch" in sys.modules else _version("torch"),
+        "numpy": _version("numpy"),
+        "faiss": _version("faiss-cpu") or _version("faiss"),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "commit": code_commit(),
     }
@@ -93,6 +101,8 @@ def run_environment() -> dict:
     """What metrics.json records of the machine that finished the run (a resumed run may
     have started elsewhere): CPU, cores, torch threads, torch version, the CUDA device if
     there is one, the date, and the commit of the code when it runs from a git checkout."""
+    import torch
+
     env = {
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
