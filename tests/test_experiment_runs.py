@@ -232,3 +232,48 @@ def test_tables_only_names_the_runs_missing_from_the_results_file(tmp_path):
     assert result.returncode == 2 and not (tmp_path / "doc.md").exists()
     (line,) = result.stderr.strip().splitlines()
     assert "has no row for 1 run(s) of series t (auto_seed2)" in line
+
+
+# --------------------------------------------------------------------------- a study end to end
+@pytest.mark.slow
+def test_a_study_trains_writes_a_row_per_run_and_rebuilds_its_table_without_its_run_folders(tmp_path):
+    import shutil
+    import statistics
+
+    import numpy as np
+    from fixtures_data import write_fashion_mnist
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 10
+    images = (rng.integers(0, 60, (60, 28, 28)) + labels[:, None, None] * 18).astype(np.uint8)
+    write_fashion_mnist(str(tmp_path / "data"), images[:40], labels[:40], images[40:], labels[40:])
+    results, run_root, doc = tmp_path / "r.jsonl", tmp_path / "runs", tmp_path / "doc.md"
+    cmd = [sys.executable, os.path.join(REPO, "experiments", "fashion_mnist_methods.py")]
+    cmd += ["--variants", "vanilla", "srdl", "kd", "--seeds", "0", "1", "--epochs", "2", "--subset", "20"]
+    cmd += ["--batch-size", "8", "--root", str(tmp_path / "data"), "--series", "t", "--results", str(results)]
+    cmd += ["--table", str(doc), "--runs", str(run_root)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    rows = runs.series_rows(str(results), "t")
+    teachers = ["teacher_resnet8_seed0", "teacher_resnet8_seed1"]
+    assert sorted(rows) == sorted([f"{v}_seed{s}" for v in ("vanilla", "srdl", "kd") for s in (0, 1)] + teachers)
+    for name, row in rows.items():  # each row holds what its run folder's metrics.json says
+        with open(run_root / name / "metrics.json") as f:
+            assert row["record"]["top1"] == json.load(f)["results"]["deployed"]["test"]["top1"]
+        assert len(row["curves"]["epoch"]) == 2 and row["machine"]["cpus"] == os.cpu_count()
+    for seed in (0, 1):
+        assert rows[f"kd_seed{seed}"]["record"]["teacher_top1"] == rows[f"teacher_resnet8_seed{seed}"]["record"]["top1"]
+        assert 0.0 <= rows[f"srdl_seed{seed}"]["record"]["stage1_top1"] <= 1.0
+    ce = [100 * rows[f"vanilla_seed{s}"]["record"]["top1"] for s in (0, 1)]
+    ce_cell = f"| cross-entropy | {statistics.mean(ce):.2f} ± {statistics.stdev(ce):.2f} | - |"
+    assert any(line.startswith(ce_cell) for line in runs.read_section(str(doc), "series t"))
+
+    table = doc.read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert again.returncode == 0 and "$ " not in again.stdout  # every run has its row: nothing trained
+    assert doc.read_text() == table
+    shutil.rmtree(run_root)  # what git keeps: the results file alone
+    check = subprocess.run([*cmd, "--tables-only", "--check"], capture_output=True, text=True, cwd=REPO, env=env)
+    assert check.returncode == 0, check.stderr
