@@ -117,7 +117,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default=os.path.join(REPO, "benchmarks", "results"), help="the old results folder")
     p.add_argument("--out", default=os.path.join(REPO, "experiments", "results"), help="where the .jsonl files go")
+    p.add_argument("--force", action="store_true", help="replace results files that exist (their rows are lost)")
     args = p.parse_args()
+    studies = {os.path.join(args.out, os.path.basename(results_file(study))) for study, _s, _d in SOURCES.values()}
+    existing = sorted(path for path in studies if os.path.exists(path))
+    if existing and not args.force:
+        print(f"error: {', '.join(existing)} exist(s): the conversion is done; --force replaces them", file=sys.stderr)
+        raise SystemExit(2)
     rows = {}
     for old, (study, series, depth) in SOURCES.items():
         folder = os.path.join(args.source, old)
