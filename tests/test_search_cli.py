@@ -137,12 +137,18 @@ def test_add_and_unlabelled_and_csv_labels(setup, capsys, tmp_path):
     assert ReIDSearcher.load(str(gallery)).pids.tolist() == [-1, -1, -1]
     labels = tmp_path / "labels.csv"
     labels.write_text("path,pid,camera\n" + "".join(f"plain/person_{i}.jpg,{7 + i},c{i + 1}\n" for i in range(3)))
+    # The same images again: an image's item id is its path, so they are duplicates, reported and skipped.
     code, out, _ = run(
         capsys, "add", "--gallery", gallery, "--model", setup["model"], "--images", plain, "--labels", labels
     )
-    assert code == 0 and "3 + 3 images" in out
-    s = ReIDSearcher.load(str(gallery))
-    assert s.pids.tolist() == [-1, -1, -1, 7, 8, 9] and s.camids.tolist() == [-1, -1, -1, 0, 1, 2]  # c1 -> camid 0
+    assert code == 0 and "3 + 0 images" in out and "3 already in the gallery" in out
+    assert len(ReIDSearcher.load(str(gallery))) == 3
+    labelled = tmp_path / "labelled.npz"
+    code, out, _ = run(
+        capsys, "build", "--model", setup["model"], "--images", plain, "--labels", labels, "--out", labelled
+    )
+    s = ReIDSearcher.load(str(labelled))
+    assert s.pids.tolist() == [7, 8, 9] and s.camids.tolist() == [0, 1, 2]  # c1 -> camid 0
 
 
 def test_errors_are_one_line_and_leave_no_output(setup, capsys, tmp_path):

@@ -18,6 +18,7 @@ from reid_srdl.search.stores.base import (  # noqa: F401  (the interface, re-exp
     SearchFilter,
     StoreError,
     StoreHits,
+    StoreMissingError,
     item_id,
 )
 

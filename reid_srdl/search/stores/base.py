@@ -52,6 +52,10 @@ class StoreError(ReidSrdlError, ValueError):
     message names the field and the file or collection)."""
 
 
+class StoreMissingError(StoreError):
+    """No gallery at the path or URI (yet): create it (``create=True`` and ``dim``)."""
+
+
 # Ids are signed 64-bit integers (Milvus' INT64 primary key); the top bit stays clear.
 ID_BITS = 63
 

@@ -46,6 +46,7 @@ from reid_srdl.search.stores.base import (
     GalleryStore,
     StoreError,
     StoreHits,
+    StoreMissingError,
 )
 from reid_srdl.search.stores.npyfiles import fsync_dir, is_temp, read_npy, read_npz, write_durable, write_npy, write_npz
 from reid_srdl.search.stores.table import ItemTable, columns_of, index_spec
@@ -138,7 +139,7 @@ class FaissStore(GalleryStore):
         self._loaded = None
         if not is_store_folder(self.path):
             if not create:
-                raise StoreError(
+                raise StoreMissingError(
                     f"{self.path}: no gallery store here (no {MANIFEST}); create one with "
                     f"tools/search.py build --store {path} (or open_store(path, dim=..., create=True))"
                 )

@@ -52,6 +52,7 @@ from reid_srdl.search.stores.base import (
     SearchFilter,
     StoreError,
     StoreHits,
+    StoreMissingError,
 )
 from reid_srdl.search.stores.faiss_store import remove_crops
 from reid_srdl.search.stores.table import GATHER_FLOATS, RERANK_MARGIN
@@ -195,6 +196,12 @@ class MilvusStore(GalleryStore):
         self.crop_dir = crop_dir
         self._timeout = timeout
         self._mutex = threading.RLock()
+        if self.lite and not create and not os.path.exists(self.location):
+            # Milvus Lite would create an empty database there: say it is missing instead.
+            raise StoreMissingError(
+                f"{self.location}: no gallery here; create one with tools/search.py build --store {uri} "
+                f"(or open_store(path, dim=..., create=True))"
+            )
         self._client = self._connect(token)
         try:
             self._open(dim, create, index)
@@ -261,7 +268,7 @@ class MilvusStore(GalleryStore):
         exists = self._call("has_collection", c.has_collection, self.collection)
         if not exists:
             if not create:
-                raise StoreError(
+                raise StoreMissingError(
                     f"{self.location}: no gallery collection {self.collection!r}; create one with "
                     f"tools/search.py build --store {self.uri} (or open_store(uri, dim=..., create=True))"
                 )

@@ -65,7 +65,7 @@ class NpzStore(GalleryStore):
         """Items from arrays, every one kept (even two of one path), ids 0..n-1."""
         feats = check_features(features, "gallery features")
         store = cls(feats.shape[1], has_paths=paths is not None, location=location)
-        store._append(feats, _items(feats, pids, camids, paths, 0, "gallery"), check_duplicates=False)
+        store._append(feats, items_from_arrays(feats, pids, camids, paths, 0, "gallery"), check_duplicates=False)
         return store
 
     def _append(self, vectors: np.ndarray, items: List[GalleryItem], check_duplicates: bool) -> int:
@@ -144,27 +144,7 @@ class NpzStore(GalleryStore):
     # ------------------------------------------------------------------ the file
     def save(self, path) -> None:
         """Write the gallery file (see the module docstring) atomically and durably."""
-        from reid_srdl import __version__
-
-        path = os.fspath(path)
-        vecs, items = [], []
-        for v, it in self.scan():
-            vecs.append(v)
-            items.extend(it)
-        meta = dict(self._meta)
-        impostor = meta.pop("calibration_impostor", None)
-        head = {"format": GALLERY_FORMAT, "written_by": f"reid_srdl {__version__}"}
-        arrays = {
-            "features": np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
-            "pids": np.asarray([it.pid for it in items], dtype=np.int64),
-            "camids": np.asarray([camid_of(it.camera) for it in items], dtype=np.int64),
-            "meta": np.array(json.dumps({**head, **{k: meta.get(k) for k in ("model", "settings", "calibration")}})),
-        }
-        if self.has_paths:
-            arrays["paths"] = np.asarray([it.source for it in items], dtype=str) if items else np.zeros(0, "<U1")
-        if impostor is not None:
-            arrays["calibration_impostor"] = np.asarray(impostor, dtype=np.float64)
-        write_durable(path, lambda f: np.savez(f, **arrays))
+        save_gallery(path, self)
 
     @classmethod
     def load(cls, path, read_only: bool = False) -> "NpzStore":
@@ -189,7 +169,33 @@ class NpzStore(GalleryStore):
         return store
 
 
-def _items(feats, pids, camids, paths, start: int, what: str) -> List[GalleryItem]:
+def save_gallery(path, store: GalleryStore) -> None:
+    """Write any store's live items, in its order, as a gallery file (see the module
+    docstring): features, pids, camids (``c1`` -> 0, other names -1), paths (the sources;
+    left out for a gallery without paths), the metadata; atomically and durably."""
+    from reid_srdl import __version__
+
+    vecs, items = [], []
+    for v, it in store.scan():
+        vecs.append(v)
+        items.extend(it)
+    meta = store.get_meta()
+    impostor = meta.get("calibration_impostor")
+    head = {"format": GALLERY_FORMAT, "written_by": f"reid_srdl {__version__}"}
+    arrays = {
+        "features": np.concatenate(vecs) if vecs else np.zeros((0, store.dim), np.float32),
+        "pids": np.asarray([it.pid for it in items], dtype=np.int64),
+        "camids": np.asarray([camid_of(it.camera) for it in items], dtype=np.int64),
+        "meta": np.array(json.dumps({**head, **{k: meta.get(k) for k in ("model", "settings", "calibration")}})),
+    }
+    if getattr(store, "has_paths", True):
+        arrays["paths"] = np.asarray([it.source for it in items], dtype=str) if items else np.zeros(0, "<U1")
+    if impostor is not None:
+        arrays["calibration_impostor"] = np.asarray(impostor, dtype=np.float64)
+    write_durable(os.fspath(path), lambda f: np.savez(f, **arrays))
+
+
+def items_from_arrays(feats, pids, camids, paths, start: int = 0, what: str = "items") -> List[GalleryItem]:
     """Items from the legacy arrays: pid, camid (-> camera ``c1``...) and path (the source;
     ``#<position>`` when there are no paths)."""
     n = len(feats)
@@ -208,7 +214,3 @@ def _items(feats, pids, camids, paths, start: int, what: str) -> List[GalleryIte
         )
         items.append(records.check_item(item, f"{what} item {i}"))
     return items
-
-
-def items_from_arrays(feats, pids, camids, paths, start: int = 0, what: str = "items") -> List[GalleryItem]:
-    return _items(feats, pids, camids, paths, start, what)
