@@ -202,6 +202,8 @@ class MilvusStore(GalleryStore):
                 f"{self.location}: no gallery here; create one with tools/search.py build --store {uri} "
                 f"(or open_store(path, dim=..., create=True))"
             )
+        if self.lite and create:
+            os.makedirs(os.path.dirname(self.location), exist_ok=True)
         self._client = self._connect(token)
         try:
             self._open(dim, create, index)
