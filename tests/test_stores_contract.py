@@ -14,6 +14,7 @@ import threading
 import numpy as np
 import pytest
 from store_helpers import (  # noqa: F401  (fixtures)
+    Target,
     assert_same_ranking,
     brute_force,
     gallery,
@@ -22,7 +23,6 @@ from store_helpers import (  # noqa: F401  (fixtures)
     popen_python,
     run_python,
     target,
-    Target,
 )
 
 from reid_srdl.search.stores import DeleteRequest, GalleryItem, SearchFilter, StoreError

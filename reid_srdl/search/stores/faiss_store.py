@@ -288,9 +288,9 @@ class FaissStore(GalleryStore):
                     self._load(self._read_manifest())
                     self._stat = key
                     return
-                except FileNotFoundError:  # a compaction removed the generation being read
+                except FileNotFoundError as e:  # a compaction removed the generation being read
                     if attempt == 4:
-                        raise
+                        raise StoreError(f"{e.filename} is missing, although {self.path}/{MANIFEST} lists it") from None
                     st = os.stat(os.path.join(self.path, MANIFEST))
                     key = (st.st_ino, st.st_mtime_ns, st.st_size)
 
