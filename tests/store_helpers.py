@@ -9,7 +9,6 @@ import time
 import uuid
 
 import numpy as np
-import pytest
 
 from reid_srdl.search.stores import GalleryItem, open_store
 
@@ -71,27 +70,6 @@ class Target:
 
     def open(self, **kwargs):
         return open_store(**self.spec, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def lite_server(tmp_path_factory):
-    if not has_pymilvus():
-        pytest.skip("pymilvus / milvus-lite not installed (pip install -e '.[milvus]')")
-    proc, uri = start_lite_server(str(tmp_path_factory.mktemp("milvus_server")))
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(params=ENGINES)
-def target(request, tmp_path):
-    if request.param != "faiss" and not has_pymilvus():
-        pytest.skip("pymilvus / milvus-lite not installed (pip install -e '.[milvus]')")
-    uri = request.getfixturevalue("lite_server") if request.param == "server" else None
-    return Target(request.param, tmp_path, uri)
 
 
 def gallery(n=120, dim=16, ids=12, seed=0, cameras=HOSTILE_CAMERAS):

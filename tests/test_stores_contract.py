@@ -13,17 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from store_helpers import (  # noqa: F401  (fixtures)
-    Target,
-    assert_same_ranking,
-    brute_force,
-    gallery,
-    has_pymilvus,
-    lite_server,
-    popen_python,
-    run_python,
-    target,
-)
+from store_helpers import Target, assert_same_ranking, brute_force, gallery, has_pymilvus, popen_python, run_python
 
 from reid_srdl.search.stores import DeleteRequest, GalleryItem, SearchFilter, StoreError
 from reid_srdl.search.stores.records import delete_matches
