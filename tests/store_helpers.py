@@ -117,8 +117,11 @@ def assert_same_ranking(got_ids, got_d, exp_ids, exp_d, k, atol=1e-5):
 
 
 def run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -c code`` from the repository root, importing this checkout."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def popen_python(code: str) -> subprocess.Popen:

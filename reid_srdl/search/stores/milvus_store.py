@@ -57,6 +57,7 @@ from reid_srdl.search.stores.base import (
 from reid_srdl.search.stores.faiss_store import remove_crops
 from reid_srdl.search.stores.table import GATHER_FLOATS, RERANK_MARGIN
 
+_IMPORT_ERROR = None
 try:
     import pymilvus
     from pymilvus import DataType, MilvusClient
