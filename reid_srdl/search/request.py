@@ -45,6 +45,34 @@ def query_features(queries, dim: int, embed_paths: Callable[[List[str]], np.ndar
     return q
 
 
+def embed_queries(embedder, paths: List, dim: int, meta: dict, skip_unreadable: bool = False, decoded: bool = False):
+    """``(features, kept)`` of image files (or ``decoded`` PIL images) by the searcher's
+    embedder, whose features must have the gallery's dimension (a GalleryMismatchError
+    naming the gallery's model)."""
+    if embedder is None:
+        raise EvaluationInputError(
+            "this searcher has no model (built from features); pass query features, or "
+            "build it with ReIDSearcher.from_images(...) / ReIDSearcher.load(path, model=...)"
+        )
+    if decoded:
+        feats, kept = embedder.embed_pil(paths), np.arange(len(paths))
+    else:
+        feats, kept = embedder.embed_files(paths, skip_unreadable)
+    check_dim(feats.shape[1], dim, meta)
+    return feats, kept
+
+
+def check_dim(got: int, dim: int, meta: dict) -> None:
+    from reid_srdl.search.fingerprint import describe_model
+    from reid_srdl.search.gallery import GalleryMismatchError
+
+    if got != dim:
+        raise GalleryMismatchError(
+            f"the model gives {got}-dimensional features but the gallery holds {dim}-dimensional ones "
+            f"(made by {describe_model(meta.get('model'))}): use the model that built the gallery"
+        )
+
+
 def check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise EvaluationInputError(f"k must be a positive integer; got {k!r}")

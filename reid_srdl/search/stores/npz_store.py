@@ -169,27 +169,40 @@ class NpzStore(GalleryStore):
         return store
 
 
-def save_gallery(path, store: GalleryStore) -> None:
-    """Write any store's live items, in its order, as a gallery file (see the module
-    docstring): features, pids, camids (``c1`` -> 0, other names -1), paths (the sources;
-    left out for a gallery without paths), the metadata; atomically and durably."""
-    from reid_srdl import __version__
-
-    vecs, items = [], []
+def arrays_of(store: GalleryStore) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[List[str]]]:
+    """Any store's live items, in its order, as the first releases' arrays: features,
+    pids, camids (``c1`` -> 0, other names -1) and paths (the sources; None for a gallery
+    built without paths).  The whole gallery in memory: for calibration, export, the API's
+    ``features``/``pids``/``camids``/``paths``."""
+    vecs, items = [np.zeros((0, store.dim), np.float32)], []
     for v, it in store.scan():
         vecs.append(v)
         items.extend(it)
+    return (
+        np.concatenate(vecs),
+        np.asarray([it.pid for it in items], dtype=np.int64),
+        np.asarray([camid_of(it.camera) for it in items], dtype=np.int64),
+        [it.source for it in items] if getattr(store, "has_paths", True) else None,
+    )
+
+
+def save_gallery(path, store: GalleryStore) -> None:
+    """Write any store as a gallery file (see the module docstring and :func:`arrays_of`),
+    with its metadata; atomically and durably."""
+    from reid_srdl import __version__
+
+    feats, pids, camids, paths = arrays_of(store)
     meta = store.get_meta()
     impostor = meta.get("calibration_impostor")
     head = {"format": GALLERY_FORMAT, "written_by": f"reid_srdl {__version__}"}
     arrays = {
-        "features": np.concatenate(vecs) if vecs else np.zeros((0, store.dim), np.float32),
-        "pids": np.asarray([it.pid for it in items], dtype=np.int64),
-        "camids": np.asarray([camid_of(it.camera) for it in items], dtype=np.int64),
+        "features": feats,
+        "pids": pids,
+        "camids": camids,
         "meta": np.array(json.dumps({**head, **{k: meta.get(k) for k in ("model", "settings", "calibration")}})),
     }
-    if getattr(store, "has_paths", True):
-        arrays["paths"] = np.asarray([it.source for it in items], dtype=str) if items else np.zeros(0, "<U1")
+    if paths is not None:
+        arrays["paths"] = np.asarray(paths, dtype=str) if paths else np.zeros(0, "<U1")
     if impostor is not None:
         arrays["calibration_impostor"] = np.asarray(impostor, dtype=np.float64)
     write_durable(os.fspath(path), lambda f: np.savez(f, **arrays))
