@@ -49,7 +49,7 @@ from reid_srdl.search.stores.base import (
     StoreMissingError,
 )
 from reid_srdl.search.stores.npyfiles import fsync_dir, is_temp, read_npy, read_npz, write_durable, write_npy, write_npz
-from reid_srdl.search.stores.table import ItemTable, columns_of, index_spec
+from reid_srdl.search.stores.table import ItemTable, check_index, columns_of, index_spec
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +175,15 @@ class FaissStore(GalleryStore):
                 return
             from reid_srdl import __version__
 
+            spec = index_spec(**(index or {}))
+            check_index(spec, dim, self.path)
             os.makedirs(self._gen_dir(1), exist_ok=True)
             self._write_manifest(
                 {
                     "format": FORMAT,
                     "written_by": f"reid_srdl {__version__}",
                     "dim": dim,
-                    "index": index_spec(**(index or {})),
+                    "index": spec,
                     "generation": 1,
                     "events": 0,
                     "meta": 0,
@@ -216,6 +218,7 @@ class FaissStore(GalleryStore):
             out["index"] = index_spec(**index)
         except (StoreError, TypeError) as e:
             raise StoreError(f"{path} index: {e}") from None
+        check_index(out["index"], out["dim"], f"{path} index")
         return out
 
     # ------------------------------------------------------------------ locking

@@ -64,6 +64,12 @@ def index_spec(kind: str = "flat", **options) -> Dict[str, object]:
     return spec
 
 
+def check_index(spec: Dict[str, object], dim: int, where: str) -> None:
+    """What only the dimension can tell: PQ sub-vectors must split it evenly."""
+    if spec["kind"] == "ivf_pq" and dim % int(spec["pq_m"]):
+        raise StoreError(f"{where}: ivf_pq option pq_m={spec['pq_m']} must divide the dimension {dim}")
+
+
 class _Column:
     """A numpy array that grows by doubling: O(1) amortised appends, ``view()`` the used part."""
 
