@@ -270,9 +270,8 @@ def main(argv=None) -> int:
     for r in results:
         print(f"| {r['engine']} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |")
     info = machine()
-    params = {
-        k: getattr(args, k) for k in ("n", "d", "ids", "batch", "small", "probe", "probe_repeats", "queries", "k")
-    }
+    names = ("n", "d", "ids", "batch", "small", "probe", "probe_repeats", "queries", "k", "nlist", "pq_m")
+    params = {k: getattr(args, k) for k in names}
     out = args.out or os.path.join(
         REPO, "benchmarks", "results", f"bench_stores_{re.sub(r'[^A-Za-z0-9]+', '_', info['cpu']).strip('_')}.json"
     )
