@@ -180,6 +180,7 @@ def test_errors_are_one_line_and_leave_no_output(setup, capsys, tmp_path):
     assert code == 0
     code, _, err = run(capsys, "build", "--model", setup["model"], "--images", tmp_path / "absent", "--out", out)
     assert code == 2 and "neither an image file nor a folder" in err
-    code, _, err = run(capsys, "query", bad, "--gallery", out, "--model", setup["model"], "--exclude-camera", "7")
-    assert code == 2 and "c1, c2" in err
+    # Cameras are names now (c1, lobby...): a bad filter is a bad time, one line before any embedding.
+    code, _, err = run(capsys, "query", bad, "--gallery", out, "--model", setup["model"], "--from", "yesterday")
+    assert code == 2 and "--from: 'yesterday' is not an ISO 8601 time" in err and err.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["g.npz", "imgs"]

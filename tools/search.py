@@ -119,7 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--k", type=int, default=10)
     q.add_argument("--threshold", help="'calibrated' or a distance: adds a match / no match decision")
     q.add_argument("--far", type=float, help="the threshold for this false accept rate, from the calibration")
-    q.add_argument("--exclude-camera", metavar="cN", help="leave out every gallery image of this camera")
+    q.add_argument(
+        "--exclude-camera", metavar="NAME", help="leave out every gallery image of this camera (c1, lobby...)"
+    )
     q.add_argument("--camera", action="append", metavar="NAME", help="only this camera (repeat for several)")
     q.add_argument("--from", dest="time_from", metavar="TIME", help="only items seen at or after TIME (ISO 8601)")
     q.add_argument("--to", dest="time_to", metavar="TIME", help="only items seen at or before TIME (ISO 8601)")
@@ -355,7 +357,7 @@ def cmd_query(args) -> None:
     import numpy as np
 
     from reid_srdl.core.files import OutputBatch, write_bytes_atomic, write_json_atomic
-    from reid_srdl.search.labels import list_images, parse_camera
+    from reid_srdl.search.labels import list_images
     from reid_srdl.search.report import results_html
 
     _check_output(args.json, "--json")
@@ -363,19 +365,21 @@ def cmd_query(args) -> None:
     paths = list_images(args.queries)
     exclusion = {}
     if args.exclude_camera:
-        exclusion["exclude_camid"] = parse_camera(args.exclude_camera)
+        exclusion["exclude_cameras"] = [args.exclude_camera]
     if args.exclude:
         pids, camids, _ = _labels(args.labels if args.labels != "none" else "market", paths)
         if pids is None:
             raise ReidSrdlError("--exclude needs labelled queries (Market-1501 names or --labels FILE.csv)")
         if args.exclude == "same-camera":
-            if "exclude_camid" in exclusion:
+            if "exclude_cameras" in exclusion:
                 raise ReidSrdlError("give --exclude-camera or --exclude same-camera, not both")
             exclusion["exclude_camid"] = camids
         else:
             exclusion["exclude_pid_camid"] = np.stack([pids, camids], axis=1)
-    from reid_srdl.search.stores.records import parse_time
+    from reid_srdl.search.stores.records import MAX_CAMERA, check_text, parse_time
 
+    for name in (args.camera or []) + ([args.exclude_camera] if args.exclude_camera else []):
+        check_text(name, "--camera/--exclude-camera", MAX_CAMERA)  # before anything is embedded
     if args.camera:
         exclusion["cameras"] = args.camera
     if args.time_from:

@@ -5,9 +5,9 @@ and one :class:`~reid_srdl.search.stores.base.SearchFilter` per query.
   items are left out (``SearchFilter.exclude_cameras``, camera ``c{camid+1}``);
 * ``exclude_pid_camid`` -- one ``(pid, camid)`` or one per query: the evaluation protocol's
   rule, only that person in that camera (``exclude_pid_camera``);
-* ``cameras`` -- only these camera names; ``time_from`` / ``time_to`` -- UTC seconds or ISO
-  8601 text (no offset: UTC), inclusive; ``exclude_ids`` -- item ids (one list for all
-  queries, or one list per query).
+* ``cameras`` -- only these camera names; ``exclude_cameras`` -- none of these;
+  ``time_from`` / ``time_to`` -- UTC seconds or ISO 8601 text (no offset: UTC), inclusive;
+  ``exclude_ids`` -- item ids (one list for all queries, or one list per query).
 """
 
 import os
@@ -110,22 +110,29 @@ def filters(
     time_from=None,
     time_to=None,
     exclude_ids=None,
+    exclude_cameras: Optional[Sequence[str]] = None,
 ) -> List[Optional[SearchFilter]]:
     """One SearchFilter per query (None where nothing is filtered); errors name the argument."""
     cams = None if exclude_camid is None else per_query_ids(exclude_camid, n, "exclude_camid")
     pairs = None if exclude_pid_camid is None else per_query_pairs(exclude_pid_camid, n, "exclude_pid_camid")
     t0, t1 = _time(time_from, "time_from"), _time(time_to, "time_to")
-    if isinstance(cameras, str):
-        cameras = [cameras]
-    cameras = None if cameras is None else tuple(records.check_text(c, "cameras", records.MAX_CAMERA) for c in cameras)
+    cameras, named_out = _names(cameras, "cameras"), _names(exclude_cameras, "exclude_cameras") or ()
     skip = _per_query_ids(exclude_ids, n)
     out = []
     for i in range(n):
-        excluded = None if cams is None else (camera_name(int(cams[i])) or "",)  # -1: the unknown camera ""
+        excluded = named_out + (() if cams is None else (camera_name(int(cams[i])) or "",))  # -1: unknown, ""
         pair = None if pairs is None else (int(pairs[0][i]), camera_name(int(pairs[1][i])) or "")
-        f = SearchFilter(cameras, t0, t1, pair, skip[i], excluded)
+        f = SearchFilter(cameras, t0, t1, pair, skip[i], excluded or None)
         out.append(None if f == SearchFilter() else f)
     return out
+
+
+def _names(names, what: str) -> Optional[tuple]:
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [names]
+    return tuple(records.check_text(c, what, records.MAX_CAMERA) for c in names)
 
 
 def ids_of_images(n: int, pids, camids):

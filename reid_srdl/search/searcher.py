@@ -98,15 +98,17 @@ class ReIDSearcher:
 
     # ------------------------------------------------------------------ searching
     def search(self, queries, k: int = 10, exclude_camid=None, max_distance=None, exclude_pid_camid=None,
-               threshold=None, far=None, cameras=None, time_from=None, time_to=None,
-               exclude_ids=None) -> List[SearchResult]:  # fmt: skip
+               threshold=None, far=None, cameras=None, time_from=None, time_to=None, exclude_ids=None,
+               exclude_cameras=None) -> List[SearchResult]:  # fmt: skip
         """The ``k`` nearest items of each query (features or image paths) with their metadata;
         a decision when ``threshold`` ("calibrated" or a distance) or ``far`` is given; filters
         as in :mod:`reid_srdl.search.request`; ``max_distance`` drops farther hits."""
         k, max_distance = request.check_k(k), request.check_max_distance(max_distance)
         tau, source = self.decision_threshold(threshold, far)  # before any image is embedded
         q = request.query_features(queries, self.dim, self.embed_images)
-        flt = request.filters(len(q), exclude_camid, exclude_pid_camid, cameras, time_from, time_to, exclude_ids)
+        flt = request.filters(
+            len(q), exclude_camid, exclude_pid_camid, cameras, time_from, time_to, exclude_ids, exclude_cameras
+        )
         hits, has_paths = self._store.search(q, min(k, MAX_K), flt), getattr(self._store, "has_paths", True)
         return [result_of(hits.distances[i], hits.ids[i], hits.items[i], has_paths, max_distance, tau, source)
                 for i in range(len(q))]  # fmt: skip

@@ -248,7 +248,8 @@ class FaissStore(GalleryStore):
                 os.close(fd)
 
     def _clean_leftovers(self) -> None:
-        """Under the lock: temporary files of killed writes, events past the manifest's count
+        """Under the lock (every write of the store holds it, so a temporary file here is a
+        killed write's): temporary files, events past the manifest's count
         (an add killed before its manifest was renamed), old generations and meta files."""
         m = self._read_manifest()
         gen = f"gen-{m['generation']:06d}"
@@ -261,15 +262,13 @@ class FaissStore(GalleryStore):
             elif name.startswith("meta-") and name != os.path.basename(self._meta_file(m["meta"])):
                 os.remove(full)
                 removed += 1
-        for folder in (os.path.join(self.path, gen), self.crop_dir):
-            if not os.path.isdir(folder):
-                continue
-            for name in os.listdir(folder):
-                number = name.split(".", 1)[0]
-                beyond = folder != self.crop_dir and number.isdigit() and int(number) > m["events"]
-                if is_temp(name) or beyond:
-                    os.remove(os.path.join(folder, name))
-                    removed += 1
+        # Crops are written by their producer (ingest), outside the store's lock: not touched here.
+        folder = os.path.join(self.path, gen)
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            number = name.split(".", 1)[0]
+            if is_temp(name) or (number.isdigit() and int(number) > m["events"]):
+                os.remove(os.path.join(folder, name))
+                removed += 1
         if removed:
             log.info("%s: removed %d file(s) left by an interrupted write", self.path, removed)
 
@@ -449,7 +448,7 @@ class FaissStore(GalleryStore):
             self._events_read = m["events"]
             table.kill(ids)
             self._stat = self._manifest_stat()
-        remove_crops(removed, self.crop_dir, self.path)
+        remove_crops(removed, self.crop_dir)
         return removed
 
     def compact(self) -> int:
@@ -521,12 +520,14 @@ class FaissStore(GalleryStore):
         self._table = None
 
 
-def remove_crops(items: Sequence[GalleryItem], crop_dir: Optional[str], base: str) -> int:
-    """Delete the crop files of ``items`` that lie inside ``crop_dir`` (symlinks resolved);
+def remove_crops(items: Sequence[GalleryItem], crop_dir: Optional[str]) -> int:
+    """Delete the crop files of ``items`` that lie inside ``crop_dir`` (symlinks resolved; a
+    relative crop path is relative to the folder holding ``crop_dir``, e.g. ``crops/a.jpg``);
     a crop path elsewhere is left alone (a gallery never makes us delete outside its folder)."""
     if not crop_dir:
         return 0
     root = os.path.realpath(crop_dir)
+    base = os.path.dirname(os.path.abspath(crop_dir))
     removed = 0
     for it in items:
         if not it.crop:

@@ -26,7 +26,9 @@ with every backslash and quote escaped after :mod:`.records` refused control cha
 a camera called ``c1" or camera != "`` is just a camera name.  Rows read back are checked
 field by field (:func:`~.records.item_from_dict`).
 
-Writers: Milvus serialises them itself; ``milvus-lite server`` does not (its documentation
+An add of more than 2048 items is sent in requests of 2048 rows: if one fails, the earlier
+ones stay, and running the same add again completes it (ids are deterministic, items already
+there are skipped).  Writers: Milvus serialises them itself; ``milvus-lite server`` does not (its documentation
 says writes must be serialised), so adds and deletes to a server on this machine's loopback
 take a file lock in the temporary folder, shared by every process of this machine.
 """
@@ -473,7 +475,7 @@ class MilvusStore(GalleryStore):
                 ids.extend(int(r["id"]) for r in rows)
             for s in range(0, len(ids), 1000):
                 self._call("delete", self._client.delete, self.collection, ids=ids[s : s + 1000])
-        remove_crops(removed, self.crop_dir, os.path.dirname(self.location) if self.lite else os.getcwd())
+        remove_crops(removed, self.crop_dir)
         return removed
 
     def get(self, ids: Sequence[int]) -> List[Optional[GalleryItem]]:

@@ -7,10 +7,12 @@ the member's size before anything is allocated.  Object arrays (pickles) are ref
 
 Writes go to a hidden temporary file beside the target (``.NAME.XXXX.tmp``), are fsynced,
 renamed into place, and the folder is fsynced: after :func:`write_npy` returns, a kill -9 or a
-power cut leaves either no file or the whole one.  :func:`is_temp` recognises the leftovers
-of a write that was killed.
+power cut leaves either no file or the whole one.  :func:`remove_stale_temps` removes what a
+killed write left (a temporary file its writer no longer holds locked).
 """
 
+import contextlib
+import fcntl
 import os
 import re
 import zipfile
@@ -19,7 +21,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from reid_srdl.core.files import atomic_path
+from reid_srdl.core.files import temp_file_beside
 from reid_srdl.search.stores.base import StoreError
 
 _TEMP = re.compile(r"^\..+\.tmp(\..*)?$")  # core.files.temp_file_beside's names
@@ -38,13 +40,53 @@ def fsync_dir(folder: str) -> None:
 
 
 def write_durable(path: str, write: Callable[[object], None]) -> None:
-    """``write(file)`` into a temporary file, fsync, rename over ``path``, fsync the folder."""
-    with atomic_path(path) as tmp:
+    """``write(file)`` into a temporary file, fsync, rename over ``path``, fsync the folder.
+
+    The writer holds an flock on its temporary file until the rename: :func:`remove_stale_temps`
+    can tell the leftover of a killed write (nobody holds it) from a write in progress."""
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = temp_file_beside(path)
+    try:
         with open(tmp, "wb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+            os.replace(tmp, path)  # still locked: a cleaner never takes a finished file for a leftover
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    fsync_dir(os.path.dirname(path))
+
+
+def remove_stale_temps(folder: str, name: Optional[str] = None) -> int:
+    """Remove the temporary files in ``folder`` (of the file ``name`` only, if given) that no
+    live writer holds: what a write killed midway left.  Returns how many were removed."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    for entry in names:
+        if not is_temp(entry) or (name is not None and not entry.startswith(f".{name}.")):
+            continue
+        full = os.path.join(folder, entry)
+        try:
+            fd = os.open(full, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a write in progress
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(full)
+            removed += 1
+    return removed
 
 
 def write_npy(path: str, array: np.ndarray) -> None:

@@ -15,6 +15,7 @@ there.  Opened by :func:`~reid_srdl.search.stores.open_store` it is read-only.
 """
 
 import json
+import logging
 import os
 import re
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -24,8 +25,10 @@ import numpy as np
 from reid_srdl.evaluation.metrics import check_features, check_ids
 from reid_srdl.search.stores import records
 from reid_srdl.search.stores.base import DeleteRequest, GalleryItem, GalleryStore, StoreError, StoreHits
-from reid_srdl.search.stores.npyfiles import read_npz, write_durable
+from reid_srdl.search.stores.npyfiles import read_npz, remove_stale_temps, write_durable
 from reid_srdl.search.stores.table import ItemTable
+
+log = logging.getLogger(__name__)
 
 GALLERY_FORMAT = "reid_srdl.gallery/1"
 MAX_IMPOSTOR_BYTES = 1 << 30
@@ -153,6 +156,9 @@ class NpzStore(GalleryStore):
         from reid_srdl.evaluation.io import load_features
 
         path = os.fspath(path)
+        gone = remove_stale_temps(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
+        if gone:
+            log.info("%s: removed %d temporary file(s) left by a save that was killed", path, gone)
         stored = load_features(path)
         store = cls.from_arrays(stored.features, stored.pids, stored.camids, stored.paths, location=path)
         extra = read_npz(
