@@ -217,3 +217,19 @@ def test_cli_delete_prune_convert_on_a_store(tmp_path, capsys):
     code, _, err = run(capsys, "add", "--store", tmp_path / "new", "--model", "m.pt", "--images", tmp_path,
                        "--out", tmp_path / "x.npz")  # fmt: skip
     assert code == 2 and "--out writes .npz galleries" in err
+
+
+def test_a_killed_save_leaves_no_temporary_file_after_the_next_load(tmp_path):
+    import fcntl
+
+    path = _npz(tmp_path / "g.npz", {"model": None})
+    killed = tmp_path / ".g.npz.k1ll3d.tmp"  # what np.savez left when the saving process died
+    killed.write_bytes(b"\0" * 4096)
+    live = tmp_path / ".g.npz.l1v3.tmp"  # a save in progress in another process: it holds its lock
+    live.write_bytes(b"\0" * 10)
+    other = tmp_path / ".other.npz.x.tmp"  # another file's: not ours to judge
+    other.write_bytes(b"x")
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert len(ReIDSearcher.load(path)) == 3
+    assert not killed.exists() and live.exists() and other.exists()
