@@ -61,7 +61,7 @@ def test_missing_gallery_and_foreign_collection(tmp_path, lite_server):
     assert not (tmp_path / "absent.db").exists()  # nothing created by asking
     from pymilvus import MilvusClient
 
-    c = MilvusClient(uri=lite_server)
+    c = MilvusClient(uri=lite_server, dedicated=True)
     c.create_collection("foreign", dimension=4)
     with pytest.raises(StoreError, match="not a reid_srdl gallery"):
         open_store(lite_server, collection="foreign")
@@ -87,7 +87,7 @@ def test_rows_written_by_someone_else_are_checked(lite_server, field, value, mes
         row = {"id": 5, "vector": [1.0, 0, 0, 0], "source": "x.jpg", "camera": "c1", "timestamp": 1.0, "frame": 1,
                "box": [-1, -1, -1, -1], "track": -1, "pid": -1, "crop": ""}  # fmt: skip
         row[field] = value
-        c = MilvusClient(uri=lite_server)
+        c = MilvusClient(uri=lite_server, dedicated=True)
         c.insert(name, [row])
         c.close()
         with pytest.raises(StoreError, match=message) as e:

@@ -228,7 +228,11 @@ class MilvusStore(GalleryStore):
                     f"old milvus-lite 2.x cannot be read: export it with that version, then import)"
                 )
         try:
-            client = MilvusClient(uri=self.location if self.lite else self.uri, token=token, timeout=self._timeout)
+            # dedicated: a channel of this store's own; pymilvus' shared channels are health-checked
+            # after 30 s idle with a short timeout, and a busy server then looks dead.
+            client = MilvusClient(
+                uri=self.location if self.lite else self.uri, token=token, timeout=self._timeout, dedicated=True
+            )
         except ConnectionConfigException as e:
             if self.lite and "Open local milvus failed" in str(e):
                 raise StoreError(
