@@ -139,17 +139,22 @@ def test_a_hostile_npz_gallery_is_one_line(tmp_path, meta, message):
     assert "g.npz" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_npz_meta_bombs_are_refused_by_size(tmp_path):
-    deep = _npz(tmp_path / "deep.npz", {"model": json.loads("[" * 100 + "]" * 100) and None})
+def test_npz_meta_bombs_are_refused_by_size(tmp_path, monkeypatch):
+    from reid_srdl.search.stores import npz_store
+
+    deep = str(tmp_path / "deep.npz")
     np.savez(deep, features=np.eye(3, dtype=np.float32), pids=np.arange(3), camids=np.zeros(3, np.int64),
              meta=np.array('{"format": "reid_srdl.gallery/1", "model": ' + "[" * 5000 + "]" * 5000 + "}"))  # fmt: skip
     with pytest.raises(StoreError, match="nested|deep"):
         ReIDSearcher.load(deep)
+    # A compressed member that unpacks to more than the limit (lowered here to 1 MB, so the
+    # bomb stays small: 4 MB of zeros in a few kB) is refused by its declared size, unread.
+    monkeypatch.setattr(npz_store, "MAX_IMPOSTOR_BYTES", 1 << 20)
     bomb = str(tmp_path / "bomb.npz")
     np.savez_compressed(bomb, features=np.eye(3, dtype=np.float32), pids=np.arange(3), camids=np.zeros(3, np.int64),
-                        calibration_impostor=np.zeros(200_000_000 // 8 + (1 << 27)))  # fmt: skip
-    assert os.path.getsize(bomb) < 2_000_000  # ~1.2 GB of zeros, compressed
-    with pytest.raises(StoreError, match="more than the limit"):
+                        calibration_impostor=np.zeros(1 << 19))  # fmt: skip
+    assert os.path.getsize(bomb) < 50_000
+    with pytest.raises(StoreError, match="calibration_impostor: 4194432 bytes, more than the limit of 1048576"):
         NpzStore.load(bomb)
 
 
