@@ -38,6 +38,7 @@ import fcntl
 import math
 import os
 import re
+import secrets
 import tempfile
 import threading
 import urllib.parse
@@ -364,10 +365,8 @@ class MilvusStore(GalleryStore):
         head = records.parse_json(rows[0].get("text"), f"{self.location} {self.meta_collection} head")
         if not isinstance(head, dict):
             raise StoreError(f"{self.location} {self.meta_collection} head: expected an object")
-        for key in ("version", "chunks"):
-            head[key] = records.check_int(
-                head.get(key), f"{self.location} {self.meta_collection} head {key}", 0, 1 << 30
-            )
+        for key, high in (("version", 1 << 40), ("chunks", (1 << 20) - 1)):  # keys (version << 20) + chunk
+            head[key] = records.check_int(head.get(key), f"{self.location} {self.meta_collection} head {key}", 0, high)
         return head
 
     def _write_head(self, head: Dict[str, Any]) -> None:
@@ -521,7 +520,8 @@ class MilvusStore(GalleryStore):
         with self._writing():
             head = self._head()
             old = [(head["version"] << 20) + i + 1 for i in range(head["chunks"])] if head["version"] else []
-            version = head["version"] + 1
+            # A random version, not head + 1: two writers on two machines never write the same keys.
+            version = secrets.randbelow((1 << 40) - 1) + 1
             rows = [{"key": (version << 20) + i + 1, "text": t, "vector": [0.0, 0.0]} for i, t in enumerate(chunks)]
             self._call("write metadata", self._client.upsert, self.meta_collection, rows)
             self._write_head(dict(head, version=version, chunks=len(chunks)))  # the switch: one row
