@@ -15,9 +15,9 @@ Per engine, in its own process (so its peak RSS is its own):
 * peak RSS, and the store's size on disk.
 
 The machine is part of the result: results go to
-``benchmarks/results/bench_stores_<cpu>.json`` (machine, date, commit, parameters, one entry
-per engine).  Run it on an otherwise idle machine; a full run takes hours (Milvus Lite is a
-Python implementation).
+``benchmarks/results/bench_stores-<cpu>.json`` (``bench_record``: CPU, cores, versions, date,
+commit; the parameters; one entry per engine).  Run it on an otherwise idle machine; a full
+run takes hours (Milvus Lite is a Python implementation).
 
     python benchmarks/bench_stores.py                                   # 1M x 512, all four
     python benchmarks/bench_stores.py --engines faiss_flat,milvus_flat --n 200000
@@ -27,7 +27,6 @@ Python implementation).
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -39,6 +38,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_record  # noqa: E402  (benchmarks/bench_record.py: machine metadata, result names)
 
 ENGINES = {
     # name: (store file name, index spec given to open_store)
@@ -64,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--nlist", type=int, help="override nlist of the IVF engines (default 1024)")
     p.add_argument("--pq-m", type=int, help="override pq_m of faiss_ivfpq (default 64; must divide --d)")
     p.add_argument("--workdir", help="where the stores are written (default: a temp folder, removed)")
-    p.add_argument("--out", help="result JSON (default: benchmarks/results/bench_stores_<cpu>.json)")
+    p.add_argument("--out", help="result JSON (default: benchmarks/results/bench_stores-<cpu>.json)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine in this process
     args = p.parse_args(argv)
@@ -216,22 +217,13 @@ def run_engine(args, name):
 
 
 # ----------------------------------------------------------------------------- driver
-def machine():
-    from reid_srdl.core.environment import cpu_model
+def _version(dist: str):
+    from importlib.metadata import PackageNotFoundError, version
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    import faiss
-
-    versions = {"faiss": faiss.__version__, "numpy": np.__version__}
     try:
-        import milvus_lite
-        import pymilvus
-
-        versions.update(pymilvus=pymilvus.__version__, milvus_lite=getattr(milvus_lite, "__version__", "?"))
-    except ImportError:
-        pass
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "commit": commit.stdout.strip(), "versions": versions}  # fmt: skip
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def main(argv=None) -> int:
@@ -269,15 +261,13 @@ def main(argv=None) -> int:
     print("|---" * (len(keys) + 1) + "|")
     for r in results:
         print(f"| {r['engine']} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + " |")
-    info = machine()
     names = ("n", "d", "ids", "batch", "small", "probe", "probe_repeats", "queries", "k", "nlist", "pq_m")
-    params = {k: getattr(args, k) for k in names}
-    out = args.out or os.path.join(
-        REPO, "benchmarks", "results", f"bench_stores_{re.sub(r'[^A-Za-z0-9]+', '_', info['cpu']).strip('_')}.json"
+    env = bench_record.metadata(pymilvus=_version("pymilvus"), milvus_lite=_version("milvus-lite"))
+    print(bench_record.describe(env), file=sys.stderr)
+    out = args.out or bench_record.result_path("bench_stores")
+    bench_record.write_json(
+        out, {"environment": env, "params": {k: getattr(args, k) for k in names}, "results": results}
     )
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"benchmark": "bench_stores", "machine": info, "params": params, "results": results}, f, indent=2)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

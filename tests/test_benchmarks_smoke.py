@@ -84,7 +84,7 @@ def test_bench_stores(tmp_path):
         *("--queries", "10", "--nlist", "8", "--pq-m", "4", "--probe-repeats", "2", "--out", str(out)),
     )
     result = json.loads(out.read_text())
-    assert [r["engine"] for r in result["results"]] == engines.split(",")
+    assert [r["engine"] for r in result["results"]] == engines.split(",") and result["environment"]["cpu"]
     for r in result["results"]:
         assert r["size_at_full_probe"] == 1200 + 2 * 100 + 2 * 100  # the gallery and both probe adds, no more
         assert r["recall_at_10"] == 1.0 or r["engine"] == "faiss_ivfpq"  # exact engines find the exact top 10
