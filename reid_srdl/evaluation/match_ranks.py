@@ -25,7 +25,7 @@ partial selection.
 """
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -142,11 +142,13 @@ class TrueMatchRanker:
     candidates of these *hot* buckets are sorted, a few percent of them.
     """
 
-    def __init__(self, num_cols: int, max_rows: int):
+    def __init__(self, num_cols: int, max_rows: int, buckets: Optional[int] = None):
         if max_rows > packed_row_limit(num_cols):
             raise ValueError(f"{max_rows} rows of {num_cols} columns do not fit a 64-bit (row, key, column) key")
         self.num_cols, self.max_rows = num_cols, max_rows
-        self.buckets = max(256, num_cols // 16)  # the histogram stays small beside the block
+        # Buckets per row's window: ~num_cols/16 keeps the histogram small beside the block it
+        # counts; any number >= 1 gives the same ranks (fewer: more candidates sorted).
+        self.buckets = max(256, num_cols // 16) if buckets is None else max(1, int(buckets))
         self._bins = np.empty(max_rows * num_cols, dtype=np.int32)
         self._mask = np.empty(max_rows * num_cols, dtype=bool)
 
