@@ -221,8 +221,9 @@ def test_int_keys_order_like_the_floats():
 
     np.testing.assert_array_equal(order(keys), order(values))
     nonneg = np.abs(values[np.isfinite(values)]) + np.float32(0)
-    np.testing.assert_array_equal(np.argsort(int_keys(nonneg, nonnegative=True), kind="stable"),
-                                  np.argsort(nonneg, kind="stable"))
+    np.testing.assert_array_equal(
+        np.argsort(int_keys(nonneg, nonnegative=True), kind="stable"), np.argsort(nonneg, kind="stable")
+    )
 
 
 def test_evaluate_distances_with_ties_against_brute_force():

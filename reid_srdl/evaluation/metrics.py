@@ -10,10 +10,12 @@ torchreid's ``eval_market1501``):
   junk (pid -1);  distractors (pid 0) stay as negatives;
 * a query left without any true match is skipped, and counted in ``num_queries`` only.
 
-Exact and memory-bounded: queries are processed in blocks of full distance rows and no
-query x gallery index matrix is ever built.  A true match's rank is one plus the number of
-valid items closer to the query, counted among the items no farther than the query's farthest
-true match -- no sort of the whole gallery -- so CMC, mAP and mINP are exact.
+Exact and memory-bounded: queries are processed in blocks of full distance rows (one sgemm
+each, into a reused buffer) and no query x gallery index matrix is ever built.  A true match's
+rank is one plus the number of valid items before it, counted for every match of a block at
+once by a per-row histogram of the items no farther than the row's farthest match, exact in
+the few buckets that hold a match (:mod:`reid_srdl.evaluation.match_ranks`) -- no sort of any
+gallery row, no Python loop per query -- so CMC, mAP and mINP are exact.
 """
 
 import os
@@ -28,12 +30,12 @@ from reid_srdl.core.errors import ReidSrdlError
 # numpy only (no faiss): the metrics import on a machine without faiss.
 from reid_srdl.evaluation.distances import finish_squared_l2, gemm_rows, pairwise_squared_l2, squared_norms
 from reid_srdl.evaluation.match_ranks import (
-    JUNK_PID,
+    JUNK_PID,  # noqa: F401  (the protocol's junk pid, imported from here by open_set and users)
     DistanceOverflowError,
     ProtocolIds,
     QueryScores,
-    mark_removed,
     TrueMatchRanker,
+    mark_removed,
     packed_row_limit,
     query_scores,
     top_k_rows,

@@ -10,7 +10,7 @@ bigger than memory -- in two passes:
 2. for each shard, each query counts the valid gallery items strictly closer than each of
    its true matches (exact ties: those with a smaller gallery index, as in ``metrics``).
 
-A true match's rank is one plus that count, which is what ``metrics.positive_ranks`` computes
+A true match's rank is one plus that count, which is what ``match_ranks`` computes
 from a full row: CMC, mAP and mINP come out identical to the in-memory path.  Memory: the
 query features, the gallery ids, one shard, and one ``(query block x shard)`` distance block.
 Both passes cut the same blocks, so a distance is computed the same way both times.
@@ -29,7 +29,6 @@ from reid_srdl.evaluation.match_ranks import (
     true_match_ranks,
 )
 from reid_srdl.evaluation.metrics import (
-    _OVERFLOW,
     AP_METHODS,
     EvaluationInputError,
     ReIDResult,
