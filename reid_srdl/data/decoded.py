@@ -167,18 +167,23 @@ class TensorReidTrain(TensorReidTest):
         flip = bool(torch.rand(1) < 0.5)  # RandomHorizontalFlip
         top, left, _, _ = T.RandomCrop.get_params(self._padded, (h, w))  # RandomCrop on the padded image
         source = image.flip(-1) if flip else image
-        # The crop's window in the unpadded image, and where it lands in the output.
+        # The crop's window in the unpadded image, and where it lands in the output; the
+        # padding is zeros, which to_tensor turns into 0.0 -- so a zeroed float32 output takes
+        # the window's pixels (uint8 -> float32 is exact) and then goes through /255 and the
+        # normalisation whole, as the file path's padded crop does.
         r0, r1 = max(top - p, 0), min(top - p + h, h)
         c0, c1 = max(left - p, 0), min(left - p + w, w)
-        crop = torch.zeros((3, h, w), dtype=torch.uint8)
+        out = torch.zeros((3, h, w), dtype=torch.float32)
         if r0 < r1 and c0 < c1:
-            crop[:, r0 - (top - p) : r1 - (top - p), c0 - (left - p) : c1 - (left - p)] = source[:, r0:r1, c0:c1]
-        out = _to_normalized(crop, self.mean, self.std)
+            window = source.narrow(1, r0, r1 - r0).narrow(2, c0, c1 - c0)
+            out.narrow(1, r0 - (top - p), r1 - r0).narrow(2, c0 - (left - p), c1 - c0).copy_(window)
+        out.div_(255).sub_(self.mean).div_(self.std)
         if self.erasing > 0 and torch.rand(1) < self.erasing:  # RandomErasing (value: a list)
             i, j, eh, ew, v = T.RandomErasing.get_params(
                 out, scale=self.erase_scale, ratio=self.erase_ratio, value=self.erase_value
             )
-            out[..., i : i + eh, j : j + ew] = v  # F.erase; a fresh tensor, so in place is safe
+            if v is not out:  # get_params hands back the image itself when no box fitted: no-op
+                out.narrow(1, i, eh).narrow(2, j, ew).copy_(v.expand(-1, eh, ew))  # F.erase, in place
         return out
 
 
