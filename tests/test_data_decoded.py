@@ -117,5 +117,5 @@ def test_cached_pixels_are_the_pil_resize(tiny_market_root):
     images.fill(threads=2)
     for i in (0, 7, len(images.paths) - 1):
         with Image.open(images.paths[i]) as im:
-            expected = torch.from_numpy(np.asarray(im.convert("RGB").resize((19, 37), Image.BILINEAR)))
+            expected = torch.from_numpy(np.array(im.convert("RGB").resize((19, 37), Image.BILINEAR)))
         assert torch.equal(images[i], expected.permute(2, 0, 1))
