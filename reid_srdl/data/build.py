@@ -36,6 +36,7 @@ from reid_srdl.data.decoded import (
     TensorReidTest,
     TensorReidTrain,
     decoded_images_if_they_fit,
+    usable_cores,
 )
 from reid_srdl.data.indexed import ImageFileDataset, IndexedDataset, SeededSampler
 from reid_srdl.data.reid_sets import (
@@ -391,14 +392,6 @@ def _with_transform(dataset: Dataset, transform) -> Dataset:
 
 
 AUTO_WORKERS = -1
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def loader_workers(setting: int, device_type: str = "cpu") -> int:

@@ -46,6 +46,7 @@ def cache_bytes(num_images: int, height: int, width: int) -> int:
 
 
 def usable_cores() -> int:
+    """The cores this process may run on (a container's share, not the host's count)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

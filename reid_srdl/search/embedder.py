@@ -71,6 +71,9 @@ class Embedder:
     network (then its training image size is the default ``height``/``width``, else 256 x 128).
     ``transform`` defaults to ``reid_test_transform(height, width)``; ``flip``, ``normalize``,
     ``fast`` and ``precision`` are those of :func:`reid_srdl.evaluation.features.extract_features`.
+    With the default transform, files are decoded and resized by threads of this process and
+    normalised a batch at a time (:func:`~reid_srdl.evaluation.features.decoded_batches`: the
+    same values); ``workers`` (DataLoader processes) applies to a custom ``transform``.
     """
 
     def __init__(
@@ -153,13 +156,15 @@ class Embedder:
         from reid_srdl.evaluation.features import embed_image_files
 
         o = self.options
+        standard = o["transform"] is None  # reid_test_transform: batched tensors, decoded by threads
         return embed_image_files(
             self.model,
             [os.fspath(p) for p in paths],
-            self.transform,
+            None if standard else self.transform,
             batch_size=o["batch_size"],
             workers=o["workers"],
             skip_unreadable=skip_unreadable,
+            size=(o["height"], o["width"]) if standard else None,
             **self._extract_options(),
         )
 
