@@ -68,8 +68,12 @@ def test_bench_train(tmp_path):
         *("--models", "small_reid", "--repeats", "1", "--overhead-epochs", "0", "--workers", "0"),
         *("--root", str(tmp_path / "data"), "--json", str(out)),
     )
-    (row,) = json.loads(out.read_text())["throughput"]
-    assert all(finite_positive(row[k]) for k in ("reid_srdl_img_s", "reid_srdl_fp32_img_s", "torchreid_img_s"))
+    result = json.loads(out.read_text())
+    (row,) = result["throughput"]
+    rates = ("reid_srdl_img_s", "reid_srdl_fp32_img_s", "reid_srdl_no_cache_img_s", "torchreid_img_s")
+    assert all(finite_positive(row[k]) for k in rates)
+    assert finite_positive(row["cache_fill_seconds"])  # the cache was on, filled once before the timed epoch
+    assert result["info"]["precision_auto"]["auto"] in ("bf16", "fp32") and result["info"]["precision_auto"]["why"]
     assert "| small_reid |" in stdout
 
 
