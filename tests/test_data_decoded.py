@@ -119,3 +119,12 @@ def test_cached_pixels_are_the_pil_resize(tiny_market_root):
         with Image.open(images.paths[i]) as im:
             expected = torch.from_numpy(np.array(im.convert("RGB").resize((19, 37), Image.BILINEAR)))
         assert torch.equal(images[i], expected.permute(2, 0, 1))
+
+
+def test_cache_mb_is_checked():
+    from reid_srdl.config import ConfigError, load_config
+
+    assert load_config(None, []).data.cache_mb == 4096
+    assert load_config(None, ["data.cache_mb=0"]).data.cache_mb == 0
+    with pytest.raises(ConfigError, match="data.cache_mb"):
+        load_config(None, ["data.cache_mb=-1"])
