@@ -147,8 +147,9 @@ class TrueMatchRanker:
             raise ValueError(f"{max_rows} rows of {num_cols} columns do not fit a 64-bit (row, key, column) key")
         self.num_cols, self.max_rows = num_cols, max_rows
         # Buckets per row's window: ~num_cols/16 keeps the histogram small beside the block it
-        # counts; any number >= 1 gives the same ranks (fewer: more candidates sorted).
-        self.buckets = max(256, num_cols // 16) if buckets is None else max(1, int(buckets))
+        # counts; any number >= 2 gives the same ranks (fewer: more candidates sorted).
+        # (At least 2: a window always fits 2 buckets at some shift, see _windows.)
+        self.buckets = max(256, num_cols // 16) if buckets is None else max(2, int(buckets))
         self._bins = np.empty(max_rows * num_cols, dtype=np.int32)
         self._mask = np.empty(max_rows * num_cols, dtype=bool)
 
@@ -228,7 +229,8 @@ class TrueMatchRanker:
         np.minimum.at(lo, pos_rows, pos_keys)
         lo = np.maximum(np.minimum(lo, hi), hi - (1 << _WINDOW_BITS))
         shift = np.zeros(num_rows, dtype=np.int64)
-        while True:  # at most 32 steps
+        # A window spans <= 2**24 keys, so past shift 24 its ends differ by at most 1 < buckets.
+        for _ in range(_WINDOW_BITS + 1):
             wide = (hi >> shift) - (lo >> shift) >= self.buckets
             if not wide.any():
                 break
