@@ -99,3 +99,21 @@ def test_auto_precision_says_what_it_chose_and_why(monkeypatch, caplog, native, 
         assert prec.resolve_precision("auto", "cpu") == auto
     finally:
         prec.cpu_bf16_pays.cache_clear()
+
+
+def test_embedder_folds_its_network_once(tmp_path, monkeypatch):
+    import reid_srdl.evaluation.features as features
+
+    paths = write_images(tmp_path, 6, seed=2)
+    torch.manual_seed(0)
+    net = build_model("small_reid", num_classes=3, feature_dim=16).eval()
+    expected, _ = embed_image_files(net, paths, None, size=(64, 32), batch_size=4, progress=False, fast=True)
+    copies = []
+    real = features.inference_copy
+    monkeypatch.setattr(features, "inference_copy", lambda *a, **k: copies.append(1) or real(*a, **k))
+    e = Embedder(net, height=64, width=32, batch_size=4, fast=True)
+    for _ in range(3):  # e.g. three uploads to a search server
+        np.testing.assert_array_equal(e.embed_files(paths)[0], expected)
+    np.testing.assert_array_equal(e.embed_pil([Image.open(p).convert("RGB") for p in paths]), expected)
+    assert len(copies) == 1
+    assert net.training is False and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # untouched

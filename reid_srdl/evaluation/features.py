@@ -111,6 +111,7 @@ def extract_features(
     precision: Optional[str] = None,
     channels_last: Optional[bool] = None,
     fold_bn: Optional[bool] = None,
+    inference_net: Optional[nn.Module] = None,
 ) -> np.ndarray:
     """Features of every image the loader yields, in order: float32 ``(N, D)``.
 
@@ -127,6 +128,9 @@ def extract_features(
             with native bf16 and on CUDA, else fp32): autocast for the forward passes.
         channels_last: run a channels-last copy of the network on channels-last images.
         fold_bn: fold BatchNorm into the preceding conv/linear layers (on a copy).
+        inference_net: the copy :func:`inference_copy` made of ``model`` with these options,
+            kept by a caller that extracts many times (an :class:`Embedder`), so that the
+            folding and copying are not redone at each call.
 
     The model is put in eval mode for the extraction; every submodule gets its previous
     training/eval mode back afterwards.
@@ -139,7 +143,7 @@ def extract_features(
     chunks = []
     with evaluation_mode(model), torch.inference_mode():
         # After evaluation_mode: folding needs eval-mode BatchNorm.
-        run = inference_copy(model, fold_bn, channels_last)
+        run = inference_net if inference_net is not None else inference_copy(model, fold_bn, channels_last)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         # One autocast region for the whole loop: weight casts are cached across batches.
         with autocast_for(precision, device):
