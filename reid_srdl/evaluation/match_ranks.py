@@ -235,7 +235,8 @@ class TrueMatchRanker:
             if not wide.any():
                 break
             shift += wide
-        return shift, (lo >> shift) - 1
+        # (A row without true matches has no candidates either; keep its base in int32 range.)
+        return shift, np.clip((lo >> shift) - 1, -(1 << 31), (1 << 31) - 1)
 
 
 def true_match_ranks(
