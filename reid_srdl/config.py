@@ -77,9 +77,9 @@ class DataConfig:
     # Re-id training: probability of random erasing (Zhong et al.; BoT uses 0.5); 0 = off.
     random_erasing: float = 0.0
     # Re-id training: decode each training image once, resized, into a uint8 cache of at most
-    # this many MB and augment it as tensors -- bit for bit the batches of decoding every step
-    # (Market-1501 at 256x128 needs 1,271 MB, at 128x64 318 MB).  A set that does not fit is
-    # decoded every step (logged); 0 = always decode every step (docs/benchmarks.md).
+    # this many MiB and augment it as tensors -- bit for bit the batches of decoding every step
+    # (Market-1501 at 256x128 needs 1,213 MiB, at 128x64 303 MiB).  A set over this or over half
+    # the memory available is decoded every step (logged); 0 = always (docs/benchmarks.md).
     cache_mb: int = 4096
 
     @property

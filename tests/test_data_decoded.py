@@ -98,6 +98,17 @@ def test_a_set_over_the_budget_decodes_every_step(tiny_market_root, caplog):
     assert isinstance(small.train_loader.dataset.dataset, ImageFileDataset)
 
 
+def test_a_set_over_half_the_available_memory_decodes_every_step(monkeypatch, caplog):
+    import reid_srdl.data.decoded as decoded
+
+    monkeypatch.setattr(decoded, "available_memory", lambda: 150 * 2**20)
+    with caplog.at_level(logging.INFO, logger="reid_srdl.data.decoded"):
+        assert decoded_images_if_they_fit(["x.jpg"] * 1000, 256, 128, budget_mb=4096) is None  # 94 MB > 75
+    assert "over half the 150 MB of memory available; decoding each step" in caplog.text
+    monkeypatch.setattr(decoded, "available_memory", lambda: 200 * 2**20)
+    assert decoded_images_if_they_fit(["x.jpg"] * 1000, 256, 128, budget_mb=4096) is not None
+
+
 def test_a_corrupt_training_image_is_named_before_the_first_step(tiny_market_root, tmp_path):
     import shutil
 

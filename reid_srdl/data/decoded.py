@@ -12,9 +12,9 @@ shape.  So a fixed-seed batch is bit-for-bit the file path's (tests/test_data_de
 What is kept: the PIL resize (not reproduced on tensors; its pixels are cached as they come).
 What runs on tensors: flip, pad, crop, scaling, normalisation, erasing (all exact).
 
-Memory: ``N x 3 x H x W`` bytes (Market-1501's 12,936 training images at 256x128: 1,271 MB;
-at 128x64: 318 MB), estimated before anything is decoded; a set over the budget
-(``data.cache_mb``) keeps the file path.  The cache is filled in the main process by a few
+Memory: ``N x 3 x H x W`` bytes (Market-1501's 12,936 training images at 256x128: 1,213 MiB;
+at 128x64: 303 MiB), estimated before anything is decoded; a set over the budget
+(``data.cache_mb``, MiB) or over half the memory available keeps the file path.  The cache is filled in the main process by a few
 threads (PIL releases the GIL while it decodes and resizes) when a loader first iterates
 (:class:`PreparedLoader`), before any worker process is started, so workers read the same
 pages (fork) instead of each decoding and holding its own copy.
@@ -104,23 +104,33 @@ class DecodedImages:
         )
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def decoded_images_if_they_fit(
     paths: Sequence[str], height: int, width: int, budget_mb: int
 ) -> Optional[DecodedImages]:
-    """A :class:`DecodedImages` of ``paths`` when it fits ``budget_mb``, else None (logged:
-    the loaders then decode every file at every step)."""
+    """A :class:`DecodedImages` of ``paths`` when it fits ``budget_mb`` and half the memory
+    available now, else None (logged: the loaders then decode every file at every step)."""
     if budget_mb <= 0 or not paths:
         return None
     needed = cache_bytes(len(paths), height, width)
+    what = f"decoded-image cache: {len(paths)} images at {height}x{width} need {needed / MB:.0f} MB"
     if needed > budget_mb * MB:
-        log.info(
-            "decoded-image cache: %d images at %dx%d need %.0f MB, over data.cache_mb=%d; decoding each step",
-            len(paths),
-            height,
-            width,
-            needed / MB,
-            budget_mb,
-        )
+        log.info("%s, over data.cache_mb=%d; decoding each step", what, budget_mb)
+        return None
+    available = available_memory()
+    if available is not None and needed > available // 2:
+        log.info("%s, over half the %.0f MB of memory available; decoding each step", what, available / MB)
         return None
     return DecodedImages(paths, height, width)
 
