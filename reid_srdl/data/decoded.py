@@ -14,8 +14,9 @@ What runs on tensors: flip, pad, crop, scaling, normalisation, erasing (all exac
 
 Memory: ``N x 3 x H x W`` bytes (Market-1501's 12,936 training images at 256x128: 1,213 MiB;
 at 128x64: 303 MiB), estimated before anything is decoded; a set over the budget
-(``data.cache_mb``, MiB) or over half the memory available keeps the file path.  The cache is filled in the main process by a few
-threads (PIL releases the GIL while it decodes and resizes) when a loader first iterates
+(``data.cache_mb``, MiB) or over half the memory available keeps the file path.  The cache is
+filled in the main process by a few threads (PIL releases the GIL while it decodes and
+resizes) when a loader first iterates
 (:class:`PreparedLoader`), before any worker process is started, so workers read the same
 pages (fork) instead of each decoding and holding its own copy.
 """
