@@ -17,7 +17,7 @@ Cases (random features with a re-id-like identity/camera structure, see make_cas
   true match is anywhere in the ranking): the worst case for our ranking.
 * msmt: the MSMT17 test shape (11,659 x 82,161, d=512, 3,060 identities, 15 cameras), ours
   only (torchreid would need a 3.8 GB distance matrix plus a 7.7 GB index matrix), run in a
-  subprocess whose peak RSS is read with resource.getrusage.
+  subprocess whose peak RSS is read from /proc/self/status (VmHWM).
 
 The GEMM floor of a case is the bare fp32 ``q @ g.T`` of the same shape, in the same process,
 cut into the same query blocks as ours and written into one reused buffer: the arithmetic no
@@ -44,9 +44,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from bench_meta import benchmark_machine, result_path  # noqa: E402
+from bench_record import metadata, result_path  # noqa: E402
 
 from reid_srdl.core.files import write_json_atomic  # noqa: E402
 from reid_srdl.evaluation.metrics import block_rows, evaluate_reid  # noqa: E402
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     p.add_argument("--repeats", type=int, default=3, help="runs of ours and of the floor per case (median reported)")
     p.add_argument("--quick", action="store_true", help="smoke run: every shape divided by 20, one repeat")
-    p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/bench_eval-<cpu>.json)")
+    p.add_argument("--out", default=result_path("bench_eval"))
     p.add_argument("--msmt-child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     p.add_argument("--scale", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -315,13 +315,11 @@ def main(argv=None) -> int:
         else:
             rows.append(bench_market(name, args.repeats, args.scale))
     print(markdown(rows))
-    machine = benchmark_machine()
-    out = args.out or result_path("bench_eval", machine)
-    write_json_atomic(
-        out,
-        {"benchmark": "bench_eval", "machine": machine, "max_rank": MAX_RANK, "scale": args.scale, "rows": rows},
-    )
-    print(f"wrote {out}", file=sys.stderr)
+    # After the children: metadata() reads the versions without importing torch anyway.
+    environment = metadata(load_average_1min=os.getloadavg()[0])  # a busy machine skews every ratio
+    result = {"benchmark": "bench_eval", "environment": environment, "max_rank": MAX_RANK, "scale": args.scale}
+    write_json_atomic(args.out, {**result, "rows": rows})
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -38,12 +38,12 @@ import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from bench_meta import benchmark_machine, result_path  # noqa: E402
+from bench_record import metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl.config import DataConfig  # noqa: E402
 from reid_srdl.core.precision import bf16_decision  # noqa: E402
@@ -205,7 +205,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes of the 'ours fast, DataLoader' run")
     p.add_argument("--quick", action="store_true", help="smoke run: 6 identities, one repeat, a short probe")
-    p.add_argument("--out", default=None, help="JSON file (default: benchmarks/results/bench_extract-<cpu>.json)")
+    p.add_argument("--out", default=result_path("bench_extract"))
     args = p.parse_args(argv)
     if args.quick:
         args.ids, args.repeats, args.probe_steps = 6, 1, 5
@@ -329,15 +329,11 @@ def main(argv=None):
             "torchreid (fp32)": achieved["torchreid FeatureExtractor"] / measured_peak["fp32"],
         },
         "load_average_at_end": os.getloadavg(),
+        "environment": metadata(),
     }
-    result = {"benchmark": "bench_extract", "machine": benchmark_machine(), **result}
-    out = args.out or result_path("bench_extract", result["machine"])
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp_out = out + ".tmp"
-    with open(tmp_out, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp_out, out)
-    print(f"wrote {out}", flush=True)
+    result = {"benchmark": "bench_extract", **result}
+    write_json(args.out, result)
+    print(f"wrote {args.out}", flush=True)
     print(
         json.dumps(
             {

@@ -40,11 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from bench_meta import benchmark_machine, result_path  # noqa: E402
-from bench_train_step import commit  # noqa: E402
+from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl.config import load_config  # noqa: E402
-from reid_srdl.core.environment import cpu_model  # noqa: E402
 from reid_srdl.core.precision import bf16_decision, cpu_supports_bf16  # noqa: E402
 from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
@@ -258,10 +256,7 @@ def save_merged(path, results):
             merged[key] = previous.get(key)
         else:
             results[key]["measured"] = stamp
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, merged)
 
 
 def main():
@@ -275,21 +270,16 @@ def main():
     p.add_argument("--demo", action="store_true", help="also time the CPU demo's training phase (goal: <= 45 s)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_market"))
     p.add_argument("--demo-root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_demo"))
-    p.add_argument("--json", default=None, help="JSON file (default: benchmarks/results/bench_train-<cpu>.json)")
+    p.add_argument("--json", default=result_path("bench_train"))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     ensure_synthetic_market(args.root, num_ids=args.ids, seed=0)
-    machine = benchmark_machine()
-    info = {
-        "cpu": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "bf16_native": cpu_supports_bf16(),
-        "precision_auto": bf16_decision(),  # what train.precision=auto runs here, and why
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit(),
-        "machine": machine,
-    }
+    info = metadata(
+        threads=torch.get_num_threads(),
+        bf16_native=cpu_supports_bf16(),
+        precision_auto=bf16_decision(),  # what train.precision=auto runs here, and why
+        load_average_1min=os.getloadavg()[0],
+    )
     print(json.dumps(info), flush=True)
     results = {"info": info, "throughput": [], "srdl_overhead": None, "demo": None}
     for model in args.models:
@@ -298,10 +288,9 @@ def main():
         results["srdl_overhead"] = srdl_overhead(args, args.root)
     if args.demo:
         results["demo"] = demo_training(args.demo_root)
-    out = args.json or result_path("bench_train", machine)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    out = args.json
     save_merged(out, results)
-    print(f"\n{info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['date']}, commit {info['commit']}")
+    print(f"\n{describe(info)}, {info['threads']} threads")
     print(f"precision auto -> {info['precision_auto']['auto']}: {info['precision_auto']['why']}")
     print(
         "\n| model | input | batch | reid_srdl default (precision) | reid_srdl fp32 | reid_srdl, no cache "

@@ -89,5 +89,5 @@ def test_bench_eval_quick(tmp_path):
     assert market["max_abs_cmc_diff"] < 1e-6 and market["abs_mAP_diff"] < 1e-6  # torchreid agrees
     assert finite_positive(market["torchreid_ratio"]) and finite_positive(market["ratio_to_floor_overlap"])
     assert rows["msmt"]["metrics"] == rows["msmt-overlap"]["metrics"]
-    assert finite_positive(rows["msmt"]["peak_rss_mb"]) and result["machine"]["cpu"]
+    assert finite_positive(rows["msmt"]["peak_rss_mb"]) and result["environment"]["cpu"]
     assert "| market512 |" in stdout
