@@ -5,23 +5,26 @@ Numpy only, vectorised over a whole block of distance rows: no Python loop per q
 The protocol ranking of a query orders its valid gallery items (removed ones excluded) by
 ``(distance, gallery index)``; the rank of a true match is one plus the number of valid items
 before it.  Only items no farther than the query's farthest true match can come before one,
-so, per block:
+so, per block (:class:`TrueMatchRanker`):
 
 1. the farthest true match of each row gives a threshold, and one comparison over the block
    keeps the *candidates* (valid items at or under their row's threshold; removed items are
    +inf and never pass);
-2. each candidate becomes one unsigned 64-bit key ``(row, distance bits, column)`` -- a
-   non-negative float32's bit pattern orders like the float, so comparing keys is comparing
-   ``(row, distance, index)`` exactly, ties included;
-3. the candidate keys are sorted once (numpy's vectorised sort), and each true match's rank is
-   the position of its own key in its row's run of keys, found by ``searchsorted``.
+2. a non-negative float32's bit pattern, read as an integer, orders like the float: each
+   item's bucket is its key's high bits within its row's window (nearest to farthest true
+   match, at most two binades; below it, bucket 0) -- a few integer operations over the
+   block -- and one ``bincount`` of the candidates' buckets gives each row's cumulative
+   histogram: the candidates before a match's bucket;
+3. inside the *hot* buckets (those holding a match) the few candidates there are sorted as
+   packed 64-bit ``(row, key, column)`` keys, so ties are broken by gallery index exactly;
+   a match's rank is one plus the candidates in earlier buckets plus those of its own bucket
+   that precede it.
 
-A distance that cannot be packed (float64 distances, or a gallery too large for the column
-bits) takes the same steps with ``np.lexsort`` over ``(row, distance, column)`` instead.
+Non-float32 distances (or a gallery too large for the column bits) take the same candidates
+through ``np.lexsort`` over ``(row, distance, column)`` instead (:func:`true_match_ranks`).
 
 The first-hit rank (CMC) is the smallest true-match rank, so no top-k list is needed for the
-metrics; :func:`top_k_rows` gives one (for ranked-list pictures) by the same keys after a
-partial selection.
+metrics; :func:`top_k_rows` gives one (for ranked-list pictures) after a partial selection.
 """
 
 from dataclasses import dataclass
@@ -64,7 +67,6 @@ class ProtocolIds:
         self._order = np.argsort(g_pids, kind="stable")
         self._sorted_pids = g_pids[self._order]
         self.junk = np.flatnonzero(g_pids == JUNK_PID)
-        self.num_gallery = len(g_pids)
 
     def pairs(self, start: int, stop: int) -> BlockPairs:
         """True-match and removed pairs of queries ``start:stop`` (rows counted from ``start``)."""
@@ -79,11 +81,6 @@ class ProtocolIds:
         same_cam = self.g_camids[cols] == cams[rows]
         other = ~same_cam
         return BlockPairs(rows[other], cols[other], rows[same_cam], cols[same_cam])
-
-    def has_match(self, start: int, stop: int) -> np.ndarray:
-        """Which queries of ``start:stop`` have at least one true match."""
-        pairs = self.pairs(start, stop)
-        return np.bincount(pairs.pos_rows, minlength=stop - start) > 0
 
 
 def mark_removed(block: np.ndarray, pairs: BlockPairs, junk: np.ndarray, value: float = np.inf) -> None:
