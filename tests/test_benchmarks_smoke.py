@@ -68,9 +68,29 @@ def test_bench_train(tmp_path):
         *("--models", "small_reid", "--repeats", "1", "--overhead-epochs", "0", "--workers", "0"),
         *("--root", str(tmp_path / "data"), "--json", str(out)),
     )
-    (row,) = json.loads(out.read_text())["throughput"]
-    assert all(finite_positive(row[k]) for k in ("reid_srdl_img_s", "reid_srdl_fp32_img_s", "torchreid_img_s"))
+    result = json.loads(out.read_text())
+    (row,) = result["throughput"]
+    rates = ("reid_srdl_img_s", "reid_srdl_fp32_img_s", "reid_srdl_no_cache_img_s", "torchreid_img_s")
+    assert all(finite_positive(row[k]) for k in rates)
+    assert finite_positive(row["cache_fill_seconds"])  # the cache was on, filled once before the timed epoch
+    assert result["info"]["precision_auto"]["auto"] in ("bf16", "fp32") and result["info"]["precision_auto"]["why"]
     assert "| small_reid |" in stdout
+
+
+def test_bench_eval_quick(tmp_path):
+    out = tmp_path / "eval.json"
+    stdout = run_script("bench_eval.py", "--quick", "--cases", "market512,msmt", "--out", str(out))
+    result = json.loads(out.read_text())
+    rows = {r["case"]: r for r in result["rows"]}
+    assert set(rows) == {"market512", "msmt", "msmt-overlap"}
+    for r in rows.values():
+        assert finite_positive(r["floor_seconds"]) and finite_positive(r["ratio_to_floor"])
+    market = rows["market512"]
+    assert market["max_abs_cmc_diff"] < 1e-6 and market["abs_mAP_diff"] < 1e-6  # torchreid agrees
+    assert finite_positive(market["torchreid_ratio"]) and finite_positive(market["ratio_to_floor_overlap"])
+    assert rows["msmt"]["metrics"] == rows["msmt-overlap"]["metrics"]
+    assert finite_positive(rows["msmt"]["peak_rss_mb"]) and result["environment"]["cpu"]
+    assert "| market512 |" in stdout
 
 
 def test_bench_stores(tmp_path):

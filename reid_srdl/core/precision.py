@@ -58,21 +58,46 @@ def gemm_rate(dtype: torch.dtype, n: int = 1024, repeats: int = 3) -> float:
     return 2 * n**3 / max(statistics.median(times), 1e-9)
 
 
+_BF16_DECISION: dict = {}
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_pays() -> bool:
     """True when this CPU runs bf16 natively and a bf16 GEMM is at least
-    ``BF16_PROBE_MARGIN`` times as fast as an fp32 one (measured once per process, ~0.1 s)."""
+    ``BF16_PROBE_MARGIN`` times as fast as an fp32 one (measured once per process, ~0.1 s).
+    The decision and its reason are logged and kept for :func:`bf16_decision`."""
+    _BF16_DECISION.clear()
     if not cpu_supports_bf16():
+        why = "no native bf16 on this CPU (neither AVX512_BF16 nor AMX): emulated bf16 is slower than fp32"
+        _BF16_DECISION.update(native=False, auto="fp32", why=why)
+        log.info("precision auto -> fp32: %s", why)
         return False
     fp32, bf16 = gemm_rate(torch.float32), gemm_rate(torch.bfloat16)
     pays = bf16 >= BF16_PROBE_MARGIN * fp32
-    log.info(
-        "bf16 probe: GEMM %.0f GFLOP/s in bf16, %.0f in fp32: precision auto -> %s",
-        bf16 / 1e9,
-        fp32 / 1e9,
-        "bf16" if pays else "fp32",
+    why = (
+        f"bf16 GEMM {bf16 / 1e9:.0f} GFLOP/s against {fp32 / 1e9:.0f} in fp32: "
+        f"{bf16 / fp32:.2f}x, {'at least' if pays else 'under'} the {BF16_PROBE_MARGIN}x margin"
     )
+    _BF16_DECISION.update(
+        native=True,
+        bf16_gflops=bf16 / 1e9,
+        fp32_gflops=fp32 / 1e9,
+        margin=BF16_PROBE_MARGIN,
+        auto="bf16" if pays else "fp32",
+        why=why,
+    )
+    log.info("bf16 probe: precision auto -> %s (%s)", "bf16" if pays else "fp32", why)
     return pays
+
+
+def bf16_decision() -> dict:
+    """What ``precision=auto`` runs on this CPU and why, for results files: ``native``,
+    ``auto`` ("bf16" or "fp32"), ``why``, and the probe's ``bf16_gflops`` / ``fp32_gflops``
+    / ``margin`` when it ran (probes once per process)."""
+    pays = cpu_bf16_pays()
+    if not _BF16_DECISION:  # cpu_bf16_pays replaced (tests) or cached before this module reloaded
+        return {"auto": "bf16" if pays else "fp32", "why": "decided elsewhere"}
+    return dict(_BF16_DECISION)
 
 
 def cuda_supports_bf16() -> bool:

@@ -29,6 +29,15 @@ from reid_srdl.data.classification import (
     load_imagenet,
     load_tiny_imagenet,
 )
+from reid_srdl.data.decoded import (
+    DEFAULT_CACHE_MB,
+    DecodedImageDataset,
+    PreparedLoader,
+    TensorReidTest,
+    TensorReidTrain,
+    decoded_images_if_they_fit,
+    usable_cores,
+)
 from reid_srdl.data.indexed import ImageFileDataset, IndexedDataset, SeededSampler
 from reid_srdl.data.reid_sets import (
     ReidSetLists,
@@ -112,7 +121,7 @@ def _loader(
     train: bool = False,
     seed: int = 0,
     sampler: Optional[IdentitySampler] = None,
-) -> DataLoader:
+) -> PreparedLoader:
     # Training: order and per-sample augmentation seeds from (seed, epoch) only (SeededSampler
     # over a one-replica DistributedSampler: the same permutation a 1-process torchrun run
     # uses, or the given IdentitySampler), so they are reproducible across resume and
@@ -125,7 +134,7 @@ def _loader(
             dataset, num_replicas=1, rank=0, shuffle=True, seed=order_seed(seed), drop_last=False
         )
         sampler = SeededSampler(shuffle, seed)
-    return DataLoader(
+    return PreparedLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -155,7 +164,7 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
     dataset = loader.dataset
     if isinstance(loader.sampler, IdentitySampler):
         # Rank r takes the r-th contiguous share of every global P x K batch.
-        return DataLoader(
+        return PreparedLoader(
             dataset,
             batch_size=per_process,
             sampler=loader.sampler.shard(rank, world_size),
@@ -168,7 +177,7 @@ def distributed_train_loader(loader: DataLoader, rank: int, world_size: int, see
     sampler = DistributedSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=order_seed(seed), drop_last=False
     )
-    return DataLoader(
+    return PreparedLoader(
         dataset,
         batch_size=per_process,
         # Sample i is augmented alike whichever rank loads it (seeds from seed, epoch, i).
@@ -288,6 +297,7 @@ def build_reid_data(
     sampler: str = "random",
     num_instances: int = 4,
     random_erasing: float = 0.0,
+    cache_mb: int = DEFAULT_CACHE_MB,
 ) -> DataBundle:
     """Training on ``sources`` (labels and cameras offset per source), evaluation on each of
     ``targets``.  With `synthetic`, a data set that has a synthetic writer and no folder under
@@ -307,11 +317,17 @@ def build_reid_data(
     # ImageDataManager loaders: those yield dicts, always drop the last batch, and torchreid's
     # read_image retries forever on an unreadable file, where ours stops with the file's name.
     train_samples = [(path, label) for path, label, _camid, _dsetid in combined.samples]
-    train = IndexedDataset(ImageFileDataset(train_samples, reid_train_transform(height, width, random_erasing)))
+    decoded = decoded_images_if_they_fit([path for path, _label in train_samples], height, width, cache_mb)
+    if decoded is None:
+        train = IndexedDataset(ImageFileDataset(train_samples, reid_train_transform(height, width, random_erasing)))
+        train_eval = IndexedDataset(ImageFileDataset(train_samples, reid_test_transform(height, width)))
+    else:  # the same items, from images decoded once (train and train_eval share them)
+        augment = TensorReidTrain(height, width, random_erasing)
+        train = IndexedDataset(DecodedImageDataset(train_samples, decoded, augment))
+        train_eval = IndexedDataset(DecodedImageDataset(train_samples, decoded, TensorReidTest()))
     identity_sampler = None
     if sampler == "identity":
         identity_sampler = IdentitySampler([label for _path, label in train_samples], batch_size, num_instances, seed)
-    train_eval = IndexedDataset(ImageFileDataset(train_samples, reid_test_transform(height, width)))
     test_tf = reid_test_transform(height, width)
     evaluated = [reid_target(lists[name], test_tf, test_batch_size, workers) for name in targets]
     first = evaluated[0]
@@ -376,14 +392,6 @@ def _with_transform(dataset: Dataset, transform) -> Dataset:
 
 
 AUTO_WORKERS = -1
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's share, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def loader_workers(setting: int, device_type: str = "cpu") -> int:
@@ -455,6 +463,7 @@ def build_data(cfg: DataConfig, seed: int = 0, device_type: str = "cpu") -> Data
             sampler=cfg.sampler,
             num_instances=cfg.num_instances,
             random_erasing=cfg.random_erasing,
+            cache_mb=cfg.cache_mb,
         )
     if cfg.split_id or cfg.cuhk03_labeled or cfg.cuhk03_classic_split:
         raise ConfigError("data.split_id and data.cuhk03_* apply to re-id data sets only")

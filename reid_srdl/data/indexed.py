@@ -186,6 +186,13 @@ class IndexedDataset(Dataset):
                 return self._item(index)
         return self._item(key)
 
+    def prepare(self) -> None:
+        """Let the wrapped dataset prepare itself (e.g. decode its images once) before a
+        loader iterates; see :class:`reid_srdl.data.decoded.PreparedLoader`."""
+        prepare = getattr(self.dataset, "prepare", None)
+        if prepare is not None:
+            prepare()
+
     def _item(self, index: int):
         if not 0 <= index < len(self.dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.dataset)}")

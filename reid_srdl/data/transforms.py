@@ -17,6 +17,16 @@ _STATS = {
 }
 
 
+def reid_random_erasing_settings():
+    """(scale, ratio, value) of BoT's random erasing (see :func:`random_erasing`)."""
+    return (0.02, 0.4), (0.3, 1 / 0.3), list(IMAGENET_MEAN)
+
+
+def reid_pad(height: int) -> int:
+    """Padding before the re-id random crop: 10 pixels at 256x128, scaled for other sizes."""
+    return max(1, round(height / 25.6))
+
+
 def random_erasing(probability: float) -> T.RandomErasing:
     """BoT's random erasing (Zhong et al., AAAI 2020) on the normalised tensor.
 
@@ -27,13 +37,15 @@ def random_erasing(probability: float) -> T.RandomErasing:
     Python's ``random``, which would make the erasing depend on the DataLoader worker).
     Remaining differences: the aspect ratio is drawn log-uniformly, with 10 attempts, not 100.
     """
-    return T.RandomErasing(p=probability, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=list(IMAGENET_MEAN))
+    scale, ratio, value = reid_random_erasing_settings()
+    return T.RandomErasing(p=probability, scale=scale, ratio=ratio, value=value)
 
 
 def reid_train_transform(height: int, width: int, erasing: float = 0.0) -> Callable:
     """Re-id training: resize, horizontal flip, random crop with padding, ImageNet norm (SRDL),
-    then random erasing with probability ``erasing`` (BoT; 0 = none)."""
-    pad = max(1, round(height / 25.6))  # 10 pixels at 256x128, scaled for other sizes
+    then random erasing with probability ``erasing`` (BoT; 0 = none).  The same steps on
+    cached uint8 tensors: :class:`reid_srdl.data.decoded.TensorReidTrain`."""
+    pad = reid_pad(height)
     steps = [
         T.Resize((height, width)),
         T.RandomHorizontalFlip(),

@@ -1,6 +1,7 @@
 """Re-id and classification evaluation.
 
 metrics         CMC / mAP / mINP (single- and multi-query), numpy in, numbers out
+match_ranks     the ranks of every true match of a block of distance rows (vectorised, exact)
 open_set        open-set decisions: genuine/impostor distances, threshold at a FAR, TAR/DIR@FAR
 distances       squared L2 distance blocks (numpy, no faiss)
 exact_index     exact k-NN (faiss IndexFlatL2, GPU when present); ivf_index: IVF-Flat/IVF-PQ

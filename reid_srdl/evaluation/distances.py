@@ -25,6 +25,32 @@ def squared_norms(x: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", x, x, dtype=np.float32)
 
 
+def gemm_rows(xq_scaled: np.ndarray, xb: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``xq_scaled @ xb.T`` (float32) by one sgemm, written into ``out[:len(xq_scaled)]`` when
+    given.  One query row is computed as two: numpy hands a single row to gemv, whose sums
+    round differently from gemm's, and a query's distances must not depend on the block it
+    happens to be in."""
+    rows = len(xq_scaled)
+    single = rows == 1
+    if single:
+        xq_scaled = np.concatenate([xq_scaled, xq_scaled])
+    if out is None:
+        result = xq_scaled @ xb.T  # xb.T is a view, not a copy
+    else:
+        result = np.matmul(xq_scaled, xb.T, out=out[: len(xq_scaled)])
+    return result[:1] if single else result
+
+
+def finish_squared_l2(dist: np.ndarray, xq_sqnorms: np.ndarray, xb_sqnorms: np.ndarray) -> np.ndarray:
+    """``-2 q.b`` rows -> squared L2 distances, in place: ``+ ||b||^2``, ``+ ||q||^2``, clamped at 0.
+    Element by element, so finishing a block in parts gives the same bits as all at once."""
+    dist += xb_sqnorms[None, :]
+    dist += xq_sqnorms[:, None]
+    # Rounding can make the distance of near-identical vectors slightly negative.
+    np.maximum(dist, 0.0, out=dist)
+    return dist
+
+
 def pairwise_squared_l2(xq: np.ndarray, xb: np.ndarray, xb_sqnorms: Optional[np.ndarray] = None) -> np.ndarray:
     """Squared L2 distances ``(len(xq), len(xb))`` float32, clamped at 0.
 
@@ -37,12 +63,8 @@ def pairwise_squared_l2(xq: np.ndarray, xb: np.ndarray, xb_sqnorms: Optional[np.
     xq, xb = as_float32_matrix(xq), as_float32_matrix(xb)
     if xb_sqnorms is None:
         xb_sqnorms = squared_norms(xb)
-    dist = (xq * np.float32(-2.0)) @ xb.T  # one sgemm; xb.T is a view, not a copy
-    dist += xb_sqnorms[None, :]
-    dist += squared_norms(xq)[:, None]
-    # Rounding can make the distance of near-identical vectors slightly negative.
-    np.maximum(dist, 0.0, out=dist)
-    return dist
+    dist = gemm_rows(xq * np.float32(-2.0), xb)
+    return finish_squared_l2(dist, squared_norms(xq), xb_sqnorms)
 
 
 def block_rows(num_gallery: int, chunk_size: Optional[int] = None) -> int:

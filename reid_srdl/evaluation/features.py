@@ -111,6 +111,7 @@ def extract_features(
     precision: Optional[str] = None,
     channels_last: Optional[bool] = None,
     fold_bn: Optional[bool] = None,
+    inference_net: Optional[nn.Module] = None,
 ) -> np.ndarray:
     """Features of every image the loader yields, in order: float32 ``(N, D)``.
 
@@ -127,6 +128,9 @@ def extract_features(
             with native bf16 and on CUDA, else fp32): autocast for the forward passes.
         channels_last: run a channels-last copy of the network on channels-last images.
         fold_bn: fold BatchNorm into the preceding conv/linear layers (on a copy).
+        inference_net: the copy :func:`inference_copy` made of ``model`` with these options,
+            kept by a caller that extracts many times (an :class:`Embedder`), so that the
+            folding and copying are not redone at each call.
 
     The model is put in eval mode for the extraction; every submodule gets its previous
     training/eval mode back afterwards.
@@ -139,7 +143,7 @@ def extract_features(
     chunks = []
     with evaluation_mode(model), torch.inference_mode():
         # After evaluation_mode: folding needs eval-mode BatchNorm.
-        run = inference_copy(model, fold_bn, channels_last)
+        run = inference_net if inference_net is not None else inference_copy(model, fold_bn, channels_last)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         # One autocast region for the whole loop: weight casts are cached across batches.
         with autocast_for(precision, device):
@@ -218,6 +222,69 @@ def image_files_loader(paths: Sequence[str], transform, batch_size: int = 64, wo
     )
 
 
+class _ResizedPixels:
+    """Decode + resize of one file as ``reid_test_transform`` does it (its PIL ``Resize``),
+    kept as uint8 HWC pixels; an unreadable file gives its error message instead."""
+
+    def __init__(self, height: int, width: int):
+        import torchvision.transforms as T
+
+        self.resize = T.Resize((height, width))
+
+    def __call__(self, path: str):
+        try:
+            return np.asarray(self.resize(read_image(path)), dtype=np.uint8)
+        except UnreadableImageError as e:
+            return str(e)
+
+
+def normalized_batch(pixels: np.ndarray) -> torch.Tensor:
+    """``(B, H, W, 3)`` uint8 -> the ``(B, 3, H, W)`` float32 batch ``reid_test_transform``
+    plus ``default_collate`` would give (``to_tensor``'s ``/255``, ImageNet normalisation:
+    the same float operations, element by element), in channels-last memory -- the layout the
+    fast path's convolutions want, without a copy."""
+    from reid_srdl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.as_tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(IMAGENET_STD, dtype=torch.float32).view(1, -1, 1, 1)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+    return images.to(dtype=torch.float32).div_(255).sub_(mean).div_(std)
+
+
+def decoded_batches(
+    paths: Sequence[str], height: int, width: int, batch_size: int = 64, threads: Optional[int] = None
+) -> Iterator[Tuple[Optional[torch.Tensor], torch.Tensor, List[str]]]:
+    """``(images or None, indices, error messages)`` per batch of image files, like
+    :func:`image_files_loader` with ``reid_test_transform(height, width)``, the same values.
+
+    The files are decoded and resized by ``threads`` threads of this process (default: the
+    usable cores; PIL releases the GIL while it works), the next batch while the caller runs
+    the network on this one; each batch is normalised as one tensor (:func:`normalized_batch`).
+    No worker processes: no start-up, and no batch copied through shared memory.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reid_srdl.data.decoded import usable_cores
+
+    paths = [str(p) for p in paths]
+    decode = _ResizedPixels(height, width)
+    starts = list(range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(threads or usable_cores()) as pool:
+
+        def submit(start):
+            return [pool.submit(decode, p) for p in paths[start : start + batch_size]]
+
+        pending = submit(starts[0]) if starts else []
+        for n, start in enumerate(starts):
+            current = pending
+            pending = submit(starts[n + 1]) if n + 1 < len(starts) else []
+            results = [f.result() for f in current]
+            good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+            errors = [r for r in results if isinstance(r, str)]
+            images = normalized_batch(np.stack([results[i] for i in good])) if good else None
+            yield images, torch.tensor([start + i for i in good], dtype=torch.long), errors
+
+
 def embed_image_files(
     model: nn.Module,
     paths: Sequence[str],
@@ -226,16 +293,28 @@ def embed_image_files(
     workers: int = 0,
     skip_unreadable: bool = False,
     device="cpu",
+    size: Optional[Tuple[int, int]] = None,
     **options,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """``(features (N, D), kept)``: the features of the readable files and their indices in
     ``paths``.  An unreadable file is an :class:`UnreadableImageError` naming it, unless
     ``skip_unreadable``: then it is reported on stderr and left out.  ``options`` go to
-    :func:`extract_features` (flip, normalize, progress, fast, precision, ...)."""
+    :func:`extract_features` (flip, normalize, progress, fast, precision, ...).
+
+    ``transform=None`` with ``size=(height, width)``: the standard ``reid_test_transform`` at
+    that size, run as :func:`decoded_batches` (threads; ``workers`` unused) -- the same
+    features as passing the transform itself, which decodes in ``workers`` processes."""
     paths = [str(p) for p in paths]
     if not paths:
         raise EvaluationInputError("no image paths given")
-    loader = image_files_loader(paths, transform, batch_size, workers)
+    if transform is None:
+        if size is None:
+            raise EvaluationInputError(
+                "embed_image_files: give a transform, or size=(height, width) for the standard one"
+            )
+        loader = decoded_batches(paths, size[0], size[1], batch_size)
+    else:
+        loader = image_files_loader(paths, transform, batch_size, workers)
     kept: List[torch.Tensor] = []
     finished = []  # set once every batch was read: "no batch" then means "nothing readable"
 

@@ -10,12 +10,16 @@ torchreid's ``eval_market1501``):
   junk (pid -1);  distractors (pid 0) stay as negatives;
 * a query left without any true match is skipped, and counted in ``num_queries`` only.
 
-Exact and memory-bounded: queries are processed in blocks of full distance rows and no
-query x gallery index matrix is ever built.  A true match's rank is one plus the number of
-valid items closer to the query, counted among the items no farther than the query's farthest
-true match -- no sort of the whole gallery -- so CMC, mAP and mINP are exact.
+Exact and memory-bounded: queries are processed in blocks of full distance rows (one sgemm
+each, into a reused buffer) and no query x gallery index matrix is ever built.  A true match's
+rank is one plus the number of valid items before it, counted for every match of a block at
+once by a per-row histogram of the items no farther than the row's farthest match, exact in
+the few buckets that hold a match (:mod:`reid_srdl.evaluation.match_ranks`) -- no sort of any
+gallery row, no Python loop per query -- so CMC, mAP and mINP are exact.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -24,15 +28,29 @@ import numpy as np
 from reid_srdl.core.errors import ReidSrdlError
 
 # numpy only (no faiss): the metrics import on a machine without faiss.
-from reid_srdl.evaluation.distances import pairwise_squared_l2, squared_norms
+from reid_srdl.evaluation.distances import finish_squared_l2, gemm_rows, pairwise_squared_l2, squared_norms
+from reid_srdl.evaluation.match_ranks import (
+    JUNK_PID,  # noqa: F401  (the protocol's junk pid, imported from here by open_set and users)
+    DistanceOverflowError,
+    ProtocolIds,
+    QueryScores,
+    TrueMatchRanker,
+    mark_removed,
+    packed_row_limit,
+    query_scores,
+    top_k_rows,
+    true_match_ranks,
+)
 
-JUNK_PID = -1
 DISTRACTOR_PID = 0
 REPORTED_RANKS = (1, 5, 10, 20)
 AP_METHODS = ("torchreid", "official")
 POOLS = ("mean", "max")
 # Distance rows per block: ~256 MB of float32 whatever the gallery size.
 _BLOCK_ELEMENTS = 1 << 26
+# Distance rows ranked at once: ~8 MB of float32 (they stay in the L2/L3 caches).
+_RANK_ELEMENTS = 1 << 21
+_OVERFLOW = "squared distances overflow float32; the features are too large (scale them down)"
 
 
 class EvaluationInputError(ReidSrdlError, ValueError):
@@ -190,55 +208,21 @@ def _find_rows(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- ranking core
-class _GalleryIds:
-    """Gallery columns grouped by pid, so a query finds its same-pid items without a scan."""
-
-    def __init__(self, g_pids: np.ndarray, g_camids: np.ndarray):
-        self.camids = g_camids
-        self.order = np.argsort(g_pids, kind="stable")  # stable: columns ascending within a pid
-        self.pids, starts = np.unique(g_pids[self.order], return_index=True)
-        self.bounds = np.append(starts, len(g_pids))
-        self.junk = np.flatnonzero(g_pids == JUNK_PID)
-
-    def split(self, pid: int, camid: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(true matches, same-camera duplicates) of a query: same pid, other/same camera."""
-        if pid == JUNK_PID:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
-        i = int(np.searchsorted(self.pids, pid))
-        if i == len(self.pids) or self.pids[i] != pid:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
-        same_pid = self.order[self.bounds[i] : self.bounds[i + 1]]
-        same_cam = self.camids[same_pid] == camid
-        return same_pid[~same_cam], same_pid[same_cam]
-
-
 def positive_ranks(sq_dist_row: np.ndarray, positives: np.ndarray) -> np.ndarray:
     """1-based ranks, ascending, of the true matches in one query's ranking.
 
-    ``sq_dist_row``: squared distances to every gallery item, with removed items (same
-    camera, junk) set to +inf so that they rank after every true match.  ``positives``:
-    the gallery columns of the true matches.
-
-    Only the items no farther than the farthest true match can precede one, so only those
-    are sorted (usually a small part of the gallery); a true match's rank is one plus the
-    number of them strictly closer, plus -- for exact ties -- the tied items with a smaller
-    gallery index.
+    ``sq_dist_row``: distances to every gallery item, with removed items (same camera, junk)
+    set to +inf so that they rank after every true match.  ``positives``: the gallery columns
+    of the true matches.  A true match's rank is one plus the number of items strictly closer,
+    plus -- for exact ties -- the tied items with a smaller gallery index.
     """
-    pos_dist = sq_dist_row[positives]
-    farthest = pos_dist.max()
-    if not np.isfinite(farthest):
-        raise EvaluationInputError("squared distances overflow float32; the features are too large (scale them down)")
-    closer = np.sort(sq_dist_row[sq_dist_row <= farthest])
-    ranks = np.searchsorted(closer, pos_dist, side="left") + 1
-    # Float32 distances do tie now and then (tens of millions of pairs, 24-bit mantissas).
-    others_tied = np.searchsorted(closer, pos_dist, side="right") - ranks  # besides the match
-    if others_tied.any():
-        for j in np.flatnonzero(others_tied):
-            ranks[j] += np.count_nonzero(sq_dist_row[: positives[j]] == pos_dist[j])
-    ranks.sort()
-    return ranks
+    row = np.ascontiguousarray(sq_dist_row)[None, :]
+    cols = np.asarray(positives, dtype=np.int64)
+    try:
+        ranks = true_match_ranks(row, np.zeros(len(cols), dtype=np.int64), cols)
+    except DistanceOverflowError:
+        raise EvaluationInputError(_OVERFLOW) from None
+    return np.sort(ranks)
 
 
 def average_precision(ranks: np.ndarray, method: str = "torchreid") -> float:
@@ -259,9 +243,104 @@ def average_precision(ranks: np.ndarray, method: str = "torchreid") -> float:
     return float(((before + at_hit) / 2).mean())
 
 
-def _block_rows(num_gallery: int, chunk_size: Optional[int]) -> int:
+def _rank_rows(num_gallery: int) -> int:
+    """Distance rows ranked at once: ~8 MB of them (cache-sized; the candidates' keys of a
+    worst case, a whole block, stay under ~130 MB), within what a 64-bit key can number."""
+    rows = max(1, _RANK_ELEMENTS // num_gallery)
+    limit = packed_row_limit(num_gallery)
+    return min(rows, limit) if limit else rows
+
+
+def ranking_threads(threads: Optional[int] = None) -> int:
+    """Threads that rank distance rows: ``threads``, or the cores this process may use (at
+    most 4).  numpy releases the GIL in the heavy steps (comparisons, ``flatnonzero``, takes,
+    ``bincount``, sorts), so the rows of a block rank in parallel."""
+    if threads is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        return max(1, min(4, cores))
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise EvaluationInputError(f"threads must be a positive integer; got {threads!r}")
+    return int(threads)
+
+
+def true_match_scores(
+    q: np.ndarray,
+    g: np.ndarray,
+    ids: ProtocolIds,
+    ap: str = "torchreid",
+    chunk_size: Optional[int] = None,
+    threads: Optional[int] = None,
+    overlap: bool = False,
+) -> QueryScores:
+    """Per-query AP, INP and first-hit rank of ``q`` against ``g`` (checked float32 arrays).
+
+    Queries go in blocks of ``chunk_size`` rows (default: ~256 MB of distances): one sgemm
+    per block (BLAS' own threads) into a buffer reused across blocks (no page faults per
+    block); then ``threads`` threads each take a share of the block's rows and, a few
+    cache-sized rows at a time, finish the distances (norms, clamp), set removed items to
+    +inf and rank the true matches (:class:`TrueMatchRanker`).  ``overlap``: compute the
+    next block's sgemm while this one is ranked (a second buffer; the two then share the
+    cores).  The scores do not depend on the blocks, the threads or the overlap.
+    """
+    g_sq = squared_norms(g)
+    q_sq = squared_norms(q)
+    step = block_rows(len(g), chunk_size)
+    sub = _rank_rows(len(g))
+    threads = ranking_threads(threads)
+    starts = list(range(0, len(q), step))
+    overlap = overlap and len(starts) > 1
+    buffers = [np.empty((max(2, min(step, len(q))), len(g)), dtype=np.float32) for _ in range(2 if overlap else 1)]
+    rankers = [TrueMatchRanker(len(g), min(sub, len(q))) for _ in range(threads)]
+
+    def gemm(i: int) -> np.ndarray:
+        start = starts[i]
+        return gemm_rows(q[start : start + step] * np.float32(-2.0), g, out=buffers[i % len(buffers)])
+
+    def rank_rows(ranker: TrueMatchRanker, dist: np.ndarray, first: int, lo: int, hi: int):
+        """Query rows lo:hi of the block whose first row is query ``first``."""
+        done = []
+        for s in range(lo, hi, sub):
+            e = min(hi, s + sub)
+            part = finish_squared_l2(dist[s - first : e - first], q_sq[s:e], g_sq)
+            pairs = ids.pairs(s, e)
+            mark_removed(part, pairs, ids.junk)
+            done.append((pairs.pos_rows + s, ranker.ranks(part, pairs.pos_rows, pairs.pos_cols, nonnegative=True)))
+        return done
+
+    parts = []
+    pool = ThreadPoolExecutor(threads + overlap) if threads > 1 or overlap else None
+    try:
+        pending = pool.submit(gemm, 0) if overlap else None
+        for i, start in enumerate(starts):
+            stop = min(len(q), start + step)
+            dist = pending.result() if overlap else gemm(i)
+            if overlap and i + 1 < len(starts):
+                pending = pool.submit(gemm, i + 1)
+            # Whole sub-blocks per thread, contiguous, so the results come back in query order.
+            cuts = [start + sub * ((-(-(stop - start) // sub) * t) // threads) for t in range(threads + 1)]
+            spans = [(lo, min(hi, stop)) for lo, hi in zip(cuts, cuts[1:]) if lo < stop]
+            if pool is None or len(spans) == 1:
+                parts.extend(rank_rows(rankers[0], dist, start, start, stop))
+            else:
+                futures = [pool.submit(rank_rows, rankers[t], dist, start, lo, hi) for t, (lo, hi) in enumerate(spans)]
+                for f in futures:
+                    parts.extend(f.result())
+    except DistanceOverflowError:
+        raise EvaluationInputError(_OVERFLOW) from None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    query_of = np.concatenate([p[0] for p in parts])
+    ranks = np.concatenate([p[1] for p in parts])
+    return query_scores(len(q), query_of, ranks, ap)
+
+
+def block_rows(num_gallery: int, chunk_size: Optional[int]) -> int:
     if chunk_size is not None:
-        if int(chunk_size) < 1:
+        if isinstance(chunk_size, bool) or int(chunk_size) < 1:
             raise EvaluationInputError(f"chunk_size must be >= 1; got {chunk_size}")
         return int(chunk_size)
     return max(1, _BLOCK_ELEMENTS // num_gallery)
@@ -270,7 +349,7 @@ def _block_rows(num_gallery: int, chunk_size: Optional[int]) -> int:
 def _distance_blocks(q: np.ndarray, g: np.ndarray, chunk_size: Optional[int]):
     """Yield (first query row, squared distances of a block of queries to the gallery)."""
     g_sq = squared_norms(g)
-    step = _block_rows(len(g), chunk_size)
+    step = block_rows(len(g), chunk_size)
     for start in range(0, len(q), step):
         yield start, pairwise_squared_l2(q[start : start + step], g, g_sq)
 
@@ -295,29 +374,23 @@ def check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids):
     )
 
 
-def summarise_ranks(rank_lists, num_queries: int, max_rank: int, ap: str) -> ReIDResult:
-    """CMC, mAP and mINP from each query's 1-based ranks of its true matches (ascending;
-    None for a query without a true match, which is skipped and counted)."""
-    first_hit_counts = np.zeros(max_rank, dtype=np.int64)
-    ap_sum = inp_sum = 0.0
-    num_valid = 0
-    for ranks in rank_lists:
-        if ranks is None:
-            continue
-        num_valid += 1
-        if ranks[0] <= max_rank:
-            first_hit_counts[ranks[0] - 1] += 1
-        ap_sum += average_precision(ranks, ap)
-        inp_sum += len(ranks) / ranks[-1]
+def summarise(scores: QueryScores, max_rank: int) -> ReIDResult:
+    """CMC, mAP and mINP from per-query scores; a query without a true match (first rank 0)
+    is skipped and counted.  Sums run in query order, whatever the blocks were."""
+    num_queries = len(scores.first)
+    valid = scores.first > 0
+    num_valid = int(valid.sum())
     if num_valid == 0:
         raise EvaluationInputError(
             f"no valid query: none of the {num_queries} queries has a true match in the gallery "
             f"(same pid, other camera, pid not -1); check that the pids/camids of the two sets agree"
         )
+    first = scores.first[valid]
+    first_hit_counts = np.bincount(first[first <= max_rank] - 1, minlength=max_rank)
     return ReIDResult(
         cmc=np.cumsum(first_hit_counts) / num_valid,
-        mAP=ap_sum / num_valid,
-        mINP=inp_sum / num_valid,
+        mAP=float(np.sum(scores.ap[valid]) / num_valid),
+        mINP=float(np.sum(scores.inp[valid]) / num_valid),
         num_queries=num_queries,
         num_valid_queries=num_valid,
     )
@@ -336,6 +409,8 @@ def evaluate_reid(
     pool: str = "mean",
     normalize: bool = False,
     chunk_size: Optional[int] = None,
+    threads: Optional[int] = None,
+    overlap: bool = False,
 ) -> ReIDResult:
     """CMC, mAP and mINP of a query set against a gallery (Market-1501 protocol).
 
@@ -350,6 +425,11 @@ def evaluate_reid(
         multi_query: gt_bbox features, pids and camids for the multi-query protocol; each
             query is replaced by :func:`pool_multi_query` (``pool``, ``normalize``) first.
         chunk_size: queries per block of distance rows; default keeps a block near 256 MB.
+        threads: threads that rank the rows of a block (default: the usable cores, at most 4).
+        overlap: compute the next block's distances while this one is ranked (one more block
+            of memory); see :func:`true_match_scores`.
+
+    The results do not depend on ``chunk_size``, ``threads`` or ``overlap``.
 
     mINP (Ye et al., 2021): mean over valid queries of ``#true matches / rank of the last``.
 
@@ -365,22 +445,10 @@ def evaluate_reid(
         q = pool_multi_query(q, q_pids, q_camids, multi_query, pool=pool, normalize=normalize)
     elif normalize:
         raise EvaluationInputError("normalize=True re-normalises pooled multi-query features; give multi_query too")
-
-    gallery = _GalleryIds(g_pids, g_camids)
-
-    def rank_lists():
-        for start, block in _distance_blocks(q, g, chunk_size):
-            if gallery.junk.size:
-                block[:, gallery.junk] = np.inf
-            for i, row in enumerate(block):
-                positives, removed = gallery.split(q_pids[start + i], q_camids[start + i])
-                if positives.size == 0:
-                    yield None  # no true match: skipped, as torchreid and the official code do
-                    continue
-                row[removed] = np.inf
-                yield positive_ranks(row, positives)
-
-    return summarise_ranks(rank_lists(), len(q), max_rank, ap)
+    block_rows(len(g), chunk_size)  # a bad chunk_size or threads is reported before any work
+    ranking_threads(threads)
+    ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
+    return summarise(true_match_scores(q, g, ids, ap, chunk_size, threads, overlap), max_rank)
 
 
 def ranked_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, k: int = 10) -> Tuple[np.ndarray, np.ndarray]:
@@ -388,24 +456,21 @@ def ranked_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, k: int 
 
     Returns ``(indices, distances)``, each ``(Nq, k)``: gallery indices ordered by
     (L2 distance, index), padded with -1 / inf when fewer than ``k`` items remain.
-    Meant for a few queries (ranked-list pictures); it builds one key per gallery item.
+    A partial selection per block of queries (:func:`top_k_rows`), no full sort.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise EvaluationInputError(f"k must be a positive integer; got {k!r}")
     q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
-    gallery = _GalleryIds(g_pids, g_camids)
+    ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
     indices = np.full((len(q), k), -1, dtype=np.int64)
     distances = np.full((len(q), k), np.inf, dtype=np.float64)
     for start, block in _distance_blocks(q, g, None):
-        for i, row in enumerate(block):
-            _, removed = gallery.split(q_pids[start + i], q_camids[start + i])
-            kept = np.ones(len(g), dtype=bool)
-            kept[removed] = False
-            kept[gallery.junk] = False
-            cols = np.flatnonzero(kept)
-            top = cols[np.lexsort((cols, row[cols]))[:k]]  # by distance, then index
-            indices[start + i, : len(top)] = top
-            distances[start + i, : len(top)] = np.sqrt(row[top].astype(np.float64))
+        stop = start + len(block)
+        mark_removed(block, ids.pairs(start, stop), ids.junk, value=np.nan)  # NaN: never selected
+        cols, values = top_k_rows(block, k)
+        found = cols >= 0
+        indices[start:stop][found] = cols[found]
+        distances[start:stop][found] = np.sqrt(values[found].astype(np.float64))
     return indices, distances
 
 

@@ -10,7 +10,7 @@ bigger than memory -- in two passes:
 2. for each shard, each query counts the valid gallery items strictly closer than each of
    its true matches (exact ties: those with a smaller gallery index, as in ``metrics``).
 
-A true match's rank is one plus that count, which is what ``metrics.positive_ranks`` computes
+A true match's rank is one plus that count, which is what ``match_ranks`` computes
 from a full row: CMC, mAP and mINP come out identical to the in-memory path.  Memory: the
 query features, the gallery ids, one shard, and one ``(query block x shard)`` distance block.
 Both passes cut the same blocks, so a distance is computed the same way both times.
@@ -20,17 +20,22 @@ from typing import Optional
 
 import numpy as np
 
+from reid_srdl.evaluation.match_ranks import (
+    JUNK_PID,
+    DistanceOverflowError,
+    ProtocolIds,
+    mark_removed,
+    query_scores,
+    true_match_ranks,
+)
 from reid_srdl.evaluation.metrics import (
     AP_METHODS,
-    JUNK_PID,
     EvaluationInputError,
     ReIDResult,
     _check_choice,
-    _GalleryIds,
     check_features,
     check_ids,
-    positive_ranks,
-    summarise_ranks,
+    summarise,
 )
 from reid_srdl.evaluation.search import pairwise_squared_l2, squared_norms
 
@@ -59,20 +64,23 @@ def evaluate_distances(
         raise EvaluationInputError("distances: contain NaN")
     q_pids, q_camids = check_ids(q_pids, d.shape[0], "query pids"), check_ids(q_camids, d.shape[0], "query camids")
     g_pids, g_camids = check_ids(g_pids, d.shape[1], "gallery pids"), check_ids(g_camids, d.shape[1], "gallery camids")
-    gallery = _GalleryIds(g_pids, g_camids)
-
-    def ranks():
-        for i in range(len(d)):
-            positives, removed = gallery.split(q_pids[i], q_camids[i])
-            if positives.size == 0:
-                yield None
-                continue
-            row = np.array(d[i], dtype=np.float64)
-            row[removed] = np.inf
-            row[gallery.junk] = np.inf
-            yield positive_ranks(row, positives)
-
-    return summarise_ranks(ranks(), len(d), max_rank, ap)
+    ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
+    # Rows in blocks of ~_BLOCK_ELEMENTS, in their own dtype (float32 stays float32: a
+    # widening would not change any order), ranked as metrics.evaluate_reid ranks its own.
+    step = max(1, _BLOCK_ELEMENTS // max(1, d.shape[1]))
+    query_of, ranks = [], []
+    for start in range(0, len(d), step):
+        stop = min(len(d), start + step)
+        block = np.array(d[start:stop], dtype=np.float32 if d.dtype == np.float32 else np.float64)
+        pairs = ids.pairs(start, stop)
+        mark_removed(block, pairs, ids.junk)
+        try:
+            ranks.append(true_match_ranks(block, pairs.pos_rows, pairs.pos_cols))
+        except DistanceOverflowError:
+            raise EvaluationInputError("distances: a true match's distance is infinite") from None
+        query_of.append(pairs.pos_rows + start)
+    scores = query_scores(len(d), np.concatenate(query_of), np.concatenate(ranks), ap)
+    return summarise(scores, max_rank)
 
 
 # --------------------------------------------------------------------------- streamed gallery
@@ -114,14 +122,14 @@ def evaluate_reid_streaming(
     q_pids, q_camids = check_ids(q_pids, len(q), "query pids"), check_ids(q_camids, len(q), "query camids")
     g_pids = check_ids(g_pids, num_gallery, "gallery pids")
     g_camids = check_ids(g_camids, num_gallery, "gallery camids")
-    gallery = _GalleryIds(g_pids, g_camids)
+    ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
 
     # Per query: true-match columns (ascending), their distances, and counts of closer items.
-    positives, removed = [], []
-    for pid, camid in zip(q_pids, q_camids):
-        pos, rem = gallery.split(pid, camid)
-        positives.append(np.sort(pos))
-        removed.append(rem)
+    pairs = ids.pairs(0, len(q))
+    bounds = np.searchsorted(pairs.pos_rows, np.arange(len(q) + 1))
+    removed_bounds = np.searchsorted(pairs.removed_rows, np.arange(len(q) + 1))
+    positives = [pairs.pos_cols[bounds[i] : bounds[i + 1]] for i in range(len(q))]
+    removed = [pairs.removed_cols[removed_bounds[i] : removed_bounds[i + 1]] for i in range(len(q))]
     pos_dist = [np.full(len(p), np.nan, dtype=np.float32) for p in positives]
     closer = [np.zeros(len(p), dtype=np.int64) for p in positives]
     starts = list(range(0, num_gallery, int(shard_rows)))
@@ -174,11 +182,6 @@ def evaluate_reid_streaming(
                     if start + col < positives[i][k]:
                         closer[i][k] += 1
 
-    def ranks():
-        for i in range(len(q)):
-            if positives[i].size == 0:
-                yield None
-            else:
-                yield np.sort(closer[i] + 1)
-
-    return summarise_ranks(ranks(), len(q), max_rank, ap)
+    query_of = np.repeat(np.arange(len(q)), [len(p) for p in positives])
+    ranks = np.concatenate(closer) + 1 if len(q) else np.zeros(0, dtype=np.int64)
+    return summarise(query_scores(len(q), query_of, ranks, ap), max_rank)

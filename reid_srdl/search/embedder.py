@@ -73,6 +73,9 @@ class Embedder:
     a TorchScript file loads only under a ``.ts`` name or with ``trust_torchscript=True``).
     ``transform`` defaults to ``reid_test_transform(height, width)``; ``flip``, ``normalize``,
     ``fast`` and ``precision`` are those of :func:`reid_srdl.evaluation.features.extract_features`.
+    With the default transform, files are decoded and resized by threads of this process and
+    normalised a batch at a time (:func:`~reid_srdl.evaluation.features.decoded_batches`: the
+    same values); ``workers`` (DataLoader processes) applies to a custom ``transform``.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class Embedder:
         # Resolved once: "auto" picks per machine, and the gallery must record what was used.
         self.precision = resolve_precision(precision or ("auto" if fast else "fp32"), device)
         self.fingerprint = model_fingerprint(self.model)
+        self._prepared = None  # the fast path's folded copy, made on first use
         if transform is None:
             from reid_srdl.data.transforms import reid_test_transform
 
@@ -147,6 +151,19 @@ class Embedder:
             "transform": transform_kind(o["transform"]),
         }
 
+    def _inference_net(self):
+        """The fast path's network (BN folded, channels-last), made once: a search server
+        embeds every upload with it instead of folding and copying the model per request.
+        None when nothing is folded (the model runs as it is)."""
+        if not self.options["fast"] or not hasattr(self.model, "modules"):
+            return None
+        if self._prepared is None:
+            from reid_srdl.evaluation.features import evaluation_mode, inference_copy
+
+            with evaluation_mode(self.model):  # folding reads eval-mode BatchNorm statistics
+                self._prepared = inference_copy(self.model, fold_bn=True, channels_last=True)
+        return self._prepared
+
     def _extract_options(self) -> Dict[str, Any]:
         o = self.options
         return dict(
@@ -156,6 +173,7 @@ class Embedder:
             progress=o["progress"],
             fast=o["fast"],
             precision=self.precision,
+            inference_net=self._inference_net(),
         )
 
     def embed_files(self, paths: Sequence[str], skip_unreadable: bool = False) -> Tuple[np.ndarray, np.ndarray]:
@@ -165,13 +183,15 @@ class Embedder:
         from reid_srdl.evaluation.features import embed_image_files
 
         o = self.options
+        standard = o["transform"] is None  # reid_test_transform: batched tensors, decoded by threads
         return embed_image_files(
             self.model,
             [os.fspath(p) for p in paths],
-            self.transform,
+            None if standard else self.transform,
             batch_size=o["batch_size"],
             workers=o["workers"],
             skip_unreadable=skip_unreadable,
+            size=(o["height"], o["width"]) if standard else None,
             **self._extract_options(),
         )
 

@@ -1,0 +1,313 @@
+"""The vectorised ranking of the true matches (evaluation/match_ranks.py) is exact, ties included.
+
+Oracles: a brute-force loop over queries that sorts every row in full (``np.lexsort`` by
+distance, then gallery index -- the protocol's order), torchreid's ``evaluate_rank`` fed a
+tie-free matrix of those positions, and the official Market-1501 loop (test_eval_metrics).
+The data are built to tie: integer-valued features whose squared distances are exact small
+integers, duplicated gallery rows, junk (pid -1), distractors (pid 0), same-pid-same-camera
+items, queries without a valid match and a junk query.
+"""
+
+import tracemalloc
+import warnings
+
+import numpy as np
+import pytest
+from test_eval_metrics import official_market_oracle
+
+import reid_srdl.evaluation.metrics as metrics
+from reid_srdl.evaluation.distances import gemm_rows, pairwise_squared_l2
+from reid_srdl.evaluation.match_ranks import (
+    ProtocolIds,
+    TrueMatchRanker,
+    int_keys,
+    mark_removed,
+    top_k_rows,
+    true_match_ranks,
+)
+from reid_srdl.evaluation.metrics import evaluate_reid, ranked_gallery
+from reid_srdl.evaluation.streaming import evaluate_distances
+
+
+# ----------------------------------------------------------------------------- data and oracles
+def tied_case(seed, nq=40, ng=300, dim=3, ids=12, cams=3, levels=3, junk=20):
+    """Integer features in [-levels, levels]: squared distances are exact integers, and
+    with few dimensions most of them tie.  Some gallery rows are copies of queries
+    (distance 0), some pids are junk, some distractors; the last query is junk (pid -1) and
+    one query's identity has no gallery image."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-levels, levels + 1, (nq, dim)).astype(np.float32)
+    g = rng.integers(-levels, levels + 1, (ng, dim)).astype(np.float32)
+    q_pids = rng.integers(1, ids + 1, nq)
+    g_pids = rng.integers(0, ids + 1, ng)
+    g_pids[rng.choice(ng, junk, replace=False)] = -1
+    q_pids[-1] = -1  # a junk query: no true match, counted only
+    q_pids[0] = ids + 5  # an identity the gallery does not hold
+    g[:10] = q[1:11]  # exact duplicates of queries
+    g_pids[:10] = q_pids[1:11]
+    return q, g, q_pids, g_pids, rng.integers(0, cams, nq), rng.integers(0, cams, ng)
+
+
+def exact_distances(q, g):
+    """Squared distances in float64: exact for small integer features (and equal to the
+    float32 ones the metrics compute, which are then exact too)."""
+    q, g = q.astype(np.float64), g.astype(np.float64)
+    return ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+
+
+def brute_force_ranks(dist, q_pids, g_pids, q_camids, g_camids):
+    """Per query: 1-based ranks of its true matches in the full protocol ordering, or None."""
+    out = []
+    for i in range(len(dist)):
+        if q_pids[i] == -1:
+            out.append(None)
+            continue
+        removed = (g_pids == -1) | ((g_pids == q_pids[i]) & (g_camids == q_camids[i]))
+        kept = np.flatnonzero(~removed)
+        order = kept[np.lexsort((kept, dist[i, kept]))]  # by distance, ties by gallery index
+        good = (g_pids[order] == q_pids[i]) & (g_camids[order] != q_camids[i])
+        out.append(np.flatnonzero(good) + 1 if good.any() else None)
+    return out
+
+
+def brute_force_metrics(rank_lists, max_rank, ap="torchreid"):
+    valid = [r for r in rank_lists if r is not None]
+    cmc = np.zeros(max_rank)
+    aps, inps = [], []
+    for r in valid:
+        k = np.arange(1, len(r) + 1)
+        if ap == "torchreid":
+            aps.append(np.mean(k / r))
+        else:
+            before = np.array([1.0 if rk == 1 else (kk - 1) / (rk - 1) for kk, rk in zip(k, r)])
+            aps.append(np.mean((before + k / r) / 2))
+        inps.append(len(r) / r[-1])
+        if r[0] <= max_rank:
+            cmc[r[0] - 1 :] += 1
+    return cmc / len(valid), float(np.mean(aps)), float(np.mean(inps)), len(valid)
+
+
+def assert_same(result, cmc, mAP, mINP, num_valid):
+    np.testing.assert_array_equal(result.cmc, cmc)
+    assert result.mAP == pytest.approx(mAP, abs=1e-12)
+    assert result.mINP == pytest.approx(mINP, abs=1e-12)
+    assert result.num_valid_queries == num_valid
+
+
+# ----------------------------------------------------------------------------- evaluate_reid
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ap", ["torchreid", "official"])
+def test_ties_junk_distractors_against_brute_force(seed, ap):
+    case = tied_case(seed)
+    expected = brute_force_metrics(brute_force_ranks(exact_distances(*case[:2]), *case[2:]), 20, ap)
+    assert 0 < expected[1] < 1 and expected[3] < len(case[0]) - 1  # not degenerate, some skipped
+    assert_same(evaluate_reid(*case, max_rank=20, ap=ap), *expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ties_agree_with_torchreid_given_the_protocol_order(seed):
+    """torchreid's evaluate_rank sorts with an unstable argsort; handed the protocol's
+    positions (tie-free; junk moved after everything, where it changes neither CMC nor AP)
+    it must give our CMC and mAP on data full of ties."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torchreid.reid.metrics import evaluate_rank
+    q, g, q_pids, g_pids, q_camids, g_camids = tied_case(seed)
+    dist = exact_distances(q, g)
+    position = np.empty_like(dist)
+    for i in range(len(dist)):
+        key = np.where(g_pids == -1, np.inf, dist[i])
+        position[i, np.lexsort((np.arange(len(g)), key))] = np.arange(len(g))
+    # torchreid counts a junk query's junk gallery items as matches; we skip that query.
+    keep = q_pids != -1
+    cmc, mAP = evaluate_rank(
+        position[keep], q_pids[keep], g_pids, q_camids[keep], g_camids, max_rank=20, use_cython=False
+    )
+    r = evaluate_reid(q, g, q_pids, g_pids, q_camids, g_camids, max_rank=20)
+    np.testing.assert_allclose(r.cmc, cmc, atol=1e-6)
+    assert r.mAP == pytest.approx(mAP, abs=1e-6)
+
+
+def test_ties_agree_with_the_official_loop():
+    case = tied_case(11, nq=30, ng=200)
+    keep = case[2] != -1  # the official loop has no junk queries
+    case = (case[0][keep], case[1], case[2][keep], case[3], case[4][keep], case[5])
+    cmc, mAP, mINP = official_market_oracle(*case, max_rank=10)
+    r = evaluate_reid(*case, max_rank=10, ap="official")
+    np.testing.assert_allclose(r.cmc, cmc, atol=1e-12)
+    assert (r.mAP, r.mINP) == (pytest.approx(mAP, abs=1e-12), pytest.approx(mINP, abs=1e-12))
+
+
+def test_results_do_not_depend_on_blocks_threads_or_overlap(monkeypatch):
+    rng = np.random.default_rng(5)
+    q, g = rng.standard_normal((70, 16)).astype(np.float32), rng.standard_normal((900, 16)).astype(np.float32)
+    g[::7] = np.round(g[::7])  # some float ties among the random values
+    case = (q, g, rng.integers(1, 30, 70), rng.integers(-1, 30, 900), rng.integers(0, 4, 70), rng.integers(0, 4, 900))
+    ref = evaluate_reid(*case, threads=1)
+    monkeypatch.setattr(metrics, "_RANK_ELEMENTS", 2000)  # 2 rows per ranking step
+    for kwargs in (
+        dict(chunk_size=1),
+        dict(chunk_size=3, threads=2),
+        dict(chunk_size=8, threads=3, overlap=True),
+        dict(threads=2, overlap=True),
+    ):
+        r = evaluate_reid(*case, **kwargs)
+        np.testing.assert_array_equal(r.cmc, ref.cmc)
+        assert (r.mAP, r.mINP, r.num_valid_queries) == (ref.mAP, ref.mINP, ref.num_valid_queries), kwargs
+
+
+def test_bad_threads_is_one_clear_error():
+    case = tied_case(0)
+    with pytest.raises(metrics.EvaluationInputError, match="threads must be a positive integer; got 0"):
+        evaluate_reid(*case, threads=0)
+
+
+# ----------------------------------------------------------------------------- the ranker itself
+def block_case(seed, rows=25, cols=400, spread=True):
+    """A distance block with ties, a zero, values over many binades, removed items."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 40, (rows, cols)).astype(np.float32)
+    if spread:  # some rows over ten binades: windows are cut to two, bucket 0 gets matches
+        values[::3] *= np.float32(2.0) ** rng.integers(0, 10, (len(values[::3]), cols)).astype(np.float32)
+    values[:, 5] = 0.0
+    pos_rows = np.repeat(np.arange(rows), 6)
+    pos_cols = np.concatenate([np.sort(rng.choice(cols, 6, replace=False)) for _ in range(rows)])
+    removed = rng.random((rows, cols)) < 0.1
+    removed[pos_rows, pos_cols] = False
+    values[removed] = np.inf
+    return values, pos_rows, pos_cols
+
+
+def brute_ranks(block, pos_rows, pos_cols):
+    out = np.empty(len(pos_rows), dtype=np.int64)
+    for n, (r, c) in enumerate(zip(pos_rows, pos_cols)):
+        row = block[r].astype(np.float64)
+        out[n] = 1 + np.count_nonzero(row < row[c]) + np.count_nonzero(row[:c] == row[c])
+    return out
+
+
+@pytest.mark.parametrize("buckets", [None, 2, 3, 5, 64])
+@pytest.mark.parametrize("seed", range(3))
+def test_ranker_exact_whatever_the_bucket_count(seed, buckets):
+    """Few buckets put many candidates in the hot ones (sorted exactly); the answer is the same."""
+    block, pos_rows, pos_cols = block_case(seed)
+    expected = brute_ranks(block, pos_rows, pos_cols)
+    ranker = TrueMatchRanker(block.shape[1], len(block), buckets=buckets)
+    np.testing.assert_array_equal(ranker.ranks(block, pos_rows, pos_cols, nonnegative=True), expected)
+    np.testing.assert_array_equal(ranker.ranks(block, pos_rows, pos_cols, nonnegative=False), expected)
+
+
+def test_ranker_general_keys_negative_zeros_and_float64():
+    block, pos_rows, pos_cols = block_case(4, spread=False)
+    block -= np.float32(20)  # negative distances (any monotone score is allowed in evaluate_distances)
+    block[block == 0] = np.float32(-0.0)  # -0.0 ties with +0.0
+    block[2, 7] = np.float32(0.0)
+    expected = brute_ranks(block, pos_rows, pos_cols)
+    for buckets in (None, 2, 3):
+        ranker = TrueMatchRanker(block.shape[1], len(block), buckets=buckets)
+        np.testing.assert_array_equal(ranker.ranks(block, pos_rows, pos_cols), expected)
+    np.testing.assert_array_equal(true_match_ranks(block.astype(np.float64), pos_rows, pos_cols), expected)
+
+
+def test_int_keys_order_like_the_floats():
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [rng.standard_normal(500).astype(np.float32) * 1e3, [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.5, 3.5]]
+    ).astype(np.float32)
+    keys = int_keys(values)
+
+    def order(x):  # -1, 0, 1 for every pair
+        return (x[:, None] > x[None, :]).astype(int) - (x[:, None] < x[None, :])
+
+    np.testing.assert_array_equal(order(keys), order(values))
+    nonneg = np.abs(values[np.isfinite(values)]) + np.float32(0)
+    np.testing.assert_array_equal(
+        np.argsort(int_keys(nonneg, nonnegative=True), kind="stable"), np.argsort(nonneg, kind="stable")
+    )
+
+
+def test_evaluate_distances_with_ties_against_brute_force():
+    q, g, q_pids, g_pids, q_camids, g_camids = tied_case(3)
+    dist = exact_distances(q, g) - 7.0  # float64, negative values, ties
+    expected = brute_force_metrics(brute_force_ranks(dist, q_pids, g_pids, q_camids, g_camids), 15)
+    assert_same(evaluate_distances(dist, q_pids, g_pids, q_camids, g_camids, max_rank=15), *expected)
+    assert_same(evaluate_distances(dist.astype(np.float32), q_pids, g_pids, q_camids, g_camids, max_rank=15), *expected)
+
+
+# ----------------------------------------------------------------------------- top-k
+def test_top_k_rows_ties_by_column_and_nan_left_out():
+    rng = np.random.default_rng(2)
+    block = rng.integers(0, 6, (30, 50)).astype(np.float32)
+    block[rng.random(block.shape) < 0.2] = np.nan
+    block[3, :] = np.nan
+    block[4, :45] = np.nan  # fewer than k valid items
+    for k in (1, 7, 60):
+        cols, values = top_k_rows(block, k)
+        for r in range(len(block)):
+            valid = np.flatnonzero(~np.isnan(block[r]))
+            order = valid[np.lexsort((valid, block[r, valid]))][:k]
+            np.testing.assert_array_equal(cols[r, : len(order)], order)
+            assert (cols[r, len(order) :] == -1).all() and np.isnan(values[r, len(order) :]).all()
+            np.testing.assert_array_equal(values[r, : len(order)], block[r, order])
+
+
+def test_ranked_gallery_with_ties_against_brute_force():
+    q, g, q_pids, g_pids, q_camids, g_camids = tied_case(6)
+    idx, dist = ranked_gallery(q, g, q_pids, g_pids, q_camids, g_camids, k=12)
+    full = exact_distances(q, g)
+    for i in range(len(q)):
+        removed = (g_pids == -1) | ((g_pids == q_pids[i]) & (g_camids == q_camids[i]) & (q_pids[i] != -1))
+        kept = np.flatnonzero(~removed)
+        order = kept[np.lexsort((kept, full[i, kept]))][:12]
+        np.testing.assert_array_equal(idx[i], order)
+        np.testing.assert_allclose(dist[i], np.sqrt(full[i, order]))
+
+
+# ----------------------------------------------------------------------------- distances, memory
+def test_one_query_row_has_the_bits_of_its_row_in_a_block():
+    """numpy sends a single row to gemv, whose sums round differently; gemm_rows must not."""
+    rng = np.random.default_rng(0)
+    q, g = rng.standard_normal((9, 256)).astype(np.float32), rng.standard_normal((3000, 256)).astype(np.float32)
+    block = pairwise_squared_l2(q, g)
+    for i in (0, 4, 8):
+        np.testing.assert_array_equal(pairwise_squared_l2(q[i : i + 1], g), block[i : i + 1])
+    out = np.empty((2, 3000), dtype=np.float32)
+    np.testing.assert_array_equal(gemm_rows(q[:1], g, out=out), gemm_rows(q[:2], g)[:1])
+
+
+def test_memory_stays_within_the_blocks(monkeypatch):
+    """Worst case (features without structure: nearly every item is a candidate): the peak
+    of numpy allocations stays near one distance block plus the ranking scratch, far below
+    the full query x gallery matrix."""
+    rng = np.random.default_rng(0)
+    nq, ng, dim = 1200, 20000, 8
+    q, g = rng.standard_normal((nq, dim)).astype(np.float32), rng.standard_normal((ng, dim)).astype(np.float32)
+    ids = (rng.integers(1, 300, nq), rng.integers(1, 300, ng), rng.integers(0, 6, nq), rng.integers(0, 6, ng))
+    monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 1 << 21)  # 8 MB of distances per block
+    monkeypatch.setattr(metrics, "_RANK_ELEMENTS", 1 << 18)  # 1 MB ranked at a time
+    full_matrix = nq * ng * 4  # 96 MB
+    tracemalloc.start()
+    try:
+        evaluate_reid(q, g, *ids, threads=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    block = (1 << 21) * 4
+    scratch = 2 * (1 << 18) * 40  # per thread: mask, bins, candidates' indices and bins, hot marks
+    assert peak < block + scratch + 6 * 2**20, peak
+    assert peak < full_matrix / 3
+
+
+def test_pairs_match_a_per_query_split():
+    q_pids, q_camids, g_pids, g_camids = tied_case(8)[2:]
+    ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
+    pairs = ids.pairs(3, 30)
+    for r, i in enumerate(range(3, 30)):
+        same = np.flatnonzero(g_pids == q_pids[i]) if q_pids[i] != -1 else np.zeros(0, dtype=int)
+        np.testing.assert_array_equal(pairs.pos_cols[pairs.pos_rows == r], same[g_camids[same] != q_camids[i]])
+        np.testing.assert_array_equal(pairs.removed_cols[pairs.removed_rows == r], same[g_camids[same] == q_camids[i]])
+    block = np.zeros((27, len(g_pids)), dtype=np.float32)
+    mark_removed(block, pairs, ids.junk)
+    assert np.isinf(block[:, g_pids == -1]).all()
+    assert np.isinf(block[pairs.removed_rows, pairs.removed_cols]).all()
+    assert np.isinf(block).sum() == 27 * (g_pids == -1).sum() + np.sum(g_pids[pairs.removed_cols] != -1)
