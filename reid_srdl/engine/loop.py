@@ -20,7 +20,7 @@ from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
 from reid_srdl.core.precision import autocast_for
-from reid_srdl.engine.assembly import Run, build_optimizer, training_state_dict
+from reid_srdl.engine.assembly import Run, build_optimizer, load_optimizer_state, training_state_dict
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.engine.logger import format_epoch
 
@@ -49,7 +49,8 @@ class TrainingLoop:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         if run.state.optimizer_state is not None:  # resumed inside a stage
             self.optimizer = build_optimizer(run.method.trainable, run.cfg.optim)
-            self.optimizer.load_state_dict(run.state.optimizer_state)
+            last = os.path.join(run.run_dir, ckpt.LAST_FILE)
+            load_optimizer_state(self.optimizer, run.state.optimizer_state, last)
         # fp16 only (CUDA): loss scaling, skipping a step whose gradients overflowed.
         device_type = run.device.type if run.device.type in ("cuda", "cpu") else "cuda"
         self.scaler = torch.amp.GradScaler(device_type, enabled=run.precision.uses_scaler)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from reid_srdl.config import ConfigError, check_choice, check_range
 from reid_srdl.core.checkpoint import CheckpointError, atomic_save, load_plain_file, save_model_file
 from reid_srdl.core.distributed import is_main_process, sharded_map
+from reid_srdl.core.fields import Field
 from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
 from reid_srdl.methods.losses import accuracy, soft_kl
@@ -253,6 +254,15 @@ class SRDL(Method):
     def extra_state(self) -> dict:
         return {"stage": self.stage, "bank_stats": dict(self.bank_stats)}
 
+    def extra_state_fields(self, epochs_done: int) -> Dict[str, Field]:
+        # Stage 2 starts (and its stage-1 logits exist) once the first stage's epochs are done.
+        first = self.stages()[0].epochs
+        stage = int(epochs_done >= first)
+        return {
+            "stage": Field("int", choices=(stage,), note=f"0-based; after {epochs_done} of {self.total_epochs} epochs"),
+            "bank_stats": Field("mapping", items=Field("number")),
+        }
+
     def load_extra_state(self, state: dict, run_dir: Optional[str] = None) -> None:
         self.stage = int(state.get("stage", 0))
         self.bank_stats = dict(state.get("bank_stats", {}))
@@ -263,6 +273,14 @@ class SRDL(Method):
             saved = load_plain_file(path, "SRDL stage-1 logits")  # safe loader, one-line errors
             if not isinstance(saved, dict) or not isinstance(saved.get("logits"), torch.Tensor):
                 raise CheckpointError(f"{path} does not hold SRDL stage-1 logits (a dict with a 'logits' tensor)")
+            logits, classes = saved["logits"], self.run.num_classes
+            if logits.dim() != 2 or not logits.is_floating_point() or (classes and logits.shape[1] != classes):
+                raise CheckpointError(
+                    f"{path}: field 'logits' must be a (samples, {classes or 'classes'}) float tensor, "
+                    f"got a {tuple(logits.shape)} {logits.dtype} tensor"
+                )
+            if not torch.isfinite(logits).all():
+                raise CheckpointError(f"{path}: field 'logits' holds NaN or infinite values")
             self.bank = saved["logits"]
             if self.options.teacher_view == "augmented":
                 stage1, _meta = load_model_file(os.path.join(run_dir or "", STAGE1_MODEL))
