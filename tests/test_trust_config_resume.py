@@ -1,0 +1,217 @@
+"""--resume checks every field of last.pt against its schema first: a malformed field (wrong
+type, out of range, missing, inconsistent with the run's stages or its optimizer) is one line
+naming the field, exit code 2, and the run folder is left exactly as it was."""
+
+import os
+import shutil
+
+import pytest
+import torch
+import train as train_cli
+from trainer_helpers import Interrupt, tiny_overrides
+from trust_helpers import one_line
+
+from reid_srdl.config import load_config
+from reid_srdl.core import checkpoint as ckpt
+from reid_srdl.engine.loop import TrainingLoop
+from reid_srdl.engine.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+EPOCHS = 4  # SRDL: stage 1 = epochs 1-2, stage 2 = epochs 3-4
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tiny_market_root, tmp_path_factory):
+    """An SRDL run of 4 epochs stopped after its first: last.pt holds epoch 1, stage 0 and the
+    SGD momentum of the stage under way."""
+    out = tmp_path_factory.mktemp("resume_schema")
+    cfg = load_config(None, [*tiny_overrides(tiny_market_root, out, epochs=EPOCHS, max_batches=1), "method.name=srdl"])
+    original = TrainingLoop.train_epoch
+
+    def train_epoch(self, epoch):
+        if epoch == 1:
+            raise Interrupt
+        return original(self, epoch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrainingLoop, "train_epoch", train_epoch)
+        with pytest.raises(Interrupt):
+            Trainer(cfg, os.path.join(str(out), "run")).fit()
+    return os.path.join(str(out), "run")
+
+
+def _snapshot(folder):
+    found = {}
+    for d, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(d, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, folder)] = f.read()
+    return found
+
+
+def _resume_error(stopped_run, tmp_path, capsys, edit) -> str:
+    """Resume a copy of the stopped run whose last.pt was changed by ``edit(state)``; assert
+    exit code 2 and an untouched folder; return the one stderr line."""
+    run = str(tmp_path / "run")
+    shutil.copytree(stopped_run, run)
+    last = os.path.join(run, ckpt.LAST_FILE)
+    state = torch.load(last, weights_only=True)
+    edit(state)
+    torch.save(state, last)
+    before = _snapshot(run)
+    assert train_cli.main(["--resume", run]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert _snapshot(run) == before  # nothing written, no lock file left
+    return line.replace(last, "LAST")
+
+
+def _set(key, value):
+    def edit(state):
+        state[key] = value
+
+    return edit
+
+
+def _set_in(key, inner, value):
+    def edit(state):
+        state[key][inner] = value
+
+    return edit
+
+
+def _drop(key):
+    return lambda state: state.pop(key)
+
+
+PREFIX = "error: cannot resume: LAST: "
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # The case of issue 27: a negative epoch trained 7 epochs of a 4-epoch run and reported 4.
+        (_set("epoch", -3), "field 'epoch' must be an integer in 1..4, got -3 (epochs done, of the run's 4)"),
+        (_set("epoch", 5), "field 'epoch' must be an integer in 1..4, got 5 (epochs done, of the run's 4)"),
+        (_set("epoch", "1"), "field 'epoch' must be an integer, got '1' (epochs done, of the run's 4)"),
+        (_set("epoch", True), "field 'epoch' must be an integer, got True (epochs done, of the run's 4)"),
+        (_set("epoch", 1.0), "field 'epoch' must be an integer, got 1.0 (epochs done, of the run's 4)"),
+        (_set("trainable", [1, 2]), "field 'trainable' must be a mapping, got [1, 2]"),
+        (_set("method", None), "field 'method' must be a mapping, got None"),
+        (_set("config", "x"), "field 'config' must be a mapping, got 'x'"),
+        (
+            _set("history", {"train_seconds": float("nan")}),
+            "field 'history.train_seconds' must be a finite number, got nan",
+        ),
+        (
+            _set("history", {"train_seconds": -1.0}),
+            "field 'history.train_seconds' must be a finite number >= 0, got -1.0",
+        ),
+        (_set("history", {}), "field 'history.train_seconds' is missing"),
+        (_set("stage_flops", [-1]), "field 'stage_flops[0]' must be an integer >= 0, got -1"),
+        (_set("stage_flops", "many"), "field 'stage_flops' must be a list, got 'many'"),
+        (_set("optimizer", {"state": {}}), "field 'optimizer.param_groups' is missing"),
+        (_set("optimizer", 3), "field 'optimizer' must be a mapping or null, got 3"),
+    ],
+)
+def test_a_malformed_field_is_named_before_anything_runs(stopped_run, tmp_path, capsys, edit, message):
+    assert _resume_error(stopped_run, tmp_path, capsys, edit) == PREFIX + message
+
+
+def test_a_tensor_that_is_not_one_is_named(stopped_run, tmp_path, capsys):
+    def edit(state):
+        key = sorted(state["trainable"])[0]
+        state["trainable"][key] = [0.0]
+        edit.key = key
+
+    line = _resume_error(stopped_run, tmp_path, capsys, edit)
+    assert line == PREFIX + f"field 'trainable.{edit.key}' must be a tensor, got [0.0]"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # Epoch 1 of 4 is in SRDL's first stage (0-based stage 0).
+        (_set_in("method", "stage", 1), "field 'method.stage' must be 0, got 1 (0-based; after 1 of 4 epochs)"),
+        (_set_in("method", "stage", 7), "field 'method.stage' must be 0, got 7 (0-based; after 1 of 4 epochs)"),
+        (
+            _set_in("method", "stage", "0"),
+            "field 'method.stage' must be an integer, got '0' (0-based; after 1 of 4 epochs)",
+        ),
+        (
+            _set_in("method", "bank_stats", {"acc": float("inf")}),
+            "field 'method.bank_stats.acc' must be a finite number, got inf",
+        ),
+        (
+            _set_in("method", "teacher", 1),
+            "field 'method.teacher' is not one this file has (fields: stage, bank_stats)",
+        ),
+        (
+            _set("stage_flops", [1, 2, 3]),
+            "field 'stage_flops' has 3 entries, but epoch 1 is in stage 1 (one entry per stage begun)",
+        ),
+        (
+            _set("optimizer", None),
+            "field 'optimizer' is missing, but epoch 1 is inside stage 1, whose optimizer state (momentum, moments) "
+            "an exact resume needs",
+        ),
+    ],
+)
+def test_a_field_that_does_not_fit_the_run_s_stages_is_named(stopped_run, tmp_path, capsys, edit, message):
+    assert _resume_error(stopped_run, tmp_path, capsys, edit) == PREFIX + message
+
+
+def test_the_stage_must_match_the_epoch_at_a_stage_boundary(stopped_run, tmp_path, capsys):
+    def edit(state):  # epoch 2 ends SRDL's first stage: the method is in stage 1 from then on
+        state["epoch"], state["optimizer"] = 2, None
+
+    line = _resume_error(stopped_run, tmp_path, capsys, edit)
+    assert line == PREFIX + "field 'method.stage' must be 1, got 0 (0-based; after 2 of 4 epochs)"
+
+
+def _optimizer_edit(change):
+    def edit(state):
+        change(state["optimizer"])
+
+    return edit
+
+
+def _first_buffer(optimizer):
+    key = sorted(optimizer["state"])[0]
+    return key, optimizer["state"][key]
+
+
+@pytest.mark.parametrize("what", ["shape", "momentum", "groups", "params", "unknown_entry"])
+def test_an_optimizer_state_that_does_not_fit_is_named(stopped_run, tmp_path, capsys, what):
+    expected = {}
+
+    def change(opt):
+        group = opt["param_groups"][0]
+        if what == "shape":
+            key, buffers = _first_buffer(opt)
+            shape = tuple(buffers["momentum_buffer"].shape)
+            buffers["momentum_buffer"] = torch.zeros(3, 3)
+            expected["m"] = (
+                f"field 'optimizer.state.{key}.momentum_buffer' does not fit: a (3, 3) torch.float32 tensor, "
+                f"the parameter is {shape}"
+            )
+        elif what == "momentum":
+            group["momentum"] = 5.0
+            expected["m"] = "field 'optimizer.param_groups[0].momentum' is 5.0, the config gives 0.9"
+        elif what == "groups":
+            opt["param_groups"].append(dict(group))
+            expected["m"] = "field 'optimizer.param_groups' has 2 groups, the optimizer 1"
+        elif what == "params":
+            count = len(group["params"])
+            group["params"] = group["params"][:-1]
+            expected["m"] = (
+                f"field 'optimizer.param_groups[0].params' must list the {count} parameter numbers of the network, "
+                f"got {group['params']!r}"[: len("field 'optimizer.param_groups[0].params' must list the ")]
+            )
+        else:
+            opt["state"][10**6] = {"momentum_buffer": torch.zeros(1)}
+            expected["m"] = "field 'optimizer.state' has an entry 1000000 for no parameter of the optimizer"
+
+    line = _resume_error(stopped_run, tmp_path, capsys, _optimizer_edit(change))
+    assert line.startswith(PREFIX + expected["m"]), line
