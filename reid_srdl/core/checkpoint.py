@@ -55,9 +55,34 @@ def atomic_save(obj: Any, path: str) -> None:
     obj = plain_data(obj, os.path.basename(path))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writer = _WriteErrors(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    # torch's zip writer reports a failed write as "unexpected pos ..."; the
+                    # disk's own error (no space left) is what atomic_path turns into one line.
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
+
+
+class _WriteErrors:
+    """A file object for ``torch.save`` that remembers the first OSError of a write."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_plain_file(path: str, what: str) -> Any:
