@@ -215,3 +215,20 @@ def test_an_optimizer_state_that_does_not_fit_is_named(stopped_run, tmp_path, ca
 
     line = _resume_error(stopped_run, tmp_path, capsys, _optimizer_edit(change))
     assert line.startswith(PREFIX + expected["m"]), line
+
+
+def test_metrics_lines_that_are_not_records_are_dropped_on_resume(tmp_path):
+    from reid_srdl.engine.logger import METRICS_LINES, RunLogger
+
+    path = tmp_path / METRICS_LINES
+    path.write_bytes(
+        b'{"epoch": 1, "loss": 2.0}\n'
+        b"\xff\xfe not text\n"  # bytes that are not UTF-8 (a traceback before)
+        b"[1, 2]\n"  # JSON, but not a record (a TypeError traceback before)
+        b'{"epoch": "2"}\n'  # an epoch that is not a number
+        b'{"epoch": 2, "loss": 1.5}\n'
+        b'{"epoch": 3, "loss": 1.0}\n'  # trained again after the resume
+        b'{"epoch": 3, "lo'  # cut by a kill mid-write
+    )
+    RunLogger(str(tmp_path), tensorboard=False, start_epoch=2).close()
+    assert path.read_text() == '{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n'

@@ -86,6 +86,8 @@ def load_yaml_text(text: str, where: str) -> Any:
     try:
         _check_depth(text, where)
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only
+    except YamlError:
+        raise
     except yaml.YAMLError as e:
         raise YamlError(f"{where} is not valid YAML: {_problem(e)}") from None
     except (ValueError, OverflowError) as e:  # a scalar PyYAML cannot convert (a date 2001-13-45, 5000 digits)

@@ -40,14 +40,14 @@ def ascii_int(text: str, lowest: int, highest: int) -> int:
     scripts' digits (``"٣"`` is 3), underscores (``"1_000"``) and surrounding spaces, and
     ``str.isdigit()`` is True for ``"²"``, which ``int()`` then refuses with a traceback."""
     t = str(text)
+    shown = repr(t) if len(t) <= 40 else repr(t[:37] + "...")
     digits = t[1:] if t.startswith("-") else t
-    if not (digits and digits.isascii() and digits.isdigit()) or len(digits) > 19:
-        shown = repr(t) if len(t) <= 40 else repr(t[:37] + "...")
+    if not (digits and digits.isascii() and digits.isdigit()):
         raise ValueError(f"expected an integer written with the digits 0-9, got {shown}")
-    value = int(t)
-    if not lowest <= value <= highest:
-        raise ValueError(f"{value} is outside {lowest}..{highest}")
-    return value
+    # (Python refuses to read more than 4300 digits; no id in range has more than 19.)
+    if len(digits) > 40 or not lowest <= int(t) <= highest:
+        raise ValueError(f"{t if len(t) <= 40 else t[:37] + '...'} is outside {lowest}..{highest}")
+    return int(t)
 
 
 def parse_camera(text: str) -> int:
