@@ -92,8 +92,8 @@ PREFIX = "error: cannot resume: LAST: "
     "edit, message",
     [
         # The case of issue 27: a negative epoch trained 7 epochs of a 4-epoch run and reported 4.
-        (_set("epoch", -3), "field 'epoch' must be an integer in 1..4, got -3 (epochs done, of the run's 4)"),
-        (_set("epoch", 5), "field 'epoch' must be an integer in 1..4, got 5 (epochs done, of the run's 4)"),
+        (_set("epoch", -3), "field 'epoch' must be an integer in 0..4, got -3 (epochs done, of the run's 4)"),
+        (_set("epoch", 5), "field 'epoch' must be an integer in 0..4, got 5 (epochs done, of the run's 4)"),
         (_set("epoch", "1"), "field 'epoch' must be an integer, got '1' (epochs done, of the run's 4)"),
         (_set("epoch", True), "field 'epoch' must be an integer, got True (epochs done, of the run's 4)"),
         (_set("epoch", 1.0), "field 'epoch' must be an integer, got 1.0 (epochs done, of the run's 4)"),

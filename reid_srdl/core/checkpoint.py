@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -171,7 +172,7 @@ def train_state_fields(total_epochs: Optional[int] = None) -> Dict[str, Field]:
     done = f"epochs done, of the run's {total_epochs}" if total_epochs else "epochs done"
     return {
         "format": Field("str", choices=(TRAIN_STATE_FORMAT,)),
-        "epoch": Field("int", minimum=1, maximum=total_epochs, note=done),
+        "epoch": Field("int", minimum=0, maximum=total_epochs, note=done),
         "trainable": Field("mapping", items=Field("tensor")),
         "method": Field("mapping"),
         "optimizer": Field(
@@ -242,12 +243,17 @@ LOCK_FILE = ".lock"
 
 
 def _lock_holder(fd: int) -> str:
-    """`` (process N)`` from a lock file's contents, or ``""``."""
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return ""
-    return f" (process {text})" if text.isascii() and text.isdigit() else ""
+    """`` (process N)`` from a lock file's contents, or ``""``.  The holder writes its pid
+    right after locking: a moment's wait covers a look that came in between."""
+    for _ in range(20):
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            return ""
+        if text:
+            return f" (process {text})" if text.isascii() and text.isdigit() else ""
+        time.sleep(0.01)
+    return ""
 
 
 def _lock_folder(folder: str, busy_hint: str) -> Optional[int]:

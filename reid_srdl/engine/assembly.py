@@ -247,7 +247,7 @@ def check_stage_fields(run: Run, saved: dict) -> None:
     problem = fields_problem(saved["method"], run.method.extra_state_fields(epoch), prefix="method.")
     if problem:
         raise ckpt.CheckpointError(f"{where}: {problem}")
-    begun = run.stage_of(epoch - 1) + 1  # the stages epochs 1..epoch trained in
+    begun = run.stage_of(epoch - 1) + 1 if epoch else 0  # the stages epochs 1..epoch trained in
     flops = saved.get("stage_flops", [])
     if len(flops) > begun:
         raise ckpt.CheckpointError(
