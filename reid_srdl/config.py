@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from reid_srdl.core import limits
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
 from reid_srdl.core.precision import PRECISIONS
@@ -530,20 +531,28 @@ def int_arg(minimum=None, maximum=None):
 SYNTHETIC_IDS = (4, 1501)
 
 #: Upper bounds of keys that size an allocation or start processes: far above any real
-#: setting, low enough that a typo is one line instead of an out-of-memory kill.
-MAX_IMAGE_SIDE = 4096
+#: setting, low enough that a typo is one line instead of an out-of-memory kill.  (Image
+#: sides and feature sizes: the limits every file is read with, core/limits.py, so that a
+#: run's final.pt loads again.)
 MAX_BATCH = 65536
 MAX_WORKERS = 128
 MAX_EPOCHS = 100_000
-MAX_FEATURE_DIM = 65536
 MAX_RANK = 100_000
 
-# (key, keyword arguments of check_range): keys a type alone cannot constrain.
+
+def _ranges():
+    """(key, keyword arguments of check_range): keys a type alone cannot constrain.  Built
+    when checked, so that a limit raised at run time (core/limits.py) takes effect."""
+    return (
+        ("data.height", dict(minimum=1, maximum=limits.MAX_INPUT_SIDE)),
+        ("data.width", dict(minimum=1, maximum=limits.MAX_INPUT_SIDE)),
+        ("model.feature_dim", dict(minimum=0, maximum=limits.MAX_FEATURE_DIM, why="0 = no feature layer")),
+    ) + _RANGES
+
+
 _RANGES = (
     ("data.synthetic_ids", dict(minimum=SYNTHETIC_IDS[0], maximum=SYNTHETIC_IDS[1])),
     ("data.synthetic_seed", dict(minimum=0)),
-    ("data.height", dict(minimum=1, maximum=MAX_IMAGE_SIDE)),
-    ("data.width", dict(minimum=1, maximum=MAX_IMAGE_SIDE)),
     ("data.batch_size", dict(minimum=1, maximum=MAX_BATCH)),
     ("data.test_batch_size", dict(minimum=1, maximum=MAX_BATCH)),
     ("data.workers", dict(minimum=-1, maximum=MAX_WORKERS, why="-1 = auto")),
@@ -551,7 +560,6 @@ _RANGES = (
     ("data.split_id", dict(minimum=0)),
     ("data.num_instances", dict(minimum=1, maximum=MAX_BATCH)),
     ("data.random_erasing", dict(minimum=0.0, maximum=1.0, why="a probability")),
-    ("model.feature_dim", dict(minimum=0, maximum=MAX_FEATURE_DIM, why="0 = no feature layer")),
     ("loss.label_smoothing", dict(minimum=0.0, why="an epsilon in [0, 1)")),
     ("loss.triplet_weight", dict(minimum=0.0, why="0 = off")),
     ("loss.triplet_margin", dict(minimum=0.0)),
@@ -609,7 +617,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(problem)
     for (section, key), choices in _CHOICES.items():
         check_choice(f"{section}.{key}", getattr(getattr(cfg, section), key), choices)
-    for key, bounds in _RANGES:
+    for key, bounds in _ranges():
         check_range(key, _get_dotted(cfg, key), **bounds)
     # The method's own options checked themselves when they were built; its name and the
     # epochs it needs come from the method registry.
@@ -639,7 +647,7 @@ def _validate_recipe(cfg: Config) -> None:
                 f"data.sampler=identity takes batches of P identities x K images: data.num_instances (K={k}) "
                 f"must be between 1 and data.batch_size ({batch}) and divide it"
             )
-    # (Ranges of single keys, NaN and infinity included: _RANGES, checked by validate.)
+    # (Ranges of single keys, NaN and infinity included: _ranges(), checked by validate.)
     if not loss.label_smoothing < 1.0:
         raise ConfigError(f"loss.label_smoothing is an epsilon in [0, 1), got {loss.label_smoothing}")
     if loss.triplet_weight > 0 and data.sampler != "identity":

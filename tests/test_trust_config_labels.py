@@ -13,7 +13,7 @@ from trust_helpers import one_line
 from reid_srdl.data.market1501 import parse_market_name
 from reid_srdl.evaluation.metrics import EvaluationInputError, check_ids
 from reid_srdl.search.calibration import Calibration
-from reid_srdl.search.gallery import GalleryIndex, per_query_ids
+from reid_srdl.search.gallery import per_query_ids
 from reid_srdl.search.labels import LabelError, parse_camera
 
 
@@ -86,10 +86,12 @@ def test_ids_at_the_edges_of_int64_are_kept_exactly():
 
 
 def test_a_gallery_refuses_an_oversized_pid_and_stays_as_it_was():
-    g = GalleryIndex.from_arrays(np.eye(2, dtype=np.float32), pids=[1, 2], camids=[0, 1])
-    with pytest.raises(EvaluationInputError, match="pids to add: id 18446744073709551615"):
-        g.add(np.ones((1, 2), dtype=np.float32), np.array([2**64 - 1], dtype=np.uint64), [0])
-    assert g.pids.tolist() == [1, 2] and len(g) == 2
+    from reid_srdl.search import ReIDSearcher
+
+    s = ReIDSearcher(np.eye(2, dtype=np.float32), pids=[1, 2], camids=[0, 1])
+    with pytest.raises(EvaluationInputError, match="^items to add pids: id 18446744073709551615 "):
+        s.add(np.ones((1, 2), dtype=np.float32), np.array([2**64 - 1], dtype=np.uint64), [0])
+    assert s.pids.tolist() == [1, 2] and len(s) == 2
 
 
 # ----------------------------------------------------------------------------- label CSVs
@@ -198,17 +200,17 @@ def test_a_stored_calibration_reads_back():
     "change, message",
     [
         # A NaN threshold made every "distance <= threshold" false: no one ever matched.
-        (dict(threshold=math.nan), "field 'threshold' must be a finite number, got nan (a distance)"),
-        (dict(threshold=math.inf), "field 'threshold' must be a finite number, got inf (a distance)"),
-        (dict(threshold="0.8"), "field 'threshold' must be a finite number, got '0.8' (a distance)"),
-        (dict(far=math.nan), "field 'far' must be a finite number, got nan (a rate)"),
-        (dict(far=2.0), "field 'far' must be a finite number in 0.0..1.0, got 2.0 (a rate)"),
-        (dict(tar=-0.5), "field 'tar' must be a finite number in 0.0..1.0, got -0.5 (a rate)"),
-        (dict(num_known_probes=True), "field 'num_known_probes' must be an integer, got True"),
-        (dict(num_impostor_probes=-3), "field 'num_impostor_probes' must be an integer >= 0, got -3"),
-        (dict(source=None), "field 'source' must be a string, got None"),
-        (dict(model=[1]), "field 'model' must be a mapping or null, got [1]"),
-        (dict(num_impostor_probes=5), "3 impostor distances for field 'num_impostor_probes' 5"),
+        (dict(threshold=math.nan), "threshold: expected a finite number, got nan"),
+        (dict(threshold=math.inf), "threshold: expected a finite number, got inf"),
+        (dict(threshold="0.8"), "threshold: expected a finite number, got '0.8'"),
+        (dict(far=math.nan), "far: expected a finite number in 0.0..1.0, got nan"),
+        (dict(far=2.0), "far: expected a finite number in 0.0..1.0, got 2.0"),
+        (dict(tar=-0.5), "tar: expected a finite number in 0.0..1.0, got -0.5"),
+        (dict(num_known_probes=True), "num_known_probes: expected an integer >= 0, got True"),
+        (dict(num_impostor_probes=-3), "num_impostor_probes: expected an integer >= 0, got -3"),
+        (dict(source=None), "source: expected a string of at most 100000 characters, got None"),
+        (dict(model=[1]), "model: expected a mapping or nothing (null), got a list of 1 item(s)"),
+        (dict(num_impostor_probes=5), "3 impostor distances, but num_impostor_probes is 5"),
     ],
 )
 def test_a_stored_calibration_with_a_bad_field_is_refused(change, message):
@@ -220,7 +222,7 @@ def test_a_stored_calibration_with_a_bad_field_is_refused(change, message):
 def test_missing_calibration_fields_and_bad_distances_are_named():
     meta = dict(GOOD)
     del meta["threshold"]
-    with pytest.raises(EvaluationInputError, match="^g.npz: the stored calibration: field 'threshold' is missing$"):
+    with pytest.raises(EvaluationInputError, match="^g.npz: the stored calibration: missing threshold$"):
         Calibration.from_meta(meta, IMPOSTOR, "g.npz")
     with pytest.raises(EvaluationInputError, match="impostor distances must be a list of finite numbers$"):
         Calibration.from_meta(dict(GOOD), np.array([0.9, np.nan, 1.0]), "g.npz")

@@ -29,10 +29,9 @@ import torch
 import torch.nn as nn
 
 from reid_srdl.core.errors import ReidSrdlError
-from reid_srdl.core.fields import Field, check_fields
-from reid_srdl.core.file_schemas import MODEL_FILE
+from reid_srdl.core.file_schemas import MODEL_FILE, train_state
 from reid_srdl.core.files import atomic_path, describe_os_error, new_file_mode
-from reid_srdl.core.schema import check
+from reid_srdl.core.schema import SchemaError, check
 from reid_srdl.core.torch_files import load_torch_file, plain_data
 
 MODEL_FORMAT = "reid_srdl.model/1"
@@ -172,32 +171,10 @@ def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
-def train_state_fields(total_epochs: Optional[int] = None) -> Dict[str, Field]:
-    """The schema of ``last.pt`` (what :func:`load_train_state` checks); ``total_epochs`` (the
-    run's ``train.epochs``) bounds the epoch.  What a method keeps (``method``) is checked
-    against the method's own fields (``Method.extra_state_fields``) once it is built, and
-    fields the schema does not name are ignored."""
-    done = f"epochs done, of the run's {total_epochs}" if total_epochs else "epochs done"
-    return {
-        "format": Field("str", choices=(TRAIN_STATE_FORMAT,)),
-        "epoch": Field("int", minimum=0, maximum=total_epochs, note=done),
-        "trainable": Field("mapping", items=Field("tensor")),
-        "method": Field("mapping"),
-        "optimizer": Field(
-            "mapping",
-            required=False,
-            nullable=True,
-            fields={"state": Field("mapping"), "param_groups": Field("list", items=Field("mapping"))},
-        ),
-        "history": Field("mapping", required=False, fields={"train_seconds": Field("number", minimum=0)}),
-        "stage_flops": Field("list", required=False, items=Field("int", minimum=0)),
-        "config": Field("mapping", required=False),
-    }
-
-
 def load_train_state(run_dir: str, total_epochs: Optional[int] = None) -> Dict[str, Any]:
-    """``last.pt`` of ``run_dir``, read safely and checked against :func:`train_state_fields`:
-    a field missing, of another type or out of range is a :class:`CheckpointError` naming it."""
+    """``last.pt`` of ``run_dir``, read safely and checked against its schema
+    (``file_schemas.train_state``; ``total_epochs`` bounds the epoch): a field missing, of
+    another type or out of range is a :class:`CheckpointError` naming it."""
     if not os.path.isdir(run_dir):
         raise CheckpointError(f"cannot resume: {run_dir} does not exist")
     if not is_run_dir(run_dir):
@@ -217,7 +194,10 @@ def load_train_state(run_dir: str, total_epochs: Optional[int] = None) -> Dict[s
     missing = [k for k in ("epoch", "trainable", "method") if k not in state]
     if missing:
         raise CheckpointError(f"{path} is an incomplete training state (no {', '.join(missing)})")
-    check_fields(state, train_state_fields(total_epochs), f"cannot resume: {path}", CheckpointError, strict=False)
+    try:
+        check(state, train_state(total_epochs), f"cannot resume {path}:")
+    except SchemaError as e:
+        raise CheckpointError(str(e)) from None
     return state
 
 

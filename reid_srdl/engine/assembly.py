@@ -21,8 +21,8 @@ from reid_srdl.config import Config, ConfigError, completed_saved, flat_dict, ma
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
-from reid_srdl.core.fields import fields_problem
 from reid_srdl.core.precision import resolve_precision
+from reid_srdl.core.schema import SchemaError, check
 from reid_srdl.engine.preflight import preflight_evaluation_data
 from reid_srdl.engine.schedule import epoch_learning_rates
 from reid_srdl.methods import Method, Recipe, StageContext, StageSpec, build_method
@@ -242,21 +242,22 @@ def check_stage_fields(run: Run, saved: dict) -> None:
     """The fields of a training state (already checked against ``ckpt.train_state_fields``)
     that depend on the run's stages and method: the method's own state, the FLOPs counted per
     stage begun, and an optimizer state wherever the epoch falls inside a stage."""
-    where = f"cannot resume: {os.path.join(run.run_dir, ckpt.LAST_FILE)}"
+    where = f"cannot resume {os.path.join(run.run_dir, ckpt.LAST_FILE)}"
     epoch = saved["epoch"]
-    problem = fields_problem(saved["method"], run.method.extra_state_fields(epoch), prefix="method.")
-    if problem:
-        raise ckpt.CheckpointError(f"{where}: {problem}")
+    try:
+        check(saved["method"], run.method.extra_state_schema(epoch), f"{where}: method")
+    except SchemaError as e:
+        raise ckpt.CheckpointError(f"{e} (the state after {epoch} of {run.cfg.train.epochs} epochs)") from None
     begun = run.stage_of(epoch - 1) + 1 if epoch else 0  # the stages epochs 1..epoch trained in
     flops = saved.get("stage_flops", [])
     if len(flops) > begun:
         raise ckpt.CheckpointError(
-            f"{where}: field 'stage_flops' has {len(flops)} entries, but epoch {epoch} is in stage {begun} "
+            f"{where}: stage_flops: {len(flops)} entries, but epoch {epoch} is in stage {begun} "
             f"(one entry per stage begun)"
         )
     if epoch not in run.stage_starts and saved.get("optimizer") is None:
         raise ckpt.CheckpointError(
-            f"{where}: field 'optimizer' is missing, but epoch {epoch} is inside stage {begun}, whose optimizer "
+            f"{where}: optimizer: missing, but epoch {epoch} is inside stage {begun}, whose optimizer "
             f"state (momentum, moments) an exact resume needs"
         )
 
@@ -291,18 +292,18 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, source: 
     parameter groups and parameters, the config's settings, and every saved buffer (momentum,
     Adam's moments) of its parameter's shape; otherwise a :class:`CheckpointError` naming the
     field, not a traceback at the first step."""
-    where = f"cannot resume: {source}: field 'optimizer"
+    where = f"cannot resume {source}: optimizer"
     own_groups, saved_groups = optimizer.param_groups, state["param_groups"]
     if len(saved_groups) != len(own_groups):
         raise ckpt.CheckpointError(
-            f"{where}.param_groups' has {len(saved_groups)} groups, the optimizer {len(own_groups)}"
+            f"{where}.param_groups: {len(saved_groups)} groups, the optimizer has {len(own_groups)}"
         )
     params: Dict[Any, torch.nn.Parameter] = {}
     for g, (own, saved) in enumerate(zip(own_groups, saved_groups)):
         ids = saved.get("params")
         if not isinstance(ids, (list, tuple)) or not all(type(i) is int for i in ids) or len(ids) != len(own["params"]):
             raise ckpt.CheckpointError(
-                f"{where}.param_groups[{g}].params' must list the {len(own['params'])} parameter numbers of "
+                f"{where}.param_groups[{g}].params: expected the {len(own['params'])} parameter numbers of "
                 f"the network, got {_shown_value(ids)}"
             )
         for key in _OPTIMIZER_SETTINGS:
@@ -312,16 +313,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, source: 
                     theirs = tuple(theirs)
                 if theirs != mine:
                     raise ckpt.CheckpointError(
-                        f"{where}.param_groups[{g}].{key}' is {_shown_value(theirs)}, the config gives {mine!r}"
+                        f"{where}.param_groups[{g}].{key}: {_shown_value(theirs)}, but the config gives {mine!r}"
                     )
         params.update(zip(ids, own["params"]))
     for key, buffers in state["state"].items():
         if key not in params:
-            raise ckpt.CheckpointError(
-                f"{where}.state' has an entry {_shown_value(key)} for no parameter of the optimizer"
-            )
+            raise ckpt.CheckpointError(f"{where}.state: an entry {_shown_value(key)} for no parameter of the optimizer")
         if not isinstance(buffers, dict):
-            raise ckpt.CheckpointError(f"{where}.state.{key}' must be a mapping, got {type(buffers).__name__}")
+            raise ckpt.CheckpointError(f"{where}.state.{key}: expected a mapping, got {type(buffers).__name__}")
         shape = tuple(params[key].shape)
         for name, value in buffers.items():
             if value is None:  # e.g. SGD's momentum buffer before its first step
@@ -334,11 +333,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, source: 
                 bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                 detail = _shown_value(value)
             if bad:
-                raise ckpt.CheckpointError(f"{where}.state.{key}.{name}' does not fit: {detail}")
+                raise ckpt.CheckpointError(f"{where}.state.{key}.{name}: does not fit: {detail}")
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise ckpt.CheckpointError(f"{where}' does not fit the optimizer: {str(e).splitlines()[0]}") from None
+        raise ckpt.CheckpointError(f"{where}: does not fit the optimizer: {str(e).splitlines()[0]}") from None
 
 
 def training_state_dict(run: Run, epochs_done: int, optimizer: Optional[torch.optim.Optimizer]) -> dict:

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid_srdl.config import ConfigError, check_choice, check_range
+from reid_srdl.core import schema
 from reid_srdl.core.checkpoint import CheckpointError, atomic_save, load_plain_file, save_model_file
 from reid_srdl.core.distributed import is_main_process, sharded_map
-from reid_srdl.core.fields import Field
 from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.methods.base import METHODS, Method, StageContext, StageSpec
 from reid_srdl.methods.losses import accuracy, soft_kl
@@ -254,14 +254,13 @@ class SRDL(Method):
     def extra_state(self) -> dict:
         return {"stage": self.stage, "bank_stats": dict(self.bank_stats)}
 
-    def extra_state_fields(self, epochs_done: int) -> Dict[str, Field]:
+    def extra_state_schema(self, epochs_done: int) -> schema.Spec:
         # Stage 2 starts (and its stage-1 logits exist) once the first stage's epochs are done.
-        first = self.stages()[0].epochs
-        stage = int(epochs_done >= first)
-        return {
-            "stage": Field("int", choices=(stage,), note=f"0-based; after {epochs_done} of {self.total_epochs} epochs"),
-            "bank_stats": Field("mapping", items=Field("number")),
-        }
+        stage = int(epochs_done >= self.stages()[0].epochs)
+        return schema.Dict(
+            {"stage": schema.Int(stage, stage), "bank_stats": schema.Dict(extra=schema.Float())},
+            required=("stage", "bank_stats"),
+        )
 
     def load_extra_state(self, state: dict, run_dir: Optional[str] = None) -> None:
         self.stage = int(state.get("stage", 0))

@@ -17,7 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from reid_srdl.core.fields import Field, check_fields
+from reid_srdl.core import schema as sc
 from reid_srdl.evaluation.metrics import EvaluationInputError
 from reid_srdl.evaluation.open_set import REFERENCE, open_set_scores, operating_point, threshold_at_far
 
@@ -72,7 +72,10 @@ class Calibration:
         """The calibration a gallery stored (:meth:`to_meta` and its impostor distances), every
         field checked first: a NaN or infinite threshold would make every decision the same."""
         what = f"{where}: the stored calibration"
-        check_fields(meta, CALIBRATION_FIELDS, what, EvaluationInputError, strict=False)
+        try:
+            sc.check(meta, CALIBRATION, f"{what}:")
+        except sc.SchemaError as e:
+            raise EvaluationInputError(str(e)) from None
         try:
             distances = np.asarray(impostor if impostor is not None else [], dtype=np.float64)
         except (TypeError, ValueError):
@@ -81,8 +84,7 @@ class Calibration:
             raise EvaluationInputError(f"{what}: the impostor distances must be a list of finite numbers")
         if distances.size and distances.size != meta["num_impostor_probes"]:
             raise EvaluationInputError(
-                f"{what}: {distances.size} impostor distances for field 'num_impostor_probes' "
-                f"{meta['num_impostor_probes']}"
+                f"{what}: {distances.size} impostor distances, but num_impostor_probes is {meta['num_impostor_probes']}"
             )
         return cls(
             far=float(meta["far"]),
@@ -99,20 +101,34 @@ class Calibration:
         )
 
 
-# What a stored calibration holds (Calibration.to_meta); other fields are ignored.
-_RATE = Field("number", minimum=0.0, maximum=1.0, note="a rate")
-CALIBRATION_FIELDS = {
-    "far": _RATE,
-    "threshold": Field("number", note="a distance"),
-    "achieved_far": _RATE,
-    "tar": _RATE,
-    "dir": _RATE,
-    "num_known_probes": Field("int", minimum=0),
-    "num_impostor_probes": Field("int", minimum=0),
-    "source": Field("str"),
-    "created": Field("str"),
-    "model": Field("mapping", required=False, nullable=True),
-}
+# What a stored calibration holds (Calibration.to_meta); other fields are ignored (plain data).
+_RATE = sc.Float(0.0, 1.0)
+CALIBRATION = sc.Dict(
+    {
+        "far": _RATE,
+        "threshold": sc.Float(),  # a distance (just below 0 when even the nearest impostor is too near)
+        "achieved_far": _RATE,
+        "tar": _RATE,
+        "dir": _RATE,
+        "num_known_probes": sc.Int(0),
+        "num_impostor_probes": sc.Int(0),
+        "source": sc.Str(),
+        "created": sc.Str(max_chars=100),
+        "model": sc.Optional(sc.Dict(extra=sc.JSON())),
+    },
+    required=(
+        "far",
+        "threshold",
+        "achieved_far",
+        "tar",
+        "dir",
+        "num_known_probes",
+        "num_impostor_probes",
+        "source",
+        "created",
+    ),
+    extra=sc.JSON(),
+)
 
 
 def calibrate(
