@@ -239,7 +239,7 @@ def check_saved_config(cfg: Config, saved: dict, run_dir: str) -> None:
 
 
 def check_stage_fields(run: Run, saved: dict) -> None:
-    """The fields of a training state (already checked against ``ckpt.train_state_fields``)
+    """The fields of a training state (already checked against ``file_schemas.train_state``)
     that depend on the run's stages and method: the method's own state, the FLOPs counted per
     stage begun, and an optimizer state wherever the epoch falls inside a stage."""
     where = f"cannot resume {os.path.join(run.run_dir, ckpt.LAST_FILE)}"
