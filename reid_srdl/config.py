@@ -19,10 +19,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from reid_srdl.core import limits
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
 from reid_srdl.core.precision import PRECISIONS
 from reid_srdl.core.registry import METHODS
+from reid_srdl.core.yaml_text import YamlError, load_yaml_text, read_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -258,12 +260,18 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _coerce(value: Any, tp, key: str):
     """Check `value` against the annotation `tp`; return it in the field's own type."""
     origin = typing.get_origin(tp)
     if origin in (tuple, list, Tuple, List, Sequence):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"key '{key}' expects a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"key '{key}' expects a list, got {type(value).__name__} {_shown(value)}")
         (item_tp, *_rest) = typing.get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -289,8 +297,8 @@ def _coerce(value: Any, tp, key: str):
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
             return _build(tp, value, key)
-        raise ConfigError(f"key '{key}' is a section; give it as a mapping, got {value!r}")
-    raise ConfigError(f"key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"key '{key}' is a section; give it as a mapping, got {_shown(value)}")
+    raise ConfigError(f"key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {_shown(value)}")
 
 
 def _schema(cls) -> Dict[str, Any]:
@@ -382,11 +390,10 @@ def _deep_merge(base: Dict[str, Any], top: Dict[str, Any]) -> Dict[str, Any]:
 def _read_yaml(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    try:
+        data = read_yaml_file(path, "config file")
+    except YamlError as e:
+        raise ConfigError(str(e)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -400,6 +407,8 @@ def load_yaml_dict(path: str) -> Dict[str, Any]:
     base_ref = data.pop("_base_", None)
     if base_ref is None:
         return data
+    if not isinstance(base_ref, str) or not base_ref:
+        raise ConfigError(f"config file {path}: _base_ must be the path of another config file, got {base_ref!r}")
     base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base_ref)
     base = _read_yaml(base_path)
     if "_base_" in base:
@@ -423,9 +432,9 @@ def _parse_value(raw: str, tp) -> Any:
     if tp is str:
         return raw
     try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
+        return load_yaml_text(raw, "override value")
+    except YamlError:
+        return raw  # not (acceptable) YAML: the schema check names the key and the type it expects
 
 
 def _set_dotted(tree: Dict[str, Any], parts: List[str], raw: str, cls) -> None:
@@ -526,30 +535,52 @@ def int_arg(minimum=None, maximum=None):
 # Market-1501 pids are 1..1501; a synthetic set needs a few identities on each side.
 SYNTHETIC_IDS = (4, 1501)
 
-# (key, keyword arguments of check_range): keys a type alone cannot constrain.
+#: Upper bounds of keys that size an allocation or start processes: far above any real
+#: setting, low enough that a typo is one line instead of an out-of-memory kill.  (Image
+#: sides and feature sizes: the limits every file is read with, core/limits.py, so that a
+#: run's final.pt loads again.)
+MAX_BATCH = 65536
+MAX_WORKERS = 128
+MAX_EPOCHS = 100_000
+MAX_RANK = 100_000
+
+
+def _ranges():
+    """(key, keyword arguments of check_range): keys a type alone cannot constrain.  Built
+    when checked, so that a limit raised at run time (core/limits.py) takes effect."""
+    return (
+        ("data.height", dict(minimum=1, maximum=limits.MAX_INPUT_SIDE)),
+        ("data.width", dict(minimum=1, maximum=limits.MAX_INPUT_SIDE)),
+        ("model.feature_dim", dict(minimum=0, maximum=limits.MAX_FEATURE_DIM, why="0 = no feature layer")),
+    ) + _RANGES
+
+
 _RANGES = (
     ("data.synthetic_ids", dict(minimum=SYNTHETIC_IDS[0], maximum=SYNTHETIC_IDS[1])),
     ("data.synthetic_seed", dict(minimum=0)),
-    ("data.height", dict(minimum=1)),
-    ("data.width", dict(minimum=1)),
-    ("data.batch_size", dict(minimum=1)),
-    ("data.test_batch_size", dict(minimum=1)),
-    ("data.workers", dict(minimum=-1, why="-1 = auto")),
+    ("data.batch_size", dict(minimum=1, maximum=MAX_BATCH)),
+    ("data.test_batch_size", dict(minimum=1, maximum=MAX_BATCH)),
+    ("data.workers", dict(minimum=-1, maximum=MAX_WORKERS, why="-1 = auto")),
     ("data.cache_mb", dict(minimum=0, why="0 = decode every step")),
     ("data.train_subset", dict(minimum=0, why="0 = all")),
     ("data.split_id", dict(minimum=0)),
-    ("model.feature_dim", dict(minimum=0, why="0 = no feature layer")),
+    ("data.num_instances", dict(minimum=1, maximum=MAX_BATCH)),
+    ("data.random_erasing", dict(minimum=0.0, maximum=1.0, why="a probability")),
+    ("loss.label_smoothing", dict(minimum=0.0, why="an epsilon in [0, 1)")),
+    ("loss.triplet_weight", dict(minimum=0.0, why="0 = off")),
+    ("loss.triplet_margin", dict(minimum=0.0)),
     ("optim.lr", dict(above=0)),
     ("optim.momentum", dict(minimum=0, maximum=1)),
     ("optim.weight_decay", dict(minimum=0)),
     ("optim.gamma", dict(above=0)),
-    ("train.epochs", dict(minimum=1)),
+    ("optim.warmup_epochs", dict(minimum=0, maximum=MAX_EPOCHS)),
+    ("train.epochs", dict(minimum=1, maximum=MAX_EPOCHS)),
     ("train.seed", dict(minimum=0)),
     ("train.max_batches", dict(minimum=0, why="0 = whole epoch")),
-    ("train.dist_timeout", dict(above=0, why="seconds")),
-    ("eval.max_rank", dict(minimum=1)),
-    ("eval.rerank_k1", dict(minimum=1)),
-    ("eval.rerank_k2", dict(minimum=1)),
+    ("train.dist_timeout", dict(above=0, maximum=7 * 86400, why="seconds")),
+    ("eval.max_rank", dict(minimum=1, maximum=MAX_RANK)),
+    ("eval.rerank_k1", dict(minimum=1, maximum=MAX_RANK)),
+    ("eval.rerank_k2", dict(minimum=1, maximum=MAX_RANK)),
     ("eval.rerank_lambda", dict(minimum=0.0, maximum=1.0)),
 )
 
@@ -561,12 +592,38 @@ def _get_dotted(cfg, key: str):
     return node
 
 
+def _unusable_scalar(value, key: str) -> Optional[str]:
+    """The problem with the first value no key can mean, or None: a NaN or infinite float
+    (sections, method options, lists), a string holding a NUL byte (no path or name has one)."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{key} must be a finite number, got {value}"
+    if isinstance(value, str):
+        return f"{key} must not contain a NUL byte, got {_shown(value)}" if "\0" in value else None
+    if isinstance(value, MethodConfig):
+        found = (_unusable_scalar(options, f"{key}.{name}") for name, options in value.options)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        found = (_unusable_scalar(getattr(value, f.name), f"{key}.{f.name}") for f in dataclasses.fields(value))
+    elif isinstance(value, (list, tuple)):
+        found = (_unusable_scalar(v, f"{key}[{i}]") for i, v in enumerate(value))
+    else:
+        return None
+    return next((problem for problem in found if problem is not None), None)
+
+
 def validate(cfg: Config) -> None:
     """Value checks that types alone cannot express.  (Data set names are checked by
-    ``reid_srdl.data.build_data`` against the data registries, which this layer cannot import.)"""
+    ``reid_srdl.data.build_data`` against the data registries, which this layer cannot import.)
+
+    No float key of the project means anything as NaN or infinity (a NaN weight would switch
+    its loss term off, every comparison with it being false): each is refused by name.
+    """
+    for f in dataclasses.fields(cfg):
+        problem = _unusable_scalar(getattr(cfg, f.name), f.name)
+        if problem:
+            raise ConfigError(problem)
     for (section, key), choices in _CHOICES.items():
         check_choice(f"{section}.{key}", getattr(getattr(cfg, section), key), choices)
-    for key, bounds in _RANGES:
+    for key, bounds in _ranges():
         check_range(key, _get_dotted(cfg, key), **bounds)
     # The method's own options checked themselves when they were built; its name and the
     # epochs it needs come from the method registry.
@@ -575,6 +632,11 @@ def validate(cfg: Config) -> None:
     needed = getattr(METHODS.get(cfg.method.name), "min_epochs", 1)
     if cfg.train.epochs < needed:
         raise ConfigError(f"method '{cfg.method.name}' needs train.epochs >= {needed}, got {cfg.train.epochs}")
+    name = cfg.train.run_name
+    if name in (".", "..") or "/" in name or os.sep in name:
+        raise ConfigError(
+            f"train.run_name must be one folder name (no '/'), got {name!r}; put the parent folder in train.output_dir"
+        )
     for m in cfg.optim.milestones:
         if not 0.0 < m < 1.0:
             raise ConfigError(f"optim.milestones are fractions in (0, 1), got {m}")
@@ -591,19 +653,9 @@ def _validate_recipe(cfg: Config) -> None:
                 f"data.sampler=identity takes batches of P identities x K images: data.num_instances (K={k}) "
                 f"must be between 1 and data.batch_size ({batch}) and divide it"
             )
-    if not 0.0 <= data.random_erasing <= 1.0:
-        raise ConfigError(f"data.random_erasing is a probability in [0, 1], got {data.random_erasing}")
-    if cfg.model.feature_dim < 0:
-        raise ConfigError(f"model.feature_dim must be >= 0 (0 = no feature layer), got {cfg.model.feature_dim}")
-    if not 0.0 <= loss.label_smoothing < 1.0:
+    # (Ranges of single keys, NaN and infinity included: _ranges(), checked by validate.)
+    if not loss.label_smoothing < 1.0:
         raise ConfigError(f"loss.label_smoothing is an epsilon in [0, 1), got {loss.label_smoothing}")
-    if loss.triplet_weight < 0 or loss.triplet_margin < 0:
-        raise ConfigError(
-            f"loss.triplet_weight and loss.triplet_margin must be >= 0, "
-            f"got {loss.triplet_weight}, {loss.triplet_margin}"
-        )
-    if cfg.optim.warmup_epochs < 0:
-        raise ConfigError(f"optim.warmup_epochs must be >= 0, got {cfg.optim.warmup_epochs}")
     if loss.triplet_weight > 0 and data.sampler != "identity":
         # Allowed (torchreid allows it), but a random batch of a large re-id set holds few
         # positive pairs, so most anchors have nothing to mine.

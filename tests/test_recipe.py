@@ -124,12 +124,13 @@ def test_recipe_from_the_loss_section():
     "override, message",
     [
         ("loss.label_smoothing=1.0", "loss.label_smoothing is an epsilon in \\[0, 1\\), got 1.0"),
-        ("loss.triplet_weight=-1", "loss.triplet_weight and loss.triplet_margin must be >= 0"),
+        ("loss.triplet_weight=-1", "loss.triplet_weight must be >= 0.0, got -1.0 \\(0 = off\\)"),
+        ("loss.triplet_margin=-0.5", "loss.triplet_margin must be >= 0.0, got -0.5"),
         ("optim.name=rmsprop", "optim.name='rmsprop' is not one of: sgd, adam, adamw"),
         ("optim.schedule=linear", "optim.schedule='linear' is not one of: step, cosine"),
-        ("optim.warmup_epochs=-2", "optim.warmup_epochs must be >= 0"),
+        ("optim.warmup_epochs=-2", "optim.warmup_epochs must be in 0..100000, got -2"),
         ("model.neck=bn", "model.neck='bn' is not one of: plain, bnneck"),
-        ("data.random_erasing=2", "data.random_erasing is a probability in \\[0, 1\\]"),
+        ("data.random_erasing=2", "data.random_erasing must be in 0.0..1.0, got 2.0 \\(a probability\\)"),
         ("data.sampler=pk", "data.sampler='pk' is not one of: random, identity"),
     ],
 )

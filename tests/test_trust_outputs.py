@@ -26,10 +26,16 @@ def test_create_run_dir_is_unique_and_keeps_chosen_names(tmp_path):
     claims = [ckpt.create_run_dir(base) for _ in range(3)]
     assert [c.path for c in claims] == [base, base + "_2", base + "_3"]
     assert all(os.path.isdir(c.path) for c in claims)
-    # A chosen name is reused while it holds no training state, refused once it does.
+    # A chosen name is reused once its claim has ended while it holds no training state,
+    # refused once it does.
     chosen = str(tmp_path / "runs" / "mine")
-    assert ckpt.create_run_dir(chosen, unique=False).path == chosen
-    assert ckpt.create_run_dir(chosen, unique=False).path == chosen
+    first = ckpt.create_run_dir(chosen, unique=False)
+    assert first.path == chosen
+    first.keep()
+    second = ckpt.create_run_dir(chosen, unique=False)
+    assert second.path == chosen
+    second.keep()
+    assert os.listdir(chosen) == []  # the lock file goes with the claim
     open(os.path.join(chosen, ckpt.LAST_FILE), "wb").close()
     with pytest.raises(ckpt.CheckpointError, match="already holds a run; continue it with --resume"):
         ckpt.create_run_dir(chosen, unique=False)

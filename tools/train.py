@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
 from reid_srdl.config import ConfigError, load_config  # noqa: E402
-from reid_srdl.core.checkpoint import CONFIG_FILE, CheckpointError, is_run_dir  # noqa: E402
+from reid_srdl.core.checkpoint import CONFIG_FILE, CheckpointError, claim_existing_run_dir, is_run_dir  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
 
@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     from reid_srdl.engine.trainer import Trainer, TrainingDivergedError, claim_run_dir, resolve_device
 
     env = ddp.SINGLE_PROCESS
-    claim = None  # the run folder this process created, removed again if nothing lands in it
+    claim = None  # the run folder this process holds (locked), created or resumed
+    finished = False
     try:
         if args.resume:
             if args.config or args.overrides:
@@ -60,31 +61,31 @@ def main(argv=None) -> int:
                     f"expected a folder written by tools/train.py)"
                 )
             cfg = load_config(os.path.join(args.resume, CONFIG_FILE))
-            run_dir = args.resume
         else:
             cfg = load_config(args.config, args.overrides)
         # Under torchrun: join the process group (NCCL on GPUs, gloo on CPU) within
         # train.dist_timeout; a single plain process skips this.
         env = ddp.init_distributed(cfg.train.dist_timeout, resolve_device(cfg.train.device).type == "cuda")
-        if not args.resume:
-            # Rank 0 creates the run folder (os.mkdir: unique even for runs started in the
-            # same second) and every rank gets its name, or its error.
-            outcome = None
-            if env.is_main:
-                try:
-                    claim = claim_run_dir(cfg)
-                    outcome = ("ok", claim.path)
-                except ReidSrdlError as e:
-                    outcome = ("error", str(e))
-            status, value = ddp.broadcast_from_main(outcome)
-            if status == "error":
-                raise CheckpointError(value)
-            run_dir = value
+        # Rank 0 claims the run folder -- a new one (os.mkdir: unique even for runs started in
+        # the same second) or the resumed one -- and locks it for the whole run, so that no
+        # other training shares it; every rank gets its name, or its error, before any work.
+        outcome = None
+        if env.is_main:
+            try:
+                claim = claim_existing_run_dir(args.resume) if args.resume else claim_run_dir(cfg)
+                outcome = ("ok", claim.path)
+            except ReidSrdlError as e:
+                outcome = ("error", str(e))
+        status, value = ddp.broadcast_from_main(outcome)
+        if status == "error":
+            raise CheckpointError(value)
+        run_dir = value
         if env.is_main:
             print(
                 f"run directory: {run_dir}" + (f" ({env.world_size} processes, {env.backend})" if env.enabled else "")
             )
         Trainer(cfg, run_dir, resume=bool(args.resume)).fit()
+        finished = True
     except (ReidSrdlError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         print(f"error{_rank_tag(env)}: {_first_line(e)}", file=sys.stderr)
         return 2
@@ -94,11 +95,14 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; continue with --resume", file=sys.stderr)
         return 130
-    else:
-        claim = None  # a finished run keeps its folder
     finally:
         if claim is not None:
-            claim.release()  # the run folder this process created, if nothing was written into it
+            # Unlocked either way; a folder this process created goes again if nothing was
+            # written into it.
+            if finished:
+                claim.keep()
+            else:
+                claim.release()
         ddp.shutdown()
     return 0
 

@@ -13,19 +13,25 @@ Every file here holds plain data only (tensors, dicts, lists, str, numbers, None
 when it is saved, and is read with PyTorch's safe unpickler: a checkpoint cannot run code
 (see reid_srdl.core.torch_files; tools/convert_checkpoint.py converts a legacy file without running it).
 Run folders are claimed with ``os.mkdir``, which fails if the folder exists, so two runs
-started in the same second never share one (:func:`create_run_dir`).
+started in the same second never share one, and locked (``flock``) for as long as their
+training runs, so two runs given the same ``train.run_name`` (or two ``--resume`` of one
+folder) never share one either (:func:`create_run_dir`, :func:`claim_existing_run_dir`).
 """
 
+import contextlib
+import fcntl
+import logging
 import os
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from reid_srdl.core.errors import ReidSrdlError
-from reid_srdl.core.file_schemas import MODEL_FILE
-from reid_srdl.core.files import atomic_path, describe_os_error
-from reid_srdl.core.schema import check
+from reid_srdl.core.file_schemas import MODEL_FILE, train_state
+from reid_srdl.core.files import atomic_path, describe_os_error, new_file_mode
+from reid_srdl.core.schema import SchemaError, check
 from reid_srdl.core.torch_files import load_torch_file, plain_data
 
 MODEL_FORMAT = "reid_srdl.model/1"
@@ -33,6 +39,8 @@ TRAIN_STATE_FORMAT = "reid_srdl.train_state/1"
 CONFIG_FILE = "config.yaml"
 LAST_FILE = "last.pt"
 FINAL_FILE = "final.pt"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ReidSrdlError, ValueError):
@@ -49,9 +57,34 @@ def atomic_save(obj: Any, path: str) -> None:
     obj = plain_data(obj, os.path.basename(path))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            writer = _WriteErrors(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError:
+                if writer.error is not None:
+                    # torch's zip writer reports a failed write as "unexpected pos ..."; the
+                    # disk's own error (no space left) is what atomic_path turns into one line.
+                    raise writer.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
+
+
+class _WriteErrors:
+    """A file object for ``torch.save`` that remembers the first OSError of a write."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_plain_file(path: str, what: str) -> Any:
@@ -138,7 +171,10 @@ def is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE))
 
 
-def load_train_state(run_dir: str) -> Dict[str, Any]:
+def load_train_state(run_dir: str, total_epochs: Optional[int] = None) -> Dict[str, Any]:
+    """``last.pt`` of ``run_dir``, read safely and checked against its schema
+    (``file_schemas.train_state``; ``total_epochs`` bounds the epoch): a field missing, of
+    another type or out of range is a :class:`CheckpointError` naming it."""
     if not os.path.isdir(run_dir):
         raise CheckpointError(f"cannot resume: {run_dir} does not exist")
     if not is_run_dir(run_dir):
@@ -158,6 +194,10 @@ def load_train_state(run_dir: str) -> Dict[str, Any]:
     missing = [k for k in ("epoch", "trainable", "method") if k not in state]
     if missing:
         raise CheckpointError(f"{path} is an incomplete training state (no {', '.join(missing)})")
+    try:
+        check(state, train_state(total_epochs), f"cannot resume {path}:")
+    except SchemaError as e:
+        raise CheckpointError(str(e)) from None
     return state
 
 
@@ -185,17 +225,88 @@ def _missing_parents(path: str) -> List[str]:
     return missing[::-1]
 
 
-class RunDirClaim:
-    """A run folder this process created (and the parents it created for it).
+#: The lock file of a run folder in use (``flock``-ed by the training that owns the folder;
+#: removed when it ends, left unlocked -- harmless -- by a run that was killed).
+LOCK_FILE = ".lock"
 
-    :meth:`release` removes them again while they are still empty: a run that stops before
-    writing anything leaves no folder behind.
+
+def _lock_holder(fd: int) -> str:
+    """`` (process N)`` from a lock file's contents, or ``""``.  The holder writes its pid
+    right after locking: a moment's wait covers a look that came in between."""
+    for _ in range(20):
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            return ""
+        if text:
+            return f" (process {text})" if text.isascii() and text.isdigit() else ""
+        time.sleep(0.01)
+    return ""
+
+
+def _lock_folder(folder: str, busy_hint: str) -> Optional[int]:
+    """An exclusive ``flock`` on ``folder``'s lock file, held until the descriptor returned is
+    closed (or the process ends, however it ends); a :class:`CheckpointError` naming the
+    folder and ``busy_hint`` if another process holds it.
+
+    The lock file is removed by its holder when a run ends, so the file locked here is
+    checked to still be the one at its path (else another process could lock a new file
+    while this one holds the removed one); None where the file system has no locks.
+    """
+    path = os.path.join(folder, LOCK_FILE)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, new_file_mode())
+        except OSError as e:
+            raise CheckpointError(f"cannot use the run folder {folder}: {describe_os_error(e)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise CheckpointError(f"{folder} is in use by another training run{holder}; {busy_hint}") from None
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without locks
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            log.warning("cannot lock the run folder %s (%s): two runs could share it", folder, describe_os_error(e))
+            return None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            return fd
+        os.close(fd)  # locked a file its holder had just removed: try the one there now
+
+
+class RunDirClaim:
+    """A run folder this process holds (locked), with the folders it created for it.
+
+    While a claim is held, no other training can claim or resume the folder.  :meth:`keep`
+    ends the claim and leaves the folder (a run that finished or wrote its state);
+    :meth:`release` also removes the folders this claim created while they are still
+    empty: a run that stops before writing anything leaves no folder behind.
     """
 
-    def __init__(self, path: str, created: List[str]):
-        self.path, self.created = path, created
+    def __init__(self, path: str, created: List[str], lock_fd: Optional[int] = None):
+        self.path, self.created, self._lock_fd = path, created, lock_fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            # Removed while still locked: whoever opened it meanwhile sees it is gone.
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.path, LOCK_FILE))
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def keep(self) -> None:
+        self._unlock()
 
     def release(self) -> None:
+        self._unlock()
         for folder in reversed(self.created):  # deepest first
             try:
                 os.rmdir(folder)  # only succeeds when empty
@@ -203,13 +314,21 @@ class RunDirClaim:
                 return
 
 
+def claim_existing_run_dir(run_dir: str) -> RunDirClaim:
+    """Lock an existing run folder for ``--resume``: refused while another training holds it."""
+    if not os.path.isdir(run_dir):
+        raise CheckpointError(f"cannot resume: {run_dir} does not exist")
+    return RunDirClaim(run_dir, [], _lock_folder(run_dir, "wait for it to end, or stop it, before resuming"))
+
+
 def create_run_dir(base: str, unique: bool = True) -> RunDirClaim:
-    """Create the run folder ``base`` atomically (``os.mkdir``), or ``base_2``, ``base_3``...
-    when it is taken and ``unique`` (the default, timestamped names).
+    """Create and lock the run folder ``base`` (``os.mkdir``: atomic), or ``base_2``,
+    ``base_3``... when it is taken and ``unique`` (the default, timestamped names).
 
     With ``unique=False`` (a name the user chose) an existing folder is reused, as long as it
-    holds no training state yet (a run that stopped before its first epoch).  A folder that
-    cannot be created is a :class:`CheckpointError` naming it.
+    holds no training state yet (a run that stopped before its first epoch) and no other
+    training holds it: two runs started together with one name get one folder and one
+    error.  A folder that cannot be created is a :class:`CheckpointError` naming it.
     """
     base = os.path.normpath(base)
     parents = _missing_parents(base)
@@ -225,23 +344,30 @@ def create_run_dir(base: str, unique: bool = True) -> RunDirClaim:
     while True:
         try:
             os.mkdir(candidate)
-            return RunDirClaim(candidate, parents + [candidate])
+            created = parents + [candidate]
         except FileExistsError:
-            if not unique:
-                if os.path.isfile(os.path.join(candidate, LAST_FILE)):
-                    raise CheckpointError(
-                        f"{candidate} already holds a run; continue it with --resume {candidate} "
-                        f"or pick another train.run_name"
-                    ) from None
-                if not os.path.isdir(candidate):
-                    raise CheckpointError(
-                        f"cannot create the run folder {candidate}: a file of that name exists"
-                    ) from None
-                return RunDirClaim(candidate, parents)
-            suffix += 1
-            candidate = f"{base}_{suffix}"
+            if unique:
+                suffix += 1
+                candidate = f"{base}_{suffix}"
+                continue
+            if not os.path.isdir(candidate):
+                raise CheckpointError(f"cannot create the run folder {candidate}: a file of that name exists") from None
+            created = parents
         except OSError as e:
             RunDirClaim(base, parents).release()
             raise CheckpointError(
                 f"cannot create the run folder {candidate} (train.output_dir): {describe_os_error(e)}"
             ) from None
+        try:
+            claim = RunDirClaim(candidate, created, _lock_folder(candidate, "pick another train.run_name"))
+        except CheckpointError:
+            RunDirClaim(candidate, created).release()  # our own empty folders only, never its lock
+            raise
+        # Checked once the folder is ours: a run holding it until a moment ago may have
+        # written its state.
+        if os.path.isfile(os.path.join(candidate, LAST_FILE)):
+            claim.release()
+            raise CheckpointError(
+                f"{candidate} already holds a run; continue it with --resume {candidate} or pick another train.run_name"
+            )
+        return claim

@@ -124,3 +124,33 @@ EXPORT_DESCRIPTION = Dict(
     required=("format", "height", "width"),
     extra=JSON(),
 )
+
+
+def train_state(total_epochs=None) -> Dict:
+    """``last.pt`` (reid_srdl.engine.assembly.training_state_dict): the epochs done (bounded by
+    the run's ``train.epochs``), the trainable weights, the method's own state (checked
+    against the method's schema once it is built), the optimizer state, the seconds and FLOPs
+    counted so far and the config; other keys are ignored (plain data)."""
+    return Dict(
+        {
+            "format": Str(max_chars=100),
+            "epoch": Int(0, total_epochs),
+            "trainable": Dict(extra=TENSOR, max_items=1_000_000),
+            "method": Dict(extra=PLAIN),
+            "optimizer": Optional(
+                Dict(
+                    {
+                        # parameter number -> its buffers (momentum, Adam's moments, step)
+                        "state": Dict(key=Int(0), extra=Dict(extra=PLAIN)),
+                        "param_groups": List(Dict(extra=PLAIN)),
+                    },
+                    required=("state", "param_groups"),
+                )
+            ),
+            "history": Dict({"train_seconds": Float(0)}, required=("train_seconds",)),
+            "stage_flops": List(Int(0)),
+            "config": Dict(extra=JSON()),
+        },
+        required=("format", "epoch", "trainable", "method"),
+        extra=PLAIN,
+    )

@@ -13,6 +13,7 @@ the expensive part, so a tool stops with one line instead of after the computati
 """
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -23,6 +24,18 @@ from reid_srdl.core.errors import ReidSrdlError
 
 class OutputPathError(ReidSrdlError, OSError):
     """An output file or folder cannot be created or written where the user asked for it."""
+
+
+#: What a write gets when the disk, the quota or the process's file size limit is exhausted.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_full_error(path: str, e: OSError) -> OutputPathError:
+    """One line for a write that ran out of space: the file, the reason, and that the file
+    that was there before is untouched (writes go to a temporary file first)."""
+    name = os.path.basename(path)
+    kept = f"the previous {name} is intact" if os.path.exists(path) else f"no {name} was written"
+    return OutputPathError(f"cannot write {path}: {describe_os_error(e)}; {kept}")
 
 
 def current_umask() -> int:
@@ -70,9 +83,11 @@ def atomic_path(path, suffix: str = "") -> Iterator[str]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_FULL:
+            raise disk_full_error(path, e) from None
         raise
 
 

@@ -45,7 +45,7 @@ NUM_CAMERAS = 6
 HAND_DRAWN_BOX = 0
 
 # 0002_c1s1_000451_03.jpg : pid (4 digits, or -1 for junk), camera 1-6, sequence, frame, box.
-_NAME_RE = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$")
+_NAME_RE = re.compile(r"^(-1|\d{4})_c(\d)s(\d)_(\d{6})_(\d{2})\.jpg$", re.ASCII)  # 0-9 only: not "٣"
 
 Sample = Tuple[str, int, int]  # (path, pid, camid)
 

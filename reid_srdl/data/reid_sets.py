@@ -395,7 +395,14 @@ def _construct(name: str, root: str, options: Dict[str, object]):
 
 
 def _as_samples(items: Sequence[tuple]) -> List[Sample]:
-    return sorted((str(p), int(pid), int(camid)) for p, pid, camid, *_ in items)
+    samples = sorted((str(p), int(pid), int(camid)) for p, pid, camid, *_ in items)
+    for path, pid, camid in samples:
+        # Ids are stored as int64 (data.build): a longer number in a file name would not fit.
+        if not (-(2**63) <= pid < 2**63 and -(2**63) <= camid < 2**63):
+            raise DatasetReadError(
+                f"'{path}': pid {pid} or camera {camid} is outside the range ids are stored in (int64)"
+            )
+    return samples
 
 
 def read_reid_set(

@@ -8,6 +8,7 @@ loop (engine.loop) and the report (engine.report) take the :class:`Run` from her
 
 import functools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
 from reid_srdl.core.precision import resolve_precision
+from reid_srdl.core.schema import SchemaError, check
 from reid_srdl.engine.preflight import preflight_evaluation_data
 from reid_srdl.engine.schedule import epoch_learning_rates
 from reid_srdl.methods import Method, Recipe, StageContext, StageSpec, build_method
@@ -162,6 +164,13 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     from reid_srdl.data.build import distributed_train_loader
     from reid_srdl.models import build_model
 
+    saved = None
+    if resume:
+        # Before anything expensive: last.pt read safely, its fields checked against their
+        # schema and its config against the run's, every other .pt of the run readable.
+        saved = ckpt.load_train_state(run_dir, cfg.train.epochs)
+        check_saved_config(cfg, saved, run_dir)
+        ckpt.verify_run_files(run_dir)  # stage files too (SRDL's stage1.pt), before training
     dist = ddp.current_env()
     device = resolve_device(cfg.train.device, dist.local_rank if dist.enabled else None)
     precision = training_precision(cfg.train.precision, cfg.train.channels_last, device)
@@ -205,8 +214,6 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     context = StageContext(run_dir, device, data, cfg.train.progress, precision.channels_last)
     run = Run(cfg, run_dir, dist, device, precision, data, method, stages, lrs, TrainingState(), context)
     if resume:
-        saved = ckpt.load_train_state(run_dir)
-        ckpt.verify_run_files(run_dir)  # stage files too (SRDL's stage1.pt), before training
         restore(run, saved)
     elif dist.is_main:
         os.makedirs(run_dir, exist_ok=True)
@@ -218,17 +225,48 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     return run
 
 
-def restore(run: Run, saved: dict) -> None:
-    """Put a saved training state (last.pt) into ``run``; its config must describe ``run.cfg``
+def check_saved_config(cfg: Config, saved: dict, run_dir: str) -> None:
+    """The config a training state was written with (if it kept one) must describe ``cfg``
     (keys added to the schema since take their defaults)."""
     config = saved.get("config")
-    if config is not None and not matches_saved(run.cfg, config):
-        diffs = config_differences(completed_saved(config), to_dict(run.cfg))
+    if config is not None and not matches_saved(cfg, config):
+        diffs = config_differences(completed_saved(config), to_dict(cfg))
         shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} keys in all)" if len(diffs) > 5 else "")
         raise ckpt.CheckpointError(
-            f"cannot resume {run.run_dir}: its {ckpt.CONFIG_FILE} differs from the config the training state "
+            f"cannot resume {run_dir}: its {ckpt.CONFIG_FILE} differs from the config the training state "
             f"was written with (saved -> now): {shown}; restore those values or start a new run"
         )
+
+
+def check_stage_fields(run: Run, saved: dict) -> None:
+    """The fields of a training state (already checked against ``file_schemas.train_state``)
+    that depend on the run's stages and method: the method's own state, the FLOPs counted per
+    stage begun, and an optimizer state wherever the epoch falls inside a stage."""
+    where = f"cannot resume {os.path.join(run.run_dir, ckpt.LAST_FILE)}"
+    epoch = saved["epoch"]
+    try:
+        check(saved["method"], run.method.extra_state_schema(epoch), f"{where}: method")
+    except SchemaError as e:
+        raise ckpt.CheckpointError(f"{e} (the state after {epoch} of {run.cfg.train.epochs} epochs)") from None
+    begun = run.stage_of(epoch - 1) + 1 if epoch else 0  # the stages epochs 1..epoch trained in
+    flops = saved.get("stage_flops", [])
+    if len(flops) > begun:
+        raise ckpt.CheckpointError(
+            f"{where}: stage_flops: {len(flops)} entries, but epoch {epoch} is in stage {begun} "
+            f"(one entry per stage begun)"
+        )
+    if epoch not in run.stage_starts and saved.get("optimizer") is None:
+        raise ckpt.CheckpointError(
+            f"{where}: optimizer: missing, but epoch {epoch} is inside stage {begun}, whose optimizer "
+            f"state (momentum, moments) an exact resume needs"
+        )
+
+
+def restore(run: Run, saved: dict) -> None:
+    """Put a saved training state (last.pt, as :func:`ckpt.load_train_state` checked it) into
+    ``run``; its config must describe ``run.cfg``."""
+    check_saved_config(run.cfg, saved, run.run_dir)
+    check_stage_fields(run, saved)
     run.method.load_extra_state(saved["method"], run.run_dir)
     ckpt.load_state_dict_checked(run.method.trainable, saved["trainable"], os.path.join(run.run_dir, ckpt.LAST_FILE))
     run.state = TrainingState(
@@ -237,6 +275,69 @@ def restore(run: Run, saved: dict) -> None:
         history=dict(saved.get("history", {"train_seconds": 0.0})),
         stage_flops=list(saved.get("stage_flops", [])),
     )
+
+
+def _shown_value(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: Optimizer settings that come from the config: a training state must have been written
+#: with the same (the learning rate is set by the loop every epoch, so it is not compared).
+_OPTIMIZER_SETTINGS = ("momentum", "dampening", "nesterov", "weight_decay", "betas", "eps", "amsgrad", "maximize")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, source: str) -> None:
+    """``optimizer.load_state_dict(state)`` after checking that ``state`` fits it: as many
+    parameter groups and parameters, the config's settings, and every saved buffer (momentum,
+    Adam's moments) of its parameter's shape; otherwise a :class:`CheckpointError` naming the
+    field, not a traceback at the first step."""
+    where = f"cannot resume {source}: optimizer"
+    own_groups, saved_groups = optimizer.param_groups, state["param_groups"]
+    if len(saved_groups) != len(own_groups):
+        raise ckpt.CheckpointError(
+            f"{where}.param_groups: {len(saved_groups)} groups, the optimizer has {len(own_groups)}"
+        )
+    params: Dict[Any, torch.nn.Parameter] = {}
+    for g, (own, saved) in enumerate(zip(own_groups, saved_groups)):
+        ids = saved.get("params")
+        if not isinstance(ids, (list, tuple)) or not all(type(i) is int for i in ids) or len(ids) != len(own["params"]):
+            raise ckpt.CheckpointError(
+                f"{where}.param_groups[{g}].params: expected the {len(own['params'])} parameter numbers of "
+                f"the network, got {_shown_value(ids)}"
+            )
+        for key in _OPTIMIZER_SETTINGS:
+            if key in own and key in saved:
+                mine, theirs = own[key], saved[key]
+                if isinstance(mine, tuple) and isinstance(theirs, list):
+                    theirs = tuple(theirs)
+                if theirs != mine:
+                    raise ckpt.CheckpointError(
+                        f"{where}.param_groups[{g}].{key}: {_shown_value(theirs)}, but the config gives {mine!r}"
+                    )
+        params.update(zip(ids, own["params"]))
+    for key, buffers in state["state"].items():
+        if key not in params:
+            raise ckpt.CheckpointError(f"{where}.state: an entry {_shown_value(key)} for no parameter of the optimizer")
+        if not isinstance(buffers, dict):
+            raise ckpt.CheckpointError(f"{where}.state.{key}: expected a mapping, got {type(buffers).__name__}")
+        shape = tuple(params[key].shape)
+        for name, value in buffers.items():
+            if value is None:  # e.g. SGD's momentum buffer before its first step
+                continue
+            if isinstance(value, torch.Tensor):
+                # A buffer has its parameter's shape; a step count is a scalar.
+                bad = value.dim() > 0 and (tuple(value.shape) != shape or not value.is_floating_point())
+                detail = f"a {tuple(value.shape)} {value.dtype} tensor, the parameter is {shape}"
+            else:
+                bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                detail = _shown_value(value)
+            if bad:
+                raise ckpt.CheckpointError(f"{where}.state.{key}.{name}: does not fit: {detail}")
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ckpt.CheckpointError(f"{where}: does not fit the optimizer: {str(e).splitlines()[0]}") from None
 
 
 def training_state_dict(run: Run, epochs_done: int, optimizer: Optional[torch.optim.Optimizer]) -> dict:

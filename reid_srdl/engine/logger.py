@@ -4,7 +4,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from reid_srdl.core.files import atomic_path
+from reid_srdl.core.files import OutputPathError, atomic_path, describe_os_error
 
 METRICS_LINES = "metrics.jsonl"
 
@@ -25,22 +25,33 @@ class RunLogger:
         if not os.path.isfile(self.path):
             return
         keep: List[str] = []
-        with open(self.path, encoding="utf-8") as f:
+        # Bytes that are not UTF-8 (a line cut mid-character) are read as U+FFFD: that line
+        # then fails to parse and is dropped like any other cut line.
+        with open(self.path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
-                    if json.loads(line)["epoch"] <= start_epoch:
-                        keep.append(line if line.endswith("\n") else line + "\n")
-                except (ValueError, KeyError):
+                    record = json.loads(line)
+                except ValueError:
                     continue  # a line cut by a kill mid-write
+                epoch = record.get("epoch") if isinstance(record, dict) else None
+                if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch <= start_epoch:
+                    keep.append(line if line.endswith("\n") else line + "\n")
         with atomic_path(self.path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.writelines(keep)
 
     def log_epoch(self, record: Dict[str, float]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            # The epoch's checkpoint is already saved; a line cut here is dropped on resume.
+            raise OutputPathError(
+                f"cannot write {self.path}: {describe_os_error(e)}; the checkpoint of epoch {record['epoch']} is "
+                f"saved: free some space and continue with --resume"
+            ) from None
         if self.writer is not None:
             step = int(record["epoch"])
             for k, v in record.items():

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
+from reid_srdl.core.files import OutputPathError
 from reid_srdl.core.precision import autocast_for
-from reid_srdl.engine.assembly import Run, build_optimizer, training_state_dict
+from reid_srdl.engine.assembly import Run, build_optimizer, load_optimizer_state, training_state_dict
 from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.engine.logger import format_epoch
 
@@ -49,7 +50,8 @@ class TrainingLoop:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         if run.state.optimizer_state is not None:  # resumed inside a stage
             self.optimizer = build_optimizer(run.method.trainable, run.cfg.optim)
-            self.optimizer.load_state_dict(run.state.optimizer_state)
+            last = os.path.join(run.run_dir, ckpt.LAST_FILE)
+            load_optimizer_state(self.optimizer, run.state.optimizer_state, last)
         # fp16 only (CUDA): loss scaling, skipping a step whose gradients overflowed.
         device_type = run.device.type if run.device.type in ("cuda", "cpu") else "cuda"
         self.scaler = torch.amp.GradScaler(device_type, enabled=run.precision.uses_scaler)
@@ -196,6 +198,10 @@ class TrainingLoop:
         """last.pt after ``epochs_done`` epochs (rank 0; atomic)."""
         run = self.run
         if run.dist.is_main:
-            ckpt.atomic_save(
-                training_state_dict(run, epochs_done, self.optimizer), os.path.join(run.run_dir, ckpt.LAST_FILE)
-            )
+            path = os.path.join(run.run_dir, ckpt.LAST_FILE)
+            try:
+                ckpt.atomic_save(training_state_dict(run, epochs_done, self.optimizer), path)
+            except OutputPathError as e:  # a full disk: the previous last.pt stands
+                resumable = os.path.isfile(path)
+                hint = f"free some space and continue with --resume {run.run_dir}" if resumable else "free some space"
+                raise OutputPathError(f"{e}; {hint}") from None

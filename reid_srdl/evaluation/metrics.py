@@ -80,6 +80,9 @@ def check_features(x, what: str) -> np.ndarray:
     return arr
 
 
+INT64 = np.iinfo(np.int64)
+
+
 def check_ids(x, n: int, what: str) -> np.ndarray:
     """``x`` as an int64 vector of length ``n`` (person ids or camera ids)."""
     arr = np.asarray(x)
@@ -87,9 +90,18 @@ def check_ids(x, n: int, what: str) -> np.ndarray:
         raise EvaluationInputError(f"{what}: expected a 1-D array of {n} integers, got shape {arr.shape}")
     if len(arr) != n:
         raise EvaluationInputError(f"{what}: has {len(arr)} entries but there are {n} features")
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.int64)
-    if np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+    if np.issubdtype(arr.dtype, np.integer) or (
+        np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
+    ):
+        # Ids are kept as int64: a larger one (uint64, a float such as 1e19) would wrap around
+        # and could even turn into -1, the junk id.  Floats past 2**53 are not exact integers.
+        low, high = (-(2**53), 2**53) if np.issubdtype(arr.dtype, np.floating) else (INT64.min, INT64.max)
+        outside = (arr < low) | (arr > high) if arr.size else np.zeros(0, dtype=bool)
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            raise EvaluationInputError(
+                f"{what}: id {arr[row].item()!r} (entry {row}) is outside the range ids are stored in ({low}..{high})"
+            )
         return arr.astype(np.int64)
     raise EvaluationInputError(f"{what}: expected integers, got dtype {arr.dtype}")
 

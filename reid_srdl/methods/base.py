@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from reid_srdl.core import schema
 from reid_srdl.core.registry import METHODS
 from reid_srdl.methods.recipe import PLAIN, Recipe
 
@@ -155,6 +156,13 @@ class Method(nn.Module):
     def extra_state(self) -> dict:
         """Whatever beyond the trainable weights must survive a resume."""
         return {}
+
+    def extra_state_schema(self, epochs_done: int) -> schema.Spec:
+        """The schema (:mod:`reid_srdl.core.schema`) of :meth:`extra_state` as saved after
+        ``epochs_done`` epochs: a resume checks the saved state against it (naming a missing,
+        unknown or out-of-range field) before :meth:`load_extra_state` sees it.  A method that
+        keeps state declares it here; by default it keeps none."""
+        return schema.Dict()
 
     def load_extra_state(self, state: dict, run_dir: Optional[str] = None) -> None:
         if state:

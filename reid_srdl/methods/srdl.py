@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from reid_srdl.config import ConfigError, check_choice, check_range
+from reid_srdl.core import schema
 from reid_srdl.core.checkpoint import CheckpointError, atomic_save, load_plain_file, save_model_file
 from reid_srdl.core.distributed import is_main_process, sharded_map
 from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed
@@ -253,6 +254,14 @@ class SRDL(Method):
     def extra_state(self) -> dict:
         return {"stage": self.stage, "bank_stats": dict(self.bank_stats)}
 
+    def extra_state_schema(self, epochs_done: int) -> schema.Spec:
+        # Stage 2 starts (and its stage-1 logits exist) once the first stage's epochs are done.
+        stage = int(epochs_done >= self.stages()[0].epochs)
+        return schema.Dict(
+            {"stage": schema.Int(stage, stage), "bank_stats": schema.Dict(extra=schema.Float())},
+            required=("stage", "bank_stats"),
+        )
+
     def load_extra_state(self, state: dict, run_dir: Optional[str] = None) -> None:
         self.stage = int(state.get("stage", 0))
         self.bank_stats = dict(state.get("bank_stats", {}))
@@ -263,6 +272,14 @@ class SRDL(Method):
             saved = load_plain_file(path, "SRDL stage-1 logits")  # safe loader, one-line errors
             if not isinstance(saved, dict) or not isinstance(saved.get("logits"), torch.Tensor):
                 raise CheckpointError(f"{path} does not hold SRDL stage-1 logits (a dict with a 'logits' tensor)")
+            logits, classes = saved["logits"], self.run.num_classes
+            if logits.dim() != 2 or not logits.is_floating_point() or (classes and logits.shape[1] != classes):
+                raise CheckpointError(
+                    f"{path}: field 'logits' must be a (samples, {classes or 'classes'}) float tensor, "
+                    f"got a {tuple(logits.shape)} {logits.dtype} tensor"
+                )
+            if not torch.isfinite(logits).all():
+                raise CheckpointError(f"{path}: field 'logits' holds NaN or infinite values")
             self.bank = saved["logits"]
             if self.options.teacher_view == "augmented":
                 stage1, _meta = load_model_file(os.path.join(run_dir or "", STAGE1_MODEL))

@@ -17,6 +17,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from reid_srdl.core import schema as sc
 from reid_srdl.evaluation.metrics import EvaluationInputError
 from reid_srdl.evaluation.open_set import REFERENCE, open_set_scores, operating_point, threshold_at_far
 
@@ -68,22 +69,66 @@ class Calibration:
 
     @classmethod
     def from_meta(cls, meta: Dict[str, Any], impostor: Optional[np.ndarray], where: str) -> "Calibration":
+        """The calibration a gallery stored (:meth:`to_meta` and its impostor distances), every
+        field checked first: a NaN or infinite threshold would make every decision the same."""
+        what = f"{where}: the stored calibration"
         try:
-            return cls(
-                far=float(meta["far"]),
-                threshold=float(meta["threshold"]),
-                achieved_far=float(meta["achieved_far"]),
-                tar=float(meta["tar"]),
-                dir=float(meta["dir"]),
-                num_known_probes=int(meta["num_known_probes"]),
-                num_impostor_probes=int(meta["num_impostor_probes"]),
-                source=str(meta["source"]),
-                created=str(meta["created"]),
-                model=meta.get("model"),
-                impostor=np.sort(np.asarray(impostor if impostor is not None else [], dtype=np.float64)),
+            sc.check(meta, CALIBRATION, f"{what}:")
+        except sc.SchemaError as e:
+            raise EvaluationInputError(str(e)) from None
+        try:
+            distances = np.asarray(impostor if impostor is not None else [], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise EvaluationInputError(f"{what}: the impostor distances are not numbers") from None
+        if distances.ndim != 1 or not np.isfinite(distances).all():
+            raise EvaluationInputError(f"{what}: the impostor distances must be a list of finite numbers")
+        if distances.size and distances.size != meta["num_impostor_probes"]:
+            raise EvaluationInputError(
+                f"{what}: {distances.size} impostor distances, but num_impostor_probes is {meta['num_impostor_probes']}"
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise EvaluationInputError(f"{where}: the stored calibration is incomplete ({e})") from None
+        return cls(
+            far=float(meta["far"]),
+            threshold=float(meta["threshold"]),
+            achieved_far=float(meta["achieved_far"]),
+            tar=float(meta["tar"]),
+            dir=float(meta["dir"]),
+            num_known_probes=int(meta["num_known_probes"]),
+            num_impostor_probes=int(meta["num_impostor_probes"]),
+            source=meta["source"],
+            created=meta["created"],
+            model=meta.get("model"),
+            impostor=np.sort(distances),
+        )
+
+
+# What a stored calibration holds (Calibration.to_meta); other fields are ignored (plain data).
+_RATE = sc.Float(0.0, 1.0)
+CALIBRATION = sc.Dict(
+    {
+        "far": _RATE,
+        "threshold": sc.Float(),  # a distance (just below 0 when even the nearest impostor is too near)
+        "achieved_far": _RATE,
+        "tar": _RATE,
+        "dir": _RATE,
+        "num_known_probes": sc.Int(0),
+        "num_impostor_probes": sc.Int(0),
+        "source": sc.Str(),
+        "created": sc.Str(max_chars=100),
+        "model": sc.Optional(sc.Dict(extra=sc.JSON())),
+    },
+    required=(
+        "far",
+        "threshold",
+        "achieved_far",
+        "tar",
+        "dir",
+        "num_known_probes",
+        "num_impostor_probes",
+        "source",
+        "created",
+    ),
+    extra=sc.JSON(),
+)
 
 
 def calibrate(

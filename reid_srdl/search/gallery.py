@@ -19,7 +19,8 @@ from typing import Tuple
 
 import numpy as np
 
-from reid_srdl.evaluation.metrics import EvaluationInputError, check_ids
+from reid_srdl.evaluation.metrics import INT64, EvaluationInputError, check_ids
+from reid_srdl.search.labels import LabelError, parse_camera
 from reid_srdl.search.stores.npz_store import GALLERY_FORMAT, camera_name, camid_of  # noqa: F401
 
 UNKNOWN = -1
@@ -34,9 +35,10 @@ def _integer_like(value) -> bool:
 
 
 def _camid_hint(value) -> str:
-    if isinstance(value, str) and value[:1].lower() == "c" and value[1:].isdigit():
-        return f" (file name {value} is camid {int(value[1:]) - 1})"
-    return ""
+    try:
+        return f" (file name {value} is camid {parse_camera(value)})" if isinstance(value, str) else ""
+    except LabelError:
+        return ""
 
 
 def per_query_ids(value, n: int, what: str) -> np.ndarray:
@@ -49,6 +51,8 @@ def per_query_ids(value, n: int, what: str) -> np.ndarray:
             f"got {value!r}{_camid_hint(value)}"
         )
     if np.ndim(value) == 0:
+        if not INT64.min <= int(value) <= INT64.max:  # kept as int64: never wrapped around
+            raise EvaluationInputError(f"{what}: id {int(value)} is outside the range ids are stored in (int64)")
         return np.full(n, int(value), dtype=np.int64)
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu":

@@ -266,7 +266,7 @@ class FaissStore(GalleryStore):
         folder = os.path.join(self.path, gen)
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
             number = name.split(".", 1)[0]
-            if is_temp(name) or (number.isdigit() and int(number) > m["events"]):
+            if is_temp(name) or (number.isascii() and number.isdigit() and int(number) > m["events"]):
                 os.remove(os.path.join(folder, name))
                 removed += 1
         if removed:
