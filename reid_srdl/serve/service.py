@@ -289,7 +289,13 @@ class GalleryService:
                 s.add(feats, pid_arr, cam_arr, [targets[i] for i in new] if keeps_paths else None)
                 grown = True
                 if self.gallery_path:
-                    s.save(self.gallery_path)
+                    try:
+                        s.save(self.gallery_path)
+                    except OSError as e:
+                        reason = (e.strerror or str(e)).lower()
+                        raise RequestError(
+                            507, f"the gallery could not be saved ({reason}); nothing was added"
+                        ) from None
             except BaseException:
                 for path in written:
                     try:
