@@ -23,10 +23,12 @@ def gallery(tiny_market_root, tmp_path):
     return build_gallery(tiny_market_root, tmp_path)
 
 
-@pytest.fixture
-def served(gallery):
-    client, app = serve(gallery)
-    return {**gallery, "client": client, "searcher": app.state.service.searcher}
+@pytest.fixture(scope="module")
+def served(tiny_market_root, tmp_path_factory):
+    """One read-only server for the tests that only search."""
+    built = build_gallery(tiny_market_root, tmp_path_factory.mktemp("served"))
+    client, app = serve(built)
+    return {**built, "client": client, "searcher": app.state.service.searcher}
 
 
 def test_health_and_stats(served):

@@ -19,6 +19,8 @@ grey without a threshold; a bar under the crop is the *ground truth* when both i
 are known -- blue for the same person, orange for another.
 """
 
+from reid_srdl.evaluation import colours
+
 PAGE_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>reid_srdl gallery search</title>
 <link rel="stylesheet" href="/page.css"></head>
@@ -37,13 +39,7 @@ PAGE_HTML = """<!doctype html>
   <label>leave out camera <select id="camera"><option value="">none</option></select></label>
   <button id="search">search</button>
 </div>
-<div id="legend">
-  <span class="key"><span class="swatch within"></span>within the threshold (match)</span>
-  <span class="key"><span class="swatch beyond"></span>beyond the threshold</span>
-  <span class="key"><span class="swatch nodecision"></span>no threshold</span>
-  <span class="key"><span class="bar same"></span>same person (when both identities are known)</span>
-  <span class="key"><span class="bar other"></span>another person</span>
-</div>
+<div id="legend">LEGEND</div>
 <div id="decision"></div>
 <div id="source" class="note"></div>
 <div id="row"><figure id="query" hidden><img id="query_img" alt="query"><figcaption>query</figcaption></figure>
@@ -62,31 +58,46 @@ PAGE_HTML = """<!doctype html>
 </body></html>
 """
 
-PAGE_CSS = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
-#drop { border: 2px dashed #888; padding: 1.2em; text-align: center; margin-bottom: 1em; }
-#drop.over { background: #eef; }
-.controls { margin-top: .6em; }
-.controls label { margin-right: 1em; }
-.narrow { width: 7em; } .tiny { width: 4em; }
-#row { display: flex; gap: 16px; margin-top: 1em; align-items: flex-start; }
-#results { display: flex; flex-wrap: wrap; gap: 8px; }
-figure { margin: 0; text-align: center; font-size: 12px; }
-figure img { height: 128px; border: 4px solid #aaa; display: block; }
-#query img { border-color: #333; }
-figure.within img { border-color: #2a2; } figure.beyond img { border-color: #c33; }
-.truth { height: 6px; margin-top: 2px; } .truth.same { background: #1f6fd1; } .truth.other { background: #f28e1c; }
-#legend { margin-top: .8em; font-size: 12px; color: #444; }
-.key { margin-right: 1.2em; white-space: nowrap; }
-.swatch { display: inline-block; width: 12px; height: 12px; border: 3px solid #aaa; vertical-align: middle;
-  margin-right: 4px; }
-.swatch.within { border-color: #2a2; } .swatch.beyond { border-color: #c33; }
-.bar { display: inline-block; width: 18px; height: 6px; vertical-align: middle; margin-right: 4px; }
-.bar.same { background: #1f6fd1; } .bar.other { background: #f28e1c; }
-#decision { font-size: 20px; font-weight: bold; margin-top: .8em; }
-.match { color: #2a2; } .nomatch { color: #c33; } .error { color: #c33; }
-#stats, .note { color: #666; font-size: 13px; }
-#add { margin-top: 2em; border-top: 1px solid #ddd; }
+# The legend's marks are classes (the CSP forbids inline styles); their colours are in PAGE_CSS.
+_MARK = {
+    colours.WITHIN: "swatch within",
+    colours.BEYOND: "swatch beyond",
+    colours.NO_DECISION: "swatch",
+    colours.SAME_PERSON: "bar same",
+    colours.OTHER_PERSON: "bar other",
+}
+LEGEND_HTML = "".join(
+    f'<span class="key"><span class="{_MARK[colour]}"></span>{kind}: {text}</span>'
+    for kind, colour, text in colours.LEGEND
+)
+PAGE_HTML = PAGE_HTML.replace("LEGEND", LEGEND_HTML, 1)
+
+PAGE_CSS = f"""
+body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
+#drop {{ border: 2px dashed #888; padding: 1.2em; text-align: center; margin-bottom: 1em; }}
+#drop.over {{ background: #eef; }}
+.controls {{ margin-top: .6em; }}
+.controls label {{ margin-right: 1em; }}
+.narrow {{ width: 7em; }} .tiny {{ width: 4em; }}
+#row {{ display: flex; gap: 16px; margin-top: 1em; align-items: flex-start; }}
+#results {{ display: flex; flex-wrap: wrap; gap: 8px; }}
+figure {{ margin: 0; text-align: center; font-size: 12px; }}
+figure img {{ height: 128px; border: 4px solid {colours.NO_DECISION}; display: block; }}
+#query img {{ border-color: {colours.QUERY}; }}
+figure.within img {{ border-color: {colours.WITHIN}; }} figure.beyond img {{ border-color: {colours.BEYOND}; }}
+.truth {{ height: 6px; margin-top: 2px; }}
+.truth.same {{ background: {colours.SAME_PERSON}; }} .truth.other {{ background: {colours.OTHER_PERSON}; }}
+#legend {{ margin-top: .8em; font-size: 12px; color: #444; }}
+.key {{ margin-right: 1.2em; white-space: nowrap; }}
+.swatch {{ display: inline-block; width: 12px; height: 12px; border: 3px solid {colours.NO_DECISION};
+  vertical-align: middle; margin-right: 4px; }}
+.swatch.within {{ border-color: {colours.WITHIN}; }} .swatch.beyond {{ border-color: {colours.BEYOND}; }}
+.bar {{ display: inline-block; width: 18px; height: 6px; vertical-align: middle; margin-right: 4px; }}
+.bar.same {{ background: {colours.SAME_PERSON}; }} .bar.other {{ background: {colours.OTHER_PERSON}; }}
+#decision {{ font-size: 20px; font-weight: bold; margin-top: .8em; }}
+.match {{ color: {colours.WITHIN}; }} .nomatch {{ color: {colours.BEYOND}; }} .error {{ color: {colours.BEYOND}; }}
+#stats, .note {{ color: #666; font-size: 13px; }}
+#add {{ margin-top: 2em; border-top: 1px solid #ddd; }}
 """
 
 PAGE_JS = r"""
