@@ -144,3 +144,16 @@ def test_owner_adds_are_saved_and_duplicates_counted(gallery):
     assert mismatch.status_code == 400 and "2 values for 1 images" in mismatch.json()["error"]
     bad_pid = c.post("/gallery", files=add_files(queries[2:3]), data={"pids": "-7"}, headers=owner())
     assert bad_pid.status_code == 400 and "pids" in bad_pid.json()["error"]
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(served):
+    """A 48-Mpixel PNG of zeros is a few tens of kB: refused from its header (413), not decoded."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 200_000  # under the upload limit: only the pixel count stops it
+    r = served["client"].post("/search", files={"file": ("bomb.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and r.json() == {"error": "bomb.png: 8000 x 6000 pixels is over the limit of 40000000"}

@@ -140,9 +140,8 @@ def create_app(
         if (file is None) == (gallery_index is None):
             raise RequestError(400, "send an image as 'file' or pick a gallery image with 'gallery_index', one of them")
         image = None
-        if file is not None:
-            image = service.decode_upload(await _read(file), file.filename or "upload")
-        # The embedding and the search run in a worker thread: the event loop stays free.
+        if file is not None:  # decoding, embedding and searching run in worker threads: the loop stays free
+            image = await run_in_threadpool(service.decode_upload, await _read(file), file.filename or "upload")
         return await run_in_threadpool(service.search, image, gallery_index, k, threshold, far, exclude_camera)
 
     @app.post("/gallery")
@@ -152,7 +151,7 @@ def create_app(
             raise RequestError(413, f"{len(files)} images in one add is over the limit of {MAX_ADD_FILES}")
         pid_list = parse_labels(pids, len(files), "pids", parse_pid)
         cam_list = parse_labels(cameras, len(files), "cameras", camera_id)
-        images = [service.decode_upload(await _read(f), f.filename or "upload") for f in files]
+        images = [await run_in_threadpool(service.decode_upload, await _read(f), f.filename or "upload") for f in files]
         return await run_in_threadpool(service.add, images, pid_list, cam_list)
 
     return app
