@@ -60,7 +60,9 @@ def test_search_an_upload_matches_the_library(served):
     feats = s.features
     brute = np.argsort(np.linalg.norm(feats - feats[3], axis=1), kind="stable")
     assert [h["index"] for h in picked["hits"]] == [i for i in brute if i != 3][:3] and picked["decision"] is None
+    assert picked == c.post("/search", data={"gallery_id": "3", "k": "3"}).json() | {"seconds": picked["seconds"]}
     assert picked["query"] == {
+        "id": 3,
         "index": 3,
         "pid": int(s.pids[3]),
         "camera": f"c{int(s.camids[3]) + 1}",
@@ -84,8 +86,9 @@ def test_far_reads_the_threshold_off_the_calibration(served):
         ({"file": ("t.jpg", b"hello, not an image", "image/jpeg")}, {}, 415, "t.jpg: not a readable image"),
         ({"file": ("big.jpg", b"\xff" * 200_001, "image/jpeg")}, {}, 413, "over the limit of 200000 bytes"),
         (None, {}, 400, "send an image"),
-        (None, {"gallery_index": "999"}, 404, "outside 0..35"),
-        (None, {"gallery_index": "x"}, 400, "gallery_index: "),
+        (None, {"gallery_index": "999"}, 404, "no gallery item 999 (ids are 0..35)"),
+        (None, {"gallery_id": "999"}, 404, "no gallery item 999"),
+        (None, {"gallery_id": "x"}, 400, "gallery_id must be an item id"),
         (None, {"gallery_index": "1", "exclude_camera": "7"}, 400, "c1, c2"),
         (None, {"gallery_index": "1", "exclude_camera": "c\u00b2"}, 400, "c1, c2"),
         (None, {"gallery_index": "1", "k": "0"}, 400, "k must be in 1..100"),

@@ -30,6 +30,7 @@ from reid_srdl.serve.service import (
     GalleryService,
     RequestError,
     camera_id,
+    parse_item_id,
     parse_labels,
     parse_pid,
 )
@@ -131,18 +132,20 @@ def create_app(
     @app.post("/search")
     async def search(
         file: Optional[UploadFile] = File(None),
-        gallery_index: Optional[int] = Form(None),
+        gallery_id: Optional[str] = Form(None),
+        gallery_index: Optional[str] = Form(None),  # the name of the first releases: the same thing
         k: str = Form("10"),
         threshold: str = Form(""),
         far: str = Form(""),
         exclude_camera: str = Form(""),
     ):
-        if (file is None) == (gallery_index is None):
-            raise RequestError(400, "send an image as 'file' or pick a gallery image with 'gallery_index', one of them")
+        picked = parse_item_id(gallery_id if gallery_id is not None else gallery_index)
+        if (file is None) == (picked is None):
+            raise RequestError(400, "send an image as 'file' or pick a gallery item with 'gallery_id', one of them")
         image = None
         if file is not None:  # decoding, embedding and searching run in worker threads: the loop stays free
             image = await run_in_threadpool(service.decode_upload, await _read(file), file.filename or "upload")
-        return await run_in_threadpool(service.search, image, gallery_index, k, threshold, far, exclude_camera)
+        return await run_in_threadpool(service.search, image, picked, k, threshold, far, exclude_camera)
 
     @app.post("/gallery")
     async def add(files: List[UploadFile] = File(...), pids: str = Form(""), cameras: str = Form("")):

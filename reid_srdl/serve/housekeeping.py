@@ -48,12 +48,13 @@ class ImageRoots:
                 roots.append(real)
         self.folders: List[str] = roots
 
-    def servable(self, path: Optional[str]) -> Optional[str]:
-        """The resolved path of ``path`` if it is an image file inside one of the folders, else None."""
+    def servable(self, path: Optional[str], extensions: Sequence[str] = IMAGE_EXTENSIONS) -> Optional[str]:
+        """The resolved path of ``path`` if it is a file with one of ``extensions`` (images by
+        default) inside one of the folders, else None."""
         if not path:
             return None
         real = os.path.realpath(path)
-        if not real.lower().endswith(IMAGE_EXTENSIONS) or not os.path.isfile(real):
+        if not real.lower().endswith(tuple(extensions)) or not os.path.isfile(real):
             return None
         if not any(os.path.commonpath([real, root]) == root for root in self.folders):
             return None

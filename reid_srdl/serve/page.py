@@ -19,6 +19,8 @@ grey without a threshold; a bar under the crop is the *ground truth* when both i
 are known -- blue for the same person, orange for another.
 """
 
+import json
+
 from reid_srdl.evaluation import colours
 
 PAGE_HTML = """<!doctype html>
@@ -29,7 +31,7 @@ PAGE_HTML = """<!doctype html>
 <p id="stats">loading...</p>
 <div id="drop">Drop a query image here, or <input type="file" id="file" accept="image/*"></div>
 <div class="controls">
-  <label>or gallery image # <input type="number" id="gallery_index" min="0" class="narrow">
+  <label>or gallery item <input type="text" id="gallery_id" class="narrow" title="a hit's id (its #id)">
     <button id="pick">search with it</button></label>
 </div>
 <div class="controls">
@@ -44,6 +46,16 @@ PAGE_HTML = """<!doctype html>
 <div id="source" class="note"></div>
 <div id="row"><figure id="query" hidden><img id="query_img" alt="query"><figcaption>query</figcaption></figure>
 <div id="results"></div></div>
+<div id="timeline_panel" hidden>
+  <h2>Where and when this person was seen</h2>
+  <p class="note" id="timeline_note"></p>
+  <div id="timeline"></div>
+</div>
+<div id="frame_view" hidden>
+  <h2>The frame <button id="frame_close">close</button></h2>
+  <p id="frame_caption" class="note"></p>
+  <div id="frame_wrap"><img id="frame_img" alt="the frame this crop was cut from"></div>
+</div>
 <div id="add" hidden>
   <h2>Add images to the gallery</h2>
   <p id="add_note" class="note"></p>
@@ -98,11 +110,22 @@ figure.within img {{ border-color: {colours.WITHIN}; }} figure.beyond img {{ bor
 .match {{ color: {colours.WITHIN}; }} .nomatch {{ color: {colours.BEYOND}; }} .error {{ color: {colours.BEYOND}; }}
 #stats, .note {{ color: #666; font-size: 13px; }}
 #add {{ margin-top: 2em; border-top: 1px solid #ddd; }}
+figure.hit img.clickable {{ cursor: pointer; }}
+figcaption span {{ display: block; }}
+.pickme {{ font-size: 11px; margin-top: 2px; }}
+#timeline_panel, #frame_view {{ margin-top: 1.5em; border-top: 1px solid #ddd; }}
+#timeline svg {{ font-size: 11px; font-family: sans-serif; }}
+#frame_wrap {{ position: relative; display: inline-block; max-width: 100%; }}
+#frame_wrap img {{ display: block; max-width: 100%; }}
+#frame_wrap svg {{ position: absolute; left: 0; top: 0; width: 100%; height: 100%; }}
 """
 
-PAGE_JS = r"""
+PAGE_JS = (
+    r"""
 'use strict';
 const TOKEN_KEY = 'reid_srdl_token';
+const SVG = 'http://www.w3.org/2000/svg';
+const COLOURS = COLOURS_JSON;
 const $ = (id) => document.getElementById(id);
 let chosen = null;
 let queryUrl = null;
@@ -119,6 +142,19 @@ let queryUrl = null;
 })();
 
 function ownerToken() { return sessionStorage.getItem(TOKEN_KEY); }
+
+// UTC seconds -> "2024-05-01 14:02:11 UTC" (every time on the page is UTC, as stored).
+function utc(ts) {
+  if (ts === null || ts === undefined) { return ''; }
+  return new Date(ts * 1000).toISOString().replace('T', ' ').replace(/\.\d+Z$/, '').replace('Z', '') + ' UTC';
+}
+
+function svg(tag, attrs, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) { el.setAttribute(k, v); }
+  if (text !== undefined) { el.textContent = text; }
+  return el;
+}
 
 async function loadStats() {
   const r = await fetch('/stats');
@@ -158,20 +194,31 @@ function showQuery(src) {
   if (src) { $('query_img').src = src; }
 }
 
-function caption(h) {
-  const parts = ['#' + h.rank, 'd=' + h.distance.toFixed(3)];
-  if (h.pid !== undefined && h.pid >= 0) { parts.push('pid ' + h.pid); }
-  if (h.camera) { parts.push(h.camera); }
-  return parts.join(' ');
+function decisionColour(h) {
+  if (h.within_threshold === undefined) { return COLOURS.none; }
+  return h.within_threshold ? COLOURS.within : COLOURS.beyond;
+}
+
+function captionOf(h) {
+  const cap = document.createElement('figcaption');
+  const line = (cls, text) => { const s = document.createElement('span'); s.className = cls; s.textContent = text;
+    cap.appendChild(s); };
+  line('rank', '#' + h.rank + ' d=' + h.distance.toFixed(3));
+  line('cam', h.camera || 'camera ?');
+  if (h.timestamp !== undefined && h.timestamp !== null) { line('time', utc(h.timestamp)); }
+  if (h.pid !== undefined && h.pid >= 0) { line('pid', 'pid ' + h.pid); }
+  line('id', '#' + h.id);
+  return cap;
 }
 
 function show(out) {
-  const queryPid = out.query ? out.query.pid : undefined;
   const d = $('decision');
+  $('frame_view').hidden = true;
   if (out.error) {
     d.className = 'error'; d.textContent = 'error: ' + out.error; $('results').innerHTML = '';
-    $('source').textContent = ''; return;
+    $('source').textContent = ''; $('timeline_panel').hidden = true; return;
   }
+  const queryPid = out.query ? out.query.pid : undefined;
   if (out.decision) {
     d.className = out.decision === 'match' ? 'match' : 'nomatch';
     d.textContent = out.decision + ' (nearest distance ' + (out.nearest_distance === null ? '-' :
@@ -182,7 +229,9 @@ function show(out) {
   for (const h of out.hits) {
     const fig = document.createElement('figure');
     fig.className = 'hit' + (h.within_threshold === undefined ? '' : (h.within_threshold ? ' within' : ' beyond'));
-    const img = document.createElement('img'); img.src = h.image_url; img.alt = 'gallery ' + h.index;
+    fig.dataset.id = String(h.id);
+    const img = document.createElement('img'); img.src = h.image_url; img.alt = 'gallery item ' + h.id;
+    if (h.frame_url) { img.className = 'clickable'; img.title = 'show the frame'; img.onclick = () => showFrame(h); }
     fig.appendChild(img);
     if (queryPid !== undefined && queryPid >= 0 && h.pid >= 0) {
       const bar = document.createElement('div');
@@ -190,17 +239,90 @@ function show(out) {
       bar.title = h.pid === queryPid ? 'same person' : 'another person';
       fig.appendChild(bar);
     }
-    const cap = document.createElement('figcaption'); cap.textContent = caption(h);
-    fig.appendChild(cap); box.appendChild(fig);
+    fig.appendChild(captionOf(h));
+    const again = document.createElement('button');
+    again.className = 'pickme'; again.textContent = 'search this person';
+    again.onclick = () => pick(String(h.id));
+    fig.appendChild(again);
+    box.appendChild(fig);
   }
+  drawTimeline(out);
 }
+
+// Cameras as rows, UTC time as x: every sighting within the threshold (not only the k shown).
+function drawTimeline(out) {
+  const panel = $('timeline_panel'); const host = $('timeline'); host.innerHTML = '';
+  const seen = (out.sightings || []).filter((s) => s.timestamp !== null && s.timestamp !== undefined);
+  panel.hidden = out.sightings === undefined || out.sightings === null;
+  if (panel.hidden) { return; }
+  if (!seen.length) {
+    $('timeline_note').textContent = 'no sighting within the threshold has a time';
+    return;
+  }
+  const cams = [...new Set(seen.map((s) => s.camera || 'camera ?'))].sort();
+  let t0 = Math.min(...seen.map((s) => s.timestamp)); let t1 = Math.max(...seen.map((s) => s.timestamp));
+  if (t1 === t0) { t0 -= 30; t1 += 30; }
+  const left = 90; const width = 720; const row = 26; const top = 10;
+  const height = top + row * cams.length + 34;
+  const root = svg('svg', {id: 'timeline_svg', width: left + width + 20, height: height,
+    viewBox: '0 0 ' + (left + width + 20) + ' ' + height});
+  const x = (t) => left + (t - t0) / (t1 - t0) * width;
+  cams.forEach((c, i) => {
+    const y = top + row * i + row / 2;
+    root.appendChild(svg('line', {x1: left, x2: left + width, y1: y, y2: y, stroke: '#ddd'}));
+    root.appendChild(svg('text', {x: left - 8, y: y + 4, 'text-anchor': 'end', class: 'camera'}, c));
+  });
+  const axisY = top + row * cams.length + 8;
+  root.appendChild(svg('line', {x1: left, x2: left + width, y1: axisY, y2: axisY, stroke: '#888'}));
+  root.appendChild(svg('text', {x: left, y: axisY + 16, class: 'start'}, utc(t0)));
+  root.appendChild(svg('text', {x: left + width, y: axisY + 16, 'text-anchor': 'end', class: 'end'}, utc(t1)));
+  for (const s of seen) {
+    const y = top + row * cams.indexOf(s.camera || 'camera ?') + row / 2;
+    const dot = svg('circle', {cx: x(s.timestamp), cy: y, r: 5, fill: COLOURS.within, class: 'sighting',
+      'data-id': String(s.id), 'data-camera': s.camera || '', 'data-timestamp': String(s.timestamp)});
+    dot.appendChild(svg('title', {}, (s.camera || 'camera ?') + ', ' + utc(s.timestamp) + ', d=' +
+      s.distance.toFixed(3)));
+    if (s.frame_url) { dot.addEventListener('click', () => showFrame(s)); dot.setAttribute('cursor', 'pointer'); }
+    root.appendChild(dot);
+  }
+  host.appendChild(root);
+  $('timeline_note').textContent = seen.length + ' sightings within the threshold, ' + cams.length +
+    ' cameras, from ' + utc(t0) + ' to ' + utc(t1) + (out.sightings_truncated ? ' (the nearest ones only)' : '');
+}
+
+// The whole frame the crop was cut from, its box drawn over it in the hit's decision colour.
+function showFrame(h) {
+  const view = $('frame_view'); const wrap = $('frame_wrap'); const img = $('frame_img');
+  const old = $('frame_svg'); if (old) { old.remove(); }
+  $('frame_caption').textContent = [h.camera || 'camera ?', utc(h.timestamp),
+    h.frame >= 0 ? 'frame ' + h.frame : 'still image', (h.source || '').split('/').pop()].filter((t) => t).join(', ');
+  img.onload = () => {
+    const w = img.naturalWidth; const hh = img.naturalHeight;
+    const over = svg('svg', {id: 'frame_svg', viewBox: '0 0 ' + w + ' ' + hh, preserveAspectRatio: 'none'});
+    if (h.box) {
+      over.appendChild(svg('rect', {id: 'frame_box', x: h.box[0], y: h.box[1], width: h.box[2], height: h.box[3],
+        fill: 'none', stroke: decisionColour(h), 'stroke-width': 3, 'vector-effect': 'non-scaling-stroke'}));
+    }
+    wrap.appendChild(over);
+  };
+  img.src = h.frame_url;
+  view.hidden = false;
+}
+$('frame_close').onclick = () => { $('frame_view').hidden = true; };
 
 async function run(f) {
   $('decision').className = ''; $('decision').textContent = 'searching...';
   try {
     const r = await fetch('/search', {method: 'POST', body: f});
-    show(await r.json());
+    const out = await r.json();
+    if (out.query && out.query.image_url) { showQuery(out.query.image_url); }
+    show(out);
   } catch (e) { show({error: String(e)}); }
+}
+
+function pick(id) {
+  $('gallery_id').value = id;
+  const f = form(); f.append('gallery_id', id); showQuery(null); run(f);
 }
 
 $('search').onclick = () => {
@@ -208,12 +330,7 @@ $('search').onclick = () => {
   showQuery(null); queryUrl = URL.createObjectURL(chosen); $('query').hidden = false; $('query_img').src = queryUrl;
   const f = form(); f.append('file', chosen); run(f);
 };
-$('pick').onclick = () => {
-  const index = $('gallery_index').value;
-  const f = form(); f.append('gallery_index', index);
-  showQuery('/image/' + encodeURIComponent(index));
-  run(f);
-};
+$('pick').onclick = () => pick($('gallery_id').value.trim());
 $('file').onchange = (e) => { chosen = e.target.files[0]; $('search').click(); };
 const drop = $('drop');
 drop.ondragover = (e) => { e.preventDefault(); drop.classList.add('over'); };
@@ -239,3 +356,7 @@ $('add_button').onclick = async () => {
 
 loadStats();
 """
+).replace(
+    "COLOURS_JSON",
+    json.dumps({"within": colours.WITHIN, "beyond": colours.BEYOND, "none": colours.NO_DECISION}),
+)

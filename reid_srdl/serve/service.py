@@ -58,6 +58,16 @@ def parse_k(text) -> int:
     return k
 
 
+def parse_item_id(text: Optional[str]) -> Optional[int]:
+    """A gallery item's id from a form field (None when the field is absent or empty)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise RequestError(400, f"gallery_id must be an item id (a whole number); got {str(text)[:40]!r}") from None
+
+
 def parse_threshold(threshold: str, far: str) -> dict:
     """``search`` options from the form fields: at most one of threshold ("calibrated" or a
     finite distance >= 0) and far (a finite fraction); empty fields mean "not given"."""
@@ -230,7 +240,7 @@ class GalleryService:
         start = time.perf_counter()
         if gallery_index is not None:
             if not 0 <= gallery_index < len(s):
-                raise RequestError(404, f"gallery index {gallery_index} is outside 0..{len(s) - 1}")
+                raise RequestError(404, f"no gallery item {gallery_index} (ids are 0..{len(s) - 1})")
             feats = s.gallery.features[gallery_index : gallery_index + 1]
             # The picked image is left out of its own results (it would be its own match at 0).
             result = s.search(feats, k=min(k + 1, len(s)), **options)[0]
@@ -241,11 +251,13 @@ class GalleryService:
         self.queries += 1
         out = result.to_dict()
         for hit in out["hits"]:
+            hit["id"] = hit["index"]
             hit["image_url"] = f"/image/{hit['index']}"
         if gallery_index is not None:  # what the page needs to mark the hits of the same person
             pids, camids, _ = s.gallery.items(np.array([gallery_index]))
             pid, camid = int(pids[0]), int(camids[0])
             out["query"] = {
+                "id": gallery_index,
                 "index": gallery_index,
                 "pid": pid,
                 "camera": camera_name(camid),
