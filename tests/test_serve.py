@@ -159,4 +159,5 @@ def test_a_decompression_bomb_is_refused_before_it_is_decoded(served):
     Image.new("L", (8000, 6000)).save(buf, format="PNG")
     assert len(buf.getvalue()) < 200_000  # under the upload limit: only the pixel count stops it
     r = served["client"].post("/search", files={"file": ("bomb.png", buf.getvalue(), "image/png")})
-    assert r.status_code == 413 and r.json() == {"error": "bomb.png: 8000 x 6000 pixels is over the limit of 40000000"}
+    error = r.json()["error"]
+    assert r.status_code == 413 and error.startswith("bomb.png: 8000 x 6000 = 48,000,000 pixels is over the limit of")

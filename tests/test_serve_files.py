@@ -87,10 +87,7 @@ def test_a_rejected_add_leaves_no_files(gallery):
     good = add_files(gallery["queries"][:2])
     bad = [("files", ("broken.jpg", b"not an image", "image/jpeg"))]
     r = client.post("/gallery", files=good + bad, headers=owner())
-    assert (
-        r.status_code == 415
-        and r.json()["error"] == "broken.jpg: not a readable image (not a format Pillow can identify)"
-    )
+    assert r.status_code == 415 and r.json()["error"].startswith("broken.jpg: not a readable image (cannot identify")
     r = client.post("/gallery", files=good, data={"cameras": "c1,c\u00b2"}, headers=owner())
     assert r.status_code == 400 and "cameras: a camera is written c1" in r.json()["error"]
     assert files_in(gallery["tmp"] / "uploads") == [] and len(ReIDSearcher.load(gallery["file"])) == 36

@@ -10,16 +10,18 @@ for one click at a time, a seek + decode costs tens of milliseconds, and a store
 crop would cost far more disk than the crops themselves (a 768x576 JPEG is ~60 kB, against
 ~5 kB for a crop) for footage that is already on disk.  Decodes are bounded: at most
 ``max_concurrent`` at once (others wait up to ``wait_seconds``, then 503), frames over
-:data:`~reid_srdl.serve.service.MAX_PIXELS` are refused, and the last few frames are cached.
+:data:`reid_srdl.core.limits.MAX_IMAGE_PIXELS` are refused, and the last few frames are cached.
 """
 
 import collections
+import os
 import threading
 from typing import Optional, Tuple
 
+from reid_srdl.core import limits
 from reid_srdl.search.labels import IMAGE_EXTENSIONS
 from reid_srdl.serve.housekeeping import ImageRoots
-from reid_srdl.serve.service import MAX_PIXELS, RequestError
+from reid_srdl.serve.service import RequestError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 JPEG_QUALITY = 90
@@ -92,8 +94,10 @@ class FrameReader:
         if frame is None:
             raise RequestError(404, f"the source {what} of this item does not decode")
         height, width = frame.shape[:2]
-        if width * height > MAX_PIXELS:
-            raise RequestError(413, f"the frame is {width} x {height} pixels, over the limit of {MAX_PIXELS}")
+        if width * height > limits.MAX_IMAGE_PIXELS:
+            raise RequestError(
+                413, f"the frame is {width} x {height} pixels, over the limit of {limits.MAX_IMAGE_PIXELS}"
+            )
         ok, data = cv2.imencode(".jpg", frame, [int(cv2.IMWRITE_JPEG_QUALITY), JPEG_QUALITY])
         if not ok:
             raise RequestError(500, "the frame could not be encoded as JPEG")
@@ -101,16 +105,19 @@ class FrameReader:
 
 
 def _read_still(path: str):
-    """An image file as BGR, its size checked from the header before it is decoded."""
+    """An image file as BGR (None if it does not decode), its size checked from the header
+    before it is decoded (the project's one decoder)."""
     import cv2
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+
+    from reid_srdl.core.images import ImageRejected, decode_rgb
 
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise RequestError(413, f"the image is {im.width} x {im.height} pixels, over the limit of {MAX_PIXELS}")
-            rgb = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        rgb = np.asarray(decode_rgb(path))
+    except ImageRejected as e:
+        if e.too_large:
+            raise RequestError(413, f"the image {os.path.basename(path)}: {e.reason}") from None
+        return None
+    except OSError:
         return None
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

@@ -28,7 +28,6 @@ from reid_srdl.serve.housekeeping import ImageRoots, default_image_roots
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 8 << 20
-MAX_PIXELS = 40_000_000  # a decompression bomb is refused before it is decoded
 MAX_K = 100
 MAX_ADD_FILES = 64
 MAX_NAME_CHARS = 80
@@ -194,8 +193,9 @@ class GalleryService:
 
     # ------------------------------------------------------------------ uploads
     def decode_upload(self, data: bytes, name: str):
-        """An RGB PIL image from uploaded bytes, or a RequestError with the HTTP status."""
-        from PIL import Image, UnidentifiedImageError
+        """An RGB PIL image from uploaded bytes, or a RequestError with the HTTP status (the
+        project's one decoder: the pixel count is checked before any pixel is decoded)."""
+        from reid_srdl.core.images import ImageRejected, decode_rgb
 
         name = _shown_name(name)
         if not data:
@@ -203,20 +203,11 @@ class GalleryService:
         if len(data) > self.max_upload_bytes:
             raise RequestError(413, f"{name}: the upload is over the limit of {self.max_upload_bytes} bytes")
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise RequestError(
-                        413, f"{name}: {im.width} x {im.height} pixels is over the limit of {MAX_PIXELS}"
-                    )
-                return im.convert("RGB")
-        except RequestError:
-            raise
-        except UnidentifiedImageError:
-            raise RequestError(415, f"{name}: not a readable image (not a format Pillow can identify)") from None
-        except Image.DecompressionBombError:
-            raise RequestError(413, f"{name}: over the limit of {MAX_PIXELS} pixels") from None
-        except (OSError, ValueError, SyntaxError) as e:
-            raise RequestError(415, f"{name}: not a readable image ({e})") from None
+            return decode_rgb(io.BytesIO(data))
+        except ImageRejected as e:  # the reason names no BytesIO object: the upload is named here
+            if e.too_large:
+                raise RequestError(413, f"{name}: {e.reason}") from None
+            raise RequestError(415, f"{name}: not a readable image ({e.reason})") from None
 
     # ------------------------------------------------------------------ operations
     def search(
