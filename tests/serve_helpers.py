@@ -80,3 +80,85 @@ def files_in(folder) -> list:
     if not os.path.isdir(folder):
         return []
     return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+# ----------------------------------------------------------------------------- footage in a store
+FPS = 10.0
+T0 = 1714572131.0  # 2024-05-01T14:02:11Z
+FRAME_SIZE = (96, 72)  # width, height
+
+
+def frame_pixels(i: int):
+    """Frame ``i`` of the test video (BGR): a background whose brightness and a person-like
+    block whose place depend on ``i``, so that every frame differs from its neighbours."""
+    import numpy as np
+
+    w, h = FRAME_SIZE
+    img = np.full((h, w, 3), 20 + 6 * i, dtype=np.uint8)
+    x = 4 + 4 * i
+    img[10:60, x : x + 20] = (40 + 9 * i, 200 - 7 * i, 90)
+    return img
+
+
+def frame_box(i: int):
+    return (4 + 4 * i, 10, 20, 50)
+
+
+def write_video(path: str, frames: int = 16) -> str:
+    import cv2
+
+    out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), FPS, FRAME_SIZE)
+    assert out.isOpened(), "OpenCV cannot write MJPG"
+    for i in range(frames):
+        out.write(frame_pixels(i))
+    out.release()
+    return path
+
+
+def build_store(gallery: dict, location: str, cameras=("c1", "c2"), frames=(2, 5, 9, 14), **store_options):
+    """A gallery store at ``location`` (a folder, a *.db, or a server URI) holding crops cut
+    from a test video (camera, UTC time, frame, box, stored crop) and the Market crops of
+    ``gallery`` (still images), embedded by its model.  Returns the video, its items, every
+    item and their vectors (in the order added)."""
+    import cv2
+
+    from reid_srdl.search import provenance
+    from reid_srdl.search.embedder import Embedder
+    from reid_srdl.search.stores import GalleryItem, open_store
+
+    tmp = gallery["tmp"]
+    os.makedirs(tmp / "footage", exist_ok=True)
+    video = write_video(str(tmp / "footage" / "cam.avi"))
+    embedder = Embedder(gallery["model"])
+    store = open_store(location, dim=8, create=True, **store_options)
+    try:
+        crop_dir = store.crop_dir or str(tmp / "crops")
+        os.makedirs(crop_dir, exist_ok=True)
+        items, crops = [], []
+        for n, i in enumerate(frames):
+            x, y, w, h = frame_box(i)
+            crop = os.path.join(crop_dir, f"f{i:03d}.png")
+            cv2.imwrite(crop, frame_pixels(i)[y : y + h, x : x + w])
+            crops.append(crop)
+            items.append(
+                GalleryItem(
+                    source=video,
+                    camera=cameras[n % len(cameras)],
+                    timestamp=T0 + i / FPS,
+                    frame=i,
+                    box=frame_box(i),
+                    track=1,
+                    pid=7,
+                    crop=crop,
+                )
+            )
+        stills = gallery["paths"]
+        pids = [int(os.path.basename(p).split("_")[0]) for p in stills]
+        cams = [os.path.basename(p).split("_")[1][:2] for p in stills]
+        items += [GalleryItem(source=p, camera=c, pid=pid) for p, c, pid in zip(stills, cams, pids)]
+        vectors = embedder.embed_files(crops + list(stills))[0]
+        assert store.add(vectors, items) == len(items)
+        store.set_meta(provenance.record(store.get_meta(), embedder, store.location, False))
+    finally:
+        store.close()
+    return {"video": video, "video_items": items[: len(frames)], "items": items, "vectors": vectors}

@@ -134,3 +134,34 @@ def test_a_real_server_prints_the_owners_link_and_only_the_owner_adds(gallery, t
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_where_adds_go(tmp_path):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(upload_dir=None)
+    folder_store = SimpleNamespace(crop_dir=str(tmp_path / "store" / "crops"))
+    assert serve.upload_folder(args, folder_store, None) == str(tmp_path / "store" / "crops" / "uploads")
+    npz_store = SimpleNamespace(crop_dir=None)
+    assert serve.upload_folder(args, npz_store, str(tmp_path / "g.npz")) == str(tmp_path / "uploads")
+    assert serve.upload_folder(args, npz_store, None) is None  # a Milvus server without a crops folder
+    given = SimpleNamespace(upload_dir="shared/uploads")
+    assert serve.upload_folder(given, folder_store, None) == os.path.abspath("shared/uploads")
+
+
+def test_adds_to_a_milvus_server_need_an_upload_folder(capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    closed = []
+    fake = SimpleNamespace(store=SimpleNamespace(crop_dir=None, engine="milvus"), close=lambda: closed.append(1))
+    monkeypatch.setattr("reid_srdl.search.ReIDSearcher.load", lambda *a, **k: fake)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = ["--store", "http://127.0.0.1:19530", "--model", "m.pt", "--port", str(port), "--allow-add"]
+    code, out, err = _run(capsys, argv)
+    assert code == 2 and out == "" and closed == [1]
+    assert err == (
+        "error: --allow-add: http://127.0.0.1:19530 keeps no crops folder of its own; give --upload-dir DIR "
+        "(a folder every server of this gallery can read)\n"
+    )

@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 from reid_srdl.core import limits
 from reid_srdl.search.labels import IMAGE_EXTENSIONS
 from reid_srdl.serve.housekeeping import ImageRoots
-from reid_srdl.serve.service import RequestError
+from reid_srdl.serve.requests import RequestError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 JPEG_QUALITY = 90
@@ -58,10 +58,10 @@ class FrameReader:
         """``(jpeg, width, height)`` of the frame ``item`` (a GalleryItem) was cut from."""
         if item.frame >= 0:
             path = self.roots.servable(item.source, VIDEO_EXTENSIONS)
-            what = f"video {item.frame}"
+            what = f"frame {item.frame} of the video"
         else:
             path = self.roots.servable(item.source, IMAGE_EXTENSIONS)
-            what = "image"
+            what = "the image"
         if path is None:
             raise RequestError(
                 403, "this item's source is not a video or image file inside the folders this server may serve"
@@ -92,7 +92,7 @@ class FrameReader:
         else:
             frame = _read_still(path)
         if frame is None:
-            raise RequestError(404, f"the source {what} of this item does not decode")
+            raise RequestError(404, f"{what} {os.path.basename(path)} does not decode")
         height, width = frame.shape[:2]
         if width * height > limits.MAX_IMAGE_PIXELS:
             raise RequestError(

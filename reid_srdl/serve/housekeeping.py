@@ -1,36 +1,35 @@
 """The server's files: which folders it may serve images from, the lock that keeps a second
-writer off its gallery, and the partial files a killed server left behind.
+writer off an ``.npz`` gallery, and the partial uploads a killed server left behind.
 
 Image folders come from the operator (``--image-root``), never from the gallery: a gallery
 file is data that anyone may have written, and a gallery that lists ``/etc/passwd`` must not
-turn ``GET /image/{i}`` into a file read.  Without ``--image-root`` the server serves the
-gallery's own folder and its upload folder.  Within those folders only image files
-(:data:`~reid_srdl.search.labels.IMAGE_EXTENSIONS`) are served, symlinks resolved first.
+turn ``GET /image/{id}`` into a file read.  Without ``--image-root`` the server serves the
+gallery's own folder, the crops folder its store owns and its upload folder.  Within those
+folders only image files (:data:`~reid_srdl.search.labels.IMAGE_EXTENSIONS`; videos for
+``/frame``) are served, symlinks resolved first.
 
-A writing server holds an exclusive lock (``fcntl.flock`` on a hidden ``.NAME.lock`` beside
-the gallery) for its lifetime: a second server adding to the same gallery file would
-overwrite the first one's adds with its own copy.  Holding that lock, it removes the partial
-files of an earlier server that was killed mid-write: the full-size temporary gallery
-(``.NAME.XXXXXXXX.tmp``, written by :func:`reid_srdl.core.files.atomic_path` before the
-rename) and half-written uploads (``.HASH.png.XXXXXXXX.tmp.png``).  Only names of exactly
-those shapes are touched.
+A server that adds to an ``.npz`` gallery holds an exclusive lock (``fcntl.flock`` on a
+hidden ``.NAME.lock`` beside it) for its lifetime: the file is rewritten whole from memory
+after each add, so a second writing server would overwrite the first one's adds.  (Stores
+need no such lock: their adds are durable and several processes may make them.)
+
+Uploads are written as the stores write their files (a hidden temporary file, locked by its
+writer until the rename: :func:`~reid_srdl.search.stores.npyfiles.write_durable`), so at
+start-up the temporary files of the upload folder that nobody holds are the leftovers of a
+killed server, and are removed; a live writer's are not.  (The full-size temporary file of an
+``.npz`` save killed midway is removed the same way when the gallery is loaded.)
 """
 
-import contextlib
 import fcntl
 import logging
 import os
-import re
 from typing import Iterable, List, Optional, Sequence
 
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.search.labels import IMAGE_EXTENSIONS
+from reid_srdl.search.stores.npyfiles import remove_stale_temps
 
 log = logging.getLogger(__name__)
-
-# mkstemp's random part: 8 characters of [a-z0-9_] (tempfile's alphabet).
-_RANDOM = r"[a-z0-9_]{8}"
-_UPLOAD_PARTIAL = re.compile(r"\.[0-9a-f]{32,64}\.png\." + _RANDOM + r"\.tmp\.png")
 
 
 class GalleryInUseError(ReidSrdlError):
@@ -65,34 +64,19 @@ class ImageRoots:
         return sum(self.servable(p) is None for p in paths)
 
 
-def default_image_roots(gallery_path: Optional[str], upload_dir: Optional[str]) -> List[str]:
-    """The gallery file's own folder and the upload folder (those that are given)."""
+def default_image_roots(store, gallery_path: Optional[str], upload_dir: Optional[str]) -> List[str]:
+    """The gallery's own folder (an ``.npz`` file's folder, a store folder), the folder of
+    the crops the store owns, and the upload folder -- those that exist for this gallery."""
     roots = []
     if gallery_path:
         roots.append(os.path.dirname(os.path.abspath(gallery_path)))
+    elif store is not None and getattr(store, "engine", "") == "faiss":
+        roots.append(store.location)
+    if store is not None and store.crop_dir:
+        roots.append(store.crop_dir)
     if upload_dir:
         roots.append(upload_dir)
     return roots
-
-
-def _partial_pattern(gallery_path: str) -> "re.Pattern[str]":
-    name = re.escape(os.path.basename(gallery_path))
-    return re.compile(r"\." + name + r"\." + _RANDOM + r"\.tmp")
-
-
-def stale_partials(gallery_path: Optional[str], upload_dir: Optional[str]) -> List[str]:
-    """The leftover partial files of this gallery and upload folder (see the module docstring)."""
-    found = []
-    if gallery_path:
-        folder = os.path.dirname(os.path.abspath(gallery_path))
-        pattern = _partial_pattern(gallery_path)
-        with contextlib.suppress(FileNotFoundError):
-            found += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if pattern.fullmatch(f)]
-    if upload_dir:
-        with contextlib.suppress(FileNotFoundError):
-            names = sorted(os.listdir(upload_dir))
-            found += [os.path.join(upload_dir, f) for f in names if _UPLOAD_PARTIAL.fullmatch(f)]
-    return [p for p in found if os.path.isfile(p) and not os.path.islink(p)]
 
 
 class GalleryLock:
@@ -123,36 +107,25 @@ class GalleryLock:
 def clean_up_after_a_killed_server(
     gallery_path: Optional[str], upload_dir: Optional[str], writer: bool
 ) -> Optional[GalleryLock]:
-    """Remove the partial files an earlier, killed server left behind; returns the lock a
-    writing server keeps (None for a read-only one, or without a gallery file).
+    """Remove the partial uploads an earlier, killed server left behind, and take the lock a
+    server adding to an ``.npz`` gallery keeps (returned; None otherwise).
 
-    A writer that cannot take the lock stops with :class:`GalleryInUseError`; a reader that
-    cannot take it leaves the files alone (they belong to the live writer).
+    A writer that cannot take the lock stops with :class:`GalleryInUseError`.
     """
-    if not gallery_path:
-        return None
-    lock = GalleryLock(gallery_path)
-    try:
-        held = lock.acquire()
-    except OSError as e:
-        if writer:
+    lock = None
+    if gallery_path and writer:
+        lock = GalleryLock(gallery_path)
+        try:
+            held = lock.acquire()
+        except OSError as e:
             raise GalleryInUseError(f"cannot lock {gallery_path} for writing ({lock.path}: {e.strerror})") from None
-        return None  # a read-only folder: nothing of ours can be in it
-    if not held:
-        if writer:
+        if not held:
             raise GalleryInUseError(
                 f"another server is adding images to {gallery_path} (it holds {lock.path}); a second writer would "
                 "overwrite its adds: stop it, or start this one without --allow-add"
             )
-        return None
-    for path in stale_partials(gallery_path, upload_dir):
-        try:
-            size = os.path.getsize(path)
-            os.remove(path)
-            log.warning("removed %s (%d bytes), a partial file left by a server that was stopped mid-write", path, size)
-        except OSError as e:
-            log.warning("could not remove the partial file %s: %s", path, e.strerror)
-    if writer:
-        return lock
-    lock.release()
-    return None
+    if upload_dir:
+        removed = remove_stale_temps(upload_dir)
+        if removed:
+            log.warning("removed %d partial upload(s) from %s, left by a server stopped mid-write", removed, upload_dir)
+    return lock

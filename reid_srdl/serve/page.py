@@ -115,8 +115,9 @@ figcaption span {{ display: block; }}
 .pickme {{ font-size: 11px; margin-top: 2px; }}
 #timeline_panel, #frame_view {{ margin-top: 1.5em; border-top: 1px solid #ddd; }}
 #timeline svg {{ font-size: 11px; font-family: sans-serif; }}
-#frame_wrap {{ position: relative; display: inline-block; max-width: 100%; }}
-#frame_wrap img {{ display: block; max-width: 100%; }}
+#frame_wrap {{ position: relative; display: inline-block; width: min(960px, 100%); }}
+#frame_wrap img {{ display: block; width: 100%; height: auto; }}
+figcaption .id {{ color: #999; font-size: 10px; }}
 #frame_wrap svg {{ position: absolute; left: 0; top: 0; width: 100%; height: 100%; }}
 """
 
@@ -160,14 +161,16 @@ async function loadStats() {
   const r = await fetch('/stats');
   const s = await r.json();
   if (!r.ok) { $('stats').textContent = 'error: ' + s.error; return; }
-  $('stats').textContent = s.images + ' images, ' + s.identities + ' identities, cameras ' +
-    (s.cameras.join(', ') || 'unknown') + '; model ' + s.model +
+  // Identities and cameras are counted by a scan, left out (null) for very large galleries.
+  const counted = s.cameras !== null && s.cameras !== undefined;
+  $('stats').textContent = s.images + ' images' + (counted ? ', ' + s.identities + ' identities, cameras ' +
+    (s.cameras.join(', ') || 'unknown') : '') + '; model ' + s.model +
     (s.calibration ? '; calibrated threshold ' + s.calibration.threshold.toFixed(3) + ' at FAR ' +
       (100 * s.calibration.far) + '%' : '; no calibrated threshold');
   if (!s.calibration) { $('threshold').value = ''; }
   const select = $('camera');
   while (select.options.length > 1) { select.remove(1); }
-  for (const c of s.cameras) {
+  for (const c of (s.cameras || [])) {
     const o = document.createElement('option'); o.value = c; o.textContent = c; select.appendChild(o);
   }
   showAddPanel(s.can_add);
@@ -207,7 +210,7 @@ function captionOf(h) {
   line('cam', h.camera || 'camera ?');
   if (h.timestamp !== undefined && h.timestamp !== null) { line('time', utc(h.timestamp)); }
   if (h.pid !== undefined && h.pid >= 0) { line('pid', 'pid ' + h.pid); }
-  line('id', '#' + h.id);
+  line('id', '#' + h.id_str);
   return cap;
 }
 
@@ -229,8 +232,8 @@ function show(out) {
   for (const h of out.hits) {
     const fig = document.createElement('figure');
     fig.className = 'hit' + (h.within_threshold === undefined ? '' : (h.within_threshold ? ' within' : ' beyond'));
-    fig.dataset.id = String(h.id);
-    const img = document.createElement('img'); img.src = h.image_url; img.alt = 'gallery item ' + h.id;
+    fig.dataset.id = h.id_str;
+    const img = document.createElement('img'); img.src = h.image_url; img.alt = 'gallery item ' + h.id_str;
     if (h.frame_url) { img.className = 'clickable'; img.title = 'show the frame'; img.onclick = () => showFrame(h); }
     fig.appendChild(img);
     if (queryPid !== undefined && queryPid >= 0 && h.pid >= 0) {
@@ -242,7 +245,7 @@ function show(out) {
     fig.appendChild(captionOf(h));
     const again = document.createElement('button');
     again.className = 'pickme'; again.textContent = 'search this person';
-    again.onclick = () => pick(String(h.id));
+    again.onclick = () => pick(h.id_str);
     fig.appendChild(again);
     box.appendChild(fig);
   }
@@ -279,7 +282,7 @@ function drawTimeline(out) {
   for (const s of seen) {
     const y = top + row * cams.indexOf(s.camera || 'camera ?') + row / 2;
     const dot = svg('circle', {cx: x(s.timestamp), cy: y, r: 5, fill: COLOURS.within, class: 'sighting',
-      'data-id': String(s.id), 'data-camera': s.camera || '', 'data-timestamp': String(s.timestamp)});
+      'data-id': s.id_str, 'data-camera': s.camera || '', 'data-timestamp': String(s.timestamp)});
     dot.appendChild(svg('title', {}, (s.camera || 'camera ?') + ', ' + utc(s.timestamp) + ', d=' +
       s.distance.toFixed(3)));
     if (s.frame_url) { dot.addEventListener('click', () => showFrame(s)); dot.setAttribute('cursor', 'pointer'); }

@@ -1,128 +1,49 @@
-"""The state behind the web app: the searcher, its gallery file, the served folders, counters.
+"""What the web app does with a gallery: search it, add the owner's images to it, describe it,
+and say which file a request may see -- over any gallery store (a folder, Milvus Lite or a
+Milvus server, or an ``.npz`` file of the first releases) through :class:`ReIDSearcher`.
 
-Every refusal is a :class:`RequestError` carrying its HTTP status and one line of text.  A
-request's parameters are checked before any image is embedded; an add embeds its images
-before it writes a file, writes uploads under names made from their pixels (the same image
-added twice is the same file and is counted as a duplicate, not added again), and removes
-what it wrote if anything after that fails.
+Every refusal is a :class:`~reid_srdl.serve.requests.RequestError` carrying its HTTP status
+and one line.  A request's fields are checked before any image is embedded.  An add embeds
+its images before it writes a file, stores them under names made from their pixels (the
+same image added twice is the same item and is counted as a duplicate, not added again), and
+removes what it wrote if anything after that fails.
 """
 
 import hashlib
 import io
 import logging
-import math
 import os
 import threading
 import time
-from dataclasses import replace
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from reid_srdl.core.errors import ReidSrdlError
-from reid_srdl.core.files import atomic_path
-from reid_srdl.search.gallery import camera_name
-from reid_srdl.search.labels import LabelError, parse_camera
-from reid_srdl.serve.housekeeping import ImageRoots, default_image_roots
+from reid_srdl.search.decisions import keep_hits
+from reid_srdl.search.results import result_of
+from reid_srdl.search.stores.base import GalleryItem, StoreError
+from reid_srdl.search.stores.npyfiles import write_durable
+from reid_srdl.serve.housekeeping import ImageRoots
+from reid_srdl.serve.requests import (
+    RequestError,
+    parse_k,
+    parse_threshold,
+    search_filter,
+    shown_name,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 8 << 20
-MAX_K = 100
 MAX_ADD_FILES = 64
-MAX_NAME_CHARS = 80
-
-
-class RequestError(ReidSrdlError):
-    """A request the server refuses, with its HTTP status."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def _shown_name(name: str) -> str:
-    """A client's file name as it may appear in a message (bounded, one line)."""
-    name = " ".join(str(name).split()) or "upload"
-    return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 3] + "..."
-
-
-def parse_k(text) -> int:
-    try:
-        k = int(str(text).strip())
-    except ValueError:
-        raise RequestError(400, f"k must be an integer in 1..{MAX_K}; got {str(text)[:40]!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise RequestError(400, f"k must be in 1..{MAX_K}; got {k}")
-    return k
-
-
-def parse_item_id(text: Optional[str]) -> Optional[int]:
-    """A gallery item's id from a form field (None when the field is absent or empty)."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        raise RequestError(400, f"gallery_id must be an item id (a whole number); got {str(text)[:40]!r}") from None
-
-
-def parse_threshold(threshold: str, far: str) -> dict:
-    """``search`` options from the form fields: at most one of threshold ("calibrated" or a
-    finite distance >= 0) and far (a finite fraction); empty fields mean "not given"."""
-    thr, far = (threshold or "").strip(), (far or "").strip()
-    if thr and far:
-        raise RequestError(400, f"give threshold or far, not both (got threshold={thr[:40]!r}, far={far[:40]!r})")
-    if far:
-        try:
-            value = float(far)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or not 0 < value < 1:
-            raise RequestError(400, f"far must be a false accept rate between 0 and 1 (e.g. 0.05); got {far[:40]!r}")
-        return {"far": value}
-    if not thr:
-        return {}
-    if thr == "calibrated":
-        return {"threshold": "calibrated"}
-    try:
-        value = float(thr)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise RequestError(
-            400, f"threshold must be 'calibrated', a finite distance >= 0, or empty for none; got {thr[:40]!r}"
-        )
-    return {"threshold": value}
-
-
-def parse_labels(text: Optional[str], n: int, what: str, parse) -> Optional[List[int]]:
-    """Comma-separated values, one per image (None when the field is empty)."""
-    if not text:
-        return None
-    items = [t.strip() for t in text.split(",")]
-    if len(items) != n:
-        raise RequestError(400, f"{what}: {len(items)} values for {n} images")
-    try:
-        return [parse(t) for t in items]
-    except (ValueError, LabelError) as e:
-        raise RequestError(400, f"{what}: {e}") from None
-
-
-def camera_id(text: str) -> int:
-    """``"c1"`` -> 0, as :func:`~reid_srdl.search.labels.parse_camera`, with "c\u00b2" refused
-    as a camera name rather than crashing ``int()`` (``str.isdigit`` accepts superscripts)."""
-    digits = str(text).strip()[1:]
-    if not (digits.isascii() and digits.isdigit()):
-        raise LabelError(f"a camera is written c1, c2, ... as in Market-1501 file names; got {str(text)[:40]!r}")
-    return parse_camera(text)
-
-
-def parse_pid(text: str) -> int:
-    pid = int(text)
-    if pid < -1:
-        raise ValueError(f"a pid is a number >= 0 (-1: unknown); got {pid}")
-    return pid
+# With a threshold, one search also fetches this many neighbours for the timeline: every
+# sighting within the threshold among them (the page says when the list was cut there).
+TIMELINE_K = 500
+# /stats counts identities and cameras by scanning the gallery: at most this often, and only
+# for galleries up to this size (beyond, the counts are left out rather than stall the page).
+STATS_SECONDS = 60.0
+STATS_MAX_ITEMS = 200_000
+CALIBRATION_FIELDS = ("threshold", "far", "tar", "dir", "source")
 
 
 def content_name(image) -> str:
@@ -132,28 +53,12 @@ def content_name(image) -> str:
     return digest.hexdigest()[:32] + ".png"
 
 
-def _subset(result, keep: np.ndarray, k: int):
-    """The first ``k`` hits of ``result`` where ``keep``, with the decision made again."""
-    idx = np.flatnonzero(keep)[:k]
-    return replace(
-        result,
-        distances=result.distances[idx],
-        pids=result.pids[idx],
-        camids=result.camids[idx],
-        paths=None if result.paths is None else [result.paths[i] for i in idx],
-        indices=result.indices[idx],
-        accepted=None if result.accepted is None else result.accepted[idx],
-        decision=None
-        if result.decision is None
-        else ("match" if len(idx) and result.distances[idx[0]] <= result.threshold else "no match"),
-    )
-
-
 class GalleryService:
     """The searcher and what the server does with it.
 
-    ``upload_dir``: where adds are stored (None: no adds).  ``image_roots``: the folders
-    ``/image`` may serve (default: the gallery file's folder and ``upload_dir``).
+    ``gallery_path``: an ``.npz`` gallery file rewritten after each add (None for a store,
+    whose adds are durable by themselves).  ``upload_dir``: where adds are stored (None: no
+    adds).  ``image_roots``: the folders ``/image`` and ``/frame`` may read.
     """
 
     def __init__(
@@ -161,7 +66,7 @@ class GalleryService:
         searcher,
         gallery_path: Optional[str] = None,
         upload_dir: Optional[str] = None,
-        image_roots: Optional[Sequence[str]] = None,
+        image_roots: Sequence[str] = (),
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     ):
         self.searcher = searcher
@@ -170,26 +75,36 @@ class GalleryService:
         self.upload_dir = upload_dir
         if upload_dir:
             os.makedirs(upload_dir, exist_ok=True)
-        if image_roots is None:
-            image_roots = default_image_roots(gallery_path, upload_dir)
         self.roots = ImageRoots(image_roots)
-        self.write_lock = threading.Lock()  # adds and saves, one at a time
+        self.write_lock = threading.Lock()  # this process's adds (and .npz saves), one at a time
         self.queries = 0
         self.adds = 0
         self.started = time.time()
+        self._summary: Optional[Dict[str, Any]] = None
+        self._summary_time = 0.0
         if searcher.embedder is not None:
             # Eval mode once, for good: concurrent extractions must not toggle it (BatchNorm).
             searcher.embedder.model.eval()
 
     @property
+    def store(self):
+        return self.searcher.store
+
+    @property
     def can_add(self) -> bool:
-        return bool(self.upload_dir) and self.searcher.embedder is not None
+        return bool(self.upload_dir) and self.searcher.embedder is not None and not self._read_only
+
+    @property
+    def _read_only(self) -> bool:
+        return bool(getattr(self.store, "read_only", False))
 
     def check_can_add(self) -> None:
         if not self.upload_dir:
             raise RequestError(403, "this server was started without an upload folder; adding images is disabled")
         if self.searcher.embedder is None:
             raise RequestError(409, "this gallery has no model to embed new images with")
+        if self._read_only:
+            raise RequestError(409, f"{self.store.location} is read-only here: convert it to a store to add images")
 
     # ------------------------------------------------------------------ uploads
     def decode_upload(self, data: bytes, name: str):
@@ -197,7 +112,7 @@ class GalleryService:
         project's one decoder: the pixel count is checked before any pixel is decoded)."""
         from reid_srdl.core.images import ImageRejected, decode_rgb
 
-        name = _shown_name(name)
+        name = shown_name(name)
         if not data:
             raise RequestError(400, f"{name}: the upload is empty")
         if len(data) > self.max_upload_bytes:
@@ -209,157 +124,227 @@ class GalleryService:
                 raise RequestError(413, f"{name}: {e.reason}") from None
             raise RequestError(415, f"{name}: not a readable image ({e.reason})") from None
 
+    # ------------------------------------------------------------------ items
+    def item(self, item_id: int) -> GalleryItem:
+        found = self.store.get([item_id])[0]
+        if found is None:
+            raise RequestError(404, f"no gallery item {item_id}")
+        return found
+
+    def _crop_path(self, crop: str) -> str:
+        """A stored crop path, relative ones taken from the store's own folder."""
+        if os.path.isabs(crop):
+            return crop
+        base = os.path.dirname(self.store.crop_dir) if self.store.crop_dir else os.getcwd()
+        return os.path.join(base, crop)
+
+    def image_path(self, item_id: int) -> str:
+        """The crop of a gallery item (its stored crop, or the still image itself), if it is an
+        image file inside the image roots."""
+        it = self.item(item_id)
+        candidate = self._crop_path(it.crop) if it.crop else (it.source if it.frame < 0 else None)
+        if candidate is None:
+            raise RequestError(404, f"gallery item {item_id} has no stored crop to show")
+        real = self.roots.servable(candidate)
+        if real is None:
+            raise RequestError(
+                403, f"gallery item {item_id}: its image is not an image file inside the folders this server may serve"
+            )
+        return real
+
+    @staticmethod
+    def has_frame(hit: Dict[str, Any]) -> bool:
+        """A hit cut from a video frame, or one with a box in a still image: a frame to show."""
+        return hit.get("frame", -1) >= 0 or hit.get("box") is not None
+
+    def _urls(self, hit: Dict[str, Any]) -> Dict[str, Any]:
+        # Ids are 63-bit: a JavaScript number keeps 53 bits, so the page reads the string.
+        hit["id_str"] = str(hit["id"])
+        hit["image_url"] = f"/image/{hit['id']}"
+        hit["frame_url"] = f"/frame/{hit['id']}" if self.has_frame(hit) else None
+        return hit
+
     # ------------------------------------------------------------------ operations
     def search(
         self,
         image=None,
-        gallery_index: Optional[int] = None,
+        gallery_id: Optional[int] = None,
         k="10",
         threshold: str = "",
         far: str = "",
         exclude_camera: str = "",
+        cameras: str = "",
+        time_from: str = "",
+        time_to: str = "",
     ) -> dict:
+        """Decision + ranked hits of one query (an uploaded image or a gallery item, which is
+        left out of its own results), and with a threshold the sightings within it."""
         s = self.searcher
         k = parse_k(k)
         options = parse_threshold(threshold, far)
-        if exclude_camera:
-            try:
-                options["exclude_camid"] = camera_id(exclude_camera)
-            except LabelError as e:
-                raise RequestError(400, f"exclude_camera: {e}") from None
-        s.decision_threshold(options.get("threshold"), options.get("far"))  # cheap checks first
+        flt = search_filter(exclude_camera, cameras, time_from, time_to, gallery_id)
+        tau, source = s.decision_threshold(options.get("threshold"), options.get("far"))  # cheap checks first
         start = time.perf_counter()
-        if gallery_index is not None:
-            if not 0 <= gallery_index < len(s):
-                raise RequestError(404, f"no gallery item {gallery_index} (ids are 0..{len(s) - 1})")
-            feats = s.gallery.features[gallery_index : gallery_index + 1]
-            # The picked image is left out of its own results (it would be its own match at 0).
-            result = s.search(feats, k=min(k + 1, len(s)), **options)[0]
-            result = _subset(result, result.indices != gallery_index, k)
+        query = None
+        if gallery_id is not None:
+            picked = self.item(gallery_id)
+            vectors = self.store.vectors([gallery_id])
+            query = self._urls(dict(picked.to_dict(), id=gallery_id))  # the store's id (a position in an .npz)
         else:
-            feats = s.embed_pil([image])
-            result = s.search(feats, k=k, **options)[0]
+            vectors = s.embed_pil([image])
+        wanted = k if tau is None else max(k, TIMELINE_K)
+        hits = self.store.search(vectors, wanted, [flt])
+        has_paths = getattr(self.store, "has_paths", True)
+        found = result_of(hits.distances[0], hits.ids[0], hits.items[0], has_paths, None, tau, source)
+        shown = keep_hits(found, np.ones(len(found), dtype=bool), k)
         self.queries += 1
-        out = result.to_dict()
+        out = shown.to_dict()
         for hit in out["hits"]:
-            hit["id"] = hit["index"]
-            hit["image_url"] = f"/image/{hit['index']}"
-        if gallery_index is not None:  # what the page needs to mark the hits of the same person
-            pids, camids, _ = s.gallery.items(np.array([gallery_index]))
-            pid, camid = int(pids[0]), int(camids[0])
-            out["query"] = {
-                "id": gallery_index,
-                "index": gallery_index,
-                "pid": pid,
-                "camera": camera_name(camid),
-                "image_url": f"/image/{gallery_index}",
-            }
+            self._urls(hit)
+        out["query"] = query
+        if tau is None:
+            out["sightings"] = None
         else:
-            out["query"] = None
+            within = found.to_dict()["hits"]
+            out["sightings"] = [self._urls(h) for h in within if h.get("within_threshold")]
+            out["sightings_truncated"] = bool(len(found) == wanted and within and within[-1].get("within_threshold"))
         out["seconds"] = time.perf_counter() - start
         return out
 
-    def add(self, images: List, pids: Optional[List[int]], camids: Optional[List[int]]) -> dict:
-        """Embed and store new images; the gallery file is rewritten atomically.  All or
+    def add(self, images: List, pids: Optional[List[int]], cameras: Optional[List[str]]) -> dict:
+        """Embed and store new images (an ``.npz`` gallery is rewritten atomically).  All or
         nothing: on any failure the files written are removed and the gallery is as before."""
         self.check_can_add()
-        s = self.searcher
         if not images:
             raise RequestError(400, "send at least one image as 'files'")
         if len(images) > MAX_ADD_FILES:
             raise RequestError(413, f"{len(images)} images in one add is over the limit of {MAX_ADD_FILES}")
-        keeps_paths = s.paths is not None
         targets = [os.path.join(self.upload_dir, content_name(im)) for im in images]
+        owned = self._owns(self.upload_dir)
+        items = [
+            GalleryItem(
+                source=targets[i],
+                camera="" if cameras is None else cameras[i],
+                pid=-1 if pids is None else int(pids[i]),
+                crop=targets[i] if owned else None,
+            )
+            for i in range(len(images))
+        ]
         with self.write_lock:
-            known = set(s.paths or ())
-            new = [i for i, t in enumerate(targets) if t not in known and t not in targets[:i]]
+            known = {it.id for it in self.store.get([it.id for it in items]) if it is not None}
+            new = [i for i, it in enumerate(items) if it.id not in known and it.id not in {x.id for x in items[:i]}]
             duplicates = len(images) - len(new)
             if not new:
                 return self._added(0, duplicates)
             # Embedded before any file is written: a model that fails leaves nothing behind.
-            feats = s.embed_pil([images[i] for i in new])
-            pid_arr = np.full(len(new), -1) if pids is None else np.asarray([pids[i] for i in new])
-            cam_arr = np.full(len(new), -1) if camids is None else np.asarray([camids[i] for i in new])
+            vectors = self.searcher.embed_pil([images[i] for i in new])
             written: List[str] = []
-            grown = False
             try:
-                if keeps_paths:
-                    for i in new:
-                        if not os.path.exists(targets[i]):
-                            with atomic_path(targets[i], suffix=".png") as tmp:
-                                images[i].save(tmp, format="PNG")
-                            written.append(targets[i])
-                s.add(feats, pid_arr, cam_arr, [targets[i] for i in new] if keeps_paths else None)
-                grown = True
-                if self.gallery_path:
-                    try:
-                        s.save(self.gallery_path)
-                    except OSError as e:
-                        reason = (e.strerror or str(e)).lower()
-                        raise RequestError(
-                            507, f"the gallery could not be saved ({reason}); nothing was added"
-                        ) from None
+                for i in new:
+                    if not os.path.exists(targets[i]):
+                        write_durable(targets[i], lambda f, im=images[i]: im.save(f, format="PNG"))
+                        written.append(targets[i])
+                added = self._store_add(vectors, [items[i] for i in new])
             except BaseException:
                 for path in written:
                     try:
                         os.remove(path)
                     except OSError as e:
                         log.warning("could not remove %s after a failed add: %s", path, e.strerror)
-                if grown:
-                    self._restore()
                 raise
-            self.adds += len(new)
-        return self._added(len(new), duplicates)
+            self.adds += added
+            self._summary = None
+        return self._added(added, duplicates + len(new) - added)
+
+    def _owns(self, folder: str) -> bool:
+        """Whether files in ``folder`` are the store's own crops (deleted with their items)."""
+        crop_dir = self.store.crop_dir
+        if not crop_dir:
+            return False
+        root, real = os.path.realpath(crop_dir), os.path.realpath(folder)
+        return os.path.commonpath([root, real]) == root
+
+    def _store_add(self, vectors: np.ndarray, items: List[GalleryItem]) -> int:
+        try:
+            added = self.store.add(vectors, items)
+        except StoreError as e:
+            raise RequestError(400, str(e)) from None
+        if self.gallery_path is None:
+            return added
+        try:
+            self.searcher.save(self.gallery_path)
+        except OSError as e:
+            self._restore()
+            reason = (e.strerror or str(e)).lower()
+            raise RequestError(507, f"the gallery could not be saved ({reason}); nothing was added") from None
+        except BaseException:
+            self._restore()
+            raise
+        return added
+
+    def _restore(self) -> None:
+        """Back to the last saved ``.npz`` gallery (its save failed after the items were added
+        in memory)."""
+        from reid_srdl.search import ReIDSearcher
+
+        self.searcher = ReIDSearcher(store=self.gallery_path, embedder=self.searcher.embedder)
 
     def _added(self, added: int, duplicates: int) -> dict:
         return {
             "added": added,
             "duplicates": duplicates,
             "images": len(self.searcher),
-            "saved": bool(self.gallery_path) and added > 0,
+            "saved": added > 0,
         }
 
-    def _restore(self) -> None:
-        """Back to the last saved gallery (a save failed after the images were added in memory)."""
-        from reid_srdl.search.gallery import GalleryIndex
-
-        s = self.searcher
-        if self.gallery_path and os.path.isfile(self.gallery_path):
-            self.searcher = type(s)._wrap(GalleryIndex.load(self.gallery_path), s.embedder)
+    def summary(self) -> Dict[str, Any]:
+        """Identities and cameras of the gallery (a scan, cached for STATS_SECONDS; None for
+        galleries over STATS_MAX_ITEMS)."""
+        now = time.monotonic()
+        if self._summary is not None and now - self._summary_time < STATS_SECONDS:
+            return self._summary
+        if len(self.store) > STATS_MAX_ITEMS:
+            summary = {"identities": None, "cameras": None}
         else:
-            log.error("the gallery could not be saved and has no earlier file to go back to")
+            pids, cams = set(), set()
+            for _, items in self.store.scan():
+                for it in items:
+                    if it.pid >= 0:
+                        pids.add(it.pid)
+                    if it.camera:
+                        cams.add(it.camera)
+            summary = {"identities": len(pids), "cameras": sorted(cams)}
+        self._summary, self._summary_time = summary, now
+        return summary
 
     def stats(self) -> dict:
         from reid_srdl.search.fingerprint import describe_model
 
         s = self.searcher
-        pids, camids = s.pids, s.camids
-        cal = s.gallery.calibration
+        meta = s.meta
+        cal = meta.get("calibration")
         return {
             "images": len(s),
             "dim": s.dim,
-            "identities": int(len(np.unique(pids[pids >= 0]))),
-            "cameras": [camera_name(int(c)) for c in np.unique(camids[camids >= 0])],
-            "model": describe_model(s.gallery.model),
-            "settings": s.gallery.settings,
-            "calibration": None if cal is None else {k: cal[k] for k in ("threshold", "far", "tar", "dir", "source")},
+            **self.summary(),
+            "store": getattr(self.store, "engine", type(self.store).__name__),
+            "model": describe_model(meta.get("model")),
+            "settings": meta.get("settings"),
+            "calibration": None if cal is None else {k: cal.get(k) for k in CALIBRATION_FIELDS},
             "queries_served": self.queries,
             "images_added": self.adds,
             "uptime_seconds": time.time() - self.started,
             "can_add": self.can_add,
         }
 
-    def image_path(self, index: int) -> str:
-        paths = self.searcher.paths
-        if paths is None or not 0 <= index < len(paths):
-            raise RequestError(404, f"no gallery image {index}")
-        real = self.roots.servable(paths[index])
-        if real is None:
-            raise RequestError(
-                403, f"gallery image {index} is not an image file inside the folders this server may serve"
-            )
-        return real
-
-    def images_outside_roots(self) -> int:
-        """How many gallery images ``/image`` will refuse (told to the operator at start-up)."""
-        return self.roots.count_outside(self.searcher.paths or [])
+    def images_outside_roots(self) -> Optional[int]:
+        """How many gallery crops ``/image`` will refuse (told to the operator at start-up);
+        None for galleries over STATS_MAX_ITEMS items (not counted)."""
+        if len(self.store) > STATS_MAX_ITEMS:
+            return None
+        outside = 0
+        for _, items in self.store.scan():
+            for it in items:
+                path = self._crop_path(it.crop) if it.crop else (it.source if it.frame < 0 else None)
+                outside += path is not None and self.roots.servable(path) is None
+        return outside
