@@ -2,7 +2,7 @@
 """Serve a gallery: a JSON API and one page to search it from a browser.
 
     python tools/serve.py --store gallery/ --model runs/RUN [--host 127.0.0.1 --port 8000]
-    REID_SRDL_TOKEN=... python tools/serve.py --store http://127.0.0.1:19530 --model runs/RUN --allow-add \
+    REID_SRDL_TOKEN=... python tools/serve.py --store http://127.0.0.1:19530 --model runs/RUN --allow-add \\
         --upload-dir /data/uploads --image-root /data/footage
 
 --store PATH_OR_URI is the argument of tools/search.py: a store folder, a Milvus Lite file
