@@ -16,6 +16,7 @@ machine: other processes on the same cores change every latency.
 import argparse
 import io
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         gallery, model = prepare(folder, args.gallery_size, args.model, args.seed)
+        token = secrets.token_urlsafe(32)  # adds are the owner's: the server takes it from the environment
         port = free_port()
         server = subprocess.Popen(
             [
@@ -108,10 +110,12 @@ def main(argv=None) -> int:
                 "--allow-model-mismatch",
                 "--upload-dir",
                 os.path.join(folder, "uploads"),
+                "--allow-add",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env={**os.environ, "REID_SRDL_TOKEN": token},
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -127,6 +131,7 @@ def main(argv=None) -> int:
                 time.sleep(0.2)
             rng = np.random.default_rng(args.seed + 1)
             bodies = [jpeg(rng) for _ in range(32)]
+            add_bodies = [jpeg(rng) for _ in range(2 * args.adds)]
             latencies, errors, lock = [], [], threading.Lock()
             total = args.clients * args.queries
             done = [0]
@@ -155,8 +160,9 @@ def main(argv=None) -> int:
                     for a in range(args.adds):
                         while done[0] < (a + 1) * total / (args.adds + 1):
                             time.sleep(0.05)
-                        files = [("files", (f"a{a}_{j}.jpg", bodies[j], "image/jpeg")) for j in range(2)]
-                        r = http.post("/gallery", files=files)
+                        # Images not added before: the server counts a repeated image as a duplicate.
+                        files = [("files", (f"a{a}_{j}.jpg", add_bodies[2 * a + j], "image/jpeg")) for j in range(2)]
+                        r = http.post("/gallery", files=files, headers={"Authorization": f"Bearer {token}"})
                         if r.status_code != 200:
                             with lock:
                                 errors.append(f"add: {r.status_code} {r.text[:200]}")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from reid_srdl.core.files import OutputBatch, atomic_path
+from reid_srdl.evaluation import colours
 from reid_srdl.evaluation.io import load_features, save_features
 from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery, evaluate_reid
-from reid_srdl.evaluation.plots import MATCH_COLOUR, WRONG_COLOUR, plot_cmc, render_ranked_list
+from reid_srdl.evaluation.plots import plot_cmc, render_ranked_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tools", "eval_reid.py")
@@ -299,7 +300,7 @@ def test_plot_cmc_writes_a_png(tmp_path):
     assert img.shape == (360, 500, 3) and img.std() > 0
 
 
-def test_ranked_list_borders_are_green_for_right_and_red_for_wrong(tmp_path):
+def test_ranked_list_borders_are_the_decision_and_bars_the_ground_truth(tmp_path):
     paths = []
     for i in range(3):
         paths.append(str(tmp_path / f"{i}.png"))
@@ -308,10 +309,16 @@ def test_ranked_list_borders_are_green_for_right_and_red_for_wrong(tmp_path):
     tile_w, gap = 20 + 2 * 3, 6  # layout: query, 2 gaps, rank 1, gap, rank 2
     rank1_mid = tile_w + 2 * gap + tile_w // 2
     rank2_mid = 2 * tile_w + 3 * gap + tile_w // 2
-    assert pic.shape == (40 + 2 * 3 + 18, 3 * tile_w + 3 * gap, 3)
-    assert tuple(pic[1, rank1_mid]) == MATCH_COLOUR  # top border row of each gallery tile
-    assert tuple(pic[1, rank2_mid]) == WRONG_COLOUR
+    bar_row = 40 + 2 * 3 + 2 + 3  # the middle of the bar under the framed image
+    assert pic.shape[1:] == (3 * tile_w + 3 * gap, 3) and pic.shape[0] > 40 + 2 * 3 + 2 + 6 + 18  # tiles, legend
+    assert tuple(pic[1, rank1_mid]) == tuple(pic[1, rank2_mid]) == colours.bgr(colours.NO_DECISION)  # no threshold
+    assert tuple(pic[bar_row, rank1_mid]) == colours.bgr(colours.SAME_PERSON)
+    assert tuple(pic[bar_row, rank2_mid]) == colours.bgr(colours.OTHER_PERSON)
     assert tuple(pic[10, rank1_mid]) == (128, 128, 128)  # the image itself inside the border
+    decided = render_ranked_list(paths[0], paths[1:], [True, False], size=(40, 20), border=3, accepted=[False, True])
+    assert tuple(decided[1, rank1_mid]) == colours.bgr(colours.BEYOND)  # a missed match: red over blue
+    assert tuple(decided[1, rank2_mid]) == colours.bgr(colours.WITHIN)  # a false match: green over orange
+    assert tuple(decided[bar_row, rank2_mid]) == colours.bgr(colours.OTHER_PERSON)
 
 
 # ----------------------------------------------------------------------------- checkpoint mode

@@ -147,7 +147,8 @@ def test_uploads_name_the_upload_never_a_bytes_object(bombs, crops, tmp_path):
     paths = sorted(str(p) for p in crops.iterdir())
     searcher = ReIDSearcher.from_images(model, paths)
     searcher.save(str(tmp_path / "g.npz"))
-    client = TestClient(create_app(searcher, str(tmp_path / "g.npz"), None, max_upload_bytes=1 << 20))
+    app = create_app(searcher, str(tmp_path / "g.npz"), None, max_upload_bytes=1 << 20)
+    client = TestClient(app, base_url="http://127.0.0.1:8000")  # a Host the server answers to
     for name, data, status, needle in (
         ("bomb.png", open(bombs["honest"], "rb").read(), 413, "pixels is over the limit"),
         ("huge.png", open(bombs["declared"], "rb").read(), 413, "over the limit"),

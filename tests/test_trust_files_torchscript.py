@@ -91,8 +91,8 @@ def test_named_pt_it_is_refused_by_the_server(setup, capsys, monkeypatch):
     import uvicorn
 
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
-    code = serve_cli.main(["--gallery", setup["gallery"], "--model", setup["program"], "--no-uploads"])
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, **kw: served.append(server.config.app))
+    code = serve_cli.main(["--gallery", setup["gallery"], "--model", setup["program"], "--port", "0"])
     assert code == 2 and not served
     assert_refused_by_name(capsys.readouterr().err, setup["marker"], setup["program"])
 
@@ -135,5 +135,5 @@ def test_named_ts_or_trusted_it_loads_and_runs(setup, capsys, monkeypatch):
     import uvicorn
 
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.append(app))
-    assert serve_cli.main(["--gallery", str(out), "--model", named, "--no-uploads"]) == 0 and served
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, **kw: served.append(server.config.app))
+    assert serve_cli.main(["--gallery", str(out), "--model", named, "--port", "0"]) == 0 and served

@@ -12,13 +12,16 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from reid_srdl.core.files import write_bytes_atomic
+from reid_srdl.evaluation import colours
 from reid_srdl.evaluation.metrics import EvaluationInputError
 
-# BGR colours for OpenCV.
-MATCH_COLOUR = (40, 170, 40)  # green: same identity as the query
-WRONG_COLOUR = (40, 40, 220)  # red: another identity (or a distractor)
-QUERY_COLOUR = (160, 160, 160)
+# BGR colours for OpenCV; what they mean is in reid_srdl.evaluation.colours (the search page
+# and the HTML report use the same ones).
+SAME_COLOUR = colours.bgr(colours.SAME_PERSON)  # bar under a tile: same identity as the query
+OTHER_COLOUR = colours.bgr(colours.OTHER_PERSON)  # bar: another identity (or a distractor)
+QUERY_COLOUR = colours.bgr(colours.QUERY)
 BACKGROUND = (255, 255, 255)
+BAR_HEIGHT = 6
 
 
 def plot_cmc(
@@ -78,13 +81,36 @@ def _read_image(path: str, size: Tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _tile(img: np.ndarray, colour, border: int, caption: str) -> np.ndarray:
+def _tile(img: np.ndarray, colour, border: int, caption: str, bar=BACKGROUND) -> np.ndarray:
     import cv2
 
     framed = cv2.copyMakeBorder(img, border, border, border, border, cv2.BORDER_CONSTANT, value=colour)
+    under = np.full((2 + BAR_HEIGHT, framed.shape[1], 3), BACKGROUND, dtype=np.uint8)
+    under[2:] = bar
     pad = np.full((18, framed.shape[1], 3), BACKGROUND, dtype=np.uint8)
     cv2.putText(pad, caption, (2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.vstack([framed, pad])
+    return np.vstack([framed, under, pad])
+
+
+def _legend(width: int, used) -> np.ndarray:
+    """Rows naming the colours the picture uses (``used``: entries of colours.LEGEND), wrapped
+    to ``width`` so that a short list still shows every key."""
+    import cv2
+
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.35
+    rows, row, x = [], None, width
+    for kind, colour, text in used:
+        needed = 18 + cv2.getTextSize(text, font, scale, 1)[0][0] + 12
+        if x + needed > width and x > 2:  # a new row (a key wider than the picture gets its own)
+            row, x = np.full((18, width, 3), BACKGROUND, dtype=np.uint8), 2
+            rows.append(row)
+        if kind == "border":
+            cv2.rectangle(row, (x, 4), (x + 10, 14), colours.bgr(colour), 2)
+        else:
+            cv2.rectangle(row, (x, 7), (x + 14, 12), colours.bgr(colour), -1)
+        cv2.putText(row, text, (x + 18, 13), font, scale, (60, 60, 60), 1, cv2.LINE_AA)
+        x += needed
+    return np.vstack(rows) if rows else np.zeros((0, width, 3), dtype=np.uint8)
 
 
 def render_ranked_list(
@@ -94,21 +120,32 @@ def render_ranked_list(
     distances: Optional[Sequence[float]] = None,
     size: Tuple[int, int] = (128, 64),
     border: int = 4,
+    accepted: Optional[Sequence[bool]] = None,
 ) -> np.ndarray:
-    """The picture (BGR uint8) of a query followed by its ranked gallery images.
+    """The picture (BGR uint8) of a query followed by its ranked gallery images, and a legend.
 
-    Gallery tiles get a green border when ``is_match`` (same identity), red otherwise; the
-    caption is the rank and, when given, the distance.
+    Colours as everywhere (:mod:`reid_srdl.evaluation.colours`): a tile's border is the
+    decision -- green/red within/beyond the threshold when ``accepted`` is given, grey
+    without one; the bar under it is the ground truth -- blue when ``is_match`` (same
+    identity), orange otherwise.  The caption is the rank and, when given, the distance.
     """
     if len(gallery_paths) != len(is_match):
         raise EvaluationInputError(f"ranked list: {len(gallery_paths)} gallery images but {len(is_match)} match flags")
-    gap = np.full((size[0] + 2 * border + 18, 6, 3), BACKGROUND, dtype=np.uint8)
+    if accepted is not None and len(accepted) != len(gallery_paths):
+        raise EvaluationInputError(f"ranked list: {len(gallery_paths)} gallery images but {len(accepted)} decisions")
+    gap = np.full((size[0] + 2 * border + 2 + BAR_HEIGHT + 18, 6, 3), BACKGROUND, dtype=np.uint8)
     tiles = [_tile(_read_image(query_path, size), QUERY_COLOUR, border, "query"), gap, gap]
+    shown = set()
     for rank, (path, match) in enumerate(zip(gallery_paths, is_match), start=1):
         caption = f"{rank}" if distances is None else f"{rank}: {distances[rank - 1]:.2f}"
-        tiles.append(_tile(_read_image(path, size), MATCH_COLOUR if match else WRONG_COLOUR, border, caption))
+        decision = colours.border_colour(None if accepted is None else bool(accepted[rank - 1]))
+        truth = colours.truth_colour(bool(match))
+        shown.update((decision, truth))
+        tiles.append(_tile(_read_image(path, size), colours.bgr(decision), border, caption, colours.bgr(truth)))
         tiles.append(gap)
-    return np.hstack(tiles[:-1] if len(tiles) > 3 else tiles)
+    picture = np.hstack(tiles[:-1] if len(tiles) > 3 else tiles)
+    used = [entry for entry in colours.LEGEND if entry[1] in shown]
+    return np.vstack([picture, _legend(picture.shape[1], used)])
 
 
 def save_ranked_list(
@@ -118,11 +155,12 @@ def save_ranked_list(
     is_match: Sequence[bool],
     distances: Optional[Sequence[float]] = None,
     size: Tuple[int, int] = (128, 64),
+    accepted: Optional[Sequence[bool]] = None,
 ) -> None:
     """Write :func:`render_ranked_list` as a PNG file, atomically."""
     import cv2
 
-    picture = render_ranked_list(query_path, gallery_paths, is_match, distances, size)
+    picture = render_ranked_list(query_path, gallery_paths, is_match, distances, size, accepted=accepted)
     ok, png = cv2.imencode(".png", picture)
     if not ok:  # OpenCV reports failure by a flag, not an exception
         raise EvaluationInputError(f"could not encode the ranked list for {query_path} as PNG")

@@ -1,205 +1,41 @@
-"""A small web app over a saved gallery (FastAPI; the optional ``serve`` extra).
+"""A small web app over a gallery store (FastAPI; the optional ``serve`` extra).
 
-    GET  /              the page: drop a query image or pick a gallery image; ranked crops,
-                        the match decision, filters (camera, k, threshold)
-    POST /search        multipart ``file`` (an image) or form ``gallery_index``; form ``k``,
-                        ``threshold`` ("calibrated", a distance, or empty), ``far``,
-                        ``exclude_camera`` (c1, c2...) -> decision + ranked hits (JSON)
-    POST /gallery       multipart ``files`` (images), optional ``pids`` / ``cameras``
-                        (comma-separated) -> added, gallery file saved atomically
-    GET  /stats         size, identities, cameras, model, settings, calibration, counters
+    GET  /              the page: drop a query image or pick a gallery item; the query beside
+                        its ranked crops (camera, UTC time), the decision, the frame of a
+                        crop with its box, a per-camera timeline of the sightings; an add
+                        form for the owner (``/?token=...``, see :mod:`reid_srdl.serve.page`)
+    POST /search        multipart ``file`` (an image) or form ``gallery_id``; form ``k``,
+                        ``threshold`` ("calibrated", a distance, or empty) or ``far``,
+                        ``exclude_camera`` / ``cameras`` (comma-separated names),
+                        ``time_from`` / ``time_to`` (ISO 8601) -> decision, ranked hits with
+                        their metadata, and with a threshold the ``sightings`` within it
+    POST /gallery       the owner only (``--allow-add`` and ``Authorization: Bearer TOKEN``):
+                        multipart ``files`` (images), optional ``pids`` / ``cameras``
+                        (comma-separated) -> added, duplicates
+    GET  /stats         size, identities, cameras, store, model, settings, calibration, counters
     GET  /health        liveness
-    GET  /image/{i}     gallery image i -- only files inside the gallery's own folders
+    GET  /image/{id}    a gallery item's crop -- only image files inside the operator's roots
+    GET  /frame/{id}    the frame the crop was cut from (JPEG; read from its video by index,
+                        only inside the operator's roots; :mod:`reid_srdl.serve.frames`)
 
-Safety: images are served by gallery index, never by a path from the request, and only
-when the file (symlinks resolved) lies in a folder the gallery's images were in at start-up
-or in the upload folder; uploads that are empty, larger than ``max_upload_bytes`` or not a
-decodable image get a 4xx with a message; adds and saves are serialised by a lock while
-searches go on (the gallery index has its own lock), and the file is replaced atomically.
+Who may call what is decided before a route runs (:mod:`reid_srdl.serve.guard`): Host and
+Origin on every request, the token on every write, body sizes.  Refusals are JSON
+``{"error": "one line"}`` with a 4xx status.
 """
 
-import io
 import logging
-import os
-import threading
-import time
-import uuid
-from typing import List, Optional
-
-import numpy as np
+from typing import List, Optional, Sequence
 
 from reid_srdl.core.errors import ReidSrdlError
-from reid_srdl.core.files import atomic_path
-from reid_srdl.search.gallery import camera_name
-from reid_srdl.search.labels import LabelError, parse_camera
+from reid_srdl.serve.frames import FrameReader
+from reid_srdl.serve.guard import AccessPolicy, GuardMiddleware
+from reid_srdl.serve.housekeeping import default_image_roots
+from reid_srdl.serve.requests import RequestError, parse_camera, parse_item_id, parse_labels, parse_pid
+from reid_srdl.serve.service import DEFAULT_MAX_UPLOAD_BYTES, MAX_ADD_FILES, GalleryService
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_BYTES = 8 << 20
-MAX_K = 100
-
-
-def _within(path: str, roots: List[str]) -> bool:
-    real = os.path.realpath(path)
-    return any(os.path.commonpath([real, root]) == root for root in roots)
-
-
-class GalleryService:
-    """The state behind the app: the searcher, its file, the served folders, counters."""
-
-    def __init__(
-        self,
-        searcher,
-        gallery_path: Optional[str],
-        upload_dir: Optional[str] = None,
-        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-    ):
-        self.searcher = searcher
-        self.gallery_path = gallery_path
-        self.max_upload_bytes = int(max_upload_bytes)
-        paths = searcher.paths or []
-        # The folders as listed (resolved), not where symlinked files point: a link out is refused.
-        self.roots = sorted({os.path.realpath(os.path.dirname(os.path.abspath(p))) for p in paths})
-        self.upload_dir = upload_dir
-        if upload_dir:
-            os.makedirs(upload_dir, exist_ok=True)
-            self.roots.append(os.path.realpath(upload_dir))
-        self.write_lock = threading.Lock()  # adds and saves, one at a time
-        self.queries = 0
-        self.adds = 0
-        self.started = time.time()
-        if searcher.embedder is not None:
-            # Eval mode once, for good: concurrent extractions must not toggle it (BatchNorm).
-            searcher.embedder.model.eval()
-
-    # ------------------------------------------------------------------ uploads
-    def decode_upload(self, data: bytes, name: str):
-        """An RGB PIL image from uploaded bytes, or an UploadError with the HTTP status."""
-        from reid_srdl.core.images import ImageRejected, decode_rgb
-
-        if not data:
-            raise UploadError(400, f"{name}: the upload is empty")
-        if len(data) > self.max_upload_bytes:
-            raise UploadError(413, f"{name}: {len(data)} bytes is over the limit of {self.max_upload_bytes} bytes")
-        try:  # the pixel count is checked before decoding (a decompression bomb is refused)
-            return decode_rgb(io.BytesIO(data))
-        except ImageRejected as e:  # the reason names no BytesIO object: the upload is named here
-            if e.too_large:
-                raise UploadError(413, f"{name}: {e.reason}") from None
-            raise UploadError(415, f"{name}: not a readable image ({e.reason})") from None
-
-    # ------------------------------------------------------------------ operations
-    def search(
-        self,
-        image=None,
-        gallery_index: Optional[int] = None,
-        k: int = 10,
-        threshold: str = "",
-        far: Optional[float] = None,
-        exclude_camera: str = "",
-    ) -> dict:
-        s = self.searcher
-        if isinstance(k, bool) or not 1 <= int(k) <= MAX_K:
-            raise UploadError(422, f"k must be in 1..{MAX_K}; got {k}")
-        options = {}
-        if exclude_camera:
-            options["exclude_camid"] = parse_camera(exclude_camera)
-        thr = (threshold or "").strip()
-        if far is not None:
-            options["far"] = far
-        elif thr == "calibrated":
-            options["threshold"] = "calibrated"
-        elif thr:
-            try:
-                options["threshold"] = float(thr)
-            except ValueError:
-                raise UploadError(422, f"threshold must be 'calibrated', a distance or empty; got {thr!r}") from None
-        s.decision_threshold(options.get("threshold"), options.get("far"))  # cheap checks first
-        start = time.perf_counter()
-        if gallery_index is not None:
-            if not 0 <= gallery_index < len(s):
-                raise UploadError(404, f"gallery index {gallery_index} is outside 0..{len(s) - 1}")
-            feats = s.store.vectors([gallery_index])
-            # The picked image is left out of its own results (it would be its own match at 0).
-            result = s.search(feats, k=int(k), exclude_ids=[gallery_index], **options)[0]
-        else:
-            feats = s.embed_pil([image])
-            result = s.search(feats, k=int(k), **options)[0]
-        self.queries += 1
-        out = result.to_dict()
-        for hit in out["hits"]:
-            hit["image_url"] = f"/image/{hit['index']}"
-        out["seconds"] = time.perf_counter() - start
-        return out
-
-    def add(self, images: List, pids: Optional[List[int]], camids: Optional[List[int]]) -> dict:
-        if not self.upload_dir:
-            raise UploadError(403, "this server was started without an upload folder; adding images is disabled")
-        if self.searcher.embedder is None:
-            raise UploadError(409, "this gallery has no model to embed new images with")
-        with self.write_lock:
-            paths = []
-            for im in images:
-                # Our own names (never the client's): nothing from the request reaches a path.
-                target = os.path.join(self.upload_dir, f"{uuid.uuid4().hex}.png")
-                with atomic_path(target, suffix=".png") as tmp:
-                    im.save(tmp, format="PNG")
-                paths.append(target)
-            added = self.searcher.add_images(paths, pids, camids)
-            if self.gallery_path:
-                self.searcher.save(self.gallery_path)
-            self.adds += len(added)
-        return {"added": len(added), "images": len(self.searcher), "saved": bool(self.gallery_path)}
-
-    def stats(self) -> dict:
-        s = self.searcher
-        pids, camids = s.pids, s.camids
-        meta = s.meta
-        cal = meta.get("calibration")
-        from reid_srdl.search.fingerprint import describe_model
-
-        return {
-            "images": len(s),
-            "dim": s.dim,
-            "identities": int(len(np.unique(pids[pids >= 0]))),
-            "cameras": [camera_name(int(c)) for c in np.unique(camids[camids >= 0])],
-            "model": describe_model(meta.get("model")),
-            "settings": meta.get("settings"),
-            "calibration": None if cal is None else {k: cal[k] for k in ("threshold", "far", "tar", "dir", "source")},
-            "queries_served": self.queries,
-            "images_added": self.adds,
-            "uptime_seconds": time.time() - self.started,
-            "can_add": bool(self.upload_dir) and s.embedder is not None,
-        }
-
-    def image_path(self, index: int) -> str:
-        paths = self.searcher.paths
-        if paths is None or not 0 <= index < len(paths):
-            raise UploadError(404, f"no gallery image {index}")
-        path = paths[index]
-        if not _within(path, self.roots) or not os.path.isfile(path):
-            raise UploadError(403, f"gallery image {index} is outside the gallery's folders")
-        return os.path.realpath(path)
-
-
-class UploadError(ReidSrdlError):
-    """A request the server refuses, with its HTTP status."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-def _ids(text: Optional[str], n: int, what: str, parse) -> Optional[List[int]]:
-    if not text:
-        return None
-    items = [t.strip() for t in text.split(",")]
-    if len(items) != n:
-        raise UploadError(422, f"{what}: {len(items)} values for {n} images")
-    try:
-        return [parse(t) for t in items]
-    except (ValueError, LabelError) as e:
-        raise UploadError(422, f"{what}: {e}") from None
+FORM_OVERHEAD_BYTES = 1 << 16  # multipart boundaries, headers and the small form fields
 
 
 def create_app(
@@ -207,34 +43,82 @@ def create_app(
     gallery_path: Optional[str] = None,
     upload_dir: Optional[str] = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    *,
+    access: Optional[AccessPolicy] = None,
+    image_roots: Optional[Sequence[str]] = None,
 ):
-    """The FastAPI app over ``searcher`` (saved to ``gallery_path`` after adds; uploads stored
-    in ``upload_dir``, None disables POST /gallery)."""
+    """The FastAPI app over ``searcher`` (a :class:`~reid_srdl.search.ReIDSearcher`).
+
+    ``gallery_path``: an ``.npz`` gallery file rewritten after each add (None for a store).
+    ``upload_dir``: where added images are stored (None: no adds).  ``access``: the Host
+    names, Origins and owner's token (default: loopback on port 8000, read-only); adds need
+    both ``upload_dir`` and a policy with a token.  ``image_roots``: the folders ``/image``
+    and ``/frame`` may read (default: the gallery's own folder, its crops and ``upload_dir``).
+    """
     from fastapi import FastAPI, File, Form, Request, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
 
-    from reid_srdl.serve.page import PAGE
+    from reid_srdl.serve.page import PAGE_CSS, PAGE_HTML, PAGE_JS
 
-    service = GalleryService(searcher, gallery_path, upload_dir, max_upload_bytes)
-    app = FastAPI(title="reid_srdl gallery search")
+    access = access or AccessPolicy.for_server()
+    if image_roots is None:  # earlier uploads are served by a read-only server too
+        image_roots = default_image_roots(searcher.store, gallery_path, upload_dir)
+    service = GalleryService(
+        searcher,
+        gallery_path,
+        upload_dir if access.writes_enabled else None,
+        image_roots=image_roots,
+        max_upload_bytes=max_upload_bytes,
+    )
+    frames = FrameReader(service.roots)
+    app = FastAPI(title="reid_srdl gallery search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
+    body_limits = {
+        "/search": max_upload_bytes + FORM_OVERHEAD_BYTES,
+        "/gallery": MAX_ADD_FILES * (max_upload_bytes + FORM_OVERHEAD_BYTES),
+    }
+    app.add_middleware(GuardMiddleware, policy=access, body_limits=body_limits)
 
-    @app.exception_handler(UploadError)
-    async def _refused(request: Request, exc: UploadError):
+    @app.exception_handler(RequestError)
+    async def _refused(request: Request, exc: RequestError):
         return JSONResponse(status_code=exc.status, content={"error": str(exc)})
 
     @app.exception_handler(ReidSrdlError)
     async def _bad_input(request: Request, exc: ReidSrdlError):
-        return JSONResponse(status_code=422, content={"error": str(exc)})
+        return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_form(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+            parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        return JSONResponse(status_code=400, content={"error": "; ".join(parts)})
 
     async def _read(upload: UploadFile) -> bytes:
-        # Read at most one byte past the limit: a huge upload is refused without holding it all.
-        data = await upload.read(service.max_upload_bytes + 1)
-        return data
+        # At most one byte past the limit: a huge upload is refused without holding it all.
+        return await upload.read(service.max_upload_bytes + 1)
 
-    @app.get("/", response_class=HTMLResponse)
+    def _static(text: str, media_type: str) -> Response:
+        return Response(text, media_type=media_type, headers={"cache-control": "no-store"})
+
+    @app.get("/")
     def page():
-        return PAGE
+        return _static(PAGE_HTML, "text/html; charset=utf-8")
+
+    @app.get("/page.js")
+    def page_js():
+        return _static(PAGE_JS, "text/javascript; charset=utf-8")
+
+    @app.get("/page.css")
+    def page_css():
+        return _static(PAGE_CSS, "text/css; charset=utf-8")
+
+    @app.get("/favicon.ico")
+    def favicon():  # none: say so without an error in the browser's console
+        return Response(status_code=204)
 
     @app.get("/health")
     def health():
@@ -244,36 +128,53 @@ def create_app(
     def stats():
         return service.stats()
 
-    @app.get("/image/{index}")
-    def image(index: int):
-        return FileResponse(service.image_path(index))
+    @app.get("/image/{item_id}")
+    def image(item_id: str):
+        return FileResponse(service.image_path(_item_id(item_id)))
+
+    @app.get("/frame/{item_id}")
+    def frame(item_id: str):
+        item = service.item(_item_id(item_id))
+        data, _, _ = frames.frame_jpeg(item)
+        return Response(data, media_type="image/jpeg")
+
+    def _item_id(text: str) -> int:
+        value = parse_item_id(text)
+        if value is None:
+            raise RequestError(400, "an item id is a whole number >= 0")
+        return value
 
     @app.post("/search")
     async def search(
         file: Optional[UploadFile] = File(None),
-        gallery_index: Optional[int] = Form(None),
-        k: int = Form(10),
+        gallery_id: Optional[str] = Form(None),
+        gallery_index: Optional[str] = Form(None),  # the name of the first releases: the same thing
+        k: str = Form("10"),
         threshold: str = Form(""),
-        far: Optional[float] = Form(None),
+        far: str = Form(""),
         exclude_camera: str = Form(""),
+        cameras: str = Form(""),
+        time_from: str = Form(""),
+        time_to: str = Form(""),
     ):
-        from starlette.concurrency import run_in_threadpool
-
-        if (file is None) == (gallery_index is None):
-            raise UploadError(400, "send an image as 'file' or pick a gallery image with 'gallery_index' (one of them)")
+        picked = parse_item_id(gallery_id if gallery_id is not None else gallery_index)
+        if (file is None) == (picked is None):
+            raise RequestError(400, "send an image as 'file' or pick a gallery item with 'gallery_id', one of them")
         image = None
-        if file is not None:
-            image = service.decode_upload(await _read(file), file.filename or "upload")
-        # The embedding and the search run in a worker thread: the event loop stays free.
-        return await run_in_threadpool(service.search, image, gallery_index, k, threshold, far, exclude_camera)
+        if file is not None:  # decoding, embedding and searching run in worker threads: the loop stays free
+            image = await run_in_threadpool(service.decode_upload, await _read(file), file.filename or "upload")
+        return await run_in_threadpool(
+            service.search, image, picked, k, threshold, far, exclude_camera, cameras, time_from, time_to
+        )
 
     @app.post("/gallery")
     async def add(files: List[UploadFile] = File(...), pids: str = Form(""), cameras: str = Form("")):
-        from starlette.concurrency import run_in_threadpool
-
-        images = [service.decode_upload(await _read(f), f.filename or "upload") for f in files]
-        pid_list = _ids(pids, len(images), "pids", int)
-        cam_list = _ids(cameras, len(images), "cameras", parse_camera)
+        service.check_can_add()  # before the images are decoded
+        if len(files) > MAX_ADD_FILES:
+            raise RequestError(413, f"{len(files)} images in one add is over the limit of {MAX_ADD_FILES}")
+        pid_list = parse_labels(pids, len(files), "pids", parse_pid)
+        cam_list = parse_labels(cameras, len(files), "cameras", parse_camera)
+        images = [await run_in_threadpool(service.decode_upload, await _read(f), f.filename or "upload") for f in files]
         return await run_in_threadpool(service.add, images, pid_list, cam_list)
 
     return app
