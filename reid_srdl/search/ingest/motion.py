@@ -96,7 +96,11 @@ class MotionDetector:
         """Learn from ``frame`` and return its cleaned foreground mask (uint8, 0 or 255)."""
         import cv2
 
-        raw = self._subtractor.apply(frame)
+        # MOG2's own rate is 1 / min(2 * frames seen, history): fast at first, so the background
+        # is learned in a few frames -- but a person who covers the same pixels for a few
+        # frames is learned too and fades.  After the warm-up the rate is held at 1 / history.
+        rate = -1.0 if self._frames < self.options.warmup else 1.0 / self.options.history
+        raw = self._subtractor.apply(frame, learningRate=rate)
         self._frames += 1
         fg = np.where(raw > FOREGROUND, np.uint8(255), np.uint8(0))
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self._open)
