@@ -359,3 +359,59 @@ def ingest(
         report.new += added
         report.skipped += len(unique) - added
     return report
+
+
+def write_mot_row(fh, det: Detection) -> None:
+    """One MOTChallenge row (1-based frame and box) of a detection, e.g. of the motion detector."""
+    x, y, w, h = det.box
+    fh.write(f"{det.frame + 1},{det.track},{x + 1},{y + 1},{w},{h},{det.conf:.3f},-1,-1,-1\n")
+
+
+def feature_dim(embedder) -> int:
+    """The embedder's feature dimension, from one blank image (found before any video frame
+    is decoded, so a store of another dimension is refused first)."""
+    from PIL import Image
+
+    o = embedder.options
+    return int(embedder.embed_pil([Image.new("RGB", (o["width"], o["height"]))]).shape[1])
+
+
+def run_ingest(
+    plan: IngestPlan,
+    store_location: str,
+    model,
+    embedding: dict,
+    allow_mismatch: bool = False,
+    save_detections: Optional[str] = None,
+) -> IngestReport:
+    """``plan`` into the store at ``store_location`` (created if new), embedded by ``model``
+    with the ``embedding`` options (those of :class:`reid_srdl.search.embedder.Embedder`).
+
+    An existing store's recorded model and settings must match (unless ``allow_mismatch``);
+    a new store records them.  ``save_detections``: with motion detection, also write the
+    boxes found as a MOTChallenge file (atomically, at the end).
+    """
+    import contextlib
+
+    from reid_srdl.core.files import atomic_path
+    from reid_srdl.search.embedder import Embedder
+    from reid_srdl.search.ingest.store_model import open_store_for
+
+    with contextlib.ExitStack() as stack:
+        store, embedder = open_store_for(store_location, model, embedding, allow_mismatch, create=True)
+        stack.callback(store.close)
+        assert isinstance(embedder, Embedder)
+        if save_detections is not None:
+            if plan.motion is None:
+                raise IngestError("save_detections writes the boxes of the motion detector")
+            tmp = stack.enter_context(atomic_path(save_detections))
+            fh = stack.enter_context(open(tmp, "w", encoding="utf-8"))
+            plan.on_boxes = lambda _frame, dets: [write_mot_row(fh, d) for d in dets]
+        return ingest(
+            plan,
+            store,
+            embedder,
+            store.crop_dir,
+            batch_size=embedder.options["batch_size"],
+            progress=embedding.get("progress", False),
+        )
