@@ -165,8 +165,8 @@ class IngestPlan:
                     for det, crop_pixels in best.expired(frame):
                         yield self._crop(det, crop_pixels)
                 else:
-                    for det in dets:
-                        yield self._crop(det, self._cut(pixels, det))
+                    for det in dets:  # a copy: a view would keep its whole frame alive in the batch
+                        yield self._crop(det, self._cut(pixels, det).copy())
             if best is not None:
                 for det, crop_pixels in best.flush_all():
                     yield self._crop(det, crop_pixels)
