@@ -21,6 +21,7 @@ same ids.
 Timestamps: frame ``f`` (0-based) was seen at ``start_time + f / fps`` UTC seconds.
 """
 
+import contextlib
 import datetime as dt
 import logging
 import math
@@ -280,10 +281,8 @@ def plan_ingest(
 
 
 def crop_path(crops_dir: str, item_id: int) -> str:
-    """Where the crop of item ``item_id`` goes: ``<crops_dir>/<first 2 hex>/<16 hex>.jpg`` (256
-    sub-folders keep any one folder small)."""
-    name = f"{item_id:016x}"
-    return os.path.join(crops_dir, name[:2], name + ".jpg")
+    """Where the crop of item ``item_id`` goes: ``<crops_dir>/<16 hex digits>.jpg``."""
+    return os.path.join(crops_dir, f"{item_id:016x}.jpg")
 
 
 def write_crop(path: str, pixels: np.ndarray) -> None:
@@ -347,15 +346,25 @@ def ingest(
         report.skipped += len(batch) - len(unique)
         if not unique:
             continue
-        if crops_dir is not None:
-            items = []
-            for c in unique:
-                path = crop_path(crops_dir, c.item.id)
-                write_crop(path, c.pixels)
-                items.append(replace(c.item, crop=os.path.abspath(path)))
-        else:
-            items = [c.item for c in unique]
-        added = store.add(embed_crops(embedder, unique), items)
+        vectors = embed_crops(embedder, unique)
+        written: List[str] = []
+        try:
+            if crops_dir is not None:
+                items = []
+                for c in unique:
+                    path = os.path.abspath(crop_path(crops_dir, c.item.id))
+                    write_crop(path, c.pixels)
+                    written.append(path)
+                    items.append(replace(c.item, crop=path))
+            else:
+                items = [c.item for c in unique]
+            added = store.add(vectors, items)
+        except BaseException:
+            # The add is all or nothing: so are its crops (no file left that no item names).
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
         report.new += added
         report.skipped += len(unique) - added
     return report
@@ -365,15 +374,6 @@ def write_mot_row(fh, det: Detection) -> None:
     """One MOTChallenge row (1-based frame and box) of a detection, e.g. of the motion detector."""
     x, y, w, h = det.box
     fh.write(f"{det.frame + 1},{det.track},{x + 1},{y + 1},{w},{h},{det.conf:.3f},-1,-1,-1\n")
-
-
-def feature_dim(embedder) -> int:
-    """The embedder's feature dimension, from one blank image (found before any video frame
-    is decoded, so a store of another dimension is refused first)."""
-    from PIL import Image
-
-    o = embedder.options
-    return int(embedder.embed_pil([Image.new("RGB", (o["width"], o["height"]))]).shape[1])
 
 
 def run_ingest(
@@ -391,16 +391,12 @@ def run_ingest(
     a new store records them.  ``save_detections``: with motion detection, also write the
     boxes found as a MOTChallenge file (atomically, at the end).
     """
-    import contextlib
-
     from reid_srdl.core.files import atomic_path
-    from reid_srdl.search.embedder import Embedder
     from reid_srdl.search.ingest.store_model import open_store_for
 
     with contextlib.ExitStack() as stack:
-        store, embedder = open_store_for(store_location, model, embedding, allow_mismatch, create=True)
+        store, embedder = open_store_for(store_location, model, embedding, allow_mismatch)
         stack.callback(store.close)
-        assert isinstance(embedder, Embedder)
         if save_detections is not None:
             if plan.motion is None:
                 raise IngestError("save_detections writes the boxes of the motion detector")

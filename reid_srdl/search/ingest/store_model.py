@@ -3,7 +3,8 @@
 A store records the fingerprint of the network that made its vectors and the extraction
 settings (``meta["model"]``, ``meta["settings"]``).  Adding vectors of another network, or
 of other settings, would make every later search meaningless; it is refused unless the
-caller says the features are comparable.  A new or empty store records them.
+caller says the features are comparable.  A new store records them; the recorded settings
+are the defaults of the options not given.
 """
 
 from typing import Tuple
@@ -15,40 +16,66 @@ from reid_srdl.search.gallery import GalleryMismatchError
 HINT = "pass --allow-model-mismatch only if you know the features are comparable"
 
 
-def open_store_for(location: str, model, embedding: dict, allow_mismatch: bool, create: bool = True) -> Tuple:
-    """``(store, embedder)``: the store at ``location`` and an embedder of ``model``.
+def feature_dim(embedder: Embedder) -> int:
+    """The embedder's feature dimension, from one blank image (known before any video frame
+    is decoded, so a store of another dimension is refused first)."""
+    from PIL import Image
 
-    The store's recorded settings are the defaults of the options not given in ``embedding``.
-    """
-    from reid_srdl.search.stores import open_store
+    o = embedder.options
+    return int(embedder.embed_pil([Image.new("RGB", (o["width"], o["height"]))]).shape[1])
 
-    store = None
-    try:
-        store = open_store(location)
-    except Exception:  # noqa: BLE001 - resolved below when the stores land
-        store = None
-    meta = store.get_meta() if store is not None else {}
-    stored = dict(meta.get("settings") or {})
-    options = dict(embedding)
-    for key in ("normalize", "flip", "precision", "height", "width"):
-        if key in stored and key not in options:
-            options[key] = stored[key]
-    embedder = Embedder(model, **options)
-    if store is None:
-        from reid_srdl.search.ingest.pipeline import feature_dim
 
-        store = open_store(location, dim=feature_dim(embedder), create=create)
+def _check(location: str, store, meta: dict, embedder: Embedder) -> None:
     if not meta.get("model"):
-        store.set_meta({**meta, "model": embedder.fingerprint, "settings": embedder.settings})
-        return store, embedder
-    if not allow_mismatch:
-        if not same_model(meta["model"], embedder.fingerprint):
+        if len(store):
             raise GalleryMismatchError(
-                f"{location} holds vectors of {describe_model(meta['model'])}, not of "
+                f"{location} records no model, so its {len(store)} vectors cannot be checked against "
                 f"{describe_model(embedder.fingerprint)}; {HINT}"
             )
-        differ = [k for k in FEATURE_SETTINGS if k in stored and stored[k] != embedder.settings[k]]
-        if differ:
-            both = "; ".join(f"{k}: store {stored[k]!r}, asked {embedder.settings[k]!r}" for k in differ)
-            raise GalleryMismatchError(f"{location} was embedded with other settings ({both}); {HINT}")
+        return
+    if not same_model(meta["model"], embedder.fingerprint):
+        raise GalleryMismatchError(
+            f"{location} holds vectors of {describe_model(meta['model'])}, not of "
+            f"{describe_model(embedder.fingerprint)}; {HINT}"
+        )
+    stored = meta.get("settings") or {}
+    differ = [k for k in FEATURE_SETTINGS if k in stored and stored[k] != embedder.settings[k]]
+    if differ:
+        both = "; ".join(f"{k}: store {stored[k]!r}, asked {embedder.settings[k]!r}" for k in differ)
+        raise GalleryMismatchError(f"{location} was embedded with other settings ({both}); {HINT}")
+
+
+def open_store_for(location: str, model, embedding: dict, allow_mismatch: bool = False) -> Tuple:
+    """``(store, embedder)``: the gallery at ``location`` (created if there is none) and an
+    embedder of ``model`` with the ``embedding`` options, checked against each other."""
+    from reid_srdl.search.stores import StoreError, open_store
+
+    try:
+        store = open_store(location)
+    except StoreError:
+        store = None  # a new gallery, or a broken one: the create=True below tells which
+    try:
+        meta = store.get_meta() if store is not None else {}
+        stored = meta.get("settings") or {}
+        options = dict(embedding)
+        for key in ("normalize", "flip", "precision", "height", "width"):
+            if key in stored and key not in options:
+                options[key] = stored[key]
+        embedder = Embedder(model, **options)
+        dim = feature_dim(embedder)
+        if store is None:
+            store = open_store(location, dim=dim, create=True)
+        elif store.dim != dim:
+            raise GalleryMismatchError(
+                f"{location} holds {store.dim}-dimensional vectors; {describe_model(embedder.fingerprint)} makes "
+                f"{dim}-dimensional ones"
+            )
+        elif not allow_mismatch:
+            _check(location, store, meta, embedder)
+        if not meta.get("model"):
+            store.set_meta({**meta, "model": embedder.fingerprint, "settings": embedder.settings})
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     return store, embedder
