@@ -11,8 +11,10 @@ draws its boxes on the given frames, side by side at half size.
 ``ingest --detect motion --every 1`` of one fixed camera (motion boxes jitter and merge too
 much to link them into reliable tracks, so no automatic "ground truth" is made from them):
 
-* queries: the largest crop at least twice as tall as wide of frames 50, 100, ... 750 (the
-  person judging the sheets skips a query that is not one whole person, and says so);
+* queries: ``--query FRAME:X`` (the crop of that frame whose box starts at column X, picked
+  by hand: one whole person in clothes a judge can tell from the others'); without them, the
+  largest crop at least twice as tall as wide of frames 50, 100, ... 750 (the judge skips a
+  query that is not one whole person, and says so);
 * for each query, its 5 nearest crops **at least 3 s away** (the neighbouring frames of the
   same walk are trivially alike), by three embeddings of the same crops: the trained network
   (the vectors in the store), the same architecture with fresh random weights, and a colour
@@ -104,9 +106,28 @@ def _same_height(tiles):
     return [cv2.copyMakeBorder(t, 0, h - t.shape[0], 0, 0, cv2.BORDER_CONSTANT) for t in tiles]
 
 
+def _queries(items, picked):
+    """``(frame, item index)`` of the queries (see the module docstring)."""
+    if picked:
+        for text in picked:
+            frame, x = (int(v) for v in text.split(":"))
+            found = [i for i, it in enumerate(items) if it.frame == frame and it.box[0] == x]
+            if len(found) != 1:
+                raise SystemExit(f"--query {text}: no crop of frame {frame} starts at column {x}")
+            yield frame, found[0]
+        return
+    for frame in SHEET_FRAMES:
+        here = [i for i, it in enumerate(items) if it.frame == frame]
+        if here:
+            # The largest crop at least twice as tall as wide (a pair side by side is wider).
+            slim = [i for i in here if items[i].box[3] >= 2 * items[i].box[2]] or here
+            yield frame, max(slim, key=lambda i: items[i].box[2] * items[i].box[3])
+
+
 def cmd_check(args) -> None:
     import random
 
+    from reid_srdl.search.ingest.pipeline import crop_file
     from reid_srdl.search.stores import open_store
 
     store = open_store(args.store)
@@ -116,7 +137,7 @@ def cmd_check(args) -> None:
         items.extend(it)
     store.close()
     vectors = np.concatenate(vectors)
-    paths = [it.crop for it in items]
+    paths = [crop_file(store, it.crop) for it in items]
     times = np.array([it.timestamp if it.timestamp is not None else it.frame / 10.0 for it in items])
     embeddings = {
         "trained": vectors,
@@ -127,13 +148,7 @@ def cmd_check(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     shuffle = random.Random(0)
     sheets = []
-    for frame in SHEET_FRAMES:
-        here = [i for i, it in enumerate(items) if it.frame == frame]
-        if not here:
-            continue
-        # The largest crop at least twice as tall as wide (a pair side by side is wider).
-        slim = [i for i in here if items[i].box[3] >= 2 * items[i].box[2]] or here
-        q = max(slim, key=lambda i: items[i].box[2] * items[i].box[3])
+    for frame, q in _queries(items, args.query):
         cand = np.flatnonzero(np.abs(times - times[q]) >= GAP_S)
         names = list(dists)
         shuffle.shuffle(names)
@@ -141,7 +156,7 @@ def cmd_check(args) -> None:
         for letter, name in zip("ABC", names):
             hits = cand[np.argsort(dists[name][q][cand], kind="stable")][:SHEET_HITS]
             rows.append((letter, [int(h) for h in hits]))
-        sheet = os.path.join(args.out, f"sheet_{frame:04d}.png")
+        sheet = os.path.join(args.out, f"sheet_{frame:04d}_{items[q].box[0]:03d}.png")
         contact_sheet(sheet, rows, paths, times, q)
         sheets.append(
             {
@@ -201,6 +216,7 @@ def main(argv=None) -> None:
     c.add_argument("--store", required=True)
     c.add_argument("--model", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument("--query", action="append", metavar="FRAME:X", help="a hand-picked query crop (repeat)")
     args = p.parse_args(argv)
     {"picture": cmd_picture, "check": cmd_check}[args.command](args)
 

@@ -285,6 +285,14 @@ def crop_path(crops_dir: str, item_id: int) -> str:
     return os.path.join(crops_dir, f"{item_id:016x}.jpg")
 
 
+def crop_file(store: GalleryStore, crop: str) -> str:
+    """The file an item's ``crop`` names: a relative path is relative to the folder that holds
+    the store's crop folder (see :func:`ingest`)."""
+    if os.path.isabs(crop) or not store.crop_dir:
+        return crop
+    return os.path.join(os.path.dirname(os.path.abspath(store.crop_dir)), crop)
+
+
 def write_crop(path: str, pixels: np.ndarray) -> None:
     import cv2
 
@@ -350,12 +358,15 @@ def ingest(
         written: List[str] = []
         try:
             if crops_dir is not None:
+                # Recorded relative to the crop folder's parent ("crops/<id>.jpg" in a store
+                # folder), as the stores resolve it: the gallery can move with its crops.
+                base = os.path.dirname(os.path.abspath(crops_dir))
                 items = []
                 for c in unique:
                     path = os.path.abspath(crop_path(crops_dir, c.item.id))
                     write_crop(path, c.pixels)
                     written.append(path)
-                    items.append(replace(c.item, crop=path))
+                    items.append(replace(c.item, crop=os.path.relpath(path, base)))
             else:
                 items = [c.item for c in unique]
             added = store.add(vectors, items)
