@@ -12,9 +12,9 @@ the current frame, except the K best crops per live track with ``best`` (see
 has any.
 
 :func:`ingest` feeds the crops to a gallery store in batches: the ids already in the store
-are skipped before embedding (a re-run of a killed ingest embeds nothing twice), the crop
-images of the new items are written (JPEG, ``<crops>/<2 hex>/<16 hex id>.jpg``), their
-features computed with the embedder and added.  An item's id comes from (source, frame,
+are skipped before embedding (a re-run of a killed ingest embeds nothing twice), the new
+items are embedded, their crop images written (JPEG, ``<crop folder>/<16 hex digits of the
+id>.jpg``, recorded relative to the crop folder's parent) and the batch added.  An item's id comes from (source, frame,
 box) (:func:`reid_srdl.search.stores.base.item_id`), so the same footage always gives the
 same ids.
 
@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -99,7 +99,6 @@ class IngestReport:
     skipped: int = 0
     first_time: Optional[float] = None
     last_time: Optional[float] = None
-    notes: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -135,21 +134,6 @@ class IngestPlan:
         )
         return Crop(item, pixels, det.conf)
 
-    def _frame_detections(self) -> Iterator[Tuple[int, List[Detection]]]:
-        """``(frame, detections)`` of the frames to look at, from the file or the detector."""
-        if self.detections is not None:
-            for frame, dets in self.detections.by_frame():
-                if sampled_frame(frame, self.every):  # other frames are not even converted
-                    yield frame, dets
-            return
-        # Motion: every frame is decoded (the background model learns from all of them).
-        detector = MotionDetector(self.video.width, self.video.height, self.motion)
-        for frame, pixels in self.video.frames():
-            boxes = [Detection(frame, NO_TRACK, box, fill) for box, fill in detector.detect(pixels)]
-            if self.on_boxes is not None:
-                self.on_boxes(frame, boxes)
-            yield frame, (boxes, pixels)
-
     def crops(self, report: IngestReport, progress: bool = False) -> Iterator[Crop]:
         """The sampled crops in frame order (with ``best``: in the order tracks are flushed,
         each track's crops in frame order).  Counts go into ``report``."""
@@ -180,21 +164,33 @@ class IngestPlan:
         return pixels[y : y + h, x : x + w]
 
     def _frames_with_pixels(self, report: IngestReport, bar) -> Iterator[Tuple[int, List[Detection], np.ndarray]]:
-        if self.detections is None:
-            for frame, (dets, pixels) in self._frame_detections():
-                report.frames += 1
-                report.detections += len(dets)
-                bar.update(1)
-                if dets:
-                    yield frame, dets, pixels
-            return
-        upcoming = self._frame_detections()
+        """``(frame, detections, pixels)`` of the frames with detections, in order."""
+        frames = self._motion_frames if self.detections is None else self._file_frames
+        for frame, dets, pixels in frames(report, bar):
+            report.detections += len(dets)
+            yield frame, dets, pixels
+
+    def _motion_frames(self, report: IngestReport, bar):
+        # Every frame is decoded: the background model learns from all of them.
+        detector = MotionDetector(self.video.width, self.video.height, self.motion)
+        for frame, pixels in self.video.frames():
+            report.frames += 1
+            bar.update(1)
+            dets = [Detection(frame, NO_TRACK, box, fill) for box, fill in detector.detect(pixels)]
+            if self.on_boxes is not None:
+                self.on_boxes(frame, dets)
+            if dets:
+                yield frame, dets, pixels
+
+    def _file_frames(self, report: IngestReport, bar):
+        # Only the sampled frames with detections are converted to pixels, and decoding stops
+        # after the last of them.
+        upcoming = ((f, d) for f, d in self.detections.by_frame() if sampled_frame(f, self.every))
         pending = [next(upcoming, None)]  # [(frame, detections)] of the next frame to cut from
         if pending[0] is None:
             return
         decoded = -1
-        # Only the frames with detections are converted to pixels; ``wanted`` reads the
-        # pending frame each time the reader reaches a frame.
+        # ``wanted`` reads the pending frame each time the reader reaches a frame.
         for index, pixels in self.video.frames(wanted=lambda i: i == pending[0][0]):
             decoded = index
             report.frames += 1
@@ -202,11 +198,10 @@ class IngestPlan:
             frame, dets = pending[0]
             if index != frame:
                 continue
-            report.detections += len(dets)
             yield index, dets, pixels
             pending[0] = next(upcoming, None)
             if pending[0] is None:
-                return  # no detection after this frame: the rest of the video is not decoded
+                return
         next_frame, next_dets = pending[0]
         raise VideoError(
             f"video {self.video.path} ended after frame {decoded} (0-based) although frame {next_frame} has "
