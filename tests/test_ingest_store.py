@@ -165,3 +165,27 @@ def test_a_store_of_another_model_is_refused(capsys, footage, tmp_path):
     code, _, err = run(capsys, footage, store, "--height", "64")
     assert code == 2 and err.count("\n") == 1 and "height: store 32, asked 64" in err
     assert len(stored(store)[1]) == before
+
+
+def test_a_video_that_ends_early_while_read(capsys, footage, tmp_path, monkeypatch):
+    # A container that fools even the seek (a file rewritten between the check and the read):
+    # the ingest stops with one line naming the frame; the batches before it stay stored.
+    from reid_srdl.search.ingest import VideoSource
+
+    truncated = tmp_path / "short.avi"
+    with open(footage["video"], "rb") as f:
+        data = f.read()
+    truncated.write_bytes(data[: int(len(data) * 0.6)])
+    decodable = sum(1 for _ in VideoSource(str(truncated)).frames())
+    monkeypatch.setattr(VideoSource, "has_frame", lambda self, index: True)
+    store = tmp_path / "gallery"
+    argv = ["ingest", "--store", store, "--model", footage["model"], "--video", truncated, "--camera", "c1"]
+    argv += ["--detections", footage["det"], "--batch-size", "4"]
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"ended after frame {decodable - 1} (0-based)" in err
+    items = stored(store)[1]
+    boxes = [(f, t, b) for f, t, b in expected_boxes(footage["drawn"]) if f < decodable]
+    # Whole batches of 4, in frame order, all from the frames that exist.
+    assert 0 < len(items) <= len(boxes) and len(items) % 4 == 0
+    assert [(it.frame, it.track, it.box) for it in items] == boxes[: len(items)]

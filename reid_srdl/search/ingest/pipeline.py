@@ -138,7 +138,13 @@ class IngestPlan:
         """The sampled crops in frame order (with ``best``: in the order tracks are flushed,
         each track's crops in frame order).  Counts go into ``report``."""
         total = self.summary.last_frame + 1 if self.summary is not None else self.video.reported_frames
-        bar = tqdm(total=total, unit="frame", desc=f"ingest {os.path.basename(self.video.path)}", disable=not progress)
+        bar = tqdm(
+            total=total,
+            unit="frame",
+            desc=f"ingest {os.path.basename(self.video.path)}",
+            disable=not progress,
+            leave=False,
+        )
         best = BestPerTrack(self.best, self.best_by, self.gap) if self.best is not None else None
         try:
             for frame, dets, pixels in self._frames_with_pixels(report, bar):
