@@ -43,6 +43,11 @@ def _embedding_args(p: argparse.ArgumentParser, with_defaults: bool) -> None:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--workers", type=int, default=0, help="image decoding processes (default: 0)")
     g.add_argument("--device", default="cpu")
+    g.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="load a TorchScript --model not named *.ts (it is a program: only one you made or trust)",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="embed a folder of crops into a new gallery file")
-    b.add_argument("--model", required=True, help="a run directory, final.pt, model.onnx or TorchScript file")
+    b.add_argument("--model", required=True, help="a run directory, final.pt, model.onnx or model.ts (TorchScript)")
     b.add_argument("--images", required=True, help="folder of crops (searched recursively) or one image")
     b.add_argument("--labels", default="auto", help="auto | market | none | FILE.csv (default: auto)")
     b.add_argument("--out", required=True, metavar="GALLERY.npz")
@@ -144,7 +149,11 @@ def _load(args):
     from reid_srdl.search import ReIDSearcher
 
     return ReIDSearcher.load(
-        args.gallery, model=args.model, allow_mismatch=args.allow_model_mismatch, **_embedding(args, explicit_only=True)
+        args.gallery,
+        model=args.model,
+        allow_mismatch=args.allow_model_mismatch,
+        trust_torchscript=args.trust_torchscript,
+        **_embedding(args, explicit_only=True),
     )
 
 
@@ -162,7 +171,13 @@ def cmd_build(args) -> None:
     paths = list_images(args.images)
     pids, camids, how = _labels(args.labels, paths)
     s = ReIDSearcher.from_images(
-        args.model, paths, pids, camids, skip_unreadable=args.skip_unreadable, **_embedding(args, explicit_only=False)
+        args.model,
+        paths,
+        pids,
+        camids,
+        skip_unreadable=args.skip_unreadable,
+        trust_torchscript=args.trust_torchscript,
+        **_embedding(args, explicit_only=False),
     )
     s.save(args.out)
     skipped = len(paths) - len(s)

@@ -140,6 +140,7 @@ class ReIDSearcher:
         fast: bool = False,
         precision: Optional[str] = None,
         skip_unreadable: bool = False,
+        trust_torchscript: bool = False,
     ) -> "ReIDSearcher":
         """Index images embedded by ``model`` (``model(x)`` returns ``(logits, features)``).
 
@@ -155,6 +156,9 @@ class ReIDSearcher:
 
         An image that cannot be decoded is an error naming it, unless ``skip_unreadable``:
         then it is reported on stderr and left out of the gallery (with its pid and camid).
+
+        A TorchScript file is a program that runs on every embedding: it is loaded only when
+        its name ends in ``.ts`` or with ``trust_torchscript=True``; other model files are data.
         """
         embedder = Embedder(
             model,
@@ -169,6 +173,7 @@ class ReIDSearcher:
             progress=progress,
             fast=fast,
             precision=precision,
+            trust_torchscript=trust_torchscript,
         )
         paths = [os.fspath(p) for p in paths]
         pids, camids = _ids_of_images(len(paths), pids, camids)
@@ -404,7 +409,9 @@ class ReIDSearcher:
         self._gallery.save(path)
 
     @classmethod
-    def load(cls, path: PathLike, model=None, allow_mismatch: bool = False, **embedding) -> "ReIDSearcher":
+    def load(
+        cls, path: PathLike, model=None, allow_mismatch: bool = False, trust_torchscript: bool = False, **embedding
+    ) -> "ReIDSearcher":
         """Read a file written by :meth:`save` (or any feature file).
 
         With ``model`` (a network or the path of a trained one) image queries can be searched
@@ -412,7 +419,8 @@ class ReIDSearcher:
         embedded as the gallery was); an explicit option in ``embedding`` that differs from
         them, a model whose fingerprint differs from the recorded one, or a file that records
         no model, is a :class:`GalleryMismatchError` naming both sides -- unless
-        ``allow_mismatch=True`` (you know the features are comparable).
+        ``allow_mismatch=True`` (you know the features are comparable).  ``trust_torchscript``:
+        as in :meth:`from_images`.
         """
         check_option_names(embedding)
         if model is None and embedding:
@@ -426,7 +434,7 @@ class ReIDSearcher:
         for key in ("normalize", "flip", "precision", "height", "width"):
             if key in stored and key not in options:
                 options[key] = stored[key]
-        embedder = Embedder(model, **options)
+        embedder = Embedder(model, trust_torchscript=trust_torchscript, **options)
         if not allow_mismatch:
             _check_model(path, gallery.model, embedder)
             resolved = embedder.settings  # compared as resolved ("auto" precision -> what it runs at)

@@ -36,7 +36,6 @@ from reid_srdl.search.labels import LabelError, parse_camera
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 8 << 20
-MAX_PIXELS = 40_000_000  # a decompression bomb is refused before it is decoded
 MAX_K = 100
 
 
@@ -76,21 +75,18 @@ class GalleryService:
     # ------------------------------------------------------------------ uploads
     def decode_upload(self, data: bytes, name: str):
         """An RGB PIL image from uploaded bytes, or an UploadError with the HTTP status."""
-        from PIL import Image, UnidentifiedImageError
+        from reid_srdl.core.images import ImageRejected, decode_rgb
 
         if not data:
             raise UploadError(400, f"{name}: the upload is empty")
         if len(data) > self.max_upload_bytes:
             raise UploadError(413, f"{name}: {len(data)} bytes is over the limit of {self.max_upload_bytes} bytes")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise UploadError(413, f"{name}: {im.width} x {im.height} pixels is over the limit of {MAX_PIXELS}")
-                return im.convert("RGB")
-        except UploadError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UploadError(415, f"{name}: not a readable image ({e})") from None
+        try:  # the pixel count is checked before decoding (a decompression bomb is refused)
+            return decode_rgb(io.BytesIO(data))
+        except ImageRejected as e:  # the reason names no BytesIO object: the upload is named here
+            if e.too_large:
+                raise UploadError(413, f"{name}: {e.reason}") from None
+            raise UploadError(415, f"{name}: not a readable image ({e.reason})") from None
 
     # ------------------------------------------------------------------ operations
     def search(
