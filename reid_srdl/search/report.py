@@ -10,7 +10,8 @@ from typing import Optional, Sequence, Tuple
 
 from reid_srdl.core.images import ImageRejected, decode_rgb
 from reid_srdl.search.gallery import camera_name
-from reid_srdl.search.searcher import SearchResult
+from reid_srdl.search.results import SearchResult
+from reid_srdl.search.stores.records import format_time
 
 THUMB_HEIGHT = 128
 logger = logging.getLogger(__name__)
@@ -72,9 +73,13 @@ def results_html(queries: Sequence[Tuple[str, SearchResult]], title: str = "reid
         parts.append(f'{decision_html(result)}<div class="row">')
         parts.append(_figure(query_path, "query"))
         for r in range(len(result)):
-            cam = camera_name(int(result.camids[r])) or "camera ?"
+            item = result.items[r] if result.items else None
+            cam = (item.camera if item is not None else camera_name(int(result.camids[r]))) or "camera ?"
+            when = format_time(item.timestamp) if item is not None and item.timestamp is not None else ""
             pid = int(result.pids[r])
-            caption = f"#{r + 1} d={result.distances[r]:.3f}<br>pid {pid if pid >= 0 else '?'}, {cam}"
+            caption = f"#{r + 1} d={result.distances[r]:.3f}<br>pid {pid if pid >= 0 else '?'}, {html.escape(cam)}"
+            if when:
+                caption += f"<br>{html.escape(when[:19].replace('T', ' '))} UTC"
             css = "" if result.accepted is None else ("within" if result.accepted[r] else "beyond")
             parts.append(_figure(None if result.paths is None else result.paths[r], caption, css))
         parts.append("</div></div>")

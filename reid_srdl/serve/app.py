@@ -119,11 +119,9 @@ class GalleryService:
         if gallery_index is not None:
             if not 0 <= gallery_index < len(s):
                 raise UploadError(404, f"gallery index {gallery_index} is outside 0..{len(s) - 1}")
-            feats = s.gallery.features[gallery_index : gallery_index + 1]
+            feats = s.store.vectors([gallery_index])
             # The picked image is left out of its own results (it would be its own match at 0).
-            result = s.search(feats, k=min(int(k) + 1, len(s)), **options)[0]
-            keep = result.indices != gallery_index
-            result = _subset(result, keep, int(k))
+            result = s.search(feats, k=int(k), exclude_ids=[gallery_index], **options)[0]
         else:
             feats = s.embed_pil([image])
             result = s.search(feats, k=int(k), **options)[0]
@@ -156,7 +154,8 @@ class GalleryService:
     def stats(self) -> dict:
         s = self.searcher
         pids, camids = s.pids, s.camids
-        cal = s.gallery.calibration
+        meta = s.meta
+        cal = meta.get("calibration")
         from reid_srdl.search.fingerprint import describe_model
 
         return {
@@ -164,8 +163,8 @@ class GalleryService:
             "dim": s.dim,
             "identities": int(len(np.unique(pids[pids >= 0]))),
             "cameras": [camera_name(int(c)) for c in np.unique(camids[camids >= 0])],
-            "model": describe_model(s.gallery.model),
-            "settings": s.gallery.settings,
+            "model": describe_model(meta.get("model")),
+            "settings": meta.get("settings"),
             "calibration": None if cal is None else {k: cal[k] for k in ("threshold", "far", "tar", "dir", "source")},
             "queries_served": self.queries,
             "images_added": self.adds,
@@ -181,24 +180,6 @@ class GalleryService:
         if not _within(path, self.roots) or not os.path.isfile(path):
             raise UploadError(403, f"gallery image {index} is outside the gallery's folders")
         return os.path.realpath(path)
-
-
-def _subset(result, keep: np.ndarray, k: int):
-    from dataclasses import replace
-
-    idx = np.flatnonzero(keep)[:k]
-    return replace(
-        result,
-        distances=result.distances[idx],
-        pids=result.pids[idx],
-        camids=result.camids[idx],
-        paths=None if result.paths is None else [result.paths[i] for i in idx],
-        indices=result.indices[idx],
-        accepted=None if result.accepted is None else result.accepted[idx],
-        decision=None
-        if result.decision is None
-        else ("match" if len(idx) and result.distances[idx[0]] <= result.threshold else "no match"),
-    )
 
 
 class UploadError(ReidSrdlError):
