@@ -140,7 +140,7 @@ def test_container_that_claims_more_frames_than_it_holds(capsys, footage, tmp_pa
 @pytest.mark.parametrize(
     "extra, parts",
     [
-        (["--start-time", "yesterday"], ["ISO 8601", "'yesterday'"]),
+        (["--start-time", "yesterday"], ["--start-time", "ISO 8601", "'yesterday'"]),
         (["--every", "0"], ["every must be a whole number >= 1"]),
         (["--best", "0"], ["best must be a whole number >= 1"]),
         (["--fps", "-5"], ["frame rate must be a positive number"]),
@@ -152,6 +152,14 @@ def test_bad_options(capsys, footage, tmp_path, extra, parts):
     store = tmp_path / "store"
     code, _, err = ingest(capsys, footage, store, *extra)
     assert_one_line(code, err, *parts)
+    assert not store.exists()
+
+
+def test_a_camera_name_the_store_would_refuse(capsys, footage, tmp_path):
+    store = tmp_path / "store"
+    argv = ["ingest", "--store", store, "--model", footage["model"], "--video", footage["video"]]
+    code = cli.main([str(a) for a in argv + ["--camera", "c1\x00", "--detections", footage["det"]]])
+    assert_one_line(code, capsys.readouterr().err, "camera", "control character")
     assert not store.exists()
 
 

@@ -75,7 +75,7 @@ def test_ingest_adds_what_was_drawn_and_a_rerun_adds_nothing(capsys, footage, tm
     assert n == 65
     assert (
         f"{FRAMES} frames, {n} detections (2 clipped to the frame); {n} crops, "
-        "2024-05-01T14:02:12.200Z to 2024-05-01T14:02:14.900Z: 65 new, 0 already in" in out
+        "2024-05-01T14:02:12.200000+00:00 to 2024-05-01T14:02:14.900000+00:00: 65 new, 0 already in" in out
     )
     vectors, items = stored(store)
     assert [(it.frame, it.track, it.box) for it in items] == expected_boxes(footage["drawn"])
@@ -161,9 +161,9 @@ def test_a_store_of_another_model_is_refused(capsys, footage, tmp_path):
     assert run(capsys, footage, store, "--every", "10")[0] == 0
     before = len(stored(store)[1])
     code, _, err = run(capsys, footage, store, model=footage["other_model"])
-    assert code == 2 and err.count("\n") == 1 and "holds vectors of" in err and "--allow-model-mismatch" in err
+    assert code == 2 and err.count("\n") == 1 and "was built by" in err and "--allow-model-mismatch" in err
     code, _, err = run(capsys, footage, store, "--height", "64")
-    assert code == 2 and err.count("\n") == 1 and "height: store 32, asked 64" in err
+    assert code == 2 and err.count("\n") == 1 and "height: gallery 32, query 64" in err
     assert len(stored(store)[1]) == before
 
 

@@ -582,8 +582,9 @@ def _ingest_parser(sub) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from reid_srdl.search.ingest import MotionOptions, format_utc, parse_start_time, plan_ingest
+    from reid_srdl.search.ingest import MotionOptions, parse_start_time, plan_ingest
     from reid_srdl.search.ingest.pipeline import run_ingest
+    from reid_srdl.search.stores.records import format_time
 
     if args.save_detections and not args.detect:
         raise ReidSrdlError("--save-detections writes the boxes of --detect motion; the detections are already a file")
@@ -605,11 +606,11 @@ def cmd_ingest(args) -> None:
         plan,
         args.store,
         args.model,
-        _embedding(args, explicit_only=False),
+        _embedding(args, explicit_only=True),  # an existing gallery's settings are the defaults
         allow_mismatch=args.allow_model_mismatch,
         save_detections=args.save_detections,
     )
-    when = f", {format_utc(r.first_time)} to {format_utc(r.last_time)}" if r.first_time is not None else ""
+    when = f", {format_time(r.first_time)} to {format_time(r.last_time)}" if r.first_time is not None else ""
     print(
         f"{args.video} (camera {args.camera}): {r.frames} frames, {r.detections} detections"
         + (f" ({r.clipped} clipped to the frame)" if r.clipped else "")

@@ -22,7 +22,6 @@ Timestamps: frame ``f`` (0-based) was seen at ``start_time + f / fps`` UTC secon
 """
 
 import contextlib
-import datetime as dt
 import logging
 import math
 import os
@@ -49,29 +48,17 @@ class IngestError(ReidSrdlError, ValueError):
 
 
 def parse_start_time(text: str) -> float:
-    """An ISO 8601 time to UTC seconds since the epoch; a time without an offset is UTC.
+    """An ISO 8601 time to UTC seconds since the epoch; a time without an offset is UTC (the
+    rule of every time the tools read: :func:`reid_srdl.search.stores.records.parse_time`).
 
     >>> parse_start_time("2024-05-01T14:02:11Z")
     1714572131.0
     >>> parse_start_time("2024-05-01T16:02:11+02:00")
     1714572131.0
     """
-    try:
-        t = dt.datetime.fromisoformat(text.strip())
-    except (ValueError, AttributeError):
-        raise IngestError(
-            f"a start time is an ISO 8601 date and time such as 2024-05-01T14:02:11Z or "
-            f"2024-05-01T16:02:11+02:00; got {text!r}"
-        ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    return t.timestamp()
+    from reid_srdl.search.stores.records import parse_time
 
-
-def format_utc(seconds: float) -> str:
-    """UTC seconds as ``2024-05-01T14:02:11.300Z`` (milliseconds)."""
-    t = dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return parse_time(text, "--start-time")
 
 
 @dataclass(frozen=True)
@@ -243,14 +230,16 @@ def plan_ingest(
     check_sampling(every, best, best_by, gap)
     if start_time is not None and not (isinstance(start_time, (int, float)) and math.isfinite(start_time)):
         raise IngestError(f"start_time is UTC seconds since the epoch; got {start_time!r}")
-    if not isinstance(camera, str):
-        raise IngestError(f"camera is a name such as 'c1'; got {camera!r}")
+    from reid_srdl.search.stores.records import MAX_CAMERA, check_text
+
+    check_text(camera, "camera", MAX_CAMERA)  # what the store would refuse, refused before any work
     v = VideoSource(video, fps=fps)
     if start_time is not None and v.fps is None:
         raise IngestError(f"video {v.path} does not state its frame rate, which timestamps need: give it (--fps)")
+    source = check_text(source if source is not None else os.path.abspath(v.path), "source", allow_empty=False)
     plan = IngestPlan(
         video=v,
-        source=source if source is not None else os.path.abspath(v.path),
+        source=source,
         camera=camera,
         start_time=None if start_time is None else float(start_time),
         every=int(every),
