@@ -25,6 +25,14 @@ much to link them into reliable tracks, so no automatic "ground truth" is made f
   ``check.json``, to be read after judging.
 
 Results go to ``--out`` (``check.json`` and the sheets).
+
+``table`` joins ``check.json`` with the judge's verdicts (``--judgments``: per sheet, per row
+letter, 1 / 0 / null for unsure per hit), prints the table of docs/footage_demo.md and writes
+the compact record of the study (``experiments/results/footage_demo.json``: machine, commit,
+the queries, every hit, the key and the verdicts).
+
+    python experiments/footage_demo.py table --check footage_check/check.json \
+        --judgments judgments.json --out experiments/results/footage_demo.json
 """
 
 import argparse
@@ -181,6 +189,50 @@ def cmd_check(args) -> None:
     )
 
 
+def cmd_table(args) -> None:
+    from reid_srdl.core.environment import machine_metadata
+
+    with open(args.check) as f:
+        check = json.load(f)
+    with open(args.judgments) as f:
+        verdicts = json.load(f)
+    totals = {}
+    queries = []
+    for sheet in check["sheets"]:
+        rows = verdicts[str(sheet["frame"])]
+        per_method = {}
+        for letter, method in sheet["key"].items():
+            marks = rows[letter]
+            if len(marks) != len(sheet["hits"][method]):
+                n = len(sheet["hits"][method])
+                raise SystemExit(f"sheet of frame {sheet['frame']} row {letter}: {len(marks)} verdicts for {n} hits")
+            per_method[method] = marks
+            t = totals.setdefault(method, {"same": 0, "unsure": 0, "hits": 0, "top1": 0, "queries": 0})
+            t["same"] += sum(1 for m in marks if m == 1)
+            t["unsure"] += sum(1 for m in marks if m is None)
+            t["hits"] += len(marks)
+            t["top1"] += int(marks[0] == 1)
+            t["queries"] += 1
+        queries.append({**sheet, "verdicts": per_method})
+    record = {
+        "study": "footage_demo",
+        "question": "does a network trained on synthetic renders find the same real person again (vtest.avi)?",
+        "machine": machine_metadata(),
+        "store": check["store"],
+        "model": check["model"],
+        "items": check["items"],
+        "gap_s": check["gap_s"],
+        "queries": queries,
+        "totals": totals,
+    }
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=1)
+    for method, t in totals.items():
+        unsure = f" (+{t['unsure']} unsure)" if t["unsure"] else ""
+        print(f"{method:>17}: same person {t['same']}/{t['hits']}{unsure}, top hit {t['top1']}/{t['queries']}")
+    print(f"wrote {args.out}")
+
+
 def cmd_picture(args) -> None:
     import cv2
 
@@ -217,8 +269,12 @@ def main(argv=None) -> None:
     c.add_argument("--model", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--query", action="append", metavar="FRAME:X", help="a hand-picked query crop (repeat)")
+    t = sub.add_parser("table")
+    t.add_argument("--check", required=True, metavar="check.json")
+    t.add_argument("--judgments", required=True, metavar="JUDGMENTS.json")
+    t.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    {"picture": cmd_picture, "check": cmd_check}[args.command](args)
+    {"picture": cmd_picture, "check": cmd_check, "table": cmd_table}[args.command](args)
 
 
 if __name__ == "__main__":
