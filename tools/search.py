@@ -142,6 +142,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--allow-model-mismatch", action="store_true")
     _embedding_args(q, False)
 
+    _ingest_parser(sub)
+
     i = sub.add_parser("info", help="what a gallery holds")
     _store_args(i)
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -543,6 +545,81 @@ COMMANDS = {
     "prune": cmd_prune,
     "convert": cmd_convert,
 }
+
+
+def _ingest_parser(sub) -> None:
+    g = sub.add_parser(
+        "ingest",
+        help="crops of the people in a video (a MOTChallenge det.txt, or motion) into a gallery store",
+        description="Cut the detected people out of a video, embed them and add them to a gallery store with "
+        "camera, UTC time, frame and box (docs/ingest.md).  Re-running adds no duplicates.",
+    )
+    g.add_argument(
+        "--store", required=True, help="gallery store: a folder, a Milvus Lite *.db file or http(s)://host:port"
+    )
+    g.add_argument("--model", required=True, help="a run directory, final.pt, model.onnx or TorchScript file")
+    g.add_argument("--video", required=True)
+    g.add_argument("--camera", required=True, help="the camera's name, e.g. c1 or lobby")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--detections", metavar="DET.txt", help="MOTChallenge det/gt rows: frame,id,x,y,w,h,conf,... (1-based)"
+    )
+    src.add_argument("--detect", choices=("motion",), help="no detector: background subtraction (crude, fixed camera)")
+    g.add_argument("--start-time", metavar="ISO", help="UTC time of the first frame, e.g. 2024-05-01T14:02:11Z")
+    g.add_argument("--fps", type=float, help="frame rate, when the container's is wrong or missing")
+    g.add_argument("--every", type=int, default=1, metavar="N", help="only frames 0, N, 2N, ... (default: every frame)")
+    g.add_argument("--best", type=int, metavar="K", help="only the K best crops of each track")
+    g.add_argument("--best-by", choices=("area", "conf"), default="area", help="best = largest box or most confident")
+    g.add_argument(
+        "--track-gap", type=int, default=250, metavar="FRAMES", help="--best: a track unseen this long is done"
+    )
+    g.add_argument("--min-conf", type=float, help="drop detections below this confidence")
+    g.add_argument("--motion-warmup", type=int, default=10, metavar="FRAMES", help="frames learned before any box")
+    g.add_argument("--motion-min-area", type=float, default=0.002, help="smallest box, as a fraction of the frame")
+    g.add_argument("--save-detections", metavar="DET.txt", help="--detect motion: write its boxes as MOTChallenge rows")
+    g.add_argument("--allow-model-mismatch", action="store_true")
+    _embedding_args(g, False)
+
+
+def cmd_ingest(args) -> None:
+    from reid_srdl.search.ingest import MotionOptions, parse_start_time, plan_ingest
+    from reid_srdl.search.ingest.pipeline import run_ingest
+    from reid_srdl.search.stores.records import format_time
+
+    if args.save_detections and not args.detect:
+        raise ReidSrdlError("--save-detections writes the boxes of --detect motion; the detections are already a file")
+    _check_output(args.save_detections, "--save-detections")
+    plan = plan_ingest(
+        args.video,
+        args.camera,
+        detections=args.detections,
+        motion=MotionOptions(warmup=args.motion_warmup, min_area=args.motion_min_area) if args.detect else None,
+        start_time=None if args.start_time is None else parse_start_time(args.start_time),
+        fps=args.fps,
+        every=args.every,
+        best=args.best,
+        best_by=args.best_by,
+        gap=args.track_gap,
+        min_conf=args.min_conf,
+    )
+    r = run_ingest(
+        plan,
+        args.store,
+        args.model,
+        _embedding(args, explicit_only=True),  # an existing gallery's settings are the defaults
+        allow_mismatch=args.allow_model_mismatch,
+        save_detections=args.save_detections,
+    )
+    when = f", {format_time(r.first_time)} to {format_time(r.last_time)}" if r.first_time is not None else ""
+    print(
+        f"{args.video} (camera {args.camera}): {r.frames} frames, {r.detections} detections"
+        + (f" ({r.clipped} clipped to the frame)" if r.clipped else "")
+        + (f", {r.below_conf} below --min-conf" if r.below_conf else "")
+        + f"; {r.sampled} crops{when}: {r.new} new, {r.skipped} already in {args.store}"
+    )
+
+
+COMMANDS["ingest"] = cmd_ingest
 
 
 def main(argv=None) -> int:

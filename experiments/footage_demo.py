@@ -1,0 +1,281 @@
+#!/usr/bin/env python
+"""The real-footage demo's picture and its check (docs/footage_demo.md).
+
+    python experiments/footage_demo.py picture --video vtest.avi --frames 300 600 --out docs/footage_motion.jpg
+    python experiments/footage_demo.py check --store vtest_gallery --model runs/RUN --out footage_check/
+
+``picture`` runs the motion detector over the video (as ``ingest --detect motion`` does) and
+draws its boxes on the given frames, side by side at half size.
+
+``check`` prepares a blind hand check of the search in a gallery made by
+``ingest --detect motion --every 1`` of one fixed camera (motion boxes jitter and merge too
+much to link them into reliable tracks, so no automatic "ground truth" is made from them):
+
+* queries: ``--query FRAME:X`` (the crop of that frame whose box starts at column X, picked
+  by hand: one whole person in clothes a judge can tell from the others'); without them, the
+  largest crop at least twice as tall as wide of frames 50, 100, ... 750 (the judge skips a
+  query that is not one whole person, and says so);
+* for each query, its 5 nearest crops **at least 3 s away** (the neighbouring frames of the
+  same walk are trivially alike), by three embeddings of the same crops: the trained network
+  (the vectors in the store), the same architecture with fresh random weights, and a colour
+  histogram (HSV, 8 x 8 hue-saturation bins per upper and lower half, square-rooted: a classic
+  non-learned re-id baseline);
+* one contact sheet per query (``sheet_*.png``): the query, then one row per embedding in a
+  random order labelled A, B, C, so the judge does not know which row is which; the key is in
+  ``check.json``, to be read after judging.
+
+Results go to ``--out`` (``check.json`` and the sheets).
+
+``table`` joins ``check.json`` with the judge's verdicts (``--judgments``: per sheet, per row
+letter, 1 / 0 / null for unsure per hit), prints the table of docs/footage_demo.md and writes
+the compact record of the study (``experiments/results/footage_demo.json``: machine, commit,
+the queries, every hit, the key and the verdicts).
+
+    python experiments/footage_demo.py table --check footage_check/check.json \
+        --judgments judgments.json --out experiments/results/footage_demo.json
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+GAP_S = 3.0  # hits closer in time than this to the query are left out (the same walk, trivially alike)
+SHEET_FRAMES = tuple(range(50, 751, 50))
+SHEET_HITS = 5
+
+
+def colour_histograms(paths) -> np.ndarray:
+    import cv2
+
+    out = []
+    for p in paths:
+        hsv = cv2.cvtColor(cv2.imread(p), cv2.COLOR_BGR2HSV)
+        halves = (hsv[: hsv.shape[0] // 2], hsv[hsv.shape[0] // 2 :])
+        h = [cv2.calcHist([x], [0, 1], None, [8, 8], [0, 180, 0, 256]).ravel() for x in halves]
+        v = np.concatenate([x / max(x.sum(), 1.0) for x in h])
+        out.append(np.sqrt(v))
+    return np.asarray(out, np.float32)
+
+
+def untrained_features(model_path, paths) -> np.ndarray:
+    import torch
+
+    from reid_srdl.models.model_file import load_model_file
+    from reid_srdl.search.embedder import Embedder
+
+    net, meta = load_model_file(model_path)
+    fresh = copy.deepcopy(net)
+    torch.manual_seed(0)
+    for m in fresh.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    e = Embedder(fresh, height=int(meta.get("height") or 256), width=int(meta.get("width") or 128), batch_size=128)
+    feats, _ = e.embed_files(paths)
+    return feats
+
+
+def distances(feats: np.ndarray) -> np.ndarray:
+    sq = (feats**2).sum(1)
+    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * feats @ feats.T, 0))
+
+
+def contact_sheet(path, rows, paths, times, query, height=128):
+    import cv2
+
+    def tile(p, label, colour=(255, 255, 255)):
+        img = cv2.imread(p)
+        img = cv2.resize(img, (max(1, round(img.shape[1] * height / img.shape[0])), height))
+        img = cv2.copyMakeBorder(img, 0, 18, 2, 2, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        cv2.putText(img, label, (3, height + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
+        return img
+
+    lines = []
+    for name, hits in rows:
+        tiles = [tile(paths[query], f"query, row {name}", (0, 255, 255))]
+        tiles += [tile(paths[h], f"{times[h] - times[query]:+.1f}s") for h in hits]
+        lines.append(np.concatenate(_same_height(tiles), 1))
+    width = max(x.shape[1] for x in lines)
+    sheet = np.concatenate(
+        [cv2.copyMakeBorder(x, 0, 4, 0, width - x.shape[1], cv2.BORDER_CONSTANT, value=(40, 40, 40)) for x in lines]
+    )
+    cv2.imwrite(path, sheet)
+
+
+def _same_height(tiles):
+    import cv2
+
+    h = max(t.shape[0] for t in tiles)
+    return [cv2.copyMakeBorder(t, 0, h - t.shape[0], 0, 0, cv2.BORDER_CONSTANT) for t in tiles]
+
+
+def _queries(items, picked):
+    """``(frame, item index)`` of the queries (see the module docstring)."""
+    if picked:
+        for text in picked:
+            frame, x = (int(v) for v in text.split(":"))
+            found = [i for i, it in enumerate(items) if it.frame == frame and it.box[0] == x]
+            if len(found) != 1:
+                raise SystemExit(f"--query {text}: no crop of frame {frame} starts at column {x}")
+            yield frame, found[0]
+        return
+    for frame in SHEET_FRAMES:
+        here = [i for i, it in enumerate(items) if it.frame == frame]
+        if here:
+            # The largest crop at least twice as tall as wide (a pair side by side is wider).
+            slim = [i for i in here if items[i].box[3] >= 2 * items[i].box[2]] or here
+            yield frame, max(slim, key=lambda i: items[i].box[2] * items[i].box[3])
+
+
+def cmd_check(args) -> None:
+    import random
+
+    from reid_srdl.search.ingest.pipeline import crop_file
+    from reid_srdl.search.stores import open_store
+
+    store = open_store(args.store)
+    vectors, items = [], []
+    for v, it in store.scan():
+        vectors.append(v)
+        items.extend(it)
+    store.close()
+    vectors = np.concatenate(vectors)
+    paths = [crop_file(store, it.crop) for it in items]
+    times = np.array([it.timestamp if it.timestamp is not None else it.frame / 10.0 for it in items])
+    embeddings = {
+        "trained": vectors,
+        "untrained": untrained_features(args.model, paths),
+        "colour histogram": colour_histograms(paths),
+    }
+    dists = {name: distances(f.astype(np.float64)) for name, f in embeddings.items()}
+    os.makedirs(args.out, exist_ok=True)
+    shuffle = random.Random(0)
+    sheets = []
+    for frame, q in _queries(items, args.query):
+        cand = np.flatnonzero(np.abs(times - times[q]) >= GAP_S)
+        names = list(dists)
+        shuffle.shuffle(names)
+        rows = []
+        for letter, name in zip("ABC", names):
+            hits = cand[np.argsort(dists[name][q][cand], kind="stable")][:SHEET_HITS]
+            rows.append((letter, [int(h) for h in hits]))
+        sheet = os.path.join(args.out, f"sheet_{frame:04d}_{items[q].box[0]:03d}.png")
+        contact_sheet(sheet, rows, paths, times, q)
+        sheets.append(
+            {
+                "frame": frame,
+                "query_box": list(items[q].box),
+                "sheet": sheet,
+                "key": dict(zip("ABC", names)),
+                "hits": {
+                    name: [{"frame": items[h].frame, "box": list(items[h].box)} for h in hits]
+                    for name, (_, hits) in zip(names, rows)
+                },
+            }
+        )
+    with open(os.path.join(args.out, "check.json"), "w") as f:
+        json.dump(
+            {"store": args.store, "model": args.model, "items": len(items), "gap_s": GAP_S, "sheets": sheets},
+            f,
+            indent=2,
+        )
+    print(
+        f"{len(items)} crops; {len(sheets)} contact sheets to judge blind: {args.out}/sheet_*.png (key in check.json)"
+    )
+
+
+def cmd_table(args) -> None:
+    from reid_srdl.core.environment import machine_metadata
+
+    with open(args.check) as f:
+        check = json.load(f)
+    with open(args.judgments) as f:
+        verdicts = json.load(f)
+    totals = {}
+    queries = []
+    for sheet in check["sheets"]:
+        rows = verdicts[str(sheet["frame"])]
+        per_method = {}
+        for letter, method in sheet["key"].items():
+            marks = rows[letter]
+            if len(marks) != len(sheet["hits"][method]):
+                n = len(sheet["hits"][method])
+                raise SystemExit(f"sheet of frame {sheet['frame']} row {letter}: {len(marks)} verdicts for {n} hits")
+            per_method[method] = marks
+            t = totals.setdefault(method, {"same": 0, "unsure": 0, "hits": 0, "top1": 0, "queries": 0})
+            t["same"] += sum(1 for m in marks if m == 1)
+            t["unsure"] += sum(1 for m in marks if m is None)
+            t["hits"] += len(marks)
+            t["top1"] += int(marks[0] == 1)
+            t["queries"] += 1
+        queries.append({**sheet, "verdicts": per_method})
+    record = {
+        "study": "footage_demo",
+        "question": "does a network trained on synthetic renders find the same real person again (vtest.avi)?",
+        "machine": machine_metadata(),
+        "store": check["store"],
+        "model": check["model"],
+        "items": check["items"],
+        "gap_s": check["gap_s"],
+        "queries": queries,
+        "totals": totals,
+    }
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=1)
+    for method, t in totals.items():
+        unsure = f" (+{t['unsure']} unsure)" if t["unsure"] else ""
+        print(f"{method:>17}: same person {t['same']}/{t['hits']}{unsure}, top hit {t['top1']}/{t['queries']}")
+    print(f"wrote {args.out}")
+
+
+def cmd_picture(args) -> None:
+    import cv2
+
+    from reid_srdl.search.ingest import MotionOptions, VideoSource
+    from reid_srdl.search.ingest.motion import MotionDetector
+
+    v = VideoSource(args.video)
+    detector = MotionDetector(v.width, v.height, MotionOptions())
+    wanted, panels = set(args.frames), {}
+    for index, frame in v.frames():
+        boxes = detector.detect(frame)
+        if index in wanted:
+            img = frame.copy()
+            for (x, y, w, h), _ in boxes:
+                cv2.rectangle(img, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), 2)
+            cv2.putText(img, f"frame {index}", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+            panels[index] = cv2.resize(img, (v.width // 2, v.height // 2), interpolation=cv2.INTER_AREA)
+        if index >= max(wanted):
+            break
+    out = np.concatenate([panels[f] for f in args.frames], 1)
+    cv2.imwrite(args.out, out, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    print(f"wrote {args.out}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("picture")
+    a.add_argument("--video", required=True)
+    a.add_argument("--frames", type=int, nargs="+", default=[300, 600])
+    a.add_argument("--out", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("--store", required=True)
+    c.add_argument("--model", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--query", action="append", metavar="FRAME:X", help="a hand-picked query crop (repeat)")
+    t = sub.add_parser("table")
+    t.add_argument("--check", required=True, metavar="check.json")
+    t.add_argument("--judgments", required=True, metavar="JUDGMENTS.json")
+    t.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    {"picture": cmd_picture, "check": cmd_check, "table": cmd_table}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
