@@ -179,6 +179,7 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
         data.num_classes,
         feature_dim=cfg.model.feature_dim,
         weights=cfg.model.weights,
+        pretrained=cfg.model.pretrained,
         in_channels=data.in_channels,
         neck=cfg.model.neck,
     )
