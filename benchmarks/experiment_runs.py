@@ -58,13 +58,16 @@ def check_cached(run_dir, overrides):
     saved = load_config(os.path.join(run_dir, "config.yaml"))
     stored = relative(saved, trained_in(saved.train.output_dir))
     wanted = relative(load_config(None, overrides), REPO)
+    # The options of the methods the run does not use change nothing in it (a default of
+    # method.one changing must not invalidate an SRDL run).
+    unused = {("method", name) for name in wanted["method"] if name not in ("name", wanted["method"]["name"])}
     differ = [
         f"{section}.{key}: {stored[section][key]!r} there, {value!r} asked"
         for section, values in wanted.items()
         if isinstance(values, dict)
         for key, value in values.items()
         # where the run lives may be spelled differently (relative / absolute path)
-        if (section, key) not in (("train", "output_dir"), ("train", "run_name"))
+        if (section, key) not in (("train", "output_dir"), ("train", "run_name"), *unused)
         and stored.get(section, {}).get(key) != value
     ]
     if differ:

@@ -123,17 +123,22 @@ def planned_runs(args, weights):
     ]
 
 
-def stage1_metrics(run_dir):
-    """The stage-1 network of an SRDL run on the test protocol (the self-reference)."""
+def evaluate_file(run_dir, model_file, tag):
+    """A saved network of a run: (test-protocol results, top-1 of its ID classifier on the
+    un-augmented training set)."""
     from reid_srdl.config import load_config
     from reid_srdl.data import build_data
     from reid_srdl.engine.evaluate import evaluate_model
+    from reid_srdl.evaluation.classification import evaluate_classifier
     from reid_srdl.models.model_file import load_model_file
 
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
     data = build_data(cfg.data, seed=cfg.train.seed)
-    model, _ = load_model_file(os.path.join(run_dir, "stage1.pt"))
-    return evaluate_model(model, data, "cpu", cfg.eval, out_dir=run_dir, tag="stage1", progress=False)
+    model, _ = load_model_file(os.path.join(run_dir, model_file))
+    train_acc = evaluate_classifier(model, data.train_eval_loader, "cpu", ks=(1,))["top1"]
+    if tag is None:
+        return None, train_acc
+    return evaluate_model(model, data, "cpu", cfg.eval, out_dir=run_dir, tag=tag, progress=False), train_acc
 
 
 def _numbers(task, results):
@@ -142,14 +147,19 @@ def _numbers(task, results):
     return {key: results["single_query"][key] for key, _ in METRICS["reid"]}
 
 
-def compute_record(task, init, method, seed, run_dir):
+def compute_record(task, init, method, seed, run_dir, cmd):
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
+    _, clean_train_acc = evaluate_file(run_dir, "final.pt", None)
     rec = {
         "task": task,
         "init": init,
         "method": method,
         "seed": seed,
+        "command": cmd,
+        "settings": settings_of(run_dir),
+        # top-1 of the deployed network's ID classifier on the un-augmented training set
+        "clean_train_acc": clean_train_acc,
         "seconds": m["train_seconds"],
         "tflops": m["train_flops"] / 1e12,
         "cpu": m.get("environment", {}).get("cpu", "not recorded"),
@@ -159,7 +169,9 @@ def compute_record(task, init, method, seed, run_dir):
     }
     if method == "srdl":
         rec.update({f"ensemble_{k}": v for k, v in _numbers(task, m["results"]["ensemble"]).items()})
-        rec.update({f"stage1_{k}": v for k, v in _numbers(task, stage1_metrics(run_dir)).items()})
+        stage1, stage1_train_acc = evaluate_file(run_dir, "stage1.pt", "stage1")
+        rec.update({f"stage1_{k}": v for k, v in _numbers(task, stage1).items()})
+        rec["stage1_clean_train_acc"] = stage1_train_acc
         diag = m.get("diagnostics", {})
         rec["bank_train_acc"] = diag.get("bank_train_acc")
     return rec
@@ -179,38 +191,72 @@ def arm_rows(records, task, init, method):
     return rows
 
 
-def task_table(args, records, task):
-    epochs = args.fashion_epochs if task == "fashion" else args.reid_epochs
-    lines = [
-        f"## {'Fashion-MNIST' if task == 'fashion' else 'Many-identity synthetic re-id'}",
-        "",
-        "```",
-        command(args),
-        "```",
-        "",
-    ]
+def settings_of(run_dir):
+    """What the table says about a run, read from the config it was trained with."""
+    from reid_srdl.config import load_config
+
+    cfg = load_config(os.path.join(run_dir, "config.yaml"))
+    out = {
+        "epochs": cfg.train.epochs,
+        "lr": cfg.optim.lr,
+        "batch_size": cfg.data.batch_size,
+        "feature_dim": cfg.model.feature_dim,
+        "train_subset": cfg.data.train_subset,
+        "image_size": cfg.data.image_size,
+        "height": cfg.data.height,
+        "width": cfg.data.width,
+        "precision": cfg.train.precision,
+    }
+    if cfg.data.name == "market1501":
+        from reid_srdl.data.synthetic import read_marker, synthetic_market_dir
+
+        marker = read_marker(synthetic_market_dir(cfg.data.root)) or {}
+        out["synthetic_ids"] = marker.get("num_ids")
+        out["synthetic_counts"] = marker.get("counts")
+    return out
+
+
+def _present(records, key, order):
+    return [v for v in order if any(r[key] == v for r in records)]
+
+
+def task_table(records, task):
+    """The section of one task, from its records alone (each carries the command that trained
+    it and its settings)."""
+    commands = sorted({r["command"] for r in records})
+    variants = {json.dumps(r["settings"], sort_keys=True) for r in records}
+    st = records[0]["settings"]
+    epochs = st["epochs"]
+    lines = [f"## {'Fashion-MNIST' if task == 'fashion' else 'Many-identity synthetic re-id'}", "", "```"]
+    lines += commands + ["```", ""]
+    if len(variants) > 1:
+        lines += [f"**The runs of this table differ in their settings** ({len(variants)} variants).", ""]
     if task == "fashion":
-        lines += [
-            f"MobileNetV2 ({args.feature_dim}-d BN feature layer), {args.fashion_subset} training images (a random "
-            f"subset drawn with each seed), the full 10,000-image test set, images upscaled to {args.fashion_size}x"
-            f"{args.fashion_size}, one grey input channel (the ImageNet first convolution summed over colour).",
-        ]
+        lines.append(
+            f"MobileNetV2 ({st['feature_dim']}-d BN feature layer), {st['train_subset']} training images (a random "
+            f"subset drawn with each seed), the full 10,000-image test set, images upscaled to {st['image_size']}x"
+            f"{st['image_size']}, one grey input channel (the ImageNet first convolution summed over colour)."
+        )
     else:
-        lines += [
-            f"MobileNetV2 ({args.feature_dim}-d BN feature layer), synthetic Market-1501 set of 600 identities "
-            f"(seed 0; 300 training identities, 4,232 training images, 1,032 queries, 4,952 gallery images), "
-            f"{args.reid_height}x{args.reid_width}, single-query protocol.",
-        ]
+        counts = st.get("synthetic_counts") or {}
+        lines.append(
+            f"MobileNetV2 ({st['feature_dim']}-d BN feature layer), synthetic Market-1501 set of "
+            f"{st.get('synthetic_ids')} identities (seed 0; {st.get('synthetic_ids', 0) // 2} training identities, "
+            f"{counts.get('bounding_box_train', '?')} training images, {counts.get('query', '?')} queries, "
+            f"{counts.get('bounding_box_test', '?')} gallery images; the set of docs/experiments_reid_many_ids.md at "
+            f"600), {st['height']}x{st['width']}, single-query protocol."
+        )
     lines += [
         f"M = {epochs} epochs for every arm (SRDL: two stages of {epochs // 2}, each with its own complete step "
-        f"decay), batch {args.batch_size}, SGD Nesterov 0.9, lr {args.lr}, wd 2e-4, x0.1 at 50% and 75%, fp32. "
-        "Mean ± std over seeds; paired differences per seed, mean ± std [paired-t 95% interval].",
+        f"decay), batch {st['batch_size']}, SGD Nesterov 0.9, lr {st['lr']}, wd 2e-4, x0.1 at 50% and 75%, "
+        f"{st['precision']}. Mean ± std over seeds; paired differences per seed, mean ± std [paired-t 95% interval].",
         "",
     ]
+    inits, methods = _present(records, "init", INITS), _present(records, "method", METHODS)
     metrics = METRICS[task]
     header = "| arm | " + " | ".join(f"{label} (%) | minus CE, same init" for _, label in metrics) + " |"
     lines += [header, "|---|" + "---|---|" * len(metrics)]
-    for init in args.inits:
+    for init in inits:
         base = arm_rows(records, task, init, "vanilla")
         srdl = arm_rows(records, task, init, "srdl")
 
@@ -219,7 +265,8 @@ def task_table(args, records, task):
             for key, _ in metrics:
                 vals = [r[prefix + key] for r in recs if prefix + key in r]
                 cells.append("{:.2f} ± {:.2f}".format(*mean_std([100 * v for v in vals])) if vals else "-")
-                ok = compare and vals and len(vals) == len(base)
+                same_seeds = [r["seed"] for r in recs] == [r["seed"] for r in base]
+                ok = compare and vals and same_seeds
                 cells.append(paired_cell(vals, [r[key] for r in base]) if ok else "-")
             return "| " + " | ".join(cells) + " |"
 
@@ -229,54 +276,58 @@ def task_table(args, records, task):
         lines.append(row(f"{name} init, SRDL stage-1 + stage-2 ensemble (two forward passes)", srdl, "ensemble_", True))
         lines.append(row(f"{name} init, SRDL stage 1 (= CE at M/2 = {epochs // 2})", srdl, "stage1_", True))
     lines += ["", "SRDL decomposition per initialisation (points; mean ± std [paired-t 95% interval]):", ""]
-    for init in args.inits:
+    for init in inits:
         base, srdl = arm_rows(records, task, init, "vanilla"), arm_rows(records, task, init, "srdl")
-        if not base or len(base) != len(srdl):
+        if not base or [r["seed"] for r in base] != [r["seed"] for r in srdl]:
             continue
         for key, label in metrics:
             full, half, stage2 = [r[key] for r in base], [r[f"stage1_{key}"] for r in srdl], [r[key] for r in srdl]
             lines.append(
                 f"- {INIT_LABEL[init]} init, {label}: halving cost (CE at M minus CE at M/2) "
-                f"{paired_cell(full, half)}; "
-                f"self-reference gain (stage 2 minus stage 1) {paired_cell(stage2, half)}; net (SRDL minus CE) "
-                f"{paired_cell(stage2, full)}."
+                f"{paired_cell(full, half)}; self-reference gain (stage 2 minus stage 1) {paired_cell(stage2, half)}; "
+                f"net (SRDL minus CE) {paired_cell(stage2, full)}."
             )
-    if set(INITS) <= set(args.inits):
+    a, b = arm_rows(records, task, "imagenet", "vanilla"), arm_rows(records, task, "random", "vanilla")
+    if a and [r["seed"] for r in a] == [r["seed"] for r in b]:
         for key, label in metrics:
-            a, b = arm_rows(records, task, "imagenet", "vanilla"), arm_rows(records, task, "random", "vanilla")
-            if a and len(a) == len(b):
-                lines.append(
-                    f"- ImageNet minus random initialisation, cross-entropy, {label}: "
-                    f"{paired_cell([r[key] for r in a], [r[key] for r in b])}."
-                )
+            lines.append(
+                f"- ImageNet minus random initialisation, cross-entropy, {label}: "
+                f"{paired_cell([r[key] for r in a], [r[key] for r in b])}."
+            )
     lines += [
         "",
-        "Premise check: training accuracy of the last epoch of each stage (running accuracy on the augmented "
-        "batches), mean over seeds (min), and the stage-1 network's accuracy on the un-augmented training set "
-        "(SRDL's targets):",
+        "Premise check, training accuracy (%, mean over seeds, min in brackets): of the last epoch of each stage "
+        "(running, on the augmented batches), and of each stage's network on the un-augmented training set "
+        "(stage 1's are SRDL's targets):",
         "",
-        "| arm | stage 1 | stage 2 | stage-1 targets |",
-        "|---|---|---|---|",
+        "| arm | stage 1, last epoch | stage 1, un-augmented | stage 2, last epoch | stage 2, un-augmented |",
+        "|---|---|---|---|---|",
     ]
-    for init in args.inits:
-        for method in args.methods:
+
+    def mean_min(values):
+        values = [100 * v for v in values]
+        return f"{sum(values) / len(values):.2f} ({min(values):.2f})" if values else "-"
+
+    for init in inits:
+        for method in methods:
             recs = arm_rows(records, task, init, method)
             if not recs:
                 continue
-            cells = []
-            for stage in (1, 2):
-                accs = [100 * last_train_acc(r, stage) for r in recs]
-                if method == "vanilla" and stage == 2:
-                    cells.append("-")
-                else:
-                    cells.append(f"{sum(accs) / len(accs):.2f}% (min {min(accs):.2f}%)")
-            bank = [100 * r["bank_train_acc"] for r in recs if r.get("bank_train_acc") is not None]
-            cells.append(f"{sum(bank) / len(bank):.2f}%" if bank else "-")
+            if method == "vanilla":
+                cells = [mean_min([last_train_acc(r, 1) for r in recs]), mean_min([r["clean_train_acc"] for r in recs])]
+                cells += ["-", "-"]
+            else:
+                cells = [
+                    mean_min([last_train_acc(r, 1) for r in recs]),
+                    mean_min([r["stage1_clean_train_acc"] for r in recs]),
+                    mean_min([last_train_acc(r, 2) for r in recs]),
+                    mean_min([r["clean_train_acc"] for r in recs]),
+                ]
             lines.append(f"| {INIT_LABEL[init]} init, {METHOD_LABEL[method]} | " + " | ".join(cells) + " |")
     times = [
         f"{INIT_LABEL[i]} {METHOD_LABEL[m]} " + "{:.0f} ± {:.0f} s".format(*mean_std([r["seconds"] for r in recs]))
-        for i in args.inits
-        for m in args.methods
+        for i in inits
+        for m in methods
         if (recs := arm_rows(records, task, i, m))
     ]
     lines += ["", "Train time per run (shared 2-core machine, two runs at a time): " + "; ".join(times) + "."]
@@ -293,6 +344,7 @@ def command(args):
         f"--fashion-subset {args.fashion_subset}",
         f"--fashion-size {args.fashion_size}",
         f"--reid-epochs {args.reid_epochs}",
+        f"--reid-ids {args.reid_ids}",
         f"--reid-height {args.reid_height}",
         f"--reid-width {args.reid_width}",
         f"--lr {args.lr}",
@@ -325,9 +377,10 @@ def write_doc(args, records, photo_lines, weights_sha, elapsed):
         *photo_lines,
         "",
     ]
-    for task in args.tasks:
-        lines += task_table(args, [r for r in records if r["task"] == task], task)
-    names = [run_name(t, i, m, s) for t in args.tasks for i in args.inits for m in args.methods for s in args.seeds]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
+    for task in tasks:
+        lines += task_table([r for r in records if r["task"] == task], task)
+    names = [run_name(r["task"], r["init"], r["method"], r["seed"]) for r in records]
     lines += [machines_line(args.runs, names), ""]
     lines += [f"Wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)."]
     write_text_atomic(args.doc, "\n".join(lines) + "\n")
@@ -352,6 +405,7 @@ def main():
     p.add_argument("--fashion-size", type=int, default=64)
     p.add_argument("--fashion-root", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--reid-epochs", type=int, default=20)
+    p.add_argument("--reid-ids", type=int, default=600, help="synthetic identities, half for training")
     p.add_argument("--reid-height", type=int, default=96)
     p.add_argument("--reid-width", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=32)
@@ -373,14 +427,16 @@ def main():
 
         weights = converted_weights(weights_cache)
         if "reid" in args.tasks:  # written once, before parallel runs could race to create it
-            ensure_synthetic_market(os.path.join(args.runs, "reid_data"), num_ids=600, seed=0)
+            ensure_synthetic_market(os.path.join(args.runs, "reid_data"), num_ids=args.reid_ids, seed=0)
         plan = planned_runs(args, weights)
         run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads)
         records = []
         for name, _overrides, _deps in plan:
             task, init, method, seed = parse_name(name)
             run_dir = os.path.join(args.runs, name)
-            records.append(cached_record(run_dir, lambda: compute_record(task, init, method, seed, run_dir)))  # noqa: B023
+            records.append(
+                cached_record(run_dir, lambda: compute_record(task, init, method, seed, run_dir, command(args)))  # noqa: B023
+            )
         kept = [
             r
             for r in read_results(args.results)
@@ -392,7 +448,7 @@ def main():
         write_text_atomic(args.results + ".photos", "\n".join(photo_lines) + "\n" + sha256_of(weights) + "\n")
     with open(args.results + ".photos") as f:
         *photo_lines, weights_sha = f.read().strip().split("\n")
-    records = [r for r in read_results(args.results) if r["task"] in args.tasks]
+    records = read_results(args.results)
     write_doc(args, records, photo_lines, weights_sha, time.time() - started)
 
 

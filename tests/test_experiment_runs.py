@@ -57,6 +57,17 @@ def test_a_finished_run_with_other_settings_is_named_not_reused(finished_run):
     assert "optim.lr: 0.1 there, 0.05 asked" in result.stderr
 
 
+def test_options_of_methods_the_run_does_not_use_are_ignored(tmp_path):
+    # An older BYOT run saved ONE's old default ramp (80 epochs): it is still this BYOT run.
+    run_dir = tmp_path / "byot_seed0"
+    run_dir.mkdir()
+    save_config(load_config(None, [*OVERRIDES, "method.one.ramp_epochs=80"]), str(run_dir / "config.yaml"))
+    assert _check_in_fresh_process(run_dir, OVERRIDES).returncode == 0
+    # Its own method's options still count.
+    result = _check_in_fresh_process(run_dir, [*OVERRIDES, "method.byot.alpha=0.5"])
+    assert result.returncode == 1 and "method.byot: {" in result.stderr and "'alpha': 0.3" in result.stderr
+
+
 def _bench(module):
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
