@@ -50,6 +50,10 @@ from experiment_runs import (  # noqa: E402
 )
 from mobilenet_v2_weights import converted_weights, photo_check, sha256_of  # noqa: E402
 
+DEFAULT_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
+DEFAULT_RUNS = os.path.join(HERE, "runs", "imagenet_init")
+DEFAULT_RESULTS = os.path.join(HERE, "results", "imagenet_init.jsonl")
+DEFAULT_DOC = os.path.join(HERE, "imagenet_init.md")
 INITS = ("imagenet", "random")
 METHODS = ("vanilla", "srdl")
 TASKS = ("fashion", "reid")
@@ -351,6 +355,15 @@ def command(args):
         f"--jobs {args.jobs}",
         f"--threads {args.threads}",
     ]
+    # Where things go, when not the defaults (paths relative to the checkout).
+    for flag, value, default in (
+        ("--fashion-root", args.fashion_root, DEFAULT_FASHION_ROOT),
+        ("--runs", args.runs, DEFAULT_RUNS),
+        ("--results", args.results, DEFAULT_RESULTS),
+        ("--doc", args.doc, DEFAULT_DOC),
+    ):
+        if os.path.abspath(value) != os.path.abspath(default):
+            parts.append(f"{flag} {os.path.relpath(value, REPO) if value.startswith(REPO) else value}")
     return "python experiments/imagenet_init.py " + " ".join(parts)
 
 
@@ -396,15 +409,15 @@ def read_results(path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="trained in this order")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--fashion-epochs", type=int, default=20)
+    p.add_argument("--fashion-epochs", type=int, default=48)
     p.add_argument("--fashion-subset", type=int, default=1000)
     p.add_argument("--fashion-size", type=int, default=64)
-    p.add_argument("--fashion-root", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--reid-epochs", type=int, default=20)
+    p.add_argument("--fashion-root", default=DEFAULT_FASHION_ROOT)
+    p.add_argument("--reid-epochs", type=int, default=16)
     p.add_argument("--reid-ids", type=int, default=600, help="synthetic identities, half for training")
     p.add_argument("--reid-height", type=int, default=96)
     p.add_argument("--reid-width", type=int, default=48)
@@ -413,9 +426,9 @@ def main():
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--runs", default=os.path.join(HERE, "runs", "imagenet_init"), help="run folders (not in git)")
-    p.add_argument("--results", default=os.path.join(HERE, "results", "imagenet_init.jsonl"))
-    p.add_argument("--doc", default=os.path.join(HERE, "imagenet_init.md"))
+    p.add_argument("--runs", default=DEFAULT_RUNS, help="run folders (not in git)")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help="one JSON line per finished run (in git)")
+    p.add_argument("--doc", default=DEFAULT_DOC)
     p.add_argument("--table-only", action="store_true", help="rebuild the doc from the results file alone")
     args = p.parse_args()
     args.runs = os.path.abspath(args.runs)

@@ -469,7 +469,7 @@ def test_unreadable_or_non_state_dict_files_are_named(tmp_path):
 
 
 def test_nets_without_imagenet_layout_refuse_weights(imagenet_files):
-    with pytest.raises(ValueError, match="loaded into: densenet121, resnet50"):
+    with pytest.raises(ValueError, match="loaded into: densenet121, mobilenet_v2, resnet50"):
         build_model("resnet32", 10, weights=str(imagenet_files["dir"] / "resnet50.pth"))
 
 
