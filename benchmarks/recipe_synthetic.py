@@ -19,6 +19,10 @@ Both are evaluated alike (cosine distance: eval.normalize=true, as BoT tests).
 
     python benchmarks/recipe_synthetic.py                                   # the documented run
     python benchmarks/recipe_synthetic.py --models small_reid --seeds 0 --epochs 2 --ids 16   # smoke
+    python benchmarks/recipe_synthetic.py --from-summary    # the tables and paired figures from the summary file
+
+The paired figures (per seed, Rank-1 points, mean [paired-t 95% interval], one decimal, as the
+README quotes them) are printed by :func:`comparisons` from the summary file, never typed.
 
 Runs are cached: a run whose folder has metrics.json (with the same settings) is not trained
 again, so an interrupted experiment continues where it stopped.
@@ -135,6 +139,69 @@ def collect(run_dir):
     return rec
 
 
+def paired_points(a, b):
+    """``+4.3 [-12.2, +20.8]``: mean paired difference of two lists of rates, in points, with
+    its paired-t 95% interval, one decimal."""
+    from reid_srdl.evaluation.stats import paired_difference
+
+    d = paired_difference([100 * x for x in a], [100 * x for x in b])
+    if d.n < 2:  # one seed: no interval
+        return f"{d.mean:+.1f}"
+    return f"{d.mean:+.1f} [{d.ci_low:+.1f}, {d.ci_high:+.1f}]"
+
+
+def comparisons(rows, key="rank1"):
+    """Lines of paired differences: each recipe against CE (vanilla), SRDL against vanilla per recipe."""
+    models = sorted({k.split("/")[0] for k in rows})
+    recipes = [r for r in RECIPES if any(k.endswith("/" + r) for k in rows)]
+    lines = []
+
+    def values(model, method, recipe):
+        return [r[key] for r in rows.get(f"{model}/{method}/{recipe}", [])]
+
+    for recipe in recipes[1:]:
+        cells = [
+            f"{m} {paired_points(values(m, 'vanilla', recipe), values(m, 'vanilla', 'ce'))}"
+            for m in models
+            if values(m, "vanilla", recipe) and values(m, "vanilla", "ce")
+        ]
+        lines.append(f"- {recipe} minus ce (vanilla), {key}: " + "; ".join(cells))
+    for recipe in recipes:
+        cells = [
+            f"{m} {paired_points(values(m, 'srdl', recipe), values(m, 'vanilla', recipe))}"
+            for m in models
+            if values(m, "srdl", recipe) and values(m, "vanilla", recipe)
+        ]
+        lines.append(f"- srdl minus vanilla with {recipe}, {key}: " + "; ".join(cells))
+    return lines
+
+
+def print_tables(summary, elapsed=None):
+    rows = summary["rows"]
+
+    def cell(recs, key, fmt="{:.2f} ± {:.2f}", scale=100.0):
+        vals = [r[key] * scale for r in recs if r.get(key) is not None]
+        return fmt.format(*mean_std(vals)) if vals else "-"
+
+    print(
+        f"\nSynthetic re-id set ({summary['ids']} identities), {summary['epochs']} epochs, seeds {summary['seeds']}; "
+        f"{summary['machine']}\n"
+    )
+    print("| model | method | recipe | Rank-1 (%) | mAP (%) | ensemble Rank-1 | ensemble mAP | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key, recs in rows.items():
+        model, method, recipe = key.split("/")
+        print(
+            f"| {model} | {method} | {recipe} | {cell(recs, 'rank1')} | {cell(recs, 'mAP')} | "
+            f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | "
+            f"{cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |"
+        )
+    print("\nPaired differences per seed (Rank-1 points, mean [paired-t 95% interval]):\n")
+    print("\n".join(comparisons(rows)))
+    if elapsed is not None:
+        print(f"\nwall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(SIZES))
@@ -147,7 +214,13 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "recipe_synthetic"))
+    p.add_argument("--from-summary", action="store_true", help="print the tables from the summary file; train nothing")
     args = p.parse_args()
+    path = os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json")
+    if args.from_summary:
+        with open(path) as f:
+            print_tables(json.load(f))
+        return
     os.makedirs(args.out, exist_ok=True)
     from reid_srdl.data.synthetic import ensure_synthetic_market
 
@@ -168,30 +241,11 @@ def main():
     for model, recipe, method, _seed, name in plan:
         rows.setdefault(f"{model}/{method}/{recipe}", []).append(collect(os.path.join(args.out, model, name)))
     summary = {"machine": machine(args), "epochs": args.epochs, "ids": args.ids, "seeds": args.seeds, "rows": rows}
-    path = os.path.join(os.path.dirname(args.out), os.path.basename(args.out) + "_summary.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(tmp, path)
-
-    def cell(recs, key, fmt="{:.2f} ± {:.2f}", scale=100.0):
-        vals = [r[key] * scale for r in recs if r.get(key) is not None]
-        return fmt.format(*mean_std(vals)) if vals else "-"
-
-    print(
-        f"\nSynthetic re-id set ({args.ids} identities), {args.epochs} epochs, seeds {args.seeds}; "
-        f"{summary['machine']}\n"
-    )
-    print("| model | method | recipe | Rank-1 (%) | mAP (%) | ensemble Rank-1 | ensemble mAP | train s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for key, recs in rows.items():
-        model, method, recipe = key.split("/")
-        print(
-            f"| {model} | {method} | {recipe} | {cell(recs, 'rank1')} | {cell(recs, 'mAP')} | "
-            f"{cell(recs, 'ensemble_rank1')} | {cell(recs, 'ensemble_mAP')} | "
-            f"{cell(recs, 'seconds', '{:.0f} ± {:.0f}', 1.0)} |"
-        )
-    print(f"\nwall time of this run of the script: {(time.time() - started) / 60:.1f} min (cached runs count 0)")
+    print_tables(summary, time.time() - started)
 
 
 if __name__ == "__main__":

@@ -144,3 +144,23 @@ def test_a_run_trained_in_another_checkout_is_reused_where_its_data_moved_with_i
     result = _check_in_fresh_process(run_dir, [*OVERRIDES, "data.root=/data/other", f"train.output_dir={here}"])
     assert result.returncode == 1
     assert "data.root: 'benchmarks/results/recipe/data' there, '/data/other' asked" in result.stderr
+
+
+def test_recipe_figures_are_computed_from_the_summary_rows():
+    recipe = _bench("recipe_synthetic")
+    rows = {
+        "m/vanilla/ce": [{"rank1": 0.5}, {"rank1": 0.6}, {"rank1": 0.7}],
+        "m/vanilla/bot_sgd": [{"rank1": 0.6}, {"rank1": 0.6}, {"rank1": 0.8}],
+        "m/srdl/ce": [{"rank1": 0.45}, {"rank1": 0.55}, {"rank1": 0.65}],
+    }
+    lines = recipe.comparisons(rows)
+    # bot_sgd - ce per seed: +10, 0, +10 points: mean 20/3 = 6.67, std 5.77, t(0.975, 2) = 4.303,
+    # half-width 4.303 * 5.77 / sqrt(3) = 14.34 -> [-7.7, +21.0].
+    assert "- bot_sgd minus ce (vanilla), rank1: m +6.7 [-7.7, +21.0]" in lines
+    # srdl - vanilla with ce: -5 on every seed: no spread, the interval is the point.
+    assert "- srdl minus vanilla with ce, rank1: m -5.0 [-5.0, -5.0]" in lines
+    assert recipe.paired_points([0.1481], [0.0]) == "+14.8"  # one seed: no interval
+    # The committed study: README once typed these two as +0.2 and -12.2 (means +0.148, -12.148).
+    with open(os.path.join(REPO, "benchmarks", "results", "recipe_synthetic_summary.json")) as f:
+        lines = recipe.comparisons(json.load(f)["rows"])
+    assert "osnet_x0_25 +0.1 [-37.7, +38.0]" in lines[1] and "small_reid -12.1 [-22.0, -2.3]" in lines[2]
