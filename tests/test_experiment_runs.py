@@ -1,6 +1,7 @@
 """The experiment scripts' run cache (benchmarks/experiment_runs.py): a finished run is reused
 only with the settings it was trained with, read back from its saved config.yaml."""
 
+import json
 import os
 import subprocess
 import sys
