@@ -161,7 +161,11 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     from reid_srdl.data import build_data
     from reid_srdl.data.build import distributed_train_loader
     from reid_srdl.models import build_model
+    from reid_srdl.models.weights import resolve_weights
 
+    # The backbone's weights first (fetched into torch's cache if named by URL or by
+    # model.pretrained): an unreachable or wrong source stops the run before the data work.
+    weights = resolve_weights(cfg.model.name, cfg.model.weights, cfg.model.pretrained)
     dist = ddp.current_env()
     device = resolve_device(cfg.train.device, dist.local_rank if dist.enabled else None)
     precision = training_precision(cfg.train.precision, cfg.train.channels_last, device)
@@ -178,8 +182,7 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
         cfg.model.name,
         data.num_classes,
         feature_dim=cfg.model.feature_dim,
-        weights=cfg.model.weights,
-        pretrained=cfg.model.pretrained,
+        weights=weights,
         in_channels=data.in_channels,
         neck=cfg.model.neck,
     )
