@@ -11,7 +11,7 @@ experiments/mobilenet_v2_weights.py) in four arms -- {ImageNet, random} initiali
 - ``fashion``: Fashion-MNIST (real), a fixed 1,000-image training subset per seed, images
   upscaled to 64x64, grey input (the ImageNet first convolution summed over colour);
 - ``reid``: the synthetic many-identity re-id set of docs/experiments_reid_many_ids.md (600
-  identities, 300 for training, 4,232 training images), at 96x48.
+  identities, 300 for training, 4,232 training images), at 80x40.
 
 SRDL's stage 1 is cross-entropy at M/2 epochs (same initialisation, data order and
 schedule), so every SRDL run also gives the halving cost (CE at M minus CE at M/2) and the
