@@ -17,13 +17,12 @@ Cases (random features with a re-id-like identity/camera structure, see make_cas
   only (torchreid would need a 3.8 GB distance matrix plus a 7.7 GB index matrix), run in a
   subprocess whose peak RSS is read with resource.getrusage.
 
-Results are printed as a Markdown table and written to benchmarks/results/bench_eval.json.
+Results are printed as a Markdown table and written to benchmarks/results/bench_eval-<cpu>.json.
 """
 
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_record import metadata, result_path  # noqa: E402
 
 from reid_srdl.core.files import write_json_atomic  # noqa: E402
 from reid_srdl.evaluation.metrics import evaluate_reid  # noqa: E402
@@ -229,7 +231,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     p.add_argument("--repeats", type=int, default=3, help="runs of ours per case (median reported)")
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_eval.json"))
+    p.add_argument("--out", default=result_path("bench_eval"))
     p.add_argument("--msmt-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.msmt_child:
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
     write_json_atomic(
         args.out,
         {
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "numpy": np.__version__},
+            "environment": metadata(),
             "max_rank": MAX_RANK,
             "rows": rows,
         },

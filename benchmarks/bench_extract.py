@@ -15,7 +15,7 @@ Repeats alternate the order; medians are reported.  Also: Rank-1/mAP of the fast
 the fp32 path, and the fraction of the CPU's peak FLOP rate reached (peak derived from the
 ISA and measured with a large matmul, fp32 and bf16).
 
-    python benchmarks/bench_extract.py                  # writes benchmarks/results/extract_speed.json
+    python benchmarks/bench_extract.py                  # writes benchmarks/results/bench_extract-<cpu>.json
     python benchmarks/bench_extract.py --ids 20 --repeats 2
 """
 
@@ -31,10 +31,12 @@ import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from bench_record import metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl.config import DataConfig  # noqa: E402
 from reid_srdl.data import build_data  # noqa: E402
@@ -187,7 +189,7 @@ def main(argv=None):
     p.add_argument("--ids", type=int, default=30, help="synthetic identities (query+gallery grow with it)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "extract_speed.json"))
+    p.add_argument("--out", default=result_path("bench_extract"))
     args = p.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="bench_extract_")
@@ -301,12 +303,9 @@ def main(argv=None):
             "torchreid (fp32)": achieved["torchreid FeatureExtractor"] / measured_peak["fp32"],
         },
         "load_average_at_end": os.getloadavg(),
+        "environment": metadata(),
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp_out, args.out)
+    write_json(args.out, result)
     print(
         json.dumps(
             {

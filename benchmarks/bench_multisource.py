@@ -14,11 +14,8 @@ loading is included.  Synthetic data sets are written under ``--root`` if absent
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,32 +23,16 @@ import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import torch  # noqa: E402
+from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl.config import load_config  # noqa: E402
 from reid_srdl.data.synthetic_reid import ensure_synthetic  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 
 SIDES = {"single": "[market1501]", "multi": "[market1501,dukemtmcreid]"}
-
-
-def machine() -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "machine": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "commit": commit,
-    }
 
 
 def trainer(args, sources: str, out: str) -> Trainer:
@@ -100,7 +81,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--ids", type=int, default=120, help="synthetic identities per data set (the demo's 120)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_multisource"))
-    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "multisource_speed.json"))
+    p.add_argument("--json", default=result_path("bench_multisource"))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("market1501", "dukemtmcreid"):
@@ -131,7 +112,7 @@ def main() -> None:
             print(f"  repeat {r + 1}: {name:6s} {1e3 * rates[name][-1]:.2f} ms/image", flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     result = {
-        **machine(),
+        "environment": metadata(),
         "model": args.model,
         "height": args.height,
         "width": args.width,
@@ -145,15 +126,8 @@ def main() -> None:
         "ratio_multi_over_single": med["multi"] / med["single"],
         "all_ms_per_image": {k: [1e3 * x for x in v] for k, v in rates.items()},
     }
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.json)
-    print(
-        f"\n{result['machine']}, {result['cpus']} CPUs, torch {result['torch']}, {result['date']}, "
-        f"commit {result['commit']}"
-    )
+    write_json(args.json, result)
+    print(f"\n{describe(result['environment'])}")
     print("\n| training set | images | identities | ms / image |\n|---|---|---|---|")
     for name, t in sides.items():
         print(f"| {t.data.name} | {t.data.num_train} | {t.data.num_classes} | {result['ms_per_image'][name]:.2f} |")

@@ -13,17 +13,17 @@ number of batches per epoch.
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from bench_record import metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl.config import load_config  # noqa: E402
 from reid_srdl.engine.preflight import preflight_evaluation_data  # noqa: E402
@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--root", default="datasets/synthetic", help="data root (the demo set is written there if absent)")
     p.add_argument("--batches", type=int, default=20, help="timed training batches (default 20)")
     p.add_argument("--repeats", type=int, default=5, help="timed preflight passes; the median is kept (default 5)")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "preflight.json"))
+    p.add_argument("--out", default=result_path("bench_preflight"))
     return p.parse_args(argv)
 
 
@@ -74,12 +74,8 @@ def main(argv=None) -> int:
     per_batch = (stamps[-1] - stamps[0]) / (len(stamps) - 1)  # batch 1 (warm-up, workers starting) left out
     batches_per_epoch = len(trainer.data.train_loader)
     epoch_s = per_batch * batches_per_epoch
-    git = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    commit = git.stdout.strip()
     result = {
-        "machine": f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()})",
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit,
+        "environment": metadata(),
         "images_checked": images,
         "preflight_seconds": preflight_s,
         "train_batches_timed": len(stamps) - 1,
@@ -91,9 +87,7 @@ def main(argv=None) -> int:
     print(f"| images checked | preflight | est. epoch ({batches_per_epoch} batches) | fraction |")
     print("|---:|---:|---:|---:|")
     print(f"| {images} | {preflight_s:.3f} s | {epoch_s:.1f} s | {100 * preflight_s / epoch_s:.1f}% |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -15,9 +15,7 @@
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,9 +24,11 @@ import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl.config import load_config  # noqa: E402
 from reid_srdl.data.samplers import IdentitySampler  # noqa: E402
@@ -138,24 +138,19 @@ def main():
     p.add_argument("--max-batches", type=int, default=20, help="steps timed per epoch (0: the whole epoch)")
     p.add_argument("--ids", type=int, default=120, help="synthetic identities (half are training ids)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_recipe_market"))
-    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "recipe_cost.json"))
+    p.add_argument("--json", default=result_path("bench_recipe_cost"))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     ensure_synthetic_market(args.root, num_ids=args.ids, seed=0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    environment = metadata()
+    print(f"{describe(environment)}, {environment['torch_threads']} threads")
     results = {
-        "measured": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
+        "environment": environment,
         "steps": [step_cost(args, args.root, m) for m in args.models],
         "sampler": sampler_cost(max(1, args.repeats)),
         "triplet": [triplet_cost(64, 2048), triplet_cost(32, 128)],
     }
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, args.json)
+    write_json(args.json, results)
     print("\n| model | input | batch | CE ms/step | identity + triplet ms/step | ratio |\n|---|---|---|---|---|---|")
     for r in results["steps"]:
         ms = r["ms_per_step"]

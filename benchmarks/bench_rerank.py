@@ -5,7 +5,7 @@ torchreid's dense ``re_ranking`` on a smaller shape it can hold (--dense-scale o
 
 Each measurement runs in its own subprocess so that its peak RSS (ru_maxrss) is its own.
 Features are clustered synthetic ones (identities x crops); results ->
-benchmarks/results/rerank.json.
+benchmarks/results/bench_rerank-<cpu>.json.
 """
 
 import argparse
@@ -20,6 +20,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from bench_record import metadata, result_path, write_json  # noqa: E402
 
 
 def features(nq, ng, d, seed=0, ids=750):
@@ -81,7 +84,7 @@ def main():
     p.add_argument("--gallery", type=int, default=15913)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--dense-scale", type=float, default=0.25)
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "rerank.json"))
+    p.add_argument("--out", default=result_path("bench_rerank"))
     args = p.parse_args()
     if args.worker:
         which, nq, ng, d = args.worker
@@ -93,12 +96,9 @@ def main():
         "k2": 6,
         "lambda": 0.3,
         "runs": rows,
-        "note": "2 CPU cores shared with a long training job and another engineer during the run",
+        "environment": metadata(),
     }
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ generated chunk by chunk from fixed seeds, so it is never held whole: peak RSS s
 below the 2 GB of the float32 gallery.  Ground truth is exact search (faiss IndexFlatL2 over
 each chunk, merged).  Reported: build time (train + add), query latency p50/p99 for single
 queries and for batches, recall@10 against exact search for several nprobe, index size,
-peak RSS.  Results go to benchmarks/results/search_scale.json, one entry per index kind
+peak RSS.  Results go to benchmarks/results/bench_search_scale-<cpu>.json, one entry per index kind
 (each kind runs in its own process, so peak RSS is its own; the exact ground truth is
 computed once and cached in the temp folder).
 
@@ -31,6 +31,9 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_record import metadata, result_path, write_json  # noqa: E402
+
 from reid_srdl.evaluation.search import IVFIndex, load_index, save_index  # noqa: E402
 
 
@@ -101,9 +104,7 @@ def main():
         default=[4, 16],
         help="ivf_pq: candidates per result re-ranked exactly (1 = plain PQ ranking)",
     )
-    p.add_argument(
-        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "search_scale.json")
-    )
+    p.add_argument("--out", default=result_path("bench_search_scale"))
     args = p.parse_args()
 
     centres = make_centres(args.clusters, args.d, args.seed)
@@ -180,18 +181,15 @@ def main():
         "threads": faiss.omp_get_max_threads(),
         "load_average_at_end": list(os.getloadavg()),
         "results": per_nprobe,
+        "environment": metadata(),
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     runs = {}
     if os.path.isfile(args.out):
         with open(args.out) as f:
             previous = json.load(f)
         runs = previous if "kind" not in previous else {}  # older single-run layout: replaced
     runs[args.kind] = result
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as f:
-        json.dump(runs, f, indent=2)
-    os.replace(tmp_out, args.out)
+    write_json(args.out, runs)
     print(json.dumps(result, indent=2))
 
 

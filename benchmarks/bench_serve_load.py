@@ -9,16 +9,13 @@ The gallery holds ``--gallery-size`` random features of the model's dimension (w
 server searches) with paths to a few generated crops; every query is a real upload that the
 server decodes, embeds with the network (``--model``, default: a fresh small_reid at 128x64)
 and searches exactly.  The server runs in its own process (``tools/serve.py``).  Results:
-benchmarks/results/serve_load.json (with machine, date and commit).  Run it on an idle
+benchmarks/results/bench_serve_load-<cpu>.json (with machine, date and commit).  Run it on an idle
 machine: other processes on the same cores change every latency.
 """
 
 import argparse
-import datetime
 import io
-import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -30,6 +27,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from bench_record import metadata, result_path, write_json  # noqa: E402
 
 
 def free_port() -> int:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--model", help="model file (default: a fresh small_reid)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "serve_load.json"))
+    p.add_argument("--out", default=result_path("bench_serve_load"))
     args = p.parse_args(argv)
 
     import httpx
@@ -195,15 +195,9 @@ def main(argv=None) -> int:
         "wall_seconds": wall,
         "gallery_intact": bool(intact),
         "gallery_images_after": expected,
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "commit": subprocess.run(
-            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "environment": metadata(),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print("| gallery | clients x queries | adds | p50 (ms) | p99 (ms) | queries/s | errors | gallery intact |")
     print("|---|---|---|---|---|---|---|---|")
     print(

@@ -31,10 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from bench_train_step import commit  # noqa: E402
+from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl.config import load_config  # noqa: E402
-from reid_srdl.core.environment import cpu_model  # noqa: E402
 from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
 from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
@@ -199,10 +198,7 @@ def save_merged(path, results):
         merged["srdl_overhead"] = previous.get("srdl_overhead")
     elif results["srdl_overhead"] is not None:
         results["srdl_overhead"]["measured"] = stamp
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, merged)
 
 
 def main():
@@ -214,27 +210,19 @@ def main():
     p.add_argument("--ids", type=int, default=40, help="synthetic identities (half are training ids)")
     p.add_argument("--overhead-epochs", type=int, default=30, help="epochs of each run (the demo's 30; 0 skips it)")
     p.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "reid_srdl_bench_market"))
-    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "train_speed.json"))
+    p.add_argument("--json", default=result_path("bench_train"))
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     ensure_synthetic_market(args.root, num_ids=args.ids, seed=0)
-    info = {
-        "cpu": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "bf16_native": cpu_supports_bf16(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit(),
-    }
+    info = metadata(threads=torch.get_num_threads(), bf16_native=cpu_supports_bf16())
     print(json.dumps(info), flush=True)
     results = {"info": info, "throughput": [], "srdl_overhead": None}
     for model in args.models:
         results["throughput"].append(throughput(args, args.root, model))
     if args.overhead_epochs > 0:
         results["srdl_overhead"] = srdl_overhead(args, args.root)
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
     save_merged(args.json, results)
-    print(f"\n{info['cpu']}, {info['threads']} threads, torch {info['torch']}, {info['date']}, commit {info['commit']}")
+    print(f"\n{describe(info)}, {info['threads']} threads")
     print(
         "\n| model | input | batch | reid_srdl default (precision) | reid_srdl fp32 | torchreid (fp32) | default / torchreid "  # noqa: E501
         "| fp32 / torchreid |\n|---|---|---|---|---|---|---|---|"

@@ -26,30 +26,23 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
-from reid_srdl.core.environment import cpu_model  # noqa: E402
 from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
 from reid_srdl.models import build_model  # noqa: E402
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}
 BASE = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+fused", "fp32 again")
 COMPILED = ("fp32+compile", "fp32+cl+compile", "bf16+cl+compile")
-
-
-def commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def matmul_peak(dtype, n=2048, repeats=5) -> float:
@@ -149,25 +142,13 @@ def main():
         action="store_true",
         help="time the bf16 variants even where this CPU only emulates bf16 (very slow)",
     )
-    p.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results", "train_step.json"))
+    p.add_argument("--json", default=result_path("bench_train_step"))
     args = p.parse_args()
     peaks = {"fp32_gflop_s": matmul_peak(torch.float32), "bf16_gflop_s": matmul_peak(torch.bfloat16)}
-    info = {
-        "cpu": cpu_model(),
-        "threads": torch.get_num_threads(),
-        "bf16_native": cpu_supports_bf16(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit(),
-        "peaks": peaks,
-    }
+    info = metadata(threads=torch.get_num_threads(), bf16_native=cpu_supports_bf16(), peaks=peaks)
     print(json.dumps(info), flush=True)
     results = {"info": info, "models": [measure(m, args) for m in args.models]}
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, args.json)
+    write_json(args.json, results)
     variants = [v for v in BASE + COMPILED if v in results["models"][0]]
     if not any(v.startswith("bf16") for v in variants):
         print(
@@ -175,7 +156,7 @@ def main():
             f"{peaks['bf16_gflop_s']:.2f} GFLOP/s); train.precision=auto runs fp32 here"
         )
     print(
-        f"\n{info['cpu']}, {info['threads']} threads, bf16 native: {info['bf16_native']}; measured GEMM peak "
+        f"\n{describe(info)}, {info['threads']} threads, bf16 native: {info['bf16_native']}; measured GEMM peak "
         f"fp32 {peaks['fp32_gflop_s']:.0f} GFLOP/s, bf16 {peaks['bf16_gflop_s']:.0f} GFLOP/s"
     )
     print("\n| model | " + " | ".join(variants) + " |\n|---|" + "---|" * len(variants))

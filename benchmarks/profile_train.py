@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
+from bench_record import metadata, result_path  # noqa: E402
 from bench_train import time_torchreid, torchreid_engine  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -92,7 +93,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ids", type=int, default=12, help="synthetic identities (half are training ids)")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "train_profile"))
+    p.add_argument("--out", default=result_path("profile_train", ext=""), help="prefix of the .json and .txt")
     args = p.parse_args(argv)
 
     root = tempfile.mkdtemp(prefix="profile_train_data_")
@@ -128,6 +129,7 @@ def main(argv=None):
         "threads": torch.get_num_threads(),
         "results": results,
         "load_average_at_end": os.getloadavg(),
+        "environment": metadata(),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     for suffix, text in ((".json", json.dumps(summary, indent=2)), (".txt", "\n\n".join(tables))):

