@@ -145,6 +145,7 @@ def test_a_kd_run_whose_finished_teacher_lost_its_network_stops_before_training(
     args = types.SimpleNamespace(
         variants=["vanilla", "kd"], seeds=[0, 1], model="resnet8", teacher_model="resnet8", root="/x", subset=100,
         batch_size=32, workers=0, epochs=4, precision="fp32", runs=str(tmp_path), results=str(tmp_path / "r.jsonl"),
+        one_ramp="half",
     )  # fmt: skip
     plan = fm.planned_runs(args)
     deps = {name: d for name, _o, d in plan}
