@@ -49,6 +49,10 @@ setup(
             "timm",
             "ruff",
             "import-linter",
+            # the gallery-store contract suite runs against Milvus Lite in-process and
+            # `milvus-lite server` on loopback (started by the tests themselves)
+            "pymilvus>=2.6,<4",
+            "milvus-lite>=3.2,<4; python_version >= '3.10'",
         ],
         # tools/serve.py: the web app over a saved gallery.
         "serve": ["fastapi", "uvicorn", "python-multipart"],
@@ -56,6 +60,9 @@ setup(
         "timm": ["timm"],
         # tools/export.py and loading exported models (ReIDSearcher.from_images("m.onnx", ...)).
         "export": ["onnx", "onnxruntime"],
+        # --store gallery.db (Milvus Lite, in-process; milvus-lite 3.x needs Python >= 3.10) or
+        # --store http(s)://host:port (any Milvus server; `milvus-lite server` on one machine).
+        "milvus": ["pymilvus>=2.6,<4", "milvus-lite>=3.2,<4; python_version >= '3.10'"],
         # faiss-gpu replaces faiss-cpu on CUDA machines: pip uninstall faiss-cpu first.
         "gpu": ["faiss-gpu"],
     },

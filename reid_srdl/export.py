@@ -9,6 +9,11 @@ returns ``(None, features)`` -- the ``(logits, features)`` contract of every re-
 without logits -- so ``extract_features`` and :class:`reid_srdl.api.ReIDSearcher` use it
 like a trained network.
 
+A TorchScript file is a program: it is loaded only when asked for by name (a ``.ts`` file
+name, or ``trust_torchscript=True`` / ``--trust-torchscript``), never because of what a
+file contains.  ONNX files are graphs of standard operators; one that points at external
+data files is refused.  The stored description is checked field by field on load.
+
 Files are written atomically (temp file in the same folder, then rename).
 """
 
@@ -22,8 +27,12 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from reid_srdl.core import archives
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.file_schemas import EXPORT_DESCRIPTION
 from reid_srdl.core.files import atomic_path
+from reid_srdl.core.schema import check
+from reid_srdl.core.torch_scan import is_torchscript_archive
 
 EXPORT_FORMAT = "reid_srdl.embedding/1"
 METADATA_KEY = "reid_srdl"
@@ -78,6 +87,19 @@ def _check_folder(path: str) -> None:
         raise ExportError(f"cannot write {path}: folder {folder} does not exist")
 
 
+EXPORT_EXTRA = 'pip install -e ".[export]"'
+
+
+def require_onnx(purpose: str):
+    """``(onnx, onnxruntime)``, or an :class:`ExportError` naming the extra that installs them."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise ExportError(f"{purpose} needs the export extra ({e.name} is not installed): {EXPORT_EXTRA}") from None
+    return onnx, onnxruntime
+
+
 def export_onnx(
     model: nn.Module,
     path: str,
@@ -88,7 +110,7 @@ def export_onnx(
 ) -> Dict[str, Any]:
     """Write ``model``'s embedding as ONNX with a dynamic batch axis; returns the description
     stored in the file's metadata."""
-    import onnx
+    onnx, _ = require_onnx("ONNX export")
 
     description = _description(model, height, width, meta)
     net, example = _deployable(model, description)
@@ -135,19 +157,112 @@ def export_torchscript(
 
 
 # ----------------------------------------------------------------------------- loading
+TORCHSCRIPT_SUFFIX = ".ts"
+
+
 def exported_format(path) -> Optional[str]:
-    """ "onnx", "torchscript" or None (not an exported embedding: e.g. a final.pt)."""
+    """ "onnx" (a ``.onnx`` name), "torchscript" (a ``.ts`` name, or a TorchScript archive
+    whatever its name: see :func:`load_exported`) or None (not an exported embedding: e.g. a
+    final.pt).  Only the name and the zip directory are read."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None
     if path.lower().endswith(".onnx"):
         return "onnx"
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            # torch.jit.save puts extra files under <archive>/extra/; torch.save never does.
-            if any(name.endswith(f"/extra/{TORCHSCRIPT_EXTRA}") for name in archive.namelist()):
-                return "torchscript"
+    if path.lower().endswith(TORCHSCRIPT_SUFFIX) or is_torchscript_archive(path):
+        return "torchscript"
     return None
+
+
+def torchscript_refusal(path: str) -> str:
+    """The one line refusing a TorchScript program the user did not ask for by name."""
+    return (
+        f"refusing to load {path}: it is a TorchScript program, which runs its own code when used; "
+        f"load it only if you made it or trust its source, by naming it *{TORCHSCRIPT_SUFFIX} or passing "
+        f"--trust-torchscript (trust_torchscript=True in Python)"
+    )
+
+
+def _stored_description(stored: Optional[str], path: str) -> Dict[str, Any]:
+    """The stored JSON description, every field checked (core/file_schemas.py)."""
+    if not stored:
+        raise ExportError(f"{path} has no reid_srdl description ({METADATA_KEY}); export it with tools/export.py")
+    try:
+        meta = json.loads(stored)
+    except (ValueError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0]
+        raise ExportError(f"{path}: its reid_srdl description is not JSON ({reason})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{path} has no reid_srdl description ({METADATA_KEY}); export it with tools/export.py")
+    return check(meta, EXPORT_DESCRIPTION, f"exported model {path}:")
+
+
+def _load_onnx(path: str):
+    """``(session, stored description)`` of an ONNX file; a file that points at external
+    data files (which onnxruntime would read from anywhere) is refused."""
+    onnx, onnxruntime = require_onnx(f"loading {path}")
+    from onnx.external_data_helper import _get_all_tensors
+
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError and others
+        raise ExportError(f"cannot read exported model {path}: not an ONNX file ({_first_line(e)})") from None
+    external = [t.name for t in _get_all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ExportError(
+            f"refusing to load {path}: its tensor {external[0]!r} refers to an external data file, which "
+            f"tools/export.py never writes and this project never reads"
+        )
+    stored = {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)
+    meta = _stored_description(stored, path)
+    _check_onnx_input(proto, meta, path)
+    try:
+        runner = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ExportError(f"cannot read exported model {path}: {_first_line(e)}") from None
+    return runner, meta
+
+
+def _check_onnx_input(proto, meta: Dict[str, Any], path: str) -> None:
+    """The graph's fixed input sizes must be the described ones (else every query would fail)."""
+    inputs = [i for i in proto.graph.input if i.name == INPUT_NAME]
+    if not inputs:
+        raise ExportError(f"{path}: the graph has no input named {INPUT_NAME!r}; export it with tools/export.py")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    described = [None, meta.get("in_channels", 3), meta["height"], meta["width"]]
+    if len(dims) != 4 or any(d is not None and d != w for d, w in zip(dims[1:], described[1:])):
+        raise ExportError(
+            f"{path}: the graph's input is {dims} but its description says (batch, "
+            f"{described[1]}, {described[2]}, {described[3]})"
+        )
+
+
+def _load_torchscript(path: str):
+    """``(module, stored description)`` of a TorchScript file the user trusts, after its
+    sizes and checksums are verified like any archive's."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archives.check_member_sizes(archive, path, "exported model")
+            bad = archives.corrupt_member(archive, path)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ExportError(f"cannot read exported model {path}: not a TorchScript file ({_first_line(e)})") from None
+    if bad is not None:
+        raise ExportError(
+            f"cannot read exported model {path}: it is corrupt (the CRC-32 checksum of {bad} does not match)"
+        )
+    extra = {TORCHSCRIPT_EXTRA: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+            runner = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError and others
+        raise ExportError(f"cannot read exported model {path}: {_first_line(e)}") from None
+    return runner, _stored_description(extra[TORCHSCRIPT_EXTRA], path)
+
+
+def _first_line(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [""])[0].strip()[:200]
+    return line or type(e).__name__
 
 
 class ExportedEmbedding(nn.Module):
@@ -183,36 +298,28 @@ class ExportedEmbedding(nn.Module):
         return f"{self.kind}: {self.path} ({self.meta.get('height')}x{self.meta.get('width')})"
 
 
-def load_exported(path) -> ExportedEmbedding:
-    """Load a file written by :func:`export_onnx` or :func:`export_torchscript`."""
+def load_exported(path, trust_torchscript: bool = False) -> ExportedEmbedding:
+    """Load a file written by :func:`export_onnx` or :func:`export_torchscript`.
+
+    ONNX files hold a graph of standard operators, run by onnxruntime.  A TorchScript file
+    is a program (its code runs on every embedding), so it is loaded only when asked for by
+    name: a ``.ts`` file name, or ``trust_torchscript=True``; a TorchScript archive under any
+    other name is refused with one line saying how to opt in.  The stored description is
+    checked field by field (height/width within ``limits.MAX_INPUT_SIDE``...).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ExportError(f"exported model not found: {path}")
     kind = exported_format(path)
-    try:
-        if kind == "onnx":
-            import onnx
-            import onnxruntime
-
-            proto = onnx.load(path, load_external_data=False)
-            stored = {p.key: p.value for p in proto.metadata_props}.get(METADATA_KEY)
-            runner = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        elif kind == "torchscript":
-            extra = {TORCHSCRIPT_EXTRA: ""}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-                runner = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-            stored = extra[TORCHSCRIPT_EXTRA]
-        else:
-            raise ExportError(
-                f"{path} is not an exported reid_srdl embedding (expected a .onnx file or a TorchScript "
-                f"file written by tools/export.py)"
-            )
-    except ExportError:
-        raise
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise ExportError(f"cannot read exported model {path}: {e}") from None
-    meta = json.loads(stored) if stored else {}
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{path} has no reid_srdl description ({METADATA_KEY}); export it with tools/export.py")
+    if kind == "onnx":
+        runner, meta = _load_onnx(path)
+    elif kind == "torchscript":
+        if not (trust_torchscript or path.lower().endswith(TORCHSCRIPT_SUFFIX)):
+            raise ExportError(torchscript_refusal(path))
+        runner, meta = _load_torchscript(path)
+    else:
+        raise ExportError(
+            f"{path} is not an exported reid_srdl embedding (expected a .onnx file or a TorchScript "
+            f"file written by tools/export.py)"
+        )
     return ExportedEmbedding(path, kind, meta, runner).eval()

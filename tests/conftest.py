@@ -46,3 +46,33 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- gallery stores
+@pytest.fixture(scope="session")
+def lite_server(tmp_path_factory):
+    """``milvus-lite server`` on 127.0.0.1 for the whole session (one per xdist worker)."""
+    import subprocess
+
+    from store_helpers import has_pymilvus, start_lite_server
+
+    if not has_pymilvus():
+        pytest.skip("pymilvus / milvus-lite not installed (pip install -e '.[milvus]')")
+    proc, uri = start_lite_server(str(tmp_path_factory.mktemp("milvus_server")))
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(params=("faiss", "lite", "server"))
+def target(request, tmp_path):
+    """Where one test's gallery lives, in each engine in turn (store_helpers.Target)."""
+    from store_helpers import Target, has_pymilvus
+
+    if request.param != "faiss" and not has_pymilvus():
+        pytest.skip("pymilvus / milvus-lite not installed (pip install -e '.[milvus]')")
+    uri = request.getfixturevalue("lite_server") if request.param == "server" else None
+    return Target(request.param, tmp_path, uri)

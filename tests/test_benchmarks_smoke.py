@@ -71,3 +71,21 @@ def test_bench_train(tmp_path):
     (row,) = json.loads(out.read_text())["throughput"]
     assert all(finite_positive(row[k]) for k in ("reid_srdl_img_s", "reid_srdl_fp32_img_s", "torchreid_img_s"))
     assert "| small_reid |" in stdout
+
+
+def test_bench_stores(tmp_path):
+    from store_helpers import has_pymilvus
+
+    out = tmp_path / "stores.json"
+    engines = "faiss_flat,faiss_ivfpq" + (",milvus_flat" if has_pymilvus() else "")
+    run_script(
+        "bench_stores.py",
+        *("--engines", engines, "--n", "1200", "--d", "16", "--ids", "30", "--small", "400", "--batch", "300"),
+        *("--queries", "10", "--nlist", "8", "--pq-m", "4", "--probe-repeats", "2", "--out", str(out)),
+    )
+    result = json.loads(out.read_text())
+    assert [r["engine"] for r in result["results"]] == engines.split(",") and result["environment"]["cpu"]
+    for r in result["results"]:
+        assert r["size_at_full_probe"] == 1200 + 2 * 100 + 2 * 100  # the gallery and both probe adds, no more
+        assert r["recall_at_10"] == 1.0 or r["engine"] == "faiss_ivfpq"  # exact engines find the exact top 10
+        assert all(finite_positive(r[k]) for k in ("ingest_items_per_s", "add_seconds_full", "query_p99_ms", "disk_mb"))

@@ -137,12 +137,18 @@ def test_add_and_unlabelled_and_csv_labels(setup, capsys, tmp_path):
     assert ReIDSearcher.load(str(gallery)).pids.tolist() == [-1, -1, -1]
     labels = tmp_path / "labels.csv"
     labels.write_text("path,pid,camera\n" + "".join(f"plain/person_{i}.jpg,{7 + i},c{i + 1}\n" for i in range(3)))
+    # The same images again: an image's item id is its path, so they are duplicates, reported and skipped.
     code, out, _ = run(
         capsys, "add", "--gallery", gallery, "--model", setup["model"], "--images", plain, "--labels", labels
     )
-    assert code == 0 and "3 + 3 images" in out
-    s = ReIDSearcher.load(str(gallery))
-    assert s.pids.tolist() == [-1, -1, -1, 7, 8, 9] and s.camids.tolist() == [-1, -1, -1, 0, 1, 2]  # c1 -> camid 0
+    assert code == 0 and "3 + 0 images" in out and "3 already in the gallery" in out
+    assert len(ReIDSearcher.load(str(gallery))) == 3
+    labelled = tmp_path / "labelled.npz"
+    code, out, _ = run(
+        capsys, "build", "--model", setup["model"], "--images", plain, "--labels", labels, "--out", labelled
+    )
+    s = ReIDSearcher.load(str(labelled))
+    assert s.pids.tolist() == [7, 8, 9] and s.camids.tolist() == [0, 1, 2]  # c1 -> camid 0
 
 
 def test_errors_are_one_line_and_leave_no_output(setup, capsys, tmp_path):
@@ -174,6 +180,7 @@ def test_errors_are_one_line_and_leave_no_output(setup, capsys, tmp_path):
     assert code == 0
     code, _, err = run(capsys, "build", "--model", setup["model"], "--images", tmp_path / "absent", "--out", out)
     assert code == 2 and "neither an image file nor a folder" in err
-    code, _, err = run(capsys, "query", bad, "--gallery", out, "--model", setup["model"], "--exclude-camera", "7")
-    assert code == 2 and "c1, c2" in err
+    # Cameras are names now (c1, lobby...): a bad filter is a bad time, one line before any embedding.
+    code, _, err = run(capsys, "query", bad, "--gallery", out, "--model", setup["model"], "--from", "yesterday")
+    assert code == 2 and "--from: 'yesterday' is not an ISO 8601 time" in err and err.count("\n") == 1
     assert sorted(os.listdir(tmp_path)) == ["g.npz", "imgs"]

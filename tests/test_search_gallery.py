@@ -17,7 +17,9 @@ from reid_srdl.evaluation.io import load_features
 from reid_srdl.evaluation.metrics import EvaluationInputError, ranked_gallery
 from reid_srdl.evaluation.open_set import evaluate_open_set
 from reid_srdl.search.fingerprint import model_fingerprint, state_dict_sha256
-from reid_srdl.search.gallery import GalleryIndex, GalleryMismatchError
+from reid_srdl.search.gallery import GalleryMismatchError
+from reid_srdl.search.stores import GalleryItem
+from reid_srdl.search.stores.npz_store import NpzStore
 
 
 class ColourNet(nn.Module):
@@ -218,24 +220,24 @@ def test_threshold_errors():
 # ----------------------------------------------------------------------------- threads
 def test_adds_while_searching_are_safe():
     rng = np.random.default_rng(0)
-    index = GalleryIndex.from_arrays(rng.standard_normal((200, 16)), np.arange(200), np.zeros(200, int))
+    index = NpzStore.from_arrays(rng.standard_normal((200, 16)), np.arange(200), np.zeros(200, int))
     errors = []
 
     def searcher():
         try:
             for _ in range(50):
-                d, ids = index.search(rng.standard_normal((4, 16)), k=5)
-                assert (ids >= 0).all() and np.isfinite(d).all()
+                hits = index.search(rng.standard_normal((4, 16)), k=5)
+                assert (hits.ids >= 0).all() and np.isfinite(hits.distances).all()
         except Exception as e:  # noqa: BLE001 -- collected and asserted below
             errors.append(e)
 
     def adder():
         for i in range(50):
-            index.add(np.full((2, 16), float(i)), [1000 + i, 2000 + i], [1, 1])
+            index.add(np.full((2, 16), float(i)), [GalleryItem(f"add{i}", pid=1000 + i), GalleryItem(f"add{i}b")])
 
     threads = [threading.Thread(target=searcher) for _ in range(3)] + [threading.Thread(target=adder)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and len(index) == 300 and len(index.pids) == 300
+    assert not errors and len(index) == 300 and len(list(index.scan())[0][1]) == 300

@@ -99,7 +99,7 @@ def verify(model, path: str, height: int, width: int) -> float:
     images = torch.randn(3, int(getattr(model, "in_channels", None) or 3), height, width)
     with torch.inference_mode():
         expected = model.eval()(images)[1]
-        got = load_exported(path)(images)[1]
+        got = load_exported(path, trust_torchscript=True)(images)[1]  # the file this run just wrote
     return float((expected - got).abs().max())
 
 
@@ -112,8 +112,11 @@ def main(argv=None) -> int:
         for path, flag in ((args.onnx, "--onnx"), (args.torchscript, "--torchscript")):
             if path:
                 check_output_file(path, f"{flag} file")
-        from reid_srdl.export import export_onnx, export_torchscript
+        from reid_srdl.export import export_onnx, export_torchscript, require_onnx
         from reid_srdl.models.model_file import load_model_file
+
+        if args.onnx:
+            require_onnx("--onnx")  # before the network is loaded and traced
 
         if args.config:
             model, meta = model_from_config(args.checkpoint, args.config, args.overrides)
@@ -133,6 +136,8 @@ def main(argv=None) -> int:
             line = f"wrote {path} ({height}x{width}, {model.feature_dim}-d features)"
             if args.verify:
                 line += f"; max |exported - PyTorch| = {verify(model, path, height, width):.2e}"
+            if path == args.torchscript and not path.lower().endswith(".ts"):
+                line += " (TorchScript not named *.ts: loading it needs --trust-torchscript)"
             print(line)
     except ReidSrdlError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,12 +1,20 @@
 #!/usr/bin/env python
 """Search a gallery of person crops with a trained re-id network.
 
-    python tools/search.py build --model runs/RUN --images crops/ --out gallery.npz
-    python tools/search.py add --gallery gallery.npz --model runs/RUN --images more_crops/
-    python tools/search.py calibrate --gallery gallery.npz --model runs/RUN --queries labelled/ --far 0.01
-    python tools/search.py query --gallery gallery.npz --model runs/RUN person.jpg --k 10 \\
-        --threshold calibrated --json hits.json --html hits.html
-    python tools/search.py info --gallery gallery.npz
+    python tools/search.py build --model runs/RUN --images crops/ --store gallery/
+    python tools/search.py add --store gallery/ --model runs/RUN --images more_crops/
+    python tools/search.py calibrate --store gallery/ --model runs/RUN --queries labelled/ --far 0.01
+    python tools/search.py query --store gallery/ --model runs/RUN person.jpg --k 10 \\
+        --threshold calibrated --camera c1 --from 2024-05-01T08:00 --json hits.json --html hits.html
+    python tools/search.py info --store gallery/
+    python tools/search.py delete --store gallery/ --pid 17          (or --track, --camera, --before TIME)
+    python tools/search.py prune --store gallery/ --older-than 30d
+    python tools/search.py convert old_gallery.npz --store gallery/
+
+--store PATH_OR_URI: a folder (the faiss store, created by build), a Milvus Lite file
+(gallery.db) or a Milvus server (http://host:19530; pip install -e ".[milvus]"), or an
+.npz gallery file of the first releases (--gallery FILE.npz and --out FILE.npz still work).
+Times are ISO 8601 (2024-05-01T14:02:11Z; no offset means UTC).
 
 Labels (--labels): "auto" (default) parses pids and cameras from Market-1501 file names
 (0002_c1s1_000451_03.jpg: pid 2, camera c1) when every name is one and leaves images
@@ -43,26 +51,56 @@ def _embedding_args(p: argparse.ArgumentParser, with_defaults: bool) -> None:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--workers", type=int, default=0, help="image decoding processes (default: 0)")
     g.add_argument("--device", default="cpu")
+    g.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="load a TorchScript --model not named *.ts (it is a program: only one you made or trust)",
+    )
+
+
+def _store_args(p: argparse.ArgumentParser, out: bool = False) -> None:
+    """--store PATH_OR_URI, or the first releases' --gallery FILE.npz (one of them)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument(
+        "--store", metavar="PATH_OR_URI", help="a store folder, a Milvus Lite .db, http(s)://host:port, or .npz"
+    )
+    g.add_argument("--gallery", metavar="GALLERY.npz", help="an .npz gallery file (same as --store FILE.npz)")
+    if out:
+        p.add_argument("--out", metavar="GALLERY.npz", help="with an .npz gallery: write here instead of updating it")
+
+
+def _index_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--index",
+        metavar="KIND[:key=value,...]",
+        help="a new store's index: flat (default), ivf_flat, ivf_pq (folder: nlist, nprobe, pq_m, rescore, "
+        "train_size); FLAT, IVF_FLAT, HNSW (Milvus: nlist, nprobe, M, efConstruction, ef), e.g. ivf_pq:nlist=4096",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser("build", help="embed a folder of crops into a new gallery file")
-    b.add_argument("--model", required=True, help="a run directory, final.pt, model.onnx or TorchScript file")
+    b = sub.add_parser("build", help="embed a folder of crops into a gallery (a new one, or added to a store)")
+    b.add_argument("--model", required=True, help="a run directory, final.pt, model.onnx or model.ts (TorchScript)")
     b.add_argument("--images", required=True, help="folder of crops (searched recursively) or one image")
     b.add_argument("--labels", default="auto", help="auto | market | none | FILE.csv (default: auto)")
-    b.add_argument("--out", required=True, metavar="GALLERY.npz")
+    bt = b.add_mutually_exclusive_group(required=True)
+    bt.add_argument("--store", metavar="PATH_OR_URI", help="a store folder, Milvus .db or URI (created if missing)")
+    bt.add_argument("--out", metavar="GALLERY.npz", help="write an .npz gallery file")
+    _index_arg(b)
     b.add_argument("--skip-unreadable", action="store_true", help="leave undecodable images out (listed on stderr)")
+    b.add_argument(
+        "--allow-model-mismatch", action="store_true", help="add to a store that records another model/settings"
+    )
     _embedding_args(b, True)
 
-    a = sub.add_parser("add", help="embed more crops into an existing gallery file")
-    a.add_argument("--gallery", required=True)
+    a = sub.add_parser("add", help="embed more crops into an existing gallery")
+    _store_args(a, out=True)
     a.add_argument("--model", required=True)
     a.add_argument("--images", required=True)
     a.add_argument("--labels", default="auto")
-    a.add_argument("--out", help="write here instead of updating --gallery")
     a.add_argument("--skip-unreadable", action="store_true")
     a.add_argument(
         "--allow-model-mismatch", action="store_true", help="accept a model/settings the gallery did not record"
@@ -70,24 +108,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     _embedding_args(a, False)
 
     c = sub.add_parser("calibrate", help="set the gallery's match threshold from labelled queries")
-    c.add_argument("--gallery", required=True)
+    _store_args(c, out=True)
     c.add_argument("--model", required=True)
     c.add_argument("--queries", required=True, help="labelled query crops (names or --labels CSV)")
     c.add_argument("--labels", default="market", help="market | FILE.csv (default: market)")
     c.add_argument("--far", type=float, default=0.01, help="target false accept rate (default: 0.01 = 1%%)")
-    c.add_argument("--out", help="write here instead of updating --gallery")
     c.add_argument("--plot", metavar="DIST.png", help="PNG of the genuine/impostor distances and the threshold")
     c.add_argument("--allow-model-mismatch", action="store_true")
     _embedding_args(c, False)
 
     q = sub.add_parser("query", help="rank the gallery for query images")
     q.add_argument("queries", metavar="IMAGE_OR_DIR")
-    q.add_argument("--gallery", required=True)
+    _store_args(q)
     q.add_argument("--model", required=True)
     q.add_argument("--k", type=int, default=10)
     q.add_argument("--threshold", help="'calibrated' or a distance: adds a match / no match decision")
     q.add_argument("--far", type=float, help="the threshold for this false accept rate, from the calibration")
-    q.add_argument("--exclude-camera", metavar="cN", help="leave out every gallery image of this camera")
+    q.add_argument(
+        "--exclude-camera", metavar="NAME", help="leave out every gallery image of this camera (c1, lobby...)"
+    )
+    q.add_argument("--camera", action="append", metavar="NAME", help="only this camera (repeat for several)")
+    q.add_argument("--from", dest="time_from", metavar="TIME", help="only items seen at or after TIME (ISO 8601)")
+    q.add_argument("--to", dest="time_to", metavar="TIME", help="only items seen at or before TIME (ISO 8601)")
     q.add_argument(
         "--exclude",
         choices=("same-camera", "same-person-camera"),
@@ -100,11 +142,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     q.add_argument("--allow-model-mismatch", action="store_true")
     _embedding_args(q, False)
 
-    i = sub.add_parser("info", help="what a gallery file holds")
-    i.add_argument("--gallery", required=True)
+    i = sub.add_parser("info", help="what a gallery holds")
+    _store_args(i)
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
 
+    d = sub.add_parser("delete", help="delete items (and the crops the store wrote) matching every criterion given")
+    d.add_argument("--store", required=True, metavar="PATH_OR_URI")
+    d.add_argument("--pid", type=int)
+    d.add_argument("--track", type=int)
+    d.add_argument("--camera", metavar="NAME")
+    d.add_argument("--before", metavar="TIME", help="items seen before TIME (ISO 8601; items without a time stay)")
+    d.add_argument("--compact", action="store_true", help="folder store: erase the deleted items from disk now")
+
+    r = sub.add_parser("prune", help="delete the items older than an age (retention)")
+    r.add_argument("--store", required=True, metavar="PATH_OR_URI")
+    r.add_argument("--older-than", required=True, metavar="AGE", help="30d, 12h, 90m, 2w or 45s")
+    r.add_argument("--compact", action="store_true", help="folder store: erase the deleted items from disk now")
+
+    v = sub.add_parser("convert", help="copy an .npz gallery file into a store (folder or Milvus)")
+    v.add_argument("npz", metavar="OLD.npz")
+    v.add_argument("--store", required=True, metavar="PATH_OR_URI", help="the new store (created; must not exist)")
+    _index_arg(v)
+
     args = p.parse_args(argv)
+    if args.command == "delete" and all(getattr(args, x) is None for x in ("pid", "track", "camera", "before")):
+        p.error("delete needs at least one of --pid, --track, --camera, --before")
     if getattr(args, "k", 1) < 1:
         p.error(f"--k must be a positive integer; got {args.k}")
     if args.command == "query" and args.threshold is not None and args.far is not None:
@@ -119,6 +181,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _embedding(args, explicit_only: bool) -> dict:
     """Embedding options from the command line (only those given, for a loaded gallery)."""
     opts = {"batch_size": args.batch_size, "workers": args.workers, "device": args.device, "progress": True}
+    if args.trust_torchscript:
+        opts["trust_torchscript"] = True
     for key in ("height", "width", "precision"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
@@ -138,12 +202,47 @@ def _check_output(path, what):
         raise ReidSrdlError(f"{what} {path} is a folder; give a file name")
 
 
+def _target(args) -> str:
+    return args.store or args.gallery
+
+
+def _is_npz(target: str) -> bool:
+    from reid_srdl.search.stores import store_kind
+
+    return store_kind(target) == "npz"
+
+
+def _out(args) -> str:
+    """Where an .npz gallery is written back (--out, else itself); stores need no output."""
+    target = _target(args)
+    if getattr(args, "out", None) and not _is_npz(target):
+        raise ReidSrdlError(f"--out writes .npz galleries; {target} is a store and is updated in place")
+    return (getattr(args, "out", None) or target) if _is_npz(target) else None
+
+
 def _load(args):
     from reid_srdl.search import ReIDSearcher
 
     return ReIDSearcher.load(
-        args.gallery, model=args.model, allow_mismatch=args.allow_model_mismatch, **_embedding(args, explicit_only=True)
+        _target(args),
+        model=args.model,
+        allow_mismatch=args.allow_model_mismatch,
+        **_embedding(args, explicit_only=True),
     )
+
+
+def _index(text):
+    """``ivf_pq:nlist=4096,pq_m=64`` -> ``{"kind": "ivf_pq", "nlist": 4096, "pq_m": 64}``."""
+    if not text:
+        return None
+    kind, _, rest = text.partition(":")
+    spec = {"kind": kind}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise ReidSrdlError(f"--index: options are key=integer separated by commas; got {part!r}")
+        spec[key.strip()] = int(value)
+    return spec
 
 
 def _labels(spec, paths):
@@ -155,43 +254,68 @@ def _labels(spec, paths):
 def cmd_build(args) -> None:
     from reid_srdl.search import ReIDSearcher
     from reid_srdl.search.labels import list_images
+    from reid_srdl.search.stores import StoreMissingError
 
-    _check_output(args.out, "--out")
+    npz = args.out or (args.store if _is_npz(args.store) else None)
+    _check_output(npz, "--out")
     paths = list_images(args.images)
     pids, camids, how = _labels(args.labels, paths)
+    if not npz:
+        try:  # an existing store: add to it, with its recorded settings as the defaults
+            args.gallery = None
+            s = _load(args)
+        except StoreMissingError:
+            s = None
+        if s is not None:
+            _add(s, args, paths, pids, camids, how, args.store)
+            return
+    options = _embedding(args, explicit_only=False)
     s = ReIDSearcher.from_images(
-        args.model, paths, pids, camids, skip_unreadable=args.skip_unreadable, **_embedding(args, explicit_only=False)
-    )
-    s.save(args.out)
+        args.model, paths, pids, camids, store=None if npz else args.store, index=_index(args.index),
+        skip_unreadable=args.skip_unreadable, **options,
+    )  # fmt: skip
+    if npz:
+        s.save(npz)
     skipped = len(paths) - len(s)
     print(
-        f"wrote {args.out}: {len(s)} images, {s.dim}-d features, labels {how}"
+        f"wrote {npz or args.store}: {len(s)} images, {s.dim}-d features, labels {how}"
         + (f"; skipped {skipped} unreadable (listed above)" if skipped else "")
     )
+    s.close()
+
+
+def _add(s, args, paths, pids, camids, how, out) -> None:
+    """Embed ``paths`` into the open gallery ``s``; an .npz is written to ``out``."""
+    before = len(s)
+    embedded = s.add_images(paths, pids, camids, skip_unreadable=args.skip_unreadable)
+    new = len(s) - before
+    if out and _is_npz(out):
+        s.save(out)
+    unreadable, duplicates = len(paths) - len(embedded), len(embedded) - new
+    print(
+        f"wrote {out or _target(args)}: {before} + {new} images, labels {how}"
+        + (f"; skipped {unreadable} unreadable (listed above)" if unreadable else "")
+        + (f"; {duplicates} already in the gallery (same source), skipped" if duplicates else "")
+    )
+    s.close()
 
 
 def cmd_add(args) -> None:
     from reid_srdl.search.labels import list_images
 
-    out = args.out or args.gallery
+    out = _out(args)
     _check_output(out, "--out")
     s = _load(args)
     paths = list_images(args.images)
     pids, camids, how = _labels(args.labels, paths)
-    before = len(s)
-    added = s.add_images(paths, pids, camids, skip_unreadable=args.skip_unreadable)
-    s.save(out)
-    print(
-        f"wrote {out}: {before} + {len(added)} images, labels {how}"
-        + (f"; skipped {len(paths) - len(added)} unreadable (listed above)" if len(added) < len(paths) else "")
-    )
+    _add(s, args, paths, pids, camids, how, out)
 
 
 def cmd_calibrate(args) -> None:
     from reid_srdl.core.files import OutputBatch
     from reid_srdl.search.labels import list_images
 
-    out = args.out or args.gallery
+    out = _out(args)
     _check_output(out, "--out")
     _check_output(args.plot, "--plot")
     if args.labels in ("none", "auto"):
@@ -214,12 +338,13 @@ def cmd_calibrate(args) -> None:
                 batch.path(args.plot),
                 title="Open-set distances (calibration)",
             )
-        s.save(batch.path(out))
+        if out:
+            s.save(batch.path(out))
     print(
         f"threshold {cal.threshold:.4f} at FAR {100 * cal.far:g}% (achieved {100 * cal.achieved_far:.2f}% on "
         f"{cal.num_impostor_probes} absent-person probes; TAR {100 * cal.tar:.1f}%, DIR {100 * cal.dir:.1f}%)"
     )
-    print(f"wrote {out}" + (f" and {args.plot}" if args.plot else ""))
+    print(f"wrote {out or _target(args)}" + (f" and {args.plot}" if args.plot else ""))
 
 
 def _threshold(args):
@@ -239,8 +364,7 @@ def cmd_query(args) -> None:
     import numpy as np
 
     from reid_srdl.core.files import OutputBatch, write_bytes_atomic, write_json_atomic
-    from reid_srdl.search.gallery import camera_name
-    from reid_srdl.search.labels import list_images, parse_camera
+    from reid_srdl.search.labels import list_images
     from reid_srdl.search.report import results_html
 
     _check_output(args.json, "--json")
@@ -248,17 +372,27 @@ def cmd_query(args) -> None:
     paths = list_images(args.queries)
     exclusion = {}
     if args.exclude_camera:
-        exclusion["exclude_camid"] = parse_camera(args.exclude_camera)
+        exclusion["exclude_cameras"] = [args.exclude_camera]
     if args.exclude:
         pids, camids, _ = _labels(args.labels if args.labels != "none" else "market", paths)
         if pids is None:
             raise ReidSrdlError("--exclude needs labelled queries (Market-1501 names or --labels FILE.csv)")
         if args.exclude == "same-camera":
-            if "exclude_camid" in exclusion:
+            if "exclude_cameras" in exclusion:
                 raise ReidSrdlError("give --exclude-camera or --exclude same-camera, not both")
             exclusion["exclude_camid"] = camids
         else:
             exclusion["exclude_pid_camid"] = np.stack([pids, camids], axis=1)
+    from reid_srdl.search.stores.records import MAX_CAMERA, check_text, parse_time
+
+    for name in (args.camera or []) + ([args.exclude_camera] if args.exclude_camera else []):
+        check_text(name, "--camera/--exclude-camera", MAX_CAMERA)  # before anything is embedded
+    if args.camera:
+        exclusion["cameras"] = args.camera
+    if args.time_from:
+        exclusion["time_from"] = parse_time(args.time_from, "--from")
+    if args.time_to:
+        exclusion["time_to"] = parse_time(args.time_to, "--to")
     threshold = _threshold(args)
     s = _load(args)
     s.decision_threshold(**threshold)  # a missing calibration is found before any image is embedded
@@ -268,57 +402,76 @@ def cmd_query(args) -> None:
             f"query {path}"
             + (f": {r.decision} (nearest {r.nearest_distance:.4f}, threshold {r.threshold:.4f})" if r.decision else "")
         )
-        for rank in range(len(r)):
-            pid = int(r.pids[rank])
-            print(
-                f"  {rank + 1:3d}  {r.distances[rank]:8.4f}  pid {pid if pid >= 0 else '?':>5}  "
-                f"{camera_name(int(r.camids[rank])) or '?':>4}  {'' if r.paths is None else r.paths[rank]}"
-            )
+        for rank, item in enumerate(r.items):
+            print(f"  {rank + 1:3d}  {r.distances[rank]:8.4f}  {_describe(item)}")
     with OutputBatch() as batch:
         if args.json:
             write_json_atomic(batch.path(args.json), [{"query": p, **r.to_dict()} for p, r in zip(paths, results)])
         if args.html:
-            page = results_html(list(zip(paths, results)), title=f"Search in {args.gallery}")
+            page = results_html(list(zip(paths, results)), title=f"Search in {_target(args)}")
             write_bytes_atomic(batch.path(args.html), page.encode("utf-8"))
     for out in (args.json, args.html):
         if out:
             print(f"wrote {out}")
 
 
-def gallery_info(path: str) -> dict:
+def _describe(item) -> str:
+    """One line of a hit or a deleted item: pid, camera, time, source, frame, box, track."""
+    from reid_srdl.search.stores.records import format_time
+
+    where = item.source + (f" frame {item.frame}" if item.frame >= 0 else "")
+    box = "" if item.box is None else " box " + ",".join(str(v) for v in item.box)
+    track = f" track {item.track}" if item.track >= 0 else ""
+    return (
+        f"pid {item.pid if item.pid >= 0 else '?':>5}  {item.camera or '?':>4}  "
+        f"{format_time(item.timestamp) or '-'}  {where}{box}{track}"
+    )
+
+
+def gallery_info(target: str) -> dict:
     import numpy as np
 
+    from reid_srdl.search import ReIDSearcher
     from reid_srdl.search.fingerprint import describe_model
-    from reid_srdl.search.gallery import GalleryIndex, camera_name
+    from reid_srdl.search.stores.records import format_time
 
-    g = GalleryIndex.load(path)
-    pids, camids = g.pids, g.camids
-    known = pids[pids >= 0]
-    folders = sorted({os.path.dirname(os.path.abspath(p)) for p in g.paths}) if g.paths is not None else []
-    return {
-        "file": path,
-        "images": len(g),
-        "dim": g.dim,
-        "identities": int(len(np.unique(known))),
-        "unlabelled": int((pids < 0).sum()),
-        "cameras": [camera_name(int(c)) for c in np.unique(camids[camids >= 0])],
-        "model": describe_model(g.model),
-        "model_fingerprint": g.model,
-        "settings": g.settings,
-        "calibration": g.calibration,
-        "folders": folders[:20],
-        "num_folders": len(folders),
-    }
+    with ReIDSearcher.load(target) as s:
+        items = [it for _, batch in s.store.scan() for it in batch]
+        meta, store = s.meta, s.store
+        pids = np.asarray([it.pid for it in items], dtype=np.int64)
+        known = pids[pids >= 0]
+        has_paths = getattr(store, "has_paths", True)
+        folders = sorted({os.path.dirname(os.path.abspath(it.source)) for it in items}) if has_paths else []
+        times = [it.timestamp for it in items if it.timestamp is not None]
+        return {
+            "file": target,
+            "engine": store.engine,
+            "index": getattr(store, "index", None),
+            "images": len(items),
+            "dim": s.dim,
+            "identities": int(len(np.unique(known))),
+            "unlabelled": int((pids < 0).sum()),
+            "cameras": sorted({it.camera for it in items if it.camera}),
+            "time_range": [format_time(min(times)), format_time(max(times))] if times else None,
+            "model": describe_model(meta.get("model")),
+            "model_fingerprint": meta.get("model"),
+            "settings": meta.get("settings"),
+            "calibration": meta.get("calibration"),
+            "folders": folders[:20],
+            "num_folders": len(folders),
+        }
 
 
 def cmd_info(args) -> None:
-    info = gallery_info(args.gallery)
+    info = gallery_info(_target(args))
     if args.json:
         print(json.dumps(info, indent=2))
         return
     print(
-        f"{info['file']}: {info['images']} images, {info['dim']}-d features, {info['identities']} identities, "
-        f"{info['unlabelled']} unlabelled, cameras {', '.join(info['cameras']) or 'unknown'}"
+        f"{info['file']} ({info['engine']}): {info['images']} images, {info['dim']}-d features, "
+        f"{info['identities']} identities, {info['unlabelled']} unlabelled, "
+        f"cameras {', '.join(info['cameras']) or 'unknown'}"
+        + (f", seen {info['time_range'][0]} .. {info['time_range'][1]}" if info["time_range"] else "")
     )
     print(f"model: {info['model']}")
     print(f"settings: {info['settings'] or 'not recorded'}")
@@ -337,7 +490,59 @@ def cmd_info(args) -> None:
         print(f"image folders ({info['num_folders']}): " + ", ".join(info["folders"]))
 
 
-COMMANDS = {"build": cmd_build, "add": cmd_add, "calibrate": cmd_calibrate, "query": cmd_query, "info": cmd_info}
+def _delete(store_target: str, compact: bool, **criteria) -> None:
+    """Delete, print every removed item (and the crops removed with them), compact if asked."""
+    from reid_srdl.search.stores import DeleteRequest, open_store
+
+    with open_store(store_target) as store:
+        removed = store.delete(DeleteRequest(**criteria))
+        for item in removed:
+            print(f"deleted {item.id}  {_describe(item)}" + (f"  (crop {item.crop} removed)" if item.crop else ""))
+        erased = store.compact() if compact else 0
+        print(
+            f"{len(removed)} item(s) deleted from {store_target}; {len(store)} left"
+            + (f"; {erased} erased from disk" if compact else "")
+        )
+
+
+def cmd_delete(args) -> None:
+    from reid_srdl.search.stores.records import parse_time
+
+    before = None if args.before is None else parse_time(args.before, "--before")
+    _delete(args.store, args.compact, pid=args.pid, track=args.track, camera=args.camera, before=before)
+
+
+def cmd_prune(args) -> None:
+    import time
+
+    from reid_srdl.search.stores.records import format_time, parse_age
+
+    before = time.time() - parse_age(args.older_than, "--older-than")
+    print(f"pruning items seen before {format_time(before)} (older than {args.older_than})")
+    _delete(args.store, args.compact, before=before)
+
+
+def cmd_convert(args) -> None:
+    from reid_srdl.search.stores import StoreError, open_store, store_kind
+    from reid_srdl.search.stores.convert import convert
+
+    if store_kind(args.store) == "npz":
+        raise StoreError(f"--store {args.store}: convert writes a store folder or a Milvus gallery, not an .npz")
+    with open_store(args.npz) as old:
+        n = convert(old, args.store, index=_index(args.index))
+    print(f"wrote {args.store}: {n} items from {args.npz}, with its model, settings and calibration")
+
+
+COMMANDS = {
+    "build": cmd_build,
+    "add": cmd_add,
+    "calibrate": cmd_calibrate,
+    "query": cmd_query,
+    "info": cmd_info,
+    "delete": cmd_delete,
+    "prune": cmd_prune,
+    "convert": cmd_convert,
+}
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,11 @@ def parse_args(argv=None):
     p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest accepted upload (default: 8 MB)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--allow-model-mismatch", action="store_true")
+    p.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="load a TorchScript --model not named *.ts (it is a program: only one you made or trust)",
+    )
     args = p.parse_args(argv)
     if not 0 < args.port < 65536:
         p.error(f"--port must be in 1..65535; got {args.port}")
@@ -57,7 +62,11 @@ def main(argv=None) -> int:
         from reid_srdl.search import ReIDSearcher
 
         searcher = ReIDSearcher.load(
-            args.gallery, model=args.model, allow_mismatch=args.allow_model_mismatch, device=args.device
+            args.gallery,
+            model=args.model,
+            allow_mismatch=args.allow_model_mismatch,
+            trust_torchscript=args.trust_torchscript,
+            device=args.device,
         )
         upload_dir = (
             None

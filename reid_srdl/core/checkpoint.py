@@ -17,13 +17,15 @@ started in the same second never share one (:func:`create_run_dir`).
 """
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.file_schemas import MODEL_FILE
 from reid_srdl.core.files import atomic_path, describe_os_error
+from reid_srdl.core.schema import check
 from reid_srdl.core.torch_files import load_torch_file, plain_data
 
 MODEL_FORMAT = "reid_srdl.model/1"
@@ -98,31 +100,37 @@ def read_model_file(path: str) -> Dict[str, Any]:
     if obj.get("format") != MODEL_FORMAT:
         hint = " (this is a training state; use the run's final.pt)" if obj.get("format") == TRAIN_STATE_FORMAT else ""
         raise CheckpointError(f"{path} is not a reid_srdl model file{hint}")
-    spec, state = obj.get("spec"), obj.get("state_dict")
-    if not isinstance(spec, dict) or not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a complete reid_srdl model file (no spec or state_dict)")
-    return dict(obj, path=path)
+    # Every field typed and bounded before anything is built from it.
+    checked = check(obj, MODEL_FILE, f"model file {path}:")
+    # The state dict as saved (an OrderedDict with the version _metadata load_state_dict reads).
+    return dict(checked, state_dict=obj["state_dict"], meta=checked.get("meta", {}), path=path)
+
+
+def state_dict_problems(own: Dict[str, Tuple[int, ...]], state: Dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from filling a network whose state dict has the shapes ``own``:
+    the first mismatching shapes, missing and unexpected keys ('' when it fits)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k])}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k])
+    ]
+    parts = []
+    if shapes:
+        parts.append("shape mismatch " + "; ".join(shapes[:3]))
+    if missing:
+        parts.append(f"missing keys {missing[:3]}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:3]}")
+    return "; ".join(parts)
 
 
 def load_state_dict_checked(module: nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with an error that names the first mismatching keys and shapes."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append("shape mismatch " + "; ".join(shapes[:3]))
-        if missing:
-            parts.append(f"missing keys {missing[:3]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:3]}")
-        raise CheckpointError(f"weights in {source} do not fit {type(module).__name__}: " + "; ".join(parts))
+    problems = state_dict_problems({k: tuple(v.shape) for k, v in module.state_dict().items()}, state)
+    if problems:
+        raise CheckpointError(f"weights in {source} do not fit {type(module).__name__}: {problems}")
     module.load_state_dict(state)
 
 

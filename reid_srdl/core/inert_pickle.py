@@ -19,12 +19,15 @@ import pathlib
 import pickle
 import re
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from reid_srdl.core import limits
+from reid_srdl.core.schema import clip_path, short_repr
 from reid_srdl.core.torch_files import PLAIN_SCALARS, UNKNOWN_GLOBAL
+from reid_srdl.core.torch_scan import ScanRefusal, scan_torch_file
 
 # How often an unknown global may be discovered while loading (each discovery reloads the
 # pickle; a zip-format file names all of them up front, so this bounds legacy files only).
@@ -119,6 +122,10 @@ def load_inert(path: str) -> Any:
     Raises :class:`InertLoadError` for what the safe unpickler cannot read even so (a module
     PyTorch blocks outright such as ``os``, pickle protocol 4 objects, a dict subclass filled
     item by item)."""
+    try:  # declared sizes and checksums first: the stand-ins bound code, not allocation
+        scan_torch_file(path)
+    except ScanRefusal as e:
+        raise InertLoadError(e.reason) from None
     names: List[str] = []
     try:  # a zip-format file lists its globals without being unpickled
         names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -162,7 +169,7 @@ def _module_state_dict(state: dict, prefix: str, out: "collections.OrderedDict")
 
 
 def _short(args: tuple) -> str:
-    text = ", ".join(repr(a) for a in args)
+    text = ", ".join(short_repr(a) for a in args)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -200,9 +207,16 @@ def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collecti
     stand-in its data meaning (:func:`inert_as_data`: an
     object's state a dict, a pickled ``nn.Module`` its state dict, a path a string).
     ``converted`` (a Counter) counts the conversions by type name.  What has no plain-data
-    form (a call, a reference to a class or function) is a ``TypeError`` naming where it is.
+    form (a call, a reference to a class or function, a container that contains itself,
+    nesting deeper than ``limits.MAX_NESTING_DEPTH``) is a ``TypeError`` naming where it is.
+
+    Each object is converted once: a part shared by several containers (a pickle's memo
+    makes a 40-level DAG of 2^40 paths from a few hundred bytes) stays one shared part.
     """
     counts = converted if converted is not None else collections.Counter()
+    # id -> (object, its conversion); the object is kept so that its id is not reused.
+    done: Dict[int, Tuple[Any, Any]] = {}
+    open_ids: set = set()
 
     def note(name, out):
         counts[name] += 1
@@ -211,12 +225,30 @@ def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collecti
     def type_name(value):
         return f"{type(value).__module__}.{type(value).__qualname__}"
 
-    def walk(value, at):
+    def walk(value, at, depth):
+        if type(value) in PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
+            return value
+        key = id(value)
+        if key in done:
+            return done[key][1]
+        if key in open_ids:
+            raise TypeError(f"{clip_path(at)} contains itself (a cycle), which has no plain-data form")
+        if depth > limits.MAX_NESTING_DEPTH:
+            raise TypeError(f"{clip_path(at)} is nested more than {limits.MAX_NESTING_DEPTH} levels deep")
+        open_ids.add(key)
+        out = convert(value, at, depth + 1)
+        open_ids.discard(key)
+        done[key] = (value, out)
+        return out
+
+    def convert(value, at, depth):
+        if type(value) in PLAIN_SCALARS:  # e.g. what a path stand-in means
+            return value
         if isinstance(value, InertObject):
-            return note(value.qualified_name, walk(inert_as_data(value, at), at))
+            return note(value.qualified_name, convert(inert_as_data(value, at), at, depth))
         if isinstance(value, type) and issubclass(value, InertObject):
             what = f"a reference to {value.qualified_name} (a class or function)"
-            raise TypeError(f"{at} is {what}, which has no plain-data form")
+            raise TypeError(f"{clip_path(at)} is {what}, which has no plain-data form")
         if isinstance(value, np.generic):
             return note(type_name(value), value.item())
         if isinstance(value, torch.Tensor):
@@ -224,26 +256,26 @@ def convert_to_plain(obj: Any, where: str = "file", converted: Optional[collecti
             if type(value) is torch.Tensor:
                 return value
             return note(type_name(value), value.detach().clone().as_subclass(torch.Tensor))
-        if type(value) in PLAIN_SCALARS or isinstance(value, (torch.dtype, torch.device, torch.Size)):
-            return value
         if isinstance(value, np.ndarray):
             if value.dtype.kind in "biuf":
                 return note(type_name(value), torch.from_numpy(np.ascontiguousarray(value).copy()))
-            return note(type_name(value), walk(value.tolist(), at))
+            return note(type_name(value), convert(value.tolist(), at, depth))
         if isinstance(value, dict):
-            out = {walk(k, f"{at} key"): walk(v, f"{at}[{k!r}]") for k, v in value.items()}
+            out = {walk(k, f"{at} key", depth): walk(v, f"{at}[{short_repr(k)}]", depth) for k, v in value.items()}
             if type(value) is collections.OrderedDict:
                 out = collections.OrderedDict(out)
                 if hasattr(value, "_metadata"):
-                    out._metadata = walk(value._metadata, f"{at}._metadata")
+                    out._metadata = walk(value._metadata, f"{at}._metadata", depth)
             elif type(value) is not dict:
                 note(type_name(value), None)  # e.g. a Counter: kept as its items
             return out
         if isinstance(value, (list, tuple)):
-            items = [walk(v, f"{at}[{i}]") for i, v in enumerate(value)]
+            items = [walk(v, f"{at}[{i}]", depth) for i, v in enumerate(value)]
             return list(items) if isinstance(value, list) else tuple(items)
         if isinstance(value, (set, frozenset)):
-            return note(type_name(value), walk(sorted(value, key=repr), at))
-        raise TypeError(f"{at} is a {type_name(value)}, which has no plain-data form")
+            # Sorted when the items are plain (repr of a shared structure could be huge).
+            plain = all(type(v) in PLAIN_SCALARS for v in value)
+            return note(type_name(value), convert(sorted(value, key=repr) if plain else list(value), at, depth))
+        raise TypeError(f"{clip_path(at)} is a {type_name(value)}, which has no plain-data form")
 
-    return walk(obj, where)
+    return walk(obj, where, 0)

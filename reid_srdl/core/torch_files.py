@@ -16,12 +16,15 @@ import collections
 import pickle
 import re
 import warnings
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
+from reid_srdl.core import limits
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.limits import LimitExceededError
+from reid_srdl.core.torch_scan import ScanRefusal, scan_torch_file
 
 CONVERT_TOOL = "tools/convert_checkpoint.py"
 
@@ -84,18 +87,37 @@ def _torch_reason(e: BaseException) -> str:
     return line
 
 
+def check_torch_file(path: str, what: str = "PyTorch file") -> str:
+    """The checks done before ``torch.load`` (reid_srdl.core.torch_scan): every declared size
+    within the file and ``reid_srdl.core.limits``, every record's CRC-32 verified.  Returns
+    the format (``"zip"`` or ``"legacy"``); raises :class:`~reid_srdl.core.limits.LimitExceededError`
+    or :class:`UnreadableFileError` naming ``what`` and ``path`` (OSError when it cannot be opened)."""
+    try:
+        return scan_torch_file(path)
+    except ScanRefusal as e:
+        if e.over_limit:
+            raise LimitExceededError(f"refusing to load {what} {path}: {e.reason}") from None
+        raise UnreadableFileError(f"cannot read {what} {path}: {e.reason}", e.reason) from None
+
+
 def load_torch_file(path: str, what: str = "PyTorch file") -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
+    """``torch.load(path, weights_only=True)`` on the CPU, after :func:`check_torch_file`,
+    with one-line errors.
 
     Raises :class:`UnsafeFileError` (the file refers to Python objects: refused, never
-    executed; the message names the conversion command) or :class:`UnreadableFileError`
-    (not a PyTorch file, truncated, a folder...).  ``what`` names the file in messages.
+    executed; the message names the conversion command), :class:`UnreadableFileError`
+    (not a PyTorch file, truncated, corrupt, a folder...) or
+    :class:`~reid_srdl.core.limits.LimitExceededError` (it declares sizes it does not hold).
+    ``what`` names the file in messages.
     """
     try:
+        check_torch_file(path, what)
         with warnings.catch_warnings():
             # e.g. "Detected pickle protocol 4": the outcome is reported below, in one line.
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
+    except ReidSrdlError:
+        raise
     except pickle.UnpicklingError as e:
         refers = _refers_to(str(e))
         if refers is not None:
@@ -125,33 +147,55 @@ def plain_data(obj: Any, where: str = "value") -> Any:
     NumPy scalars become Python numbers (they would need NumPy globals to load); containers
     are walked (``OrderedDict`` kept, with a state dict's ``_metadata``); anything else is a
     ``TypeError`` naming where it was found, so that a file which would not load safely is
-    never written.  Containers that need no change are returned as they are.
+    never written.  Containers that need no change are returned as they are.  A container
+    met twice is walked once (shared parts stay shared); one that contains itself, or
+    nesting deeper than ``limits.MAX_NESTING_DEPTH``, is a ``TypeError``.
     """
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, torch.Tensor) or type(obj) in PLAIN_SCALARS:
-        return obj
-    if isinstance(obj, (torch.dtype, torch.device, torch.Size)):
-        return obj
-    if isinstance(obj, dict):
-        changed = False
-        items = []
-        for k, v in obj.items():
-            pk, pv = plain_data(k, f"{where} key"), plain_data(v, f"{where}[{k!r}]")
-            changed |= pk is not k or pv is not v
-            items.append((pk, pv))
-        if not changed and type(obj) in (dict, collections.OrderedDict):
-            return obj
-        out = collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else dict(items)
-        if hasattr(obj, "_metadata"):
-            out._metadata = obj._metadata
+    done: Dict[int, Tuple[Any, Any]] = {}  # id -> (container, its plain form); kept alive
+    open_ids: set = set()
+
+    def walk(value: Any, at: str, depth: int) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, torch.Tensor) or type(value) in PLAIN_SCALARS:
+            return value
+        if isinstance(value, (torch.dtype, torch.device, torch.Size)):
+            return value
+        if not isinstance(value, (dict, list, tuple)):
+            raise TypeError(
+                f"{at} is a {type(value).__module__}.{type(value).__qualname__}, which the safe loader cannot "
+                f"read back; save plain data (tensors, dicts, lists, str, int, float, bool, None)"
+            )
+        key = id(value)
+        if key in done:
+            return done[key][1]
+        if key in open_ids:
+            raise TypeError(f"{at} contains itself (a cycle); save plain nested data")
+        if depth >= limits.MAX_NESTING_DEPTH:
+            raise TypeError(f"{at} is nested more than {limits.MAX_NESTING_DEPTH} levels deep")
+        open_ids.add(key)
+        out = container(value, at, depth + 1)
+        open_ids.discard(key)
+        done[key] = (value, out)
         return out
-    if isinstance(obj, (list, tuple)):
-        items = [plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+
+    def container(obj: Any, at: str, depth: int) -> Any:
+        if isinstance(obj, dict):
+            changed = False
+            items = []
+            for k, v in obj.items():
+                pk, pv = walk(k, f"{at} key", depth), walk(v, f"{at}[{k!r}]", depth)
+                changed |= pk is not k or pv is not v
+                items.append((pk, pv))
+            if not changed and type(obj) in (dict, collections.OrderedDict):
+                return obj
+            out = collections.OrderedDict(items) if isinstance(obj, collections.OrderedDict) else dict(items)
+            if hasattr(obj, "_metadata"):
+                out._metadata = obj._metadata
+            return out
+        items = [walk(v, f"{at}[{i}]", depth) for i, v in enumerate(obj)]
         if type(obj) in (list, tuple) and all(a is b for a, b in zip(items, obj)):
             return obj
         return list(items) if isinstance(obj, list) else tuple(items)
-    raise TypeError(
-        f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}, which the safe loader cannot read back; "
-        f"save plain data (tensors, dicts, lists, str, int, float, bool, None)"
-    )
+
+    return walk(obj, where, 0)

@@ -2,8 +2,10 @@
 
 * CIFAR-10 / CIFAR-100: the "python version" pickle batches.  torchvision's ``CIFAR10``
   insists on the md5 of the official archive files (anything else is "Dataset not found or
-  corrupted", without saying which file), so the batches are read here, with the same
-  ``pickle.load(f, encoding="bytes")`` the CIFAR page documents.
+  corrupted", without saying which file), so the batches are read here -- not with the
+  ``pickle.load`` the CIFAR page suggests, which would run any code a crafted batch names, but
+  with an unpickler that admits only the official files' structure
+  (reid_srdl.data.cifar_pickle).
 * Fashion-MNIST: the four idx files, gzipped or not.  torchvision's ``FashionMNIST`` wants
   them under ``<root>/FashionMNIST/raw`` with its own checks, so they are read here with
   numpy, checking magic numbers and sizes.
@@ -18,7 +20,6 @@ image and ``label`` a Python int.
 
 import gzip
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.data.cifar_pickle import CifarPickleError, read_cifar_pickle
 from reid_srdl.data.indexed import ImageFileDataset, read_rgb_image
 
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -102,13 +104,12 @@ def _check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
 # --------------------------------------------------------------------------- CIFAR
 def read_cifar_batch(path: str, label_key: str) -> Tuple[np.ndarray, np.ndarray]:
     """One CIFAR pickle batch -> (N x 32 x 32 x 3 uint8 images, N int64 labels)."""
+    # The official batches are Python-2 pickles; encoding="bytes" keeps their keys as bytes.
+    # Read with an unpickler that admits only their structure: a batch never runs code.
     try:
-        with open(path, "rb") as f:
-            # The official batches are Python-2 pickles; encoding="bytes" keeps their keys
-            # as bytes.  (Pickle executes code: read only data sets you trust.)
-            entry = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DatasetFormatError(f"'{path}' is not a readable CIFAR pickle batch: {e}") from None
+        entry = read_cifar_pickle(path)
+    except CifarPickleError as e:
+        raise DatasetFormatError(str(e)) from None
     if not isinstance(entry, dict):
         raise DatasetFormatError(f"'{path}': expected a pickled dict, got {type(entry).__name__}")
     entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
@@ -132,14 +133,18 @@ def _read_cifar_names(path: str, key: str, num_classes: int) -> List[str]:
     """Class names from the meta file when present; otherwise '0', '1', ..."""
     if os.path.isfile(path):
         try:
-            with open(path, "rb") as f:
-                meta = pickle.load(f, encoding="bytes")
+            meta = read_cifar_pickle(path)
+        except CifarPickleError as e:
+            if e.refused:  # a crafted meta file is refused like a crafted batch
+                raise DatasetFormatError(str(e)) from None
+            meta = None  # the names are cosmetic; an unreadable meta file must not stop training
+        try:
             names = meta.get(key.encode(), meta.get(key))
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
             if len(names) == num_classes:
                 return names
-        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError):
-            pass  # the names are cosmetic; a bad meta file must not stop training
+        except (AttributeError, TypeError, ValueError):
+            pass  # the names are cosmetic; a meta file without them must not stop training
     return [str(i) for i in range(num_classes)]
 
 

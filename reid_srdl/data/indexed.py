@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.core.images import ImageRejected, check_image, decode_rgb
 from reid_srdl.core.seeding import AUGMENTATION, derive_seed
 
 # How a DataLoader worker's exception reaches the main process (torch's ExceptionWrapper):
@@ -58,27 +59,27 @@ def _image_problem(path: str, e: BaseException) -> str:
 
 
 def read_rgb_image(path: str) -> Image.Image:
-    """Decode `path` fully as an RGB PIL image; an unreadable file raises naming the file."""
+    """Decode `path` fully as an RGB PIL image; an unreadable file, or one declaring more
+    than ``limits.MAX_IMAGE_PIXELS`` pixels (a decompression bomb), raises naming the file."""
     try:
-        with Image.open(path) as img:
-            # convert() forces the full decode now, so a truncated file fails here (with its
-            # name) rather than later inside a transform.
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises all three on bad files
+        # The whole decode happens now, so a truncated file fails here (with its name)
+        # rather than later inside a transform.
+        return decode_rgb(path)
+    except (ImageRejected, OSError) as e:
         raise ImageReadError(_image_problem(path, e)) from None
 
 
 def check_image_header(path: str) -> None:
-    """Raise :class:`ImageReadError` unless `path` is an image file whose header decodes.
+    """Raise :class:`ImageReadError` unless `path` is an image file whose header decodes and
+    whose size is within ``limits.MAX_IMAGE_PIXELS``.
 
     Cheaper than :func:`read_rgb_image` (no pixel is decoded): enough to find a missing,
-    empty, foreign or folder-named file before a run starts.  A file cut inside its pixel
-    data still passes; the full decode reports it when it is met.
+    empty, foreign, oversized or folder-named file before a run starts.  A file cut inside
+    its pixel data still passes; the full decode reports it when it is met.
     """
     try:
-        with Image.open(path) as img:
-            img.verify()
-    except (OSError, SyntaxError, ValueError) as e:
+        check_image(path)
+    except (ImageRejected, OSError) as e:
         raise ImageReadError(_image_problem(path, e)) from None
 
 

@@ -164,14 +164,16 @@ class UnreadableImageError(EvaluationInputError):
 
 
 def read_image(path: str):
-    """The RGB PIL image at ``path``; :class:`UnreadableImageError` naming it otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """The RGB PIL image at ``path``; :class:`UnreadableImageError` naming it otherwise (also
+    for an image over ``limits.MAX_IMAGE_PIXELS``, refused before its pixels are decoded)."""
+    from reid_srdl.core.images import ImageRejected, decode_rgb
 
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (FileNotFoundError, IsADirectoryError, UnidentifiedImageError, OSError) as e:
-        raise UnreadableImageError(f"cannot read image {path}: {e}") from None
+        return decode_rgb(path)
+    except ImageRejected as e:
+        raise UnreadableImageError(f"cannot read image {path}: {e.reason}") from None
+    except OSError as e:
+        raise UnreadableImageError(f"cannot read image {path}: {e.strerror or e}") from None
 
 
 class ImageFiles(Dataset):

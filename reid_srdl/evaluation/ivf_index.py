@@ -7,7 +7,7 @@ dimension or metric.  Same conventions as :mod:`reid_srdl.evaluation.exact_index
 """
 
 import os
-from typing import Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import faiss
 import numpy as np
@@ -115,8 +115,12 @@ class IVFIndex:
             self._gpu = faiss.index_cpu_to_all_gpus(self._cpu, co=options)
         return self._gpu
 
-    def search(self, xq: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
-        """``(squared distances, ids)``, each ``(len(xq), k)``, approximate; -1 pads."""
+    def search(self, xq: np.ndarray, k: int, exclude: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """``(squared distances, ids)``, each ``(len(xq), k)``, approximate; -1 pads.
+
+        ``exclude``: optional boolean mask over the stored vectors, never returned (an ID
+        selector on the CPU; on GPUs, over-fetching as :class:`ExactL2Index` does).
+        """
         xq = as_float32_matrix(xq)
         if xq.ndim != 2 or xq.shape[1] != self.dim:
             raise SearchIndexError(f"queries must be (N, {self.dim}); got shape {xq.shape}")
@@ -124,7 +128,50 @@ class IVFIndex:
         faiss.extract_index_ivf(self._cpu).nprobe = self.nprobe
         if index is not self._cpu:
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
-        return index.search(xq, int(k))
+        if exclude is None or not exclude.any():
+            return index.search(xq, int(k))
+        if index is not self._cpu or self.rescore:
+            from reid_srdl.evaluation.exact_index import _search_overfetch
+
+            return _search_overfetch(index, xq, int(k), exclude)
+        keep_bits = np.packbits(~exclude, bitorder="little")  # faiss' bitmap bit order
+        selector = faiss.IDSelectorBitmap(len(exclude), faiss.swig_ptr(keep_bits))
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
+        return self._cpu.search(xq, int(k), params=params)
+
+    def trained_state(self) -> Dict[str, np.ndarray]:
+        """What training learnt, as plain arrays: the cell centroids (nlist, dim) and, for
+        ivf_pq, the product quantizer's centroids.  Stored as data (never a faiss file, whose
+        reader trusts its input) and read back by :meth:`load_trained_state`."""
+        ivf = faiss.extract_index_ivf(self._cpu)
+        state = {"centroids": ivf.quantizer.reconstruct_n(0, ivf.nlist)}
+        if isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+            state["pq_centroids"] = faiss.vector_to_array(faiss.downcast_index(ivf).pq.centroids).astype(np.float32)
+        return state
+
+    def load_trained_state(self, state: Dict[str, np.ndarray]) -> None:
+        """Become the index :meth:`trained_state` described (shapes checked first)."""
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(self._cpu))
+        if ivf.ntotal:
+            raise SearchIndexError("load a trained state into an empty index")
+        cent = np.asarray(state.get("centroids"))
+        if cent.dtype != np.float32 or cent.shape != (ivf.nlist, self.dim) or not np.isfinite(cent).all():
+            raise SearchIndexError(f"trained state: centroids must be finite float32 ({ivf.nlist}, {self.dim})")
+        ivf.quantizer.reset()
+        ivf.quantizer.add(np.ascontiguousarray(cent))
+        if isinstance(ivf, faiss.IndexIVFPQ):
+            pq = ivf.pq
+            expected = pq.M * pq.ksub * pq.dsub
+            pqc = np.asarray(state.get("pq_centroids"))
+            if pqc.dtype != np.float32 or pqc.shape != (expected,) or not np.isfinite(pqc).all():
+                raise SearchIndexError(f"trained state: pq_centroids must be {expected} finite float32 values")
+            faiss.copy_array_to_vector(np.ascontiguousarray(pqc), pq.centroids)
+            ivf.precompute_table()
+        elif "pq_centroids" in state:
+            raise SearchIndexError("trained state: pq_centroids given for an ivf_flat index")
+        ivf.is_trained = True
+        self._cpu.is_trained = True
+        self._gpu = None
 
 
 AnyIndex = Union[ExactL2Index, IVFIndex]

@@ -64,6 +64,13 @@ def plot_cmc(
 def _read_image(path: str, size: Tuple[int, int]) -> np.ndarray:
     import cv2
 
+    from reid_srdl.core.images import ImageRejected, check_image
+
+    try:  # OpenCV decodes up to a gigapixel: the header is checked against our limit first
+        check_image(str(path))
+    except (ImageRejected, OSError) as e:
+        reason = e.reason if isinstance(e, ImageRejected) else "missing or not an image"
+        raise EvaluationInputError(f"cannot read image {path} ({reason}) for the ranked list") from None
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise EvaluationInputError(f"cannot read image {path} (missing or not an image) for the ranked list")

@@ -1,10 +1,14 @@
 """Gallery search: index person crops, find who a query looks like, decide whether they are there.
 
-gallery      GalleryIndex: vectors + pids/camids/paths + provenance, exact FAISS search, save/load
+stores       the gallery: one GalleryStore interface; a folder (faiss), Milvus (Lite or server),
+             an .npz file; open_store(path_or_uri)
 embedder     Embedder: network + transform + extraction settings (and the model fingerprint)
 fingerprint  which network made a gallery (architecture + sha256 of the weights)
+provenance   whether a query embedder fits a gallery (model, settings)
 calibration  the open-set "no match" threshold at a false accept rate, and where it came from
-searcher     ReIDSearcher: the two together, with decisions
+request      the API's search arguments -> query features and per-query store filters
+results      SearchResult: the hits with their metadata; decisions: match / no match
+searcher     ReIDSearcher: a store and an embedder together (a thin facade)
 
 Names are imported lazily (torch and faiss load only when needed).
 """
@@ -13,8 +17,11 @@ import importlib
 
 _EXPORTS = {
     "ReIDSearcher": "searcher",
-    "SearchResult": "searcher",
-    "GalleryIndex": "gallery",
+    "SearchResult": "results",
+    "open_store": "stores",
+    "GalleryItem": "stores",
+    "SearchFilter": "stores",
+    "GalleryStore": "stores",
     "GalleryMismatchError": "gallery",
     "UNKNOWN": "gallery",
     "Embedder": "embedder",

@@ -128,6 +128,33 @@ def calibrate(
     )
 
 
+def calibrate_store(store, q_feats, q_pids, q_camids, far: float = DEFAULT_FAR, source: str = "") -> Calibration:
+    """:func:`calibrate` labelled query features against every item of a gallery store (its
+    pids and 0-based camids), with the store's recorded model; the store is not changed."""
+    from reid_srdl.search.stores.npz_store import arrays_of
+
+    feats, g_pids, g_camids, _ = arrays_of(store)
+    where = source or f"{len(q_feats)} labelled queries against this gallery"
+    model = store.get_meta().get("model")
+    return calibrate(q_feats, q_pids, q_camids, feats, g_pids, g_camids, far=far, source=where, model=model)
+
+
+def stored_calibration(meta: Dict[str, Any], where: str) -> Optional[Calibration]:
+    """The calibration a gallery's metadata records (None when it records none)."""
+    if meta.get("calibration") is None:
+        return None
+    return Calibration.from_meta(meta["calibration"], meta.get("calibration_impostor"), where)
+
+
+def with_calibration(meta: Dict[str, Any], calibration: Optional[Calibration]) -> Dict[str, Any]:
+    """``meta`` recording ``calibration`` (None: recording none), impostor distances included."""
+    return dict(
+        meta,
+        calibration=None if calibration is None else calibration.to_meta(),
+        calibration_impostor=None if calibration is None else calibration.impostor.tolist(),
+    )
+
+
 def resolve_threshold(
     calibration: Optional[Calibration], threshold=None, far: Optional[float] = None
 ) -> Tuple[Optional[float], Optional[str]]:

@@ -42,17 +42,18 @@ def check_option_names(options: Dict[str, Any]) -> None:
         raise EvaluationInputError(f"unknown embedding option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}")
 
 
-def resolve_model(model) -> Tuple[Any, Dict[str, Any]]:
+def resolve_model(model, trust_torchscript: bool = False) -> Tuple[Any, Dict[str, Any]]:
     """``(network, meta)``: a network as given (meta empty), or the one saved at a path -- a run
     directory or its final.pt (safe loading, engine.checkpoint), or an exported embedding
-    (.onnx / TorchScript from tools/export.py).  ``meta`` may hold the trained image size."""
+    (.onnx, or TorchScript from tools/export.py: a program, loaded only under a ``.ts`` name or
+    with ``trust_torchscript``).  ``meta`` may hold the trained image size."""
     if not isinstance(model, (str, os.PathLike)):
         return model, {}
     from reid_srdl.export import exported_format, load_exported
     from reid_srdl.models.model_file import load_model_file
 
     if exported_format(model) is not None:
-        net = load_exported(model)
+        net = load_exported(model, trust_torchscript=trust_torchscript)
         return net, dict(net.meta)
     return load_model_file(os.fspath(model))
 
@@ -68,7 +69,8 @@ class Embedder:
     """A network with its transform and extraction options (see the module docstring).
 
     ``model``: ``model(x)`` returns ``(logits, features)``, or the path of a trained / exported
-    network (then its training image size is the default ``height``/``width``, else 256 x 128).
+    network (then its training image size is the default ``height``/``width``, else 256 x 128;
+    a TorchScript file loads only under a ``.ts`` name or with ``trust_torchscript=True``).
     ``transform`` defaults to ``reid_test_transform(height, width)``; ``flip``, ``normalize``,
     ``fast`` and ``precision`` are those of :func:`reid_srdl.evaluation.features.extract_features`.
     """
@@ -87,17 +89,27 @@ class Embedder:
         progress: bool = False,
         fast: bool = False,
         precision: Optional[str] = None,
+        trust_torchscript: bool = False,
     ):
+        from reid_srdl.core import limits
         from reid_srdl.evaluation.features import resolve_precision
         from reid_srdl.search.fingerprint import model_fingerprint
 
-        self.model, meta = resolve_model(model)
+        self.model, meta = resolve_model(model, trust_torchscript=trust_torchscript)
         self.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
         height = height if height is not None else int(meta.get("height") or DEFAULT_HEIGHT)
         width = width if width is not None else int(meta.get("width") or DEFAULT_WIDTH)
         for name, value in (("height", height), ("width", width), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise EvaluationInputError(f"{name} must be a positive integer; got {value!r}")
+        for name, value in (("height", height), ("width", width)):
+            # Every image is resized to this before the network runs (a gallery's recorded
+            # settings come here too).
+            if value > limits.MAX_INPUT_SIDE:
+                raise limits.LimitExceededError(
+                    f"{name} {value} is over the limit of {limits.MAX_INPUT_SIDE} pixels "
+                    f"(reid_srdl.core.limits.MAX_INPUT_SIDE)"
+                )
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
             raise EvaluationInputError(f"workers must be an integer >= 0; got {workers!r}")
         self.options: Dict[str, Any] = dict(

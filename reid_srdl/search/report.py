@@ -5,12 +5,16 @@ opened or mailed anywhere without the gallery folders."""
 import base64
 import html
 import io
+import logging
 from typing import Optional, Sequence, Tuple
 
+from reid_srdl.core.images import ImageRejected, decode_rgb
 from reid_srdl.search.gallery import camera_name
-from reid_srdl.search.searcher import SearchResult
+from reid_srdl.search.results import SearchResult
+from reid_srdl.search.stores.records import format_time
 
 THUMB_HEIGHT = 128
+logger = logging.getLogger(__name__)
 
 _STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -26,18 +30,16 @@ figure.within img { border-color: #2a2; } figure.beyond img { border-color: #c33
 
 
 def thumbnail_data_uri(path: str, height: int = THUMB_HEIGHT) -> Optional[str]:
-    """A JPEG data URI of the image at ``path`` scaled to ``height`` (None if unreadable)."""
-    from PIL import Image
-
+    """A JPEG data URI of the image at ``path`` scaled to ``height``; None (and one warning
+    line naming the file) if it cannot be read or is over ``limits.MAX_IMAGE_PIXELS``."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            width = max(1, round(im.width * height / max(1, im.height)))
-            im = im.resize((width, height))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
-    except OSError:
+        im = decode_rgb(path)
+    except (ImageRejected, OSError) as e:
+        logger.warning("no thumbnail for %s: %s", path, e.reason if isinstance(e, ImageRejected) else e.strerror or e)
         return None
+    width = max(1, round(im.width * height / max(1, im.height)))
+    buf = io.BytesIO()
+    im.resize((width, height)).save(buf, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -71,9 +73,13 @@ def results_html(queries: Sequence[Tuple[str, SearchResult]], title: str = "reid
         parts.append(f'{decision_html(result)}<div class="row">')
         parts.append(_figure(query_path, "query"))
         for r in range(len(result)):
-            cam = camera_name(int(result.camids[r])) or "camera ?"
+            item = result.items[r] if result.items else None
+            cam = (item.camera if item is not None else camera_name(int(result.camids[r]))) or "camera ?"
+            when = format_time(item.timestamp) if item is not None and item.timestamp is not None else ""
             pid = int(result.pids[r])
-            caption = f"#{r + 1} d={result.distances[r]:.3f}<br>pid {pid if pid >= 0 else '?'}, {cam}"
+            caption = f"#{r + 1} d={result.distances[r]:.3f}<br>pid {pid if pid >= 0 else '?'}, {html.escape(cam)}"
+            if when:
+                caption += f"<br>{html.escape(when[:19].replace('T', ' '))} UTC"
             css = "" if result.accepted is None else ("within" if result.accepted[r] else "beyond")
             parts.append(_figure(None if result.paths is None else result.paths[r], caption, css))
         parts.append("</div></div>")

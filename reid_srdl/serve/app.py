@@ -36,7 +36,6 @@ from reid_srdl.search.labels import LabelError, parse_camera
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 8 << 20
-MAX_PIXELS = 40_000_000  # a decompression bomb is refused before it is decoded
 MAX_K = 100
 
 
@@ -76,21 +75,18 @@ class GalleryService:
     # ------------------------------------------------------------------ uploads
     def decode_upload(self, data: bytes, name: str):
         """An RGB PIL image from uploaded bytes, or an UploadError with the HTTP status."""
-        from PIL import Image, UnidentifiedImageError
+        from reid_srdl.core.images import ImageRejected, decode_rgb
 
         if not data:
             raise UploadError(400, f"{name}: the upload is empty")
         if len(data) > self.max_upload_bytes:
             raise UploadError(413, f"{name}: {len(data)} bytes is over the limit of {self.max_upload_bytes} bytes")
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise UploadError(413, f"{name}: {im.width} x {im.height} pixels is over the limit of {MAX_PIXELS}")
-                return im.convert("RGB")
-        except UploadError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UploadError(415, f"{name}: not a readable image ({e})") from None
+        try:  # the pixel count is checked before decoding (a decompression bomb is refused)
+            return decode_rgb(io.BytesIO(data))
+        except ImageRejected as e:  # the reason names no BytesIO object: the upload is named here
+            if e.too_large:
+                raise UploadError(413, f"{name}: {e.reason}") from None
+            raise UploadError(415, f"{name}: not a readable image ({e.reason})") from None
 
     # ------------------------------------------------------------------ operations
     def search(
@@ -123,11 +119,9 @@ class GalleryService:
         if gallery_index is not None:
             if not 0 <= gallery_index < len(s):
                 raise UploadError(404, f"gallery index {gallery_index} is outside 0..{len(s) - 1}")
-            feats = s.gallery.features[gallery_index : gallery_index + 1]
+            feats = s.store.vectors([gallery_index])
             # The picked image is left out of its own results (it would be its own match at 0).
-            result = s.search(feats, k=min(int(k) + 1, len(s)), **options)[0]
-            keep = result.indices != gallery_index
-            result = _subset(result, keep, int(k))
+            result = s.search(feats, k=int(k), exclude_ids=[gallery_index], **options)[0]
         else:
             feats = s.embed_pil([image])
             result = s.search(feats, k=int(k), **options)[0]
@@ -160,7 +154,8 @@ class GalleryService:
     def stats(self) -> dict:
         s = self.searcher
         pids, camids = s.pids, s.camids
-        cal = s.gallery.calibration
+        meta = s.meta
+        cal = meta.get("calibration")
         from reid_srdl.search.fingerprint import describe_model
 
         return {
@@ -168,8 +163,8 @@ class GalleryService:
             "dim": s.dim,
             "identities": int(len(np.unique(pids[pids >= 0]))),
             "cameras": [camera_name(int(c)) for c in np.unique(camids[camids >= 0])],
-            "model": describe_model(s.gallery.model),
-            "settings": s.gallery.settings,
+            "model": describe_model(meta.get("model")),
+            "settings": meta.get("settings"),
             "calibration": None if cal is None else {k: cal[k] for k in ("threshold", "far", "tar", "dir", "source")},
             "queries_served": self.queries,
             "images_added": self.adds,
@@ -185,24 +180,6 @@ class GalleryService:
         if not _within(path, self.roots) or not os.path.isfile(path):
             raise UploadError(403, f"gallery image {index} is outside the gallery's folders")
         return os.path.realpath(path)
-
-
-def _subset(result, keep: np.ndarray, k: int):
-    from dataclasses import replace
-
-    idx = np.flatnonzero(keep)[:k]
-    return replace(
-        result,
-        distances=result.distances[idx],
-        pids=result.pids[idx],
-        camids=result.camids[idx],
-        paths=None if result.paths is None else [result.paths[i] for i in idx],
-        indices=result.indices[idx],
-        accepted=None if result.accepted is None else result.accepted[idx],
-        decision=None
-        if result.decision is None
-        else ("match" if len(idx) and result.distances[idx[0]] <= result.threshold else "no match"),
-    )
 
 
 class UploadError(ReidSrdlError):

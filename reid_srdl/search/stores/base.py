@@ -12,18 +12,50 @@ metric is the squared distance (FAISS' flat L2, Milvus' ``L2``) takes the square
 Engines: ``faiss`` (an embedded folder) and ``milvus`` (a Milvus Lite ``*.db`` file, or any
 server that speaks the Milvus protocol at ``http(s)://host:port``); :func:`open_store` in
 ``reid_srdl.search.stores`` picks one from the path or URI.
+
+Refinements made while the engines were built (nothing pinned before was removed or renamed):
+
+* ``SearchFilter.exclude_cameras`` -- "look only in the other cameras" (the CLI's
+  ``--exclude-camera`` and the API's ``exclude_camid``) cannot be written with ``cameras``
+  without first listing every camera of the gallery;
+* ``GalleryStore.scan`` -- every live item with its vector, in batches: calibration, ``info``,
+  conversion and export need the whole gallery, and no engine may be asked for it at once;
+* ``GalleryStore.vectors`` -- the vectors of given ids: a query picked from the gallery (the
+  page's "search with this crop") is searched with the item's own vector;
+* ``GalleryStore.location``, ``engine``, ``crop_dir``, ``read_only`` -- what messages name,
+  and the one folder whose files a delete may remove (never a path read from an item alone:
+  a stranger's gallery must not make us delete files elsewhere);
+* ``GalleryStore.compact`` -- physically drop deleted items (privacy: a tombstone hides an
+  item, compaction erases it); a no-op where the engine does it by itself;
+* ``StoreError`` -- the one error class of the stores (bad input or an unreadable gallery),
+  a ``ReidSrdlError``: the tools print it as one line.
 """
 
 import abc
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from reid_srdl.core.errors import ReidSrdlError
+
 # A box is (x, y, w, h) in the pixels of the frame it was cut from.
 Box = Tuple[int, int, int, int]
+# The most neighbours one search returns (Milvus' own top-k limit; the same in every engine).
+MAX_K = 16384
+
+
+class StoreError(ReidSrdlError, ValueError):
+    """A gallery store refused an input, or its files or rows are not a valid gallery (the
+    message names the field and the file or collection)."""
+
+
+class StoreMissingError(StoreError):
+    """No gallery at the path or URI (yet): create it (``create=True`` and ``dim``)."""
+
+
 # Ids are signed 64-bit integers (Milvus' INT64 primary key); the top bit stays clear.
 ID_BITS = 63
 
@@ -103,6 +135,7 @@ class SearchFilter:
     bounds.  ``exclude_pid_camera``: leave out the items of this person in this camera (the
     re-id protocol's rule; an unknown pid, -1, excludes nothing).  ``exclude_ids``: leave out
     these item ids (a query picked from the gallery does not find itself).
+    ``exclude_cameras``: leave out every item of these cameras.
     """
 
     cameras: Optional[Tuple[str, ...]] = None
@@ -110,10 +143,13 @@ class SearchFilter:
     time_to: Optional[float] = None
     exclude_pid_camera: Optional[Tuple[int, str]] = None
     exclude_ids: Optional[Tuple[int, ...]] = None
+    exclude_cameras: Optional[Tuple[str, ...]] = None
 
     def admits(self, item: GalleryItem) -> bool:
         """The filter as a plain predicate: the reference every engine's filter must match."""
         if self.cameras is not None and item.camera not in self.cameras:
+            return False
+        if self.exclude_cameras is not None and item.camera in self.exclude_cameras:
             return False
         if self.time_from is not None or self.time_to is not None:
             if item.timestamp is None or (isinstance(item.timestamp, float) and math.isnan(item.timestamp)):
@@ -161,6 +197,10 @@ class GalleryStore(abc.ABC):
     """
 
     dim: int
+    engine: str = ""  # "faiss", "milvus", "npz"
+    location: str = ""  # the folder, file or URI, for messages
+    crop_dir: Optional[str] = None  # the only folder whose files a delete removes
+    read_only: bool = False
 
     @abc.abstractmethod
     def add(self, vectors: np.ndarray, items: Sequence[GalleryItem]) -> int:
@@ -177,6 +217,20 @@ class GalleryStore(abc.ABC):
     @abc.abstractmethod
     def get(self, ids: Sequence[int]) -> List[Optional[GalleryItem]]:
         """The items with these ids (None for an id not in the store)."""
+
+    @abc.abstractmethod
+    def vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The stored vectors ``(len(ids), dim)`` float32 of these ids (a StoreError for an id
+        not in the store)."""
+
+    @abc.abstractmethod
+    def scan(self, batch_size: int = 65536) -> Iterator[Tuple[np.ndarray, List[GalleryItem]]]:
+        """Every item now in the store with its vector, in batches ``(vectors, items)``."""
+
+    def compact(self) -> int:
+        """Erase deleted items from disk (tombstones hide them until then); returns how many
+        were erased.  Engines that erase by themselves do nothing here."""
+        return 0
 
     @abc.abstractmethod
     def __len__(self) -> int:
