@@ -102,12 +102,16 @@ def settings_differences(stored, overrides):
     from reid_srdl.config import completed_saved
 
     stored = completed_saved(stored)
+    wanted = wanted_settings(overrides)
+    # The options of the methods the run does not use change nothing in it (a default of
+    # method.one changing must not invalidate an SRDL run).
+    unused = {("method", name) for name in wanted["method"] if name not in ("name", wanted["method"]["name"])}
     return [
         f"{section}.{key}: {stored.get(section, {}).get(key)!r} there, {value!r} asked"
-        for section, values in wanted_settings(overrides).items()
+        for section, values in wanted.items()
         if isinstance(values, dict)
         for key, value in values.items()
-        if (section, key) not in (("train", "output_dir"), ("train", "run_name"))
+        if (section, key) not in (("train", "output_dir"), ("train", "run_name"), *unused)
         and stored.get(section, {}).get(key) != value
     ]
 

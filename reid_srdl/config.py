@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from reid_srdl.core import limits
+from reid_srdl.core.download import DownloadError, check_url, is_url
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
 from reid_srdl.core.precision import PRECISIONS
@@ -72,6 +73,10 @@ class DataConfig:
     workers: int = -1
     # Train on a fixed-seed random subset of N samples (0 = all); classification only.
     train_subset: int = 0
+    # Classification: resize every image to N x N before augmentation (0 = the set's own
+    # size), e.g. Fashion-MNIST's 28x28 upscaled for an ImageNet network; re-id uses
+    # height x width.
+    image_size: int = 0
     # Training batches: random (a seeded shuffle) | identity (P identities x K images each,
     # K = num_instances, P = batch_size / K; the sampler of the triplet loss; re-id only).
     sampler: str = "random"
@@ -108,8 +113,13 @@ class ModelConfig:
     name: str = "small_reid"
     # Size of the feature layer (Linear + BN) after pooling; 0 = none (the pooled map).
     feature_dim: int = 128
-    # Local file with ImageNet weights for the backbone; "" = random initialisation.
+    # ImageNet weights for the backbone: a local file, or a URL (https; http on a loopback
+    # host) fetched into torch's cache; "" = random initialisation (or model.pretrained).
     weights: str = ""
+    # imagenet: fetch the ImageNet weights the architecture's library publishes (torchvision,
+    # timm, torchreid) into torch's cache ($TORCH_HOME/hub/checkpoints), checksum verified;
+    # "" = none.  Give either this or model.weights.
+    pretrained: str = ""
     # plain: the embedding feeds the classifier and every loss | bnneck (BoT): a BatchNorm
     # between the metric feature (triplet) and a bias-free classifier (ID loss); its output
     # is the retrieval feature.
@@ -471,6 +481,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
 _CHOICES = {
     ("data", "sampler"): ("random", "identity"),
     ("model", "neck"): ("plain", "bnneck"),
+    ("model", "pretrained"): ("", "imagenet"),
     ("optim", "name"): ("sgd", "adam", "adamw"),
     ("optim", "schedule"): ("step", "cosine"),
     ("eval", "pool"): ("mean", "max"),
@@ -511,7 +522,8 @@ def check_range(key: str, value, minimum=None, maximum=None, above=None, why: st
 def check_choice(key: str, value, choices) -> None:
     """A :class:`ConfigError` naming ``key`` if ``value`` is not one of ``choices``."""
     if value not in choices:
-        raise ConfigError(f"{key}='{value}' is not one of: {', '.join(map(str, choices))}")
+        shown = ", ".join("'' (none)" if c == "" else str(c) for c in choices)
+        raise ConfigError(f"{key}='{value}' is not one of: {shown}")
 
 
 def int_arg(minimum=None, maximum=None):
@@ -643,6 +655,20 @@ def validate(cfg: Config) -> None:
     _validate_recipe(cfg)
 
 
+def _validate_weights(model: ModelConfig) -> None:
+    """Before anything is built or fetched: one source of weights, and a URL that may be fetched."""
+    if model.pretrained and model.weights:
+        raise ConfigError(
+            f"model.pretrained={model.pretrained} and model.weights={model.weights} both choose the weights: "
+            f"give one of them"
+        )
+    if is_url(model.weights):
+        try:
+            check_url(model.weights, what="model.weights URL")
+        except DownloadError as e:
+            raise ConfigError(str(e)) from None
+
+
 def _validate_recipe(cfg: Config) -> None:
     """The strong-baseline keys: sampler, augmentation, neck, loss terms, warm-up."""
     data, loss = cfg.data, cfg.loss
@@ -654,6 +680,7 @@ def _validate_recipe(cfg: Config) -> None:
                 f"must be between 1 and data.batch_size ({batch}) and divide it"
             )
     # (Ranges of single keys, NaN and infinity included: _ranges(), checked by validate.)
+    _validate_weights(cfg.model)
     if not loss.label_smoothing < 1.0:
         raise ConfigError(f"loss.label_smoothing is an epsilon in [0, 1), got {loss.label_smoothing}")
     if loss.triplet_weight > 0 and data.sampler != "identity":

@@ -80,7 +80,7 @@ def test_mlfn_is_one_body_with_torchreids_embedding():
 
 
 def test_torchreid_weight_errors(tmp_path):
-    missing = "weights file for osnet_x0_25 not found: .*nowhere.pth. Nothing is downloaded"
+    missing = r"weights file for osnet_x0_25 not found: .*nowhere.pth. model.pretrained=imagenet \(and model.weights"
     with pytest.raises(FileNotFoundError, match=missing):
         build_model("osnet_x0_25", C, weights=str(tmp_path / "nowhere.pth"))
     torch.save(torchreid_model("osnet_x0_5").state_dict(), tmp_path / "other.pth")

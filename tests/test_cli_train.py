@@ -104,14 +104,23 @@ def test_classification_srdl_then_kd_from_it(tiny_fashion_root, tmp_path, capsys
         (["optim.lr=fast"], "key 'optim.lr' expects float"),
         (["train.epoch=3"], "unknown key 'train.epoch'; valid keys in 'train': epochs"),
         (["--resume", "."], "is not a run directory"),
+        (["model.weights=http://example.com/w.pth"], "model.weights URL http://example.com/w.pth: only https"),
+        (["model.pretrained=imagenet", "model.name=resnet32"], "model 'resnet32' has no published ImageNet weights"),
+        (
+            ["model.weights=http://127.0.0.1:9/mnv2-abcdef12.pth", "model.name=mobilenet_v2"],
+            "cannot download http://127.0.0.1:9/mnv2-abcdef12.pth (",
+        ),
     ],
 )
-def test_user_errors_are_one_line_with_exit_code_2(tiny_market_root, tmp_path, capsys, args, message):
+def test_user_errors_are_one_line_with_exit_code_2(tiny_market_root, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # port 9 (discard): nobody listens
     base = [] if args[0] == "--resume" else reid_args(tiny_market_root, tmp_path, "bad")
     assert train_cli.main([*base, *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
     assert not os.path.exists(tmp_path / "bad")  # nothing written for a run that never started
+    assert not os.path.exists(tmp_path / "torch_home" / "hub" / "checkpoints" / "mnv2-abcdef12.pth")
 
 
 def test_missing_data_root_names_the_folder(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """build_data: the DataBundle contract the trainer relies on, on tiny fixtures."""
 
+import dataclasses
 import os
 import re
 import shutil
@@ -210,6 +211,34 @@ def test_fashion_mnist_bundle_with_a_worker(tmp_path):
     images, labels, indices = next(iter(bundle.test_loader))
     assert images.shape == (2, 1, 28, 28) and labels.tolist() == [6, 7] and indices.tolist() == [0, 1]
     assert len(list(bundle.train_loader)) == 2  # 5 >= 2 * 2: the last, short batch is dropped
+
+
+def test_fashion_mnist_upscaled_for_an_imagenet_network(tmp_path):
+    # A 28x28 image with one bright 2x2 block: resized to 56x56 (factor 2) it is a 4x4 block.
+    test = np.zeros((2, 28, 28), np.uint8)
+    test[:, 10:12, 20:22] = 255
+    write_fashion_mnist(str(tmp_path), test, [1, 2], test, [6, 7], gz=False)
+    cfg = DataConfig(name="fashion_mnist", root=str(tmp_path), batch_size=2, test_batch_size=2, workers=0)
+    bundle = build_data(dataclasses.replace(cfg, image_size=56))
+    images, labels, _ = next(iter(bundle.test_loader))
+    assert images.shape == (2, 1, 56, 56) and labels.tolist() == [6, 7]
+    # Bilinear by 2: output row y reads source row (y + 0.5) / 2 - 0.5, so rows 19 (9.25) to 24
+    # (11.75) touch source rows 10-11, rows 18 (8.75) and 25 (12.25) do not; columns likewise.
+    bright = (images[0, 0] > images[0, 0].min() + 1e-3).nonzero()
+    assert bright.min(0).values.tolist() == [19, 39] and bright.max(0).values.tolist() == [24, 44]
+    assert next(iter(bundle.train_loader))[0].shape == (2, 1, 56, 56)  # the augmented batch too
+    from reid_srdl.data.transforms import classification_transforms
+
+    train_tf, _ = classification_transforms("fashion_mnist", 56)
+    crop = next(t for t in train_tf.transforms if type(t).__name__ == "RandomCrop")
+    assert crop.size == (56, 56) and crop.padding == 4  # the 2-pixel padding of 28, scaled by 2
+    with pytest.raises(ValueError, match="data.image_size must be >= 0"):
+        build_data(dataclasses.replace(cfg, image_size=-1))
+
+
+def test_image_size_is_for_classification_only(tiny_market_root):
+    with pytest.raises(ValueError, match="data.image_size is for classification sets; re-id images are resized"):
+        build_data(DataConfig(name="market1501", root=tiny_market_root, synthetic=False, image_size=64))
 
 
 def test_default_roots():

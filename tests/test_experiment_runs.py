@@ -65,6 +65,17 @@ def test_a_finished_run_with_other_settings_is_named_not_reused(finished_run):
     assert line.startswith("error: ") and "optim.lr: 0.1 there, 0.05 asked" in line
 
 
+def test_options_of_methods_the_run_does_not_use_are_ignored(tmp_path):
+    # An older BYOT run saved ONE's old default ramp (80 epochs): it is still this BYOT run.
+    run_dir = tmp_path / "byot_seed0"
+    run_dir.mkdir()
+    save_config(load_config(None, [*OVERRIDES, "method.one.ramp_epochs=80"]), str(run_dir / "config.yaml"))
+    assert _check_in_fresh_process(run_dir, OVERRIDES).returncode == 0
+    # Its own method's options still count.
+    result = _check_in_fresh_process(run_dir, [*OVERRIDES, "method.byot.alpha=0.5"])
+    assert result.returncode == 2 and "method.byot: {" in result.stderr and "'alpha': 0.3" in result.stderr
+
+
 def test_a_doc_keeps_its_hand_written_text_when_a_block_is_rewritten(tmp_path):
     doc = tmp_path / "study.md"
     runs.write_section(str(doc), "series a", ["| a |", "|---|", "| 1 |"])  # a new doc: the block alone
@@ -134,6 +145,7 @@ def test_a_kd_run_whose_finished_teacher_lost_its_network_stops_before_training(
     args = types.SimpleNamespace(
         variants=["vanilla", "kd"], seeds=[0, 1], model="resnet8", teacher_model="resnet8", root="/x", subset=100,
         batch_size=32, workers=0, epochs=4, precision="fp32", runs=str(tmp_path), results=str(tmp_path / "r.jsonl"),
+        one_ramp="half",
     )  # fmt: skip
     plan = fm.planned_runs(args)
     deps = {name: d for name, _o, d in plan}

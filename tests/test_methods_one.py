@@ -50,6 +50,31 @@ def test_sigmoid_rampup_values_at_chosen_epochs():
     assert sigmoid_rampup(0, 0) == 1.0 and sigmoid_rampup(7, 0) == 1.0  # no ramp
 
 
+@pytest.mark.parametrize(
+    "total_epochs, options, ramp",
+    [
+        # The official run: 80 of 300 epochs (cifar_one.py, scripts/ONE_ResNet32.sh).
+        (300, {}, 80),
+        # The same ratio scales with the budget: 240 * 80/300 = 64, 120 * 80/300 = 32; a short
+        # run still ramps over at least one epoch (1 * 80/300 rounds to 0).
+        (240, {}, 64),
+        (120, {}, 32),
+        (1, {}, 1),
+        (240, dict(ramp_fraction=0.0), 0),
+        (240, dict(ramp_fraction=0.5), 120),
+        # A fixed length wins over the fraction; 0 is no ramp at all.
+        (240, dict(ramp_epochs=80), 80),
+        (240, dict(ramp_epochs=0), 0),
+    ],
+)
+def test_ramp_up_is_a_fraction_of_the_run_by_default(total_epochs, options, ramp):
+    m = ONE.create(NETS["resnet8"][0], total_epochs=total_epochs, **options)
+    assert m.ramp_epochs == ramp
+    m.set_epoch(ramp // 2)
+    expected = 1.0 if ramp == 0 else math.exp(-5 * (1 - (ramp // 2) / ramp) ** 2)
+    assert m.kl_weight() == pytest.approx(expected)
+
+
 def test_kl_weight_follows_the_epoch_the_trainer_sets():
     m = ONE.create(NETS["resnet8"][0], total_epochs=100, ramp_epochs=10)
     weights = []
@@ -224,7 +249,9 @@ def test_built_from_its_config_section():
         0,
         False,
     )
-    assert ONEOptions() == ONEOptions(branches=3, temperature=3.0, ramp_epochs=80, deploy_ensemble=False)
+    assert ONEOptions() == ONEOptions(
+        branches=3, temperature=3.0, ramp_fraction=80 / 300, ramp_epochs=-1, deploy_ensemble=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -232,7 +259,11 @@ def test_built_from_its_config_section():
     [
         (dict(branches=1), r"^method.one.branches must be >= 2, got 1$"),
         (dict(temperature=0.0), r"^method.one.temperature must be > 0, got 0.0$"),
-        (dict(ramp_epochs=-1), r"^method.one.ramp_epochs must be >= 0, got -1 \(0 = constant weight 1\)$"),
+        (
+            dict(ramp_epochs=-2),
+            r"^method.one.ramp_epochs must be >= -1, got -2 \(-1 = ramp_fraction, 0 = constant weight 1\)$",
+        ),
+        (dict(ramp_fraction=1.5), r"^method.one.ramp_fraction must be in 0.0..1.0, got 1.5$"),
     ],
 )
 def test_bad_options_name_the_key(kwargs, message):
@@ -264,7 +295,7 @@ def test_trains_through_the_generic_trainer_and_saves_branch_one(tiny_market_roo
     with open(os.path.join(run, "metrics.jsonl")) as f:
         record = json.loads(f.readline())
     assert {"ce", "ce_ensemble", "kl", "kl_weight"} <= set(record)
-    assert record["kl_weight"] == pytest.approx(math.exp(-5))  # epoch 0 of the 80-epoch ramp
+    assert record["kl_weight"] == pytest.approx(math.exp(-5))  # epoch 0 of a 1-epoch ramp
     net, meta = load_model_file(run)
     assert isinstance(net, Net) and meta["spec"]["name"] == "small_reid"
     plain = build_model(**meta["spec"])

@@ -20,7 +20,7 @@ from reid_srdl.models import (
 )
 from reid_srdl.models.cifar import ZeroPadShortcut
 
-REID = ("resnet50", "densenet121", "small_reid")
+REID = ("resnet50", "densenet121", "mobilenet_v2", "small_reid")
 CIFAR = ("resnet8", "resnet20", "resnet32", "resnet110", "wrn28_10", "densenet_bc_190_40")
 
 # Test inputs: re-id nets get a small person-shaped image, CIFAR nets the smallest size they
@@ -47,6 +47,8 @@ STAGE_HW = {
     "densenet121": [(8, 4), (4, 2), (2, 1), (2, 1)],
     # stem /2 -> 32x16; stages 2-4 halve.
     "small_reid": [(32, 16), (16, 8), (8, 4), (4, 2)],
+    # stem /2, stages 1-3 halve: 16x8, 8x4, 4x2; stage 4 keeps it (last stride 1).
+    "mobilenet_v2": [(16, 8), (8, 4), (4, 2), (4, 2)],
     **{n: [(28, 28), (14, 14), (7, 7)] for n in ("resnet8", "resnet20", "resnet32", "resnet110", "wrn28_10")},
     # transitions 1 and 2 (closing stages 1 and 2) halve: 14, 7; stage 3 keeps 7.
     "densenet_bc_190_40": [(14, 14), (7, 7), (7, 7)],
@@ -55,6 +57,7 @@ STAGE_CHANNELS = {
     "resnet50": [256, 512, 1024, 2048],
     "densenet121": [128, 256, 512, 1024],
     "small_reid": [16, 32, 64, 128],
+    "mobilenet_v2": [24, 32, 96, 1280],
     **{n: [16, 32, 64] for n in ("resnet8", "resnet20", "resnet32", "resnet110")},
     "wrn28_10": [160, 320, 640],
     "densenet_bc_190_40": [660, 950, 2190],
@@ -430,15 +433,28 @@ def test_wrong_architecture_file_names_the_mismatching_keys(imagenet_files):
 
 def test_wrong_shapes_are_named_and_nothing_is_loaded(imagenet_files):
     torch.manual_seed(0)
-    net = build_model("resnet50", 10, in_channels=1)
+    # Two input channels (one is adapted: see test_grey_net_sums_the_first_convolution_over_colour).
+    net = build_model("resnet50", 10, in_channels=2)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(
         WeightsMismatchError,
-        match=re.escape("conv1.weight (64, 3, 7, 7) vs stem.conv1.weight (64, 1, 7, 7)"),
+        match=re.escape("conv1.weight (64, 3, 7, 7) vs stem.conv1.weight (64, 2, 7, 7)"),
     ):
         load_imagenet_weights(net, str(imagenet_files["dir"] / "resnet50.pth"))
     # The other 300-odd tensors fitted, yet none was copied: no half-loaded net.
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_grey_net_sums_the_first_convolution_over_colour(imagenet_files):
+    tv = imagenet_files["resnet"]
+    net = build_model("resnet50", 10, in_channels=1, last_stride=2, weights=str(imagenet_files["dir"] / "resnet50.pth"))
+    torch.testing.assert_close(net.stem.conv1.weight, tv.conv1.weight.sum(dim=1, keepdim=True), rtol=0, atol=0)
+    g = torch.randn(2, 1, 64, 32)
+    with torch.no_grad():
+        expected = tv.layer4(
+            tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(g.repeat(1, 3, 1, 1))))))))
+        )
+        torch.testing.assert_close(net.eval().stage_maps(g)[-1], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_unreadable_or_non_state_dict_files_are_named(tmp_path):
@@ -453,7 +469,7 @@ def test_unreadable_or_non_state_dict_files_are_named(tmp_path):
 
 
 def test_nets_without_imagenet_layout_refuse_weights(imagenet_files):
-    with pytest.raises(ValueError, match="loaded into: densenet121, resnet50"):
+    with pytest.raises(ValueError, match="loaded into: densenet121, mobilenet_v2, resnet50"):
         build_model("resnet32", 10, weights=str(imagenet_files["dir"] / "resnet50.pth"))
 
 

@@ -355,10 +355,18 @@ def random_subset_indices(total: int, size: int, seed: int) -> np.ndarray:
 
 
 def build_classification_data(
-    name: str, root: str, batch_size: int, test_batch_size: int, workers: int, train_subset: int = 0, seed: int = 0
+    name: str,
+    root: str,
+    batch_size: int,
+    test_batch_size: int,
+    workers: int,
+    train_subset: int = 0,
+    seed: int = 0,
+    image_size: int = 0,
 ) -> DataBundle:
-    """One of the classification data sets, optionally a fixed random subset of its training set."""
-    train_tf, test_tf = classification_transforms(name)
+    """One of the classification data sets, optionally a fixed random subset of its training
+    set, optionally resized to ``image_size`` (0 = its own size)."""
+    train_tf, test_tf = classification_transforms(name, image_size)
     data = _CLASSIFICATION_LOADERS[name](root, train_transform=train_tf, test_transform=test_tf)
     # The eval copy of the training set must decode the same samples with the test transform.
     train_eval_base = _with_transform(data.train, test_tf)
@@ -424,6 +432,8 @@ def build_data(cfg: DataConfig, seed: int = 0, device_type: str = "cpu") -> Data
     if cfg.workers < AUTO_WORKERS:
         raise ConfigError(f"data.workers must be >= 0 (or -1 = auto), got {cfg.workers}")
     cfg = dataclasses.replace(cfg, workers=loader_workers(cfg.workers, device_type))
+    if cfg.image_size < 0:
+        raise ConfigError(f"data.image_size must be >= 0 (0 = the data set's own size), got {cfg.image_size}")
     if cfg.train_subset < 0:
         raise ConfigError(f"data.train_subset must be >= 0 (0 = all), got {cfg.train_subset}")
     sources, targets = cfg.source_names, cfg.target_names
@@ -437,6 +447,11 @@ def build_data(cfg: DataConfig, seed: int = 0, device_type: str = "cpu") -> Data
             cfg.cuhk03_classic_split,
             "data.sources" if cfg.sources else "data.name",
         )
+        if cfg.image_size:
+            raise ConfigError(
+                f"data.image_size is for classification sets; re-id images are resized to data.height x "
+                f"data.width (got data.image_size={cfg.image_size})"
+            )
         if cfg.train_subset:
             raise ConfigError(
                 "data.train_subset is for classification only: a re-id training subset would "
@@ -473,5 +488,5 @@ def build_data(cfg: DataConfig, seed: int = 0, device_type: str = "cpu") -> Data
             f"is a classification set (use data.sampler=random, data.random_erasing=0)"
         )
     return build_classification_data(
-        name, root, cfg.batch_size, cfg.test_batch_size, cfg.workers, cfg.train_subset, seed
+        name, root, cfg.batch_size, cfg.test_batch_size, cfg.workers, cfg.train_subset, seed, cfg.image_size
     )

@@ -63,23 +63,33 @@ def reid_test_transform(height: int, width: int) -> Callable:
     return T.Compose([T.Resize((height, width)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def classification_transforms(name: str) -> Tuple[Callable, Callable]:
-    """(train, test) transforms for a classification data set, on PIL images."""
+# The size each classification set's images come in (ImageNet: the crop its recipe trains on).
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion_mnist": 28, "tiny_imagenet": 64, "imagenet": 224}
+
+
+def classification_transforms(name: str, size: int = 0) -> Tuple[Callable, Callable]:
+    """(train, test) transforms for a classification data set, on PIL images.
+
+    ``size`` (0 = the set's own, :data:`NATIVE_SIZE`): every image is first resized to
+    ``size`` x ``size`` (e.g. Fashion-MNIST's 28x28 upscaled for an ImageNet network), and
+    the augmentation is the set's own scaled with it (the crop padding grows in proportion).
+    """
     if name not in _STATS:
         raise ValueError(f"no transforms for data set '{name}'; known: {', '.join(_STATS)}")
+    if size < 0:
+        raise ValueError(f"image size must be >= 0 (0 = the set's own), got {size}")
     mean, std = _STATS[name]
     norm = [T.ToTensor(), T.Normalize(mean, std)]
-    if name in ("cifar10", "cifar100"):
-        # CIFAR: random 32x32 crop of the 4-pixel reflection-padded image + horizontal flip.
-        train = [T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip()]
-        test = []
-    elif name == "fashion_mnist":
-        train = [T.RandomCrop(28, padding=2, padding_mode="reflect"), T.RandomHorizontalFlip()]
-        test = []
-    elif name == "tiny_imagenet":
-        train = [T.RandomCrop(64, padding=8, padding_mode="reflect"), T.RandomHorizontalFlip()]
-        test = []
-    else:  # imagenet
-        train = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()]
-        test = [T.Resize(256), T.CenterCrop(224)]
+    native = NATIVE_SIZE[name]
+    out = size or native
+    resize = [T.Resize((out, out))] if size and name != "imagenet" else []
+    pad = round({"cifar10": 4, "cifar100": 4, "fashion_mnist": 2, "tiny_imagenet": 8}.get(name, 0) * out / native)
+    if name in ("cifar10", "cifar100", "fashion_mnist", "tiny_imagenet"):
+        # CIFAR: random 32x32 crop of the 4-pixel reflection-padded image + horizontal flip;
+        # Fashion-MNIST 28 with 2 pixels, Tiny ImageNet 64 with 8.
+        train = resize + [T.RandomCrop(out, padding=pad, padding_mode="reflect"), T.RandomHorizontalFlip()]
+        test = resize
+    else:  # imagenet: the standard recipe, at `out` instead of 224 (test: resize 256/224 of it)
+        train = [T.RandomResizedCrop(out), T.RandomHorizontalFlip()]
+        test = [T.Resize(round(out * 256 / 224)), T.CenterCrop(out)]
     return T.Compose(train + norm), T.Compose(test + norm)

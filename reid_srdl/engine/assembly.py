@@ -163,6 +163,7 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     from reid_srdl.data import build_data
     from reid_srdl.data.build import distributed_train_loader
     from reid_srdl.models import build_model
+    from reid_srdl.models.weights import resolve_weights
 
     saved = None
     if resume:
@@ -171,6 +172,9 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
         saved = ckpt.load_train_state(run_dir, cfg.train.epochs)
         check_saved_config(cfg, saved, run_dir)
         ckpt.verify_run_files(run_dir)  # stage files too (SRDL's stage1.pt), before training
+    # The backbone's weights first (fetched into torch's cache if named by URL or by
+    # model.pretrained): an unreachable or wrong source stops the run before the data work.
+    weights = resolve_weights(cfg.model.name, cfg.model.weights, cfg.model.pretrained)
     dist = ddp.current_env()
     device = resolve_device(cfg.train.device, dist.local_rank if dist.enabled else None)
     precision = training_precision(cfg.train.precision, cfg.train.channels_last, device)
@@ -187,7 +191,7 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
         cfg.model.name,
         data.num_classes,
         feature_dim=cfg.model.feature_dim,
-        weights=cfg.model.weights,
+        weights=weights,
         in_channels=data.in_channels,
         neck=cfg.model.neck,
     )

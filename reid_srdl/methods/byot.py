@@ -2,7 +2,8 @@
 
 Every non-final stage gets a side exit: bottleneck convolutions that bring its map to the
 deepest stage's channels and resolution, then global pooling and a classifier.  The deepest
-exit (the plain network) teaches the shallow ones.  The official code (ArchipLab-LinfengZhang/
+exit (the plain network) teaches the shallow ones.  The side exit is NOT the official branch
+(see :class:`SideExit`); the loss below is the official one.  The official code (ArchipLab-LinfengZhang/
 pytorch-self-distillation-final, train.py, final version) trains
 
     CE(z_deep) + sum_i [ (1 - alpha) CE(z_i) + alpha KL_T(softmax(z_deep/T) || softmax(z_i/T)) ]
@@ -79,11 +80,15 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel, stride=1, padding
 
 
 class SideExit(nn.Module):
-    """Bottleneck (1x1 reduce, resolution-matching conv, 1x1 expand) -> pooling -> classifier.
+    """Bottleneck (1x1 reduce to C_deep/4, resolution-matching conv, 1x1 expand) -> pooling ->
+    classifier.
 
     The middle convolution has kernel = stride = the downsampling factor to the deepest
-    stage, so its output has the deepest map's resolution (as BYOT's branch bottlenecks);
-    where the resolution already matches it is a plain 3x3 convolution.
+    stage, so its output has the deepest map's resolution; where the resolution already
+    matches it is a plain 3x3 convolution.  Not the official branch: the official final ResNet
+    uses an attention module and stride-2 SepConv stacks (its unused ``ScalaNet`` helper has
+    this shape with a fixed width of 128); the C_deep/4 width follows third-party
+    re-implementations (docs/methods.md).
     Returns (logits, pooled features of the deepest stage's width).
     """
 

@@ -8,7 +8,10 @@ branch logits into an ensemble that teaches every branch:
     z_e = sum_i g_i z_i,   g = softmax(ReLU(BN(FC(pool(shared map))))),
 
 with z_e detached in the KL terms (the ensemble is a target there, its own training signal
-is its cross-entropy) and w(e) the mean-teacher sigmoid ramp-up exp(-5 (1 - e/R)^2).
+is its cross-entropy) and w(e) the mean-teacher sigmoid ramp-up exp(-5 (1 - e/R)^2).  The
+ramp length R scales with the run: ``ramp_fraction`` of its epochs, by default the official
+ratio (``cifar_one.py``: ``--consistency_rampup 80`` of ``--epochs 300``); ``ramp_epochs``
+fixes it in epochs instead.
 
 Branch 1 together with the shared layers is an ordinary :class:`Net` (the first network the
 factory built), so deploying costs nothing: it is that net, with the plain net's shape,
@@ -120,12 +123,27 @@ class GatedEnsemble(nn.Module):
         return gated_logits(logits, gate), embedding
 
 
+# The official ramp-up: 80 of the 300 epochs (Lan1991Xu/ONE_NeurIPS2018, scripts/ONE_ResNet*.sh).
+OFFICIAL_RAMP_FRACTION = 80 / 300
+
+
+def ramp_length(total_epochs: int, ramp_fraction: float, ramp_epochs: int) -> int:
+    """R in epochs: ``ramp_epochs`` when set (>= 0), else ``ramp_fraction`` of the run, rounded
+    (at least 1 epoch when the fraction is not 0: a short run still ramps)."""
+    if ramp_epochs >= 0:
+        return ramp_epochs
+    return max(1, int(round(ramp_fraction * total_epochs))) if ramp_fraction > 0 else 0
+
+
 @dataclass(frozen=True)
 class ONEOptions:
     branches: int = 3
     temperature: float = 3.0
-    # Consistency ramp-up of the KL weight over this many epochs (0 = constant weight 1).
-    ramp_epochs: int = 80
+    # Consistency ramp-up of the KL weight as a fraction of the run's epochs (official: 80 of
+    # 300); 0 = constant weight 1.
+    ramp_fraction: float = OFFICIAL_RAMP_FRACTION
+    # The ramp-up in epochs instead (0 = constant weight 1); -1 = use ramp_fraction.
+    ramp_epochs: int = -1
     # Also evaluate the gated ensemble of all branches (reported as "ensemble"); final.pt
     # stays branch 1, a plain network.
     deploy_ensemble: bool = False
@@ -133,7 +151,10 @@ class ONEOptions:
     def __post_init__(self):
         check_range("method.one.branches", self.branches, minimum=2)
         check_range("method.one.temperature", self.temperature, above=0)
-        check_range("method.one.ramp_epochs", self.ramp_epochs, minimum=0, why="0 = constant weight 1")
+        check_range("method.one.ramp_fraction", self.ramp_fraction, minimum=0.0, maximum=1.0)
+        check_range(
+            "method.one.ramp_epochs", self.ramp_epochs, minimum=-1, why="-1 = ramp_fraction, 0 = constant weight 1"
+        )
 
 
 @METHODS.register("one", options=ONEOptions)
@@ -141,8 +162,13 @@ class ONE(Method):
     def build(self, model_factory) -> ONENetwork:
         return ONENetwork([model_factory() for _ in range(self.options.branches)])
 
+    @property
+    def ramp_epochs(self) -> int:
+        """The ramp-up length R of this run, in epochs."""
+        return ramp_length(self.total_epochs, self.options.ramp_fraction, self.options.ramp_epochs)
+
     def kl_weight(self) -> float:
-        return sigmoid_rampup(self.epoch, self.options.ramp_epochs)
+        return sigmoid_rampup(self.epoch, self.ramp_epochs)
 
     def forward(self, images, labels, indices) -> Dict[str, torch.Tensor]:
         branch_logits, branch_features, gate = self.trainable(images)

@@ -1,4 +1,4 @@
-"""Networks: re-id backbones (ResNet-50, DenseNet-121, a small CPU net, torchreid's OSNets and
+"""Networks: re-id backbones (ResNet-50, DenseNet-121, MobileNetV2, a small CPU net, torchreid's OSNets and
 others, any timm model as ``timm/<name>``) and the CIFAR nets.
 
 ``build_model(name, num_classes, ...)`` returns a :class:`Net` whose forward gives
@@ -6,7 +6,7 @@ others, any timm model as ``timm/<name>``) and the CIFAR nets.
 """
 
 # Importing the architecture modules registers their builders in MODELS (timm: a name family).
-from reid_srdl.models import cifar, reid, timm_nets, torchreid_nets  # noqa: F401
+from reid_srdl.models import cifar, mobilenet, reid, timm_nets, torchreid_nets  # noqa: F401
 from reid_srdl.models.base import MODELS, EmbeddingHead, Net, init_weights
 from reid_srdl.models.build import build_model, list_models
 from reid_srdl.models.model_file import load_model_file

@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from reid_srdl.core.download import RemoteFile
 from reid_srdl.core.registry import MODELS  # noqa: F401  (the architectures register here)
 
 NECKS = ("plain", "bnneck")
@@ -19,6 +20,9 @@ NECKS = ("plain", "bnneck")
 #: name prefix -> function(rest of the name) returning a builder, for model families too
 #: large to register name by name (``timm/<any timm model>``).
 MODEL_FAMILIES: Dict[str, Callable[[str], Callable[..., "Net"]]] = {}
+#: name prefix -> function(rest of the name) returning the ImageNet weights the family's
+#: library publishes for that model (``model.pretrained=imagenet``).
+FAMILY_WEIGHTS: Dict[str, Callable[[str], RemoteFile]] = {}
 
 
 class EmbeddingHead(nn.Module):

@@ -4,7 +4,7 @@ import inspect
 from typing import List, Optional
 
 from reid_srdl.models.base import MODEL_FAMILIES, MODELS, NECKS, EmbeddingHead, Net, init_weights
-from reid_srdl.models.weights import load_imagenet_weights
+from reid_srdl.models.weights import load_imagenet_weights, resolve_weights
 
 # Arguments every builder receives from `build_model`; anything else is an architecture option.
 # A builder that also takes `weights` loads the weights file itself (foreign backbones, whose
@@ -32,6 +32,7 @@ def build_model(
     *,
     feature_dim: Optional[int] = 512,
     weights: str = "",
+    pretrained: str = "",
     in_channels: int = 3,
     neck: str = "plain",
     **options,
@@ -42,9 +43,11 @@ def build_model(
     the pooled map is the embedding); the CIFAR nets never have a feature layer and ignore
     it.  ``neck``: ``plain`` or ``bnneck`` (see :class:`EmbeddingHead`).  ``options`` are
     architecture-specific (e.g. ``last_stride`` for resnet50, ``dropout`` for wrn28_10).
-    ``weights`` is a local ImageNet weights file for the backbone (torchvision's, or the
-    library's own for torchreid / timm backbones); nothing is ever downloaded.  The returned
-    net's ``spec`` rebuilds the same architecture; it leaves ``weights`` out because a
+    ``weights`` is an ImageNet weights file for the backbone (torchvision's, or the library's
+    own for torchreid / timm backbones): a local path, or a URL fetched into torch's cache;
+    ``pretrained="imagenet"`` fetches the file the architecture's library publishes instead
+    (see :func:`reid_srdl.models.weights.resolve_weights`).  The returned net's ``spec``
+    rebuilds the same architecture; it leaves ``weights`` and ``pretrained`` out because a
     checkpoint carries its own tensors.
     """
     if neck not in NECKS:
@@ -63,6 +66,9 @@ def build_model(
             f"model '{name}' has no option(s) {', '.join(unknown)}; its options: {', '.join(valid_options) or 'none'}"
         )
     loads_weights = "weights" in signature.parameters
+    # Fetched (or found in the cache) before anything is built: a download that fails
+    # stops here, in one line.
+    weights = resolve_weights(name, weights, pretrained)
     common = dict(num_classes=num_classes, feature_dim=feature_dim, in_channels=in_channels)
     net = builder(**common, **options, **({"weights": weights} if loads_weights else {}))
     if neck != "plain":

@@ -14,7 +14,7 @@ from reid_srdl.models.base import MODELS, EmbeddingHead, Net
 from reid_srdl.models.weights import ImageNetLayout
 
 
-def _first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+def first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     """The same first convolution for `in_channels` inputs (e.g. 1 for grey images)."""
     if in_channels == conv.in_channels:
         return conv
@@ -53,7 +53,7 @@ def resnet50(num_classes: int, feature_dim: Optional[int], in_channels: int, las
         block.conv2.stride = (1, 1)
         block.downsample[0].stride = (1, 1)
     stem = nn.Sequential(
-        OrderedDict(conv1=_first_conv(tv.conv1, in_channels), bn1=tv.bn1, relu=tv.relu, maxpool=tv.maxpool)
+        OrderedDict(conv1=first_conv(tv.conv1, in_channels), bn1=tv.bn1, relu=tv.relu, maxpool=tv.maxpool)
     )
     stages = [tv.layer1, tv.layer2, tv.layer3, tv.layer4]
     channels = [256, 512, 1024, 2048]
@@ -89,7 +89,7 @@ def densenet121(num_classes: int, feature_dim: Optional[int], in_channels: int) 
     """
     f = tvm.densenet121(weights=None).features
     stem = nn.Sequential(
-        OrderedDict(conv0=_first_conv(f.conv0, in_channels), norm0=f.norm0, relu0=f.relu0, pool0=f.pool0)
+        OrderedDict(conv0=first_conv(f.conv0, in_channels), norm0=f.norm0, relu0=f.relu0, pool0=f.pool0)
     )
     stages = [
         nn.Sequential(

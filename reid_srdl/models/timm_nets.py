@@ -1,9 +1,10 @@
 """Any timm model as a re-id backbone: ``model.name=timm/<timm model name>`` (optional extra ``timm``).
 
-The model is created with ``pretrained=False``; a local weights file (``model.weights``, the
-file timm publishes for that model, ``.safetensors`` or ``.pth``) is read here and handed to
-timm as a state dict, so timm's own loading (checkpoint filters, input-channel adaptation)
-applies and nothing is downloaded.  The backbone keeps timm's initialisation; the head is ours.
+The model is created with ``pretrained=False``; a weights file (``model.weights``, the file
+timm publishes for that model, ``.safetensors`` or ``.pth``; ``model.pretrained=imagenet``
+fetches it, see :func:`published_weights`) is read here and handed to timm as a state dict,
+so timm's own loading (checkpoint filters, input-channel adaptation) applies and timm itself
+downloads nothing.  The backbone keeps timm's initialisation; the head is ours.
 
 Stages: where timm extracts features by running the model's top-level modules in order
 (``features_only`` gives a ``FeatureListNet``: ResNets, ConvNeXts, RegNets, DenseNets, ...),
@@ -23,8 +24,9 @@ import torch
 from torch import nn
 
 from reid_srdl.config import ConfigError
+from reid_srdl.core.download import RemoteFile, remote_from_url
 from reid_srdl.core.registry import UnknownNameError
-from reid_srdl.models.base import MODEL_FAMILIES, EmbeddingHead, Net
+from reid_srdl.models.base import FAMILY_WEIGHTS, MODEL_FAMILIES, EmbeddingHead, Net
 from reid_srdl.models.weights import WeightsMismatchError, _describe, read_weights_file
 
 PREFIX = "timm/"
@@ -109,7 +111,7 @@ def _weights_kwargs(timm, name: str, path: str) -> Dict[str, object]:
     """timm.create_model arguments that load the state dict of the local file `path`."""
     if not path:
         return {"pretrained": False}
-    state = read_weights_file(path, PREFIX + name, f"timm's weights for '{name}' are published with the model")
+    state = read_weights_file(path, PREFIX + name, "model.pretrained=imagenet (and model.weights='') fetches timm's")
     _check_names(timm, name, state, path)
     # source='' and a state dict: timm's highest-priority source, no hub or URL is consulted.
     return {"pretrained": True, "pretrained_cfg_overlay": {"source": "", "state_dict": state}}
@@ -156,4 +158,23 @@ def _family(name: str):
     return builder
 
 
+def published_weights(name: str) -> RemoteFile:
+    """timm's ImageNet weights for ``name`` (``model.pretrained=imagenet``), from its
+    ``pretrained_cfg``: the Hugging Face hub file timm itself loads first (safetensors, in
+    the current key names; the hub declares its sha256), else the release URL (whose file
+    name carries the sha256 prefix)."""
+    timm = _timm()
+    if not timm.is_model(name):
+        raise UnknownNameError(f"unknown timm model '{name}' (model.name={PREFIX}{name})")
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is not None and cfg.hf_hub_id:
+        filename = cfg.hf_hub_filename or "model.safetensors"
+        url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{filename}"
+        return RemoteFile(url, f"{cfg.hf_hub_id.replace('/', '--')}--{filename}")
+    if cfg is not None and cfg.url:
+        return remote_from_url(cfg.url)
+    raise WeightsMismatchError(f"timm publishes no pretrained weights for {PREFIX}{name}")
+
+
 MODEL_FAMILIES[PREFIX] = _family
+FAMILY_WEIGHTS[PREFIX] = published_weights

@@ -15,15 +15,19 @@ well-defined last stage: it is one stage (ONE, BYOT and FRSKD stop with an error
 """
 
 import copy
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import models as tvm
 
 from reid_srdl.config import ConfigError
+from reid_srdl.core.download import RemoteFile, remote_from_url
 from reid_srdl.models.base import MODELS, EmbeddingHead, Net
 from reid_srdl.models.weights import load_backbone_state, read_weights_file
 
@@ -31,7 +35,7 @@ _RESNET_STEM = ("conv1", "bn1", "relu", "maxpool")
 _RESNET_STAGES = (("layer1",), ("layer2",), ("layer3",), ("layer4",))
 # Tensors of torchreid's own head: replaced by ours, never loaded.
 _HEAD_KEYS = ("fc.", "classifier.")
-_WHERE = "torchreid's model zoo (see its MODEL_ZOO page) has the ImageNet-pretrained file"
+_WHERE = "model.pretrained=imagenet (and model.weights='') fetches torchvision's or torchreid's ImageNet file"
 
 
 @dataclass(frozen=True)
@@ -114,12 +118,38 @@ def torchreid_net(arch: str, num_classes: int, feature_dim: Optional[int], in_ch
     return net
 
 
+def _drive_file(module: str, arch: str) -> RemoteFile:
+    """torchreid's ImageNet file of an OSNet: the Google Drive link of its ``pretrained_urls``,
+    cached under the name torchreid gives it (``<arch>_imagenet.pth``).  Drive publishes no
+    checksum; the file is checked by loading it (every tensor by name and shape)."""
+    import importlib
+
+    url = importlib.import_module(f"torchreid.reid.models.{module}").pretrained_urls[arch]
+    file_id = parse_qs(urlsplit(url).query)["id"][0]
+    return RemoteFile(f"https://drive.google.com/uc?export=download&id={file_id}", f"{arch}_imagenet.pth")
+
+
+#: torchreid name -> where ``model.pretrained=imagenet`` fetches its backbone's weights from.
+#: resnet50_fc512's backbone is torchvision's ResNet-50 under the same names (torchreid loads
+#: that file too).  The IBN and SE nets have none: torchreid fills only the layers that
+#: happen to match a plain ResNet file, which a strict loader cannot do.
+PUBLISHED = {
+    **{
+        n: functools.partial(_drive_file, "osnet", n)
+        for n in ARCHITECTURES
+        if n.startswith("osnet_") and "ain" not in n
+    },
+    **{n: functools.partial(_drive_file, "osnet_ain", n) for n in ARCHITECTURES if n.startswith("osnet_ain")},
+    "resnet50_fc512": lambda: remote_from_url(tvm.ResNet50_Weights.IMAGENET1K_V1.url),
+}
+
+
 def _register(arch: str) -> None:
     def builder(num_classes: int, feature_dim: Optional[int], in_channels: int, weights: str = "") -> Net:
         return torchreid_net(arch, num_classes, feature_dim, in_channels, weights)
 
     builder.__doc__ = f"torchreid's {arch} with a re-id head (see reid_srdl.models.torchreid_nets)."
-    MODELS.register(arch)(builder)
+    MODELS.register(arch, published=PUBLISHED.get(arch))(builder)
 
 
 for _arch in ARCHITECTURES:

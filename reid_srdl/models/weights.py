@@ -1,23 +1,30 @@
-"""Load ImageNet weights from a local file into a re-id backbone (torchvision files into our
-re-organised nets; torchreid / timm files into those libraries' own modules).
+"""Load ImageNet weights into a re-id backbone (torchvision files into our re-organised nets;
+torchreid / timm files into those libraries' own modules), from a local file, a URL, or the
+file the architecture's library publishes (``pretrained="imagenet"``).
 
-Nothing is downloaded: the file must already be on disk.  The whole file is checked against
-the net before any tensor is copied, so a wrong file never leaves the net half-loaded.
-The head (feature layer + ID classifier) keeps its fresh initialisation.
+URLs and published files are fetched into torch's download cache by
+:mod:`reid_srdl.core.download` (checksum verified, nothing left behind on failure).  The
+whole file is checked against the net before any tensor is copied, so a wrong file never
+leaves the net half-loaded.  The head (feature layer + ID classifier) keeps its fresh
+initialisation.
 """
 
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Tuple
+from typing import Callable, Dict, List, Mapping, Tuple
 
 import torch
 from torch import Tensor
 from torchvision import models as tvm
 
+from reid_srdl.core.download import DownloadError, RemoteFile, fetch, is_url, remote_from_url
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.torch_files import UnreadableFileError, load_torch_file
-from reid_srdl.models.base import MODELS, Net
+from reid_srdl.models.base import FAMILY_WEIGHTS, MODEL_FAMILIES, MODELS, Net
+
+#: ``model.pretrained`` values: "" (none) or the published ImageNet weights.
+PRETRAINED = ("", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -88,12 +95,44 @@ def _map_keys(state: Dict[str, Tensor], layout: ImageNetLayout):
     return mapped, unexpected
 
 
+def _first_conv_key(model: Net) -> str:
+    """State-dict key of the convolution that reads the image (the stem's first)."""
+    return next(f"stem.{name}.weight" for name, m in model.stem.named_modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def _grey_first_conv(model: Net, mapped, target) -> None:
+    """For a net on grey images (``in_channels=1``), the RGB filters of the file's first
+    convolution summed over their colour channels, in place in ``mapped``.
+
+    A grey image g fed to the RGB net as (g, g, g) gives sum_c W[:, c] * g: the summed filter
+    on g, exactly (zero padding included).  So a grey net starts from the features the RGB
+    net computes on the grey image (timm's ``adapt_input_conv`` does the same for one channel).
+    Any other channel count is left to the shape check, which names the mismatch.
+    """
+    if model.in_channels != 1:
+        return
+    key = _first_conv_key(model)
+    if key not in mapped or key not in target:
+        return
+    theirs, value = mapped[key]
+    want = target[key].shape
+    if (
+        value.dim() == 4
+        and value.shape[1] == 3
+        and want[1] == 1
+        and value.shape[:1] + value.shape[2:] == want[:1] + want[2:]
+    ):
+        mapped[key] = (theirs, value.sum(dim=1, keepdim=True))
+
+
 def load_imagenet_weights(model: Net, path: str) -> None:
     """Copy a torchvision ImageNet state dict (file at `path`) into ``model.stem``/``stages``.
 
     Accepts the files torchvision publishes (e.g. resnet50-0676ba61.pth,
     densenet121-a639ec97.pth with its old 'norm.1' key names), a plain
     ``torchvision.models.X().state_dict()``, or either wrapped in ``{'state_dict': ...}``.
+    A net built for grey images (``in_channels=1``) gets the first convolution's RGB filters
+    summed over colour (see :func:`_grey_first_conv`).
     """
     layout = MODELS.info(model.arch).get("imagenet")
     if layout is None:
@@ -104,14 +143,14 @@ def load_imagenet_weights(model: Net, path: str) -> None:
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"ImageNet weights file for {model.arch} not found: {path}. Nothing is downloaded "
-            f"here: fetch {layout.weights.url} (torchvision {type(layout.weights).__name__}."
-            f"{layout.weights.name}) on a machine with internet access and copy it to that path, "
-            f"or set model.weights='' to train from random initialisation."
+            f"ImageNet weights file for {model.arch} not found: {path}. model.pretrained=imagenet (and "
+            f"model.weights='') fetches torchvision's {type(layout.weights).__name__}.{layout.weights.name} "
+            f"({layout.weights.url}) into torch's cache; model.weights='' alone trains from random initialisation."
         )
     mapped, unexpected = _map_keys(_read_state_dict(path), layout)
 
     target = {k: v for k, v in model.state_dict().items() if k.startswith(("stem.", "stages."))}
+    _grey_first_conv(model, mapped, target)
     # BN batch counters are absent from the older published files and unused in training.
     missing = [k for k in target if k not in mapped and not k.endswith("num_batches_tracked")]
     unexpected += [theirs for ours, (theirs, _) in mapped.items() if ours not in target]
@@ -139,14 +178,12 @@ def read_weights_file(path: str, arch: str, how_to_get: str) -> Dict[str, Tensor
     """The state dict in a local weights file (``.pth``/``.pt``/``.bin`` through
     ``torch.load(weights_only=True)``, or ``.safetensors``), keys in their canonical names.
 
-    A missing file is a one-line error telling where such a file comes from (``how_to_get``);
-    nothing is ever downloaded.
+    A missing file is a one-line error telling where such a file comes from (``how_to_get``).
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"ImageNet weights file for {arch} not found: {path}. Nothing is downloaded here: {how_to_get} "
-            f"on a machine with internet access and copy it to that path, or set model.weights='' to train "
-            f"from random initialisation."
+            f"ImageNet weights file for {arch} not found: {path}. {how_to_get}; model.weights='' trains from "
+            f"random initialisation."
         )
     if path.endswith(".safetensors"):
         try:
@@ -190,3 +227,67 @@ def load_backbone_state(
             problems.append(f"{len(wrong_shape)} shape mismatches (file vs model): {_describe(wrong_shape)}")
         raise WeightsMismatchError(f"{path} does not hold weights for {arch}: " + "; ".join(problems))
     module.load_state_dict(given, strict=False)
+
+
+# ------------------------------------------------------------------ fetched weights
+def published_weights(name: str) -> RemoteFile:
+    """The ImageNet weights the library of architecture ``name`` publishes: torchvision's
+    (``ImageNetLayout.weights``), torchreid's (registered as ``published``) or timm's
+    (``FAMILY_WEIGHTS``).  An architecture without any is a one-line error listing those with."""
+    if name not in MODELS:
+        for prefix, published in FAMILY_WEIGHTS.items():
+            if name.startswith(prefix):
+                return published(name[len(prefix) :])
+        MODELS.get(name)  # an unknown name: the registry's error lists the valid ones
+    info = MODELS.info(name)
+    if info.get("imagenet") is not None:
+        return remote_from_url(info["imagenet"].weights.url)
+    if info.get("published") is not None:
+        return info["published"]()  # read from the library when asked (it may be slow to import)
+    with_weights = [n for n in MODELS.list() if MODELS.info(n).get("imagenet") or MODELS.info(n).get("published")]
+    families = ", ".join(f"{p}<name>" for p in MODEL_FAMILIES if p in FAMILY_WEIGHTS)
+    raise WeightsMismatchError(
+        f"model '{name}' has no published ImageNet weights (model.pretrained=imagenet); models with them: "
+        f"{', '.join(with_weights)}" + (f", and {families}" if families else "")
+    )
+
+
+# First bytes of the files a weights loader reads: torch.save's zip archive, a legacy
+# torch.save pickle (protocol 2+), a safetensors file (8-byte header length, then JSON).
+_ZIP_MAGIC, _PICKLE_MAGIC = b"PK\x03\x04", b"\x80"
+
+
+def _looks_like_weights(url: str) -> Callable[[str], None]:
+    def check(path: str) -> None:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)) or (len(head) > 8 and head[8:9] == b"{"):
+            return
+        seen = "a web page" if head.lstrip()[:1] == b"<" else "not a PyTorch or safetensors file"
+        raise DownloadError(
+            f"{url} did not give a weights file ({seen}); nothing was kept in the cache. Some hosts (Google Drive) "
+            f"answer large files with a confirmation page: download it in a browser and place it by hand at the "
+            f"path this error names when the download fails"
+        )
+
+    return check
+
+
+def resolve_weights(name: str, weights: str = "", pretrained: str = "", progress: bool = True) -> str:
+    """The local file for ``model.weights`` / ``model.pretrained`` ("" for none): a path as
+    given, or a URL / the published ImageNet weights fetched into torch's cache."""
+    if pretrained not in PRETRAINED:
+        raise WeightsMismatchError(
+            f"model.pretrained={pretrained!r} is not one of: '' (none), imagenet (the published ImageNet weights)"
+        )
+    if pretrained and weights:
+        raise WeightsMismatchError(
+            f"model.pretrained={pretrained} and model.weights={weights} both choose the weights: give one of them"
+        )
+    if pretrained:
+        remote = published_weights(name)
+    elif weights and is_url(weights):
+        remote = remote_from_url(weights)
+    else:
+        return weights
+    return fetch(remote, progress=progress, check=_looks_like_weights(remote.url))
