@@ -14,7 +14,7 @@ Limits (documented in docs/search.md):
 ``MAX_META_BYTES`` 64 MiB of metadata JSON (fingerprint, settings, calibration)
 ``MAX_JSON_DEPTH`` 64 levels of nesting in that JSON
 ``MAX_SEGMENT``    2**24 items in one segment file (an add larger than that is split)
-``MAX_IMAGE_SIDE`` 4096 pixels: the largest height/width a gallery's settings may record
+heights/widths     a gallery's recorded settings: reid_srdl.core.limits.MAX_INPUT_SIDE
 timestamps         years 1..9999 UTC (what ISO 8601 can print)
 =================  ==========================================================================
 
@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from reid_srdl.core import limits
 from reid_srdl.search.stores.base import (
     MAX_K,
     DeleteRequest,
@@ -48,7 +49,6 @@ MIN_TIME = -62135596800.0  # 0001-01-01T00:00:00Z
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 MAX_INT = (1 << 62) - 1  # frames, pids, tracks: far below int64 overflow
 MAX_ID = (1 << 63) - 1
-MAX_IMAGE_SIDE = 4096  # the largest height/width a gallery's recorded settings may ask for
 META_KEYS = ("model", "settings", "calibration", "calibration_impostor")
 CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc, exactly
 
@@ -330,7 +330,12 @@ def check_meta(meta, what: str) -> Dict[str, Any]:
     if isinstance(out["settings"], dict):
         for key in ("height", "width"):
             if key in out["settings"]:
-                check_int(out["settings"][key], f"{what} settings {key}", 1, MAX_IMAGE_SIDE)
+                side = check_int(out["settings"][key], f"{what} settings {key}", 1)
+                if side > limits.MAX_INPUT_SIDE:  # the embedder resizes every query to it
+                    raise limits.LimitExceededError(
+                        f"{what}: settings {key} {side} is over the limit of {limits.MAX_INPUT_SIDE} pixels "
+                        "(reid_srdl.core.limits.MAX_INPUT_SIDE)"
+                    )
     cal, impostor = meta.get("calibration"), meta.get("calibration_impostor")
     if cal is not None:
         check_calibration(cal, impostor, what)
