@@ -1,11 +1,12 @@
-"""Shared fixtures.
+"""Shared fixtures; the things they build come from tests/tiny_runs.py (the one builder).
 
 ``tiny_market_root``: a small synthetic Market-1501 set (8 identities, ~0.2 s to write),
 written once per test session.  ``tiny_reid_root``: that Market-1501 set plus tiny synthetic
-DukeMTMC-reID, MSMT17, CUHK03 and VIPeR under one root (tests/data_reid_helpers.py), once
-per session.  Pass the returned folder as ``data.root`` (with
-``data.synthetic=false``, or true: a complete set is used as it is) or as torchreid's
-``ImageDataManager(root=...)``.
+DukeMTMC-reID, MSMT17, CUHK03 and VIPeR under one root, once per session.  Pass the returned
+folder as ``data.root`` (with ``data.synthetic=false``, or true: a complete set is used as it
+is) or as torchreid's ``ImageDataManager(root=...)``.  ``tiny_run(method, recipe)``: a finished
+tiny run folder of a method at its contract options (tests/method_contracts.py), trained once
+per session (per xdist worker); read it, never write into it.
 """
 
 import os
@@ -13,26 +14,42 @@ import sys
 
 import pytest
 
-# Lets tests import the helper module tests/fixtures_data.py.
+# Lets tests import the helper modules beside this file (tiny_runs, fixtures_data, ...).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-TINY_MARKET = dict(num_ids=8, seed=0, images_per_id_camera=3, gt_bbox_per_id_camera=2)
 
 
 @pytest.fixture(scope="session")
 def tiny_market_root(tmp_path_factory) -> str:
-    from reid_srdl.data.synthetic import make_synthetic_market
+    from tiny_runs import write_market
 
-    root = str(tmp_path_factory.mktemp("tiny_market"))
-    make_synthetic_market(root, **TINY_MARKET)
-    return root
+    return write_market(str(tmp_path_factory.mktemp("tiny_market")))
 
 
 @pytest.fixture(scope="session")
 def tiny_reid_root(tmp_path_factory) -> str:
-    from data_reid_helpers import write_all
+    from tiny_runs import write_reid_sets
 
-    return write_all(str(tmp_path_factory.mktemp("tiny_reid")))
+    return write_reid_sets(str(tmp_path_factory.mktemp("tiny_reid")))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_market_root, tmp_path_factory):
+    """``tiny_run(method, recipe="ce")``: the run folder of tiny_runs.train_run, cached."""
+    from method_contracts import contract_of, overrides
+    from tiny_runs import train_run
+
+    cache = {}
+
+    def get(method: str, recipe: str = "ce") -> str:
+        if (method, recipe) not in cache:
+            teacher = get("vanilla") if contract_of(method).teacher else None
+            out = tmp_path_factory.mktemp(f"tiny_run_{method}_{recipe}")
+            cache[method, recipe] = train_run(
+                tiny_market_root, out, method, *overrides(method), recipe=recipe, teacher=teacher
+            )
+        return cache[method, recipe]
+
+    return get
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ against the libraries' own builds, stage shapes, local weight files only, clear 
 
 import pytest
 import torch
-from method_helpers import OneSample
+from tiny_runs import TinySet
 from torch.utils.flop_counter import FlopCounterMode
 
 from reid_srdl.config import ConfigError
@@ -62,7 +62,7 @@ def test_osnet_x0_25_has_torchreid_parameters_and_outputs(tmp_path, monkeypatch)
 
 def test_osnet_flops_are_torchreids_plus_the_head():
     method = METHODS.get("vanilla").create(lambda: build_model("osnet_x0_25", C, feature_dim=32), 1)
-    ours = training_forward_flops(method, OneSample((3, 64, 32)), "cpu")
+    ours = training_forward_flops(method, TinySet((3, 64, 32), n=1), "cpu")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         torchreid_model("osnet_x0_25").featuremaps(X)
     # Per sample: the backbone, then Linear(128 -> 32) and the classifier (2 FLOPs per MAC).

@@ -14,7 +14,8 @@ import convert_checkpoint as convert_cli
 import numpy as np
 import pytest
 import torch
-from trust_helpers import MarkerPayload, one_line, save_tiny_model
+from tiny_runs import save_tiny_model
+from trust_helpers import MarkerPayload, one_line
 
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core.inert_pickle import load_inert

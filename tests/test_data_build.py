@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MARKET
 from fixtures_data import write_cifar10, write_fashion_mnist
+from tiny_runs import TINY_MARKET
 from torch.utils.data import SequentialSampler
 
 import reid_srdl.data.build as build_module

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     from torchreid.reid.data.datasets.image import DukeMTMCreID, VIPeR
     from torchreid.reid.metrics.rank import evaluate_rank
 
-from data_reid_helpers import DUKE_COUNTS, VIPER_COUNTS
+from tiny_runs import DUKE_COUNTS, VIPER_COUNTS
 
 from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.data.build import reid_split

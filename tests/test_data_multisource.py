@@ -11,7 +11,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from torchreid.reid.data.datasets.image import MSMT17, DukeMTMCreID
 
-from data_reid_helpers import DUKE_COUNTS, MARKET_TRAIN_IDS, MSMT_COUNTS
+from tiny_runs import DUKE_COUNTS, MARKET_TRAIN_IDS, MSMT_COUNTS
 
 from reid_srdl.config import DataConfig
 from reid_srdl.data import build_data

@@ -11,9 +11,9 @@ from collections import defaultdict
 import cv2
 import numpy as np
 import pytest
-from conftest import TINY_MARKET
 from fixtures_data import write_market_tree
 from PIL import Image
+from tiny_runs import TINY_MARKET
 
 import reid_srdl.data.synthetic as synthetic
 from reid_srdl.data.market1501 import MarketLayoutError, parse_market_filename, read_market1501

@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from torchreid.reid.data.datasets.image import CUHK03, MSMT17, DukeMTMCreID, VIPeR
 
-from data_reid_helpers import (
+from tiny_runs import (
     CUHK03_COUNTS,
     DUKE,
     DUKE_COUNTS,

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
-from trainer_helpers import free_port, tiny_cfg, tiny_overrides
+from tiny_runs import free_port, reid_config, reid_overrides
 
 from reid_srdl.core import distributed as ddp
 from reid_srdl.engine.trainer import Trainer, build_optimizer
@@ -47,7 +47,7 @@ def _worker(rank, world, port, root, out, result):
     torch.set_num_threads(1)
     ddp.init_distributed(60, use_cuda=False)
     try:
-        cfg = tiny_cfg(root, out, "method.name=vanilla", "train.epochs=2", "optim.lr=0.02", "train.device=cpu")
+        cfg = reid_config(root, out, "method.name=vanilla", "train.epochs=2", "optim.lr=0.02", "train.device=cpu")
         trainer = Trainer(cfg, os.path.join(out, "run"))
         # Make the step independent of how the global batch is split (see the module doc);
         # the random training augmentation stays.
@@ -107,7 +107,7 @@ def test_two_processes_of_4_train_like_one_process_of_8(one_and_two):
 
 def test_sharded_logits_and_features_equal_a_plain_extraction(one_and_two, tiny_market_root, tmp_path):
     _, (r0, r1) = one_and_two
-    cfg = tiny_cfg(tiny_market_root, tmp_path, "method.name=vanilla", "train.epochs=2", "train.device=cpu")
+    cfg = reid_config(tiny_market_root, tmp_path, "method.name=vanilla", "train.epochs=2", "train.device=cpu")
     trainer = Trainer(cfg, os.path.join(str(tmp_path), "run"))
     strip_batchnorm(trainer.method.trainable)
     trainer.method.trainable.load_state_dict(r0["state"])
@@ -128,7 +128,7 @@ def _torchrun(nproc, root, out, *extra, timeout=240):
         f"--nproc_per_node={nproc}",
         f"--master_port={free_port()}",
         TRAIN,
-        *tiny_overrides(root, out, epochs=2, max_batches=2),
+        *reid_overrides(root, out, epochs=2, max_batches=2),
         "train.device=cpu",
         *extra,
     ]
@@ -232,7 +232,7 @@ def test_global_batch_must_divide_among_processes(tiny_market_root, tmp_path):
     from reid_srdl.data import build_data
     from reid_srdl.data.build import distributed_train_loader
 
-    cfg = tiny_cfg(tiny_market_root, tmp_path, "data.batch_size=6")
+    cfg = reid_config(tiny_market_root, tmp_path, "data.batch_size=6")
     loader = build_data(cfg.data).train_loader
     with pytest.raises(ConfigError, match="data.batch_size=6 is the global batch .* 4 processes"):
         distributed_train_loader(loader, 0, 4, seed=0)

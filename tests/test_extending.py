@@ -7,7 +7,7 @@ import os
 import textwrap
 
 import pytest
-from trainer_helpers import run_dir_of, tiny_cfg
+from tiny_runs import reid_config, run_dir_of
 
 from reid_srdl.config import ConfigError, load_config
 from reid_srdl.engine.trainer import Trainer
@@ -56,7 +56,7 @@ def toy_method(tmp_path):
 
 def test_a_method_from_one_file_trains_through_the_whole_stack(toy_method, tiny_market_root, tmp_path):
     assert "scaled_ce" in METHODS.list()
-    cfg = tiny_cfg(tiny_market_root, tmp_path / "runs", "method.name=scaled_ce", "method.scaled_ce.weight=0.25")
+    cfg = reid_config(tiny_market_root, tmp_path / "runs", "method.name=scaled_ce", "method.scaled_ce.weight=0.25")
     assert cfg.method.scaled_ce.weight == 0.25
     summary = Trainer(cfg, run_dir_of(cfg)).fit()
     assert summary["method"] == "scaled_ce"
@@ -73,9 +73,9 @@ def test_a_method_from_one_file_trains_through_the_whole_stack(toy_method, tiny_
 
 def test_a_new_methods_options_are_checked_like_the_built_in_ones(toy_method, tiny_market_root, tmp_path):
     with pytest.raises(ConfigError, match=r"method.scaled_ce.weight must be > 0"):
-        tiny_cfg(tiny_market_root, tmp_path, "method.name=scaled_ce", "method.scaled_ce.weight=0")
+        reid_config(tiny_market_root, tmp_path, "method.name=scaled_ce", "method.scaled_ce.weight=0")
     with pytest.raises(ConfigError, match=r"method.scaled_ce.*weigth"):
-        tiny_cfg(tiny_market_root, tmp_path, "method.name=scaled_ce", "method.scaled_ce.weigth=2")
+        reid_config(tiny_market_root, tmp_path, "method.name=scaled_ce", "method.scaled_ce.weigth=2")
 
 
 def test_an_unregistered_method_is_gone_from_the_config(tiny_market_root, tmp_path, toy_method):
@@ -83,4 +83,4 @@ def test_an_unregistered_method_is_gone_from_the_config(tiny_market_root, tmp_pa
     with pytest.raises(
         ConfigError, match=r"method.name='scaled_ce' is not one of: byot, frskd, kd, one, srdl, vanilla"
     ):
-        tiny_cfg(tiny_market_root, tmp_path, "method.name=scaled_ce")
+        reid_config(tiny_market_root, tmp_path, "method.name=scaled_ce")

@@ -1,32 +1,21 @@
 """BYOT: side exits (shapes, resolution factors), every loss term against a hand computation,
-the hint reduction, gradients, the deployed deepest exit, training, FLOPs, the trainer."""
+the hint reduction, which gradients the targets get, options, a run's per-exit accuracies.
+What every method satisfies (deploy, training, FLOPs, resume, the trainer) is in
+tests/test_method_contract.py."""
 
 import functools
 import json
-import math
 import os
 
 import pytest
 import torch
-from method_helpers import (  # noqa: F401
-    NETS,
-    NUM_CLASSES,
-    OneSample,
-    batch,
-    hand_ce,
-    hand_kl,
-    spread_classifiers,
-    tiny_trainer_config,
-)
+from method_helpers import hand_ce, hand_kl, spread_classifiers
+from tiny_runs import NETS, NUM_CLASSES, batch
 
 from reid_srdl.config import ConfigError, load_config
-from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
 from reid_srdl.methods.byot import BYOT, BYOTOptions, hint_loss, stage_downsampling
-from reid_srdl.methods.vanilla import Vanilla
-from reid_srdl.models import Net, build_model
-from reid_srdl.models.model_file import load_model_file
+from reid_srdl.models import build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -56,6 +45,8 @@ def test_side_exits_reach_the_deepest_channels_and_resolution(name):
             assert side.bottleneck(stage_map).shape == maps[-1].shape
             logits, feats = side(stage_map)
             assert logits.shape == (2, NUM_CLASSES) and feats.shape == (2, net.stage_channels[-1])
+    # What is trained: the plain net, its side exits and their hint adaptations.
+    assert {n.split(".")[0] for n, _ in m.trainable.named_parameters()} == {"net", "exits", "adaptation"}
 
 
 def test_side_exit_on_a_last_stride_one_resnet50():
@@ -194,63 +185,6 @@ def test_deepest_exit_is_a_target_only_in_the_distillation_terms():
     assert net.stages[0][0].conv1.weight.grad.abs().sum() > 0  # the shallow exits train the early stages
 
 
-# ----------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("name", NETS)
-def test_gradients_reach_every_trainable_parameter(name):
-    torch.manual_seed(0)
-    m = BYOT.create(NETS[name][0], total_epochs=2)
-    spread_classifiers(m.trainable)
-    x, y, idx = batch(name)
-    m(x, y, idx)["loss"].backward()
-    missing = [n for n, p in m.trainable.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert missing == []
-    assert {n.split(".")[0] for n, _ in m.trainable.named_parameters()} == {"net", "exits", "adaptation"}
-
-
-# ----------------------------------------------------------------------------- deploy
-@pytest.mark.parametrize("name", NETS)
-def test_deployed_net_is_the_plain_net(name, tmp_path):
-    torch.manual_seed(0)
-    factory, _ = NETS[name]
-    m = BYOT.create(factory, total_epochs=2)
-    plain = factory()
-    deployed = m.deploy().eval()
-    assert isinstance(deployed, Net)
-    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in plain.parameters())
-    assert sum(p.numel() for p in m.trainable.parameters()) > sum(p.numel() for p in plain.parameters())
-    x, _, _ = batch(name, n=3)
-    with torch.no_grad():
-        logits, feats = deployed(x)
-        plain_logits, plain_feats = plain.eval()(x)
-    assert logits.shape == plain_logits.shape and feats.shape == plain_feats.shape
-    rebuilt = build_model(**deployed.spec)
-    assert list(rebuilt.state_dict()) == list(deployed.state_dict())
-    save_model_file(deployed, str(tmp_path / "final.pt"))
-    loaded, _ = load_model_file(str(tmp_path / "final.pt"))
-    with torch.no_grad():
-        assert torch.equal(loaded(x)[0], logits)
-
-
-# ----------------------------------------------------------------------------- training
-@pytest.mark.parametrize("name", NETS)
-def test_a_few_sgd_steps_lower_the_loss(name):
-    torch.manual_seed(0)
-    m = BYOT.create(NETS[name][0], total_epochs=2).train()
-    # No momentum: the hint chases the deepest features, a target that moves as they train,
-    # and momentum makes the total loss oscillate on so few steps.
-    opt = torch.optim.SGD(m.trainable.parameters(), lr=0.1)
-    x, y, idx = batch(name)
-    losses = []
-    for _ in range(20):
-        out = m(x, y, idx)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
-    assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.9 * losses[0]
-
-
 # ----------------------------------------------------------------------------- config, errors
 def test_built_from_its_config_section():
     cfg = load_config(
@@ -288,29 +222,9 @@ def test_bad_options_name_the_key(kwargs, message):
         BYOT.create(NETS["resnet8"][0], total_epochs=2, **kwargs)
 
 
-# ----------------------------------------------------------------------------- FLOPs, trainer
-@pytest.mark.parametrize("name", NETS)
-def test_flop_counter_sees_the_side_exits(name):
-    torch.manual_seed(0)
-    factory, shape = NETS[name]
-    data = OneSample(shape)
-    byot = training_forward_flops(BYOT.create(factory, 2), data, torch.device("cpu"))
-    plain = training_forward_flops(Vanilla.create(factory, 2), data, torch.device("cpu"))
-    assert byot > plain > 0
-
-
-def test_trains_through_the_generic_trainer_and_saves_the_plain_net(tiny_market_root, tmp_path):
-    from reid_srdl.engine.trainer import Trainer
-
-    cfg = tiny_trainer_config(tiny_market_root, tmp_path, "method.name=byot")
-    run = os.path.join(str(tmp_path), "run")
-    os.makedirs(run)
-    summary = Trainer(cfg, run).fit()
-    assert set(summary["results"]) == {"deployed"}
-    with open(os.path.join(run, "metrics.jsonl")) as f:
+# ----------------------------------------------------------------------------- a run
+def test_a_run_logs_the_accuracy_of_every_exit(tiny_run):
+    # small_reid has 4 stages: 3 side exits.
+    with open(os.path.join(tiny_run("byot"), "metrics.jsonl")) as f:
         record = json.loads(f.readline())
-    assert {"ce", "exit_ce", "kd", "hint", "acc_exit1", "acc_exit2", "acc_exit3"} <= set(record)
-    net, meta = load_model_file(run)
-    assert isinstance(net, Net)
-    plain = build_model(**meta["spec"])
-    assert [(k, v.shape) for k, v in net.state_dict().items()] == [(k, v.shape) for k, v in plain.state_dict().items()]
+    assert {"acc_exit1", "acc_exit2", "acc_exit3"} <= set(record) and "acc_exit4" not in record

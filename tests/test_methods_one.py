@@ -1,5 +1,7 @@
-"""ONE: the ramp, every loss term against a hand computation, gradients, the deployed branch,
-the gated ensemble, training, FLOPs and one run through the trainer."""
+"""ONE: the ramp, every loss term against a hand computation, the ensemble as a target only,
+the branches, the deployed branch, the gated ensemble, options, a run's ramp weight.  What
+every method satisfies (deploy, training, FLOPs, resume, the trainer) is in
+tests/test_method_contract.py."""
 
 import json
 import math
@@ -7,25 +9,12 @@ import os
 
 import pytest
 import torch
-from method_helpers import (  # noqa: F401
-    NETS,
-    NUM_CLASSES,
-    OneSample,
-    batch,
-    hand_ce,
-    hand_kl,
-    spread_classifiers,
-    tiny_trainer_config,
-)
+from method_helpers import hand_ce, hand_kl, spread_classifiers
+from tiny_runs import NETS, NUM_CLASSES, batch
 
 from reid_srdl.config import ConfigError, load_config
-from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.engine.flops import training_forward_flops
 from reid_srdl.methods import build_method
 from reid_srdl.methods.one import ONE, ONEOptions, sigmoid_rampup
-from reid_srdl.methods.vanilla import Vanilla
-from reid_srdl.models import Net, build_model
-from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -131,25 +120,13 @@ def test_ensemble_is_a_target_only_in_the_kl():
     assert m.trainable.branches[0].head.classifier.weight.grad.abs().sum() > 0
 
 
-# ----------------------------------------------------------------------------- gradients
-@pytest.mark.parametrize("name", NETS)
-def test_gradients_reach_every_trainable_parameter(name):
-    torch.manual_seed(0)
-    m = ONE.create(NETS[name][0], total_epochs=2, ramp_epochs=0)
-    spread_classifiers(m.trainable)
-    x, y, idx = batch(name)
-    m(x, y, idx)["loss"].backward()
-    missing = [n for n, p in m.trainable.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
-    assert missing == []
-    # Shared layers, every branch and the gate are all in the one trainable module.
-    names = {n.split(".")[0] for n, _ in m.trainable.named_parameters()}
-    assert names == {"net", "branches", "gate"}
-    assert len(m.trainable.branches) == 2
-
-
+# ----------------------------------------------------------------------------- branches
 def test_branches_are_independent_copies_with_their_own_initialisation():
     torch.manual_seed(0)
     m = ONE.create(NETS["small_reid"][0], total_epochs=2, branches=3)
+    # Shared layers, every branch and the gate are all in the one trainable module.
+    assert {n.split(".")[0] for n, _ in m.trainable.named_parameters()} == {"net", "branches", "gate"}
+    assert len(m.trainable.branches) == 2
     net = m.trainable.net
     own = {id(p) for p in net.parameters()}
     for b in m.trainable.branches:
@@ -162,27 +139,16 @@ def test_branches_are_independent_copies_with_their_own_initialisation():
 
 # ----------------------------------------------------------------------------- deploy
 @pytest.mark.parametrize("name", NETS)
-def test_deployed_net_is_branch_one_and_a_rebuildable_plain_net(name, tmp_path):
+def test_deployed_net_is_branch_one(name):
     torch.manual_seed(0)
-    factory, _ = NETS[name]
-    m = ONE.create(factory, total_epochs=2)
-    plain = factory()
+    m = ONE.create(NETS[name][0], total_epochs=2)
     deployed = m.deploy().eval()
-    assert isinstance(deployed, Net)
-    assert sum(p.numel() for p in deployed.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert deployed is m.trainable.net
     x, _, _ = batch(name, n=3)
     with torch.no_grad():
-        logits, feats = deployed(x)
-        plain_logits, plain_feats = plain.eval()(x)
+        logits, _ = deployed(x)
         branch_logits, _, _ = m.trainable.eval()(x)
-    assert logits.shape == plain_logits.shape and feats.shape == plain_feats.shape
     assert torch.equal(logits, branch_logits[0])
-    rebuilt = build_model(**deployed.spec)
-    assert list(rebuilt.state_dict()) == list(deployed.state_dict())
-    save_model_file(deployed, str(tmp_path / "final.pt"))
-    loaded, _ = load_model_file(str(tmp_path / "final.pt"))
-    with torch.no_grad():
-        assert torch.equal(loaded(x)[0], logits)
 
 
 def test_gated_ensemble_is_evaluated_only_when_asked():
@@ -204,36 +170,6 @@ def test_gated_ensemble_is_evaluated_only_when_asked():
     assert feats.shape == (4, 3 * 32)
     for i, (_, f) in enumerate(outs):
         assert torch.allclose(feats[:, 32 * i : 32 * (i + 1)], f / f.norm(dim=1, keepdim=True), atol=1e-6)
-
-
-# ----------------------------------------------------------------------------- training
-@pytest.mark.parametrize("name", NETS)
-def test_a_few_sgd_steps_lower_the_loss(name):
-    torch.manual_seed(0)
-    m = ONE.create(NETS[name][0], total_epochs=2, ramp_epochs=0).train()
-    opt = torch.optim.SGD(m.trainable.parameters(), lr=0.05, momentum=0.9)
-    x, y, idx = batch(name)
-    losses = []
-    for _ in range(12):
-        out = m(x, y, idx)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
-    assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.7 * losses[0]
-
-
-def test_resume_state_is_the_trainable_state_dict():
-    torch.manual_seed(0)
-    a = ONE.create(NETS["resnet8"][0], total_epochs=2)
-    spread_classifiers(a.trainable)
-    torch.manual_seed(1)
-    b = ONE.create(NETS["resnet8"][0], total_epochs=2)
-    b.trainable.load_state_dict(a.trainable.state_dict())
-    x, y, idx = batch("resnet8")
-    a.eval(), b.eval()
-    assert a(x, y, idx)["loss"].item() == b(x, y, idx)["loss"].item()
 
 
 # ----------------------------------------------------------------------------- config, errors
@@ -271,32 +207,8 @@ def test_bad_options_name_the_key(kwargs, message):
         ONE.create(NETS["resnet8"][0], total_epochs=2, **kwargs)
 
 
-# ----------------------------------------------------------------------------- FLOPs, trainer
-@pytest.mark.parametrize("name", NETS)
-def test_flop_counter_sees_the_branches(name):
-    torch.manual_seed(0)
-    factory, shape = NETS[name]
-    data = OneSample(shape)
-    one = training_forward_flops(ONE.create(factory, 2), data, torch.device("cpu"))
-    plain = training_forward_flops(Vanilla.create(factory, 2), data, torch.device("cpu"))
-    # Two extra copies of the last stage and head, and the gate: more than the plain net,
-    # less than three whole nets.
-    assert plain < one < 3 * plain
-
-
-def test_trains_through_the_generic_trainer_and_saves_branch_one(tiny_market_root, tmp_path):
-    from reid_srdl.engine.trainer import Trainer
-
-    cfg = tiny_trainer_config(tiny_market_root, tmp_path, "method.name=one", "method.one.deploy_ensemble=true")
-    run = os.path.join(str(tmp_path), "run")
-    os.makedirs(run)
-    summary = Trainer(cfg, run).fit()
-    assert set(summary["results"]) == {"deployed", "ensemble"}
-    with open(os.path.join(run, "metrics.jsonl")) as f:
+# ----------------------------------------------------------------------------- a run
+def test_a_run_logs_the_ramp_weight_of_its_first_epoch(tiny_run):
+    with open(os.path.join(tiny_run("one"), "metrics.jsonl")) as f:
         record = json.loads(f.readline())
-    assert {"ce", "ce_ensemble", "kl", "kl_weight"} <= set(record)
-    assert record["kl_weight"] == pytest.approx(math.exp(-5))  # epoch 0 of a 1-epoch ramp
-    net, meta = load_model_file(run)
-    assert isinstance(net, Net) and meta["spec"]["name"] == "small_reid"
-    plain = build_model(**meta["spec"])
-    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert record["kl_weight"] == pytest.approx(math.exp(-5))  # epoch 0 of the ramp (ramp_length >= 1 epoch)

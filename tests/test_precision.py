@@ -4,7 +4,7 @@ reproducibility of a whole training run."""
 
 import pytest
 import torch
-from trainer_helpers import run_dir_of, tiny_cfg
+from tiny_runs import reid_config, run_dir_of
 
 from reid_srdl.core import precision as prec
 from reid_srdl.engine import assembly
@@ -92,7 +92,7 @@ def test_training_precision_auto_is_channels_last_and_fp32_stays_nchw(monkeypatc
 
 def test_auto_run_records_the_precision_it_used(monkeypatch, tiny_market_root, tmp_path):
     hardware(monkeypatch, False)
-    cfg = tiny_cfg(tiny_market_root, tmp_path, "train.precision=auto", "method.name=vanilla", "train.epochs=1")
+    cfg = reid_config(tiny_market_root, tmp_path, "train.precision=auto", "method.name=vanilla", "train.epochs=1")
     trainer = Trainer(cfg, run_dir_of(cfg))
     assert trainer.precision == assembly.Precision("fp32", True)
     first = next(p for p in trainer.method.trainable.parameters() if p.dim() == 4)
@@ -129,7 +129,7 @@ def test_grad_scaler_skips_an_overflowing_step_and_halves_the_scale():
 @pytest.mark.slow
 def test_fp32_training_is_bit_for_bit_reproducible(tiny_market_root, tmp_path):
     def trained(name, *extra):
-        cfg = tiny_cfg(tiny_market_root, tmp_path / name, "train.epochs=2", "method.name=srdl", *extra)
+        cfg = reid_config(tiny_market_root, tmp_path / name, "train.epochs=2", "method.name=srdl", *extra)
         trainer = Trainer(cfg, run_dir_of(cfg))
         trainer.fit()
         return trainer.method.trainable.state_dict()

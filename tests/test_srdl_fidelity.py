@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from method_helpers import OneSample, hand_ce, hand_kl, spread_classifiers, tiny_trainer_config  # noqa: F401
-from srdl_helpers import TinyIndexed, _ctx, factory
+from method_helpers import hand_ce, hand_kl, spread_classifiers
+from tiny_runs import NETS, TinySet, reid_config, stage_context
 
 from reid_srdl.core.seeding import MODEL_INIT, SRDL_STAGE2_INIT, derive_seed
 from reid_srdl.engine.flops import training_forward_flops
@@ -18,6 +18,8 @@ from reid_srdl.engine.trainer import Trainer
 from reid_srdl.methods.srdl import SRDL, bank_statistics
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+factory = NETS["resnet8"][0]
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -41,12 +43,13 @@ def test_no_two_runs_of_different_seeds_share_an_initialisation(tiny_market_root
     inits = {}
     for seed in range(3):
         for method in ("vanilla", "srdl"):
-            cfg = tiny_trainer_config(
+            cfg = reid_config(
                 tiny_market_root,
                 tmp_path / f"{method}{seed}",
                 f"method.name={method}",
                 f"train.seed={seed}",
-                "train.epochs=2",
+                epochs=2,
+                max_batches=2,
             )
             trainer = Trainer(cfg, str(tmp_path / f"{method}{seed}" / "run"))
             inits[(method, seed)] = _weights(trainer.method.trainable)
@@ -68,7 +71,7 @@ def test_training_order_of_one_seed_is_not_a_shifted_order_of_another(tiny_marke
     0 would be epoch 0 of seed 1."""
     orders = {}
     for seed in (0, 1):
-        cfg = tiny_trainer_config(tiny_market_root, tmp_path / str(seed), f"train.seed={seed}", "method.name=vanilla")
+        cfg = reid_config(tiny_market_root, tmp_path / str(seed), f"train.seed={seed}", "method.name=vanilla", epochs=1)
         sampler = Trainer(cfg, str(tmp_path / str(seed) / "run")).data.train_loader.sampler
         for epoch in (0, 1):
             sampler.set_epoch(epoch)
@@ -95,7 +98,7 @@ def test_bank_statistics_by_hand():
 
 
 def test_a_run_reports_bank_statistics_and_the_stage2_kl_of_every_epoch(tiny_market_root, tmp_path):
-    cfg = tiny_trainer_config(tiny_market_root, tmp_path, "method.name=srdl", "train.epochs=4")
+    cfg = reid_config(tiny_market_root, tmp_path, "method.name=srdl", "eval.multi_query=false", epochs=4, max_batches=2)
     run = os.path.join(str(tmp_path), "run")
     os.makedirs(run)
     summary = Trainer(cfg, run).fit()
@@ -123,12 +126,12 @@ def test_augmented_teacher_view_distils_the_frozen_stage1_net_on_the_same_batch(
     torch.manual_seed(0)
     m = SRDL.create(factory, total_epochs=2, teacher_view="augmented", seed=5)
     spread_classifiers(m.trainable)  # non-trivial logits (the init gives all ~0)
-    data = TinyIndexed()
+    data = TinySet()
     m.train()
     for _ in range(2):
         m(data.x, data.y, torch.arange(len(data)))["loss"].backward()
     stage1 = m.trainable
-    m.on_stage_end(0, _ctx(tmp_path, data))
+    m.on_stage_end(0, stage_context(tmp_path, data))
     assert m.stage1_net is stage1 and m.trainable is not stage1
     spread_classifiers(m.trainable)
     m.train()  # the trainer sets train mode every epoch: the frozen stage-1 net stays in eval mode
@@ -149,13 +152,13 @@ def test_augmented_teacher_view_distils_the_frozen_stage1_net_on_the_same_batch(
 
 
 def test_augmented_teacher_view_costs_one_more_forward_and_resumes(tmp_path):
-    data = TinyIndexed()
+    data = TinySet()
     m = SRDL.create(factory, total_epochs=2, teacher_view="augmented")
     plain = SRDL.create(factory, total_epochs=2)
-    m.on_stage_end(0, _ctx(tmp_path, data))
+    m.on_stage_end(0, stage_context(tmp_path, data))
     os.makedirs(tmp_path / "plain")
-    plain.on_stage_end(0, _ctx(tmp_path / "plain", data))
-    one = OneSample((1, 28, 28))
+    plain.on_stage_end(0, stage_context(tmp_path / "plain", data))
+    one = TinySet((1, 28, 28), n=1)
     assert training_forward_flops(m, one, "cpu") == 2 * training_forward_flops(plain, one, "cpu")
     again = SRDL.create(factory, total_epochs=2, teacher_view="augmented")
     again.load_extra_state(m.extra_state(), str(tmp_path))

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from trainer_helpers import Interrupt, interrupted_then_resumed, run_dir_of, tiny_cfg  # noqa: F401
+from tiny_runs import interrupted_then_resumed, reid_config, run_dir_of
 
 from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
@@ -16,7 +16,7 @@ from reid_srdl.models.model_file import load_model_file
 
 @pytest.fixture(scope="module")
 def uninterrupted_srdl(tiny_market_root, tmp_path_factory):
-    cfg = tiny_cfg(tiny_market_root, tmp_path_factory.mktemp("uninterrupted"))
+    cfg = reid_config(tiny_market_root, tmp_path_factory.mktemp("uninterrupted"))
     trainer = Trainer(cfg, run_dir_of(cfg))
     trainer.fit()
     return trainer
@@ -27,7 +27,7 @@ def test_resumed_srdl_run_ends_with_the_same_weights(
     uninterrupted_srdl, tiny_market_root, tmp_path, monkeypatch, stop_after
 ):
     # 1: inside stage 1; 2: right after the stage boundary (logit bank + restart); 3: inside stage 2.
-    resumed = interrupted_then_resumed(tiny_cfg(tiny_market_root, tmp_path), stop_after, monkeypatch)
+    resumed = interrupted_then_resumed(reid_config(tiny_market_root, tmp_path), stop_after, monkeypatch)
     ref_state = uninterrupted_srdl.method.trainable.state_dict()
     for k, v in resumed.method.trainable.state_dict().items():
         assert torch.equal(v, ref_state[k]), k
@@ -38,7 +38,7 @@ def test_resumed_srdl_run_ends_with_the_same_weights(
 
 
 def test_run_directory_contents_and_metrics(tiny_market_root, tmp_path):
-    cfg = tiny_cfg(tiny_market_root, tmp_path, "train.epochs=2")
+    cfg = reid_config(tiny_market_root, tmp_path, "train.epochs=2")
     trainer = Trainer(cfg, run_dir_of(cfg))
     summary = trainer.fit()
     run = trainer.run_dir
@@ -80,7 +80,7 @@ def test_run_directory_contents_and_metrics(tiny_market_root, tmp_path):
 
 
 def test_nan_loss_stops_naming_epoch_and_batch_and_keeps_the_last_checkpoint(tiny_market_root, tmp_path, monkeypatch):
-    cfg = tiny_cfg(tiny_market_root, tmp_path, "method.name=vanilla", "train.epochs=3")
+    cfg = reid_config(tiny_market_root, tmp_path, "method.name=vanilla", "train.epochs=3")
     trainer = Trainer(cfg, run_dir_of(cfg))
     original = type(trainer.method).forward
     calls = {"n": 0}

@@ -11,8 +11,9 @@ import pickle
 import numpy as np
 import pytest
 import train as train_cli
+from tiny_runs import QUIET
 from trust_files_helpers import Py2Pickler, py2_cifar_batch
-from trust_helpers import QUIET, one_line
+from trust_helpers import one_line
 
 from reid_srdl.data.classification import DatasetFormatError, load_cifar10, read_cifar_batch
 

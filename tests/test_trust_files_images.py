@@ -14,8 +14,9 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_runs import save_tiny_model
 from trust_files_helpers import last_json_line, run_limited, write_png_bomb
-from trust_helpers import one_line, save_tiny_model
+from trust_helpers import one_line
 
 from reid_srdl.core import limits
 from reid_srdl.core.images import ImageRejected, check_image, decode_rgb

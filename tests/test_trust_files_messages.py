@@ -14,7 +14,8 @@ import export as export_cli
 import numpy as np
 import pytest
 import torch
-from trust_helpers import one_line, save_tiny_model
+from tiny_runs import save_tiny_model
+from trust_helpers import one_line
 
 from reid_srdl.core.archives import corrupt_member
 from reid_srdl.core.schema import JSON, Dict, Int, List, Str, check

@@ -15,8 +15,9 @@ import zipfile
 import convert_checkpoint as convert_cli
 import pytest
 import torch
+from tiny_runs import save_tiny_model
 from trust_files_helpers import last_json_line, run_limited
-from trust_helpers import one_line, save_tiny_model
+from trust_helpers import one_line
 
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import limits

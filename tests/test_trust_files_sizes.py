@@ -10,8 +10,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from tiny_runs import save_tiny_model
 from trust_files_helpers import last_json_line, npy_header, run_limited, write_deflate_bomb
-from trust_helpers import one_line, save_tiny_model
+from trust_helpers import one_line
 
 from reid_srdl.core import limits
 from reid_srdl.core.checkpoint import CheckpointError

@@ -11,7 +11,8 @@ import pytest
 import torch
 import train as train_cli
 import yaml
-from trust_helpers import market_split_dir, one_line, reid_train_args, save_tiny_model, tiny_market_copy
+from tiny_runs import save_tiny_model
+from trust_helpers import market_split_dir, one_line, reid_train_args, tiny_market_copy
 
 from reid_srdl.config import ConfigError, load_config
 from reid_srdl.data.indexed import ImageReadError

@@ -12,7 +12,8 @@ import eval_reid as eval_cli
 import numpy as np
 import pytest
 import yaml
-from trust_helpers import REPO, TOOLS, one_line, reid_train_args, save_tiny_model
+from tiny_runs import save_tiny_model
+from trust_helpers import REPO, TOOLS, one_line, reid_train_args
 
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.evaluation.io import save_features

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 import train as train_cli
+from tiny_runs import save_tiny_model
 from trust_helpers import (
     assert_refused,
     malicious_model_file,
     malicious_run_dir,
     one_line,
     reid_train_args,
-    save_tiny_model,
     write_malicious,
 )
 

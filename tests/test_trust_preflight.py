@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import train as train_cli
 from fixtures_data import write_market_tree
-from trust_helpers import market_split_dir, one_line, reid_train_args, save_tiny_model, tiny_market_copy
+from tiny_runs import save_tiny_model
+from trust_helpers import market_split_dir, one_line, reid_train_args, tiny_market_copy
 
 from reid_srdl.engine.preflight import count_valid_queries
 from reid_srdl.evaluation.metrics import evaluate_reid

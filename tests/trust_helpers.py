@@ -1,10 +1,11 @@
 """Shared helpers of the tests/test_trust_*.py files: malicious pickles, the one-line error
-check, tiny run folders and model files in the real on-disk formats."""
+check, damaged copies of the tiny data set; tiny runs and model files come from tiny_runs.py."""
 
 import os
 import shutil
 
 import torch
+from tiny_runs import reid_overrides
 
 from reid_srdl.core import checkpoint as ckpt
 
@@ -12,7 +13,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, "tools")
 
 CONVERT_COMMAND = "python tools/convert_checkpoint.py"
-QUIET = ["train.progress=false", "train.precision=fp32", "train.tensorboard=false", "eval.plot=false"]
 
 
 class MarkerPayload:
@@ -80,31 +80,7 @@ def market_split_dir(root: str, split: str) -> str:
 
 
 def reid_train_args(root, out, *extra):
-    """tools/train.py arguments of a tiny re-id run on ``root`` (64x32, a few batches)."""
-    return [
-        f"data.root={root}",
-        "data.synthetic=false",
-        "data.height=64",
-        "data.width=32",
-        "data.batch_size=8",
-        "data.test_batch_size=32",
-        "data.workers=0",
-        "model.feature_dim=32",
-        "train.epochs=2",
-        "train.max_batches=2",
-        f"train.output_dir={out}",
-        "method.name=vanilla",
-        "eval.multi_query=false",
-        *QUIET,
-        *extra,
-    ]
-
-
-def save_tiny_model(path, height=64, width=32, num_classes=4, seed=0) -> str:
-    """A real model file (small_reid, random weights) as tools/train.py writes final.pt."""
-    from reid_srdl.models import build_model
-
-    torch.manual_seed(seed)
-    net = build_model("small_reid", num_classes, feature_dim=16)
-    ckpt.save_model_file(net, str(path), task="reid", data="market1501", method="vanilla", height=height, width=width)
-    return str(path)
+    """tools/train.py arguments of the trust tests' tiny re-id run: vanilla, 2 epochs of 2
+    batches, single-query evaluation, a run folder the trainer names (tiny_runs.reid_overrides)."""
+    extra = ("method.name=vanilla", "eval.multi_query=false", *extra)
+    return reid_overrides(root, out, *extra, epochs=2, max_batches=2, run_name=None)
