@@ -50,8 +50,8 @@ from reid_srdl.core.precision import bf16_decision  # noqa: E402
 from reid_srdl.data import build_data  # noqa: E402
 from reid_srdl.data.synthetic import make_synthetic_market  # noqa: E402
 from reid_srdl.data.transforms import reid_test_transform  # noqa: E402
-from reid_srdl.evaluation.features import cpu_supports_bf16, embed_image_files, resolve_precision  # noqa: E402
 from reid_srdl.evaluation.metrics import evaluate_reid  # noqa: E402
+from reid_srdl.inference.features import cpu_supports_bf16, embed_image_files, resolve_precision  # noqa: E402
 from reid_srdl.models import build_model  # noqa: E402
 
 HEIGHT, WIDTH, BATCH = 256, 128, 32

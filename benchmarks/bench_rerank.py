@@ -44,7 +44,7 @@ def worker(which, nq, ng, d):
     else:
         from torchreid.reid.utils.rerank import re_ranking
 
-        from reid_srdl.evaluation.search import pairwise_squared_l2
+        from reid_srdl.index.exact import pairwise_squared_l2
 
         dist = lambda a, b: np.sqrt(pairwise_squared_l2(a, b))
         re_ranking(dist(q, g), dist(q, q), dist(g, g), 20, 6, 0.3)

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_record import metadata, result_path, write_json  # noqa: E402
 
-from reid_srdl.evaluation.search import IVFIndex, load_index, save_index  # noqa: E402
+from reid_srdl.index.ivf import IVFIndex, load_index, save_index  # noqa: E402
 
 
 def peak_rss_mb() -> float:

@@ -138,7 +138,7 @@ def evaluate_file(run_dir, model_file, tag):
     from reid_srdl.config import load_config
     from reid_srdl.data import build_data
     from reid_srdl.engine.evaluate import evaluate_model
-    from reid_srdl.evaluation.classification import evaluate_classifier
+    from reid_srdl.inference.classification import evaluate_classifier
     from reid_srdl.models.model_file import load_model_file
 
     cfg = load_config(os.path.join(run_dir, "config.yaml"))

@@ -246,7 +246,7 @@ class EvalConfig:
     rerank_k1: int = 20
     rerank_k2: int = 6
     rerank_lambda: float = 0.3
-    # Feature extraction (reid_srdl.evaluation.features.extract_features): fp32 (exact) |
+    # Feature extraction (reid_srdl.inference.features.extract_features): fp32 (exact) |
     # bf16 | fp16 (CUDA only) | auto (bf16 where the hardware runs it natively, else fp32).
     precision: str = "fp32"
     # Channels-last layout and BatchNorm folding (on a copy of the net): faster, same values.

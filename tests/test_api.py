@@ -12,8 +12,8 @@ from PIL import Image
 import reid_srdl
 import reid_srdl.api
 from reid_srdl.api import ReIDSearcher
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.precision import PrecisionError
-from reid_srdl.evaluation.metrics import EvaluationInputError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])

@@ -8,7 +8,7 @@ from method_helpers import spread_classifiers
 from torch.utils.data import DataLoader, TensorDataset
 
 from reid_srdl.core.checkpoint import save_model_file
-from reid_srdl.evaluation.features import extract_features
+from reid_srdl.inference.features import extract_features
 from reid_srdl.methods import METHODS
 from reid_srdl.methods.byot import BYOT
 from reid_srdl.methods.frskd import FRSKD

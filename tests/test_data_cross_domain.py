@@ -27,7 +27,7 @@ from tiny_runs import DUKE_COUNTS, VIPER_COUNTS
 from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.data.build import reid_split
 from reid_srdl.data.transforms import reid_test_transform
-from reid_srdl.evaluation.features import extract_features
+from reid_srdl.inference.features import extract_features
 from reid_srdl.models.model_file import load_model_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -25,7 +25,7 @@ from tiny_runs import free_port, reid_config, reid_overrides
 
 from reid_srdl.core import distributed as ddp
 from reid_srdl.engine.trainer import Trainer, build_optimizer
-from reid_srdl.evaluation.features import extract_features, sharded_feature_extractor
+from reid_srdl.inference.features import extract_features, sharded_feature_extractor
 from reid_srdl.methods.srdl import extract_logits, sharded_logits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.files import OutputBatch, atomic_path
 from reid_srdl.evaluation import colours
 from reid_srdl.evaluation.io import load_features, save_features
-from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery, evaluate_reid
+from reid_srdl.evaluation.metrics import MultiQuery, evaluate_reid
 from reid_srdl.evaluation.plots import plot_cmc, render_ranked_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -339,7 +340,7 @@ def tiny_model_file(tmp_path_factory):
 def test_checkpoint_mode_extracts_evaluates_and_saves_features(tiny_market_root, tiny_model_file, tmp_path, capsys):
     from reid_srdl.config import DataConfig
     from reid_srdl.data import build_data
-    from reid_srdl.evaluation.features import extract_features
+    from reid_srdl.inference.features import extract_features
 
     path, model = tiny_model_file
     feats_dir, out = tmp_path / "feats", tmp_path / "mq.json"
@@ -413,7 +414,7 @@ def test_checkpoint_mode_errors(tiny_market_root, tiny_model_file, tmp_path, cap
 
 
 def test_checkpoint_mode_passes_the_fast_extraction_options(tiny_market_root, tiny_model_file, tmp_path, monkeypatch):
-    import reid_srdl.evaluation.features as features
+    import reid_srdl.inference.features as features
 
     seen = []
     original = features.extract_features

@@ -16,7 +16,6 @@ import pytest
 from test_eval_metrics import official_market_oracle
 
 import reid_srdl.evaluation.metrics as metrics
-from reid_srdl.evaluation.distances import gemm_rows, pairwise_squared_l2
 from reid_srdl.evaluation.match_ranks import (
     ProtocolIds,
     TrueMatchRanker,
@@ -27,6 +26,7 @@ from reid_srdl.evaluation.match_ranks import (
 )
 from reid_srdl.evaluation.metrics import evaluate_reid, ranked_gallery
 from reid_srdl.evaluation.streaming import evaluate_distances
+from reid_srdl.index.distances import gemm_rows, pairwise_squared_l2
 
 
 # ----------------------------------------------------------------------------- data and oracles

@@ -12,10 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from reid_srdl.evaluation.classification import evaluate_classifier, topk_accuracy
-from reid_srdl.evaluation.features import extract_features
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.evaluation.metrics import (
-    EvaluationInputError,
     MultiQuery,
     ReIDResult,
     average_precision,
@@ -23,6 +21,8 @@ from reid_srdl.evaluation.metrics import (
     pool_multi_query,
     positive_ranks,
 )
+from reid_srdl.inference.classification import evaluate_classifier, topk_accuracy
+from reid_srdl.inference.features import extract_features
 
 
 def col(*xs):

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from reid_srdl.evaluation import exact_index as search
-from reid_srdl.evaluation.exact_index import ExactL2Index, _search_overfetch, pairwise_squared_l2
-from reid_srdl.evaluation.metrics import EvaluationInputError, ranked_gallery
+from reid_srdl.core.arrays import EvaluationInputError
+from reid_srdl.evaluation.metrics import ranked_gallery
+from reid_srdl.index import exact as search
+from reid_srdl.index.exact import ExactL2Index, _search_overfetch, pairwise_squared_l2
 
 
 def brute_force_knn(xq, xb, k, exclude=None):
@@ -109,14 +110,6 @@ def test_metrics_import_and_run_without_faiss():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1.0", "1.0"]  # both queries: nearest other-camera item is theirs
-
-
-def test_compatibility_module_reexports_the_split_modules():
-    from reid_srdl.evaluation import exact_index, ivf_index
-    from reid_srdl.evaluation import search as compat
-
-    assert compat.ExactL2Index is exact_index.ExactL2Index and compat.IVFIndex is ivf_index.IVFIndex
-    assert compat.load_index is ivf_index.load_index and compat.pairwise_squared_l2 is exact_index.pairwise_squared_l2
 
 
 # ----------------------------------------------------------------------------- ranked lists

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from reid_srdl.core.precision import PrecisionError
-from reid_srdl.evaluation.features import (
+from reid_srdl.evaluation.metrics import evaluate_reid
+from reid_srdl.inference.features import (
     UnreadableImageError,
     cpu_supports_bf16,
     embed_image_files,
     extract_features,
     resolve_precision,
 )
-from reid_srdl.evaluation.metrics import evaluate_reid
 from reid_srdl.models import build_model
 from reid_srdl.models.fold import fold_batchnorm
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from reid_srdl.core import precision as prec
 from reid_srdl.data.transforms import reid_test_transform
-from reid_srdl.evaluation.features import (
+from reid_srdl.inference.features import (
     UnreadableImageError,
     decoded_batches,
     embed_image_files,
@@ -102,7 +102,7 @@ def test_auto_precision_says_what_it_chose_and_why(monkeypatch, caplog, native, 
 
 
 def test_embedder_folds_its_network_once(tmp_path, monkeypatch):
-    import reid_srdl.evaluation.features as features
+    import reid_srdl.inference.features as features
 
     paths = write_images(tmp_path, 6, seed=2)
     torch.manual_seed(0)

@@ -5,8 +5,9 @@ import doctest
 import numpy as np
 import pytest
 
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.evaluation import open_set
-from reid_srdl.evaluation.metrics import EvaluationInputError, evaluate_reid
+from reid_srdl.evaluation.metrics import evaluate_reid
 from reid_srdl.evaluation.open_set import (
     evaluate_open_set,
     open_set_scores,

@@ -6,7 +6,8 @@ import pytest
 from torchreid.reid.utils.rerank import re_ranking
 
 from reid_srdl.config import load_config
-from reid_srdl.evaluation.metrics import EvaluationInputError, evaluate_reid
+from reid_srdl.core.arrays import EvaluationInputError
+from reid_srdl.evaluation.metrics import evaluate_reid
 from reid_srdl.evaluation.rerank import k_reciprocal_distances
 from reid_srdl.evaluation.streaming import evaluate_distances
 

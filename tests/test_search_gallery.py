@@ -13,8 +13,9 @@ import torch.nn as nn
 from PIL import Image
 
 from reid_srdl.api import ReIDSearcher
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.evaluation.io import load_features
-from reid_srdl.evaluation.metrics import EvaluationInputError, ranked_gallery
+from reid_srdl.evaluation.metrics import ranked_gallery
 from reid_srdl.evaluation.open_set import evaluate_open_set
 from reid_srdl.search.fingerprint import model_fingerprint, state_dict_sha256
 from reid_srdl.search.gallery import GalleryMismatchError

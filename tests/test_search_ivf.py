@@ -5,7 +5,9 @@ import faiss
 import numpy as np
 import pytest
 
-from reid_srdl.evaluation.search import ExactL2Index, IVFIndex, SearchIndexError, load_index, save_index
+from reid_srdl.index.checks import SearchIndexError
+from reid_srdl.index.exact import ExactL2Index
+from reid_srdl.index.ivf import IVFIndex, load_index, save_index
 
 
 def clustered(n, d=32, clusters=50, seed=0):

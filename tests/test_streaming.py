@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from reid_srdl.evaluation.metrics import EvaluationInputError, evaluate_reid
-from reid_srdl.evaluation.search import pairwise_squared_l2
+from reid_srdl.core.arrays import EvaluationInputError
+from reid_srdl.evaluation.metrics import evaluate_reid
 from reid_srdl.evaluation.streaming import evaluate_distances, evaluate_reid_streaming
+from reid_srdl.index.exact import pairwise_squared_l2
 
 
 def case(seed=1, nq=60, ng=2000, d=32):

@@ -10,8 +10,8 @@ import pytest
 import search as search_cli
 from trust_helpers import one_line
 
+from reid_srdl.core.arrays import EvaluationInputError, check_ids
 from reid_srdl.data.market1501 import parse_market_name
-from reid_srdl.evaluation.metrics import EvaluationInputError, check_ids
 from reid_srdl.search.calibration import Calibration
 from reid_srdl.search.gallery import per_query_ids
 from reid_srdl.search.labels import LabelError, parse_camera

@@ -18,10 +18,10 @@ from tiny_runs import save_tiny_model
 from trust_helpers import one_line
 
 from reid_srdl.core.archives import corrupt_member
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.schema import JSON, Dict, Int, List, Str, check
 from reid_srdl.core.torch_files import UnreadableFileError, load_torch_file
 from reid_srdl.evaluation.io import load_features
-from reid_srdl.evaluation.metrics import EvaluationInputError
 from reid_srdl.models.model_file import load_model_file
 
 pytestmark = pytest.mark.usefixtures("single_thread")

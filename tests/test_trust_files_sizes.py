@@ -15,12 +15,12 @@ from trust_files_helpers import last_json_line, npy_header, run_limited, write_d
 from trust_helpers import one_line
 
 from reid_srdl.core import limits
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.checkpoint import CheckpointError
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.limits import LimitExceededError, human_bytes
 from reid_srdl.core.schema import SchemaError
 from reid_srdl.evaluation.io import load_features, save_features
-from reid_srdl.evaluation.metrics import EvaluationInputError
 from reid_srdl.models.model_file import load_model_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

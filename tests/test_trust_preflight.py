@@ -92,7 +92,7 @@ def test_eval_checkpoint_mode_checks_images_before_extracting(tiny_market_root, 
     def no_extraction(*a, **k):
         raise AssertionError("features were extracted before the images were checked")
 
-    monkeypatch.setattr("reid_srdl.evaluation.features.extract_features", no_extraction)
+    monkeypatch.setattr("reid_srdl.inference.features.extract_features", no_extraction)
     assert eval_cli.main(["--checkpoint", model, "--data-root", root, "--json", str(tmp_path / "r.json")]) == 2
     line = one_line(capsys.readouterr().err)
     assert f"cannot read image '{bad}'" in line and not (tmp_path / "r.json").exists()

@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from reid_srdl.config import int_arg  # noqa: E402
+from reid_srdl.core.arrays import EvaluationInputError  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 from reid_srdl.core.files import OutputBatch, OutputPathError, check_output_dir, check_output_file, write_json_atomic  # noqa: E402  # noqa: E402
 from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
@@ -47,7 +48,6 @@ from reid_srdl.evaluation.metrics import (  # noqa: E402
     AP_METHODS,
     POOLS,
     REPORTED_RANKS,
-    EvaluationInputError,
     MultiQuery,
     ReIDResult,
     format_results_table,
@@ -272,7 +272,7 @@ def load_checkpoint(args: argparse.Namespace):
 
 
 def _features(model, loader, device, args) -> np.ndarray:
-    from reid_srdl.evaluation.features import extract_features
+    from reid_srdl.inference.features import extract_features
 
     return extract_features(
         model, loader, device, flip=args.flip, normalize=args.normalize, fast=args.fast, precision=args.precision

@@ -13,11 +13,12 @@ import os
 from typing import Dict, List
 
 from reid_srdl.config import SOURCE_SEPARATOR
-from reid_srdl.evaluation.classification import evaluate_classifier
-from reid_srdl.evaluation.features import extract_features
-from reid_srdl.evaluation.metrics import EvaluationInputError, MultiQuery
+from reid_srdl.core.arrays import EvaluationInputError
+from reid_srdl.evaluation.metrics import MultiQuery
 from reid_srdl.evaluation.plots import plot_cmc
 from reid_srdl.evaluation.ranking import Rerank, evaluate_ranking
+from reid_srdl.inference.classification import evaluate_classifier
+from reid_srdl.inference.features import extract_features
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from reid_srdl.engine.assembly import Run
 from reid_srdl.engine.evaluate import evaluate_targets, results_table
 from reid_srdl.engine.flops import parameter_count
 from reid_srdl.engine.logger import read_epoch_records
-from reid_srdl.evaluation.features import sharded_feature_extractor
+from reid_srdl.inference.features import sharded_feature_extractor
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"

@@ -1,18 +1,15 @@
-"""Re-id and classification evaluation.
+"""Re-id evaluation: numpy arrays of features and ids in, numbers and pictures out.
 
 metrics         CMC / mAP / mINP (single- and multi-query), numpy in, numbers out
 match_ranks     the ranks of every true match of a block of distance rows (vectorised, exact)
 open_set        open-set decisions: genuine/impostor distances, threshold at a FAR, TAR/DIR@FAR
-distances       squared L2 distance blocks (numpy, no faiss)
-exact_index     exact k-NN (faiss IndexFlatL2, GPU when present); ivf_index: IVF-Flat/IVF-PQ
-search          compatibility re-exports of exact_index and ivf_index
-io              .npz feature files and atomic output files
-plots           CMC curve and ranked-list pictures
-features        embedding extraction from a network (torch)
-classification  top-k accuracy (torch)
+ranking         evaluation of a query/gallery split (plain, multi-query, re-ranked)
+rerank          k-reciprocal re-ranking; streaming: metrics from precomputed distance rows
+stats           confidence intervals; io: .npz feature files; plots, colours: pictures
 
-Names are imported lazily so that numpy-only users (tools/eval_reid.py on feature files)
-do not pay for importing torch.
+Distances and nearest-neighbour indexes are in :mod:`reid_srdl.index`, feature extraction
+from a network (torch) in :mod:`reid_srdl.inference`.  Names are imported lazily so that
+importing one module does not import the others.
 """
 
 import importlib
@@ -26,8 +23,6 @@ _EXPORTS = {
     "ranked_gallery": "metrics",
     "average_precision": "metrics",
     "format_results_table": "metrics",
-    "ExactL2Index": "exact_index",
-    "pairwise_squared_l2": "exact_index",
     "OpenSetResult": "open_set",
     "evaluate_open_set": "open_set",
     "threshold_at_far": "open_set",
@@ -36,9 +31,6 @@ _EXPORTS = {
     "load_features": "io",
     "plot_cmc": "plots",
     "save_ranked_list": "plots",
-    "extract_features": "features",
-    "topk_accuracy": "classification",
-    "evaluate_classifier": "classification",
 }
 
 __all__ = sorted(_EXPORTS)

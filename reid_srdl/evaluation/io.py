@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from reid_srdl.core.archives import check_member_sizes
+from reid_srdl.core.arrays import EvaluationInputError, check_features, check_ids
 from reid_srdl.core.files import atomic_path
 from reid_srdl.core.limits import human_bytes
-from reid_srdl.evaluation.metrics import EvaluationInputError, check_features, check_ids
 
 FEATURE_KEYS = ("features", "pids", "camids")
 OPTIONAL_KEYS = ("paths",)

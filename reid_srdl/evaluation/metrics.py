@@ -25,10 +25,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from reid_srdl.core.errors import ReidSrdlError
-
-# numpy only (no faiss): the metrics import on a machine without faiss.
-from reid_srdl.evaluation.distances import finish_squared_l2, gemm_rows, pairwise_squared_l2, squared_norms
+from reid_srdl.core.arrays import EvaluationInputError, check_features, check_ids, positive_int
 from reid_srdl.evaluation.match_ranks import (
     JUNK_PID,  # noqa: F401  (the protocol's junk pid, imported from here by open_set and users)
     DistanceOverflowError,
@@ -42,6 +39,9 @@ from reid_srdl.evaluation.match_ranks import (
     true_match_ranks,
 )
 
+# numpy only (no faiss): the metrics import on a machine without faiss.
+from reid_srdl.index.distances import finish_squared_l2, gemm_rows, pairwise_squared_l2, squared_norms
+
 DISTRACTOR_PID = 0
 REPORTED_RANKS = (1, 5, 10, 20)
 AP_METHODS = ("torchreid", "official")
@@ -53,59 +53,7 @@ _RANK_ELEMENTS = 1 << 21
 _OVERFLOW = "squared distances overflow float32; the features are too large (scale them down)"
 
 
-class EvaluationInputError(ReidSrdlError, ValueError):
-    """Features, identities or options handed to the evaluation are not what it expects."""
-
-
 # ------------------------------------------------------------------------- input checks
-def check_features(x, what: str) -> np.ndarray:
-    """``x`` as a non-empty, finite float32 ``(N, D)`` array; ``what`` names it in errors."""
-    try:
-        arr = np.asarray(x)
-    except Exception as e:  # ragged lists and the like
-        raise EvaluationInputError(f"{what}: cannot be read as an N x D array ({e})") from None
-    if arr.ndim != 2:
-        raise EvaluationInputError(f"{what}: expected a 2-D array (N x D), got shape {arr.shape}")
-    if arr.shape[0] == 0:
-        raise EvaluationInputError(f"{what}: is empty (0 rows); expected at least one feature")
-    if arr.shape[1] == 0:
-        raise EvaluationInputError(f"{what}: features have 0 dimensions")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise EvaluationInputError(f"{what}: expected numbers, got dtype {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        raise EvaluationInputError(f"{what}: contains NaN or inf ({int((~finite).sum())} values; first in row {row})")
-    return arr
-
-
-INT64 = np.iinfo(np.int64)
-
-
-def check_ids(x, n: int, what: str) -> np.ndarray:
-    """``x`` as an int64 vector of length ``n`` (person ids or camera ids)."""
-    arr = np.asarray(x)
-    if arr.ndim != 1:
-        raise EvaluationInputError(f"{what}: expected a 1-D array of {n} integers, got shape {arr.shape}")
-    if len(arr) != n:
-        raise EvaluationInputError(f"{what}: has {len(arr)} entries but there are {n} features")
-    if np.issubdtype(arr.dtype, np.integer) or (
-        np.issubdtype(arr.dtype, np.floating) and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))
-    ):
-        # Ids are kept as int64: a larger one (uint64, a float such as 1e19) would wrap around
-        # and could even turn into -1, the junk id.  Floats past 2**53 are not exact integers.
-        low, high = (-(2**53), 2**53) if np.issubdtype(arr.dtype, np.floating) else (INT64.min, INT64.max)
-        outside = (arr < low) | (arr > high) if arr.size else np.zeros(0, dtype=bool)
-        if outside.any():
-            row = int(np.flatnonzero(outside)[0])
-            raise EvaluationInputError(
-                f"{what}: id {arr[row].item()!r} (entry {row}) is outside the range ids are stored in ({low}..{high})"
-            )
-        return arr.astype(np.int64)
-    raise EvaluationInputError(f"{what}: expected integers, got dtype {arr.dtype}")
-
-
 def _check_choice(value: str, choices, what: str) -> str:
     if value not in choices:
         raise EvaluationInputError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
@@ -273,9 +221,7 @@ def ranking_threads(threads: Optional[int] = None) -> int:
         except AttributeError:  # not Linux
             cores = os.cpu_count() or 1
         return max(1, min(4, cores))
-    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-        raise EvaluationInputError(f"threads must be a positive integer; got {threads!r}")
-    return int(threads)
+    return positive_int(threads, "threads")
 
 
 def true_match_scores(
@@ -449,8 +395,7 @@ def evaluate_reid(
         EvaluationInputError: bad shapes, NaN/inf, empty sets, unknown options, or no query
             with a true match in the gallery.
     """
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise EvaluationInputError(f"max_rank must be a positive integer; got {max_rank!r}")
+    positive_int(max_rank, "max_rank")
     _check_choice(ap, AP_METHODS, "ap")
     q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
     if multi_query is not None:
@@ -470,8 +415,7 @@ def ranked_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, k: int 
     (L2 distance, index), padded with -1 / inf when fewer than ``k`` items remain.
     A partial selection per block of queries (:func:`top_k_rows`), no full sort.
     """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise EvaluationInputError(f"k must be a positive integer; got {k!r}")
+    k = positive_int(k, "k")
     q, g, q_pids, g_pids, q_camids, g_camids = check_query_gallery(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
     ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
     indices = np.full((len(q), k), -1, dtype=np.int64)

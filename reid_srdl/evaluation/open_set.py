@@ -42,8 +42,9 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from reid_srdl.evaluation.distances import distance_blocks
-from reid_srdl.evaluation.metrics import JUNK_PID, EvaluationInputError, check_query_gallery
+from reid_srdl.core.arrays import EvaluationInputError
+from reid_srdl.evaluation.metrics import JUNK_PID, check_query_gallery
+from reid_srdl.index.distances import distance_blocks
 
 REPORTED_FARS = (0.01, 0.05, 0.10)
 REFERENCE = "Liao et al., Open-set Person Re-identification, arXiv:1408.0872 (2014)"

@@ -11,9 +11,9 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.files import write_bytes_atomic
 from reid_srdl.evaluation import colours
-from reid_srdl.evaluation.metrics import EvaluationInputError
 
 # BGR colours for OpenCV; what they mean is in reid_srdl.evaluation.colours (the search page
 # and the HTML report use the same ones).

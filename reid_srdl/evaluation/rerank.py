@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 
-from reid_srdl.evaluation.metrics import EvaluationInputError, check_features
-from reid_srdl.evaluation.search import ExactL2Index, pairwise_squared_l2, squared_norms
+from reid_srdl.core.arrays import EvaluationInputError, check_features, positive_int
+from reid_srdl.index.exact import ExactL2Index, pairwise_squared_l2, squared_norms
 
 # Rows of distances per block (x N columns, float32): ~256 MB at most.
 _BLOCK_ELEMENTS = 1 << 26
@@ -105,8 +105,7 @@ def k_reciprocal_distances(
     paper's defaults ``k1=20, k2=6, lambda=0.3``.  Rank the gallery by it like any distance.
     """
     for name, value in (("k1", k1), ("k2", k2)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise EvaluationInputError(f"re-ranking {name} must be a positive integer; got {value!r}")
+        positive_int(value, f"re-ranking {name}")
     if not 0.0 <= float(lambda_value) <= 1.0:
         raise EvaluationInputError(f"re-ranking lambda must be in [0, 1]; got {lambda_value!r}")
     q = check_features(q_feats, "query features")

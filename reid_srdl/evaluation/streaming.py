@@ -20,6 +20,7 @@ from typing import Optional
 
 import numpy as np
 
+from reid_srdl.core.arrays import EvaluationInputError, check_features, check_ids, positive_int
 from reid_srdl.evaluation.match_ranks import (
     JUNK_PID,
     DistanceOverflowError,
@@ -28,24 +29,15 @@ from reid_srdl.evaluation.match_ranks import (
     query_scores,
     true_match_ranks,
 )
-from reid_srdl.evaluation.metrics import (
-    AP_METHODS,
-    EvaluationInputError,
-    ReIDResult,
-    _check_choice,
-    check_features,
-    check_ids,
-    summarise,
-)
-from reid_srdl.evaluation.search import pairwise_squared_l2, squared_norms
+from reid_srdl.evaluation.metrics import AP_METHODS, ReIDResult, _check_choice, summarise
+from reid_srdl.index.exact import pairwise_squared_l2, squared_norms
 
 DEFAULT_SHARD_ROWS = 1 << 18  # 262,144 gallery rows: 512 MB of float32 at d=512
 _BLOCK_ELEMENTS = 1 << 25  # query rows x shard rows per distance block (128 MB)
 
 
 def _check_max_rank(max_rank) -> None:
-    if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
-        raise EvaluationInputError(f"max_rank must be a positive integer; got {max_rank!r}")
+    positive_int(max_rank, "max_rank")
 
 
 # --------------------------------------------------------------------------- distances given

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from reid_srdl.core import schema as sc
-from reid_srdl.evaluation.metrics import EvaluationInputError
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.evaluation.open_set import REFERENCE, open_set_scores, operating_point, threshold_at_far
 
 DEFAULT_FAR = 0.01

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from reid_srdl.evaluation.metrics import EvaluationInputError
+from reid_srdl.core.arrays import EvaluationInputError
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 256, 128
 DEFAULT_TRANSFORM = "reid_test_transform"
@@ -72,9 +72,9 @@ class Embedder:
     network (then its training image size is the default ``height``/``width``, else 256 x 128;
     a TorchScript file loads only under a ``.ts`` name or with ``trust_torchscript=True``).
     ``transform`` defaults to ``reid_test_transform(height, width)``; ``flip``, ``normalize``,
-    ``fast`` and ``precision`` are those of :func:`reid_srdl.evaluation.features.extract_features`.
+    ``fast`` and ``precision`` are those of :func:`reid_srdl.inference.features.extract_features`.
     With the default transform, files are decoded and resized by threads of this process and
-    normalised a batch at a time (:func:`~reid_srdl.evaluation.features.decoded_batches`: the
+    normalised a batch at a time (:func:`~reid_srdl.inference.features.decoded_batches`: the
     same values); ``workers`` (DataLoader processes) applies to a custom ``transform``.
     """
 
@@ -95,7 +95,7 @@ class Embedder:
         trust_torchscript: bool = False,
     ):
         from reid_srdl.core import limits
-        from reid_srdl.evaluation.features import resolve_precision
+        from reid_srdl.inference.features import resolve_precision
         from reid_srdl.search.fingerprint import model_fingerprint
 
         self.model, meta = resolve_model(model, trust_torchscript=trust_torchscript)
@@ -158,7 +158,7 @@ class Embedder:
         if not self.options["fast"] or not hasattr(self.model, "modules"):
             return None
         if self._prepared is None:
-            from reid_srdl.evaluation.features import evaluation_mode, inference_copy
+            from reid_srdl.inference.features import evaluation_mode, inference_copy
 
             with evaluation_mode(self.model):  # folding reads eval-mode BatchNorm statistics
                 self._prepared = inference_copy(self.model, fold_bn=True, channels_last=True)
@@ -180,7 +180,7 @@ class Embedder:
         """``(features (N, D), kept)``: features of the readable files and their positions in
         ``paths``.  An unreadable file is an error naming it, unless ``skip_unreadable`` (then
         it is reported on stderr and left out)."""
-        from reid_srdl.evaluation.features import embed_image_files
+        from reid_srdl.inference.features import embed_image_files
 
         o = self.options
         standard = o["transform"] is None  # reid_test_transform: batched tensors, decoded by threads
@@ -200,7 +200,7 @@ class Embedder:
         ``batch_size``."""
         import torch
 
-        from reid_srdl.evaluation.features import extract_features
+        from reid_srdl.inference.features import extract_features
 
         if not images:
             raise EvaluationInputError("no image given")

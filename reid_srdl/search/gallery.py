@@ -19,7 +19,7 @@ from typing import Tuple
 
 import numpy as np
 
-from reid_srdl.evaluation.metrics import INT64, EvaluationInputError, check_ids
+from reid_srdl.core.arrays import INT64, EvaluationInputError, check_ids
 from reid_srdl.search.labels import LabelError, parse_camera
 from reid_srdl.search.stores.npz_store import GALLERY_FORMAT, camera_name, camid_of  # noqa: F401
 

@@ -9,7 +9,7 @@ a gallery that records no model, unless ``allow_mismatch``.
 
 from typing import Any, Dict, Optional
 
-from reid_srdl.evaluation.metrics import EvaluationInputError
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.search.embedder import FEATURE_SETTINGS, Embedder, check_option_names
 from reid_srdl.search.fingerprint import describe_model, same_model
 from reid_srdl.search.gallery import GalleryMismatchError

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from reid_srdl.evaluation.metrics import EvaluationInputError, check_features, check_ids
+from reid_srdl.core.arrays import EvaluationInputError, check_features, check_ids, positive_int
 from reid_srdl.search.gallery import UNKNOWN, camera_name, per_query_ids, per_query_pairs
 from reid_srdl.search.stores import records
 from reid_srdl.search.stores.base import SearchFilter
@@ -74,9 +74,7 @@ def check_dim(got: int, dim: int, meta: dict) -> None:
 
 
 def check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise EvaluationInputError(f"k must be a positive integer; got {k!r}")
-    return int(k)
+    return positive_int(k, "k")
 
 
 def check_max_distance(max_distance) -> Optional[float]:

@@ -7,7 +7,7 @@ gallery), :mod:`.request` (arguments -> features and filters), :mod:`.results` a
 import os
 from typing import List, Optional, Sequence
 
-from reid_srdl.evaluation.metrics import EvaluationInputError, check_ids
+from reid_srdl.core.arrays import EvaluationInputError, check_ids
 from reid_srdl.search import calibration as cal
 from reid_srdl.search import provenance, request
 from reid_srdl.search.build import embed_into, open_gallery

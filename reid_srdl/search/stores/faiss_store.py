@@ -338,7 +338,7 @@ class FaissStore(GalleryStore):
         expected = {"centroids": ("<f4", 2)}
         if m["index"]["kind"] == "ivf_pq":
             expected["pq_centroids"] = ("<f4", 1)
-        from reid_srdl.evaluation.ivf_index import SearchIndexError
+        from reid_srdl.index.checks import SearchIndexError
 
         try:
             table.load_trained(read_npz(path, expected))

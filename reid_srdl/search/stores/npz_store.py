@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from reid_srdl.evaluation.metrics import check_features, check_ids
+from reid_srdl.core.arrays import check_features, check_ids
 from reid_srdl.search.stores import records
 from reid_srdl.search.stores.base import DeleteRequest, GalleryItem, GalleryStore, StoreError, StoreHits
 from reid_srdl.search.stores.npyfiles import read_npz, remove_stale_temps, write_durable

@@ -3,8 +3,8 @@
 :class:`ItemTable` holds what one process knows of a gallery: one row per item ever added
 (deleted rows stay, marked dead, so row numbers never move), the metadata as numpy columns,
 an id -> row map of the live rows, and the vectors in a faiss index -- exact
-(:class:`~reid_srdl.evaluation.exact_index.ExactL2Index`) or, once trained, IVF / IVF-PQ
-(:class:`~reid_srdl.evaluation.ivf_index.IVFIndex`).  Appends cost O(batch) (columns grow
+(:class:`~reid_srdl.index.exact.ExactL2Index`) or, once trained, IVF / IVF-PQ
+(:class:`~reid_srdl.index.ivf.IVFIndex`).  Appends cost O(batch) (columns grow
 by doubling).  The folder store (:mod:`.faiss_store`) and the ``.npz`` store
 (:mod:`.npz_store`) keep their rows here.
 
@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from reid_srdl.evaluation.exact_index import ExactL2Index
+from reid_srdl.index.exact import ExactL2Index
 from reid_srdl.search.stores.base import DeleteRequest, GalleryItem, SearchFilter, StoreError, StoreHits
 
 # Extra exact candidates per query: re-ranking them in float64 settles float32 near-ties.
@@ -225,7 +225,7 @@ class ItemTable:
             return state
 
     def _new_ivf(self):
-        from reid_srdl.evaluation.ivf_index import IVFIndex
+        from reid_srdl.index.ivf import IVFIndex
 
         s = self.spec
         kw = {"pq_m": s["pq_m"], "pq_nbits": s["pq_nbits"]} if s["kind"] == "ivf_pq" else {}

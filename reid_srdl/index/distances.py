@@ -4,12 +4,14 @@
 faiss and torchreid use).  On CPU this is also the fastest path we measured: faiss-cpu's
 bundled BLAS was 4-8x slower than numpy's OpenBLAS for the dense query x gallery block on
 the 2-core benchmark machine (docs/evaluation.md).  The GPU variant lives in
-:mod:`reid_srdl.evaluation.exact_index` (faiss), which falls back to this one on CPU.
+:mod:`reid_srdl.index.exact` (faiss), which falls back to this one on CPU.
 """
 
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
+
+from reid_srdl.core.arrays import EvaluationInputError
 
 # Distance rows per block: ~256 MB of float32 whatever the gallery size.
 BLOCK_ELEMENTS = 1 << 26
@@ -71,8 +73,6 @@ def block_rows(num_gallery: int, chunk_size: Optional[int] = None) -> int:
     """Query rows per distance block: ``chunk_size`` if given, else ~256 MB of float32."""
     if chunk_size is not None:
         if int(chunk_size) < 1:
-            from reid_srdl.evaluation.metrics import EvaluationInputError
-
             raise EvaluationInputError(f"chunk_size must be >= 1; got {chunk_size}")
         return int(chunk_size)
     return max(1, BLOCK_ELEMENTS // max(1, num_gallery))

@@ -24,9 +24,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.distributed import sharded_map
 from reid_srdl.core.precision import PRECISIONS, autocast_for, cpu_supports_bf16, resolve_precision  # noqa: F401
-from reid_srdl.evaluation.metrics import EvaluationInputError
 
 log = logging.getLogger(__name__)
 

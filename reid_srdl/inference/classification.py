@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from reid_srdl.evaluation.features import batch_images, check_model_device, evaluation_mode
-from reid_srdl.evaluation.metrics import EvaluationInputError
+from reid_srdl.core.arrays import EvaluationInputError
+from reid_srdl.inference.features import batch_images, check_model_device, evaluation_mode
 
 
 def _check_logits_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:

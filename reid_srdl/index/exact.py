@@ -2,14 +2,14 @@
 
 * :func:`pairwise_squared_l2` -- the full query x gallery block of squared L2 distances.  On a
   GPU machine it runs on faiss' GPU kernels; on CPU it is the numpy GEMM of
-  :mod:`reid_srdl.evaluation.distances` (faster there than faiss-cpu's bundled BLAS).
+  :mod:`reid_srdl.index.distances` (faster there than faiss-cpu's bundled BLAS).
 * :class:`ExactL2Index` -- k-nearest-neighbour search (``faiss.IndexFlatL2``, moved onto all
   GPUs when ``faiss.get_num_gpus() > 0``), with per-query exclusion of gallery items.
 
 Conventions: inputs are float32 C-contiguous ``(N, D)`` arrays; faiss returns squared L2
 distances and ``(D, I)`` pairs with ``I == -1`` where fewer than ``k`` items were found.
 Ties are broken by the smaller gallery index (faiss' heaps compare ids on equal distances).
-The approximate (IVF) indexes are in :mod:`reid_srdl.evaluation.ivf_index`.
+The approximate (IVF) indexes are in :mod:`reid_srdl.index.ivf`.
 """
 
 from typing import Optional, Tuple
@@ -17,8 +17,9 @@ from typing import Optional, Tuple
 import faiss
 import numpy as np
 
-from reid_srdl.evaluation import distances
-from reid_srdl.evaluation.distances import as_float32_matrix, squared_norms
+from reid_srdl.index import distances
+from reid_srdl.index.checks import check_k, check_queries
+from reid_srdl.index.distances import as_float32_matrix, squared_norms
 
 __all__ = ["use_gpu", "as_float32_matrix", "squared_norms", "pairwise_squared_l2", "ExactL2Index"]
 
@@ -41,7 +42,7 @@ def _gpu_resources():
 
 def pairwise_squared_l2(xq: np.ndarray, xb: np.ndarray, xb_sqnorms: Optional[np.ndarray] = None) -> np.ndarray:
     """Squared L2 distances ``(len(xq), len(xb))`` float32, clamped at 0: faiss' GPU kernels
-    when a GPU is visible, else :func:`reid_srdl.evaluation.distances.pairwise_squared_l2`."""
+    when a GPU is visible, else :func:`reid_srdl.index.distances.pairwise_squared_l2`."""
     if not use_gpu():
         return distances.pairwise_squared_l2(xq, xb, xb_sqnorms)
     xq, xb = as_float32_matrix(xq), as_float32_matrix(xb)
@@ -93,8 +94,7 @@ class ExactL2Index:
         ``exclude``: optional boolean mask over the stored vectors; those are never returned.
         One mask for all queries in ``xq`` (group queries that share a mask).
         """
-        xq = as_float32_matrix(xq)
-        k = int(k)
+        xq, k = check_queries(xq, self.dim), check_k(k)
         if exclude is None or not exclude.any():
             return self._searcher().search(xq, k)
         if use_gpu():

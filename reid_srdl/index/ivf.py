@@ -3,7 +3,7 @@
 The deployment side, never the reported metrics: :class:`IVFIndex`, FAISS IVF-Flat or IVF-PQ
 trained on the gallery itself, sharded across all GPUs when present, saved atomically with
 :func:`save_index` and memory-mapped by :func:`load_index`, which refuses a file of another
-dimension or metric.  Same conventions as :mod:`reid_srdl.evaluation.exact_index`.
+dimension or metric.  Same conventions as :mod:`reid_srdl.index.exact`.
 """
 
 import os
@@ -12,15 +12,11 @@ from typing import Dict, Optional, Tuple, Union
 import faiss
 import numpy as np
 
-from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
-from reid_srdl.evaluation.exact_index import ExactL2Index, as_float32_matrix, use_gpu
+from reid_srdl.index.checks import SearchIndexError, check_k, check_queries
+from reid_srdl.index.exact import ExactL2Index, _search_overfetch, as_float32_matrix, use_gpu
 
 IVF_KINDS = ("ivf_flat", "ivf_pq")
-
-
-class SearchIndexError(ReidSrdlError, ValueError):
-    """An index file or index option does not fit what the caller expects."""
 
 
 class IVFIndex:
@@ -121,23 +117,19 @@ class IVFIndex:
         ``exclude``: optional boolean mask over the stored vectors, never returned (an ID
         selector on the CPU; on GPUs, over-fetching as :class:`ExactL2Index` does).
         """
-        xq = as_float32_matrix(xq)
-        if xq.ndim != 2 or xq.shape[1] != self.dim:
-            raise SearchIndexError(f"queries must be (N, {self.dim}); got shape {xq.shape}")
+        xq, k = check_queries(xq, self.dim), check_k(k)
         index = self._searcher()
         faiss.extract_index_ivf(self._cpu).nprobe = self.nprobe
         if index is not self._cpu:
             faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", self.nprobe)
         if exclude is None or not exclude.any():
-            return index.search(xq, int(k))
+            return index.search(xq, k)
         if index is not self._cpu or self.rescore:
-            from reid_srdl.evaluation.exact_index import _search_overfetch
-
-            return _search_overfetch(index, xq, int(k), exclude)
+            return _search_overfetch(index, xq, k, exclude)
         keep_bits = np.packbits(~exclude, bitorder="little")  # faiss' bitmap bit order
         selector = faiss.IDSelectorBitmap(len(exclude), faiss.swig_ptr(keep_bits))
         params = faiss.SearchParametersIVF(sel=selector, nprobe=self.nprobe)
-        return self._cpu.search(xq, int(k), params=params)
+        return self._cpu.search(xq, k, params=params)
 
     def trained_state(self) -> Dict[str, np.ndarray]:
         """What training learnt, as plain arrays: the cell centroids (nlist, dim) and, for
