@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import torch  # noqa: E402
 from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
-from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl import load_config  # noqa: E402
 from reid_srdl.data.synthetic_reid import ensure_synthetic  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 

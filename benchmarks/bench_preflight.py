@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 from bench_record import metadata, result_path, write_json  # noqa: E402
 
-from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl import load_config  # noqa: E402
 from reid_srdl.engine.preflight import preflight_evaluation_data  # noqa: E402
 from reid_srdl.engine.trainer import Trainer  # noqa: E402
 

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
-from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl import load_config  # noqa: E402
 from reid_srdl.core.precision import bf16_decision, cpu_supports_bf16  # noqa: E402
 from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402

@@ -31,7 +31,7 @@ from bench_record import metadata, result_path  # noqa: E402
 from bench_train import time_torchreid, torchreid_engine  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from reid_srdl.config import load_config  # noqa: E402
+from reid_srdl import load_config  # noqa: E402
 from reid_srdl.data.synthetic import make_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 

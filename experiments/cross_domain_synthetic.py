@@ -76,7 +76,7 @@ def planned(args):
 
 def train(run_dir, over):
     """One run in this process (the trainer writes config.yaml, metrics.json and metrics.jsonl)."""
-    from reid_srdl.config import load_config
+    from reid_srdl import load_config
     from reid_srdl.engine.trainer import Trainer
 
     Trainer(load_config(None, over), run_dir).fit()

@@ -90,7 +90,8 @@ def relative_settings(settings, checkout):
 
 
 def wanted_settings(overrides):
-    from reid_srdl.config import load_config, to_dict
+    from reid_srdl import load_config
+    from reid_srdl.config import to_dict
 
     return relative_settings(to_dict(load_config(None, overrides)), REPO)
 
@@ -100,8 +101,9 @@ def settings_differences(stored, overrides):
     row keeps it) differs from what ``overrides`` ask; where the run lives is not compared
     (its folder may be spelled differently or have moved)."""
     from reid_srdl.config import completed_saved
+    from reid_srdl.methods import METHODS
 
-    stored = completed_saved(stored)
+    stored = completed_saved(stored, METHODS)
     wanted = wanted_settings(overrides)
     # The options of the methods the run does not use change nothing in it (a default of
     # method.one changing must not invalidate an SRDL run).

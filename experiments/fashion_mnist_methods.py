@@ -102,7 +102,7 @@ def common_overrides(args, seed, out_dir, name):
 
 def stage1_accuracy(run_dir):
     """Test top-1 of the stage-1 network of an SRDL run (the self-reference)."""
-    from reid_srdl.config import load_config
+    from reid_srdl import load_config
     from reid_srdl.data import build_data
     from reid_srdl.inference.classification import evaluate_classifier
     from reid_srdl.models.model_file import load_model_file

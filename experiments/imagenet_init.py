@@ -135,7 +135,7 @@ def planned_runs(args, weights):
 def evaluate_file(run_dir, model_file, tag):
     """A saved network of a run: (test-protocol results or None without ``tag``, top-1 of its
     ID classifier on the un-augmented training set)."""
-    from reid_srdl.config import load_config
+    from reid_srdl import load_config
     from reid_srdl.data import build_data
     from reid_srdl.engine.evaluate import evaluate_model
     from reid_srdl.inference.classification import evaluate_classifier

@@ -91,7 +91,7 @@ def planned_runs(args):
 
 def stage1_metrics(run_dir):
     """Single-query Rank-1 / mAP of an SRDL run's stage-1 network (the self-reference)."""
-    from reid_srdl.config import load_config
+    from reid_srdl import load_config
     from reid_srdl.data import build_data
     from reid_srdl.engine.evaluate import evaluate_model
     from reid_srdl.models.model_file import load_model_file

@@ -24,7 +24,7 @@ from reid_srdl.core.download import DownloadError, check_url, is_url
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import atomic_path
 from reid_srdl.core.precision import PRECISIONS
-from reid_srdl.core.registry import METHODS
+from reid_srdl.core.registry import Registry
 from reid_srdl.core.yaml_text import YamlError, load_yaml_text, read_yaml_file
 
 logger = logging.getLogger(__name__)
@@ -126,28 +126,27 @@ class ModelConfig:
     neck: str = "plain"
 
 
-def method_options() -> Dict[str, type]:
-    """The options dataclass of every registered method that has options, by name.
+def method_options(methods: Registry) -> Dict[str, type]:
+    """The options dataclass of every method of ``methods`` that has options, by name.
 
-    Read from the method registry (each method file declares and registers its own), which
-    imports the built-in methods on its first lookup: this module never imports them.
+    Read from the method registry the caller passes (``reid_srdl.methods.METHODS``: each
+    method file declares and registers its own): this module never imports the methods.
     """
-    found = {name: METHODS.info(name).get("options") for name in METHODS.list()}
+    found = {name: methods.info(name).get("options") for name in methods.list()}
     return {name: cls for name, cls in found.items() if cls is not None and dataclasses.fields(cls)}
-
-
-def _default_method_options() -> Tuple[Tuple[str, Any], ...]:
-    return tuple((name, cls()) for name, cls in method_options().items())
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     """``name`` picks the method (tools/train.py --list-methods); ``method.<name>.*`` are its
-    options, one section per registered method (``cfg.method.srdl.temperature``)."""
+    options, one section per registered method (``cfg.method.srdl.temperature``).
+
+    ``options`` is filled from the method registry by :func:`load_config`; a bare
+    ``MethodConfig()`` has none."""
 
     name: str = "srdl"
     # (method name, its options) for every registered method with options.
-    options: Tuple[Tuple[str, Any], ...] = field(default_factory=_default_method_options)
+    options: Tuple[Tuple[str, Any], ...] = ()
 
     def options_of(self, name: str):
         """The options of method ``name`` (None for a method without options)."""
@@ -276,14 +275,14 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _coerce(value: Any, tp, key: str):
+def _coerce(value: Any, tp, key: str, methods: Registry):
     """Check `value` against the annotation `tp`; return it in the field's own type."""
     origin = typing.get_origin(tp)
     if origin in (tuple, list, Tuple, List, Sequence):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"key '{key}' expects a list, got {type(value).__name__} {_shown(value)}")
         (item_tp, *_rest) = typing.get_args(tp) or (Any,)
-        items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, item_tp, f"{key}[{i}]", methods) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if tp is Any:
         return value
@@ -306,33 +305,35 @@ def _coerce(value: Any, tp, key: str):
             return value
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, dict):
-            return _build(tp, value, key)
+            return _build(tp, value, methods, key)
         raise ConfigError(f"key '{key}' is a section; give it as a mapping, got {_shown(value)}")
     raise ConfigError(f"key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {_shown(value)}")
 
 
-def _schema(cls) -> Dict[str, Any]:
+def _schema(cls, methods: Registry) -> Dict[str, Any]:
     """Key -> type of a section; the method section's keys come from the method registry."""
     if cls is MethodConfig:
-        return {"name": str, **method_options()}
+        return {"name": str, **method_options(methods)}
     return typing.get_type_hints(cls)
 
 
-def _build(cls, values: Dict[str, Any], prefix: str = ""):
+def _build(cls, values: Dict[str, Any], methods: Registry, prefix: str = ""):
     """Instantiate dataclass `cls` from a (possibly partial) nested dict, strictly."""
-    hints = _schema(cls)
+    hints = _schema(cls, methods)
     kwargs = {}
     for k, v in values.items():
         dotted = f"{prefix}.{k}" if prefix else k
         if k not in hints:
             where = f"in '{prefix}'" if prefix else "at the top level"
             raise ConfigError(f"unknown key '{dotted}'; valid keys {where}: {', '.join(hints)}")
-        kwargs[k] = _coerce(v, hints[k], dotted)
+        kwargs[k] = _coerce(v, hints[k], dotted, methods)
     if cls is MethodConfig:
         name = kwargs.pop("name", MethodConfig.name)
         # Every registered method's options, at their defaults where not given.
-        options = tuple((n, kwargs[n] if n in kwargs else opt()) for n, opt in method_options().items())
+        options = tuple((n, kwargs[n] if n in kwargs else opt()) for n, opt in method_options(methods).items())
         return MethodConfig(name=name, options=options)
+    if cls is Config and "method" not in kwargs:
+        kwargs["method"] = _build(MethodConfig, {}, methods, "method")  # its options, at their defaults
     return cls(**kwargs)
 
 
@@ -366,23 +367,23 @@ def flat_dict(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def completed_saved(saved: Dict[str, Any]) -> Dict[str, Any]:
+def completed_saved(saved: Dict[str, Any], methods: Registry) -> Dict[str, Any]:
     """A config dict saved with a run, with the keys added to the schema since at their
     defaults (the dict as it is when it no longer fits the schema)."""
     try:
-        return to_dict(_build(Config, saved))
+        return to_dict(_build(Config, saved, methods))
     except (ConfigError, TypeError):
         return saved
 
 
-def matches_saved(cfg: Config, saved: Dict[str, Any]) -> bool:
+def matches_saved(cfg: Config, saved: Dict[str, Any], methods: Registry) -> bool:
     """Whether a config dict saved with a run (``to_dict`` of its config) describes ``cfg``.
 
     Keys added to the schema since the run was written take their defaults, so a run from an
     older version resumes as long as it set nothing differently.
     """
     try:
-        return to_dict(_build(Config, saved)) == to_dict(cfg)
+        return to_dict(_build(Config, saved, methods)) == to_dict(cfg)
     except (ConfigError, TypeError):  # a key the schema no longer has, or not a mapping
         return False
 
@@ -447,12 +448,12 @@ def _parse_value(raw: str, tp) -> Any:
         return raw  # not (acceptable) YAML: the schema check names the key and the type it expects
 
 
-def _set_dotted(tree: Dict[str, Any], parts: List[str], raw: str, cls) -> None:
+def _set_dotted(tree: Dict[str, Any], parts: List[str], raw: str, cls, methods: Registry) -> None:
     """Put the value `raw` at `parts` in the nested dict, checking each step against the schema."""
     node, node_cls, path = tree, cls, []
     for i, p in enumerate(parts):
         path.append(p)
-        hints = _schema(node_cls)
+        hints = _schema(node_cls, methods)
         if p not in hints:
             where = f"in '{'.'.join(path[:-1])}'" if i else "at the top level"
             raise ConfigError(f"unknown key '{'.'.join(path)}'; valid keys {where}: {', '.join(hints)}")
@@ -467,14 +468,18 @@ def _set_dotted(tree: Dict[str, Any], parts: List[str], raw: str, cls) -> None:
             node_cls = tp
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then the dotted overrides."""
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), *, methods: Registry) -> Config:
+    """Defaults, then the YAML file (if any), then the dotted overrides.
+
+    ``methods``: the method registry (``reid_srdl.methods.METHODS``), which gives the
+    ``method`` section its keys; ``reid_srdl.load_config`` passes the built-in one.
+    """
     tree: Dict[str, Any] = load_yaml_dict(path) if path else {}
     for text in overrides:
         parts, raw = parse_override(text)
-        _set_dotted(tree, parts, raw, Config)
-    cfg = _build(Config, tree)
-    validate(cfg)
+        _set_dotted(tree, parts, raw, Config, methods)
+    cfg = _build(Config, tree, methods)
+    validate(cfg, methods)
     return cfg
 
 
@@ -622,7 +627,7 @@ def _unusable_scalar(value, key: str) -> Optional[str]:
     return next((problem for problem in found if problem is not None), None)
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, methods: Registry) -> None:
     """Value checks that types alone cannot express.  (Data set names are checked by
     ``reid_srdl.data.build_data`` against the data registries, which this layer cannot import.)
 
@@ -639,9 +644,9 @@ def validate(cfg: Config) -> None:
         check_range(key, _get_dotted(cfg, key), **bounds)
     # The method's own options checked themselves when they were built; its name and the
     # epochs it needs come from the method registry.
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"method.name='{cfg.method.name}' is not one of: {', '.join(METHODS.list())}")
-    needed = getattr(METHODS.get(cfg.method.name), "min_epochs", 1)
+    if cfg.method.name not in methods:
+        raise ConfigError(f"method.name='{cfg.method.name}' is not one of: {', '.join(methods.list())}")
+    needed = getattr(methods.get(cfg.method.name), "min_epochs", 1)
     if cfg.train.epochs < needed:
         raise ConfigError(f"method '{cfg.method.name}' needs train.epochs >= {needed}, got {cfg.train.epochs}")
     name = cfg.train.run_name

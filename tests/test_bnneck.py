@@ -57,7 +57,7 @@ def test_bnneck_head_layout():
     assert torch.equal(head.bn.bias, torch.zeros(128)) and head.fc is None
     assert net.spec["neck"] == "bnneck" and net.spec["feature_dim"] is None
     # The frozen shift does not move in training (the optimizer never sees it).
-    from reid_srdl.config import load_config
+    from reid_srdl import load_config
     from reid_srdl.engine.trainer import build_optimizer
 
     opt = build_optimizer(net, load_config(None, ["optim.name=adam"]).optim)

@@ -5,7 +5,8 @@ import os
 import pytest
 import yaml
 
-from reid_srdl.config import Config, ConfigError, load_config, save_config, to_dict
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError, save_config, to_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,7 +85,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_demo_yaml_is_the_builtin_default():
-    assert load_config(os.path.join(REPO, "configs", "demo.yaml")) == Config()
+    assert load_config(os.path.join(REPO, "configs", "demo.yaml")) == load_config()
 
 
 @pytest.mark.parametrize(
@@ -115,3 +116,39 @@ def test_every_shipped_config_loads(name):
         assert cfg.data.batch_size == 128
         # The SRDL paper, Sec. 4.1: 200 epochs for ResNets and WRNs, 300 for DenseNet.
         assert cfg.train.epochs == (300 if cfg.model.name.startswith("densenet") else 200), name
+
+
+def test_the_method_section_comes_from_the_registry_the_caller_passes():
+    import dataclasses
+
+    from reid_srdl import config
+    from reid_srdl.core.registry import Registry
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyOptions:
+        alpha: float = 1.0
+
+    class Toy:
+        min_epochs = 3
+
+    toys = Registry("method")
+    toys.register("toy", options=ToyOptions)(Toy)
+    cfg = config.load_config(None, ["method.name=toy", "method.toy.alpha=2", "train.epochs=3"], methods=toys)
+    assert cfg.method.toy == ToyOptions(alpha=2.0) and [n for n, _ in cfg.method.options] == ["toy"]
+    with pytest.raises(ConfigError, match=r"unknown key 'method.srdl'; valid keys in 'method': name, toy"):
+        config.load_config(None, ["method.srdl.temperature=2"], methods=toys)
+    with pytest.raises(ConfigError, match="method 'toy' needs train.epochs >= 3, got 2"):
+        config.load_config(None, ["method.name=toy", "train.epochs=2"], methods=toys)
+
+
+def test_the_config_layer_imports_no_method_and_no_model():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import reid_srdl.config\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('reid_srdl.methods', 'reid_srdl.models'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

@@ -133,7 +133,8 @@ def test_cached_pixels_are_the_pil_resize(tiny_market_root):
 
 
 def test_cache_mb_is_checked():
-    from reid_srdl.config import ConfigError, load_config
+    from reid_srdl import load_config
+    from reid_srdl.config import ConfigError
 
     assert load_config(None, []).data.cache_mb == 4096
     assert load_config(None, ["data.cache_mb=0"]).data.cache_mb == 0

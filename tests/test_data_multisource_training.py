@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from method_contracts import contract_of
 from tiny_runs import DUKE_COUNTS, MARKET_TRAIN_IDS, free_port, interrupted_then_resumed, reid_config
 
-from reid_srdl.config import load_config
+from reid_srdl import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.data import build_data

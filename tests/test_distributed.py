@@ -148,7 +148,7 @@ def test_torchrun_srdl_end_to_end(tiny_market_root, tmp_path):
     lines = (run / "metrics.jsonl").read_text().strip().splitlines()
     assert len(lines) == 2  # one line per epoch, not one per rank
     # The gathered bank is the stage-1 network's logits of every training sample, in order.
-    from reid_srdl.config import load_config
+    from reid_srdl import load_config
     from reid_srdl.data import build_data
     from reid_srdl.models.model_file import load_model_file
 

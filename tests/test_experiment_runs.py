@@ -11,7 +11,8 @@ import types
 
 import pytest
 
-from reid_srdl.config import load_config, save_config
+from reid_srdl import load_config
+from reid_srdl.config import save_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ["method.name=byot", "method.byot.alpha=0.3", "optim.lr=0.1", "train.epochs=4"]

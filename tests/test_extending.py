@@ -9,7 +9,8 @@ import textwrap
 import pytest
 from tiny_runs import reid_config, run_dir_of
 
-from reid_srdl.config import ConfigError, load_config
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError
 from reid_srdl.engine.trainer import Trainer
 from reid_srdl.methods import METHODS
 

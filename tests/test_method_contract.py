@@ -19,7 +19,7 @@ from method_contracts import CONTRACTS, contract_of, expected_loss, logged_terms
 from method_helpers import spread_classifiers
 from tiny_runs import NETS, NUM_CLASSES, TinySet, batch, stage_context
 
-from reid_srdl.config import load_config
+from reid_srdl import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.engine.flops import parameter_count, training_forward_flops
 from reid_srdl.methods import METHODS, Recipe, build_method

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from method_helpers import hand_kl
 from tiny_runs import NETS, NUM_CLASSES, TinySet, stage_context
 
-from reid_srdl.config import load_config
+from reid_srdl import load_config
 from reid_srdl.core.checkpoint import CheckpointError, save_model_file
 from reid_srdl.core.registry import UnknownNameError
 from reid_srdl.core.seeding import SRDL_STAGE2_INIT, derive_seed

@@ -12,7 +12,8 @@ import torch
 from method_helpers import hand_ce, hand_kl, spread_classifiers
 from tiny_runs import NETS, NUM_CLASSES, batch
 
-from reid_srdl.config import ConfigError, load_config
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError
 from reid_srdl.methods import build_method
 from reid_srdl.methods.byot import BYOT, BYOTOptions, hint_loss, stage_downsampling
 from reid_srdl.models import build_model

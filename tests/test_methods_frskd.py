@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_srdl.config import ConfigError, load_config
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError
 from reid_srdl.methods import build_method
 from reid_srdl.methods.frskd import FRSKD, BiFPNcTeacher, FRSKDOptions, FusionNode, resize_to, same_max_pool
 from reid_srdl.models import build_model

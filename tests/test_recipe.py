@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reid_srdl.config import ConfigError, load_config
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError
 from reid_srdl.engine.schedule import epoch_learning_rates
 from reid_srdl.engine.trainer import build_optimizer
 from reid_srdl.methods.losses import batch_hard_triplet, cross_entropy

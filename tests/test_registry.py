@@ -1,45 +1,34 @@
-"""The registry's lazy import of its built-in modules, seen from several threads."""
+"""The registries: strict names, and full as soon as the package that owns them is imported."""
 
+import subprocess
 import sys
-import textwrap
-import threading
 
-from reid_srdl.core.registry import Registry
+import pytest
 
-
-def test_a_second_thread_waits_for_the_whole_registry(tmp_path, monkeypatch):
-    # A module that registers one entry, looks a name up (as method files do, re-entering the
-    # registry while it imports), pauses, then registers the second.
-    (tmp_path / "reg_holder.py").write_text(
-        "from reid_srdl.core.registry import Registry\nREG = Registry('thing', modules=('reg_entries',))\n"
-    )
-    (tmp_path / "reg_entries.py").write_text(
-        textwrap.dedent(
-            """
-            import time
-            from reg_holder import REG
-            REG.register("a")(1)
-            assert "a" in REG  # a lookup during the import neither deadlocks nor recurses
-            time.sleep(0.3)
-            REG.register("b")(2)
-            """
-        )
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("reg_holder", "reg_entries"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    from reg_holder import REG
-
-    seen = []
-    threads = [threading.Thread(target=lambda: seen.append(REG.list())) for _ in range(2)]
-    threads[0].start()
-    threads[1].start()
-    for t in threads:
-        t.join(timeout=10)
-    assert seen == [["a", "b"], ["a", "b"]]
+from reid_srdl.core.registry import Registry, UnknownNameError
 
 
-def test_a_registry_without_modules_needs_no_import():
+def test_names_are_strict():
     reg = Registry("thing")
-    reg.register("x")(1)
-    assert reg.list() == ["x"] and reg.get("x") == 1
+    reg.register("x", colour="red")(1)
+    assert reg.list() == ["x"] and reg.get("x") == 1 and reg.info("x") == {"colour": "red"}
+    with pytest.raises(KeyError, match="thing 'x' is already registered"):
+        reg.register("x")(2)
+    with pytest.raises(UnknownNameError, match="unknown thing 'y'; valid things: x"):
+        reg.get("y")
+
+
+@pytest.mark.parametrize(
+    "module, registry, expected",
+    [
+        ("reid_srdl.methods.base", "METHODS", ["byot", "frskd", "kd", "one", "srdl", "vanilla"]),
+        ("reid_srdl.models.base", "MODELS", ["mobilenet_v2", "resnet50", "small_reid"]),
+    ],
+)
+def test_importing_one_module_of_the_package_fills_its_registry(module, registry, expected):
+    # The registry lives beside its entries: importing any module of the package runs the
+    # package's __init__, which imports every entry file.
+    code = f"from {module} import {registry}\nprint(' '.join({registry}.list()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    names = out.stdout.split()
+    assert all(name in names for name in expected), names

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from torchreid.reid.utils.rerank import re_ranking
 
-from reid_srdl.config import load_config
+from reid_srdl import load_config
 from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.evaluation.metrics import evaluate_reid
 from reid_srdl.evaluation.rerank import k_reciprocal_distances

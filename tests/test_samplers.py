@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from reid_srdl.config import ConfigError, DataConfig, load_config
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError, DataConfig
 from reid_srdl.data import build_data
 from reid_srdl.data.build import distributed_train_loader
 from reid_srdl.data.samplers import IdentitySampler

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_runs import interrupted_then_resumed, reid_config, run_dir_of
 
-from reid_srdl.config import load_config
+from reid_srdl import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.engine.trainer import Trainer, TrainingDivergedError
 from reid_srdl.models.model_file import load_model_file

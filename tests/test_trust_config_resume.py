@@ -11,7 +11,7 @@ import train as train_cli
 from trainer_helpers import Interrupt, tiny_overrides
 from trust_helpers import one_line
 
-from reid_srdl.config import load_config
+from reid_srdl import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.engine.loop import TrainingLoop
 from reid_srdl.engine.trainer import Trainer

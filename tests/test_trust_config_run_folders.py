@@ -12,7 +12,8 @@ import train as train_cli
 import yaml
 from trust_helpers import REPO, TOOLS, one_line, reid_train_args
 
-from reid_srdl.config import load_config, save_config
+from reid_srdl import load_config
+from reid_srdl.config import save_config
 from reid_srdl.core import checkpoint as ckpt
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -10,8 +10,10 @@ import pytest
 import train as train_cli
 from trust_helpers import one_line
 
-from reid_srdl.config import Config, MethodConfig, load_config, method_options
+from reid_srdl import load_config
+from reid_srdl.config import Config, MethodConfig, method_options
 from reid_srdl.core.yaml_text import MAX_DEPTH, MAX_FILE_BYTES
+from reid_srdl.methods import METHODS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,7 +34,7 @@ def float_keys():
                 walk(tp, prefix + f.name + ".")
 
     walk(Config, "")
-    for name, options in method_options().items():
+    for name, options in method_options(METHODS).items():
         walk(options, f"method.{name}.")
     return keys
 

@@ -14,7 +14,8 @@ import yaml
 from tiny_runs import save_tiny_model
 from trust_helpers import market_split_dir, one_line, reid_train_args, tiny_market_copy
 
-from reid_srdl.config import ConfigError, load_config
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError
 from reid_srdl.data.indexed import ImageReadError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

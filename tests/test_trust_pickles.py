@@ -22,8 +22,8 @@ from trust_helpers import (
     write_malicious,
 )
 
+from reid_srdl import load_config
 from reid_srdl.api import ReIDSearcher
-from reid_srdl.config import load_config
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.torch_files import UnsafeFileError

@@ -17,7 +17,8 @@ import pytest
 import torch
 import torchvision
 
-from reid_srdl.config import ConfigError, load_config
+from reid_srdl import load_config
+from reid_srdl.config import ConfigError
 from reid_srdl.core import download
 from reid_srdl.core.download import DownloadError, RemoteFile, fetch, remote_from_url
 from reid_srdl.models import WeightsMismatchError, build_model

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from reid_srdl.config import load_config
+from reid_srdl import load_config
 from reid_srdl.core import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def model_from_config(checkpoint: str, config_path: str, overrides):
     """The config's network with the checkpoint's weights; an error naming both if they differ."""
-    from reid_srdl.config import load_config
+    from reid_srdl import load_config
     from reid_srdl.core.checkpoint import load_state_dict_checked, resolve_model_file
     from reid_srdl.export import ExportError
     from reid_srdl.models import build_model

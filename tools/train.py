@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # to see them again.  (Read when torch is imported, so it is set first.)
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
-from reid_srdl.config import ConfigError, load_config  # noqa: E402
+from reid_srdl import load_config  # noqa: E402
+from reid_srdl.config import ConfigError  # noqa: E402
 from reid_srdl.core.checkpoint import CONFIG_FILE, CheckpointError, claim_existing_run_dir, is_run_dir  # noqa: E402
 from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
 from reid_srdl.core.logs import configure_cli_logging  # noqa: E402

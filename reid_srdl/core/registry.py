@@ -3,15 +3,14 @@
 A duplicate name raises; an unknown name lists the valid ones.  An entry may carry facts
 about itself (``register(name, **info)``: a method's options dataclass, an architecture's
 ImageNet weight layout), so that whoever needs them asks the registry instead of keeping a
-copied list.  ``modules`` are imported on the first lookup: the built-in entries register
-themselves when their package is imported, and a registry consulted from a lower layer
-(the config reads the method registry to know each method's options) still sees them
-without that layer importing the upper one.
+copied list.  Each registry lives in the package whose files fill it
+(``reid_srdl.methods.METHODS``, ``reid_srdl.models.MODELS``); that package's ``__init__``
+imports its entry files, so the registry is full once the package is imported.  A lower
+layer that needs one (the config reads the method registry to know each method's options)
+receives it from its caller instead of importing it.
 """
 
-import importlib
-import threading
-from typing import Any, Callable, Dict, List, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, TypeVar
 
 from reid_srdl.core.errors import ReidSrdlError
 
@@ -23,31 +22,10 @@ class UnknownNameError(ReidSrdlError, ValueError):
 
 
 class Registry:
-    def __init__(self, kind: str, modules: Sequence[str] = ()):
+    def __init__(self, kind: str):
         self.kind = kind
         self._items: Dict[str, object] = {}
         self._info: Dict[str, Dict[str, Any]] = {}
-        self._modules = tuple(modules)
-        self._loaded = not self._modules
-        self._loading = False
-        # Held while the modules import: another thread's first lookup waits for the whole
-        # registry instead of seeing it half-filled (two experiment jobs reading saved
-        # configs at once did).  Re-entrant: the modules' own registrations look names up.
-        self._lock = threading.RLock()
-
-    def _load(self) -> None:
-        if self._loaded:
-            return
-        with self._lock:
-            if self._loaded or self._loading:  # done meanwhile, or our own import's lookup
-                return
-            self._loading = True
-            try:
-                for name in self._modules:
-                    importlib.import_module(name)
-            finally:
-                self._loading = False
-                self._loaded = True
 
     def register(self, name: str, **info: Any) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
@@ -65,7 +43,6 @@ class Registry:
         self._info.pop(name, None)
 
     def get(self, name: str):
-        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -79,15 +56,7 @@ class Registry:
         return dict(self._info[name])
 
     def list(self) -> List[str]:
-        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
-        self._load()
         return name in self._items
-
-
-#: Training methods: ``@METHODS.register("name", options=NameOptions)`` in their own file.
-METHODS = Registry("method", modules=("reid_srdl.methods",))
-#: Network architectures: ``@MODELS.register("name", imagenet=ImageNetLayout(...))``.
-MODELS = Registry("model", modules=("reid_srdl.models",))

@@ -25,7 +25,7 @@ from reid_srdl.core.precision import resolve_precision
 from reid_srdl.core.schema import SchemaError, check
 from reid_srdl.engine.preflight import preflight_evaluation_data
 from reid_srdl.engine.schedule import epoch_learning_rates
-from reid_srdl.methods import Method, Recipe, StageContext, StageSpec, build_method
+from reid_srdl.methods import METHODS, Method, Recipe, StageContext, StageSpec, build_method
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,8 @@ def check_saved_config(cfg: Config, saved: dict, run_dir: str) -> None:
     """The config a training state was written with (if it kept one) must describe ``cfg``
     (keys added to the schema since take their defaults)."""
     config = saved.get("config")
-    if config is not None and not matches_saved(cfg, config):
-        diffs = config_differences(completed_saved(config), to_dict(cfg))
+    if config is not None and not matches_saved(cfg, config, METHODS):
+        diffs = config_differences(completed_saved(config, METHODS), to_dict(cfg))
         shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} keys in all)" if len(diffs) > 5 else "")
         raise ckpt.CheckpointError(
             f"cannot resume {run_dir}: its {ckpt.CONFIG_FILE} differs from the config the training state "

@@ -27,10 +27,14 @@ import torch
 import torch.nn as nn
 
 from reid_srdl.core import schema
-from reid_srdl.core.registry import METHODS
+from reid_srdl.core.registry import Registry
 from reid_srdl.methods.recipe import PLAIN, Recipe
 
 ModelFactory = Callable[[], nn.Module]
+
+#: Training methods: ``@METHODS.register("name", options=NameOptions)`` in their own file (full
+#: once ``reid_srdl.methods`` is imported: its ``__init__`` imports every method file).
+METHODS = Registry("method")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from reid_srdl.core.download import RemoteFile
-from reid_srdl.core.registry import MODELS  # noqa: F401  (the architectures register here)
+from reid_srdl.core.registry import Registry
+
+#: Network architectures: ``@MODELS.register("name", imagenet=ImageNetLayout(...))`` in their own
+#: file (full once ``reid_srdl.models`` is imported: its ``__init__`` imports every one).
+MODELS = Registry("model")
 
 NECKS = ("plain", "bnneck")
 
