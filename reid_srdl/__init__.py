@@ -14,23 +14,11 @@ _EXPORTS = {
     "ReIDSearcher": "reid_srdl.api",
     "build_model": "reid_srdl.models",
     "build_data": "reid_srdl.data",
+    "load_config": "reid_srdl.engine.run_config",
     "Config": "reid_srdl.config",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__", "load_config"]
-
-
-def load_config(path=None, overrides=()):
-    """The run configuration (defaults < YAML file < ``section.key=value`` overrides), its
-    ``method`` section read from the built-in method registry: one call for users and tools.
-
-    :func:`reid_srdl.config.load_config` is the same with the registry passed explicitly
-    (the config layer sits below the methods and never imports them).
-    """
-    from reid_srdl.config import load_config as load
-    from reid_srdl.methods import METHODS
-
-    return load(path, overrides, methods=METHODS)
+__all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name):
