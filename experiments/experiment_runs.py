@@ -100,10 +100,9 @@ def settings_differences(stored, overrides):
     """``["optim.lr: 0.1 there, 0.05 asked", ...]``: where a saved config (relative paths, as a
     row keeps it) differs from what ``overrides`` ask; where the run lives is not compared
     (its folder may be spelled differently or have moved)."""
-    from reid_srdl.config import completed_saved
-    from reid_srdl.methods import METHODS
+    from reid_srdl.engine.run_config import completed_saved
 
-    stored = completed_saved(stored, METHODS)
+    stored = completed_saved(stored)
     wanted = wanted_settings(overrides)
     # The options of the methods the run does not use change nothing in it (a default of
     # method.one changing must not invalidate an SRDL run).

@@ -17,15 +17,16 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from reid_srdl.config import Config, ConfigError, completed_saved, flat_dict, matches_saved, save_config, to_dict
+from reid_srdl.config import Config, ConfigError, save_config, to_dict
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
 from reid_srdl.core.precision import resolve_precision
 from reid_srdl.core.schema import SchemaError, check
 from reid_srdl.engine.preflight import preflight_evaluation_data
+from reid_srdl.engine.run_config import check_saved_config
 from reid_srdl.engine.schedule import epoch_learning_rates
-from reid_srdl.methods import METHODS, Method, Recipe, StageContext, StageSpec, build_method
+from reid_srdl.methods import Method, Recipe, StageContext, StageSpec, build_method
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +76,6 @@ def claim_run_dir(cfg: Config) -> ckpt.RunDirClaim:
     if it holds no training state.  Under torchrun rank 0 alone calls this and broadcasts
     the name (tools/train.py)."""
     return ckpt.create_run_dir(run_dir_for(cfg), unique=not cfg.train.run_name)
-
-
-def config_differences(saved: dict, current: dict) -> List[str]:
-    """``key: old -> new`` for every dotted key whose value differs (or exists on one side)."""
-    old, new = flat_dict(saved), flat_dict(current)
-    missing = object()
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, missing), new.get(key, missing)
-        if a != b:
-            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
-            diffs.append(f"{key}: {show(a)} -> {show(b)}")
-    return diffs
 
 
 @dataclass(frozen=True)
@@ -227,19 +215,6 @@ def assemble_run(cfg: Config, run_dir: str, resume: bool = False) -> Run:
     log.info("training precision: %s%s", precision.mode, ", channels-last" if precision.channels_last else "")
     log.info("data loader workers: %d", data.train_loader.num_workers)
     return run
-
-
-def check_saved_config(cfg: Config, saved: dict, run_dir: str) -> None:
-    """The config a training state was written with (if it kept one) must describe ``cfg``
-    (keys added to the schema since take their defaults)."""
-    config = saved.get("config")
-    if config is not None and not matches_saved(cfg, config, METHODS):
-        diffs = config_differences(completed_saved(config, METHODS), to_dict(cfg))
-        shown = "; ".join(diffs[:5]) + (f"; ... ({len(diffs)} keys in all)" if len(diffs) > 5 else "")
-        raise ckpt.CheckpointError(
-            f"cannot resume {run_dir}: its {ckpt.CONFIG_FILE} differs from the config the training state "
-            f"was written with (saved -> now): {shown}; restore those values or start a new run"
-        )
 
 
 def check_stage_fields(run: Run, saved: dict) -> None:

@@ -14,7 +14,6 @@ from reid_srdl.engine.assembly import (  # noqa: F401  (the names tools and test
     assemble_run,
     build_optimizer,
     claim_run_dir,
-    config_differences,
     resolve_device,
     run_dir_for,
 )
