@@ -48,7 +48,7 @@ from bench_record import metadata, result_path, write_json  # noqa: E402
 from reid_srdl.config import DataConfig  # noqa: E402
 from reid_srdl.core.precision import bf16_decision  # noqa: E402
 from reid_srdl.data import build_data  # noqa: E402
-from reid_srdl.data.synthetic import make_synthetic_market  # noqa: E402
+from reid_srdl.data.synthetic.market import make_synthetic_market  # noqa: E402
 from reid_srdl.data.transforms import reid_test_transform  # noqa: E402
 from reid_srdl.evaluation.metrics import evaluate_reid  # noqa: E402
 from reid_srdl.inference.features import cpu_supports_bf16, embed_image_files, resolve_precision  # noqa: E402

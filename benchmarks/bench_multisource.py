@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from bench_record import describe, metadata, result_path, write_json  # noqa: E402
 
 from reid_srdl import load_config  # noqa: E402
-from reid_srdl.data.synthetic_reid import ensure_synthetic  # noqa: E402
+from reid_srdl.data.synthetic.reid_sets import ensure_synthetic  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 
 SIDES = {"single": "[market1501]", "multi": "[market1501,dukemtmcreid]"}

@@ -32,7 +32,7 @@ from bench_record import describe, metadata, result_path, write_json  # noqa: E4
 
 from reid_srdl import load_config  # noqa: E402
 from reid_srdl.data.samplers import IdentitySampler  # noqa: E402
-from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
+from reid_srdl.data.synthetic.market import ensure_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 from reid_srdl.methods.losses import batch_hard_triplet  # noqa: E402
 

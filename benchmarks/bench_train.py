@@ -44,7 +44,7 @@ from bench_record import describe, metadata, result_path, write_json  # noqa: E4
 
 from reid_srdl import load_config  # noqa: E402
 from reid_srdl.core.precision import bf16_decision, cpu_supports_bf16  # noqa: E402
-from reid_srdl.data.synthetic import ensure_synthetic_market  # noqa: E402
+from reid_srdl.data.synthetic.market import ensure_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}

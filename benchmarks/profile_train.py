@@ -32,7 +32,7 @@ from bench_train import time_torchreid, torchreid_engine  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from reid_srdl import load_config  # noqa: E402
-from reid_srdl.data.synthetic import make_synthetic_market  # noqa: E402
+from reid_srdl.data.synthetic.market import make_synthetic_market  # noqa: E402
 from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
 
 SETTINGS = {

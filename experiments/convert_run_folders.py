@@ -48,7 +48,7 @@ SOURCES = {
 def synthetic_counts(num_ids, seed=0):
     """The image counts of the synthetic Market-1501 set the re-id runs trained on (from the
     generator's plan, which draws no image)."""
-    from reid_srdl.data.synthetic import GALLERY_FOLDER, QUERY_FOLDER, TRAIN_FOLDER, plan_synthetic_market
+    from reid_srdl.data.synthetic.market import GALLERY_FOLDER, QUERY_FOLDER, TRAIN_FOLDER, plan_synthetic_market
 
     specs, _split = plan_synthetic_market(num_ids, seed, images_per_id_camera=4, gt_bbox_per_id_camera=3)
     return {f: sum(s.folder == f for s in specs) for f in (TRAIN_FOLDER, QUERY_FOLDER, GALLERY_FOLDER)}

@@ -109,7 +109,7 @@ def main() -> None:
     plan = planned(args)
     rows = recorded(args.results, args.series, plan, args.tables_only)
     if not args.tables_only and len(rows) < len(plan):
-        from reid_srdl.data.synthetic_reid import ensure_synthetic
+        from reid_srdl.data.synthetic.reid_sets import ensure_synthetic
 
         for name in TARGETS:
             ensure_synthetic(name, args.root, num_ids=args.ids, seed=0)

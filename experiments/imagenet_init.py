@@ -422,7 +422,7 @@ def main():
     if not args.tables_only:
         from mobilenet_v2_weights import converted_weights
 
-        from reid_srdl.data.synthetic import ensure_synthetic_market, read_marker
+        from reid_srdl.data.synthetic.market import ensure_synthetic_market, read_marker
 
         converted_weights(os.path.dirname(weights))
         save_row(args.results, weights_row(weights))

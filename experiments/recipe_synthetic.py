@@ -156,7 +156,7 @@ def main():
     plan = planned(args)
     rows = recorded(args.results, args.series, plan, args.tables_only)
     if not args.tables_only and len(rows) < len(plan):
-        from reid_srdl.data.synthetic import ensure_synthetic_market
+        from reid_srdl.data.synthetic.market import ensure_synthetic_market
 
         os.makedirs(args.runs, exist_ok=True)
         ensure_synthetic_market(os.path.join(args.runs, "data"), num_ids=args.ids, seed=0)  # once, before the jobs

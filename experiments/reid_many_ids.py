@@ -251,7 +251,7 @@ def main():
     plan = planned_runs(args)
     rows = recorded(args.results, args.series, plan, args.tables_only)
     if not args.tables_only and len(rows) < len(plan):
-        from reid_srdl.data.synthetic import ensure_synthetic_market, read_marker
+        from reid_srdl.data.synthetic.market import ensure_synthetic_market, read_marker
 
         os.makedirs(args.runs, exist_ok=True)
         # Written once, before any run starts (parallel runs must not race to create it).

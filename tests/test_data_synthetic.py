@@ -15,9 +15,9 @@ from fixtures_data import write_market_tree
 from PIL import Image
 from tiny_runs import TINY_MARKET
 
-import reid_srdl.data.synthetic as synthetic
+import reid_srdl.data.synthetic.market as synthetic
 from reid_srdl.data.market1501 import MarketLayoutError, parse_market_filename, read_market1501
-from reid_srdl.data.synthetic import (
+from reid_srdl.data.synthetic.market import (
     ensure_synthetic_market,
     make_synthetic_market,
     read_marker,

@@ -27,9 +27,9 @@ from tiny_runs import (
     counts,
 )
 
-from reid_srdl.data import synthetic_reid
 from reid_srdl.data.reid_sets import DatasetLayoutError, read_reid_set
-from reid_srdl.data.synthetic_reid import ensure_synthetic, make_synthetic_duke
+from reid_srdl.data.synthetic import reid_sets as synthetic_reid
+from reid_srdl.data.synthetic.reid_sets import ensure_synthetic, make_synthetic_duke
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DUKE_NAME = re.compile(r"^\d{4}_c[1-8]_f\d{7}\.jpg$")

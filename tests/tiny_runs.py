@@ -146,7 +146,7 @@ MARKET_TRAIN_IDS = TINY_MARKET["num_ids"] // 2
 
 def write_market(root: str) -> str:
     """The tiny synthetic Market-1501 set (8 identities, ~0.2 s) under ``root``; returns ``root``."""
-    from reid_srdl.data.synthetic import make_synthetic_market
+    from reid_srdl.data.synthetic.market import make_synthetic_market
 
     make_synthetic_market(root, **TINY_MARKET)
     return root
@@ -154,7 +154,7 @@ def write_market(root: str) -> str:
 
 def write_reid_sets(root: str) -> str:
     """:func:`write_market` plus tiny DukeMTMC-reID, MSMT17, CUHK03 and VIPeR under one root."""
-    from reid_srdl.data.synthetic_reid import (
+    from reid_srdl.data.synthetic.reid_sets import (
         make_synthetic_cuhk03,
         make_synthetic_duke,
         make_synthetic_msmt17,

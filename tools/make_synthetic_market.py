@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.data.synthetic import make_synthetic_market, read_marker  # noqa: E402
+from reid_srdl.data.synthetic.market import make_synthetic_market, read_marker  # noqa: E402
 
 
 def parse_args(argv=None):

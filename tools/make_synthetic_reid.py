@@ -19,8 +19,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.data.synthetic import MARKER_FILE  # noqa: E402
-from reid_srdl.data.synthetic_reid import WRITERS, check_writer_args  # noqa: E402
+from reid_srdl.data.synthetic.market import MARKER_FILE  # noqa: E402
+from reid_srdl.data.synthetic.reid_sets import WRITERS, check_writer_args  # noqa: E402
 
 
 def parse_args(argv=None):

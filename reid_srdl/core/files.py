@@ -16,8 +16,9 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from reid_srdl.core.errors import ReidSrdlError
 
@@ -226,3 +227,37 @@ class OutputBatch:
 def write_json_atomic(path: str, obj) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_folder_atomically(target: str, write: Callable[[str], None], overwrite: bool = False) -> str:
+    """``write(tmp)`` fills a temporary sibling of the folder ``target``, which is then renamed
+    into place: nothing is ever half-written.  Returns ``target``.
+
+    An existing ``target`` is a FileExistsError unless ``overwrite`` (then the old folder is
+    swapped out and deleted); so is one that another process finished first.
+    """
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(f"'{target}' already exists; pass overwrite=True (--overwrite) to replace it")
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.basename(target)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a written folder is meant to be shared
+        if os.path.exists(target):  # overwrite: swap, then delete the old one
+            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            os.rename(target, os.path.join(old, "data"))
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                if os.path.exists(target):  # another process finished first
+                    raise FileExistsError(f"'{target}' appeared while writing it") from None
+                raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -22,8 +22,8 @@ from reid_srdl.data.reid_sets import (
     reid_dataset_names,
 )
 from reid_srdl.data.sources import combine_train_sets
-from reid_srdl.data.synthetic import ensure_synthetic_market, make_synthetic_market
-from reid_srdl.data.synthetic_reid import (
+from reid_srdl.data.synthetic.market import ensure_synthetic_market, make_synthetic_market
+from reid_srdl.data.synthetic.reid_sets import (
     ensure_synthetic,
     make_synthetic_cuhk03,
     make_synthetic_duke,

@@ -50,8 +50,8 @@ from reid_srdl.data.reid_sets import (
 )
 from reid_srdl.data.samplers import IdentitySampler
 from reid_srdl.data.sources import combine_train_sets
-from reid_srdl.data.synthetic_reid import WRITERS as SYNTHETIC_WRITERS
-from reid_srdl.data.synthetic_reid import ensure_synthetic
+from reid_srdl.data.synthetic.reid_sets import WRITERS as SYNTHETIC_WRITERS
+from reid_srdl.data.synthetic.reid_sets import ensure_synthetic
 from reid_srdl.data.transforms import classification_transforms, reid_test_transform, reid_train_transform
 
 _CLASSIFICATION_LOADERS = {

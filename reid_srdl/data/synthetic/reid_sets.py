@@ -1,7 +1,7 @@
 """Small synthetic re-id sets in the exact on-disk forms torchreid's classes read.
 
 The people, cameras and pictures come from the Market-1501 renderer
-(:mod:`reid_srdl.data.synthetic`); each data set draws them from its own seed streams, so
+(:mod:`reid_srdl.data.synthetic.people`); each data set draws them from its own seed streams, so
 two data sets written with the same seed show different people under different cameras:
 a domain shift, as between the real sets.
 
@@ -32,26 +32,27 @@ temporary sibling folder and renamed into place: nothing is ever half-written.  
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
+from reid_srdl.core.files import write_folder_atomically
 from reid_srdl.data.reid_sets import LAYOUTS, DatasetLayoutError, dataset_dir, misplaced_hint
-from reid_srdl.data.synthetic import (
+from reid_srdl.data.synthetic.market import (
     MARKER_FILE,
-    _rng,
     _write_jpeg,
     ensure_synthetic_market,
     make_synthetic_market,
+    synthetic_market_dir,
+)
+from reid_srdl.data.synthetic.people import (
+    _rng,
     render_person,
     sample_camera,
     sample_identity,
     sample_shot,
     sample_track_facing,
-    synthetic_market_dir,
 )
 
 logger = logging.getLogger(__name__)
@@ -127,35 +128,6 @@ def _write_marker(folder: str, generator: str, params: dict, counts: dict) -> No
     }
     with open(os.path.join(folder, MARKER_FILE), "w", encoding="utf-8") as f:
         json.dump(marker, f, indent=1)
-
-
-def _write_atomically(target: str, write: Callable[[str], None], overwrite: bool) -> str:
-    """``write(tmp)`` fills a temporary sibling of ``target``, which is then renamed into place."""
-    if os.path.exists(target) and not overwrite:
-        raise FileExistsError(f"'{target}' already exists; pass overwrite=True (--overwrite) to replace it")
-    parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    base = os.path.basename(target)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a data set is meant to be shared
-        if os.path.exists(target):  # overwrite: swap, then delete the old one
-            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-            os.rename(target, os.path.join(old, "data"))
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, target)
-            except OSError:
-                if os.path.exists(target):  # another process finished first
-                    raise FileExistsError(f"'{target}' appeared while writing it") from None
-                raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def _check(num_ids: int, minimum: int, maximum: int, seed: int, **positive: int) -> None:
@@ -240,7 +212,7 @@ def make_synthetic_duke(
             counts,
         )
 
-    return _write_atomically(dataset_dir("dukemtmcreid", root), write, overwrite)
+    return write_folder_atomically(dataset_dir("dukemtmcreid", root), write, overwrite)
 
 
 # --------------------------------------------------------------------------- MSMT17
@@ -305,7 +277,7 @@ def make_synthetic_msmt17(
             {k: len(v) for k, v in lists.items()},
         )
 
-    return _write_atomically(dataset_dir("msmt17", root), write, overwrite)
+    return write_folder_atomically(dataset_dir("msmt17", root), write, overwrite)
 
 
 # --------------------------------------------------------------------------- CUHK03
@@ -427,7 +399,7 @@ def make_synthetic_cuhk03(
             },
         )
 
-    return _write_atomically(dataset_dir("cuhk03", root), write, overwrite)
+    return write_folder_atomically(dataset_dir("cuhk03", root), write, overwrite)
 
 
 # --------------------------------------------------------------------------- VIPeR
@@ -451,7 +423,7 @@ def make_synthetic_viper(root: str, num_ids: int = 40, seed: int = 0, overwrite:
                     raise RuntimeError(f"BMP encoding failed for '{path}'")
         _write_marker(tmp, "viper", dict(num_ids=num_ids, seed=seed), {"cam_a": num_ids, "cam_b": num_ids})
 
-    return _write_atomically(dataset_dir("viper", root), write, overwrite)
+    return write_folder_atomically(dataset_dir("viper", root), write, overwrite)
 
 
 # --------------------------------------------------------------------------- registry
