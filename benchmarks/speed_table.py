@@ -138,7 +138,9 @@ def eval_rows(result):
     for row in result.get("rows", []):
         if row.get("variant") not in (None, "default"):
             continue
-        case = EVAL_CASES.get(row["case"], row["case"]).replace("shape,", f"shape {row['queries']:,} x {row['gallery']:,},")
+        case = EVAL_CASES.get(row["case"], row["case"]).replace(
+            "shape,", f"shape {row['queries']:,} x {row['gallery']:,},"
+        )
         ours = seconds(row.get("ours_seconds"))
         if row.get("peak_rss_mb") is not None:
             ours += f", peak RSS {row['peak_rss_mb']:.0f} MB"
@@ -228,7 +230,8 @@ def doc_eval(result):
     ]
     for row in result.get("rows", []):
         lines.append(
-            f"| {row['case']} | {row['queries']:,} x {row['gallery']:,}, {row['dim']} | {row.get('variant', 'default')} "
+            f"| {row['case']} | {row['queries']:,} x {row['gallery']:,}, {row['dim']} "
+            f"| {row.get('variant', 'default')} "
             f"| {seconds(row.get('ours_seconds'))} | {seconds(row.get('floor_seconds'))} "
             f"| {ratio(row.get('ratio_to_floor'))} | {ratio(row.get('ratio_to_floor_overlap'))} "
             f"| {ratio(row.get('ratio_to_floor_one_thread'))} | {seconds(row.get('torchreid_seconds'))} "
@@ -247,7 +250,8 @@ def doc_train(result):
     for row in result.get("throughput", []):
         lines.append(
             f"| {row['model']} | {row['height']}x{row['width']} | {row['batch']} | {row.get('workers', '-')} "
-            f"| {row['reid_srdl_img_s']:.1f} ({row.get('precision', '?')}) | {fmt(row.get('reid_srdl_fp32_img_s'), '.1f')} "
+            f"| {row['reid_srdl_img_s']:.1f} ({row.get('precision', '?')}) "
+            f"| {fmt(row.get('reid_srdl_fp32_img_s'), '.1f')} "
             f"| {fmt(row.get('reid_srdl_no_cache_img_s'), '.1f')} | {fmt(row.get('torchreid_img_s'), '.1f')} "
             f"| {ratio(row.get('ratio'))} | {ratio(row.get('fp32_ratio'))} | {ratio(row.get('no_cache_ratio'))} "
             f"| {row.get('measured', '-')} |"
@@ -261,7 +265,11 @@ def doc_train(result):
         ]
     demo = result.get("demo")
     if demo:
-        lines += ["", f"The demo's training: {seconds(demo.get('seconds'))} (goal <= {fmt(demo.get('goal_seconds'), '.0f', ' s')})."]
+        lines += [
+            "",
+            f"The demo's training: {seconds(demo.get('seconds'))} "
+            f"(goal <= {fmt(demo.get('goal_seconds'), '.0f', ' s')}).",
+        ]
     return lines
 
 
@@ -273,7 +281,8 @@ def doc_extract(result):
         "",
         f"{result.get('model', '?')} at {result.get('height')}x{result.get('width')}, batch {result.get('batch')}, "
         f"fast path in {result.get('fast_precision', '?')}: fast / torchreid "
-        f"{ratio(result.get('speedup_fast_vs_torchreid'))}, fp32 / torchreid {ratio(result.get('speedup_fp32_vs_torchreid'))}"
+        f"{ratio(result.get('speedup_fast_vs_torchreid'))}, "
+        f"fp32 / torchreid {ratio(result.get('speedup_fp32_vs_torchreid'))}"
         f"; mAP of the fast path {fmt(result.get('mAP_diff_points'), '.3f')} points from fp32.",
     ]
     return lines
