@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/convert_checkpoint.py ...` = `reid-convert-checkpoint ...`: the command lives in reid_srdl/cli/convert_checkpoint.py (--help)."""
+"""`python tools/convert_checkpoint.py ...` is `reid-convert-checkpoint ...`:
+the command is reid_srdl/cli/convert_checkpoint.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 

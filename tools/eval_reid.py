@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/eval_reid.py ...` = `reid-eval ...`: the command lives in reid_srdl/cli/eval_reid.py (--help)."""
+"""`python tools/eval_reid.py ...` is `reid-eval ...`:
+the command is reid_srdl/cli/eval_reid.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 

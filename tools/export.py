@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/export.py ...` = `reid-export ...`: the command lives in reid_srdl/cli/export.py (--help)."""
+"""`python tools/export.py ...` is `reid-export ...`:
+the command is reid_srdl/cli/export.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 

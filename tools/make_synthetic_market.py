@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/make_synthetic_market.py ...` = `reid-make-synthetic-market ...`: the command lives in reid_srdl/cli/make_synthetic_market.py (--help)."""
+"""`python tools/make_synthetic_market.py ...` is `reid-make-synthetic-market ...`:
+the command is reid_srdl/cli/make_synthetic_market.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 

@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/make_synthetic_reid.py ...` = `reid-make-synthetic-reid ...`: the command lives in reid_srdl/cli/make_synthetic_reid.py (--help)."""
+"""`python tools/make_synthetic_reid.py ...` is `reid-make-synthetic-reid ...`:
+the command is reid_srdl/cli/make_synthetic_reid.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 

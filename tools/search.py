@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/search.py ...` = `reid-search ...`: the command lives in reid_srdl/cli/search.py (--help)."""
+"""`python tools/search.py ...` is `reid-search ...`:
+the command is reid_srdl/cli/search.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 

@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/serve.py ...` = `reid-serve ...`: the command lives in reid_srdl/cli/serve.py (--help)."""
+"""`python tools/serve.py ...` is `reid-serve ...`:
+the command is reid_srdl/cli/serve.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 

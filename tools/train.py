@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`python tools/train.py ...` = `reid-train ...`: the command lives in reid_srdl/cli/train.py (--help)."""
+"""`python tools/train.py ...` is `reid-train ...`:
+the command is reid_srdl/cli/train.py.
+
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
+"""
 
 import sys
 
