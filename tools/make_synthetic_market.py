@@ -8,9 +8,10 @@ Kept as a script for checkouts and torchrun; the package must be installed (pip 
 import sys
 
 from reid_srdl.cli import make_synthetic_market as command
-from reid_srdl.cli.make_synthetic_market import main
 
 if __name__ == "__main__":
-    sys.exit(main())
-else:  # imported (tools/ on sys.path, as the tests do): be the command's module itself
-    sys.modules[__name__] = command
+    sys.exit(command.main())
+# Imported (the tests put tools/ on sys.path): the command's names are this module's, and
+# `import make_synthetic_market` gives the command's module itself, so that patching a name reaches its main.
+globals().update({name: value for name, value in vars(command).items() if not name.startswith("__")})
+sys.modules[__name__] = command
