@@ -30,7 +30,6 @@ import time
 import faiss
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_record import metadata, result_path, write_json  # noqa: E402
 

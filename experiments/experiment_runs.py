@@ -29,9 +29,6 @@ import threading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
 _LOG_LOCK = threading.Lock()
 _RESULTS_LOCK = threading.Lock()
 # Where run folders live, relative to a checkout: today's place and the one they had before

@@ -39,11 +39,8 @@ import argparse
 import copy
 import json
 import os
-import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GAP_S = 3.0  # hits closer in time than this to the query are left out (the same walk, trivially alike)
 SHEET_FRAMES = tuple(range(50, 751, 50))
