@@ -14,7 +14,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
-from reid_srdl.core.environment import cpu_slug, machine_metadata  # noqa: E402
+from reid_srdl.core.environment import cpu_slug, machine_metadata
 
 
 def result_path(bench, variant="", ext=".json"):

@@ -29,7 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from bench_record import metadata, result_path, write_json  # noqa: E402
+from bench_record import metadata, result_path, write_json
 
 
 def free_port() -> int:

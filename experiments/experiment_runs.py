@@ -257,7 +257,7 @@ def run_all(plan, out_dir, log, jobs: int, threads: int, done=(), finished=None)
                 run(overrides, os.path.join(out_dir, name), log, env)
                 if finished is not None:
                     finished(name)
-            except BaseException as e:  # noqa: BLE001 - reported once all workers stop
+            except BaseException as e:  # reported once all workers stop
                 with cond:
                     failed.append(e)
                     cond.notify_all()

@@ -35,7 +35,7 @@ Distances are Euclidean (L2, not squared).  Results are ordered by distance, tie
 smaller gallery index.  Searches are exact (faiss ``IndexFlatL2``, on GPU when faiss sees one).
 """
 
-from reid_srdl.search.gallery import UNKNOWN, GalleryMismatchError  # noqa: F401
-from reid_srdl.search.searcher import ReIDSearcher, SearchResult  # noqa: F401
+from reid_srdl.search.gallery import UNKNOWN, GalleryMismatchError
+from reid_srdl.search.searcher import ReIDSearcher, SearchResult
 
 __all__ = ["ReIDSearcher", "SearchResult", "UNKNOWN", "GalleryMismatchError"]

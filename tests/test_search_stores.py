@@ -80,7 +80,7 @@ def test_metadata_filters_and_delete_through_the_facade(target):
         results = s.search(queries[:2], k=50, cameras=["c1", 'c"2'], time_from=t0, time_to=1.7e9 + 500)
         admit = lambda it: (
             it.camera in ("c1", 'c"2') and it.timestamp is not None and 1.7e9 - 400 <= it.timestamp <= 1.7e9 + 500
-        )  # noqa: E731,E501
+        )
         exp_ids, exp_d = brute_force(x, items, queries[0], admit)
         assert results[0].indices.tolist() == exp_ids.tolist()
         hit = results[0].to_dict()["hits"][0]

@@ -20,10 +20,10 @@ import os
 # to see them again.  (Read when torch is imported, so it is set first.)
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
-from reid_srdl.config import ConfigError, load_config  # noqa: E402
-from reid_srdl.core import cli  # noqa: E402
-from reid_srdl.core.checkpoint import CONFIG_FILE, CheckpointError, claim_existing_run_dir, is_run_dir  # noqa: E402
-from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
+from reid_srdl.config import ConfigError, load_config
+from reid_srdl.core import cli
+from reid_srdl.core.checkpoint import CONFIG_FILE, CheckpointError, claim_existing_run_dir, is_run_dir
+from reid_srdl.core.errors import ReidSrdlError
 
 
 def parse_args(argv=None):
