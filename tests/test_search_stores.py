@@ -216,6 +216,8 @@ def test_cli_delete_prune_convert_on_a_store(tmp_path, capsys):
     assert code == 2 and "30d, 12h" in err
     code, _, err = run(capsys, "delete", "--store", str(tmp_path / "absent"), "--pid", 1)
     assert code == 2 and "no gallery store here" in err
+    code, out, err = run(capsys, "prune", "--store", str(tmp_path / "absent"), "--older-than", "30d")
+    assert code == 2 and "no gallery store here" in err and out == ""  # nothing printed before the error
     npz = _npz(tmp_path / "old.npz", {"model": None}, paths=np.array(["a.jpg", "b.jpg", "c.jpg"]))
     code, out, _ = run(capsys, "convert", npz, "--store", tmp_path / "new")
     assert code == 0 and "3 items" in out

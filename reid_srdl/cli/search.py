@@ -487,11 +487,14 @@ def cmd_info(args) -> None:
         print(f"image folders ({info['num_folders']}): " + ", ".join(info["folders"]))
 
 
-def _delete(store_target: str, compact: bool, **criteria) -> None:
-    """Delete, print every removed item (and the crops removed with them), compact if asked."""
+def _delete(store_target: str, compact: bool, heading: str = "", **criteria) -> None:
+    """Delete, print every removed item (and the crops removed with them), compact if asked.
+    ``heading`` is printed once the store is open (a missing store is one line, nothing before it)."""
     from reid_srdl.search.stores import DeleteRequest, open_store
 
     with open_store(store_target) as store:
+        if heading:
+            print(heading)
         removed = store.delete(DeleteRequest(**criteria))
         for item in removed:
             print(f"deleted {item.id}  {_describe(item)}" + (f"  (crop {item.crop} removed)" if item.crop else ""))
@@ -515,8 +518,8 @@ def cmd_prune(args) -> None:
     from reid_srdl.search.stores.records import format_time, parse_age
 
     before = time.time() - parse_age(args.older_than, "--older-than")
-    print(f"pruning items seen before {format_time(before)} (older than {args.older_than})")
-    _delete(args.store, args.compact, before=before)
+    heading = f"pruning items seen before {format_time(before)} (older than {args.older_than})"
+    _delete(args.store, args.compact, heading, before=before)
 
 
 def cmd_convert(args) -> None:
