@@ -337,6 +337,10 @@ def cmd_screenshot(args) -> None:
         k = driver.find_element(By.ID, "k")
         k.clear()
         k.send_keys(str(args.k))
+        if args.threshold is not None:
+            field = driver.find_element(By.ID, "threshold")
+            field.clear()
+            field.send_keys(repr(args.threshold))
         driver.find_element(By.ID, "gallery_id").send_keys(str(item.id))
         driver.find_element(By.ID, "pick").click()
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure")) == args.k)
@@ -414,6 +418,7 @@ def main(argv=None) -> None:
     w.add_argument("--pick", required=True, metavar="FRAME:X", help="the gallery crop searched in the page")
     w.add_argument("--image-root", action="append", default=[], metavar="DIR", help="passed to tools/serve.py")
     w.add_argument("--k", type=int, default=10)
+    w.add_argument("--threshold", type=float, help="typed into the page (default: the page's own, calibrated or none)")
     w.add_argument("--width", type=int, default=1400)
     w.add_argument("--height", type=int, default=1000)
     w.add_argument("--quality", type=int, default=80, help="JPEG quality, for an --out *.jpg")
