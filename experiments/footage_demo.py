@@ -26,6 +26,15 @@ much to link them into reliable tracks, so no automatic "ground truth" is made f
 
 Results go to ``--out`` (``check.json`` and the sheets).
 
+``screenshot`` serves the store with tools/serve.py on a free loopback port, opens the page in
+headless chromium (selenium; 1400 px wide), searches the gallery crop ``--pick FRAME:X`` as
+"search this person" does (``--threshold`` typed in when given), opens the frame of the first
+hit at least 3 s from the query (else of the first hit), and saves the whole page:
+
+    python experiments/footage_demo.py screenshot --store vtest_gallery --model runs/RUN --pick 660:616 \
+        --threshold 2.5 --image-root vtest_gallery --image-root /usr/share/doc/opencv-doc/examples/data \
+        --out docs/footage_search.jpg
+
 ``table`` joins ``check.json`` with the judge's verdicts (``--judgments``: per sheet, per row
 letter, 1 / 0 / null for unsure per hit), prints the table of docs/footage_demo.md and writes
 the compact record of the study (``experiments/results/footage_demo.json``: machine, commit,

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 import train as train_cli
-from trainer_helpers import Interrupt, tiny_overrides
+from tiny_runs import Interrupt, reid_overrides
 from trust_helpers import one_line
 
 from reid_srdl.config import load_config
@@ -26,7 +26,7 @@ def stopped_run(tiny_market_root, tmp_path_factory):
     """An SRDL run of 4 epochs stopped after its first: last.pt holds epoch 1, stage 0 and the
     SGD momentum of the stage under way."""
     out = tmp_path_factory.mktemp("resume_schema")
-    cfg = load_config(None, [*tiny_overrides(tiny_market_root, out, epochs=EPOCHS, max_batches=1), "method.name=srdl"])
+    cfg = load_config(None, reid_overrides(tiny_market_root, out, "method.name=srdl", epochs=EPOCHS, max_batches=1))
     original = TrainingLoop.train_epoch
 
     def train_epoch(self, epoch):

@@ -195,6 +195,21 @@ def test_http_errors_truncation_and_web_pages_are_one_line_and_leave_nothing(ser
     assert cache_listing(cache) == []
 
 
+def test_a_file_larger_than_the_download_limit_is_refused_and_leaves_nothing(server, cache, monkeypatch):
+    from reid_srdl.core import limits
+
+    monkeypatch.setattr(limits, "MAX_DOWNLOAD_BYTES", 3 << 20)
+    body = bytes(4 << 20)  # 4 MiB against a 3 MiB limit
+    server.routes["/big.pth"] = (200, {}, body)
+    with pytest.raises(DownloadError, match=r"/big.pth: it declares 4194304 bytes, more than .*MAX_DOWNLOAD_BYTES"):
+        fetch(remote_from_url(server.url("/big.pth")))
+    # A server that declares nothing (chunked) and sends too much is cut off as it crosses the limit.
+    server.routes["/big2.pth"] = (200, {"Content-Length": ""}, body)
+    with pytest.raises(DownloadError, match=r"/big2.pth: it sent more than 3145728 bytes"):
+        fetch(remote_from_url(server.url("/big2.pth")))
+    assert cache_listing(cache) == []
+
+
 def test_redirects_follow_the_same_policy(server, cache):
     server.routes["/moved.pth"] = (302, {"Location": "http://example.com/evil.pth"}, b"")
     with pytest.raises(DownloadError, match="redirect from .*/moved.pth to http://example.com/evil.pth: only https"):

@@ -35,6 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
+from reid_srdl.core import limits
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.files import temp_file_beside
 
@@ -155,14 +156,25 @@ def _download(url: str, dest: str, label: str, progress: bool) -> tuple:
     with opener.open(request, timeout=TIMEOUT_SECONDS) as response, open(dest, "wb") as out:
         size = response.headers.get("Content-Length")
         total = int(size) if size and size.isdigit() else None
+        if total is not None and total > limits.MAX_DOWNLOAD_BYTES:
+            raise DownloadError(_too_large(url, f"declares {total} bytes"))
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress) as bar:
             for chunk in iter(lambda: response.read(_CHUNK), b""):
+                if bar.n + len(chunk) > limits.MAX_DOWNLOAD_BYTES:  # a server that sends more than it declared
+                    raise DownloadError(_too_large(url, f"sent more than {bar.n} bytes"))
                 out.write(chunk)
                 h.update(chunk)
                 bar.update(len(chunk))
         if total is not None and bar.n != total:
             raise ConnectionError(f"the transfer ended after {bar.n} of {total} bytes")
         return h.hexdigest(), _declared_sha256([*redirects.headers, response.headers])
+
+
+def _too_large(url: str, what: str) -> str:
+    return (
+        f"cannot download {url}: it {what}, more than reid_srdl.core.limits.MAX_DOWNLOAD_BYTES "
+        f"({limits.MAX_DOWNLOAD_BYTES} bytes); nothing was kept"
+    )
 
 
 def _reason(e: BaseException) -> str:

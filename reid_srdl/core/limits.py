@@ -52,6 +52,12 @@ ARCHIVE_EXPANSION_ALLOWANCE = 64 * MiB
 # Members of one archive (a ResNet-50 final.pt has ~330).
 MAX_ARCHIVE_MEMBERS = 100_000
 
+# -- downloads (weights fetched by URL or model.pretrained) ---------------------------------
+# Bytes of one downloaded file: the largest published re-id/ImageNet backbone weights are
+# well under 1 GB (ResNet-152 230 MB, ViT-L 1.2 GB); a server that sends more, or declares
+# more in Content-Length, is refused before the disk fills.
+MAX_DOWNLOAD_BYTES = 4 * GiB
+
 # -- pickles inside .pt files -------------------------------------------------------------
 # What a call inside a pickle may allocate beyond the file's own data: torch's safe loader
 # allows e.g. ``builtins.bytearray(n)`` and the legacy tensor constructors
