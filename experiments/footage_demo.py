@@ -48,6 +48,7 @@ import argparse
 import copy
 import json
 import os
+import sys
 
 import numpy as np
 
