@@ -31,6 +31,19 @@ setup(
     packages=find_packages(include=["reid_srdl", "reid_srdl.*"]),
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
+    # The installed commands; `python tools/NAME.py` runs the same main (reid_srdl/cli/NAME.py).
+    entry_points={
+        "console_scripts": [
+            "reid-train=reid_srdl.cli.train:main",
+            "reid-eval=reid_srdl.cli.eval_reid:main",
+            "reid-search=reid_srdl.cli.search:main",
+            "reid-serve=reid_srdl.cli.serve:main",
+            "reid-export=reid_srdl.cli.export:main",
+            "reid-convert-checkpoint=reid_srdl.cli.convert_checkpoint:main",
+            "reid-make-synthetic-market=reid_srdl.cli.make_synthetic_market:main",
+            "reid-make-synthetic-reid=reid_srdl.cli.make_synthetic_reid:main",
+        ]
+    },
     extras_require={
         # onnx/onnxruntime: the ONNX export parity test runs in CI; the web app's tests need
         # the serve extra, httpx (FastAPI's TestClient) and selenium (the headless-browser test,

@@ -43,13 +43,12 @@ import warnings
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from bench_record import metadata, result_path  # noqa: E402
+from bench_record import metadata, result_path
 
-from reid_srdl.core.files import write_json_atomic  # noqa: E402
-from reid_srdl.evaluation.metrics import block_rows, evaluate_reid  # noqa: E402
+from reid_srdl.core.files import write_json_atomic
+from reid_srdl.evaluation.metrics import block_rows, evaluate_reid
 
 SHAPES = {
     # name: (queries, gallery, identities, cameras, distractors)

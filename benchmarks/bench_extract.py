@@ -37,22 +37,21 @@ import time
 import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from bench_record import metadata, result_path, write_json  # noqa: E402
+import numpy as np
+import torch
+import torch.nn as nn
+from bench_record import metadata, result_path, write_json
 
-from reid_srdl.config import DataConfig  # noqa: E402
-from reid_srdl.core.precision import bf16_decision  # noqa: E402
-from reid_srdl.data import build_data  # noqa: E402
-from reid_srdl.data.synthetic.market import make_synthetic_market  # noqa: E402
-from reid_srdl.data.transforms import reid_test_transform  # noqa: E402
-from reid_srdl.evaluation.metrics import evaluate_reid  # noqa: E402
-from reid_srdl.inference.features import cpu_supports_bf16, embed_image_files, resolve_precision  # noqa: E402
-from reid_srdl.models import build_model  # noqa: E402
+from reid_srdl.config import DataConfig
+from reid_srdl.core.precision import bf16_decision
+from reid_srdl.data import build_data
+from reid_srdl.data.synthetic.market import make_synthetic_market
+from reid_srdl.data.transforms import reid_test_transform
+from reid_srdl.evaluation.metrics import evaluate_reid
+from reid_srdl.inference.features import cpu_supports_bf16, embed_image_files, resolve_precision
+from reid_srdl.models import build_model
 
 HEIGHT, WIDTH, BATCH = 256, 128, 32
 

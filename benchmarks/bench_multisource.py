@@ -22,15 +22,14 @@ import time
 import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-import torch  # noqa: E402
-from bench_record import describe, metadata, result_path, write_json  # noqa: E402
+import torch
+from bench_record import describe, metadata, result_path, write_json
 
-from reid_srdl import load_config  # noqa: E402
-from reid_srdl.data.synthetic.reid_sets import ensure_synthetic  # noqa: E402
-from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
+from reid_srdl import load_config
+from reid_srdl.data.synthetic.reid_sets import ensure_synthetic
+from reid_srdl.engine.trainer import Trainer, build_optimizer
 
 SIDES = {"single": "[market1501]", "multi": "[market1501,dukemtmcreid]"}
 

@@ -20,14 +20,13 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from bench_record import metadata, result_path, write_json  # noqa: E402
+from bench_record import metadata, result_path, write_json
 
-from reid_srdl import load_config  # noqa: E402
-from reid_srdl.engine.preflight import preflight_evaluation_data  # noqa: E402
-from reid_srdl.engine.trainer import Trainer  # noqa: E402
+from reid_srdl import load_config
+from reid_srdl.engine.preflight import preflight_evaluation_data
+from reid_srdl.engine.trainer import Trainer
 
 
 def parse_args(argv=None):

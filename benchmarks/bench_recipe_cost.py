@@ -23,18 +23,17 @@ import time
 import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from bench_record import describe, metadata, result_path, write_json  # noqa: E402
+import numpy as np
+import torch
+from bench_record import describe, metadata, result_path, write_json
 
-from reid_srdl import load_config  # noqa: E402
-from reid_srdl.data.samplers import IdentitySampler  # noqa: E402
-from reid_srdl.data.synthetic.market import ensure_synthetic_market  # noqa: E402
-from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
-from reid_srdl.methods.losses import batch_hard_triplet  # noqa: E402
+from reid_srdl import load_config
+from reid_srdl.data.samplers import IdentitySampler
+from reid_srdl.data.synthetic.market import ensure_synthetic_market
+from reid_srdl.engine.trainer import Trainer, build_optimizer
+from reid_srdl.methods.losses import batch_hard_triplet
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "osnet_x0_25": (128, 64)}
 VARIANTS = {

@@ -14,10 +14,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "results")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from reid_srdl.core.environment import cpu_slug, machine_metadata  # noqa: E402
+from reid_srdl.core.environment import cpu_slug, machine_metadata
 
 
 def result_path(bench, variant="", ext=".json"):

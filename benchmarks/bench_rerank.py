@@ -19,10 +19,9 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from bench_record import metadata, result_path, write_json  # noqa: E402
+from bench_record import metadata, result_path, write_json
 
 
 def features(nq, ng, d, seed=0, ids=750):

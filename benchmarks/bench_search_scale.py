@@ -30,11 +30,10 @@ import time
 import faiss
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_record import metadata, result_path, write_json  # noqa: E402
+from bench_record import metadata, result_path, write_json
 
-from reid_srdl.index.ivf import IVFIndex, load_index, save_index  # noqa: E402
+from reid_srdl.index.ivf import IVFIndex, load_index, save_index
 
 
 def peak_rss_mb() -> float:

@@ -37,9 +37,8 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_record  # noqa: E402  (benchmarks/bench_record.py: machine metadata, result names)
+import bench_record  # (benchmarks/bench_record.py: machine metadata, result names)
 
 ENGINES = {
     # name: (store file name, index spec given to open_store)

@@ -35,17 +35,16 @@ import time
 import warnings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from bench_record import describe, metadata, result_path, write_json  # noqa: E402
+import torch
+import torch.nn as nn
+from bench_record import describe, metadata, result_path, write_json
 
-from reid_srdl import load_config  # noqa: E402
-from reid_srdl.core.precision import bf16_decision, cpu_supports_bf16  # noqa: E402
-from reid_srdl.data.synthetic.market import ensure_synthetic_market  # noqa: E402
-from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
+from reid_srdl import load_config
+from reid_srdl.core.precision import bf16_decision, cpu_supports_bf16
+from reid_srdl.data.synthetic.market import ensure_synthetic_market
+from reid_srdl.engine.trainer import Trainer, build_optimizer
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}
 

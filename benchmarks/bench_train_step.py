@@ -30,15 +30,14 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from bench_record import describe, metadata, result_path, write_json  # noqa: E402
+import torch
+import torch.nn.functional as F
+from bench_record import describe, metadata, result_path, write_json
 
-from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
-from reid_srdl.models import build_model  # noqa: E402
+from reid_srdl.core.precision import cpu_supports_bf16
+from reid_srdl.models import build_model
 
 SIZES = {"small_reid": (128, 64), "resnet50": (256, 128), "densenet121": (256, 128)}
 BASE = ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp32+fused", "fp32 again")

@@ -23,17 +23,16 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import torch  # noqa: E402
-from bench_record import metadata, result_path  # noqa: E402
-from bench_train import time_torchreid, torchreid_engine  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+import torch
+from bench_record import metadata, result_path
+from bench_train import time_torchreid, torchreid_engine
+from torch.profiler import ProfilerActivity, profile
 
-from reid_srdl import load_config  # noqa: E402
-from reid_srdl.data.synthetic.market import make_synthetic_market  # noqa: E402
-from reid_srdl.engine.trainer import Trainer, build_optimizer  # noqa: E402
+from reid_srdl import load_config
+from reid_srdl.data.synthetic.market import make_synthetic_market
+from reid_srdl.engine.trainer import Trainer, build_optimizer
 
 SETTINGS = {
     "fp32": ["train.precision=fp32"],

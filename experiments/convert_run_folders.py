@@ -27,10 +27,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fashion_mnist_methods  # noqa: E402  (the studies, for their folder_record)
-import precision_accuracy  # noqa: E402
-import recipe_synthetic  # noqa: E402
-from experiment_runs import REPO, folder_row, results_file, runs_folder, write_text_atomic  # noqa: E402
+import fashion_mnist_methods  # (the studies, for their folder_record)
+import precision_accuracy
+import recipe_synthetic
+from experiment_runs import REPO, folder_row, results_file, runs_folder, write_text_atomic
 
 # old folder under --source -> (study, series, run-folder depth: 2 when runs nest as model/run)
 SOURCES = {

@@ -22,7 +22,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import (  # noqa: E402
+from experiment_runs import (
     add_record_options,
     command_line,
     finish_options,

@@ -29,9 +29,6 @@ import threading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(REPO, "experiments")
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
 _LOG_LOCK = threading.Lock()
 _RESULTS_LOCK = threading.Lock()
 # Where run folders live, relative to a checkout: today's place and the one they had before
@@ -261,7 +258,7 @@ def run_all(plan, out_dir, log, jobs: int, threads: int, done=(), finished=None)
                 run(overrides, os.path.join(out_dir, name), log, env)
                 if finished is not None:
                     finished(name)
-            except BaseException as e:  # noqa: BLE001 - reported once all workers stop
+            except BaseException as e:  # reported once all workers stop
                 with cond:
                     failed.append(e)
                     cond.notify_all()

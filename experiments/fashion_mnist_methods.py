@@ -30,7 +30,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import (  # noqa: E402
+from experiment_runs import (
     ExperimentError,
     add_record_options,
     command_line,
@@ -244,7 +244,7 @@ def main():
     if not args.tables_only:
         check_teachers(args, plan, rows)
         log = os.path.join(args.runs, "train.log")
-        finished = lambda name: record_finished(args, plan, name)  # noqa: E731
+        finished = lambda name: record_finished(args, plan, name)
         run_all(plan, args.runs, log, args.jobs, args.threads, done=set(rows), finished=finished)
         rows = series_rows(args.results, args.series)
     records = {v: [rows[f"{v}_seed{s}"]["record"] for s in args.seeds] for v in args.variants}
@@ -404,7 +404,7 @@ def srdl_analysis(args, rows):
     full = [r["top1"] for r in rows["vanilla"]]
     stage2 = [r["top1"] for r in rows["srdl"]]
     seeds = ", ".join(map(str, args.seeds))
-    per_seed = lambda a, b: ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(a, b))  # noqa: E731
+    per_seed = lambda a, b: ", ".join(f"{100 * (x - y):+.2f}" for x, y in zip(a, b))
     lines = [
         "",
         f"Premise check and decomposition (seeds {seeds}; points, mean ± std [paired-t 95% interval]):",

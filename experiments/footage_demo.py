@@ -26,6 +26,15 @@ much to link them into reliable tracks, so no automatic "ground truth" is made f
 
 Results go to ``--out`` (``check.json`` and the sheets).
 
+``screenshot`` serves the store with tools/serve.py on a free loopback port, opens the page in
+headless chromium (selenium; 1400 px wide), searches the gallery crop ``--pick FRAME:X`` as
+"search this person" does (``--threshold`` typed in when given), opens the frame of the first
+hit at least 3 s from the query (else of the first hit), and saves the whole page:
+
+    python experiments/footage_demo.py screenshot --store vtest_gallery --model runs/RUN --pick 660:616 \
+        --threshold 2.5 --image-root vtest_gallery --image-root /usr/share/doc/opencv-doc/examples/data \
+        --out docs/footage_search.jpg
+
 ``table`` joins ``check.json`` with the judge's verdicts (``--judgments``: per sheet, per row
 letter, 1 / 0 / null for unsure per hit), prints the table of docs/footage_demo.md and writes
 the compact record of the study (``experiments/results/footage_demo.json``: machine, commit,
@@ -42,8 +51,6 @@ import os
 import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GAP_S = 3.0  # hits closer in time than this to the query are left out (the same walk, trivially alike)
 SHEET_FRAMES = tuple(range(50, 751, 50))
@@ -257,6 +264,145 @@ def cmd_picture(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _picked_item(store_path, text):
+    """The gallery item ``FRAME:X`` (the crop of that frame whose box starts at column X)."""
+    from reid_srdl.search.stores import open_store
+
+    frame, x = (int(v) for v in text.split(":"))
+    store = open_store(store_path)
+    try:
+        found = [it for _, items in store.scan() for it in items if it.frame == frame and it.box and it.box[0] == x]
+    finally:
+        store.close()
+    if len(found) != 1:
+        raise SystemExit(f"--pick {text}: no single crop of frame {frame} starts at column {x} in {store_path}")
+    return found[0]
+
+
+def _browser(width, height):
+    import shutil
+
+    from selenium import webdriver
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        raise SystemExit("needs chromium and its driver: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+                 f"--window-size={width},{height}"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
+
+
+def cmd_screenshot(args) -> None:
+    """Serve the store with tools/serve.py, search the picked gallery item in the page (as a
+    user does with "search this person"), open the frame of one hit, and save the picture."""
+    import io
+    import subprocess
+    import time
+
+    import httpx
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    item = _picked_item(args.store, args.pick)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    serve = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools",
+             "serve.py"), "--store", args.store, "--model", args.model, "--port", str(port)]  # fmt: skip
+    for root in args.image_root:
+        serve += ["--image-root", root]
+    server = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                raise SystemExit(f"tools/serve.py did not start:\n{server.communicate()[0][-2000:]}")
+            time.sleep(0.3)
+        driver = _browser(args.width, args.height)
+        wait = WebDriverWait(driver, 60)
+        driver.get(url)
+        wait.until(lambda d: "images" in d.find_element(By.ID, "stats").text)
+        k = driver.find_element(By.ID, "k")
+        k.clear()
+        k.send_keys(str(args.k))
+        if args.threshold is not None:
+            field = driver.find_element(By.ID, "threshold")
+            field.clear()
+            field.send_keys(repr(args.threshold))
+        driver.find_element(By.ID, "gallery_id").send_keys(str(item.id))
+        driver.find_element(By.ID, "pick").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure")) == args.k)
+        images = driver.find_elements(By.CSS_SELECTOR, "#results img") + [driver.find_element(By.ID, "query_img")]
+        decoded = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+        wait.until(lambda d: all(d.execute_script(decoded, im) for im in images))
+        hits = driver.find_elements(By.CSS_SELECTOR, "#results figure")
+        # The frame of the first hit at least GAP_S away from the query (nearer ones are the
+        # same few steps), else of the first hit.
+        times = [h.find_element(By.CSS_SELECTOR, ".time").text for h in hits]
+        query_time = _utc_text(item.timestamp)
+        far = [i for i, t in enumerate(times) if abs(_seconds(t) - _seconds(query_time)) >= GAP_S]
+        chosen = far[0] if far else 0
+        hits[chosen].find_element(By.TAG_NAME, "img").click()
+        frame = driver.find_element(By.ID, "frame_img")
+        wait.until(lambda d: d.execute_script(decoded, frame) and d.find_elements(By.ID, "frame_box"))
+        # The page is taller than the window once the frame is open: the window grows to it.
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(args.width, min(height + 40, 3000))
+        png = driver.get_screenshot_as_png()
+        caption = driver.find_element(By.ID, "frame_caption").text
+        decision = driver.find_element(By.ID, "decision").text
+        timeline = driver.find_element(By.ID, "timeline_note").text
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
+    shot = Image.open(io.BytesIO(png)).convert("RGB")
+    if args.out.lower().endswith((".jpg", ".jpeg")):
+        shot.save(args.out, quality=args.quality, optimize=True)
+    else:
+        shot.save(args.out, optimize=True)
+    print(f"query: gallery item {item.id} (frame {item.frame}, box {','.join(map(str, item.box))})")
+    print(f"decision: {decision}")
+    print(f"hits: {'; '.join(times)}")
+    print(f"timeline: {timeline}")
+    print(f"frame open: hit #{chosen + 1}, {caption}")
+    print(f"wrote {args.out} ({shot.width}x{shot.height}, {os.path.getsize(args.out) // 1024} KB)")
+
+
+def _utc_text(ts: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _seconds(text: str) -> float:
+    """Seconds since the epoch of a time as the page writes it ("2024-05-01 14:02:11 UTC")."""
+    import datetime
+
+    t = datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=datetime.timezone.utc)
+    return t.timestamp()
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -273,8 +419,20 @@ def main(argv=None) -> None:
     t.add_argument("--check", required=True, metavar="check.json")
     t.add_argument("--judgments", required=True, metavar="JUDGMENTS.json")
     t.add_argument("--out", required=True)
+    w = sub.add_parser("screenshot")
+    w.add_argument("--store", required=True)
+    w.add_argument("--model", required=True)
+    w.add_argument("--pick", required=True, metavar="FRAME:X", help="the gallery crop searched in the page")
+    w.add_argument("--image-root", action="append", default=[], metavar="DIR", help="passed to tools/serve.py")
+    w.add_argument("--k", type=int, default=10)
+    w.add_argument("--threshold", type=float, help="typed into the page (default: the page's own, calibrated or none)")
+    w.add_argument("--width", type=int, default=1400)
+    w.add_argument("--height", type=int, default=1000)
+    w.add_argument("--quality", type=int, default=80, help="JPEG quality, for an --out *.jpg")
+    w.add_argument("--out", required=True, help="*.png or *.jpg")
     args = p.parse_args(argv)
-    {"picture": cmd_picture, "check": cmd_check, "table": cmd_table}[args.command](args)
+    commands = {"picture": cmd_picture, "check": cmd_check, "table": cmd_table, "screenshot": cmd_screenshot}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import threading
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from experiment_runs import (  # noqa: E402
+from experiment_runs import (
     EXPERIMENTS,
     ExperimentError,
     add_record_options,
@@ -431,7 +431,7 @@ def main():
             if args.task == "reid":  # written once, before parallel runs could race to create it
                 data = ensure_synthetic_market(os.path.join(args.shared, "reid_data"), num_ids=args.ids, seed=0)
                 counts = read_marker(data)["counts"]
-            finished = lambda name: record_finished(args, name, counts)  # noqa: E731
+            finished = lambda name: record_finished(args, name, counts)
             run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads, set(rows), finished)
             rows = series_rows(args.results, args.series)
     photo = series_rows(args.results, WEIGHTS_SERIES).get(PHOTO_RUN)

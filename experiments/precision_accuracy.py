@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import (  # noqa: E402
+from experiment_runs import (
     add_record_options,
     command_line,
     finish_options,
@@ -40,8 +40,8 @@ from experiment_runs import (  # noqa: E402
     series_rows,
 )
 
-from reid_srdl.core.environment import cpu_slug  # noqa: E402
-from reid_srdl.core.precision import cpu_supports_bf16  # noqa: E402
+from reid_srdl.core.environment import cpu_slug
+from reid_srdl.core.precision import cpu_supports_bf16
 
 STUDY = "precision_accuracy"
 METRICS = (("rank1", "Rank-1"), ("mAP", "mAP"))

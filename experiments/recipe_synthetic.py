@@ -34,7 +34,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import (  # noqa: E402
+from experiment_runs import (
     add_record_options,
     command_line,
     finish_options,

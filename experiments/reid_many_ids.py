@@ -30,7 +30,7 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from experiment_runs import (  # noqa: E402
+from experiment_runs import (
     add_record_options,
     command_line,
     finish_options,
@@ -256,7 +256,7 @@ def main():
         os.makedirs(args.runs, exist_ok=True)
         # Written once, before any run starts (parallel runs must not race to create it).
         counts = read_marker(ensure_synthetic_market(data_root(args), num_ids=args.ids, seed=0))["counts"]
-        finished = lambda name: record_finished(args, name, counts)  # noqa: E731
+        finished = lambda name: record_finished(args, name, counts)
         run_all(plan, args.runs, os.path.join(args.runs, "train.log"), args.jobs, args.threads, set(rows), finished)
         rows = series_rows(args.results, args.series)
     records = {v: [rows[f"{v}_seed{s}"]["record"] for s in args.seeds] for v in args.variants}

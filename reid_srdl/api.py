@@ -22,7 +22,7 @@ or -- the evaluation protocol's rule -- only the same person seen by the same ca
 >>> searcher.search(np.array([0.0, 0.0]), exclude_camid="c2")
 Traceback (most recent call last):
 ...
-reid_srdl.core.arrays.EvaluationInputError: exclude_camid must be an integer id (0-based: file name c1 is camid 0) or one per query; got 'c2' (file name c2 is camid 1)
+reid_srdl.search.errors.SearchError: exclude_camid must be an integer id (0-based: file name c1 is camid 0) or one per query; got 'c2' (file name c2 is camid 1)
 
 A decision needs a threshold: a distance, or one calibrated on labelled queries at a false
 accept rate (see :meth:`ReIDSearcher.calibrate` and docs/search.md):
@@ -35,7 +35,7 @@ Distances are Euclidean (L2, not squared).  Results are ordered by distance, tie
 smaller gallery index.  Searches are exact (faiss ``IndexFlatL2``, on GPU when faiss sees one).
 """
 
-from reid_srdl.search.gallery import UNKNOWN, GalleryMismatchError  # noqa: F401
-from reid_srdl.search.searcher import ReIDSearcher, SearchResult  # noqa: F401
+from reid_srdl.search.gallery import UNKNOWN, GalleryMismatchError
+from reid_srdl.search.searcher import ReIDSearcher, SearchResult
 
 __all__ = ["ReIDSearcher", "SearchResult", "UNKNOWN", "GalleryMismatchError"]

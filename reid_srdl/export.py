@@ -205,7 +205,7 @@ def _load_onnx(path: str):
 
     try:
         proto = onnx.load(path, load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError and others
+    except Exception as e:  # protobuf raises its own DecodeError and others
         raise ExportError(f"cannot read exported model {path}: not an ONNX file ({_first_line(e)})") from None
     external = [t.name for t in _get_all_tensors(proto) if t.data_location == onnx.TensorProto.EXTERNAL]
     if external:
@@ -218,7 +218,7 @@ def _load_onnx(path: str):
     _check_onnx_input(proto, meta, path)
     try:
         runner = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+    except Exception as e:  # onnxruntime raises its own exception types
         raise ExportError(f"cannot read exported model {path}: {_first_line(e)}") from None
     return runner, meta
 
@@ -255,7 +255,7 @@ def _load_torchscript(path: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
             runner = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-    except Exception as e:  # noqa: BLE001 - torch.jit raises RuntimeError and others
+    except Exception as e:  # torch.jit raises RuntimeError and others
         raise ExportError(f"cannot read exported model {path}: {_first_line(e)}") from None
     return runner, _stored_description(extra[TORCHSCRIPT_EXTRA], path)
 

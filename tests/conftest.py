@@ -16,6 +16,10 @@ import pytest
 
 # Lets tests import the helper modules beside this file (tiny_runs, fixtures_data, ...).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The scripts (tools/, benchmarks/, experiments/) import the installed package; the ones the
+# tests start as subprocesses import it from this checkout, wherever `pip install -e` pointed.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_REPO] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,7 @@ def write_cifar100(root: str, train: List[int], test: List[int]) -> str:
                 b"fine_labels": list(labels),
                 b"coarse_labels": [label // 5 for label in labels],
                 b"data": cifar_rows(labels),
-            },  # noqa: E501
+            },
         )
     return folder
 

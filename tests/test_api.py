@@ -14,6 +14,7 @@ import reid_srdl.api
 from reid_srdl.api import ReIDSearcher
 from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.precision import PrecisionError
+from reid_srdl.search.errors import SearchError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -89,17 +90,17 @@ def test_add_then_save_load_round_trip(searcher, tmp_path):
 
 
 def test_bad_input_errors(searcher):
-    with pytest.raises(EvaluationInputError, match="query features have 2 dimensions but the gallery has 1"):
+    with pytest.raises(SearchError, match="query features have 2 dimensions but the gallery has 1"):
         searcher.search(np.zeros((1, 2)))
     with pytest.raises(EvaluationInputError, match="contains NaN"):
         searcher.search(np.array([np.nan]))
-    with pytest.raises(EvaluationInputError, match="k must be a positive integer"):
+    with pytest.raises(SearchError, match="k must be a positive integer"):
         searcher.search(np.array([1.0]), k=0)
-    with pytest.raises(EvaluationInputError, match="this gallery keeps paths"):
+    with pytest.raises(SearchError, match="this gallery keeps paths"):
         searcher.add(np.array([[1.0]]), [1], [1])
     with pytest.raises(EvaluationInputError, match="exclude_camid: has 1 entries but there are 2"):
         searcher.search(np.zeros((2, 1)), exclude_camid=[0])
-    with pytest.raises(EvaluationInputError, match="has no model"):
+    with pytest.raises(SearchError, match="has no model"):
         searcher.search("person.jpg")
 
 
@@ -198,9 +199,9 @@ def test_fast_embedding_options_reach_the_extractor(tiny_market_root):
 def test_load_checks_its_options(searcher, tmp_path):
     path = tmp_path / "idx.npz"
     searcher.save(path)
-    with pytest.raises(EvaluationInputError, match="unknown embedding option.*hieght"):
+    with pytest.raises(SearchError, match="unknown embedding option.*hieght"):
         ReIDSearcher.load(path, model=MeanColourNet(), hieght=16)
-    with pytest.raises(EvaluationInputError, match="embedding options need a model"):
+    with pytest.raises(SearchError, match="embedding options need a model"):
         ReIDSearcher.load(path, height=16)
     with pytest.raises(EvaluationInputError, match="feature file not found"):
         ReIDSearcher.load(tmp_path / "absent.npz")

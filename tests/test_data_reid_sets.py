@@ -213,10 +213,10 @@ def test_random_splits_are_drawn_from_a_fixed_seed_and_leave_the_global_rng_alon
     assert (random.random(), np.random.rand()) == before  # the caller's RNG streams are untouched
     np.random.seed(999)  # another global state: the same splits anyway
     second = read_reid_set("viper", str(copies[1]), split_id=4)
-    rel = lambda lists: [(os.path.basename(p), pid, c) for p, pid, c in lists]  # noqa: E731
+    rel = lambda lists: [(os.path.basename(p), pid, c) for p, pid, c in lists]
     assert rel(first.train) == rel(second.train) and rel(first.query) == rel(second.query)
     with open(copies[0] / "viper" / "splits.json") as f, open(copies[1] / "viper" / "splits.json") as g:
-        strip = lambda splits: [[os.path.basename(s[0]) for s in sp["train"]] for sp in splits]  # noqa: E731
+        strip = lambda splits: [[os.path.basename(s[0]) for s in sp["train"]] for sp in splits]
         assert strip(json.load(f)) == strip(json.load(g))
 
 

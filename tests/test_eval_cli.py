@@ -141,7 +141,7 @@ def test_cli_rerank_matches_torchreid_dense_reranking(sets, capsys):
     )
     assert code == 0 and "re-ranked k1=8 k2=3 lambda=0.3" in capsys.readouterr().out
     (qf, qp, qc, _), (gf, gp, gc, _) = data["q"], data["g"]
-    euclid = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))  # noqa: E731
+    euclid = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
     dist = re_ranking(euclid(qf, gf), euclid(qf, qf), euclid(gf, gf), k1=8, k2=3, lambda_value=0.3)
     cmc, mAP = evaluate_rank(dist, qp, gp, qc, gc, max_rank=10, use_cython=False)
     written = json.loads((tmp / "rr.json").read_text())

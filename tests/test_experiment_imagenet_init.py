@@ -11,8 +11,8 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
 
-import experiment_runs as runs  # noqa: E402
-import imagenet_init  # noqa: E402
+import experiment_runs as runs
+import imagenet_init
 
 # test top-1 per seed (0, 1, 2) of each arm: deployed, SRDL's stage 1, SRDL's ensemble
 TOP1 = {

@@ -17,7 +17,7 @@ from reid_srdl.config import save_config
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = ["method.name=byot", "method.byot.alpha=0.3", "optim.lr=0.1", "train.epochs=4"]
 # pyproject's pytest pythonpath puts experiments/ on sys.path
-import experiment_runs as runs  # noqa: E402
+import experiment_runs as runs
 
 
 def _check_in_fresh_process(run_dir, overrides):

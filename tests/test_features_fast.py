@@ -211,7 +211,7 @@ def test_end_of_run_evaluation_passes_the_eval_section_fast_options():
     base = torch.randn(3, 3, 64, 32, generator=gen)
     q_images = base + 0.05 * torch.randn(3, 3, 64, 32, generator=gen)
     g_images = torch.cat([base + 0.05 * torch.randn(3, 3, 64, 32, generator=gen) for _ in range(2)])
-    split = lambda images, pids, cam: SimpleNamespace(  # noqa: E731
+    split = lambda images, pids, cam: SimpleNamespace(
         loader=[(images,)], pids=np.array(pids), camids=np.full(len(pids), cam)
     )
     data = SimpleNamespace(

@@ -86,8 +86,8 @@ def test_uniform_self_teacher_wiring_matches_a_hand_written_bifpn():
     with torch.no_grad():
         c0, c1, c2 = m.trainable.net.stage_maps(x)
         logits, refined = t([c0, c1, c2])
-        up = lambda v: F.interpolate(v, scale_factor=2, mode="nearest")  # noqa: E731
-        down = lambda v: F.max_pool2d(v, 2)  # noqa: E731
+        up = lambda v: F.interpolate(v, scale_factor=2, mode="nearest")
+        down = lambda v: F.max_pool2d(v, 2)
         l0, l1, l2 = (t.lateral[i](F.relu(c)) for i, c in enumerate((c0, c1, c2)))
         td1 = t.top_down[1]([l1, up(l2)])
         td0 = t.top_down[0]([l0, up(td1)])
@@ -147,8 +147,8 @@ def test_bifpnc_wiring_matches_the_official_layer_by_hand():
         logits, refined = t(c)
         lat = [t.lateral[i](relu(c[i])) for i in range(3)]
         trans = [t.lateral_up[i - 1](relu(c[i])) for i in (1, 2)]
-        up = lambda v: F.interpolate(v, scale_factor=2, mode="nearest")  # noqa: E731
-        pool = lambda v: F.max_pool2d(F.pad(v, [0, 1, 0, 1]), 3, 2)  # 28->14, 14->7: pad 1 after  # noqa: E731
+        up = lambda v: F.interpolate(v, scale_factor=2, mode="nearest")
+        pool = lambda v: F.max_pool2d(F.pad(v, [0, 1, 0, 1]), 3, 2)  # 28->14, 14->7: pad 1 after
         w = nw(t.top_down_weight[1])
         td1 = _separable(t.top_down[1], w[0] * relu(lat[1]) + w[1] * t.down_resample[1](up(relu(lat[2]))))
         w = nw(t.top_down_weight[0])

@@ -48,14 +48,14 @@ def test_stages_are_torchvisions_layers(imagenet_file):
     # The pooled last map is torchvision's pre-classifier feature (its classifier: dropout + Linear).
     torch.testing.assert_close(net(X)[1], maps[-1].mean(dim=(2, 3)), rtol=1e-6, atol=1e-6)
     # Parameters: torchvision's minus its 1280 x 1000 classifier, plus ours (1280 x C + C).
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(net) == count(tv) - (1280 * 1000 + 1000) + 1280 * C + C
 
 
 def test_last_stride_one_keeps_the_resolution_of_stage_three():
     # 64x32: the stem halves (32x16), stages 1-3 halve (16x8, 8x4, 4x2); block 14's depthwise
     # conv at stride 1 keeps 4x2 (2x1 with last_stride=2).
-    shapes = lambda net: [tuple(m.shape[1:]) for m in net.eval().stage_maps(X)]  # noqa: E731
+    shapes = lambda net: [tuple(m.shape[1:]) for m in net.eval().stage_maps(X)]
     with torch.no_grad():
         assert shapes(build_model("mobilenet_v2", C)) == [(24, 16, 8), (32, 8, 4), (96, 4, 2), (1280, 4, 2)]
         assert shapes(build_model("mobilenet_v2", C, last_stride=2))[-1] == (1280, 2, 1)

@@ -168,7 +168,7 @@ def test_end_of_run_evaluation_stores_the_thresholds(tmp_path):
         "query": (centres[q_pids] + 0.6 * rng.standard_normal((120, 8))).astype(np.float32),
         "gallery": (centres[g_pids] + 0.6 * rng.standard_normal((80, 8))).astype(np.float32),
     }
-    split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)  # noqa: E731
+    split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)
     data = SimpleNamespace(
         task="reid", query=split("query", q_pids, q_cams), gallery=split("gallery", g_pids, g_cams), multi_query=None
     )

@@ -79,7 +79,7 @@ def test_end_of_run_evaluation_reranks_single_and_multi_query():
     m = np.concatenate([q + 0.3 * rng.normal(size=q.shape), q + 0.3 * rng.normal(size=q.shape)]).astype(np.float32)
     mp, mc = np.concatenate([qp, qp]), np.concatenate([qc, qc])
     feats = {"query": q, "gallery": g, "gt_bbox": m}
-    split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)  # noqa: E731
+    split = lambda name, pids, cams: SimpleNamespace(loader=name, pids=pids, camids=cams)
     data = SimpleNamespace(
         task="reid",
         query=split("query", qp, qc),

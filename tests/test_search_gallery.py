@@ -13,10 +13,10 @@ import torch.nn as nn
 from PIL import Image
 
 from reid_srdl.api import ReIDSearcher
-from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.evaluation.io import load_features
 from reid_srdl.evaluation.metrics import ranked_gallery
 from reid_srdl.evaluation.open_set import evaluate_open_set
+from reid_srdl.search.errors import SearchError
 from reid_srdl.search.fingerprint import model_fingerprint, state_dict_sha256
 from reid_srdl.search.gallery import GalleryMismatchError
 from reid_srdl.search.stores import GalleryItem
@@ -167,7 +167,7 @@ def test_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
 )
 def test_exclude_camid_types_are_checked(bad, hint):
     s = ReIDSearcher(np.arange(4.0).reshape(-1, 1), [1, 2, 3, 4], [0, 1, 0, 1])
-    with pytest.raises(EvaluationInputError, match=hint):
+    with pytest.raises(SearchError, match=hint):
         s.search(np.zeros((2, 1)), exclude_camid=bad)
     assert s.search(np.zeros(1), k=2, exclude_camid=np.int64(0))[0].indices.tolist() == [1, 3]
 
@@ -210,11 +210,11 @@ def test_calibrated_threshold_and_decisions_survive_save_load(tmp_path):
 
 def test_threshold_errors():
     s = ReIDSearcher(np.eye(2), [1, 2], [0, 1])
-    with pytest.raises(EvaluationInputError, match="no calibrated threshold"):
+    with pytest.raises(SearchError, match="no calibrated threshold"):
         s.search(np.zeros(2), threshold="calibrated")
-    with pytest.raises(EvaluationInputError, match="threshold or far, not both"):
+    with pytest.raises(SearchError, match="threshold or far, not both"):
         s.search(np.zeros(2), threshold=1.0, far=0.1)
-    with pytest.raises(EvaluationInputError, match="non-negative distance"):
+    with pytest.raises(SearchError, match="non-negative distance"):
         s.search(np.zeros(2), threshold=-1.0)
 
 
@@ -229,7 +229,7 @@ def test_adds_while_searching_are_safe():
             for _ in range(50):
                 hits = index.search(rng.standard_normal((4, 16)), k=5)
                 assert (hits.ids >= 0).all() and np.isfinite(hits.distances).all()
-        except Exception as e:  # noqa: BLE001 -- collected and asserted below
+        except Exception as e:  # collected and asserted below
             errors.append(e)
 
     def adder():

@@ -80,7 +80,7 @@ def test_metadata_filters_and_delete_through_the_facade(target):
         results = s.search(queries[:2], k=50, cameras=["c1", 'c"2'], time_from=t0, time_to=1.7e9 + 500)
         admit = lambda it: (
             it.camera in ("c1", 'c"2') and it.timestamp is not None and 1.7e9 - 400 <= it.timestamp <= 1.7e9 + 500
-        )  # noqa: E731,E501
+        )
         exp_ids, exp_d = brute_force(x, items, queries[0], admit)
         assert results[0].indices.tolist() == exp_ids.tolist()
         hit = results[0].to_dict()["hits"][0]
@@ -216,6 +216,8 @@ def test_cli_delete_prune_convert_on_a_store(tmp_path, capsys):
     assert code == 2 and "30d, 12h" in err
     code, _, err = run(capsys, "delete", "--store", str(tmp_path / "absent"), "--pid", 1)
     assert code == 2 and "no gallery store here" in err
+    code, out, err = run(capsys, "prune", "--store", str(tmp_path / "absent"), "--older-than", "30d")
+    assert code == 2 and "no gallery store here" in err and out == ""  # nothing printed before the error
     npz = _npz(tmp_path / "old.npz", {"model": None}, paths=np.array(["a.jpg", "b.jpg", "c.jpg"]))
     code, out, _ = run(capsys, "convert", npz, "--store", tmp_path / "new")
     assert code == 0 and "3 items" in out

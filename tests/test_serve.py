@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (test extra)")
 
-from serve_helpers import add_files, build_gallery, files_in, owner, serve, upload  # noqa: E402
+from serve_helpers import add_files, build_gallery, files_in, owner, serve, upload
 
-from reid_srdl.search import ReIDSearcher  # noqa: E402
+from reid_srdl.search import ReIDSearcher
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

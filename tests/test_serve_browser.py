@@ -25,15 +25,15 @@ if not (CHROMIUM and DRIVER):
         "no chromium/chromedriver on this machine: apt-get install -y chromium chromium-driver", allow_module_level=True
     )
 
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from serve_helpers import FRAME_SIZE, build_gallery, build_store  # noqa: E402
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+from serve_helpers import FRAME_SIZE, build_gallery, build_store
 
-from reid_srdl.evaluation import colours  # noqa: E402
-from reid_srdl.search import ReIDSearcher  # noqa: E402
-from reid_srdl.serve.app import create_app  # noqa: E402
-from reid_srdl.serve.guard import AccessPolicy  # noqa: E402
+from reid_srdl.evaluation import colours
+from reid_srdl.search import ReIDSearcher
+from reid_srdl.serve.app import create_app
+from reid_srdl.serve.guard import AccessPolicy
 
 
 def free_port() -> int:

@@ -14,10 +14,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is in the test extra")
 
-import serve  # noqa: E402  (tools/serve.py)
-from serve_helpers import build_gallery, files_in  # noqa: E402
+import serve  # (tools/serve.py)
+from serve_helpers import build_gallery, files_in
 
-from reid_srdl.serve.housekeeping import GalleryLock  # noqa: E402
+from reid_srdl.serve.housekeeping import GalleryLock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

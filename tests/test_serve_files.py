@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (test extra)")
 
-from serve_helpers import add_files, build_gallery, files_in, owner, serve, upload  # noqa: E402
+from serve_helpers import add_files, build_gallery, files_in, owner, serve, upload
 
-from reid_srdl.core.files import temp_file_beside  # noqa: E402
-from reid_srdl.search import ReIDSearcher  # noqa: E402
-from reid_srdl.serve.housekeeping import GalleryInUseError, GalleryLock, clean_up_after_a_killed_server  # noqa: E402
+from reid_srdl.core.files import temp_file_beside
+from reid_srdl.search import ReIDSearcher
+from reid_srdl.serve.housekeeping import GalleryInUseError, GalleryLock, clean_up_after_a_killed_server
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

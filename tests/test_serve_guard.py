@@ -9,11 +9,11 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (test extra)")
 
-from serve_helpers import ORIGIN, TOKEN, add_files, build_gallery, files_in, owner, serve, upload  # noqa: E402
+from serve_helpers import ORIGIN, TOKEN, add_files, build_gallery, files_in, owner, serve, upload
 
-from reid_srdl.search import ReIDSearcher  # noqa: E402
-from reid_srdl.serve import guard  # noqa: E402
-from reid_srdl.serve.guard import AccessConfigError, AccessPolicy  # noqa: E402
+from reid_srdl.search import ReIDSearcher
+from reid_srdl.serve import guard
+from reid_srdl.serve.guard import AccessConfigError, AccessPolicy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

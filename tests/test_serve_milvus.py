@@ -20,10 +20,10 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is in the test extra")
 
-from serve_helpers import build_gallery  # noqa: E402
+from serve_helpers import build_gallery
 
-from reid_srdl.search.stores import item_id  # noqa: E402
-from reid_srdl.serve.service import content_name  # noqa: E402
+from reid_srdl.search.stores import item_id
+from reid_srdl.serve.service import content_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "milvus-owner-token-0123456789"

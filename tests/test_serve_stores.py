@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (test extra)")
 
-from serve_helpers import (  # noqa: E402
+from serve_helpers import (
     BASE_URL,
     T0,
     TOKEN,
@@ -26,11 +26,11 @@ from serve_helpers import (  # noqa: E402
     upload,
 )
 
-from reid_srdl.search import ReIDSearcher  # noqa: E402
-from reid_srdl.search.stores import DeleteRequest, SearchFilter, item_id  # noqa: E402
-from reid_srdl.serve import service as service_module  # noqa: E402
-from reid_srdl.serve.app import create_app  # noqa: E402
-from reid_srdl.serve.guard import AccessPolicy  # noqa: E402
+from reid_srdl.search import ReIDSearcher
+from reid_srdl.search.stores import DeleteRequest, SearchFilter, item_id
+from reid_srdl.serve import service as service_module
+from reid_srdl.serve.app import create_app
+from reid_srdl.serve.guard import AccessPolicy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

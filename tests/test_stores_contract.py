@@ -174,14 +174,14 @@ def test_threads_add_while_others_search(target):
             for _ in range(15):
                 h = store.search(queries, 5)
                 assert (h.ids >= 0).all() and np.isfinite(h.distances).all()
-        except Exception as e:  # noqa: BLE001 -- collected and asserted below
+        except Exception as e:  # collected and asserted below
             errors.append(e)
 
     def add():
         try:
             for s in range(40, 200, 20):
                 store.add(x[s : s + 20], items[s : s + 20])
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=search) for _ in range(2)] + [threading.Thread(target=add)]

@@ -13,6 +13,7 @@ from trust_helpers import one_line
 from reid_srdl.core.arrays import EvaluationInputError, check_ids
 from reid_srdl.data.market1501 import parse_market_name
 from reid_srdl.search.calibration import Calibration
+from reid_srdl.search.errors import SearchError
 from reid_srdl.search.gallery import per_query_ids
 from reid_srdl.search.labels import LabelError, parse_camera
 
@@ -46,7 +47,7 @@ def test_anything_else_is_not_a_camera(text):
 
 
 def test_a_camera_hint_never_fails_on_odd_digits():
-    with pytest.raises(EvaluationInputError) as e:
+    with pytest.raises(SearchError) as e:
         per_query_ids("c\u00b2", 2, "query camids")
     assert str(e.value) == (
         "query camids must be an integer id (0-based: file name c1 is camid 0) or one per query; got 'c²'"
@@ -81,7 +82,7 @@ def test_ids_at_the_edges_of_int64_are_kept_exactly():
     ids = np.array([-(2**63), 2**63 - 1, -1, 0])
     assert check_ids(ids, 4, "pids").tolist() == [-(2**63), 2**63 - 1, -1, 0]
     assert check_ids(np.array([2.0**53]), 1, "pids").tolist() == [2**53]
-    with pytest.raises(EvaluationInputError, match="outside the range"):
+    with pytest.raises(SearchError, match="outside the range"):
         per_query_ids(2**64 - 1, 3, "query pids")  # one id for all queries
 
 
@@ -214,7 +215,7 @@ def test_a_stored_calibration_reads_back():
     ],
 )
 def test_a_stored_calibration_with_a_bad_field_is_refused(change, message):
-    with pytest.raises(EvaluationInputError) as e:
+    with pytest.raises(SearchError) as e:
         Calibration.from_meta({**GOOD, **change}, IMPOSTOR, "g.npz")
     assert str(e.value) == f"g.npz: the stored calibration: {message}"
 
@@ -222,7 +223,7 @@ def test_a_stored_calibration_with_a_bad_field_is_refused(change, message):
 def test_missing_calibration_fields_and_bad_distances_are_named():
     meta = dict(GOOD)
     del meta["threshold"]
-    with pytest.raises(EvaluationInputError, match="^g.npz: the stored calibration: missing threshold$"):
+    with pytest.raises(SearchError, match="^g.npz: the stored calibration: missing threshold$"):
         Calibration.from_meta(meta, IMPOSTOR, "g.npz")
-    with pytest.raises(EvaluationInputError, match="impostor distances must be a list of finite numbers$"):
+    with pytest.raises(SearchError, match="impostor distances must be a list of finite numbers$"):
         Calibration.from_meta(dict(GOOD), np.array([0.9, np.nan, 1.0]), "g.npz")

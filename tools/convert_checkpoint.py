@@ -1,91 +1,17 @@
 #!/usr/bin/env python
-"""Convert a PyTorch file that refers to Python objects into plain data the safe loader reads.
+"""`python tools/convert_checkpoint.py ...` is `reid-convert-checkpoint ...`:
+the command is reid_srdl/cli/convert_checkpoint.py.
 
-    python tools/convert_checkpoint.py OLD.pt NEW.pt
-
-Every tool of this project reads .pt files with PyTorch's safe unpickler
-(``torch.load(weights_only=True)``), which rebuilds tensors, dicts, lists, strings and
-numbers only.  A file that refers to Python classes or functions (written by an older
-version, by other code, or by someone else) is refused there, because unpickling it the
-ordinary way could run any code.  This tool reads such a file with the same safe unpickler,
-every class or function the file names replaced by an inert stand-in that records what the
-file asked for and runs nothing (reid_srdl.core.inert_pickle): nothing the file names is
-imported or called, whoever made it.  What was recorded becomes plain data (an object -> a
-dict of its attributes, a pickled nn.Module -> its state_dict, NumPy values -> numbers and
-tensors, a path -> a string); a call with no data meaning (``open(...)``, an Enum member) is
-refused by name.  NEW.pt is written atomically and checked with the safe loader.  Bad
-input: one line on stderr, exit code 2.
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
 """
 
-import argparse
-import collections
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from reid_srdl.core.errors import ReidSrdlError  # noqa: E402
-from reid_srdl.core.files import check_output_file  # noqa: E402
-from reid_srdl.core.inert_pickle import InertLoadError, convert_to_plain, load_inert  # noqa: E402
-from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.core.torch_files import UnreadableFileError, UnsafeFileError, load_torch_file  # noqa: E402
-
-EXIT_BAD_INPUT = 2
-
-
-class ConversionError(ReidSrdlError, ValueError):
-    """The file cannot be converted (unreadable, unreadable without running code, or not expressible as data)."""
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="OLD.pt", help="the file to convert")
-    p.add_argument("target", metavar="NEW.pt", help="where to write the plain-data file (may be OLD.pt itself)")
-    # Older versions loaded OLD.pt with the unsafe unpickler behind this flag; nothing is run
-    # any more, so the flag is accepted (scripts keep working) and changes nothing.
-    p.add_argument("--i-trust-this-file", dest="trusted", action="store_true", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-
-def convert(source: str, target: str) -> str:
-    """Write ``target`` from ``source``; returns a one-line summary."""
-    from reid_srdl.core.checkpoint import atomic_save
-
-    if not os.path.isfile(source):
-        raise ConversionError(f"file not found: {source}")
-    check_output_file(target, "converted file")
-    try:
-        load_torch_file(source, "file")
-        return f"{source} already holds plain data; it loads safely as it is (nothing written)"
-    except UnsafeFileError:
-        pass  # what this tool is for
-    except UnreadableFileError as e:
-        raise ConversionError(f"cannot convert {source}: {e.reason}") from None
-    try:
-        raw = load_inert(source)
-    except InertLoadError as e:
-        raise ConversionError(f"cannot convert {source} without running code: {e}") from None
-    counts = collections.Counter()
-    try:
-        plain = convert_to_plain(raw, os.path.basename(source), counts)
-    except TypeError as e:
-        raise ConversionError(f"cannot convert {source}: {e}") from None
-    atomic_save(plain, target)
-    load_torch_file(target, "converted file")  # the point of it all: it loads safely now
-    done = ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or "nothing needed converting"
-    return f"wrote {target}: plain data, loads with the safe loader (converted: {done})"
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    configure_cli_logging()
-    try:
-        print(convert(args.source, args.target))
-    except ReidSrdlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    return 0
-
+from reid_srdl.cli import convert_checkpoint as command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command.main())
+# Imported (the tests put tools/ on sys.path): the command's names are this module's, and
+# `import convert_checkpoint` gives the command's module itself, so that patching a name reaches its main.
+globals().update({name: value for name, value in vars(command).items() if not name.startswith("__")})
+sys.modules[__name__] = command

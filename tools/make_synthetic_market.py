@@ -1,64 +1,17 @@
 #!/usr/bin/env python
-"""Write a synthetic data set in the Market-1501 layout (see datasets/README.md).
+"""`python tools/make_synthetic_market.py ...` is `reid-make-synthetic-market ...`:
+the command is reid_srdl/cli/make_synthetic_market.py.
 
-    python tools/make_synthetic_market.py --out datasets/synthetic
-    python tools/make_synthetic_market.py --out /tmp/market --ids 100 --seed 3 --overwrite
-
-The data goes to OUT/market1501/Market-1501-v15.09.15/, so ``data.root=OUT`` (or torchreid's
-``ImageDataManager(root=OUT, sources='market1501')``) reads it.
+Kept as a script for checkouts and torchrun; the package must be installed (pip install -e .).
 """
 
-import argparse
-import os
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from reid_srdl.core.logs import configure_cli_logging  # noqa: E402
-from reid_srdl.data.synthetic.market import make_synthetic_market, read_marker  # noqa: E402
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, metavar="ROOT", help="data root to write under")
-    p.add_argument("--ids", type=int, default=40, help="number of identities, half train, half test (default 40)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    p.add_argument(
-        "--images-per-id-camera", type=int, default=4, help="detector boxes per identity and camera (default 4)"
-    )
-    p.add_argument(
-        "--gt-bbox-per-id-camera",
-        type=int,
-        default=3,
-        help="hand-drawn boxes per test identity and camera, the query included (default 3)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    configure_cli_logging()
-    start = time.perf_counter()
-    try:
-        data_dir = make_synthetic_market(
-            args.out,
-            num_ids=args.ids,
-            seed=args.seed,
-            images_per_id_camera=args.images_per_id_camera,
-            gt_bbox_per_id_camera=args.gt_bbox_per_id_camera,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    counts = read_marker(data_dir)["counts"]
-    print(f"wrote {data_dir} in {time.perf_counter() - start:.1f} s")
-    for folder, n in counts.items():
-        print(f"  {folder:20s} {n:6d} images")
-    return 0
-
+from reid_srdl.cli import make_synthetic_market as command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command.main())
+# Imported (the tests put tools/ on sys.path): the command's names are this module's, and
+# `import make_synthetic_market` gives the command's module itself, so that patching a name reaches its main.
+globals().update({name: value for name, value in vars(command).items() if not name.startswith("__")})
+sys.modules[__name__] = command

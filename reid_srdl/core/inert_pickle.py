@@ -148,7 +148,7 @@ def load_inert(path: str) -> Any:
             if m is None or _qualified(m.group(1)) in stand_ins:
                 raise InertLoadError(_reason(e)) from None
             names = [_qualified(m.group(1))]
-        except Exception as e:  # noqa: BLE001 - e.g. NumPy refusing a stand-in as an array type
+        except Exception as e:  # e.g. NumPy refusing a stand-in as an array type
             raise InertLoadError(_reason(e)) from None
     raise InertLoadError(f"the file refers to more than {_MAX_ROUNDS} Python objects")
 

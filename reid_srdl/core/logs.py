@@ -20,7 +20,7 @@ class _TqdmStdout(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=sys.stdout)
-        except Exception:  # noqa: BLE001 - logging must never break the run
+        except Exception:  # logging must never break the run
             self.handleError(record)
 
 

@@ -215,7 +215,7 @@ class OneOf(Spec):
         raise self.fail(value, where)
 
 
-def Optional(spec: Spec) -> Spec:  # noqa: N802 - reads like typing.Optional in a schema
+def Optional(spec: Spec) -> Spec:  # reads like typing.Optional in a schema
     """``spec`` or None."""
     return OneOf(spec, Null())
 

@@ -267,7 +267,7 @@ def _replay(stream, scan: _Scan) -> Any:
         raise
     except RecursionError:
         raise ScanRefusal("not a file written by torch.save, or corrupt (nested too deeply)") from None
-    except Exception as e:  # noqa: BLE001 - any failure of an inert replay means a corrupt pickle
+    except Exception as e:  # any failure of an inert replay means a corrupt pickle
         raise ScanRefusal(f"not a file written by torch.save, or corrupt ({_first_line(e)})") from None
 
 

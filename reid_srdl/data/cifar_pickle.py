@@ -132,6 +132,6 @@ def read_cifar_pickle(path: str) -> Any:
         raise CifarPickleError(f"'{path}' is not a readable CIFAR pickle batch: nested too deeply") from None
     except OSError:
         raise
-    except Exception as e:  # noqa: BLE001 - a malformed pickle fails in many ways; say which file
+    except Exception as e:  # a malformed pickle fails in many ways; say which file
         reason = (str(e).splitlines() or [""])[0][:160] or type(e).__name__
         raise CifarPickleError(f"'{path}' is not a readable CIFAR pickle batch: {reason}") from None

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import distributed as ddp
 from reid_srdl.core import seeding
+from reid_srdl.core.cli import EXIT_DIVERGED
 from reid_srdl.core.files import OutputPathError
 from reid_srdl.core.precision import autocast_for
 from reid_srdl.engine.assembly import Run, build_optimizer, load_optimizer_state, training_state_dict
@@ -33,6 +34,8 @@ _NOT_TERMS = ("stage", "epoch", "lr", "loss", "train_acc", "seconds")
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = EXIT_DIVERGED  # the tools' exit code for it (not bad input: the data were fine)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

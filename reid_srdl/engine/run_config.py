@@ -49,7 +49,7 @@ def config_differences(saved: dict, current: dict) -> List[str]:
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, missing), new.get(key, missing)
         if a != b:
-            show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
+            show = lambda v: "(absent)" if v is missing else repr(v)
             diffs.append(f"{key}: {show(a)} -> {show(b)}")
     return diffs
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from reid_srdl.core.download import RemoteFile
 from reid_srdl.core.registry import Registry
+from reid_srdl.models.errors import ModelConfigError
 
 #: Network architectures: ``@MODELS.register("name", imagenet=ImageNetLayout(...))`` in their own
 #: file (full once ``reid_srdl.models`` is imported: its ``__init__`` imports every one).
@@ -49,14 +50,14 @@ class EmbeddingHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, feature_dim: Optional[int] = None, neck: str = "plain"):
         super().__init__()
         if neck not in NECKS:
-            raise ValueError(f"EmbeddingHead neck must be one of {', '.join(NECKS)}, got {neck!r}")
+            raise ModelConfigError(f"EmbeddingHead neck must be one of {', '.join(NECKS)}, got {neck!r}")
         if in_channels < 1 or num_classes < 1:
-            raise ValueError(
+            raise ModelConfigError(
                 f"EmbeddingHead needs in_channels >= 1 and num_classes >= 1, "
                 f"got in_channels={in_channels}, num_classes={num_classes}"
             )
         if feature_dim is not None and feature_dim < 1:
-            raise ValueError(f"EmbeddingHead feature_dim must be >= 1 or None, got {feature_dim}")
+            raise ModelConfigError(f"EmbeddingHead feature_dim must be >= 1 or None, got {feature_dim}")
         self.in_channels = in_channels
         self.feature_dim = feature_dim
         self.neck = neck
@@ -111,9 +112,11 @@ class Net(nn.Module):
     ):
         super().__init__()
         if len(stages) != len(stage_channels):
-            raise ValueError(f"{arch}: {len(stages)} stages but {len(stage_channels)} stage_channels")
+            raise ModelConfigError(f"{arch}: {len(stages)} stages but {len(stage_channels)} stage_channels")
         if head.in_channels != stage_channels[-1]:
-            raise ValueError(f"{arch}: head expects {head.in_channels} channels, last stage gives {stage_channels[-1]}")
+            raise ModelConfigError(
+                f"{arch}: head expects {head.in_channels} channels, last stage gives {stage_channels[-1]}"
+            )
         self.arch = arch
         # Image channels the stem takes; checked on entry so that a grey batch fed to an RGB
         # net fails here, naming the model, not deep inside the first convolution.
@@ -129,7 +132,7 @@ class Net(nn.Module):
     def set_head(self, head: EmbeddingHead) -> None:
         """Replace the head (same input width), e.g. by a BNNeck head."""
         if head.in_channels != self.stage_channels[-1]:
-            raise ValueError(
+            raise ModelConfigError(
                 f"{self.arch}: head expects {head.in_channels} channels, last stage gives {self.stage_channels[-1]}"
             )
         self.head = head
@@ -139,7 +142,7 @@ class Net(nn.Module):
     def stage_maps(self, x: Tensor) -> List[Tensor]:
         """The output feature map of every stage, in order."""
         if x.dim() != 4 or (self.in_channels is not None and x.shape[1] != self.in_channels):
-            raise ValueError(
+            raise ModelConfigError(
                 f"{self.arch} expects images of shape (batch, {self.in_channels or 'C'}, height, "
                 f"width), got {tuple(x.shape)}"
             )

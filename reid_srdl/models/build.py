@@ -4,6 +4,7 @@ import inspect
 from typing import List, Optional
 
 from reid_srdl.models.base import MODEL_FAMILIES, MODELS, NECKS, EmbeddingHead, Net, init_weights
+from reid_srdl.models.errors import ModelConfigError
 from reid_srdl.models.weights import load_imagenet_weights, resolve_weights
 
 # Arguments every builder receives from `build_model`; anything else is an architecture option.
@@ -51,18 +52,18 @@ def build_model(
     checkpoint carries its own tensors.
     """
     if neck not in NECKS:
-        raise ValueError(f"model '{name}': neck must be one of {', '.join(NECKS)}, got {neck!r}")
+        raise ModelConfigError(f"model '{name}': neck must be one of {', '.join(NECKS)}, got {neck!r}")
     feature_dim = feature_dim or None
     builder = _builder(name)
     if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"model '{name}': num_classes must be a positive int, got {num_classes!r}")
+        raise ModelConfigError(f"model '{name}': num_classes must be a positive int, got {num_classes!r}")
     if not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"model '{name}': in_channels must be a positive int, got {in_channels!r}")
+        raise ModelConfigError(f"model '{name}': in_channels must be a positive int, got {in_channels!r}")
     signature = inspect.signature(builder)
     valid_options = [p for p in signature.parameters if p not in _COMMON_ARGS]
     unknown = sorted(set(options) - set(valid_options))
     if unknown:
-        raise ValueError(
+        raise ModelConfigError(
             f"model '{name}' has no option(s) {', '.join(unknown)}; its options: {', '.join(valid_options) or 'none'}"
         )
     loads_weights = "weights" in signature.parameters

@@ -14,6 +14,7 @@ from torchvision.models import DenseNet
 from torchvision.models.resnet import BasicBlock
 
 from reid_srdl.models.base import MODELS, EmbeddingHead, Net
+from reid_srdl.models.errors import ModelConfigError
 
 
 # ------------------------------------------------------------------ ResNet (He et al. 2016)
@@ -27,7 +28,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(f"ZeroPadShortcut cannot shrink {in_channels} to {out_channels} channels")
+            raise ModelConfigError(f"ZeroPadShortcut cannot shrink {in_channels} to {out_channels} channels")
         self.extra = out_channels - in_channels
         self.stride = stride
 
@@ -40,7 +41,7 @@ class ZeroPadShortcut(nn.Module):
 def _cifar_resnet(arch: str, depth: int, num_classes: int, in_channels: int) -> Net:
     """He et al.'s CIFAR ResNet: 3 stages of n=(depth-2)/6 BasicBlocks with 16/32/64 channels."""
     if (depth - 2) % 6:
-        raise ValueError(f"{arch}: CIFAR ResNet depth must be 6n+2, got {depth}")
+        raise ModelConfigError(f"{arch}: CIFAR ResNet depth must be 6n+2, got {depth}")
     n = (depth - 2) // 6
     stem = nn.Sequential(
         OrderedDict(
@@ -109,9 +110,9 @@ class PreActBlock(nn.Module):
 
 def _wide_resnet(arch: str, depth: int, widen: int, num_classes: int, in_channels: int, dropout: float) -> Net:
     if (depth - 4) % 6:
-        raise ValueError(f"{arch}: Wide ResNet depth must be 6n+4, got {depth}")
+        raise ModelConfigError(f"{arch}: Wide ResNet depth must be 6n+4, got {depth}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"{arch}: dropout must be in [0, 1), got {dropout!r}")
+        raise ModelConfigError(f"{arch}: dropout must be in [0, 1), got {dropout!r}")
     n = (depth - 4) // 6
     widths = [16 * widen, 32 * widen, 64 * widen]
     stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)

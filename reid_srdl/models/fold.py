@@ -42,7 +42,7 @@ def _fold_in_place(module: nn.Module) -> nn.Module:
     try:
         # inplace=True: the module is already our private copy; no second deep copy.
         return fuse(module, inplace=True)
-    except Exception:  # noqa: BLE001 - fx raises several kinds on untraceable Python
+    except Exception:  # fx raises several kinds on untraceable Python
         # Not traceable as a whole (data-dependent checks, ModuleList without forward...):
         # fold each child separately; the parent's own forward keeps calling them.
         for name, child in module.named_children():

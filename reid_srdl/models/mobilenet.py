@@ -26,6 +26,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from reid_srdl.models.base import MODELS, EmbeddingHead, Net
+from reid_srdl.models.errors import ModelConfigError
 from reid_srdl.models.reid import first_conv
 from reid_srdl.models.weights import ImageNetLayout
 
@@ -58,7 +59,7 @@ def mobilenet_v2(num_classes: int, feature_dim: Optional[int], in_channels: int,
     connection either way (96 -> 160 channels), so only the resolution changes.
     """
     if last_stride not in (1, 2):
-        raise ValueError(f"mobilenet_v2 last_stride must be 1 or 2, got {last_stride!r}")
+        raise ModelConfigError(f"mobilenet_v2 last_stride must be 1 or 2, got {last_stride!r}")
     features = tvm.mobilenet_v2(weights=None).features
     if last_stride == 1:
         depthwise = features[LAST_DOWNSAMPLING].conv[1][0]

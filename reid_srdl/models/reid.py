@@ -11,6 +11,7 @@ from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
 from reid_srdl.models.base import MODELS, EmbeddingHead, Net
+from reid_srdl.models.errors import ModelConfigError
 from reid_srdl.models.weights import ImageNetLayout
 
 
@@ -46,7 +47,7 @@ def resnet50(num_classes: int, feature_dim: Optional[int], in_channels: int, las
     same parameters, so ImageNet weights still load.
     """
     if last_stride not in (1, 2):
-        raise ValueError(f"resnet50 last_stride must be 1 or 2, got {last_stride!r}")
+        raise ModelConfigError(f"resnet50 last_stride must be 1 or 2, got {last_stride!r}")
     tv = tvm.resnet50(weights=None)
     if last_stride == 1:
         block = tv.layer4[0]

@@ -87,7 +87,7 @@ def _probe(timm, name: str, **kwargs) -> nn.Module:
     try:
         with torch.device("meta"):
             return timm.create_model(name, pretrained=False, **kwargs)
-    except Exception:  # noqa: BLE001 - whatever the meta device cannot run
+    except Exception:  # whatever the meta device cannot run
         return timm.create_model(name, pretrained=False, **kwargs)
 
 
@@ -139,7 +139,7 @@ def timm_net(name: str, num_classes: int, feature_dim: Optional[int], in_channel
     # Which feature extractor timm picks for this model.
     try:
         stagewise = isinstance(_probe(timm, name, features_only=True, in_chans=in_channels), FeatureListNet)
-    except Exception:  # noqa: BLE001 - timm raises several kinds for models without features_only
+    except Exception:  # timm raises several kinds for models without features_only
         stagewise = False
     if stagewise:
         stem, stages, channels = _split(_create(timm, name, in_channels, weights, features_only=True))

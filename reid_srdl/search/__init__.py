@@ -23,6 +23,7 @@ _EXPORTS = {
     "SearchFilter": "stores",
     "GalleryStore": "stores",
     "GalleryMismatchError": "gallery",
+    "SearchError": "errors",
     "UNKNOWN": "gallery",
     "Embedder": "embedder",
     "Calibration": "calibration",

@@ -18,8 +18,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from reid_srdl.core import schema as sc
-from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.evaluation.open_set import REFERENCE, open_set_scores, operating_point, threshold_at_far
+from reid_srdl.search.errors import SearchError
 
 DEFAULT_FAR = 0.01
 
@@ -75,15 +75,15 @@ class Calibration:
         try:
             sc.check(meta, CALIBRATION, f"{what}:")
         except sc.SchemaError as e:
-            raise EvaluationInputError(str(e)) from None
+            raise SearchError(str(e)) from None
         try:
             distances = np.asarray(impostor if impostor is not None else [], dtype=np.float64)
         except (TypeError, ValueError):
-            raise EvaluationInputError(f"{what}: the impostor distances are not numbers") from None
+            raise SearchError(f"{what}: the impostor distances are not numbers") from None
         if distances.ndim != 1 or not np.isfinite(distances).all():
-            raise EvaluationInputError(f"{what}: the impostor distances must be a list of finite numbers")
+            raise SearchError(f"{what}: the impostor distances must be a list of finite numbers")
         if distances.size and distances.size != meta["num_impostor_probes"]:
-            raise EvaluationInputError(
+            raise SearchError(
                 f"{what}: {distances.size} impostor distances, but num_impostor_probes is {meta['num_impostor_probes']}"
             )
         return cls(
@@ -149,12 +149,12 @@ def calibrate(
     """
     scores = open_set_scores(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids)
     if scores.num_known == 0:
-        raise EvaluationInputError(
+        raise SearchError(
             f"calibration: none of the {scores.num_queries} labelled queries has a true match in another camera "
             f"of the gallery; label the queries with the gallery's pids and camids"
         )
     if scores.impostor.size == 0:
-        raise EvaluationInputError("calibration: the gallery holds no identity other than the queries' own")
+        raise SearchError("calibration: the gallery holds no identity other than the queries' own")
     point = operating_point(scores, far)
     when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     where = source or "a labelled query/gallery split"
@@ -207,14 +207,14 @@ def resolve_threshold(
     ``far=f`` (read off the calibration's impostor distances), a distance, or neither
     (``(None, None)``: no decision)."""
     if threshold is not None and far is not None:
-        raise EvaluationInputError("give threshold or far, not both")
+        raise SearchError("give threshold or far, not both")
     if threshold is None and far is None:
         return None, None
     if isinstance(threshold, str) and threshold != "calibrated":
-        raise EvaluationInputError(f"threshold must be a distance, 'calibrated' or None; got {threshold!r}")
+        raise SearchError(f"threshold must be a distance, 'calibrated' or None; got {threshold!r}")
     if threshold == "calibrated" or far is not None:
         if calibration is None:
-            raise EvaluationInputError(
+            raise SearchError(
                 "this gallery has no calibrated threshold: run searcher.calibrate(queries, pids, camids) on labelled "
                 "queries (or tools/search.py calibrate), or pass threshold=<distance>"
             )
@@ -222,7 +222,5 @@ def resolve_threshold(
             return calibration.threshold, f"calibrated at FAR {100 * calibration.far:g}%: {calibration.source}"
         return calibration.threshold_at(far), f"FAR {100 * float(far):g}% from the calibration: {calibration.source}"
     if isinstance(threshold, bool) or not np.isscalar(threshold) or not float(threshold) >= 0:
-        raise EvaluationInputError(
-            f"threshold must be a non-negative distance, 'calibrated' or None; got {threshold!r}"
-        )
+        raise SearchError(f"threshold must be a non-negative distance, 'calibrated' or None; got {threshold!r}")
     return float(threshold), "given by the caller"

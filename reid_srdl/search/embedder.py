@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from reid_srdl.core.arrays import EvaluationInputError
+from reid_srdl.search.errors import SearchError
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 256, 128
 DEFAULT_TRANSFORM = "reid_test_transform"
@@ -39,7 +39,7 @@ OPTIONS = (
 def check_option_names(options: Dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise EvaluationInputError(f"unknown embedding option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}")
+        raise SearchError(f"unknown embedding option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}")
 
 
 def resolve_model(model, trust_torchscript: bool = False) -> Tuple[Any, Dict[str, Any]]:
@@ -104,7 +104,7 @@ class Embedder:
         width = width if width is not None else int(meta.get("width") or DEFAULT_WIDTH)
         for name, value in (("height", height), ("width", width), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise EvaluationInputError(f"{name} must be a positive integer; got {value!r}")
+                raise SearchError(f"{name} must be a positive integer; got {value!r}")
         for name, value in (("height", height), ("width", width)):
             # Every image is resized to this before the network runs (a gallery's recorded
             # settings come here too).
@@ -114,7 +114,7 @@ class Embedder:
                     f"(reid_srdl.core.limits.MAX_INPUT_SIDE)"
                 )
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
-            raise EvaluationInputError(f"workers must be an integer >= 0; got {workers!r}")
+            raise SearchError(f"workers must be an integer >= 0; got {workers!r}")
         self.options: Dict[str, Any] = dict(
             transform=transform,
             batch_size=int(batch_size),
@@ -203,7 +203,7 @@ class Embedder:
         from reid_srdl.inference.features import extract_features
 
         if not images:
-            raise EvaluationInputError("no image given")
+            raise SearchError("no image given")
         size = self.options["batch_size"]
         batches = [
             (torch.stack([self.transform(im) for im in images[i : i + size]]),) for i in range(0, len(images), size)

@@ -19,14 +19,15 @@ from typing import Tuple
 
 import numpy as np
 
-from reid_srdl.core.arrays import INT64, EvaluationInputError, check_ids
+from reid_srdl.core.arrays import INT64, check_ids
+from reid_srdl.search.errors import SearchError
 from reid_srdl.search.labels import LabelError, parse_camera
 from reid_srdl.search.stores.npz_store import GALLERY_FORMAT, camera_name, camid_of  # noqa: F401
 
 UNKNOWN = -1
 
 
-class GalleryMismatchError(EvaluationInputError):
+class GalleryMismatchError(SearchError):
     """Query features would not be comparable with the gallery's (another model or settings)."""
 
 
@@ -46,19 +47,19 @@ def per_query_ids(value, n: int, what: str) -> np.ndarray:
     floats and booleans are refused (camids are 0-based integers)."""
     scalar_not_int = np.ndim(value) == 0 and not _integer_like(value)
     if isinstance(value, (str, float, bool, np.floating, np.bool_)) or scalar_not_int:
-        raise EvaluationInputError(
+        raise SearchError(
             f"{what} must be an integer id (0-based: file name c1 is camid 0) or one per query; "
             f"got {value!r}{_camid_hint(value)}"
         )
     if np.ndim(value) == 0:
         if not INT64.min <= int(value) <= INT64.max:  # kept as int64: never wrapped around
-            raise EvaluationInputError(f"{what}: id {int(value)} is outside the range ids are stored in (int64)")
+            raise SearchError(f"{what}: id {int(value)} is outside the range ids are stored in (int64)")
         return np.full(n, int(value), dtype=np.int64)
     arr = np.asarray(value)
     if arr.dtype.kind not in "iu":
         bad = next((v for v in arr.reshape(-1) if not _integer_like(v)), arr.dtype)
         bad = bad.item() if isinstance(bad, np.generic) else bad  # 0.5, not np.float64(0.5)
-        raise EvaluationInputError(
+        raise SearchError(
             f"{what} must hold integer ids (0-based: file name c1 is camid 0); got {bad!r}{_camid_hint(bad)}"
         )
     return check_ids(arr, n, what)
@@ -70,7 +71,7 @@ def per_query_pairs(value, n: int, what: str) -> Tuple[np.ndarray, np.ndarray]:
     if arr.ndim == 1 and arr.shape == (2,):
         arr = np.array([list(value)] * n, dtype=object)
     if arr.ndim != 2 or arr.shape != (n, 2):
-        raise EvaluationInputError(f"{what} must be one (pid, camid) pair or one pair per query ({n}); got {value!r}")
+        raise SearchError(f"{what} must be one (pid, camid) pair or one pair per query ({n}); got {value!r}")
     pids = per_query_ids(list(arr[:, 0]), n, f"{what} pids")
     camids = per_query_ids(list(arr[:, 1]), n, f"{what} camids")
     return pids, camids

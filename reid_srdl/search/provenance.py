@@ -9,8 +9,8 @@ a gallery that records no model, unless ``allow_mismatch``.
 
 from typing import Any, Dict, Optional
 
-from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.search.embedder import FEATURE_SETTINGS, Embedder, check_option_names
+from reid_srdl.search.errors import SearchError
 from reid_srdl.search.fingerprint import describe_model, same_model
 from reid_srdl.search.gallery import GalleryMismatchError
 
@@ -25,7 +25,7 @@ def embedder_for(
     check_option_names(embedding)
     if model is None:
         if embedding:
-            raise EvaluationInputError("embedding options need a model: ReIDSearcher.load(path, model=..., ...)")
+            raise SearchError("embedding options need a model: ReIDSearcher.load(path, model=..., ...)")
         return None
     stored = meta.get("settings") or {}
     options = dict(embedding)

@@ -15,7 +15,8 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from reid_srdl.core.arrays import EvaluationInputError, check_features, check_ids, positive_int
+from reid_srdl.core.arrays import check_features, check_ids, positive_int
+from reid_srdl.search.errors import SearchError
 from reid_srdl.search.gallery import UNKNOWN, camera_name, per_query_ids, per_query_pairs
 from reid_srdl.search.stores import records
 from reid_srdl.search.stores.base import SearchFilter
@@ -41,7 +42,7 @@ def query_features(queries, dim: int, embed_paths: Callable[[List[str]], np.ndar
         q = q[None, :]
     q = check_features(q, "query features")
     if q.shape[1] != dim:
-        raise EvaluationInputError(f"query features have {q.shape[1]} dimensions but the gallery has {dim}")
+        raise SearchError(f"query features have {q.shape[1]} dimensions but the gallery has {dim}")
     return q
 
 
@@ -50,7 +51,7 @@ def embed_queries(embedder, paths: List, dim: int, meta: dict, skip_unreadable: 
     embedder, whose features must have the gallery's dimension (a GalleryMismatchError
     naming the gallery's model)."""
     if embedder is None:
-        raise EvaluationInputError(
+        raise SearchError(
             "this searcher has no model (built from features); pass query features, or "
             "build it with ReIDSearcher.from_images(...) / ReIDSearcher.load(path, model=...)"
         )
@@ -74,14 +75,14 @@ def check_dim(got: int, dim: int, meta: dict) -> None:
 
 
 def check_k(k) -> int:
-    return positive_int(k, "k")
+    return positive_int(k, "k", error=SearchError)
 
 
 def check_max_distance(max_distance) -> Optional[float]:
     if max_distance is None:
         return None
     if isinstance(max_distance, bool) or not np.isscalar(max_distance) or not float(max_distance) >= 0:
-        raise EvaluationInputError(f"max_distance must be a non-negative number or None; got {max_distance!r}")
+        raise SearchError(f"max_distance must be a non-negative number or None; got {max_distance!r}")
     return float(max_distance)
 
 
@@ -95,7 +96,7 @@ def _per_query_ids(value, n: int) -> List[Optional[tuple]]:
     value = list(value)
     if value and all(isinstance(v, (list, tuple, np.ndarray)) for v in value):
         if len(value) != n:
-            raise EvaluationInputError(f"exclude_ids: {len(value)} lists for {n} queries")
+            raise SearchError(f"exclude_ids: {len(value)} lists for {n} queries")
         return [tuple(records.check_ids(v, "exclude_ids")) for v in value]
     return [tuple(records.check_ids(value, "exclude_ids"))] * n
 

@@ -7,11 +7,12 @@ gallery), :mod:`.request` (arguments -> features and filters), :mod:`.results` a
 import os
 from typing import List, Optional, Sequence
 
-from reid_srdl.core.arrays import EvaluationInputError, check_ids
+from reid_srdl.core.arrays import check_ids
 from reid_srdl.search import calibration as cal
 from reid_srdl.search import provenance, request
 from reid_srdl.search.build import embed_into, open_gallery
 from reid_srdl.search.embedder import Embedder
+from reid_srdl.search.errors import SearchError
 from reid_srdl.search.results import SearchResult, result_of
 from reid_srdl.search.stores import MAX_K, DeleteRequest, GalleryItem
 from reid_srdl.search.stores.npz_store import NpzStore, arrays_of, items_from_arrays, save_gallery
@@ -23,7 +24,7 @@ class ReIDSearcher:
 
     def __init__(self, features=None, pids=None, camids=None, paths=None, *, store=None, embedder=None):
         if (store is None) == (features is None):
-            raise EvaluationInputError("give the gallery as features, pids, camids (and paths), or as store=...")
+            raise SearchError("give the gallery as features, pids, camids (and paths), or as store=...")
         self._store = open_gallery(store) if store is not None else NpzStore.from_arrays(features, pids, camids, paths)
         self._embedder: Optional[Embedder] = embedder
 
@@ -57,7 +58,7 @@ class ReIDSearcher:
         new -- an item already stored (same source) is skipped."""
         has_paths = getattr(self._store, "has_paths", True)
         if (paths is None) == has_paths:
-            raise EvaluationInputError("paths must be given for every gallery item or for none: " + (
+            raise SearchError("paths must be given for every gallery item or for none: " + (
                 "this gallery keeps paths, give them" if has_paths else "this gallery has no paths"))  # fmt: skip
         return self._store.add(features, items_from_arrays(features, pids, camids, paths, len(self), "items to add"))
 

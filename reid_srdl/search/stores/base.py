@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from reid_srdl.core.errors import ReidSrdlError
+from reid_srdl.search.errors import SearchError
 
 # A box is (x, y, w, h) in the pixels of the frame it was cut from.
 Box = Tuple[int, int, int, int]
@@ -47,7 +47,7 @@ Box = Tuple[int, int, int, int]
 MAX_K = 16384
 
 
-class StoreError(ReidSrdlError, ValueError):
+class StoreError(SearchError):
     """A gallery store refused an input, or its files or rows are not a valid gallery (the
     message names the field and the file or collection)."""
 
