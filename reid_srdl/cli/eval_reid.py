@@ -37,13 +37,13 @@ import numpy as np
 
 from reid_srdl.config import int_arg
 from reid_srdl.core import cli
+from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.files import OutputBatch, OutputPathError, check_output_dir, check_output_file, write_json_atomic
 from reid_srdl.evaluation.io import FeatureSet, load_features
 from reid_srdl.evaluation.metrics import (
     AP_METHODS,
     POOLS,
     REPORTED_RANKS,
-    EvaluationInputError,
     MultiQuery,
     ReIDResult,
     format_results_table,
