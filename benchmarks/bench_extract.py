@@ -51,6 +51,7 @@ from reid_srdl.data.synthetic.market import make_synthetic_market
 from reid_srdl.data.transforms import reid_test_transform
 from reid_srdl.evaluation.metrics import evaluate_reid
 from reid_srdl.inference.features import cpu_supports_bf16, embed_image_files, resolve_precision
+from reid_srdl.inference.options import ExtractionOptions
 from reid_srdl.models import build_model
 
 HEIGHT, WIDTH, BATCH = 256, 128, 32
@@ -133,14 +134,16 @@ def run_torchreid(extractor, paths):
 
 def run_ours(net, paths, **options):
     """The standard path: threads decode, batches normalised as tensors (what Embedder runs)."""
-    feats, _ = embed_image_files(net, paths, None, size=(HEIGHT, WIDTH), batch_size=BATCH, progress=False, **options)
+    feats, _ = embed_image_files(
+        net, paths, None, ExtractionOptions(height=HEIGHT, width=WIDTH, batch_size=BATCH, **options)
+    )
     return feats
 
 
 def run_ours_dataloader(net, paths, workers, **options):
     """The transform given explicitly: decoded in ``workers`` DataLoader processes."""
     feats, _ = embed_image_files(
-        net, paths, reid_test_transform(HEIGHT, WIDTH), batch_size=BATCH, workers=workers, progress=False, **options
+        net, paths, reid_test_transform(HEIGHT, WIDTH), ExtractionOptions(batch_size=BATCH, workers=workers, **options)
     )
     return feats
 

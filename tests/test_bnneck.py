@@ -99,7 +99,7 @@ def test_inference_uses_the_post_bn_feature_with_running_statistics(tmp_path):
         pre = pooled_last_map(net, x)
         bn = net.head.bn
         expected = (pre - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight
-    feats = extract_features(net, DataLoader(TensorDataset(x, torch.zeros(8)), batch_size=4), progress=False)
+    feats = extract_features(net, DataLoader(TensorDataset(x, torch.zeros(8)), batch_size=4))
     assert torch.allclose(torch.from_numpy(feats), expected, atol=1e-5)
     # A saved model rebuilds the same head and returns the same features.
     save_model_file(net, str(tmp_path / "m.pt"))

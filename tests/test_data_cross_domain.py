@@ -107,7 +107,7 @@ def _oracle(model, query, gallery, height=64, width=32):
     feats = {}
     for name, samples in (("q", query), ("g", gallery)):
         split = reid_split([s[:3] for s in samples], reid_test_transform(height, width), 16, 0)
-        feats[name] = extract_features(model, split.loader, "cpu", progress=False)
+        feats[name] = extract_features(model, split.loader)
     dist = ((feats["q"][:, None, :] - feats["g"][None, :, :]) ** 2).sum(-1)
     ids = [np.array([s[k] for s in samples]) for k in (1, 2) for samples in (query, gallery)]
     q_pids, g_pids, q_cams, g_cams = ids

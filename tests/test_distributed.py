@@ -115,7 +115,7 @@ def test_sharded_logits_and_features_equal_a_plain_extraction(one_and_two, tiny_
     expected = extract_logits(trainer.method.trainable, loader, len(loader.dataset), "cpu", progress=False)
     torch.testing.assert_close(r0["logits"], expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(r1["logits"], r0["logits"], rtol=0, atol=0)
-    feats = extract_features(trainer.method.trainable, trainer.data.gallery.loader, "cpu", progress=False)
+    feats = extract_features(trainer.method.trainable, trainer.data.gallery.loader)
     np.testing.assert_allclose(r0["feats"], feats, rtol=0, atol=1e-5)
 
 

@@ -361,7 +361,7 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tiny_market_root,
     # Independent path: the same network, the data layer's loaders at the trained size.
     data = build_data(DataConfig(root=tiny_market_root, synthetic=False, height=64, width=32, workers=0))
     model.eval()
-    q, g, m = (extract_features(model, s.loader, progress=False) for s in (data.query, data.gallery, data.multi_query))
+    q, g, m = (extract_features(model, s.loader) for s in (data.query, data.gallery, data.multi_query))
     expected = evaluate_reid(
         q,
         g,

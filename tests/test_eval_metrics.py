@@ -23,6 +23,7 @@ from reid_srdl.evaluation.metrics import (
 )
 from reid_srdl.inference.classification import evaluate_classifier, topk_accuracy
 from reid_srdl.inference.features import extract_features
+from reid_srdl.inference.options import ExtractionOptions
 
 
 def col(*xs):
@@ -308,21 +309,21 @@ def test_extract_features_flip_normalize_and_modes_restored():
     net = ColumnNet()
     net.train()
     net.frozen.eval()  # a submodule deliberately kept in eval mode
-    plain = extract_features(net, image_batches(), progress=False)
+    plain = extract_features(net, image_batches())
     assert plain.dtype == np.float32 and plain.shape == (3, 3)
     np.testing.assert_array_equal(plain, [[0, 1, 2], [6, 7, 8], [3, 0, 4]])
-    flipped = extract_features(net, image_batches(), flip=True, progress=False)
+    flipped = extract_features(net, image_batches(), ExtractionOptions(flip=True))
     np.testing.assert_allclose(flipped, [[1, 1, 1], [7, 7, 7], [3.5, 0, 3.5]])
-    unit = extract_features(net, image_batches(), normalize=True, progress=False)
+    unit = extract_features(net, image_batches(), ExtractionOptions(normalize=True))
     np.testing.assert_allclose(unit[2], [0.6, 0, 0.8], rtol=1e-6)
     assert net.training and net.drop.training and not net.frozen.training
 
 
 def test_extract_features_rejects_a_model_without_features():
     with pytest.raises(EvaluationInputError, match=r"must return \(logits, features\)"):
-        extract_features(nn.Flatten(), image_batches(), progress=False)
+        extract_features(nn.Flatten(), image_batches())
     with pytest.raises(EvaluationInputError, match="yielded no batch"):
-        extract_features(ColumnNet(), [], progress=False)
+        extract_features(ColumnNet(), [])
 
 
 # ----------------------------------------------------------------------------- top-k

@@ -16,6 +16,7 @@ from reid_srdl.inference.features import (
     extract_features,
     resolve_precision,
 )
+from reid_srdl.inference.options import ExtractionOptions
 from reid_srdl.models import build_model
 from reid_srdl.models.fold import fold_batchnorm
 
@@ -108,8 +109,8 @@ def test_fold_and_channels_last_fp32_match_the_exact_path_and_keep_modes():
     net = small_net()
     net.train()
     net.head.bn.eval()  # a submodule deliberately in eval mode must stay so
-    exact = extract_features(net, batches(), progress=False)
-    fast32 = extract_features(net, batches(), progress=False, fold_bn=True, channels_last=True)
+    exact = extract_features(net, batches())
+    fast32 = extract_features(net, batches(), ExtractionOptions(fold_bn=True, channels_last=True))
     assert np.abs(fast32 - exact).max() <= 1e-4
     assert net.training and not net.head.bn.training and net.stem.bn.training
     # The caller's weights keep their layout: channels-last ran on a copy.
@@ -118,9 +119,9 @@ def test_fold_and_channels_last_fp32_match_the_exact_path_and_keep_modes():
 
 def test_flip_and_normalize_on_the_fast_path_match_the_exact_path():
     net = small_net()
-    exact = extract_features(net, batches(), flip=True, normalize=True, progress=False)
+    exact = extract_features(net, batches(), ExtractionOptions(flip=True, normalize=True))
     fast32 = extract_features(
-        net, batches(), flip=True, normalize=True, progress=False, fold_bn=True, channels_last=True, precision="fp32"
+        net, batches(), ExtractionOptions(flip=True, normalize=True, fold_bn=True, channels_last=True, precision="fp32")
     )
     assert np.abs(fast32 - exact).max() <= 1e-5
     assert np.allclose(np.linalg.norm(fast32, axis=1), 1.0, atol=1e-5)
@@ -134,8 +135,8 @@ def test_bf16_features_keep_the_ranking_of_well_separated_identities():
     base = torch.randn(4, 3, 64, 32, generator=gen)
     images = torch.cat([base + 0.05 * torch.randn(4, 3, 64, 32, generator=gen) for _ in range(4)])
     pids = np.tile(np.arange(4), 4)
-    exact = extract_features(net, [(images,)], progress=False)
-    bf16 = extract_features(net, [(images,)], progress=False, fast=True, precision="bf16")
+    exact = extract_features(net, [(images,)])
+    bf16 = extract_features(net, [(images,)], ExtractionOptions(fast=True, precision="bf16"))
     assert bf16.dtype == np.float32
     # bf16 keeps 8 bits of mantissa: features agree to about 1% of their scale.
     assert np.abs(bf16 - exact).max() <= 0.02 * np.abs(exact).max()
@@ -149,7 +150,7 @@ def test_precision_choices():
     with pytest.raises(PrecisionError, match="fp16.*CUDA"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(PrecisionError, match="fp32, bf16, fp16, auto.*'int8'"):
-        extract_features(small_net(), batches(), precision="int8", progress=False)
+        extract_features(small_net(), batches(), ExtractionOptions(precision="int8"))
 
 
 # ----------------------------------------------------------------------------- image files
@@ -172,9 +173,9 @@ def test_image_files_in_workers_match_the_decoded_tensors(tmp_path):
     net = small_net()
     paths = write_images(str(tmp_path))
     transform = reid_test_transform(64, 32)
-    feats, kept = embed_image_files(net, paths, transform, batch_size=2, workers=1, progress=False)
+    feats, kept = embed_image_files(net, paths, transform, ExtractionOptions(batch_size=2, workers=1))
     decoded = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
-    expected = extract_features(net, [(decoded,)], progress=False)
+    expected = extract_features(net, [(decoded,)])
     assert kept.tolist() == [0, 1, 2]
     assert np.abs(feats - expected).max() <= 1e-5
 
@@ -190,14 +191,14 @@ def test_an_unreadable_image_is_named_and_skipped_only_on_request(tmp_path, capl
     paths.insert(1, broken)
     transform = reid_test_transform(64, 32)
     with pytest.raises(UnreadableImageError, match="broken.jpg.*skip_unreadable"):
-        embed_image_files(net, paths, transform, progress=False)
-    feats, kept = embed_image_files(net, paths, transform, batch_size=2, skip_unreadable=True, progress=False)
+        embed_image_files(net, paths, transform)
+    feats, kept = embed_image_files(net, paths, transform, ExtractionOptions(batch_size=2), skip_unreadable=True)
     assert kept.tolist() == [0, 2, 3]
     assert "skipped: cannot read image" in caplog.text  # a warning of the library's logger
-    alone, _ = embed_image_files(net, [paths[i] for i in (0, 2, 3)], transform, progress=False)
+    alone, _ = embed_image_files(net, [paths[i] for i in (0, 2, 3)], transform)
     assert np.abs(feats - alone).max() <= 1e-5
     with pytest.raises(UnreadableImageError, match="none of the 1 images"):
-        embed_image_files(net, [broken], transform, skip_unreadable=True, progress=False)
+        embed_image_files(net, [broken], transform, skip_unreadable=True)
 
 
 def test_end_of_run_evaluation_passes_the_eval_section_fast_options():
@@ -219,13 +220,13 @@ def test_end_of_run_evaluation_passes_the_eval_section_fast_options():
     )
     calls = []
 
-    def recording_extract(model, loader, device, **options):
+    def recording_extract(model, loader, options):
         calls.append(options)
-        return extract_features(model, loader, device, **options)
+        return extract_features(model, loader, options)
 
     cfg = EvalConfig(plot=False, precision="fp32", channels_last=True, fold_bn=True)
     fast = evaluate_model(net, data, "cpu", cfg, "", "test", progress=False, extract=recording_extract)
     exact = evaluate_model(net, data, "cpu", EvalConfig(plot=False), "", "test", progress=False)
-    assert [c["fold_bn"] and c["channels_last"] for c in calls] == [True, True]
+    assert [c.fold_bn and c.channels_last for c in calls] == [True, True]
     assert fast["single_query"]["mAP"] == pytest.approx(exact["single_query"]["mAP"], abs=1e-9)
     assert fast["single_query"]["rank1"] == exact["single_query"]["rank1"]

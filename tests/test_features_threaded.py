@@ -18,6 +18,7 @@ from reid_srdl.inference.features import (
     embed_image_files,
     image_files_loader,
 )
+from reid_srdl.inference.options import ExtractionOptions
 from reid_srdl.models import build_model
 from reid_srdl.search.embedder import Embedder
 
@@ -57,12 +58,12 @@ def test_standard_path_features_equal_the_transform_path(tmp_path, fast):
     torch.manual_seed(0)
     net = build_model("small_reid", num_classes=3, feature_dim=16).eval()
     kw = dict(batch_size=4, progress=False, fast=fast)
-    a, kept_a = embed_image_files(net, paths, None, size=(64, 32), **kw)
-    b, kept_b = embed_image_files(net, paths, reid_test_transform(64, 32), **kw)
+    a, kept_a = embed_image_files(net, paths, None, ExtractionOptions(height=64, width=32, **kw))
+    b, kept_b = embed_image_files(net, paths, reid_test_transform(64, 32), ExtractionOptions(**kw))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(kept_a, kept_b)
     # The Embedder takes the threaded path with its default transform, and gives the same.
-    e = Embedder(net, height=64, width=32, batch_size=4, fast=fast)
+    e = Embedder(net, ExtractionOptions(height=64, width=32, batch_size=4, fast=fast))
     np.testing.assert_array_equal(e.embed_files(paths)[0], a)
 
 
@@ -71,11 +72,11 @@ def test_standard_path_unreadable_files(tmp_path):
     paths[2] = str(tmp_path / "missing.jpg")
     net = build_model("small_reid", num_classes=3, feature_dim=8).eval()
     with pytest.raises(UnreadableImageError, match="missing.jpg"):
-        embed_image_files(net, paths, None, size=(32, 16), progress=False)
-    feats, kept = embed_image_files(net, paths, None, size=(32, 16), progress=False, skip_unreadable=True)
+        embed_image_files(net, paths, None, ExtractionOptions(height=32, width=16))
+    feats, kept = embed_image_files(net, paths, None, ExtractionOptions(height=32, width=16), skip_unreadable=True)
     assert kept.tolist() == [0, 1, 3, 4] and feats.shape == (4, 8)
     with pytest.raises(UnreadableImageError, match="none of the 1 images could be read"):
-        embed_image_files(net, [paths[2]], None, size=(32, 16), progress=False, skip_unreadable=True)
+        embed_image_files(net, [paths[2]], None, ExtractionOptions(height=32, width=16), skip_unreadable=True)
 
 
 @pytest.mark.parametrize(
@@ -107,11 +108,11 @@ def test_embedder_folds_its_network_once(tmp_path, monkeypatch):
     paths = write_images(tmp_path, 6, seed=2)
     torch.manual_seed(0)
     net = build_model("small_reid", num_classes=3, feature_dim=16).eval()
-    expected, _ = embed_image_files(net, paths, None, size=(64, 32), batch_size=4, progress=False, fast=True)
+    expected, _ = embed_image_files(net, paths, None, ExtractionOptions(height=64, width=32, batch_size=4, fast=True))
     copies = []
     real = features.inference_copy
     monkeypatch.setattr(features, "inference_copy", lambda *a, **k: copies.append(1) or real(*a, **k))
-    e = Embedder(net, height=64, width=32, batch_size=4, fast=True)
+    e = Embedder(net, ExtractionOptions(height=64, width=32, batch_size=4, fast=True))
     for _ in range(3):  # e.g. three uploads to a search server
         np.testing.assert_array_equal(e.embed_files(paths)[0], expected)
     np.testing.assert_array_equal(e.embed_pil([Image.open(p).convert("RGB") for p in paths]), expected)

@@ -35,6 +35,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from reid_srdl.cli.extraction import extraction_options
 from reid_srdl.config import int_arg
 from reid_srdl.core import cli
 from reid_srdl.core.arrays import EvaluationInputError
@@ -269,9 +270,7 @@ def load_checkpoint(args: argparse.Namespace):
 def _features(model, loader, device, args) -> np.ndarray:
     from reid_srdl.inference.features import extract_features
 
-    return extract_features(
-        model, loader, device, flip=args.flip, normalize=args.normalize, fast=args.fast, precision=args.precision
-    )
+    return extract_features(model, loader, extraction_options(args, device=device, progress=True))
 
 
 def extract_inputs(args: argparse.Namespace, batch: OutputBatch) -> EvalInputs:

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 
+from reid_srdl.cli.extraction import given_options
 from reid_srdl.core import cli
 from reid_srdl.core.errors import ReidSrdlError
 
@@ -177,20 +178,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _embedding(args, explicit_only: bool) -> dict:
     """Embedding options from the command line (only those given, for a loaded gallery)."""
-    opts = {"batch_size": args.batch_size, "workers": args.workers, "device": args.device, "progress": True}
+    opts = given_options(args, progress=True)
+    if not args.fast:
+        del opts["fast"]  # a store_true flag: "not given" unless given
+    if not explicit_only:
+        opts = {"flip": False, "normalize": False, **opts}
     if args.trust_torchscript:
         opts["trust_torchscript"] = True
-    for key in ("height", "width", "precision"):
-        if getattr(args, key) is not None:
-            opts[key] = getattr(args, key)
-    for key in ("flip", "normalize"):
-        value = getattr(args, key)
-        if value is not None:
-            opts[key] = value
-        elif not explicit_only:
-            opts[key] = False
-    if args.fast:
-        opts["fast"] = True
     return opts
 
 

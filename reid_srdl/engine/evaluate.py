@@ -19,6 +19,7 @@ from reid_srdl.evaluation.plots import plot_cmc
 from reid_srdl.evaluation.ranking import Rerank, evaluate_ranking
 from reid_srdl.inference.classification import evaluate_classifier
 from reid_srdl.inference.features import extract_features
+from reid_srdl.inference.options import ExtractionOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,18 @@ def evaluate_model(
         return {"test": evaluate_classifier(model, data.test_loader, device, progress=progress)}
     extract = extract or extract_features
 
+    options = ExtractionOptions(
+        device=device,
+        flip=eval_cfg.flip,
+        normalize=eval_cfg.normalize,
+        progress=progress,
+        precision=eval_cfg.precision,
+        channels_last=eval_cfg.channels_last,
+        fold_bn=eval_cfg.fold_bn,
+    )
+
     def features(split):
-        return extract(
-            model,
-            split.loader,
-            device,
-            flip=eval_cfg.flip,
-            normalize=eval_cfg.normalize,
-            progress=progress,
-            precision=eval_cfg.precision,
-            channels_last=eval_cfg.channels_last,
-            fold_bn=eval_cfg.fold_bn,
-        )
+        return extract(model, split.loader, options)
 
     q, g = features(data.query), features(data.gallery)
     ids = (data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids)

@@ -27,8 +27,10 @@ from tqdm import tqdm
 from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.distributed import sharded_map
 from reid_srdl.core.precision import PRECISIONS, autocast_for, cpu_supports_bf16, resolve_precision  # noqa: F401
+from reid_srdl.inference.options import ExtractionOptions
 
 log = logging.getLogger(__name__)
+DEFAULT_OPTIONS = ExtractionOptions()
 
 
 @contextlib.contextmanager
@@ -100,18 +102,7 @@ def inference_copy(model: nn.Module, fold_bn: bool, channels_last: bool) -> nn.M
 
 # ----------------------------------------------------------------------------- extraction
 def extract_features(
-    model: nn.Module,
-    loader,
-    device="cpu",
-    flip: bool = False,
-    normalize: bool = False,
-    progress: bool = True,
-    *,
-    fast: bool = False,
-    precision: Optional[str] = None,
-    channels_last: Optional[bool] = None,
-    fold_bn: Optional[bool] = None,
-    inference_net: Optional[nn.Module] = None,
+    model: nn.Module, loader, options: ExtractionOptions = DEFAULT_OPTIONS, *, inference_net: Optional[nn.Module] = None
 ) -> np.ndarray:
     """Features of every image the loader yields, in order: float32 ``(N, D)``.
 
@@ -119,15 +110,10 @@ def extract_features(
         model: ``model(x)`` returns ``(logits, features)``.
         loader: iterable of batches; a batch is a tuple/list whose first element is the
             image tensor ``(B, C, H, W)`` (the rest -- pids, camids, paths -- is ignored).
-        device: where the images are sent; the model must already be there.
-        flip: average each image's features with those of its horizontal mirror image.
-        normalize: L2-normalise each final feature.
-        progress: show a tqdm progress bar.
-        fast: the defaults of the three options below become "auto", True, True.
-        precision: "fp32" (default), "bf16", "fp16" (CUDA only) or "auto" (bf16 on CPUs
-            with native bf16 and on CUDA, else fp32): autocast for the forward passes.
-        channels_last: run a channels-last copy of the network on channels-last images.
-        fold_bn: fold BatchNorm into the preceding conv/linear layers (on a copy).
+        options: device (the model must already be there), flip, normalize, progress and the
+            fast path's fast, precision, channels_last, fold_bn
+            (:class:`~reid_srdl.inference.options.ExtractionOptions`; batch size, workers and
+            image size belong to the loader here).
         inference_net: the copy :func:`inference_copy` made of ``model`` with these options,
             kept by a caller that extracts many times (an :class:`Embedder`), so that the
             folding and copying are not redone at each call.
@@ -135,19 +121,18 @@ def extract_features(
     The model is put in eval mode for the extraction; every submodule gets its previous
     training/eval mode back afterwards.
     """
-    device = torch.device(device)
+    device = torch.device(options.device)
     check_model_device(model, device)
-    precision = resolve_precision(precision or ("auto" if fast else "fp32"), device)
-    channels_last = fast if channels_last is None else channels_last
-    fold_bn = fast if fold_bn is None else fold_bn
+    precision = options.resolved_precision()
+    channels_last, flip, normalize = options.use_channels_last, options.flip, options.normalize
     chunks = []
     with evaluation_mode(model), torch.inference_mode():
         # After evaluation_mode: folding needs eval-mode BatchNorm.
-        run = inference_net if inference_net is not None else inference_copy(model, fold_bn, channels_last)
+        run = inference_net if inference_net is not None else inference_copy(model, options.use_fold_bn, channels_last)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         # One autocast region for the whole loop: weight casts are cached across batches.
         with autocast_for(precision, device):
-            for batch in tqdm(loader, desc="features", disable=not progress, leave=False):
+            for batch in tqdm(loader, desc="features", disable=not options.progress, leave=False):
                 images = batch_images(batch).to(device, non_blocking=True)
                 if images.dim() == 4:
                     images = images.contiguous(memory_format=layout)
@@ -289,32 +274,30 @@ def embed_image_files(
     model: nn.Module,
     paths: Sequence[str],
     transform,
-    batch_size: int = 64,
-    workers: int = 0,
+    options: ExtractionOptions = DEFAULT_OPTIONS,
     skip_unreadable: bool = False,
-    device="cpu",
-    size: Optional[Tuple[int, int]] = None,
-    **options,
+    *,
+    inference_net: Optional[nn.Module] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """``(features (N, D), kept)``: the features of the readable files and their indices in
     ``paths``.  An unreadable file is an :class:`UnreadableImageError` naming it, unless
-    ``skip_unreadable``: then it is reported on stderr and left out.  ``options`` go to
-    :func:`extract_features` (flip, normalize, progress, fast, precision, ...).
+    ``skip_unreadable``: then it is reported on stderr and left out.  ``options``: those of
+    :func:`extract_features`, with ``batch_size`` and ``workers`` for the loader.
 
-    ``transform=None`` with ``size=(height, width)``: the standard ``reid_test_transform`` at
-    that size, run as :func:`decoded_batches` (threads; ``workers`` unused) -- the same
-    features as passing the transform itself, which decodes in ``workers`` processes."""
+    ``transform=None``: the standard ``reid_test_transform`` at ``options.height`` x
+    ``options.width``, run as :func:`decoded_batches` (threads; ``workers`` unused) -- the
+    same features as passing the transform itself, which decodes in ``workers`` processes."""
     paths = [str(p) for p in paths]
     if not paths:
         raise EvaluationInputError("no image paths given")
     if transform is None:
-        if size is None:
+        if options.height is None or options.width is None:
             raise EvaluationInputError(
-                "embed_image_files: give a transform, or size=(height, width) for the standard one"
+                "embed_image_files: give a transform, or options with height and width for the standard one"
             )
-        loader = decoded_batches(paths, size[0], size[1], batch_size)
+        loader = decoded_batches(paths, options.height, options.width, options.batch_size)
     else:
-        loader = image_files_loader(paths, transform, batch_size, workers)
+        loader = image_files_loader(paths, transform, options.batch_size, options.workers)
     kept: List[torch.Tensor] = []
     finished = []  # set once every batch was read: "no batch" then means "nothing readable"
 
@@ -330,7 +313,7 @@ def embed_image_files(
         finished.append(True)
 
     try:
-        feats = extract_features(model, readable_batches(), device, **options)
+        feats = extract_features(model, readable_batches(), options, inference_net=inference_net)
     except EvaluationInputError:
         if kept or not finished:  # a bad option or a named file: the error says it already
             raise
@@ -342,9 +325,9 @@ def sharded_feature_extractor() -> Callable:
     """A drop-in for :func:`extract_features` that, under torchrun, splits the images across
     ranks and returns every feature, in loader order, on every rank."""
 
-    def extract(model, loader, device="cpu", **options):
+    def extract(model, loader, options: ExtractionOptions = DEFAULT_OPTIONS):
         def run(part):
-            return torch.from_numpy(extract_features(model, part, device, **options))
+            return torch.from_numpy(extract_features(model, part, options))
 
         return sharded_map(run, loader).numpy()
 

@@ -16,30 +16,29 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from reid_srdl.inference.options import ExtractionOptions
 from reid_srdl.search.errors import SearchError
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH = 256, 128
 DEFAULT_TRANSFORM = "reid_test_transform"
 FEATURE_SETTINGS = ("normalize", "flip", "precision", "height", "width", "transform")
-OPTIONS = (
-    "transform",
-    "batch_size",
-    "device",
-    "height",
-    "width",
-    "flip",
-    "normalize",
-    "workers",
-    "progress",
-    "fast",
-    "precision",
-)
+# What an embedding keyword may name: an extraction option, or the transform.
+OPTIONS = ("transform",) + ExtractionOptions.names()
 
 
 def check_option_names(options: Dict[str, Any]) -> None:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise SearchError(f"unknown embedding option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}")
+
+
+def options_of(embedding: Dict[str, Any]) -> Tuple[ExtractionOptions, Optional[Callable]]:
+    """``(options, transform)`` from embedding keywords (:data:`OPTIONS`), e.g. those of
+    ``ReIDSearcher.load`` or ``from_images``."""
+    check_option_names(embedding)
+    kw = dict(embedding)
+    transform = kw.pop("transform", None)
+    return ExtractionOptions(**kw), transform
 
 
 def resolve_model(model, trust_torchscript: bool = False) -> Tuple[Any, Dict[str, Any]]:
@@ -69,10 +68,11 @@ class Embedder:
     """A network with its transform and extraction options (see the module docstring).
 
     ``model``: ``model(x)`` returns ``(logits, features)``, or the path of a trained / exported
-    network (then its training image size is the default ``height``/``width``, else 256 x 128;
-    a TorchScript file loads only under a ``.ts`` name or with ``trust_torchscript=True``).
-    ``transform`` defaults to ``reid_test_transform(height, width)``; ``flip``, ``normalize``,
-    ``fast`` and ``precision`` are those of :func:`reid_srdl.inference.features.extract_features`.
+    network (then its training image size is the default ``height``/``width`` of ``options``,
+    else 256 x 128; a TorchScript file loads only under a ``.ts`` name or with
+    ``trust_torchscript=True``).  ``options``: an
+    :class:`~reid_srdl.inference.options.ExtractionOptions`, or its fields as keywords.
+    ``transform`` defaults to ``reid_test_transform(height, width)``.
     With the default transform, files are decoded and resized by threads of this process and
     normalised a batch at a time (:func:`~reid_srdl.inference.features.decoded_batches`: the
     same values); ``workers`` (DataLoader processes) applies to a custom ``transform``.
@@ -81,100 +81,57 @@ class Embedder:
     def __init__(
         self,
         model,
+        options: Optional[ExtractionOptions] = None,
         transform: Optional[Callable] = None,
-        batch_size: int = 64,
-        device="cpu",
-        height: Optional[int] = None,
-        width: Optional[int] = None,
-        flip: bool = False,
-        normalize: bool = False,
-        workers: int = 0,
-        progress: bool = False,
-        fast: bool = False,
-        precision: Optional[str] = None,
         trust_torchscript: bool = False,
+        **keywords,
     ):
-        from reid_srdl.core import limits
-        from reid_srdl.inference.features import resolve_precision
         from reid_srdl.search.fingerprint import model_fingerprint
 
+        if options is None:
+            options, given = options_of(keywords)
+            transform = transform if given is None else given
+        elif keywords:
+            raise SearchError(f"give either options or keywords, not both; got options and {', '.join(keywords)}")
         self.model, meta = resolve_model(model, trust_torchscript=trust_torchscript)
         self.source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
-        height = height if height is not None else int(meta.get("height") or DEFAULT_HEIGHT)
-        width = width if width is not None else int(meta.get("width") or DEFAULT_WIDTH)
-        for name, value in (("height", height), ("width", width), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise SearchError(f"{name} must be a positive integer; got {value!r}")
-        for name, value in (("height", height), ("width", width)):
-            # Every image is resized to this before the network runs (a gallery's recorded
-            # settings come here too).
-            if value > limits.MAX_INPUT_SIDE:
-                raise limits.LimitExceededError(
-                    f"{name} {value} is over the limit of {limits.MAX_INPUT_SIDE} pixels "
-                    f"(reid_srdl.core.limits.MAX_INPUT_SIDE)"
-                )
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
-            raise SearchError(f"workers must be an integer >= 0; got {workers!r}")
-        self.options: Dict[str, Any] = dict(
-            transform=transform,
-            batch_size=int(batch_size),
-            device=device,
-            height=int(height),
-            width=int(width),
-            flip=bool(flip),
-            normalize=bool(normalize),
-            workers=int(workers),
-            progress=bool(progress),
-            fast=bool(fast),
-            precision=precision,
+        self.options = options.replace(
+            height=options.height if options.height is not None else int(meta.get("height") or DEFAULT_HEIGHT),
+            width=options.width if options.width is not None else int(meta.get("width") or DEFAULT_WIDTH),
         )
+        self.custom_transform = transform
         # Resolved once: "auto" picks per machine, and the gallery must record what was used.
-        self.precision = resolve_precision(precision or ("auto" if fast else "fp32"), device)
+        self.precision = self.options.resolved_precision()
         self.fingerprint = model_fingerprint(self.model)
         self._prepared = None  # the fast path's folded copy, made on first use
         if transform is None:
             from reid_srdl.data.transforms import reid_test_transform
 
-            transform = reid_test_transform(int(height), int(width))
+            transform = reid_test_transform(self.options.height, self.options.width)
         self.transform = transform
 
     @property
     def settings(self) -> Dict[str, Any]:
         """The options that change the features (what a gallery records and compares)."""
-        o = self.options
-        return {
-            "normalize": o["normalize"],
-            "flip": o["flip"],
-            "precision": self.precision,
-            "height": o["height"],
-            "width": o["width"],
-            "transform": transform_kind(o["transform"]),
-        }
+        return self.options.as_record(transform_kind(self.custom_transform))
 
     def _inference_net(self):
         """The fast path's network (BN folded, channels-last), made once: a search server
         embeds every upload with it instead of folding and copying the model per request.
         None when nothing is folded (the model runs as it is)."""
-        if not self.options["fast"] or not hasattr(self.model, "modules"):
+        o = self.options
+        if not (o.use_fold_bn or o.use_channels_last) or not hasattr(self.model, "modules"):
             return None
         if self._prepared is None:
             from reid_srdl.inference.features import evaluation_mode, inference_copy
 
             with evaluation_mode(self.model):  # folding reads eval-mode BatchNorm statistics
-                self._prepared = inference_copy(self.model, fold_bn=True, channels_last=True)
+                self._prepared = inference_copy(self.model, o.use_fold_bn, o.use_channels_last)
         return self._prepared
 
-    def _extract_options(self) -> Dict[str, Any]:
-        o = self.options
-        return dict(
-            device=o["device"],
-            flip=o["flip"],
-            normalize=o["normalize"],
-            progress=o["progress"],
-            fast=o["fast"],
-            precision=self.precision,
-            inference_net=self._inference_net(),
-        )
+    def _run_options(self) -> ExtractionOptions:
+        """The options as run: the precision as resolved once for this embedder."""
+        return self.options.replace(precision=self.precision)
 
     def embed_files(self, paths: Sequence[str], skip_unreadable: bool = False) -> Tuple[np.ndarray, np.ndarray]:
         """``(features (N, D), kept)``: features of the readable files and their positions in
@@ -182,17 +139,14 @@ class Embedder:
         it is reported on stderr and left out)."""
         from reid_srdl.inference.features import embed_image_files
 
-        o = self.options
-        standard = o["transform"] is None  # reid_test_transform: batched tensors, decoded by threads
+        standard = self.custom_transform is None  # reid_test_transform: batched tensors, decoded by threads
         return embed_image_files(
             self.model,
             [os.fspath(p) for p in paths],
             None if standard else self.transform,
-            batch_size=o["batch_size"],
-            workers=o["workers"],
-            skip_unreadable=skip_unreadable,
-            size=(o["height"], o["width"]) if standard else None,
-            **self._extract_options(),
+            self._run_options(),
+            skip_unreadable,
+            inference_net=self._inference_net(),
         )
 
     def embed_pil(self, images: List) -> np.ndarray:
@@ -204,8 +158,9 @@ class Embedder:
 
         if not images:
             raise SearchError("no image given")
-        size = self.options["batch_size"]
+        size = self.options.batch_size
         batches = [
             (torch.stack([self.transform(im) for im in images[i : i + size]]),) for i in range(0, len(images), size)
         ]
-        return extract_features(self.model, batches, **{**self._extract_options(), "progress": False})
+        run = self._run_options().replace(progress=False)
+        return extract_features(self.model, batches, run, inference_net=self._inference_net())

@@ -29,8 +29,8 @@ def embedder_for(
         return None
     stored = meta.get("settings") or {}
     options = dict(embedding)
-    for key in ("normalize", "flip", "precision", "height", "width"):
-        if key in stored and key not in options:
+    for key in FEATURE_SETTINGS:
+        if key != "transform" and key in stored and key not in options:
             options[key] = stored[key]
     embedder = Embedder(model, trust_torchscript=trust_torchscript, **options)
     if not allow_mismatch:

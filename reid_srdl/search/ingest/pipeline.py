@@ -409,6 +409,6 @@ def run_ingest(
             store,
             embedder,
             store.crop_dir,
-            batch_size=embedder.options["batch_size"],
-            progress=embedding.get("progress", False),
+            batch_size=embedder.options.batch_size,
+            progress=embedder.options.progress,
         )

@@ -21,7 +21,7 @@ def feature_dim(embedder: Embedder) -> int:
     from PIL import Image
 
     o = embedder.options
-    return int(embedder.embed_pil([Image.new("RGB", (o["width"], o["height"]))]).shape[1])
+    return int(embedder.embed_pil([Image.new("RGB", (o.width, o.height))]).shape[1])
 
 
 def open_store_for(location: str, model, embedding: dict, allow_mismatch: bool = False) -> Tuple:
