@@ -59,7 +59,7 @@ def _worker(rank, world, port, root, out, result):
             records.append(trainer.train_epoch(epoch))
         model = trainer.method.trainable
         logits, _labels = sharded_logits(model, trainer.data.train_eval_loader, torch.device("cpu"), progress=False)
-        feats = sharded_feature_extractor()(model, trainer.data.gallery.loader, "cpu", progress=False)
+        feats = sharded_feature_extractor()(model, trainer.data.gallery.loader)
         torch.save(
             {
                 "initial": initial,

@@ -419,9 +419,9 @@ def test_checkpoint_mode_passes_the_fast_extraction_options(tiny_market_root, ti
     seen = []
     original = features.extract_features
 
-    def spy(*args, **kwargs):
-        seen.append((kwargs.get("fast"), kwargs.get("precision")))
-        return original(*args, **kwargs)
+    def spy(model, loader, options):
+        seen.append((options.fast, options.precision, options.progress))
+        return original(model, loader, options)
 
     monkeypatch.setattr(features, "extract_features", spy)
     path, _ = tiny_model_file
@@ -440,7 +440,7 @@ def test_checkpoint_mode_passes_the_fast_extraction_options(tiny_market_root, ti
         str(out),
     ]
     assert cli.main(args) == 0
-    assert seen == [(True, "fp32"), (True, "fp32")]  # query and gallery
+    assert seen == [(True, "fp32", True), (True, "fp32", True)]  # query and gallery
     # fp32 with folding and channels-last: the same metrics as the exact path (to 1e-4 features).
     exact = tmp_path / "exact.json"
     assert (

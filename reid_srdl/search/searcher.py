@@ -89,7 +89,7 @@ class ReIDSearcher:
     pids = property(lambda self: arrays_of(self._store)[1])
     camids = property(lambda self: arrays_of(self._store)[2])
     paths = property(lambda self: arrays_of(self._store)[3])
-    _embedding = property(lambda self: {} if self._embedder is None else vars(self._embedder.options))
+    _embedding = property(lambda self: {} if self._embedder is None else dict(vars(self._embedder.options)))
 
     def embed_images(self, paths):
         return request.embed_queries(self._embedder, [os.fspath(p) for p in paths], self.dim, self.meta)[0]
