@@ -32,7 +32,6 @@ import argparse
 import io
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,13 +45,9 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 from bench_record import metadata, result_path, write_json
 
+from reid_srdl.search.stores.lite_server import free_port
+
 SEEN_DISTANCE = 1e-3  # an added image searched again is its own nearest item (float noise only)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def jpeg(rng, h=128, w=64) -> bytes:
@@ -100,26 +95,14 @@ def prepare(folder: str, size: int, model_path: str, seed: int) -> str:
 
 
 def start_milvus_server(data_dir: str):
-    """``milvus-lite server`` on 127.0.0.1 (a free port): (process, uri)."""
-    port = free_port()
-    exe = os.path.join(os.path.dirname(sys.executable), "milvus-lite")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "milvus_lite"]
-    proc = subprocess.Popen(
-        cmd + ["server", "--data-dir", data_dir, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"milvus-lite server exited: {proc.stderr.read().decode()[-500:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("milvus-lite server did not start in 60 s (pip install -e '.[milvus]')")
+    """``milvus-lite server`` on 127.0.0.1 (a free port): (process, uri); one line if it cannot start."""
+    from reid_srdl.search.stores.base import StoreError
+    from reid_srdl.search.stores.lite_server import start_lite_server
+
+    try:
+        return start_lite_server(data_dir)
+    except StoreError as e:
+        raise SystemExit(str(e)) from None
 
 
 def convert_to(gallery: str, uri: str) -> None:

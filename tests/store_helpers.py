@@ -2,15 +2,14 @@
 identity structure, brute-force references, subprocesses."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
 
 from reid_srdl.search.stores import GalleryItem, open_store
+from reid_srdl.search.stores.lite_server import free_port, start_lite_server  # noqa: F401  (the tests' names)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINES = ("faiss", "lite", "server")
@@ -24,35 +23,6 @@ def has_pymilvus() -> bool:
     except ImportError:
         return False
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_lite_server(data_dir: str):
-    """``milvus-lite server`` on 127.0.0.1 (a free port); returns (process, uri)."""
-    port = free_port()
-    exe = os.path.join(os.path.dirname(sys.executable), "milvus-lite")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "milvus_lite"]
-    proc = subprocess.Popen(
-        cmd + ["server", "--data-dir", data_dir, "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"milvus-lite server exited: {proc.stderr.read().decode()[-500:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("milvus-lite server did not start in 60 s")
 
 
 class Target:

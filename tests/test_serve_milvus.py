@@ -9,7 +9,6 @@ by milvus-lite's server with "Too many pings" -- a test-process hazard, not the 
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +22,11 @@ httpx = pytest.importorskip("httpx", reason="httpx is in the test extra")
 from serve_helpers import build_gallery
 
 from reid_srdl.search.stores import item_id
+from reid_srdl.search.stores.lite_server import free_port
 from reid_srdl.serve.service import content_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "milvus-owner-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
