@@ -9,8 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-from PIL import Image
+from search_helpers import ColourNet, colour_images
 
 from reid_srdl.api import ReIDSearcher
 from reid_srdl.evaluation.io import load_features
@@ -23,29 +22,9 @@ from reid_srdl.search.stores import GalleryItem
 from reid_srdl.search.stores.npz_store import NpzStore
 
 
-class ColourNet(nn.Module):
-    """Features = a linear map of the per-channel image means (dim = out_dim)."""
-
-    def __init__(self, out_dim=3, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.proj = nn.Linear(3, out_dim)
-
-    def forward(self, x):
-        f = self.proj(x.mean(dim=(2, 3)))
-        return f, f
-
-
-def solid(folder, name, rgb):
-    path = os.path.join(folder, name)
-    Image.new("RGB", (8, 16), rgb).save(path)
-    return path
-
-
 @pytest.fixture
 def images(tmp_path):
-    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (240, 10, 0), (10, 240, 10)]
-    return [solid(str(tmp_path), f"{i}.png", c) for i, c in enumerate(colours)]
+    return colour_images(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- fingerprint

@@ -8,9 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
-from PIL import Image
+from search_helpers import ColourNet, colour_images
 from store_helpers import brute_force, gallery
 
 from reid_srdl.core.limits import LimitExceededError
@@ -24,31 +22,13 @@ from reid_srdl.search.stores.npz_store import NpzStore
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-class ColourNet(nn.Module):
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.proj = nn.Linear(3, 4)
-
-    def forward(self, x):
-        f = self.proj(x.mean(dim=(2, 3)))
-        return f, f
-
-
-def solid(folder, name, rgb):
-    path = os.path.join(folder, name)
-    Image.new("RGB", (8, 16), rgb).save(path)
-    return path
-
-
 @pytest.fixture
 def images(tmp_path):
-    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (240, 10, 0), (10, 240, 10)]
-    return [solid(str(tmp_path), f"{i}.png", c) for i, c in enumerate(colours)]
+    return colour_images(str(tmp_path))
 
 
 def test_from_images_into_a_store_then_load_it_anywhere(target, images):
-    net = ColourNet()
+    net = ColourNet(4)
     # A folder or .db by its path (created at the first add); a server collection as a store object.
     store = target.open(dim=4, create=True) if target.engine == "server" else target.spec["path_or_uri"]
     s = ReIDSearcher.from_images(net, images, [1, 2, 3, 1, 2], [0, 0, 1, 1, 2], store=store, height=16, width=8)
@@ -62,10 +42,10 @@ def test_from_images_into_a_store_then_load_it_anywhere(target, images):
     (picked,) = again.search(again.store.vectors([int(r.indices[0])]), k=2, exclude_ids=[int(r.indices[0])])
     assert int(r.indices[0]) not in picked.indices.tolist() and len(picked) == 2
     with pytest.raises(GalleryMismatchError, match="was built by"):
-        ReIDSearcher.load(store=again.store, model=ColourNet(seed=1))
+        ReIDSearcher.load(store=again.store, model=ColourNet(4, seed=1))
     # Adding more images with another model is refused before anything is embedded.
     with pytest.raises(GalleryMismatchError, match="was built by"):
-        ReIDSearcher.from_images(ColourNet(seed=1), images, store=again.store, height=16, width=8)
+        ReIDSearcher.from_images(ColourNet(4, seed=1), images, store=again.store, height=16, width=8)
     # The same images again: duplicates skipped, counted.
     assert again.add_images(images[:2]) == images[:2] and len(again) == 5
     again.close()
