@@ -186,16 +186,41 @@ def brute_ranks(block, pos_rows, pos_cols):
     return out
 
 
+# Both ways of counting: compare (rows with at most compare_limit matches) and bucket.
+WAYS = {"compare": dict(compare_limit=10**6), "bucket": dict(compare_limit=0)}
+
+
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("buckets", [None, 1, 2, 3, 5, 64, 10_000])
 @pytest.mark.parametrize("seed", range(3))
-def test_kernel_exact_whatever_the_bucket_count(seed, buckets):
-    """One bucket compares every candidate with every match; many leave most buckets empty;
+def test_kernel_exact_whatever_the_bucket_count(seed, buckets, way):
+    """One bucket compares every item with every match; many leave most buckets empty;
     the ranks are the brute-force ones either way, in float32 and float64."""
     block, pos_rows, pos_cols = block_case(seed)
     expected = brute_ranks(block, pos_rows, pos_cols)
     pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     for dtype in (np.float32, np.float64):
-        np.testing.assert_array_equal(block_ranks(block.astype(dtype), pairs, buckets=buckets), expected)
+        np.testing.assert_array_equal(block_ranks(block.astype(dtype), pairs, buckets=buckets, **WAYS[way]), expected)
+
+
+@pytest.mark.parametrize("cols", [1, 7, 2048, 2049, 5000])
+def test_kernel_rows_across_chunks_and_many_matches(cols):
+    """Rows shorter and longer than a chunk (2048 items), matches on the chunk edges, and
+    rows past the compare limit (bucketed) beside rows under it, in one block."""
+    rng = np.random.default_rng(cols)
+    block = rng.integers(0, 50, (12, cols)).astype(np.float32)
+    counts = [1, 2, 40, 33, 32, 5, 1, 100, 3, 60, 1, 2]
+    pos_cols = np.concatenate([np.sort(rng.choice(cols, min(c, cols), replace=False)) for c in counts])
+    pos_rows = np.repeat(np.arange(12), [min(c, cols) for c in counts])
+    edges = np.array([0, 2047, 2048, cols - 1])
+    pos_cols[pos_rows == 7] = np.sort(np.unique(np.r_[edges[edges < cols], pos_cols[pos_rows == 7]]))[
+        : (pos_rows == 7).sum()
+    ]
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    expected = brute_ranks(block, pos_rows, pos_cols)
+    for way in WAYS.values():
+        np.testing.assert_array_equal(block_ranks(block, pairs, **way), expected)
+    np.testing.assert_array_equal(block_ranks(block, pairs), expected)
 
 
 def test_kernel_negative_values_zeros_integers_and_float16():
@@ -204,9 +229,10 @@ def test_kernel_negative_values_zeros_integers_and_float16():
     block[block == 0] = np.float32(-0.0)  # -0.0 ties with +0.0
     block[2, 7] = np.float32(0.0)
     expected = brute_ranks(block, pos_rows, pos_cols)
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     for buckets in (None, 1, 3):
-        pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        np.testing.assert_array_equal(block_ranks(block, pairs, buckets=buckets), expected)
+        for way in WAYS.values():
+            np.testing.assert_array_equal(block_ranks(block, pairs, buckets=buckets, **way), expected)
     np.testing.assert_array_equal(true_match_ranks(block.astype(np.float64), pos_rows, pos_cols), expected)
     np.testing.assert_array_equal(true_match_ranks(block.astype(np.float16), pos_rows, pos_cols), expected)
     finite = np.where(np.isinf(block), 1000, block).astype(np.int64)  # integer scores: widened to float64
@@ -224,21 +250,29 @@ def test_kernel_finishes_gemm_rows_removes_pairs_and_junk():
     dot = (q * np.float32(-2.0)) @ g.T
     g_add = np.einsum("ij,ij->i", g, g)
     g_add[ids.junk] = np.inf
-    ranks = block_ranks(dot, pairs, np.einsum("ij,ij->i", q, q), g_add, clamp=True, buckets=7)
     finished = exact_distances(q, g)
     mark_removed(finished, pairs, ids.junk)
-    np.testing.assert_array_equal(ranks, brute_ranks(finished, pairs.pos_rows, pairs.pos_cols))
+    expected = brute_ranks(finished, pairs.pos_rows, pairs.pos_cols)
+    for way in WAYS.values():
+        ranks = block_ranks(dot, pairs, np.einsum("ij,ij->i", q, q), g_add, clamp=True, buckets=7, **way)
+        np.testing.assert_array_equal(ranks, expected)
 
 
 def test_kernel_rows_without_matches_and_an_infinite_match():
     block, pos_rows, pos_cols = block_case(1, rows=6)
     keep = (pos_rows != 0) & (pos_rows != 3)  # rows 0 and 3: no true match
     pos_rows, pos_cols = pos_rows[keep], pos_cols[keep]
-    np.testing.assert_array_equal(true_match_ranks(block, pos_rows, pos_cols), brute_ranks(block, pos_rows, pos_cols))
+    block[4, :50] = np.nan  # NaN items never come before a match
+    block[4, pos_cols[pos_rows == 4]] = 3.0
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for way in WAYS.values():
+        np.testing.assert_array_equal(block_ranks(block, pairs, **way), brute_ranks(block, pos_rows, pos_cols))
     assert true_match_ranks(block, pos_rows[:0], pos_cols[:0]).size == 0
-    block[pos_rows[-1], pos_cols[-1]] = np.inf
-    with pytest.raises(DistanceOverflowError):
-        true_match_ranks(block, pos_rows, pos_cols)
+    for bad in (np.inf, np.nan):
+        block[pos_rows[-1], pos_cols[-1]] = bad
+        for way in WAYS.values():
+            with pytest.raises(DistanceOverflowError):
+                block_ranks(block, pairs, **way)
 
 
 def test_evaluate_distances_with_ties_against_brute_force():

@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from reid_srdl.evaluation.rank_kernel import NOT_FINITE, rank_rows
+from reid_srdl.evaluation.rank_kernel import COMPARE_LIMIT, NOT_FINITE, rank_rows
 
 JUNK_PID = -1
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -94,6 +94,7 @@ def block_ranks(
     col_add: Optional[np.ndarray] = None,
     clamp: bool = False,
     buckets: Optional[int] = None,
+    compare_limit: int = COMPARE_LIMIT,
 ) -> np.ndarray:
     """1-based rank of each true match ``(pairs.pos_rows[i], pairs.pos_cols[i])`` in its
     row's ranking, in the order of ``pairs``.
@@ -103,7 +104,9 @@ def block_ranks(
     0; ``col_add`` +inf removes a column), clamped at 0 when ``clamp``: a GEMM's ``-2 q.g``
     rows are finished on the fly, without a pass of their own.  A row ranks its valid items
     by ``(distance, column)``; ``pairs``' removed items, and items at +inf or NaN, never
-    count.  ``buckets``: see :func:`default_buckets` (any number >= 1 gives the same ranks).
+    count.  A row with at most ``compare_limit`` true matches compares every item with each
+    match (vectorised), one with more buckets its items (``buckets``: see
+    :func:`default_buckets`); any ``compare_limit`` and ``buckets`` >= 1 give the same ranks.
 
     Raises:
         DistanceOverflowError: a true match's distance is not finite.
@@ -127,6 +130,7 @@ def block_ranks(
         np.searchsorted(pairs.removed_rows, rows).astype(np.int64),
         pairs.removed_cols.astype(np.int64, copy=False),
         default_buckets(num_cols) if buckets is None else max(1, int(buckets)),
+        int(compare_limit),
         ranks,
     )
     if status == NOT_FINITE:
