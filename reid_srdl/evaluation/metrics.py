@@ -13,9 +13,9 @@ torchreid's ``eval_market1501``):
 Exact and memory-bounded: queries are processed in blocks of full distance rows (one sgemm
 each, into a reused buffer) and no query x gallery index matrix is ever built.  A true match's
 rank is one plus the number of valid items before it, counted for every match of a block at
-once by a per-row histogram of the items no farther than the row's farthest match, exact in
-the few buckets that hold a match (:mod:`reid_srdl.evaluation.match_ranks`) -- no sort of any
-gallery row, no Python loop per query -- so CMC, mAP and mINP are exact.
+once by one compiled pass over each distance row (:mod:`reid_srdl.evaluation.match_ranks`,
+:mod:`reid_srdl.evaluation.rank_kernel`) -- no sort of any gallery row, no Python loop per
+query -- so CMC, mAP and mINP are exact.
 """
 
 import os
