@@ -221,6 +221,10 @@ def test_kernel_rows_across_chunks_and_many_matches(cols):
     for way in WAYS.values():
         np.testing.assert_array_equal(block_ranks(block, pairs, **way), expected)
     np.testing.assert_array_equal(block_ranks(block, pairs), expected)
+    shuffled = np.concatenate([rng.permutation(pos_cols[pos_rows == r]) for r in range(12)])  # any order per row
+    pairs = BlockPairs(pos_rows, shuffled, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for way in WAYS.values():
+        np.testing.assert_array_equal(block_ranks(block, pairs, **way), brute_ranks(block, pos_rows, shuffled))
 
 
 def test_kernel_negative_values_zeros_integers_and_float16():

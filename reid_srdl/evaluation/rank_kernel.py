@@ -108,8 +108,11 @@ def rank_rows(block, row_add, col_add, floor, pos_start, pos_cols, rem_start, re
     before = np.empty(most, dtype=np.int64)
     hist_len = most + 1
     hist = np.empty(_COPIES * hist_len, dtype=np.int64)
-    first = np.empty(buckets + 3, dtype=np.int64)  # matches in lower buckets
-    code = np.empty(buckets + 2, dtype=np.int64)  # first[b], or -1 - first[b] when b holds a match
+    # A bucketed row takes at least 4 buckets per match (a bucket then rarely holds one), at
+    # most half a bucket per item (the table is reset for each row).
+    most_buckets = max(buckets, min(4 * most, num_cols // 2))
+    first = np.empty(most_buckets + 3, dtype=np.int64)  # matches in lower buckets
+    code = np.empty(most_buckets + 2, dtype=np.int64)  # first[b], or -1 - first[b] when b holds a match
     buf = np.empty(CHUNK, dtype=block.dtype)
     pbuf = np.empty(CHUNK, dtype=np.int64)
     for r in range(num_rows):
@@ -119,17 +122,12 @@ def rank_rows(block, row_add, col_add, floor, pos_start, pos_cols, rem_start, re
             continue
         row = block[r]
         ra = row_add[r]
-        # The row's true matches, sorted by (distance, column) (insertion sort).
         for k in range(m):
             c = pos_cols[p0 + k]
             d = _distance(row[c], col_add[c], ra, floor)
             if not np.isfinite(d):
                 return NOT_FINITE
-            i = k
-            while i > 0 and (m_dist[i - 1] > d or (m_dist[i - 1] == d and m_col[i - 1] > c)):
-                m_dist[i], m_col[i], m_slot[i] = m_dist[i - 1], m_col[i - 1], m_slot[i - 1]
-                i -= 1
-            m_dist[i], m_col[i], m_slot[i] = d, c, p0 + k
+            m_dist[k], m_col[k], m_slot[k] = d, c, p0 + k
         if m <= compare_limit:
             before[:m] = 0
             for s in range(0, num_cols, CHUNK):
@@ -154,17 +152,22 @@ def rank_rows(block, row_add, col_add, floor, pos_start, pos_cols, rem_start, re
             for k in range(m):
                 ranks[m_slot[k]] = before[k] + 1
             continue
-        # Bucketed: the window [nearest, farthest match] in `buckets` equal buckets.
+        # Bucketed: the matches sorted by (distance, column) (two stable sorts), the window
+        # [nearest, farthest match] in `row_buckets` equal buckets.
+        order = np.argsort(m_col[:m], kind="mergesort")
+        order = order[np.argsort(m_dist[:m][order], kind="mergesort")]
+        m_dist[:m], m_col[:m], m_slot[:m] = m_dist[:m][order], m_col[:m][order], m_slot[:m][order]
+        row_buckets = max(buckets, min(4 * m, num_cols // 2))
         lo = m_dist[0]
         span = m_dist[m - 1] - lo
-        scale = (buckets - 1) / span if span > 0 and np.isfinite(span) else 0.0
-        top = float(buckets)
-        first[:] = 0
+        scale = (row_buckets - 1) / span if span > 0 and np.isfinite(span) else 0.0
+        top = float(row_buckets)
+        first[: row_buckets + 3] = 0
         for k in range(m):
             first[_bucket(m_dist[k], lo, scale, top) + 1] += 1
-        for b in range(1, buckets + 3):
+        for b in range(1, row_buckets + 3):
             first[b] += first[b - 1]
-        for b in range(buckets + 2):
+        for b in range(row_buckets + 2):
             code[b] = first[b] if first[b + 1] == first[b] else -1 - first[b]
         hist[:] = 0
         for s in range(0, num_cols, CHUNK):
