@@ -15,6 +15,9 @@ INSTALL_REQUIRES = [
     "opencv-python-headless",
     "faiss-cpu",
     "numpy",
+    # the evaluation's ranking kernel (reid_srdl/evaluation/rank_kernel.py), compiled once
+    # per installation and cached
+    "numba>=0.60",
     "scipy",
     "tqdm",
     "matplotlib",

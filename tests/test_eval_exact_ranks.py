@@ -17,9 +17,10 @@ from test_eval_metrics import official_market_oracle
 
 import reid_srdl.evaluation.metrics as metrics
 from reid_srdl.evaluation.match_ranks import (
+    BlockPairs,
+    DistanceOverflowError,
     ProtocolIds,
-    TrueMatchRanker,
-    int_keys,
+    block_ranks,
     mark_removed,
     top_k_rows,
     true_match_ranks,
@@ -144,7 +145,6 @@ def test_results_do_not_depend_on_blocks_threads_or_overlap(monkeypatch):
     g[::7] = np.round(g[::7])  # some float ties among the random values
     case = (q, g, rng.integers(1, 30, 70), rng.integers(-1, 30, 900), rng.integers(0, 4, 70), rng.integers(0, 4, 900))
     ref = evaluate_reid(*case, threads=1)
-    monkeypatch.setattr(metrics, "_RANK_ELEMENTS", 2000)  # 2 rows per ranking step
     for kwargs in (
         dict(chunk_size=1),
         dict(chunk_size=3, threads=2),
@@ -162,12 +162,12 @@ def test_bad_threads_is_one_clear_error():
         evaluate_reid(*case, threads=0)
 
 
-# ----------------------------------------------------------------------------- the ranker itself
+# ----------------------------------------------------------------------------- the ranking kernel
 def block_case(seed, rows=25, cols=400, spread=True):
-    """A distance block with ties, a zero, values over many binades, removed items."""
+    """A distance block with ties, a zero, values over many binades, removed items (+inf)."""
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 40, (rows, cols)).astype(np.float32)
-    if spread:  # some rows over ten binades: windows are cut to two, bucket 0 gets matches
+    if spread:  # some rows over ten binades: most items share a few coarse buckets
         values[::3] *= np.float32(2.0) ** rng.integers(0, 10, (len(values[::3]), cols)).astype(np.float32)
     values[:, 5] = 0.0
     pos_rows = np.repeat(np.arange(rows), 6)
@@ -186,44 +186,97 @@ def brute_ranks(block, pos_rows, pos_cols):
     return out
 
 
-@pytest.mark.parametrize("buckets", [None, 2, 3, 5, 64])
+# Both ways of counting: compare (rows with at most compare_limit matches) and bucket.
+WAYS = {"compare": dict(compare_limit=10**6), "bucket": dict(compare_limit=0)}
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("buckets", [None, 1, 2, 3, 5, 64, 10_000])
 @pytest.mark.parametrize("seed", range(3))
-def test_ranker_exact_whatever_the_bucket_count(seed, buckets):
-    """Few buckets put many candidates in the hot ones (sorted exactly); the answer is the same."""
+def test_kernel_exact_whatever_the_bucket_count(seed, buckets, way):
+    """One bucket compares every item with every match; many leave most buckets empty;
+    the ranks are the brute-force ones either way, in float32 and float64."""
     block, pos_rows, pos_cols = block_case(seed)
     expected = brute_ranks(block, pos_rows, pos_cols)
-    ranker = TrueMatchRanker(block.shape[1], len(block), buckets=buckets)
-    np.testing.assert_array_equal(ranker.ranks(block, pos_rows, pos_cols, nonnegative=True), expected)
-    np.testing.assert_array_equal(ranker.ranks(block, pos_rows, pos_cols, nonnegative=False), expected)
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for dtype in (np.float32, np.float64):
+        np.testing.assert_array_equal(block_ranks(block.astype(dtype), pairs, buckets=buckets, **WAYS[way]), expected)
 
 
-def test_ranker_general_keys_negative_zeros_and_float64():
+@pytest.mark.parametrize("cols", [1, 7, 2048, 2049, 5000])
+def test_kernel_rows_across_chunks_and_many_matches(cols):
+    """Rows shorter and longer than a chunk (2048 items), matches on the chunk edges, and
+    rows past the compare limit (bucketed) beside rows under it, in one block."""
+    rng = np.random.default_rng(cols)
+    block = rng.integers(0, 50, (12, cols)).astype(np.float32)
+    counts = [1, 2, 40, 33, 32, 5, 1, 100, 3, 60, 1, 2]
+    pos_cols = np.concatenate([np.sort(rng.choice(cols, min(c, cols), replace=False)) for c in counts])
+    pos_rows = np.repeat(np.arange(12), [min(c, cols) for c in counts])
+    edges = np.array([0, 2047, 2048, cols - 1])
+    pos_cols[pos_rows == 7] = np.sort(np.unique(np.r_[edges[edges < cols], pos_cols[pos_rows == 7]]))[
+        : (pos_rows == 7).sum()
+    ]
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    expected = brute_ranks(block, pos_rows, pos_cols)
+    for way in WAYS.values():
+        np.testing.assert_array_equal(block_ranks(block, pairs, **way), expected)
+    np.testing.assert_array_equal(block_ranks(block, pairs), expected)
+    shuffled = np.concatenate([rng.permutation(pos_cols[pos_rows == r]) for r in range(12)])  # any order per row
+    pairs = BlockPairs(pos_rows, shuffled, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for way in WAYS.values():
+        np.testing.assert_array_equal(block_ranks(block, pairs, **way), brute_ranks(block, pos_rows, shuffled))
+
+
+def test_kernel_negative_values_zeros_integers_and_float16():
     block, pos_rows, pos_cols = block_case(4, spread=False)
     block -= np.float32(20)  # negative distances (any monotone score is allowed in evaluate_distances)
     block[block == 0] = np.float32(-0.0)  # -0.0 ties with +0.0
     block[2, 7] = np.float32(0.0)
     expected = brute_ranks(block, pos_rows, pos_cols)
-    for buckets in (None, 2, 3):
-        ranker = TrueMatchRanker(block.shape[1], len(block), buckets=buckets)
-        np.testing.assert_array_equal(ranker.ranks(block, pos_rows, pos_cols), expected)
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for buckets in (None, 1, 3):
+        for way in WAYS.values():
+            np.testing.assert_array_equal(block_ranks(block, pairs, buckets=buckets, **way), expected)
     np.testing.assert_array_equal(true_match_ranks(block.astype(np.float64), pos_rows, pos_cols), expected)
+    np.testing.assert_array_equal(true_match_ranks(block.astype(np.float16), pos_rows, pos_cols), expected)
+    finite = np.where(np.isinf(block), 1000, block).astype(np.int64)  # integer scores: widened to float64
+    np.testing.assert_array_equal(true_match_ranks(finite, pos_rows, pos_cols), brute_ranks(finite, pos_rows, pos_cols))
 
 
-def test_int_keys_order_like_the_floats():
-    rng = np.random.default_rng(0)
-    values = np.concatenate(
-        [rng.standard_normal(500).astype(np.float32) * 1e3, [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.5, 3.5]]
-    ).astype(np.float32)
-    keys = int_keys(values)
+def test_kernel_finishes_gemm_rows_removes_pairs_and_junk():
+    """From ``-2 q.g`` rows, with the norms added and the clamp at 0 done by the kernel,
+    removed pairs and +inf junk columns left out: the ranks of the finished, marked block,
+    whose distances are exact small integers full of ties (and zeros: duplicates)."""
+    q, g, q_pids, g_pids, q_camids, g_camids = tied_case(9)
+    ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
+    pairs = ids.pairs(0, len(q))
+    assert pairs.removed_rows.size and ids.junk.size
+    dot = (q * np.float32(-2.0)) @ g.T
+    g_add = np.einsum("ij,ij->i", g, g)
+    g_add[ids.junk] = np.inf
+    finished = exact_distances(q, g)
+    mark_removed(finished, pairs, ids.junk)
+    expected = brute_ranks(finished, pairs.pos_rows, pairs.pos_cols)
+    for way in WAYS.values():
+        ranks = block_ranks(dot, pairs, np.einsum("ij,ij->i", q, q), g_add, clamp=True, buckets=7, **way)
+        np.testing.assert_array_equal(ranks, expected)
 
-    def order(x):  # -1, 0, 1 for every pair
-        return (x[:, None] > x[None, :]).astype(int) - (x[:, None] < x[None, :])
 
-    np.testing.assert_array_equal(order(keys), order(values))
-    nonneg = np.abs(values[np.isfinite(values)]) + np.float32(0)
-    np.testing.assert_array_equal(
-        np.argsort(int_keys(nonneg, nonnegative=True), kind="stable"), np.argsort(nonneg, kind="stable")
-    )
+def test_kernel_rows_without_matches_and_an_infinite_match():
+    block, pos_rows, pos_cols = block_case(1, rows=6)
+    keep = (pos_rows != 0) & (pos_rows != 3)  # rows 0 and 3: no true match
+    pos_rows, pos_cols = pos_rows[keep], pos_cols[keep]
+    block[4, :50] = np.nan  # NaN items never come before a match
+    block[4, pos_cols[pos_rows == 4]] = 3.0
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    for way in WAYS.values():
+        np.testing.assert_array_equal(block_ranks(block, pairs, **way), brute_ranks(block, pos_rows, pos_cols))
+    assert true_match_ranks(block, pos_rows[:0], pos_cols[:0]).size == 0
+    for bad in (np.inf, np.nan):
+        block[pos_rows[-1], pos_cols[-1]] = bad
+        for way in WAYS.values():
+            with pytest.raises(DistanceOverflowError):
+                block_ranks(block, pairs, **way)
 
 
 def test_evaluate_distances_with_ties_against_brute_force():
@@ -277,15 +330,15 @@ def test_one_query_row_has_the_bits_of_its_row_in_a_block():
 
 def test_memory_stays_within_the_blocks(monkeypatch):
     """Worst case (features without structure: nearly every item is a candidate): the peak
-    of numpy allocations stays near one distance block plus the ranking scratch, far below
-    the full query x gallery matrix."""
+    of numpy allocations stays near one distance block (the ranking keeps no per-item
+    scratch), far below the full query x gallery matrix."""
     rng = np.random.default_rng(0)
     nq, ng, dim = 1200, 20000, 8
     q, g = rng.standard_normal((nq, dim)).astype(np.float32), rng.standard_normal((ng, dim)).astype(np.float32)
     ids = (rng.integers(1, 300, nq), rng.integers(1, 300, ng), rng.integers(0, 6, nq), rng.integers(0, 6, ng))
     monkeypatch.setattr(metrics, "_BLOCK_ELEMENTS", 1 << 21)  # 8 MB of distances per block
-    monkeypatch.setattr(metrics, "_RANK_ELEMENTS", 1 << 18)  # 1 MB ranked at a time
     full_matrix = nq * ng * 4  # 96 MB
+    evaluate_reid(*tied_case(0))  # the compiled kernel loaded before the count
     tracemalloc.start()
     try:
         evaluate_reid(q, g, *ids, threads=2)
@@ -293,8 +346,9 @@ def test_memory_stays_within_the_blocks(monkeypatch):
     finally:
         tracemalloc.stop()
     block = (1 << 21) * 4
-    scratch = 2 * (1 << 18) * 40  # per thread: mask, bins, candidates' indices and bins, hot marks
-    assert peak < block + scratch + 6 * 2**20, peak
+    matches = len(ProtocolIds(ids[0], ids[2], ids[1], ids[3]).pairs(0, nq).pos_rows)
+    per_match = 12 * 8 * matches  # the matches' ranks, queries, and the int64/float64 arrays of query_scores
+    assert peak < block + per_match + 2**20, peak
     assert peak < full_matrix / 3
 
 

@@ -1,27 +1,15 @@
 """The ranks of every true match of a block of queries, without sorting any gallery row.
 
-Numpy only, vectorised over a whole block of distance rows: no Python loop per query.
+No Python loop per query: one compiled pass over each distance row
+(:mod:`reid_srdl.evaluation.rank_kernel`) ranks all of its true matches at once.
 
 The protocol ranking of a query orders its valid gallery items (removed ones excluded) by
 ``(distance, gallery index)``; the rank of a true match is one plus the number of valid items
 before it.  Only items no farther than the query's farthest true match can come before one,
-so, per block (:class:`TrueMatchRanker`):
-
-1. the farthest true match of each row gives a threshold, and one comparison over the block
-   keeps the *candidates* (valid items at or under their row's threshold; removed items are
-   +inf and never pass);
-2. a non-negative float32's bit pattern, read as an integer, orders like the float: each
-   item's bucket is its key's high bits within its row's window (nearest to farthest true
-   match, at most two binades; below it, bucket 0) -- a few integer operations over the
-   block -- and one ``bincount`` of the candidates' buckets gives each row's cumulative
-   histogram: the candidates before a match's bucket;
-3. inside the *hot* buckets (those holding a match) the few candidates there are sorted as
-   packed 64-bit ``(row, key, column)`` keys, so ties are broken by gallery index exactly;
-   a match's rank is one plus the candidates in earlier buckets plus those of its own bucket
-   that precede it.
-
-Non-float32 distances (or a gallery too large for the column bits) take the same candidates
-through ``np.lexsort`` over ``(row, distance, column)`` instead (:func:`true_match_ranks`).
+so each row's items are compared with that threshold and only those under it are counted,
+each in the histogram slot of the number of true matches at or before it (a bucket of the
+window between the nearest and the farthest match tells, and ties are broken by gallery
+index exactly).  The cumulative histogram gives every match's rank.
 
 The first-hit rank (CMC) is the smallest true-match rank, so no top-k list is needed for the
 metrics; :func:`top_k_rows` gives one (for ranked-list pictures) after a partial selection.
@@ -32,10 +20,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from reid_srdl.evaluation.rank_kernel import COMPARE_LIMIT, NOT_FINITE, rank_rows
+
 JUNK_PID = -1
 _EMPTY = np.zeros(0, dtype=np.int64)
-_KEY_BITS = 32  # a float32 distance's order-preserving key
-_WINDOW_BITS = 24  # two binades of float32 keys (23 mantissa bits each): a row's widest window
 
 
 class DistanceOverflowError(ValueError):
@@ -91,177 +79,70 @@ def mark_removed(block: np.ndarray, pairs: BlockPairs, junk: np.ndarray, value: 
         block[pairs.removed_rows, pairs.removed_cols] = value
 
 
-# --------------------------------------------------------------------------- keys
-def int_keys(values: np.ndarray, nonnegative: bool = False) -> np.ndarray:
-    """int32 keys that order like the (non-NaN) float32 ``values``, ties as ties.
-
-    A non-negative float's bit pattern, read as an int32, orders like the float (the
-    ``nonnegative`` fast path is a view, no copy); a negative one gets its magnitude bits
-    flipped, so that larger magnitudes come first.  -0.0 is made +0.0 first: the two zeros,
-    equal as floats, must share a key.
-    """
-    if nonnegative:
-        return values.view(np.int32)
-    bits = (values + np.float32(0)).view(np.int32)  # -0.0 + 0.0 = +0.0
-    return np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits)
-
-
-def packed_row_limit(num_cols: int) -> int:
-    """Rows of one block whose ``(row, 32-bit key, column)`` keys fit 64 bits (0: none)."""
-    row_bits = 64 - _KEY_BITS - _col_bits(num_cols)
-    return 0 if row_bits < 1 else 1 << min(row_bits, 40)
-
-
-def _col_bits(num_cols: int) -> int:
-    return max(1, int(num_cols - 1).bit_length())
-
-
-def _packed(rows: np.ndarray, keys: np.ndarray, cols: np.ndarray, col_bits: int) -> np.ndarray:
-    """uint64 ``(row, key, column)``, ordered as the triples are; ``keys`` int32-ranged."""
-    unsigned = (keys.astype(np.int64) + (1 << 31)).astype(np.uint64)  # int32 order -> unsigned
-    packed = rows.astype(np.uint64) << np.uint64(_KEY_BITS + col_bits)
-    packed |= unsigned << np.uint64(col_bits)
-    packed |= cols.astype(np.uint64)
-    return packed
-
-
 # --------------------------------------------------------------------------- true-match ranks
-class TrueMatchRanker:
-    """Ranks the true matches of blocks of up to ``max_rows`` float32 rows of ``num_cols``
-    distances, with scratch buffers kept between blocks (no page faults per block).
-
-    Per block (see the module docstring): the candidates are the items at or under their
-    row's farthest true match.  Each row's window of keys -- from its nearest true match up to
-    its farthest, at most two binades -- is cut into equal buckets (the key's high bits, a
-    per-row shift); bucket 0 takes everything below the window.  A true match's rank is one
-    plus its row's candidates in lower buckets (a cumulative histogram: one ``bincount``)
-    plus those of its own bucket that come before it by ``(key, column)``: only the
-    candidates of these *hot* buckets are sorted, a few percent of them.
-    """
-
-    def __init__(self, num_cols: int, max_rows: int, buckets: Optional[int] = None):
-        if max_rows > packed_row_limit(num_cols):
-            raise ValueError(f"{max_rows} rows of {num_cols} columns do not fit a 64-bit (row, key, column) key")
-        self.num_cols, self.max_rows = num_cols, max_rows
-        # Buckets per row's window: ~num_cols/16 keeps the histogram small beside the block it
-        # counts; any number >= 2 gives the same ranks (fewer: more candidates sorted).
-        # (At least 2: a window always fits 2 buckets at some shift, see _windows.)
-        self.buckets = max(256, num_cols // 16) if buckets is None else max(2, int(buckets))
-        self._bins = np.empty(max_rows * num_cols, dtype=np.int32)
-        self._mask = np.empty(max_rows * num_cols, dtype=bool)
-
-    def ranks(
-        self, block: np.ndarray, pos_rows: np.ndarray, pos_cols: np.ndarray, nonnegative: bool = False
-    ) -> np.ndarray:
-        """1-based rank of each true match ``(pos_rows[i], pos_cols[i])`` in its row's ranking.
-
-        ``block``: ``(B, G)`` C-contiguous float32 distances, removed items at +inf.  A row ranks
-        its items by ``(distance, column)``; an item at +inf (removed) comes after every true
-        match and never counts.  ``nonnegative``: the caller guarantees no negative value and
-        no -0.0 (distances clamped at 0), so that the bits are the keys.
-
-        Raises:
-            DistanceOverflowError: a true match's distance is not finite.
-        """
-        num_rows, num_cols = block.shape
-        if pos_rows.size == 0:
-            return _EMPTY
-        pos_values = block[pos_rows, pos_cols]
-        if not np.isfinite(pos_values).all():
-            raise DistanceOverflowError("a true match's distance is not finite")
-        threshold = np.full(num_rows, -np.inf, dtype=np.float32)
-        np.maximum.at(threshold, pos_rows, pos_values)
-        size = num_rows * num_cols
-        mask = self._mask[:size].reshape(num_rows, num_cols)
-        # Candidates: no farther than the row's farthest match (ties in; NaN, +inf out), by row.
-        np.less_equal(block, threshold[:, None], out=mask)
-        flat = np.flatnonzero(mask)
-
-        keys = int_keys(block, nonnegative)
-        pos_keys = keys[pos_rows, pos_cols].astype(np.int64)
-        shift, base = self._windows(pos_rows, pos_keys, num_rows)
-        stride = self.buckets + 2  # bins per row: bucket 0 + at most buckets + 1 in the window
-        row_offset = np.arange(num_rows, dtype=np.int64) * stride
-        # Every item's bin, row * stride + bucket, over the whole block (broadcast per-row
-        # shift and base: cheaper than expanding them per candidate).
-        bins = self._bins[:size].reshape(num_rows, num_cols)
-        np.right_shift(keys, shift.astype(np.int32)[:, None], out=bins)
-        # bucket = max(shifted, base) - base: 0 below the window.  The max comes first so that
-        # no candidate's subtraction can overflow int32 (items past the threshold may: unused).
-        np.maximum(bins, base.astype(np.int32)[:, None], out=bins)
-        bins -= base.astype(np.int32)[:, None]
-        bins += row_offset.astype(np.int32)[:, None]
-        cand_bins = np.take(bins.reshape(-1), flat).astype(np.intp)  # intp: bincount and take want it
-        pos_bins = bins[pos_rows, pos_cols].astype(np.intp)
-
-        counts = np.bincount(cand_bins, minlength=num_rows * stride)
-        below = np.cumsum(counts) - counts  # candidates in earlier bins (earlier rows' too)
-        hot = np.zeros(num_rows * stride, dtype=bool)
-        hot[pos_bins] = True
-        chosen = np.compress(np.take(hot, cand_bins), flat)
-        col_bits = _col_bits(num_cols)
-        chosen_rows = chosen // num_cols
-        packed = _packed(chosen_rows, np.take(keys.reshape(-1), chosen), chosen - chosen_rows * num_cols, col_bits)
-        packed.sort()
-        bucket = pos_bins - row_offset[pos_rows]
-        row_shift, row_base = shift[pos_rows], base[pos_rows]
-        first_key = np.where(bucket > 0, (row_base + bucket) << row_shift, -(1 << 31))  # smallest key of the bin
-        start = np.searchsorted(packed, _packed(pos_rows, first_key, np.zeros_like(pos_cols), col_bits))
-        within = np.searchsorted(packed, _packed(pos_rows, pos_keys, pos_cols, col_bits)) - start
-        before_row = below[row_offset[pos_rows]]  # candidates of the rows before
-        return below[pos_bins] - before_row + within + 1
-
-    def _windows(self, pos_rows, pos_keys, num_rows: int):
-        """Per row: the smallest shift that cuts its window into at most ``buckets`` buckets,
-        and the base below which a shifted key lies under the window (bucket 0).
-
-        The window runs from the row's nearest true match up to its farthest but spans at
-        most two binades: a near-duplicate at distance ~0 would stretch it over the whole key
-        range and leave the crowded distances in a few coarse buckets; a match below the
-        window is in bucket 0, which is then one more hot bucket.
-        """
-        hi = np.full(num_rows, -(1 << 31), dtype=np.int64)
-        lo = np.full(num_rows, (1 << 31) - 1, dtype=np.int64)
-        np.maximum.at(hi, pos_rows, pos_keys)
-        np.minimum.at(lo, pos_rows, pos_keys)
-        lo = np.maximum(np.minimum(lo, hi), hi - (1 << _WINDOW_BITS))
-        shift = np.zeros(num_rows, dtype=np.int64)
-        # A window spans <= 2**24 keys, so past shift 24 its ends differ by at most 1 < buckets.
-        for _ in range(_WINDOW_BITS + 1):
-            wide = (hi >> shift) - (lo >> shift) >= self.buckets
-            if not wide.any():
-                break
-            shift += wide
-        # (A row without true matches has no candidates either; keep its base in int32 range.)
-        return shift, np.clip((lo >> shift) - 1, -(1 << 31), (1 << 31) - 1)
+def default_buckets(num_cols: int) -> int:
+    """Buckets per row's window: enough that a bucket rarely holds a true match (an item
+    of a bucket with matches is compared with them one by one), few enough that the per-row
+    table (8 bytes a bucket, reset per row) stays small beside the row it serves."""
+    return max(16, min(4096, num_cols // 16))
 
 
-def true_match_ranks(
-    block: np.ndarray, pos_rows: np.ndarray, pos_cols: np.ndarray, nonnegative: bool = False
+def block_ranks(
+    block: np.ndarray,
+    pairs: BlockPairs,
+    row_add: Optional[np.ndarray] = None,
+    col_add: Optional[np.ndarray] = None,
+    clamp: bool = False,
+    buckets: Optional[int] = None,
+    compare_limit: int = COMPARE_LIMIT,
 ) -> np.ndarray:
-    """1-based rank of each true match ``(pos_rows[i], pos_cols[i])`` in its row's ranking,
-    for one block of any float dtype (see :meth:`TrueMatchRanker.ranks`).  float32 blocks go
-    through :class:`TrueMatchRanker`; others by a ``np.lexsort`` of the candidates over
-    ``(row, value, column)``."""
+    """1-based rank of each true match ``(pairs.pos_rows[i], pairs.pos_cols[i])`` in its
+    row's ranking, in the order of ``pairs``.
+
+    ``block``: ``(B, G)`` float32 or float64 rows (another dtype is widened to float64), read
+    as distances ``(block + col_add[None, :]) + row_add[:, None]`` (the additions default to
+    0; ``col_add`` +inf removes a column), clamped at 0 when ``clamp``: a GEMM's ``-2 q.g``
+    rows are finished on the fly, without a pass of their own.  A row ranks its valid items
+    by ``(distance, column)``; ``pairs``' removed items, and items at +inf or NaN, never
+    count.  A row with at most ``compare_limit`` true matches compares every item with each
+    match (vectorised), one with more buckets its items (``buckets``: see
+    :func:`default_buckets`); any ``compare_limit`` and ``buckets`` >= 1 give the same ranks.
+
+    Raises:
+        DistanceOverflowError: a true match's distance is not finite.
+    """
+    if block.dtype != np.float32:
+        block = block.astype(np.float64)
     block = np.ascontiguousarray(block)
     num_rows, num_cols = block.shape
-    if block.dtype == np.float32 and 0 < num_rows <= packed_row_limit(num_cols):
-        return TrueMatchRanker(num_cols, num_rows).ranks(block, pos_rows, pos_cols, nonnegative)
-    if pos_rows.size == 0:
-        return _EMPTY
-    pos_values = block[pos_rows, pos_cols]
-    if not np.isfinite(pos_values).all():
+    dtype = block.dtype
+    row_add = np.zeros(num_rows, dtype) if row_add is None else np.ascontiguousarray(row_add, dtype=dtype)
+    col_add = np.zeros(num_cols, dtype) if col_add is None else np.ascontiguousarray(col_add, dtype=dtype)
+    rows = np.arange(num_rows + 1)
+    ranks = np.empty(len(pairs.pos_rows), dtype=np.int64)
+    status = rank_rows(
+        block,
+        row_add,
+        col_add,
+        dtype.type(0 if clamp else -np.inf),
+        np.searchsorted(pairs.pos_rows, rows).astype(np.int64),
+        pairs.pos_cols.astype(np.int64, copy=False),
+        np.searchsorted(pairs.removed_rows, rows).astype(np.int64),
+        pairs.removed_cols.astype(np.int64, copy=False),
+        default_buckets(num_cols) if buckets is None else max(1, int(buckets)),
+        int(compare_limit),
+        ranks,
+    )
+    if status == NOT_FINITE:
         raise DistanceOverflowError("a true match's distance is not finite")
-    threshold = np.full(num_rows, -np.inf, dtype=block.dtype)
-    np.maximum.at(threshold, pos_rows, pos_values)
-    flat = np.flatnonzero(block <= threshold[:, None])
-    rows, cols = np.divmod(flat, num_cols)
-    values = np.take(block.reshape(-1), flat) + block.dtype.type(0)  # -0.0 == +0.0
-    order = np.lexsort((cols, values, rows))
-    position = np.empty_like(order)
-    position[order] = np.arange(len(order))
-    row_starts = np.searchsorted(flat, np.arange(num_rows + 1) * num_cols)
-    return position[np.searchsorted(flat, pos_rows * num_cols + pos_cols)] - row_starts[pos_rows] + 1
+    return ranks
+
+
+def true_match_ranks(block: np.ndarray, pos_rows: np.ndarray, pos_cols: np.ndarray) -> np.ndarray:
+    """1-based rank of each true match ``(pos_rows[i], pos_cols[i])`` (rows ascending) in its
+    row's ranking by ``(distance, column)``; removed items already at +inf in ``block``."""
+    pairs = BlockPairs(np.asarray(pos_rows), np.asarray(pos_cols), _EMPTY, _EMPTY)
+    return block_ranks(np.asarray(block), pairs)
 
 
 def top_k_rows(block: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

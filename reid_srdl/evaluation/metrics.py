@@ -13,9 +13,9 @@ torchreid's ``eval_market1501``):
 Exact and memory-bounded: queries are processed in blocks of full distance rows (one sgemm
 each, into a reused buffer) and no query x gallery index matrix is ever built.  A true match's
 rank is one plus the number of valid items before it, counted for every match of a block at
-once by a per-row histogram of the items no farther than the row's farthest match, exact in
-the few buckets that hold a match (:mod:`reid_srdl.evaluation.match_ranks`) -- no sort of any
-gallery row, no Python loop per query -- so CMC, mAP and mINP are exact.
+once by one compiled pass over each distance row (:mod:`reid_srdl.evaluation.match_ranks`,
+:mod:`reid_srdl.evaluation.rank_kernel`) -- no sort of any gallery row, no Python loop per
+query -- so CMC, mAP and mINP are exact.
 """
 
 import os
@@ -31,16 +31,15 @@ from reid_srdl.evaluation.match_ranks import (
     DistanceOverflowError,
     ProtocolIds,
     QueryScores,
-    TrueMatchRanker,
+    block_ranks,
     mark_removed,
-    packed_row_limit,
     query_scores,
     top_k_rows,
     true_match_ranks,
 )
 
 # numpy only (no faiss): the metrics import on a machine without faiss.
-from reid_srdl.index.distances import finish_squared_l2, gemm_rows, pairwise_squared_l2, squared_norms
+from reid_srdl.index.distances import gemm_rows, pairwise_squared_l2, squared_norms
 
 DISTRACTOR_PID = 0
 REPORTED_RANKS = (1, 5, 10, 20)
@@ -48,8 +47,6 @@ AP_METHODS = ("torchreid", "official")
 POOLS = ("mean", "max")
 # Distance rows per block: ~256 MB of float32 whatever the gallery size.
 _BLOCK_ELEMENTS = 1 << 26
-# Distance rows ranked at once: ~8 MB of float32 (they stay in the L2/L3 caches).
-_RANK_ELEMENTS = 1 << 21
 _OVERFLOW = "squared distances overflow float32; the features are too large (scale them down)"
 
 
@@ -203,14 +200,6 @@ def average_precision(ranks: np.ndarray, method: str = "torchreid") -> float:
     return float(((before + at_hit) / 2).mean())
 
 
-def _rank_rows(num_gallery: int) -> int:
-    """Distance rows ranked at once: ~8 MB of them (cache-sized; the candidates' keys of a
-    worst case, a whole block, stay under ~130 MB), within what a 64-bit key can number."""
-    rows = max(1, _RANK_ELEMENTS // num_gallery)
-    limit = packed_row_limit(num_gallery)
-    return min(rows, limit) if limit else rows
-
-
 def ranking_threads(threads: Optional[int] = None) -> int:
     """Threads that rank distance rows: ``threads``, or the cores this process may use (at
     most 4).  numpy releases the GIL in the heavy steps (comparisons, ``flatnonzero``, takes,
@@ -236,37 +225,31 @@ def true_match_scores(
     """Per-query AP, INP and first-hit rank of ``q`` against ``g`` (checked float32 arrays).
 
     Queries go in blocks of ``chunk_size`` rows (default: ~256 MB of distances): one sgemm
-    per block (BLAS' own threads) into a buffer reused across blocks (no page faults per
-    block); then ``threads`` threads each take a share of the block's rows and, a few
-    cache-sized rows at a time, finish the distances (norms, clamp), set removed items to
-    +inf and rank the true matches (:class:`TrueMatchRanker`).  ``overlap``: compute the
+    per block (BLAS' own threads) of ``-2 q.g`` into a buffer reused across blocks (no page
+    faults per block); then ``threads`` threads each rank a share of the block's rows in one
+    compiled pass (:func:`block_ranks`), which finishes each distance as it reads it
+    (``+ ||g||^2 + ||q||^2``, clamped at 0; junk columns +inf).  ``overlap``: compute the
     next block's sgemm while this one is ranked (a second buffer; the two then share the
     cores).  The scores do not depend on the blocks, the threads or the overlap.
     """
-    g_sq = squared_norms(g)
+    g_add = squared_norms(g)
+    g_add[ids.junk] = np.inf  # junk never counts
     q_sq = squared_norms(q)
     step = block_rows(len(g), chunk_size)
-    sub = _rank_rows(len(g))
     threads = ranking_threads(threads)
     starts = list(range(0, len(q), step))
     overlap = overlap and len(starts) > 1
     buffers = [np.empty((max(2, min(step, len(q))), len(g)), dtype=np.float32) for _ in range(2 if overlap else 1)]
-    rankers = [TrueMatchRanker(len(g), min(sub, len(q))) for _ in range(threads)]
 
     def gemm(i: int) -> np.ndarray:
         start = starts[i]
         return gemm_rows(q[start : start + step] * np.float32(-2.0), g, out=buffers[i % len(buffers)])
 
-    def rank_rows(ranker: TrueMatchRanker, dist: np.ndarray, first: int, lo: int, hi: int):
+    def rank_rows(dist: np.ndarray, first: int, lo: int, hi: int):
         """Query rows lo:hi of the block whose first row is query ``first``."""
-        done = []
-        for s in range(lo, hi, sub):
-            e = min(hi, s + sub)
-            part = finish_squared_l2(dist[s - first : e - first], q_sq[s:e], g_sq)
-            pairs = ids.pairs(s, e)
-            mark_removed(part, pairs, ids.junk)
-            done.append((pairs.pos_rows + s, ranker.ranks(part, pairs.pos_rows, pairs.pos_cols, nonnegative=True)))
-        return done
+        pairs = ids.pairs(lo, hi)
+        ranks = block_ranks(dist[lo - first : hi - first], pairs, q_sq[lo:hi], g_add, clamp=True)
+        return pairs.pos_rows + lo, ranks
 
     parts = []
     pool = ThreadPoolExecutor(threads + overlap) if threads > 1 or overlap else None
@@ -277,15 +260,14 @@ def true_match_scores(
             dist = pending.result() if overlap else gemm(i)
             if overlap and i + 1 < len(starts):
                 pending = pool.submit(gemm, i + 1)
-            # Whole sub-blocks per thread, contiguous, so the results come back in query order.
-            cuts = [start + sub * ((-(-(stop - start) // sub) * t) // threads) for t in range(threads + 1)]
-            spans = [(lo, min(hi, stop)) for lo, hi in zip(cuts, cuts[1:]) if lo < stop]
+            # Contiguous row spans, one per thread, so the results come back in query order.
+            cuts = [start + ((stop - start) * t) // threads for t in range(threads + 1)]
+            spans = [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if lo < hi]
             if pool is None or len(spans) == 1:
-                parts.extend(rank_rows(rankers[0], dist, start, start, stop))
+                parts.append(rank_rows(dist, start, start, stop))
             else:
-                futures = [pool.submit(rank_rows, rankers[t], dist, start, lo, hi) for t, (lo, hi) in enumerate(spans)]
-                for f in futures:
-                    parts.extend(f.result())
+                futures = [pool.submit(rank_rows, dist, start, lo, hi) for lo, hi in spans]
+                parts.extend(f.result() for f in futures)
     except DistanceOverflowError:
         raise EvaluationInputError(_OVERFLOW) from None
     finally:

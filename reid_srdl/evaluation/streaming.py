@@ -25,9 +25,8 @@ from reid_srdl.evaluation.match_ranks import (
     JUNK_PID,
     DistanceOverflowError,
     ProtocolIds,
-    mark_removed,
+    block_ranks,
     query_scores,
-    true_match_ranks,
 )
 from reid_srdl.evaluation.metrics import AP_METHODS, ReIDResult, _check_choice, summarise
 from reid_srdl.index.exact import pairwise_squared_l2, squared_norms
@@ -57,17 +56,17 @@ def evaluate_distances(
     q_pids, q_camids = check_ids(q_pids, d.shape[0], "query pids"), check_ids(q_camids, d.shape[0], "query camids")
     g_pids, g_camids = check_ids(g_pids, d.shape[1], "gallery pids"), check_ids(g_camids, d.shape[1], "gallery camids")
     ids = ProtocolIds(q_pids, q_camids, g_pids, g_camids)
+    junk = np.zeros(d.shape[1], dtype=np.float32 if d.dtype == np.float32 else np.float64)
+    junk[ids.junk] = np.inf  # junk never counts
     # Rows in blocks of ~_BLOCK_ELEMENTS, in their own dtype (float32 stays float32: a
     # widening would not change any order), ranked as metrics.evaluate_reid ranks its own.
     step = max(1, _BLOCK_ELEMENTS // max(1, d.shape[1]))
     query_of, ranks = [], []
     for start in range(0, len(d), step):
         stop = min(len(d), start + step)
-        block = np.array(d[start:stop], dtype=np.float32 if d.dtype == np.float32 else np.float64)
         pairs = ids.pairs(start, stop)
-        mark_removed(block, pairs, ids.junk)
         try:
-            ranks.append(true_match_ranks(block, pairs.pos_rows, pairs.pos_cols))
+            ranks.append(block_ranks(d[start:stop], pairs, col_add=junk))
         except DistanceOverflowError:
             raise EvaluationInputError("distances: a true match's distance is infinite") from None
         query_of.append(pairs.pos_rows + start)
