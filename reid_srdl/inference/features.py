@@ -88,10 +88,17 @@ def inference_copy(model: nn.Module, fold_bn: bool, channels_last: bool) -> nn.M
     copy (BN folded and/or channels-last weights), made in one pass over the weights: the
     caller's model is never changed."""
     from reid_srdl.models.fold import fold_batchnorm, has_batchnorm, private_copy
+    from reid_srdl.models.fuse_onednn import fuse_for_cpu_inference
 
     channels_last = channels_last and any(p.dim() == 4 for p in model.parameters())
     if fold_bn and has_batchnorm(model):
-        return fold_batchnorm(model, channels_last=channels_last)
+        run = fold_batchnorm(model, channels_last=channels_last)
+        if channels_last:
+            # On a CPU, each conv + ReLU (+ residual add) of the folded net as one oneDNN
+            # primitive (models/fuse_onednn.py); elsewhere nothing is fused.
+            fused = fuse_for_cpu_inference(run)
+            log.debug("fast path: %d convolutions fused with their ReLU / residual addition", fused)
+        return run
     if channels_last:
         return private_copy(model, channels_last=True)
     return model
