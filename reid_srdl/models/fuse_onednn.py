@@ -150,7 +150,7 @@ def fuse_conv_relu(module: fx.GraphModule) -> int:
         with graph.inserting_after(last):
             call = graph.call_module(name, args)
         last.replace_all_uses_with(call)
-        for dead in ([last, user, node] if last is not user else [last, node]):
+        for dead in [last, user, node] if last is not user else [last, node]:
             graph.erase_node(dead)
         fused += 1
     if fused:
