@@ -97,7 +97,7 @@ def inference_copy(model: nn.Module, fold_bn: bool, channels_last: bool) -> nn.M
             # On a CPU, each conv + ReLU (+ residual add) of the folded net as one oneDNN
             # primitive (models/fuse_onednn.py); elsewhere nothing is fused.
             fused = fuse_for_cpu_inference(run)
-            log.debug("fast path: %d convolutions fused with their ReLU / residual addition", fused)
+            log.info("fast path: BN folded, %d convolutions fused with their ReLU / residual addition", fused)
         return run
     if channels_last:
         return private_copy(model, channels_last=True)
