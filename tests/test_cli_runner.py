@@ -11,6 +11,8 @@ import errno
 import glob
 import importlib
 import os
+import runpy
+import sys
 
 import pytest
 
@@ -58,12 +60,17 @@ def test_every_entry_point_answers_help(command, capsys):
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_the_script_is_the_command_module(tool):
-    """`import NAME` (tools/ on the path) is the package module itself, so `python tools/NAME.py`
-    and the installed command run one main."""
-    script = importlib.import_module(tool)
-    assert script is importlib.import_module(f"reid_srdl.cli.{tool}")
-    with open(os.path.join(REPO, "tools", f"{tool}.py"), encoding="utf-8") as f:
+def test_the_script_is_the_command_module(tool, monkeypatch):
+    """`python tools/NAME.py` runs reid_srdl.cli.NAME's main and exits with what it returns, so
+    the script and the installed command run one main (run here as the script's __main__)."""
+    path = os.path.join(REPO, "tools", f"{tool}.py")
+    calls = []
+    monkeypatch.setattr(importlib.import_module(f"reid_srdl.cli.{tool}"), "main", lambda: calls.append(tool) or 7)
+    monkeypatch.setattr(sys, "argv", [path, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(path, run_name="__main__")
+    assert stop.value.code == 7 and calls == [tool]
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     assert "sys.path.insert" not in text and "EXIT_BAD_INPUT" not in text
 

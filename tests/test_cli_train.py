@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-import train as train_cli
 from fixtures_data import write_fashion_mnist
+
+from reid_srdl.cli import train as train_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

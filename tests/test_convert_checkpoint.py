@@ -1,4 +1,4 @@
-"""tools/convert_checkpoint.py reads a file that refers to Python objects with inert
+"""reid-convert-checkpoint reads a file that refers to Python objects with inert
 stand-ins: nothing the file names is imported or called (a payload that would create a
 marker file never runs, a module whose import creates one is never imported), and what it
 holds comes out as plain data equal to what the objects held (oracles: the real module's
@@ -10,13 +10,13 @@ import os
 import pathlib
 import sys
 
-import convert_checkpoint as convert_cli
 import numpy as np
 import pytest
 import torch
 from tiny_runs import save_tiny_model
 from trust_helpers import MarkerPayload, one_line
 
+from reid_srdl.cli import convert_checkpoint as convert_cli
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core.inert_pickle import load_inert
 from reid_srdl.core.torch_files import UnsafeFileError

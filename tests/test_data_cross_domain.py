@@ -11,11 +11,12 @@ import os
 import warnings
 from types import SimpleNamespace
 
-import eval_reid as eval_cli
 import numpy as np
 import pytest
 import torch
-import train as train_cli
+
+from reid_srdl.cli import eval_reid as eval_cli
+from reid_srdl.cli import train as train_cli
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)

@@ -4,7 +4,6 @@ atomic writing, ensure_synthetic_market and the CLI."""
 import hashlib
 import os
 import re
-import runpy
 import warnings
 from collections import defaultdict
 
@@ -16,6 +15,7 @@ from PIL import Image
 from tiny_runs import TINY_MARKET
 
 import reid_srdl.data.synthetic.market as synthetic
+from reid_srdl.cli import make_synthetic_market as market_cli
 from reid_srdl.data.market1501 import MarketLayoutError, parse_market_filename, read_market1501
 from reid_srdl.data.synthetic.market import (
     ensure_synthetic_market,
@@ -235,10 +235,7 @@ def test_ensure_refuses_an_incomplete_folder(tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
-    tool = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "make_synthetic_market.py"
-    )
-    main = runpy.run_path(tool, run_name="cli_under_test")["main"]
+    main = market_cli.main
     out = str(tmp_path / "out")
     assert main(["--out", out, "--ids", "4", "--seed", "2", "--images-per-id-camera", "1"]) == 0
     printed = capsys.readouterr().out

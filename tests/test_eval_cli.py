@@ -1,6 +1,5 @@
 """tools/eval_reid.py on small feature files, the .npz format, atomic outputs and pictures."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from reid_srdl.cli import eval_reid as cli
 from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.files import OutputBatch, atomic_path
 from reid_srdl.evaluation import colours
@@ -20,16 +20,6 @@ from reid_srdl.evaluation.plots import plot_cmc, render_ranked_list
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tools", "eval_reid.py")
 JSON_KEYS = ["rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "num_queries", "num_valid_queries"]
-
-
-def load_cli():
-    spec = importlib.util.spec_from_file_location("eval_reid_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = load_cli()
 
 
 @pytest.fixture

@@ -1,18 +1,12 @@
-"""tools/eval_reid.py --open-set: the printed table, the JSON entry and the distribution PNG."""
+"""reid-eval --open-set: the printed table, the JSON entry and the distribution PNG."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 
+from reid_srdl.cli import eval_reid as cli
 from reid_srdl.evaluation.io import save_features
 from reid_srdl.evaluation.open_set import evaluate_open_set
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "eval_reid.py")
-spec = importlib.util.spec_from_file_location("eval_reid_cli", SCRIPT)
-cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cli)
 
 
 def labelled_split(tmp_path):

@@ -121,7 +121,7 @@ def test_cli_exports_a_checkpoint_and_refuses_a_config_of_another_architecture(t
     assert "Traceback" not in bad.stderr and not os.path.exists(out)
 
     # The success path in-process (one torch import less than a second subprocess).
-    import export as export_cli
+    from reid_srdl.cli import export as export_cli
 
     assert (
         export_cli.main([checkpoint, "--config", str(config), "model.feature_dim=16", "--onnx", out, "--verify"]) == 0

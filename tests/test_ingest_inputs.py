@@ -1,25 +1,18 @@
-"""Bad input to `tools/search.py ingest`: one line on stderr, exit code 2, no store created, for
+"""Bad input to `reid-search ingest`: one line on stderr, exit code 2, no store created, for
 each case (an unreadable video, a det.txt row with the wrong arity or a non-number, a box
 outside the frame, a frame past the end -- also in a container that claims more frames than
 it holds); and the video reader's own answers (frame count, seeking) against sequential
 decoding."""
-
-import importlib.util
-import os
 
 import numpy as np
 import pytest
 import torch
 from ingest_helpers import FRAMES, HEIGHT, WIDTH, det_rows, write_det, write_lines, write_video
 
+from reid_srdl.cli import search as cli
 from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.models import build_model
 from reid_srdl.search.ingest import VideoError, VideoSource, read_frame
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "search.py")
-spec = importlib.util.spec_from_file_location("search_cli_ingest_inputs", SCRIPT)
-cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cli)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

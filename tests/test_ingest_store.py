@@ -1,9 +1,8 @@
-"""`tools/search.py ingest` into the real faiss folder store: the items, vectors and crop files it
+"""`reid-search ingest` into the real faiss folder store: the items, vectors and crop files it
 adds (against the boxes, times and pixels the test drew, and the embedder run on those pixels);
 a re-run adds nothing; an ingest interrupted mid-way and run again adds exactly the rest; the
 motion detector's saved boxes round-trip; a store of another model is refused."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -12,17 +11,13 @@ import torch
 from ingest_helpers import FRAMES, START, START_ISO, write_det, write_video
 from PIL import Image
 
+from reid_srdl.cli import search as cli
 from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.models import build_model
 from reid_srdl.search.embedder import Embedder
 from reid_srdl.search.ingest import DetectionFile
 from reid_srdl.search.ingest import pipeline as ingest_pipeline
 from reid_srdl.search.stores import DeleteRequest, open_store
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "search.py")
-spec = importlib.util.spec_from_file_location("search_cli_ingest_store", SCRIPT)
-cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cli)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -4,7 +4,7 @@ of tests/method_contracts.py and they add up to the loss by the method's formula
 reach every trainable parameter, a few SGD steps lower the loss, the deployed network is a
 plain rebuildable Net, the FLOP counter sees what the forward runs, a save/load of its state
 continues bit-exactly, its extra evaluation models evaluate, and a tiny run through
-tools/train.py (plain CE and the BoT recipe) logs terms that add up.
+reid-train (plain CE and the BoT recipe) logs terms that add up.
 
 Method-specific checks (hand computations of each paper's terms, structure, options) stay in
 tests/test_methods*.py."""
@@ -290,11 +290,11 @@ def test_a_saved_and_reloaded_state_continues_bit_exactly(name, net, teachers, t
         assert torch.equal(v, reference[k]), k
 
 
-# ----------------------------------------------------------------------------- through tools/train.py
+# ----------------------------------------------------------------------------- through reid-train
 @pytest.mark.parametrize("recipe", ["ce", "bot"])
 @pytest.mark.parametrize("name", REGISTERED)
 def test_a_tiny_run_logs_terms_that_add_up_and_saves_the_plain_net(name, recipe, tiny_run):
-    """Every method x {plain CE, the BoT recipe} through tools/train.py on the tiny set."""
+    """Every method x {plain CE, the BoT recipe} through reid-train on the tiny set."""
     run = tiny_run(name, recipe)
     with open(os.path.join(run, "metrics.jsonl")) as f:
         lines = [json.loads(x) for x in f]

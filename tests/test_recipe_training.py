@@ -1,6 +1,6 @@
 """A BoT-recipe SRDL run (identity sampler, BNNeck, label smoothing, triplet, Adam with warm-up)
 that resumes bit-exactly inside stage 2.  Every method x {plain CE, the BoT recipe} through
-tools/train.py is in tests/test_method_contract.py."""
+reid-train is in tests/test_method_contract.py."""
 
 import json
 import os

@@ -197,7 +197,7 @@ def test_random_erasing_erases_with_the_imagenet_mean(tiny_market_root):
 
 
 def test_too_few_identities_is_one_line_from_the_cli(tiny_market_root, tmp_path, capsys):
-    import train as train_cli
+    from reid_srdl.cli import train as train_cli
 
     args = [
         f"data.root={tiny_market_root}",

@@ -1,7 +1,6 @@
-"""tools/search.py on a tiny synthetic Market-1501 set: build, info, calibrate, query (JSON/HTML), add,
+"""reid-search on a tiny synthetic Market-1501 set: build, info, calibrate, query (JSON/HTML), add,
 label sources, and one-line errors that leave nothing behind."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -10,14 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from reid_srdl.cli import search as cli
 from reid_srdl.core.checkpoint import save_model_file
 from reid_srdl.models import build_model
 from reid_srdl.search import ReIDSearcher
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "search.py")
-spec = importlib.util.spec_from_file_location("search_cli", SCRIPT)
-cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cli)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -63,7 +63,7 @@ def test_gallery_file_records_model_and_settings_and_stays_a_feature_file(images
         "width": 8,
         "transform": "reid_test_transform",
     }
-    fs = load_features(path)  # what tools/eval_reid.py reads
+    fs = load_features(path)  # what reid-eval reads
     np.testing.assert_array_equal(fs.features, s.features)
     np.testing.assert_allclose(np.linalg.norm(fs.features, axis=1), 1.0, rtol=1e-5)  # normalize=True was used
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(p) for p in images] + ["g.npz"])

@@ -1,5 +1,5 @@
 """ReIDSearcher over stores (store= wherever a gallery is taken), .npz galleries from
-strangers, conversion, and tools/search.py's store commands (delete, prune, convert)."""
+strangers, conversion, and reid-search's store commands (delete, prune, convert)."""
 
 import json
 import os
@@ -160,9 +160,9 @@ def test_npz_opens_read_only_as_a_store_and_converts(tmp_path, target):
     new.close()
 
 
-# ----------------------------------------------------------------------------- tools/search.py
+# ----------------------------------------------------------------------------- reid-search
 def run(capsys, *argv):
-    import search as cli
+    from reid_srdl.cli import search as cli
 
     code = cli.main([str(a) for a in argv])
     out = capsys.readouterr()

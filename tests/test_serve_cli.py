@@ -14,9 +14,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app needs the serve extra: pip install -e '.[serve]'")
 httpx = pytest.importorskip("httpx", reason="httpx is in the test extra")
 
-import serve  # (tools/serve.py)
 from serve_helpers import build_gallery, files_in
 
+from reid_srdl.cli import serve as serve_cli
 from reid_srdl.serve.housekeeping import GalleryLock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -37,7 +37,7 @@ def busy_port():
 
 
 def _run(capsys, argv):
-    code = serve.main(argv)
+    code = serve_cli.main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -76,7 +76,7 @@ def test_bad_options_are_one_line(gallery, capsys, monkeypatch, extra, env, mess
 
 def test_token_without_allow_add_is_a_usage_error(gallery, capsys):
     with pytest.raises(SystemExit) as e:
-        serve.main(_base(gallery, 8000) + ["--token", "x" * 20])
+        serve_cli.main(_base(gallery, 8000) + ["--token", "x" * 20])
     assert e.value.code == 2 and "--token is the owner's token for adds: give --allow-add" in capsys.readouterr().err
 
 
@@ -141,12 +141,12 @@ def test_where_adds_go(tmp_path):
 
     args = SimpleNamespace(upload_dir=None)
     folder_store = SimpleNamespace(crop_dir=str(tmp_path / "store" / "crops"))
-    assert serve.upload_folder(args, folder_store, None) == str(tmp_path / "store" / "crops" / "uploads")
+    assert serve_cli.upload_folder(args, folder_store, None) == str(tmp_path / "store" / "crops" / "uploads")
     npz_store = SimpleNamespace(crop_dir=None)
-    assert serve.upload_folder(args, npz_store, str(tmp_path / "g.npz")) == str(tmp_path / "uploads")
-    assert serve.upload_folder(args, npz_store, None) is None  # a Milvus server without a crops folder
+    assert serve_cli.upload_folder(args, npz_store, str(tmp_path / "g.npz")) == str(tmp_path / "uploads")
+    assert serve_cli.upload_folder(args, npz_store, None) is None  # a Milvus server without a crops folder
     given = SimpleNamespace(upload_dir="shared/uploads")
-    assert serve.upload_folder(given, folder_store, None) == os.path.abspath("shared/uploads")
+    assert serve_cli.upload_folder(given, folder_store, None) == os.path.abspath("shared/uploads")
 
 
 def test_adds_to_a_milvus_server_need_an_upload_folder(capsys, monkeypatch):

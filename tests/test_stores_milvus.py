@@ -48,7 +48,7 @@ def test_a_second_process_on_a_lite_file_gets_one_line(tmp_path):
 def test_missing_extra_is_named(tmp_path):
     # A process where pymilvus cannot be imported (as without the extra): the tool says which extra.
     out = run_python(
-        "import sys\nsys.modules['pymilvus'] = None\nsys.path.insert(0, 'tools')\nimport search\n"
+        "import sys\nsys.modules['pymilvus'] = None\nfrom reid_srdl.cli import search\n"
         f"sys.exit(search.main(['info', '--store', {str(tmp_path / 'g.db')!r}]))"
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1

@@ -12,9 +12,9 @@ import signal
 
 import pytest
 import torch
-import train as train_cli
 from trust_helpers import one_line, reid_train_args
 
+from reid_srdl.cli import train as train_cli
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core.files import OutputPathError, write_bytes_atomic
 

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-import search as search_cli
 from trust_helpers import one_line
 
+from reid_srdl.cli import search as search_cli
 from reid_srdl.core.arrays import EvaluationInputError, check_ids
 from reid_srdl.data.market1501 import parse_market_name
 from reid_srdl.search.calibration import Calibration
@@ -107,7 +107,7 @@ def images(tmp_path):
 
 
 def _build_error(capsys, images, csv_path, tmp_path) -> str:
-    """tools/search.py build's one line for a label CSV; the model does not exist, so a run
+    """reid-search build's one line for a label CSV; the model does not exist, so a run
     that got past the labels would fail on it instead."""
     out = tmp_path / "g.npz"
     args = ["build", "--images", str(images), "--labels", str(csv_path), "--model", str(tmp_path / "none.pt")]

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-import train as train_cli
 from tiny_runs import Interrupt, reid_overrides
 from trust_helpers import one_line
 
 from reid_srdl import load_config
+from reid_srdl.cli import train as train_cli
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.engine.loop import TrainingLoop
 from reid_srdl.engine.trainer import Trainer

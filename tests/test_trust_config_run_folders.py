@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-import train as train_cli
 import yaml
-from trust_helpers import REPO, TOOLS, one_line, reid_train_args
+from trust_helpers import REPO, one_line, reid_train_args
 
 from reid_srdl import load_config
+from reid_srdl.cli import train as train_cli
 from reid_srdl.config import save_config
 from reid_srdl.core import checkpoint as ckpt
 
@@ -121,12 +121,11 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_next(tmp_path):
     assert os.listdir(folder) == []  # a folder it did not create stays, emptied of the lock
 
 
-# tools/train.py held just before claiming its run folder until both processes are there
+# reid-train held just before claiming its run folder until both processes are there
 # (a barrier of files in a folder), so that two trainings given one train.run_name race for it.
 _SYNCED_START = """
 import os, sys, time
-sys.path.insert(0, {tools!r})
-import train
+from reid_srdl.cli import train
 from reid_srdl.engine import trainer
 
 barrier, claim = sys.argv[1], trainer.claim_run_dir
@@ -145,7 +144,7 @@ sys.exit(train.main(sys.argv[2:]))
 @pytest.mark.slow
 def test_two_trainings_started_together_with_one_run_name(tiny_market_root, tmp_path):
     out = tmp_path / "runs"
-    script = _SYNCED_START.format(tools=TOOLS)
+    script = _SYNCED_START
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     barrier = tmp_path / "barrier"
     barrier.mkdir()

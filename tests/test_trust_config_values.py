@@ -7,10 +7,10 @@ import dataclasses
 import typing
 
 import pytest
-import train as train_cli
 from trust_helpers import one_line
 
 from reid_srdl import load_config
+from reid_srdl.cli import train as train_cli
 from reid_srdl.config import Config, MethodConfig, method_options
 from reid_srdl.core.yaml_text import MAX_DEPTH, MAX_FILE_BYTES
 from reid_srdl.methods import METHODS
@@ -60,7 +60,7 @@ def _override(key: str, text: str) -> str:
 
 
 def train_error(capsys, args) -> str:
-    """tools/train.py's one line for ``args``; a run that got past the config would stop on
+    """reid-train's one line for ``args``; a run that got past the config would stop on
     the missing data folder instead (and never train the default demo)."""
     assert train_cli.main([*args, "data.root=/nonexistent/reid_srdl_test", "data.synthetic=false"]) == 2
     captured = capsys.readouterr()

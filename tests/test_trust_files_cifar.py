@@ -3,18 +3,18 @@
 A real-format fixture (protocol 2, Python-2 byte strings, NumPy's ``_reconstruct``/
 ``ndarray``/``dtype`` as cPickle wrote them) is read back exactly; a crafted batch whose
 ``__reduce__`` would create a marker file is refused by name, through the loader and through
-tools/train.py (exit 2, one line), and the marker never appears."""
+reid-train (exit 2, one line), and the marker never appears."""
 
 import os
 import pickle
 
 import numpy as np
 import pytest
-import train as train_cli
 from tiny_runs import QUIET
 from trust_files_helpers import Py2Pickler, py2_cifar_batch
 from trust_helpers import one_line
 
+from reid_srdl.cli import train as train_cli
 from reid_srdl.data.classification import DatasetFormatError, load_cifar10, read_cifar_batch
 
 pytestmark = pytest.mark.usefixtures("single_thread")

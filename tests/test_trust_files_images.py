@@ -5,10 +5,8 @@ thumbnails, uploads to the web service.  The bomb is a real 12,000 x 12,000 PNG 
 raises its own DecompressionBombError, which is no OSError); one test decodes under an
 address-space cap that the decoded image would not fit in."""
 
-import importlib.util
 import io
 import json
-import os
 import shutil
 
 import numpy as np
@@ -18,14 +16,10 @@ from tiny_runs import save_tiny_model
 from trust_files_helpers import last_json_line, run_limited, write_png_bomb
 from trust_helpers import one_line
 
+from reid_srdl.cli import search as search_cli
 from reid_srdl.core import limits
 from reid_srdl.core.images import ImageRejected, check_image, decode_rgb
 from reid_srdl.data.indexed import ImageReadError, check_image_header, read_rgb_image
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("search_cli", os.path.join(REPO, "tools", "search.py"))
-search_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(search_cli)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

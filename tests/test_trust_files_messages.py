@@ -4,19 +4,19 @@
   naming the file -- PyTorch's own reader loads it and gives other features.
 * Crafted model-file fields are checked against one schema (reid_srdl/core/file_schemas.py)
   and named by path.
-* ``tools/export.py --onnx`` without the onnx extra names the extra, before loading anything.
+* ``reid-export --onnx`` without the onnx extra names the extra, before loading anything.
 * A plain-text ``.npz`` is called what it is (not "pickled data, load it unsafely")."""
 
 import struct
 import zipfile
 
-import export as export_cli
 import numpy as np
 import pytest
 import torch
 from tiny_runs import save_tiny_model
 from trust_helpers import one_line
 
+from reid_srdl.cli import export as export_cli
 from reid_srdl.core.archives import corrupt_member
 from reid_srdl.core.arrays import EvaluationInputError
 from reid_srdl.core.schema import JSON, Dict, Int, List, Str, check
@@ -132,13 +132,7 @@ def test_export_onnx_without_the_extra_names_it_before_loading(tmp_path, capsys,
 
 
 def test_a_text_file_named_npz_is_not_called_pickled(tmp_path, capsys):
-    import importlib.util
-    import os
-
-    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-    spec = importlib.util.spec_from_file_location("search_cli", os.path.join(tools, "search.py"))
-    search_cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(search_cli)
+    from reid_srdl.cli import search as search_cli
 
     path = tmp_path / "gallery.npz"
     path.write_text("features,pids\n1,2\n")

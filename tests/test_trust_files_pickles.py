@@ -12,13 +12,13 @@ import time
 import warnings
 import zipfile
 
-import convert_checkpoint as convert_cli
 import pytest
 import torch
 from tiny_runs import save_tiny_model
 from trust_files_helpers import last_json_line, run_limited
 from trust_helpers import one_line
 
+from reid_srdl.cli import convert_checkpoint as convert_cli
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core import limits
 from reid_srdl.core.limits import LimitExceededError
@@ -72,7 +72,7 @@ def test_bytearray_2_34_is_refused_at_every_entry_point_under_a_memory_cap(tmp_p
     Image.new("RGB", (32, 64), (10, 20, 30)).save(images / "a.png")
     code = f"""
         import contextlib, io, json
-        import convert_checkpoint, export, search
+        from reid_srdl.cli import convert_checkpoint, export, search
         from reid_srdl.core import checkpoint as ckpt
         from reid_srdl.models.model_file import load_model_file
         paths = {paths!r}

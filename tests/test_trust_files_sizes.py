@@ -3,7 +3,6 @@ declare more than their members hold, a model spec asking for 10**9 classes, ima
 20,000 in a model's, an ONNX file's or a gallery's settings.  Each is one line naming the
 file and the limit (reid_srdl.core.limits)."""
 
-import importlib.util
 import json
 import os
 
@@ -22,11 +21,6 @@ from reid_srdl.core.limits import LimitExceededError, human_bytes
 from reid_srdl.core.schema import SchemaError
 from reid_srdl.evaluation.io import load_features, save_features
 from reid_srdl.models.model_file import load_model_file
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("search_cli", os.path.join(REPO, "tools", "search.py"))
-search_cli = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(search_cli)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 GIB = 1 << 30
@@ -55,7 +49,7 @@ def test_a_zip_bomb_npz_never_reaches_memory(npz_bomb):
     code = f"""
         import contextlib, io, json
         import numpy as np
-        import search
+        from reid_srdl.cli import search
         import reid_srdl.search.fingerprint, reid_srdl.search.gallery  # what `info` imports (torch...)
         from reid_srdl.evaluation.io import load_features
         limit_address_space(0.7)

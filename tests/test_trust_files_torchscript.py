@@ -1,12 +1,11 @@
 """A TorchScript program loads only when asked for by name (a ``.ts`` file name or
 --trust-torchscript / trust_torchscript=True), never because of what a file contains.
 
-The payload is a real TorchScript embedding (with the description tools/export.py stores)
+The payload is a real TorchScript embedding (with the description reid-export stores)
 whose forward touches a marker file (``torch.from_file(marker, shared=True)`` creates it):
 named ``.pt`` it is refused at every entry point and the marker never appears; named
 ``.ts``, or with the flag, it loads and runs (the marker appears: the payload is live)."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,20 +16,11 @@ import pytest
 import torch
 from trust_helpers import one_line
 
+from reid_srdl.cli import search as search_cli
+from reid_srdl.cli import serve as serve_cli
 from reid_srdl.export import TORCHSCRIPT_EXTRA, ExportError
 from reid_srdl.search import ReIDSearcher
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-search_cli, serve_cli = _tool("search"), _tool("serve")
 pytestmark = pytest.mark.usefixtures("single_thread")
 H, W, D = 32, 16, 4
 

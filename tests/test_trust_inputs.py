@@ -5,16 +5,16 @@ as Python reads them; the NaN stop and a changed config on resume say what happe
 import os
 import pickle
 
-import eval_reid as eval_cli
-import export as export_cli
 import pytest
 import torch
-import train as train_cli
 import yaml
 from tiny_runs import save_tiny_model
 from trust_helpers import market_split_dir, one_line, reid_train_args, tiny_market_copy
 
 from reid_srdl import load_config
+from reid_srdl.cli import eval_reid as eval_cli
+from reid_srdl.cli import export as export_cli
+from reid_srdl.cli import train as train_cli
 from reid_srdl.config import ConfigError
 from reid_srdl.data.indexed import ImageReadError
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def train_error(capsys, args) -> str:
-    """tools/train.py's one stderr line for ``args`` (asserting exit code 2)."""
+    """reid-train's one stderr line for ``args`` (asserting exit code 2)."""
     assert train_cli.main(args) == 2
     return one_line(capsys.readouterr().err)
 

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 
-import eval_reid as eval_cli
 import numpy as np
 import pytest
 import yaml
 from tiny_runs import save_tiny_model
-from trust_helpers import REPO, TOOLS, one_line, reid_train_args
+from trust_helpers import REPO, one_line, reid_train_args
 
+from reid_srdl.cli import eval_reid as eval_cli
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.evaluation.io import save_features
 
@@ -46,14 +46,13 @@ def test_create_run_dir_is_unique_and_keeps_chosen_names(tmp_path):
     assert not os.path.exists(tmp_path / "new")
 
 
-# tools/train.py in which the clock reads one fixed second (as for two runs started in the
+# reid-train in which the clock reads one fixed second (as for two runs started in the
 # same second) and both processes are held just before naming their run folder until the
 # same instant, so that they race for it.
 STAMP = "20260101-120000"
 _SYNCED_START = """
 import sys, time
-sys.path.insert(0, {tools!r})
-import train
+from reid_srdl.cli import train
 from reid_srdl.engine import assembly, trainer
 
 class SameSecond:
@@ -77,7 +76,7 @@ sys.exit(train.main(sys.argv[2:]))
 @pytest.mark.slow
 def test_two_runs_started_in_the_same_second_get_their_own_folders(tiny_market_root, tmp_path):
     out = tmp_path / "runs"
-    script = _SYNCED_START.format(tools=TOOLS, stamp=STAMP)
+    script = _SYNCED_START.format(stamp=STAMP)
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     start_at = time.time() + 10  # time to import torch; a late start still collides (fixed clock)
     procs = [
@@ -206,9 +205,8 @@ def test_every_writer_uses_the_umask_mode(tiny_market_root, tmp_path):
     """Under umask 027 (so 0640, neither mkstemp's 0600 nor a hard-coded 0644): a training
     run's folder (config.yaml, last.pt, final.pt, metrics, CMC plot), feature files and a
     saved gallery."""
-    import train as train_cli
-
     from reid_srdl.api import ReIDSearcher
+    from reid_srdl.cli import train as train_cli
 
     previous = os.umask(0o027)
     try:

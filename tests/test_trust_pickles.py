@@ -6,12 +6,9 @@ is tested in test_convert_checkpoint.py)."""
 import os
 import shutil
 
-import eval_reid as eval_cli
-import export as export_cli
 import numpy as np
 import pytest
 import torch
-import train as train_cli
 from tiny_runs import save_tiny_model
 from trust_helpers import (
     assert_refused,
@@ -24,6 +21,9 @@ from trust_helpers import (
 
 from reid_srdl import load_config
 from reid_srdl.api import ReIDSearcher
+from reid_srdl.cli import eval_reid as eval_cli
+from reid_srdl.cli import export as export_cli
+from reid_srdl.cli import train as train_cli
 from reid_srdl.core import checkpoint as ckpt
 from reid_srdl.core.errors import ReidSrdlError
 from reid_srdl.core.torch_files import UnsafeFileError

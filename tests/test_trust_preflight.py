@@ -3,14 +3,14 @@ unreadable, empty or folder-named evaluation image, or a query set without a tru
 
 import os
 
-import eval_reid as eval_cli
 import numpy as np
 import pytest
-import train as train_cli
 from fixtures_data import write_market_tree
 from tiny_runs import save_tiny_model
 from trust_helpers import market_split_dir, one_line, reid_train_args, tiny_market_copy
 
+from reid_srdl.cli import eval_reid as eval_cli
+from reid_srdl.cli import train as train_cli
 from reid_srdl.engine.preflight import count_valid_queries
 from reid_srdl.evaluation.metrics import evaluate_reid
 

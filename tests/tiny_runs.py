@@ -8,7 +8,7 @@
 - On disk: :func:`write_market` and :func:`write_reid_sets` (the synthetic sets, with the counts
   they must show, worked out by hand from the writers' parameters), :func:`save_tiny_model` (a
   real model file).
-- Runs: :func:`train_run` (a tiny run folder through tools/train.py; the ``tiny_run`` fixture of
+- Runs: :func:`train_run` (a tiny run folder through reid-train; the ``tiny_run`` fixture of
   conftest.py caches them per session), :func:`interrupted_then_resumed`, :func:`free_port`.
 """
 
@@ -85,7 +85,7 @@ QUIET = ["train.progress=false", "train.precision=fp32", "train.tensorboard=fals
 
 
 def reid_overrides(root, out, *extra, epochs=4, max_batches=3, run_name="run"):
-    """The overrides (and tools/train.py arguments) of a tiny re-id run: small_reid at 64x32 on
+    """The overrides (and reid-train arguments) of a tiny re-id run: small_reid at 64x32 on
     the tiny synthetic set under ``root``, batches of 8, no workers, run folder out/run_name
     (``run_name=None``: the trainer names it).  ``extra`` last: a later key wins."""
     return [
@@ -175,7 +175,7 @@ def counts(samples):
 
 
 def save_tiny_model(path, height=64, width=32, num_classes=4, seed=0) -> str:
-    """A real model file (small_reid, random weights) as tools/train.py writes final.pt."""
+    """A real model file (small_reid, random weights) as reid-train writes final.pt."""
     from reid_srdl.models import build_model
 
     torch.manual_seed(seed)
@@ -186,12 +186,11 @@ def save_tiny_model(path, height=64, width=32, num_classes=4, seed=0) -> str:
 
 # ----------------------------------------------------------------------------- runs
 def train_run(root, out, method, *extra, recipe="ce", teacher=None):
-    """A finished tiny run of ``method`` through tools/train.py's main(): one epoch of two
+    """A finished tiny run of ``method`` through reid-train's main(): one epoch of two
     batches per stage, under out/run; ``recipe="bot"`` starts from the method's BoT YAML
     (configs/market1501/<method>_bot_resnet50.yaml) shrunk to the tiny set; ``teacher``: the
     run folder a KD student distils.  Returns the run folder."""
-    import train as train_cli
-
+    from reid_srdl.cli import train as train_cli
     from reid_srdl.methods import METHODS
 
     stages = getattr(METHODS.get(method), "min_epochs", 1)  # SRDL: two stages of one epoch
@@ -206,7 +205,7 @@ def train_run(root, out, method, *extra, recipe="ce", teacher=None):
         args += ["data.num_instances=4"]
     args += list(extra)
     code = train_cli.main(args)
-    assert code == 0, f"tools/train.py {' '.join(args)} exited with {code}"
+    assert code == 0, f"reid-train {' '.join(args)} exited with {code}"
     return os.path.join(str(out), "run")
 
 

@@ -194,7 +194,7 @@ def run_limited(code: str, timeout: float = 180) -> subprocess.CompletedProcess:
     space, so the cap is set after importing it)."""
     prelude = (
         "import resource, sys\n"
-        f"sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}, {os.path.join(REPO, 'tools')!r}]\n"
+        f"sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}]\n"
         "def limit_address_space(extra_gib):\n"
         "    size_kb = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0])\n"
         "    limit = size_kb * 1024 + int(extra_gib * (1 << 30))\n"

@@ -10,7 +10,6 @@ from tiny_runs import reid_overrides
 from reid_srdl.core import checkpoint as ckpt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(REPO, "tools")
 
 CONVERT_COMMAND = "python tools/convert_checkpoint.py"
 
@@ -80,7 +79,7 @@ def market_split_dir(root: str, split: str) -> str:
 
 
 def reid_train_args(root, out, *extra):
-    """tools/train.py arguments of the trust tests' tiny re-id run: vanilla, 2 epochs of 2
+    """reid-train arguments of the trust tests' tiny re-id run: vanilla, 2 epochs of 2
     batches, single-query evaluation, a run folder the trainer names (tiny_runs.reid_overrides)."""
     extra = ("method.name=vanilla", "eval.multi_query=false", *extra)
     return reid_overrides(root, out, *extra, epochs=2, max_batches=2, run_name=None)

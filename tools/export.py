@@ -11,7 +11,3 @@ from reid_srdl.cli import export as command
 
 if __name__ == "__main__":
     sys.exit(command.main())
-# Imported (the tests put tools/ on sys.path): the command's names are this module's, and
-# `import export` gives the command's module itself, so that patching a name reaches its main.
-globals().update({name: value for name, value in vars(command).items() if not name.startswith("__")})
-sys.modules[__name__] = command

@@ -41,6 +41,14 @@ PAGE_HTML = """<!doctype html>
   <label>leave out camera <select id="camera"><option value="">none</option></select></label>
   <button id="search">search</button>
 </div>
+<div class="controls">
+  <label>only cameras <input type="text" id="cameras" class="narrow" placeholder="e.g. c1,c3"
+    title="comma-separated camera names; empty: every camera"></label>
+  <label>seen from <input type="text" id="time_from" class="narrow" placeholder="2024-05-01T14:00Z"
+    title="UTC, ISO 8601 (a time without an offset is UTC); empty: no lower bound"></label>
+  <label>to <input type="text" id="time_to" class="narrow" placeholder="2024-05-01T15:00Z"
+    title="UTC, ISO 8601; empty: no upper bound"></label>
+</div>
 <div id="legend">LEGEND</div>
 <div id="decision"></div>
 <div id="source" class="note"></div>
@@ -188,7 +196,10 @@ function showAddPanel(canAdd) {
 function form() {
   const f = new FormData();
   f.append('k', $('k').value); f.append('threshold', $('threshold').value);
-  f.append('exclude_camera', $('camera').value); return f;
+  f.append('exclude_camera', $('camera').value);
+  // The time window and the cameras to keep: checked by the server, which answers 400 and one line.
+  f.append('cameras', $('cameras').value);
+  f.append('time_from', $('time_from').value); f.append('time_to', $('time_to').value); return f;
 }
 
 function showQuery(src) {
