@@ -230,3 +230,28 @@ def test_end_of_run_evaluation_passes_the_eval_section_fast_options():
     assert [c.fold_bn and c.channels_last for c in calls] == [True, True]
     assert fast["single_query"]["mAP"] == pytest.approx(exact["single_query"]["mAP"], abs=1e-9)
     assert fast["single_query"]["rank1"] == exact["single_query"]["rank1"]
+
+
+class TiedConvs(nn.Module):
+    """Two convolutions sharing one weight, each followed by its own BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.b.weight = self.a.weight
+        self.bn_a, self.bn_b = nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn_a(self.a(x)) + self.bn_b(self.b(x))
+
+
+def test_folding_tied_weights_rescales_each_use_apart_and_leaves_the_callers_weights():
+    torch.manual_seed(0)
+    net = with_random_bn_statistics(TiedConvs())
+    before = net.a.weight.detach().clone()
+    x = torch.randn(2, 3, 8, 4)
+    folded = fold_batchnorm(net, channels_last=True)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+    assert count_bn(folded) == 0
+    assert torch.equal(net.a.weight, before) and net.b.weight is net.a.weight
