@@ -156,8 +156,12 @@ def eval_rows(result):
 def train_rows(result):
     for row in result.get("throughput", []):
         model = TRAIN_MODELS.get(row["model"], row["model"])
+        # Since 2026-12-06 each side trains untimed warm-up epochs first (workers started, kernels
+        # built): the label says so, as the figures before it were cold first epochs.
+        warm = row.get("warmup_epochs") or 0
+        after = f" after {warm} warm-up epoch{'s' if warm > 1 else ''}" if warm else ""
         yield (
-            f"training, one epoch with data: {model} {row['height']}x{row['width']}, batch {row['batch']}",
+            f"training, one epoch with data{after}: {model} {row['height']}x{row['width']}, batch {row['batch']}",
             f"{row['reid_srdl_img_s']:.1f} img/s ({row.get('precision', '?')})",
             ratio(row.get("ratio")),
             "-",

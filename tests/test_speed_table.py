@@ -107,6 +107,11 @@ def test_a_hand_written_result_becomes_its_row_and_the_newest_file_wins(tmp_path
     )
     assert block[4].startswith("| the demo's training (30 epochs, `python tools/train.py`) | 44.00 s |")
     assert len(block) == 5  # header, rule, one line per figure: no extraction result given
+    warm = {"model": "small_reid", "height": 128, "width": 64, "batch": 32, "reid_srdl_img_s": 1.0, "warmup_epochs": 1}
+    label = next(st.train_rows({"throughput": [warm]}))[0]
+    assert label == (
+        "training, one epoch with data after 1 warm-up epoch: small_reid (the demo's network) 128x64, batch 32"
+    )
     assert lines[-3:] == ["", "after", ""]  # the text around the block is kept
     assert "| market512 | 3,368 x 15,913, 512 | default | 0.50 s | 0.25 s | 2.00x |" in doc.read_text()
     assert st.main([*args, "--check"]) == 0
