@@ -30,6 +30,8 @@ TABLES = [
     "--series intel-xeon-amx",
     "precision_accuracy.py --seeds 0 1 2 --precisions fp32 auto bf16 --jobs 1 --threads 2 --workers 2 "
     "--series intel-xeon",
+    "imagenet_init.py --task fashion --seeds 0 1 2 3 4 --inits imagenet random --methods vanilla srdl --epochs 48 "
+    "--subset 1000 --size 64 --lr 0.01 --jobs 2 --threads 1 --series fashion",
     "recipe_synthetic.py --models small_reid osnet_x0_25 --recipes ce bot bot_sgd --seeds 0 1 2 --epochs 30 "
     "--ids 120 --batch-size 32 --jobs 2 --threads 1 --series ids120",
 ]
