@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from model_helpers import with_random_bn_statistics
 from torch import nn
 
 from reid_srdl.core.precision import PrecisionError
@@ -21,19 +22,6 @@ from reid_srdl.models import build_model
 from reid_srdl.models.fold import fold_batchnorm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def with_random_bn_statistics(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN running statistics and affine terms, so folding has work to do."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
-    return net.eval()
 
 
 def small_net(seed: int = 0) -> nn.Module:

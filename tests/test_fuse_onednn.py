@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from model_helpers import with_random_bn_statistics
 from torch import fx, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -14,18 +15,6 @@ pytestmark = [
     pytest.mark.usefixtures("single_thread"),
     pytest.mark.skipif(not fusion_available(), reason="this torch has no oneDNN fused convolutions"),
 ]
-
-
-def with_random_bn_statistics(net: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
-    return net.eval()
 
 
 def images(n=3, h=64, w=32, seed=1):
