@@ -317,15 +317,30 @@ def test_ranked_gallery_with_ties_against_brute_force():
 
 
 # ----------------------------------------------------------------------------- distances, memory
-def test_one_query_row_has_the_bits_of_its_row_in_a_block():
-    """numpy sends a single row to gemv, whose sums round differently; gemm_rows must not."""
+def test_a_query_rows_products_are_within_the_float32_bound_in_any_block():
+    """Whatever block a query row is in (alone, first, middle, last of 9), its products are
+    float32 GEMM sums: within Higham's bound gamma_K * sum|q_k g_k| of the exact float64
+    value.  (Bits can differ with the block: OpenBLAS's AVX2 kernels round rows outside
+    whole 12-row tiles differently; its AVX-512 kernels do not.)"""
     rng = np.random.default_rng(0)
     q, g = rng.standard_normal((9, 256)).astype(np.float32), rng.standard_normal((3000, 256)).astype(np.float32)
-    block = pairwise_squared_l2(q, g)
-    for i in (0, 4, 8):
-        np.testing.assert_array_equal(pairwise_squared_l2(q[i : i + 1], g), block[i : i + 1])
+    exact = q.astype(np.float64) @ g.astype(np.float64).T
+    u, k = 2.0**-24, q.shape[1]
+    bound = k * u / (1 - k * u) * (np.abs(q).astype(np.float64) @ np.abs(g).astype(np.float64).T)
+    block = gemm_rows(q, g)
+    assert (np.abs(block - exact) <= bound).all()
     out = np.empty((2, 3000), dtype=np.float32)
-    np.testing.assert_array_equal(gemm_rows(q[:1], g, out=out), gemm_rows(q[:2], g)[:1])
+    for i in (0, 4, 8):
+        alone = gemm_rows(q[i : i + 1], g, out=out)
+        assert alone.shape == (1, 3000) and (np.abs(alone[0] - exact[i]) <= bound[i]).all()
+    # the finished distances: twice the products' bound, the two norms' (sums of squares:
+    # gamma_K times the sum), and the two additions' roundings
+    dist = pairwise_squared_l2(q[4:5], g)[0]
+    want = ((q[4].astype(np.float64) - g.astype(np.float64)) ** 2).sum(1)
+    norms = (q[4].astype(np.float64) ** 2).sum() + (g.astype(np.float64) ** 2).sum(1)
+    gamma = k * u / (1 - k * u)
+    slack = 2 * bound[4] + gamma * norms + 2 * u * (norms + 2 * np.abs(exact[4])) * (1 + gamma)
+    assert (np.abs(dist - want) <= slack).all()
 
 
 def test_memory_stays_within_the_blocks(monkeypatch):

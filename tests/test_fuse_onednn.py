@@ -56,19 +56,42 @@ def test_a_bottleneck_fuses_three_convs_and_matches_the_unfused_block_in_fp32():
         torch.testing.assert_close(folded(x), block(x), rtol=1e-4, atol=1e-4)
 
 
-def test_bf16_fused_block_stays_close_to_fp32():
+def _bf16_block_case():
     torch.manual_seed(0)
     block = with_random_bn_statistics(nn.Sequential(Bottleneck(64, 16)))
+    x = torch.randn(2, 64, 16, 8).contiguous(memory_format=torch.channels_last)
+    return block, fold_batchnorm(block, channels_last=True), x
+
+
+def test_bf16_fused_block_stays_close_to_fp32():
+    block, plain, x = _bf16_block_case()
     fused = fold_batchnorm(block, channels_last=True)
     fuse_conv_relu(fused)
-    x = torch.randn(2, 64, 16, 8).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         want = block(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            got = fused(x)
-    assert got.dtype == torch.bfloat16  # as autocast runs a conv
+            got, unfused = fused(x), plain(x)
+    if fuse_onednn.fusion_runs_in(torch.bfloat16):
+        assert got.dtype == torch.bfloat16  # one primitive, in the autocast dtype
+    else:  # an AVX2 CPU: oneDNN refuses bf16 convolutions, the plain modules ran
+        torch.testing.assert_close(got, unfused, rtol=0, atol=0)
     # bf16 keeps 8 bits of mantissa: relative error ~2^-8 per rounding, a few roundings.
     assert ((got.float() - want).abs().max() / want.abs().max()).item() < 0.03
+
+
+def test_a_dtype_this_cpu_cannot_fuse_runs_the_plain_modules(monkeypatch):
+    block, plain, x = _bf16_block_case()
+    fused = fold_batchnorm(block, channels_last=True)
+    assert fuse_conv_relu(fused) == 3  # the graph is rewritten; the dtype is decided per call
+    monkeypatch.setattr(fuse_onednn, "fusion_runs_in", lambda dtype: dtype == torch.float32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=0)
+
+
+def test_the_bf16_probe_agrees_with_torchs_own_cpu_check():
+    # torch's check (what inductor asks before it emits these operators) is the oracle.
+    assert fuse_onednn.fusion_runs_in(torch.bfloat16) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert fuse_onednn.fusion_runs_in(torch.float32)
 
 
 class ConvUsedTwice(nn.Module):

@@ -30,8 +30,10 @@ def squared_norms(x: np.ndarray) -> np.ndarray:
 def gemm_rows(xq_scaled: np.ndarray, xb: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``xq_scaled @ xb.T`` (float32) by one sgemm, written into ``out[:len(xq_scaled)]`` when
     given.  One query row is computed as two: numpy hands a single row to gemv, whose sums
-    round differently from gemm's, and a query's distances must not depend on the block it
-    happens to be in."""
+    round differently from gemm's.  With OpenBLAS's AVX-512 kernels a row then has the same
+    bits in any block; its AVX2 kernels round rows outside whole 12-row tiles (and a
+    threaded split) differently, so there a query's distances can differ in the last bit
+    with the block it is in: ranks differ only between items tied to float32 rounding."""
     rows = len(xq_scaled)
     single = rows == 1
     if single:

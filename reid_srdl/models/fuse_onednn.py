@@ -10,19 +10,25 @@ time per batch.  The fused operators are those torch.compile's CPU backend (indu
 for the same pattern, ``torch.ops.mkldnn._convolution_pointwise`` (``.binary`` for the
 addition), called eagerly here: no compilation (inductor took 25 s for ResNet-50 on that
 machine, three times the extraction of 300 images).  They are private torch operators, so
-:func:`fusion_available` checks that this build has them, and anything unusual (another
-dtype, another device, an addition that broadcasts) runs the plain modules instead.
+:func:`fusion_available` checks that this build has them, :func:`fusion_runs_in` that this
+CPU runs them in a dtype (oneDNN's bf16 convolution needs AVX-512 or AVX-NE-CONVERT: an AVX2
+CPU refuses it), and anything unusual (such a dtype, another device, an addition that
+broadcasts) runs the plain modules instead.
 
 Inference only (no autograd through the fused operators), on the traced parts of a folded
 network (the ``fx.GraphModule`` s :func:`reid_srdl.models.fold.fold_batchnorm` leaves).
 """
 
+import functools
+import logging
 import operator
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+log = logging.getLogger(__name__)
 
 
 def fusion_available() -> bool:
@@ -34,6 +40,23 @@ def fusion_available() -> bool:
         )
     except (AttributeError, RuntimeError):
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def fusion_runs_in(dtype: torch.dtype) -> bool:
+    """True when this CPU runs the fused convolution in ``dtype``: tried once per process on a
+    1x1 convolution of a 1x8x2x2 input (oneDNN raises on a CPU without the instructions)."""
+    if not fusion_available():
+        return False
+    x = torch.ones(1, 8, 2, 2, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(8, 8, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            y = torch.ops.mkldnn._convolution_pointwise(x, w, None, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
+    except RuntimeError as e:
+        log.info("fused convolutions: not in %s on this CPU (%s); the plain modules run", dtype, e)
+        return False
+    return bool((y == 8).all())
 
 
 class FusedConv2d(nn.Module):
@@ -74,6 +97,7 @@ class FusedConv2d(nn.Module):
             and x.dim() == 4
             and dtype in (torch.float32, torch.bfloat16)
             and not torch.is_grad_enabled()
+            and fusion_runs_in(dtype)
             and (other is None or tuple(other.shape) == self._output_shape(x))
         )
         if not usable:
