@@ -59,7 +59,7 @@ def cpu_label(env, slug):
     "Processor", with AMX named where the file's CPU part says so."""
     name = re.sub(r"\((r|tm)\)|\b(processor|cpu)\b", " ", str(env.get("cpu") or "unknown CPU"), flags=re.I)
     name = " ".join(name.split())
-    return name + (" with AMX" if slug.endswith("-amx") else "")
+    return name + (" with AMX" if slug.endswith("-amx") else " (AVX2, no AVX-512)" if slug.endswith("-avx2") else "")
 
 
 def default_run_slug(path, bench, result):
@@ -79,8 +79,9 @@ def default_run_slug(path, bench, result):
     return None
 
 
-def newest_result(results_dir, bench):
-    """``(path, result, cpu slug)`` of the newest default-settings result file of ``bench``, or None."""
+def newest_results(results_dir, bench):
+    """``[(path, result, cpu slug)]``: the newest default-settings result file of ``bench``
+    for each CPU, newest first."""
     candidates = []
     for path in sorted(glob.glob(os.path.join(results_dir, f"{bench}-*.json"))):
         try:
@@ -93,10 +94,10 @@ def newest_result(results_dir, bench):
         slug = default_run_slug(path, bench, result)
         if slug is not None:
             candidates.append((recorded_date(result), os.path.basename(path), path, result, slug))
-    if not candidates:
-        return None
-    _, _, path, result, slug = max(candidates)
-    return path, result, slug
+    newest = {}
+    for candidate in sorted(candidates, reverse=True):
+        newest.setdefault(candidate[-1], candidate[2:])
+    return list(newest.values())
 
 
 # ---------------------------------------------------------------- formatting
@@ -196,11 +197,12 @@ ROWS = {"bench_eval": eval_rows, "bench_train": train_rows, "bench_extract": ext
 
 
 def runs(results_dir):
-    """``{bench: (path, result, slug)}`` for each benchmark with a default-settings result."""
+    """``{bench: [(path, result, slug), ...]}``: for each benchmark with a default-settings
+    result, the newest run on each CPU, newest first (README shows the first)."""
     found = {}
     for bench in BENCHMARKS:
-        newest = newest_result(results_dir, bench)
-        if newest is not None:
+        newest = newest_results(results_dir, bench)
+        if newest:
             found[bench] = newest
     return found
 
@@ -219,7 +221,7 @@ def readme_block(found):
         "| figure | reid_srdl | vs torchreid | vs GEMM floor | CPU | date | commit |",
         "|---|---|---|---|---|---|---|",
     ]
-    for bench, (path, result, slug) in found.items():
+    for bench, [(path, result, slug), *_] in found.items():
         cpu, date, commit = where(path, result, slug)
         for what, ours, vs_torchreid, vs_floor, _ in rendered(bench, path, ROWS[bench], result):
             lines.append(f"| {what} | {ours} | {vs_torchreid} | {vs_floor} | {cpu} | {date} | {commit} |")
@@ -308,9 +310,9 @@ def shown_path(path):
 
 
 def doc_block(found):
-    """docs/benchmarks.md's block: every figure of the newest run of each benchmark."""
+    """docs/benchmarks.md's block: every figure of the newest run of each benchmark on each CPU."""
     lines = []
-    for bench, (path, result, slug) in found.items():
+    for bench, path, result, slug in ((b, *run) for b, newest in found.items() for run in newest):
         env = environment(result)
         cpu, date, commit = where(path, result, slug)
         load = env.get("load_average_1min")
@@ -380,8 +382,8 @@ def main(argv=None):
     except SpeedTableError as e:
         print(f"speed_table: {e}", file=sys.stderr)
         return 2
-    for bench, (path, _, _) in found.items():
-        print(f"{bench}: {os.path.basename(path)}")
+    for bench, newest in found.items():
+        print(f"{bench}: {', '.join(os.path.basename(path) for path, _, _ in newest)}")
     if args.check and stale:
         print(f"stale: {', '.join(stale)} (run python benchmarks/speed_table.py)", file=sys.stderr)
         return 1

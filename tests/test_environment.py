@@ -13,7 +13,8 @@ from reid_srdl.core.environment import code_commit, cpu_slug
 @pytest.mark.parametrize(
     "cpu, flags, slug",
     [
-        ("AMD EPYC", {"avx512_bf16"}, "amd-epyc"),
+        ("AMD EPYC", {"avx2", "avx512f", "avx512_bf16"}, "amd-epyc"),
+        ("AMD EPYC", {"avx2", "fma"}, "amd-epyc-avx2"),  # the same name, no AVX-512 (Zen 3 guests)
         ("AMD EPYC 7B13 64-Core Processor", set(), "amd-epyc-7b13"),
         ("Intel(R) Xeon(R) Processor", {"avx512f"}, "intel-xeon"),
         ("Intel(R) Xeon(R) Processor", {"avx512f", "amx_tile", "amx_bf16"}, "intel-xeon-amx"),

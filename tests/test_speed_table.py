@@ -113,8 +113,20 @@ def test_a_hand_written_result_becomes_its_row_and_the_newest_file_wins(tmp_path
         "training, one epoch with data after 1 warm-up epoch: small_reid (the demo's network) 128x64, batch 32"
     )
     assert lines[-3:] == ["", "after", ""]  # the text around the block is kept
-    assert "| market512 | 3,368 x 15,913, 512 | default | 0.50 s | 0.25 s | 2.00x |" in doc.read_text()
+    text = doc.read_text()
+    assert "| market512 | 3,368 x 15,913, 512 | default | 0.50 s | 0.25 s | 2.00x |" in text
+    # the doc keeps the newest run of every CPU, newest first: the Xeon's figures follow the EPYC's
+    assert "| market512 | 3,368 x 15,913, 512 | default | 9.00 s | 0.25 s | 36x |" in text
+    assert text.index("bench_eval-amd-epyc-9r14.json") < text.index("bench_eval-intel-xeon.json")
+    assert "Intel Xeon, 2026-11-01, commit 0ld." in text and "7.00 s" not in text  # never the variant
     assert st.main([*args, "--check"]) == 0
+
+
+def test_cpu_labels_name_amx_and_avx2_only_guests():
+    st = load_script()
+    assert st.cpu_label({"cpu": "Intel(R) Xeon(R) Processor"}, "intel-xeon-amx") == "Intel Xeon with AMX"
+    assert st.cpu_label({"cpu": "AMD EPYC"}, "amd-epyc-avx2") == "AMD EPYC (AVX2, no AVX-512)"
+    assert st.cpu_label({"cpu": "AMD EPYC"}, "amd-epyc") == "AMD EPYC"
 
 
 def test_a_result_file_without_the_expected_fields_is_one_line(tmp_path, capsys):

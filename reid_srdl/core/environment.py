@@ -43,17 +43,21 @@ def cpu_flags() -> set:
 
 
 def cpu_slug(cpu: Optional[str] = None, flags: Optional[set] = None) -> str:
-    """A file-name part naming the CPU: ``amd-epyc``, ``intel-xeon``, ``intel-xeon-amx``.
+    """A file-name part naming the CPU: ``amd-epyc``, ``intel-xeon``, ``intel-xeon-amx``,
+    ``amd-epyc-avx2``.
 
     The model name lower-cased, without trademarks, clock, "processor"/"CPU" and core counts;
-    ``-amx`` where the CPU has AMX tiles, since bf16 and its speed differ most there (the same
-    "Intel(R) Xeon(R) Processor" name covers guests with and without AMX).
+    ``-amx`` where the CPU has AMX tiles and ``-avx2`` where it has AVX2 but no AVX-512, since
+    bf16 and its speed differ most there: the same "Intel(R) Xeon(R) Processor" name covers
+    guests with and without AMX, and "AMD EPYC" guests with AVX-512 + BF16 and with AVX2 only.
     """
     cpu = cpu_model() if cpu is None else cpu
     flags = cpu_flags() if flags is None else flags
     name = re.sub(r"\((r|tm)\)|@.*$|\b(processor|cpu|\d+-core)\b", " ", cpu.lower())
     slug = "-".join(re.findall(r"[a-z0-9]+", name)) or "unknown-cpu"
-    return slug + ("-amx" if "amx_tile" in flags else "")
+    if "amx_tile" in flags:
+        return slug + "-amx"
+    return slug + ("-avx2" if "avx2" in flags and "avx512f" not in flags else "")
 
 
 def code_commit(path: Optional[str] = None) -> Optional[str]:
