@@ -322,12 +322,12 @@ def main(argv=None):
         "achieved_flops": achieved,
         "fraction_of_isa_peak": {
             "ours fp32 (fp32 peak)": achieved["ours fp32"] / isa_peak["fp32"],
-            "ours fast (bf16 peak)": achieved["ours fast"] / isa_peak["bf16" if fast_precision == "bf16" else "fp32"],
+            f"ours fast ({fast_precision} peak)": achieved["ours fast"] / isa_peak[fast_precision],
             "torchreid (fp32 peak)": achieved["torchreid FeatureExtractor"] / isa_peak["fp32"],
         },
         "fraction_of_measured_peak": {
             "ours fp32 (fp32)": achieved["ours fp32"] / measured_peak["fp32"],
-            "ours fast (bf16)": achieved["ours fast"] / measured_peak["bf16" if fast_precision == "bf16" else "fp32"],
+            f"ours fast ({fast_precision})": achieved["ours fast"] / measured_peak[fast_precision],
             "torchreid (fp32)": achieved["torchreid FeatureExtractor"] / measured_peak["fp32"],
         },
         "load_average_at_end": os.getloadavg(),

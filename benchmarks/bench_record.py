@@ -5,8 +5,9 @@ e.g. ``bench_train-intel-xeon-amx.json`` -- so that measurements from different 
 side by side instead of overwriting each other, and it carries :func:`metadata` (CPU, cores,
 platform, torch and numpy versions, date, commit) so that a figure quoted in the docs can be
 traced to where and when it was measured.  The CPU part is
-:func:`reid_srdl.core.environment.cpu_slug` (``-amx`` where the CPU has AMX tiles: the Xeons
-with and without AMX report the same model name and differ most in bf16).
+:func:`reid_srdl.core.environment.cpu_slug` (``-amx`` where the CPU has AMX tiles, ``-avx2``
+where it has no AVX-512: the Xeons with and without AMX, and the EPYCs with and without
+AVX-512, report the same model name and differ most in bf16).
 """
 
 import os
