@@ -325,9 +325,14 @@ def paired_cell(a, b, scale=100.0):
 
 
 def run_cpu(rows, name):
-    """The CPU a finished run's row names; ``None`` if not recorded or not run."""
-    row = rows.get(name)
-    return ((row or {}).get("machine") or {}).get("cpu")
+    """The CPU a finished run's row names, with AMX or AVX2-only said where its slug says so
+    (rows from before the slug was recorded give the name alone); ``None`` if not recorded or
+    not run."""
+    machine = (rows.get(name) or {}).get("machine") or {}
+    cpu, slug = machine.get("cpu"), str(machine.get("cpu_slug") or "")
+    if cpu is None:
+        return None
+    return cpu + (" with AMX" if slug.endswith("-amx") else " (AVX2, no AVX-512)" if slug.endswith("-avx2") else "")
 
 
 def machines_line(rows, names):

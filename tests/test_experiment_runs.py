@@ -115,6 +115,10 @@ def test_machines_line_groups_runs_by_the_cpu_their_rows_name():
     assert line == (
         "CPUs (from each run's metrics.json): AMD EPYC: one seeds 0 1, vanilla seeds 1; not recorded: vanilla seeds 0."
     )
+    rows["one_seed1"]["machine"]["cpu_slug"] = "amd-epyc-avx2"  # the same name, no AVX-512
+    assert runs.machines_line(rows, ["one_seed0", "one_seed1"]) == (
+        "CPUs (from each run's metrics.json): AMD EPYC: one seeds 0; AMD EPYC (AVX2, no AVX-512): one seeds 1."
+    )
 
 
 def test_a_run_folder_becomes_a_row_with_its_curves_and_machine(tmp_path):

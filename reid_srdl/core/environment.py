@@ -103,12 +103,14 @@ def machine_metadata() -> dict:
 
 def run_environment() -> dict:
     """What metrics.json records of the machine that finished the run (a resumed run may
-    have started elsewhere): CPU, cores, torch threads, torch version, the CUDA device if
-    there is one, the date, and the commit of the code when it runs from a git checkout."""
+    have started elsewhere): CPU and its slug (which says AMX or AVX2-only, where fp32 results
+    differ too), cores, torch threads, torch version, the CUDA device if there is one, the
+    date, and the commit of the code when it runs from a git checkout."""
     import torch
 
     env = {
         "cpu": cpu_model(),
+        "cpu_slug": cpu_slug(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
