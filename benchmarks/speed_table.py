@@ -20,6 +20,8 @@ import os
 import re
 import sys
 
+from reid_srdl.core.environment import cpu_label_suffix
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = ("bench_eval", "bench_train", "bench_extract")
 BEGIN, END = "<!-- speed-table -->", "<!-- /speed-table -->"
@@ -56,10 +58,10 @@ def recorded_date(result):
 
 def cpu_label(env, slug):
     """``AMD EPYC``, ``Intel Xeon with AMX``: the recorded model name without trademarks and
-    "Processor", with AMX named where the file's CPU part says so."""
+    "Processor", with AMX or AVX2-only named where the file's CPU part says so."""
     name = re.sub(r"\((r|tm)\)|\b(processor|cpu)\b", " ", str(env.get("cpu") or "unknown CPU"), flags=re.I)
     name = " ".join(name.split())
-    return name + (" with AMX" if slug.endswith("-amx") else " (AVX2, no AVX-512)" if slug.endswith("-avx2") else "")
+    return name + cpu_label_suffix(slug)
 
 
 def default_run_slug(path, bench, result):

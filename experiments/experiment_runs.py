@@ -328,11 +328,11 @@ def run_cpu(rows, name):
     """The CPU a finished run's row names, with AMX or AVX2-only said where its slug says so
     (rows from before the slug was recorded give the name alone); ``None`` if not recorded or
     not run."""
+    from reid_srdl.core.environment import cpu_label_suffix
+
     machine = (rows.get(name) or {}).get("machine") or {}
     cpu, slug = machine.get("cpu"), str(machine.get("cpu_slug") or "")
-    if cpu is None:
-        return None
-    return cpu + (" with AMX" if slug.endswith("-amx") else " (AVX2, no AVX-512)" if slug.endswith("-avx2") else "")
+    return None if cpu is None else cpu + cpu_label_suffix(slug)
 
 
 def machines_line(rows, names):

@@ -60,6 +60,14 @@ def cpu_slug(cpu: Optional[str] = None, flags: Optional[set] = None) -> str:
     return slug + ("-avx2" if "avx2" in flags and "avx512f" not in flags else "")
 
 
+def cpu_label_suffix(slug: str) -> str:
+    """What a label adds to the CPU's model name for the part of its slug that the name does
+    not say: `` with AMX`` (``-amx``), `` (AVX2, no AVX-512)`` (``-avx2``), else nothing."""
+    if slug.endswith("-amx"):
+        return " with AMX"
+    return " (AVX2, no AVX-512)" if slug.endswith("-avx2") else ""
+
+
 def code_commit(path: Optional[str] = None) -> Optional[str]:
     """The short commit hash of the git checkout holding ``path`` (default: this package),
     with ``-dirty`` when tracked files differ from it; ``None`` outside a checkout or without git."""
