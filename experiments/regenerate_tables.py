@@ -32,6 +32,8 @@ TABLES = [
     "--series intel-xeon",
     "imagenet_init.py --task fashion --seeds 0 1 2 3 4 --inits imagenet random --methods vanilla srdl --epochs 48 "
     "--subset 1000 --size 64 --lr 0.01 --jobs 2 --threads 1 --series fashion",
+    "imagenet_init.py --task reid --seeds 0 1 2 3 4 --inits imagenet random --methods vanilla srdl --epochs 16 "
+    "--ids 600 --height 80 --width 40 --lr 0.01 --jobs 2 --threads 1 --series reid",
     "recipe_synthetic.py --models small_reid osnet_x0_25 --recipes ce bot bot_sgd --seeds 0 1 2 --epochs 30 "
     "--ids 120 --batch-size 32 --jobs 2 --threads 1 --series ids120",
 ]
