@@ -279,6 +279,38 @@ def test_kernel_rows_without_matches_and_an_infinite_match():
                 block_ranks(block, pairs, **way)
 
 
+def test_the_kernel_asks_for_512_bit_vectors_and_gets_them_where_the_cpu_has_them():
+    """The width hint is an attribute of the kernel's own LLVM function (not numba's process-
+    wide CPU features), and on a CPU with AVX-512 the compiled kernel uses zmm registers --
+    LLVM's Intel server tuning would otherwise stay at 256 bits (ymm)."""
+    import llvmlite.binding as llvm
+    import numba
+
+    from reid_srdl.evaluation import rank_kernel
+
+    fresh = numba.njit(nogil=True)(rank_kernel.rank_rows.py_func)  # compiled here, not read from the cache
+    block, pos_rows, pos_cols = block_case(0, rows=3)
+    pairs = BlockPairs(pos_rows, pos_cols, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    expected = brute_ranks(block, pos_rows, pos_cols)
+    pos_start = np.searchsorted(pos_rows, np.arange(len(block) + 1)).astype(np.int64)
+    ranks = np.zeros(len(pos_cols), dtype=np.int64)
+    empty = np.zeros(len(block) + 1, dtype=np.int64)
+    args = (block, np.zeros(len(block), np.float32), np.zeros(block.shape[1], np.float32), np.float32(-np.inf))
+    fresh(*args, pos_start, pos_cols.astype(np.int64), empty, empty[:0], 64, 10**6, ranks)
+    np.testing.assert_array_equal(ranks, expected)
+    np.testing.assert_array_equal(block_ranks(block, pairs), expected)
+    (ir,) = fresh.inspect_llvm().values()
+    assert rank_kernel.PREFER_VECTOR_WIDTH in ir
+    llvm.initialize_native_target()
+    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    if "+avx512f" in features.split(","):
+        (asm,) = fresh.inspect_asm().values()
+        assert "zmm" in asm
+    else:  # the hint changes nothing where there are no 512-bit registers
+        (asm,) = fresh.inspect_asm().values()
+        assert "zmm" not in asm
+
+
 def test_evaluate_distances_with_ties_against_brute_force():
     q, g, q_pids, g_pids, q_camids, g_camids = tied_case(3)
     dist = exact_distances(q, g) - 7.0  # float64, negative values, ties
