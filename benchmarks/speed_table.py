@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-from reid_srdl.core.environment import cpu_label_suffix
+from reid_srdl.core.environment import cpu_label_suffix, cpu_slug
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = ("bench_eval", "bench_train", "bench_extract")
@@ -75,8 +75,7 @@ def default_run_slug(path, bench, result):
     if env.get("cpu_slug"):
         return rest if rest == env["cpu_slug"] else None
     if env.get("cpu"):
-        name = re.sub(r"\((r|tm)\)|@.*$|\b(processor|cpu|\d+-core)\b", " ", str(env["cpu"]).lower())
-        slug = "-".join(re.findall(r"[a-z0-9]+", name))
+        slug = cpu_slug(str(env["cpu"]), flags=set())  # the name's part; the flags were not recorded
         return rest if rest in (slug, slug + "-amx") else None
     return None
 
